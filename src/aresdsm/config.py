@@ -1,0 +1,288 @@
+"""Configurations and the cluster file (protocol.md §2, §3).
+
+A :class:`Configuration` is an immutable descriptor: a unique id, an ordered list of servers,
+the data access primitive (DAP) and its parameters. Quorum arithmetic lives here too, as small
+pure functions (the etcd/raft habit): ABD uses majorities, TREAS ``ceil((n + k) / 2)``.
+
+The cluster file (TOML) names the servers of a deployment, the initial configuration every group
+starts from, and client options. :func:`load_cluster_file` validates it completely and raises
+:class:`~aresdsm.errors.ConfigurationError` with a message that names the offending entry; nothing
+is half-applied.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ConfigurationError
+
+DapKind = Literal["abd", "treas"]
+DAP_KINDS: tuple[str, ...] = ("abd", "treas")
+DEFAULT_GROUP = "default"
+
+
+class ServerInfo(msgspec.Struct, frozen=True, array_like=True):
+    """One server: a stable id and a ``host:port`` address."""
+
+    id: str
+    address: str
+
+    def host_port(self) -> tuple[str, int]:
+        return parse_address(self.address)
+
+
+class Configuration(msgspec.Struct, frozen=True):
+    """An immutable configuration descriptor (protocol.md §3). Ids are never reused."""
+
+    id: str
+    servers: tuple[ServerInfo, ...]
+    dap: DapKind = "abd"
+    k: int = 1
+    delta: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.servers)
+
+    @property
+    def quorum_size(self) -> int:
+        return quorum_size(self.dap, self.n, self.k)
+
+    @property
+    def majority(self) -> int:
+        """Paxos always uses majorities of the configuration's servers (protocol.md §5)."""
+        return self.n // 2 + 1
+
+    @property
+    def server_ids(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.servers)
+
+    def index_of(self, server_id: str) -> int:
+        """Position of ``server_id`` in this configuration (TREAS: which coded element it keeps)."""
+        for i, s in enumerate(self.servers):
+            if s.id == server_id:
+                return i
+        raise ConfigurationError(f"server {server_id!r} is not a member of configuration {self.id}")
+
+    def has_member(self, server_id: str) -> bool:
+        return any(s.id == server_id for s in self.servers)
+
+    def describe(self) -> str:
+        params = f"[n={self.n}, k={self.k}, delta={self.delta}]" if self.dap == "treas" else (
+            f"[n={self.n}]"
+        )
+        return f"{self.id} {self.dap}{params} {','.join(self.server_ids)}"
+
+
+def quorum_size(dap: str, n: int, k: int = 1) -> int:
+    """Quorum size of a configuration (protocol.md §3)."""
+    if dap == "abd":
+        return n // 2 + 1
+    if dap == "treas":
+        return math.ceil((n + k) / 2)
+    raise ConfigurationError(f"unknown DAP {dap!r}; expected one of {', '.join(DAP_KINDS)}")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) and check the port."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigurationError(f"address {address!r} is not of the form host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigurationError(f"address {address!r}: port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"address {address!r}: port {port} is out of range 1..65535")
+    return host, port
+
+
+def validate_configuration(c: Configuration) -> Configuration:
+    """Check a descriptor (protocol.md §3); return it unchanged or raise ConfigurationError."""
+    if not c.id:
+        raise ConfigurationError("configuration id must not be empty")
+    if c.n < 1:
+        raise ConfigurationError(f"configuration {c.id}: needs at least one server")
+    ids = [s.id for s in c.servers]
+    if len(set(ids)) != len(ids):
+        raise ConfigurationError(f"configuration {c.id}: duplicate server ids in {ids}")
+    addresses = [s.address for s in c.servers]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigurationError(f"configuration {c.id}: duplicate server addresses in {addresses}")
+    for s in c.servers:
+        if not s.id:
+            raise ConfigurationError(f"configuration {c.id}: a server has an empty id")
+        parse_address(s.address)
+    if c.dap not in DAP_KINDS:
+        raise ConfigurationError(
+            f"configuration {c.id}: unknown DAP {c.dap!r}; expected one of {', '.join(DAP_KINDS)}"
+        )
+    if c.dap == "treas":
+        if not 1 <= c.k <= c.n:
+            raise ConfigurationError(f"configuration {c.id}: TREAS needs 1 <= k <= n, got k={c.k}, n={c.n}")
+        if c.delta < 0:
+            raise ConfigurationError(f"configuration {c.id}: TREAS needs delta >= 0, got {c.delta}")
+    return c
+
+
+class ClientOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Client options from the ``[client]`` table of the cluster file."""
+
+    timeout_s: float = 5.0
+    """Deadline of one quorum round; an operation fails with OperationTimeout after it."""
+    connect_timeout_s: float = 2.0
+    max_in_flight: int = 4096
+    """Requests in flight per server connection; further requests wait."""
+    max_frame_bytes: int = 64 * 1024 * 1024
+
+
+class ClusterFile(msgspec.Struct, frozen=True):
+    """A parsed and validated cluster file."""
+
+    servers: tuple[ServerInfo, ...]
+    initial: Configuration
+    client: ClientOptions = ClientOptions()
+    name: str = "aresdsm"
+    data_dirs: dict[str, str] = {}
+    """Local clusters only: server id -> data directory (used by ``ares cluster``)."""
+
+    def server(self, server_id: str) -> ServerInfo:
+        for s in self.servers:
+            if s.id == server_id:
+                return s
+        raise ConfigurationError(
+            f"server {server_id!r} is not in the cluster file (known: {', '.join(x.id for x in self.servers)})"
+        )
+
+
+def _require(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in table:
+        raise ConfigurationError(f"{where}: missing required key {key!r}")
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigurationError(f"{where}: {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> ClusterFile:
+    """Validate a cluster file already parsed from TOML."""
+    known = {"cluster", "servers", "initial", "client"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigurationError(f"{source}: unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
+    raw_servers = data.get("servers")
+    if not isinstance(raw_servers, list) or not raw_servers:
+        raise ConfigurationError(f"{source}: needs at least one [[servers]] entry")
+    servers: list[ServerInfo] = []
+    data_dirs: dict[str, str] = {}
+    for i, entry in enumerate(raw_servers):
+        where = f"{source}: [[servers]] entry {i + 1}"
+        if not isinstance(entry, dict):
+            raise ConfigurationError(f"{where}: must be a table")
+        extra = set(entry) - {"id", "address", "data_dir"}
+        if extra:
+            raise ConfigurationError(f"{where}: unknown key(s) {sorted(extra)}")
+        sid = _require(entry, "id", str, where)
+        address = _require(entry, "address", str, where)
+        try:
+            parse_address(address)
+        except ConfigurationError as e:
+            raise ConfigurationError(f"{where}: {e}") from None
+        servers.append(ServerInfo(sid, address))
+        if "data_dir" in entry:
+            data_dirs[sid] = str(_require(entry, "data_dir", str, where))
+    by_id = {s.id: s for s in servers}
+    if len(by_id) != len(servers):
+        raise ConfigurationError(f"{source}: duplicate server ids in [[servers]]")
+    if len({s.address for s in servers}) != len(servers):
+        raise ConfigurationError(f"{source}: duplicate server addresses in [[servers]]")
+    initial_table = data.get("initial")
+    if not isinstance(initial_table, dict):
+        raise ConfigurationError(f"{source}: missing [initial] table (the initial configuration)")
+    where = f"{source}: [initial]"
+    extra = set(initial_table) - {"id", "dap", "servers", "k", "delta"}
+    if extra:
+        raise ConfigurationError(f"{where}: unknown key(s) {sorted(extra)}")
+    member_ids = initial_table.get("servers", [s.id for s in servers])
+    if not isinstance(member_ids, list) or not all(isinstance(x, str) for x in member_ids):
+        raise ConfigurationError(f"{where}: 'servers' must be a list of server ids")
+    for sid in member_ids:
+        if sid not in by_id:
+            raise ConfigurationError(f"{where}: server {sid!r} is not defined in [[servers]]")
+    initial = Configuration(
+        id=str(initial_table.get("id", "c0")),
+        servers=tuple(by_id[sid] for sid in member_ids),
+        dap=initial_table.get("dap", "abd"),
+        k=int(initial_table.get("k", 1)),
+        delta=int(initial_table.get("delta", 0)),
+    )
+    validate_configuration(initial)
+    client_table = data.get("client", {})
+    try:
+        client = msgspec.convert(client_table, ClientOptions)
+    except msgspec.ValidationError as e:
+        raise ConfigurationError(f"{source}: [client]: {e}") from None
+    if client.timeout_s <= 0 or client.connect_timeout_s <= 0 or client.max_in_flight < 1:
+        raise ConfigurationError(f"{source}: [client]: timeouts and max_in_flight must be positive")
+    cluster_table = data.get("cluster", {})
+    name = cluster_table.get("name", "aresdsm") if isinstance(cluster_table, dict) else "aresdsm"
+    return ClusterFile(
+        servers=tuple(servers), initial=initial, client=client, name=str(name), data_dirs=data_dirs
+    )
+
+
+def load_cluster_file(path: str | Path) -> ClusterFile:
+    """Read and validate a TOML cluster file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigurationError(f"cannot read cluster file {p}: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigurationError(f"cluster file {p} is not valid TOML: {e}") from None
+    return parse_cluster(data, source=str(p))
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dump_cluster_file(cluster: ClusterFile) -> str:
+    """Render a cluster file as TOML (the inverse of :func:`parse_cluster`)."""
+    lines = ["[cluster]", f"name = {_toml_str(cluster.name)}", ""]
+    for s in cluster.servers:
+        lines += ["[[servers]]", f"id = {_toml_str(s.id)}", f"address = {_toml_str(s.address)}"]
+        if s.id in cluster.data_dirs:
+            lines.append(f"data_dir = {_toml_str(cluster.data_dirs[s.id])}")
+        lines.append("")
+    c = cluster.initial
+    lines += [
+        "[initial]",
+        f"id = {_toml_str(c.id)}",
+        f"dap = {_toml_str(c.dap)}",
+        "servers = [" + ", ".join(_toml_str(s) for s in c.server_ids) + "]",
+    ]
+    if c.dap == "treas":
+        lines += [f"k = {c.k}", f"delta = {c.delta}"]
+    o = cluster.client
+    lines += [
+        "",
+        "[client]",
+        f"timeout_s = {o.timeout_s!r}",
+        f"connect_timeout_s = {o.connect_timeout_s!r}",
+        f"max_in_flight = {o.max_in_flight}",
+        f"max_frame_bytes = {o.max_frame_bytes}",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""The exception tree of aresdsm.
+
+Three kinds of failure (architecture.md principle 7):
+
+* bad input from the network is never raised to a caller of the server; the server answers with
+  an error reply or closes the connection and counts it (:class:`FrameError` is what the decoder
+  raises internally);
+* misuse by a caller raises a specific subclass of :class:`AresError` with a clear message;
+* a broken invariant raises :class:`InvariantViolation` and stops: it is a bug.
+
+::
+
+    AresError
+    ├── ConfigurationError          invalid cluster file / configuration descriptor (protocol.md §3)
+    ├── OperationError              an operation could not complete
+    │   ├── OperationTimeout        no quorum answered within timeout_s
+    │   ├── QuorumUnavailable       too many servers refused or are unreachable for a quorum
+    │   └── ServerError             a server answered with an error reply
+    ├── FrameError                  malformed bytes from the network (wire format)
+    ├── StorageError                the durable store failed
+    └── InvariantViolation          a protocol invariant (protocol.md §10) does not hold: a bug
+"""
+
+from __future__ import annotations
+
+
+class AresError(Exception):
+    """Base class of every error aresdsm raises on purpose."""
+
+
+class ConfigurationError(AresError):
+    """A cluster file, configuration descriptor or option is invalid (protocol.md §3)."""
+
+
+class OperationError(AresError):
+    """A read, write or other client operation could not complete."""
+
+
+class OperationTimeout(OperationError):
+    """Not enough servers answered within the operation's deadline.
+
+    The operation may or may not have taken effect (a write may become visible later).
+    """
+
+
+class QuorumUnavailable(OperationError):
+    """So many servers refused or are unreachable that no quorum can answer."""
+
+
+class ServerError(OperationError):
+    """A server answered a request with an error reply (code and message from the server)."""
+
+    def __init__(self, code: str, message: str, *, server_id: str = "") -> None:
+        where = f" from server {server_id}" if server_id else ""
+        super().__init__(f"{code}{where}: {message}")
+        self.code = code
+        self.server_id = server_id
+
+
+class FrameError(AresError):
+    """Bytes received from the network are not a valid frame or message."""
+
+
+class StorageError(AresError):
+    """The durable storage engine failed (disk full, corrupt file, ...)."""
+
+
+class InvariantViolation(AresError):
+    """A protocol invariant does not hold. This is a bug; it is never swallowed."""
