@@ -73,8 +73,10 @@ class Configuration(msgspec.Struct, frozen=True):
         return any(s.id == server_id for s in self.servers)
 
     def describe(self) -> str:
-        params = f"[n={self.n}, k={self.k}, delta={self.delta}]" if self.dap == "treas" else (
-            f"[n={self.n}]"
+        params = (
+            f"[n={self.n}, k={self.k}, delta={self.delta}]"
+            if self.dap == "treas"
+            else (f"[n={self.n}]")
         )
         return f"{self.id} {self.dap}{params} {','.join(self.server_ids)}"
 
@@ -98,7 +100,9 @@ def parse_address(address: str) -> tuple[str, int]:
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigurationError(f"address {address!r}: port {port_text!r} is not a number") from None
+        raise ConfigurationError(
+            f"address {address!r}: port {port_text!r} is not a number"
+        ) from None
     if not 0 < port < 65536:
         raise ConfigurationError(f"address {address!r}: port {port} is out of range 1..65535")
     return host, port
@@ -126,7 +130,9 @@ def validate_configuration(c: Configuration) -> Configuration:
         )
     if c.dap == "treas":
         if not 1 <= c.k <= c.n:
-            raise ConfigurationError(f"configuration {c.id}: TREAS needs 1 <= k <= n, got k={c.k}, n={c.n}")
+            raise ConfigurationError(
+                f"configuration {c.id}: TREAS needs 1 <= k <= n, got k={c.k}, n={c.n}"
+            )
         if c.delta < 0:
             raise ConfigurationError(f"configuration {c.id}: TREAS needs delta >= 0, got {c.delta}")
     return c
@@ -157,8 +163,9 @@ class ClusterFile(msgspec.Struct, frozen=True):
         for s in self.servers:
             if s.id == server_id:
                 return s
+        known = ", ".join(x.id for x in self.servers)
         raise ConfigurationError(
-            f"server {server_id!r} is not in the cluster file (known: {', '.join(x.id for x in self.servers)})"
+            f"server {server_id!r} is not in the cluster file (known: {known})"
         )
 
 
@@ -178,7 +185,9 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
     known = {"cluster", "servers", "initial", "client"}
     unknown = set(data) - known
     if unknown:
-        raise ConfigurationError(f"{source}: unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigurationError(
+            f"{source}: unknown table(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
     raw_servers = data.get("servers")
     if not isinstance(raw_servers, list) or not raw_servers:
         raise ConfigurationError(f"{source}: needs at least one [[servers]] entry")

@@ -4,9 +4,10 @@ One :class:`OpRecord` per client operation, written as one JSON line. Values are
 digests (:func:`value_digest`), so histories stay small whatever the value size; the initial value
 of every register is the empty byte string, whose digest is :data:`EMPTY_DIGEST`.
 
-``outcome`` is ``"ok"`` (returned), ``"fail"`` (raised; for a write this means it *may* have taken
-effect, exactly like a timeout) or ``"pending"`` (never returned: client crashed). The checker treats
-writes that are not ``ok`` as "may or may not have happened", and ignores reads that are not ``ok``
+``outcome`` is ``"ok"`` (returned), ``"fail"`` (raised; for a write this means it *may* have
+taken effect, exactly like a timeout) or ``"pending"`` (never returned: client crashed). The
+checker treats writes that are not ``ok`` as "may or may not have happened", and ignores reads
+that are not ``ok``
 (a read has no effect of its own but to re-propagate a value that was already written).
 """
 

@@ -1,0 +1,50 @@
+"""aresdsm: Ares II, a reconfigurable, fault-tolerant, atomic distributed shared memory.
+
+Quick use::
+
+    import aresdsm
+    async with aresdsm.connect("cluster.toml") as store:
+        await store.write("greeting", b"hello")
+        assert await store.read("greeting") == b"hello"
+"""
+
+from .client import HistoryRecorder, Store, SyncStore, connect, connect_sync
+from .config import ClusterFile, Configuration, ServerInfo, load_cluster_file
+from .errors import (
+    AresError,
+    ConfigurationError,
+    FrameError,
+    InvariantViolation,
+    OperationError,
+    OperationTimeout,
+    QuorumUnavailable,
+    ServerError,
+    StorageError,
+)
+from .tags import TAG0, Tag
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TAG0",
+    "AresError",
+    "ClusterFile",
+    "Configuration",
+    "ConfigurationError",
+    "FrameError",
+    "HistoryRecorder",
+    "InvariantViolation",
+    "OperationError",
+    "OperationTimeout",
+    "QuorumUnavailable",
+    "ServerError",
+    "ServerInfo",
+    "StorageError",
+    "Store",
+    "SyncStore",
+    "Tag",
+    "__version__",
+    "connect",
+    "connect_sync",
+    "load_cluster_file",
+]

@@ -1,0 +1,252 @@
+"""The public client: ``async with aresdsm.connect("cluster.toml") as store``.
+
+A :class:`Store` reads and writes named objects with atomic (linearizable) semantics. It holds one
+TCP connection per server and runs any number of operations concurrently; every write gets its own
+writer id (client id + operation number) so concurrent writes of one client never share a tag.
+
+Errors (see :mod:`aresdsm.errors`): :class:`~aresdsm.errors.OperationTimeout` and
+:class:`~aresdsm.errors.QuorumUnavailable` when not enough servers answer -- a write that failed
+this way may or may not have taken effect -- and :class:`~aresdsm.errors.ConfigurationError` for a
+bad cluster file or argument.
+
+Optionally every operation is recorded (:class:`HistoryRecorder`) for ``ares check``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+from .config import DEFAULT_GROUP, ClientOptions, ClusterFile, Configuration, load_cluster_file
+from .errors import ConfigurationError
+from .history import OpKind, OpRecord, value_digest, write_records
+from .net.client import TcpChannel
+from .protocol import ops
+from .tags import Tag, writer_id
+from .wire.blob import Blob
+from .wire.messages import GetStats, Ping, Stats
+
+T = TypeVar("T")
+MAX_KEY_BYTES = 1024
+
+
+class HistoryRecorder:
+    """Appends one JSON line per completed (or failed) operation to a file; thread-safe."""
+
+    def __init__(self, out: IO[bytes], *, clock: Any = time.time) -> None:
+        self._out = out
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ids = 0
+
+    def now(self) -> float:
+        return float(self._clock())
+
+    def next_id(self) -> int:
+        with self._lock:
+            self._ids += 1
+            return self._ids
+
+    def record(self, rec: OpRecord) -> None:
+        with self._lock:
+            write_records([rec], self._out)
+            self._out.flush()
+
+
+def _check_key(key: str, group: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError("object key must be a non-empty string")
+    if len(key.encode()) > MAX_KEY_BYTES or len(group.encode()) > MAX_KEY_BYTES:
+        raise ConfigurationError(f"object key and group are limited to {MAX_KEY_BYTES} bytes")
+
+
+class Store:
+    """An atomic object store client. Use :func:`connect`."""
+
+    def __init__(
+        self,
+        configuration: Configuration,
+        *,
+        options: ClientOptions | None = None,
+        client_id: str | None = None,
+        recorder: HistoryRecorder | None = None,
+        switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
+    ) -> None:
+        self.configuration = configuration
+        self.options = options or ClientOptions()
+        self.client_id = client_id or uuid.uuid4().hex[:12]
+        self.channel = TcpChannel(self.options)
+        self.recorder = recorder
+        self.switches = switches
+        self._op_seq = 0
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def _next_writer(self) -> str:
+        self._op_seq += 1
+        return writer_id(self.client_id, self._op_seq)
+
+    async def write(self, key: str, value: bytes, *, group: str = DEFAULT_GROUP) -> Tag:
+        """Write ``value`` to object ``key`` atomically; returns the tag it was written with."""
+        _check_key(key, group)
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
+        coro = ops.write(
+            self.channel,
+            self.configuration,
+            group=group,
+            key=key,
+            value=Blob(bytes(value) if not isinstance(value, bytes) else value),
+            writer=self._next_writer(),
+            switches=self.switches,
+        )
+        return await self._recorded("write", key, group, coro, written=bytes(value))
+
+    async def read_tagged(self, key: str, *, group: str = DEFAULT_GROUP) -> tuple[Tag, bytes]:
+        """Read object ``key``: its value and the tag it was written with."""
+        _check_key(key, group)
+        coro = ops.read(
+            self.channel, self.configuration, group=group, key=key, switches=self.switches
+        )
+        res = await self._recorded("read", key, group, coro)
+        return res.tag, bytes(res.value.data)
+
+    async def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes:
+        """Read object ``key`` atomically (``b""`` if it was never written)."""
+        return (await self.read_tagged(key, group=group))[1]
+
+    async def _recorded(
+        self,
+        kind: OpKind,
+        key: str,
+        group: str,
+        coro: Coroutine[Any, Any, T],
+        *,
+        written: bytes | None = None,
+    ) -> T:
+        rec = self.recorder
+        if rec is None:
+            return await coro
+        op_id = rec.next_id()
+        start = rec.now()
+        try:
+            result = await coro
+        except BaseException as e:
+            rec.record(
+                OpRecord(
+                    op_id,
+                    self.client_id,
+                    kind,
+                    key,
+                    start,
+                    rec.now(),
+                    value=value_digest(written) if written is not None else None,
+                    outcome="fail",
+                    group=group,
+                    error=f"{type(e).__name__}: {e}",
+                )
+            )
+            raise
+        if isinstance(result, Tag):
+            tag: Tag = result
+            digest = value_digest(written or b"")
+        else:
+            assert isinstance(result, ops.ReadResult)
+            tag, digest = result.tag, value_digest(result.value.data)
+        rec.record(
+            OpRecord(
+                op_id,
+                self.client_id,
+                kind,
+                key,
+                start,
+                rec.now(),
+                value=digest,
+                outcome="ok",
+                tag=(tag.z, tag.writer),
+                group=group,
+            )
+        )
+        return result
+
+    async def stats(self) -> list[Stats | str]:
+        """Each server's counters (or the error that server gave), in configuration order."""
+        out: list[Stats | str] = []
+        for s in self.configuration.servers:
+            try:
+                r = await self.channel.request(
+                    s, GetStats(), timeout_s=self.options.connect_timeout_s
+                )
+                out.append(r if isinstance(r, Stats) else f"unexpected reply {type(r).__name__}")
+            except Exception as e:
+                out.append(f"{type(e).__name__}: {e}")
+        return out
+
+    async def ping(self, server_index: int = 0, payload: bytes | None = None) -> None:
+        """One round trip to one server (measures the transport floor)."""
+        s = self.configuration.servers[server_index]
+        await self.channel.request(s, Ping(Blob(payload) if payload is not None else None))
+
+
+def connect(
+    cluster: str | Path | ClusterFile,
+    *,
+    client_id: str | None = None,
+    recorder: HistoryRecorder | None = None,
+    options: ClientOptions | None = None,
+    switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
+) -> Store:
+    """A :class:`Store` for the cluster described by a cluster file (path or parsed)."""
+    cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
+    return Store(
+        cf.initial,
+        options=options or cf.client,
+        client_id=client_id,
+        recorder=recorder,
+        switches=switches,
+    )
+
+
+class SyncStore:
+    """A blocking wrapper for scripts: ``with aresdsm.connect_sync("cluster.toml") as s: ...``."""
+
+    def __init__(self, store: Store) -> None:
+        self._runner = asyncio.Runner()
+        self._store = store
+
+    def __enter__(self) -> SyncStore:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def write(self, key: str, value: bytes, *, group: str = DEFAULT_GROUP) -> Tag:
+        return self._runner.run(self._store.write(key, value, group=group))
+
+    def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes:
+        return self._runner.run(self._store.read(key, group=group))
+
+    def close(self) -> None:
+        self._runner.run(self._store.close())
+        self._runner.close()
+
+
+def connect_sync(cluster: str | Path | ClusterFile, **kwargs: Any) -> SyncStore:
+    return SyncStore(connect(cluster, **kwargs))

@@ -1,0 +1,1 @@
+"""asyncio TCP transport: framed connections, the client channel, the server listener."""

@@ -1,0 +1,353 @@
+"""Client side of the TCP transport, and :class:`TcpChannel`, the real :class:`Channel`.
+
+One persistent connection per server (:class:`PeerConnection`), requests multiplexed on it by
+request id. Sending never blocks the caller: a request is queued while the connection is being
+(re)established or while ``max_in_flight`` requests are outstanding. A connection that cannot be
+established fails its queued requests at once and waits ``backoff_s`` (doubling up to
+``max_backoff_s``) before the next attempt, so a round against a crashed server learns quickly that
+this server will not answer, while a restarted server is picked up again.
+
+A round (:meth:`TcpChannel.round`) registers one callback per server and resolves a single future
+when a quorum answered, when a quorum has become impossible (QuorumUnavailable), or at its deadline
+(OperationTimeout). Late replies of finished rounds are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..config import ClientOptions, Configuration, ServerInfo
+from ..errors import FrameError, OperationTimeout, QuorumUnavailable, ServerError
+from ..protocol.channel import RequestFor
+from ..wire.codec import Decoder, Encoder, FrameBuffer
+from ..wire.messages import Envelope, ErrorReply, Reply, Request
+
+R = TypeVar("R", bound=Reply)
+Callback = Callable[[Reply | BaseException], None]
+
+
+class PeerConnection(asyncio.Protocol):
+    """A persistent, multiplexed connection to one server."""
+
+    def __init__(
+        self,
+        server: ServerInfo,
+        *,
+        options: ClientOptions,
+        encoder: Encoder,
+        decoder: Decoder,
+        initial_backoff_s: float = 0.05,
+        max_backoff_s: float = 1.0,
+    ) -> None:
+        self.server = server
+        self.options = options
+        self._encoder = encoder
+        self._decoder = decoder
+        self._frames = FrameBuffer(max_frame_bytes=options.max_frame_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._waiting: deque[tuple[int, Request, dict[str, str] | None]] = deque()
+        self._callbacks: dict[int, Callback] = {}
+        self._inflight = 0
+        self._initial_backoff_s = initial_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._backoff_s = initial_backoff_s
+        self._retry_at = 0.0
+        self._closed = False
+        self.requests_sent = 0
+        self.bytes_sent = 0
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(
+        self, rid: int, req: Request, cb: Callback, trace: dict[str, str] | None = None
+    ) -> None:
+        if self._closed:
+            cb(ConnectionError(f"connection to {self.server.id} is closed"))
+            return
+        self._callbacks[rid] = cb
+        if self._transport is not None and self._inflight < self.options.max_in_flight:
+            self._write(rid, req, trace)
+            return
+        self._waiting.append((rid, req, trace))
+        if self._transport is None:
+            self._ensure_connecting()
+
+    def cancel(self, rid: int) -> None:
+        self._callbacks.pop(rid, None)
+
+    def _write(self, rid: int, req: Request, trace: dict[str, str] | None) -> None:
+        assert self._transport is not None
+        try:
+            bufs = self._encoder.encode(Envelope(rid, req, trace))
+        except FrameError as e:
+            cb = self._callbacks.pop(rid, None)
+            if cb is not None:
+                cb(e)
+            return
+        self._inflight += 1
+        self.requests_sent += 1
+        self._transport.writelines(bufs)
+
+    def _pump(self) -> None:
+        while (
+            self._waiting
+            and self._transport is not None
+            and self._inflight < self.options.max_in_flight
+        ):
+            rid, req, trace = self._waiting.popleft()
+            if rid in self._callbacks:
+                self._write(rid, req, trace)
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def _ensure_connecting(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            return
+        now = time.monotonic()
+        if now < self._retry_at:
+            self._fail_waiting(
+                ConnectionError(
+                    f"server {self.server.id} ({self.server.address}) is unreachable; "
+                    f"next connection attempt in {self._retry_at - now:.2f}s"
+                )
+            )
+            return
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        host, port = self.server.host_port()
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self, host, port),
+                timeout=self.options.connect_timeout_s,
+            )
+        except (OSError, TimeoutError) as e:
+            self._retry_at = time.monotonic() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
+            self._fail_waiting(
+                ConnectionError(
+                    f"cannot connect to server {self.server.id} ({self.server.address}): {e}"
+                )
+            )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self._closed:
+            transport.close()
+            return
+        self._transport = transport
+        self._frames = FrameBuffer(max_frame_bytes=self.options.max_frame_bytes)
+        self._backoff_s = self._initial_backoff_s
+        self._retry_at = 0.0
+        self._inflight = 0
+        self._pump()
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for rid, _, _ in waiting:
+            cb = self._callbacks.pop(rid, None)
+            if cb is not None:
+                cb(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._inflight = 0
+        err = ConnectionError(
+            f"connection to server {self.server.id} lost" + (f": {exc}" if exc else "")
+        )
+        # Requests in flight on the lost connection get no reply; fail them so rounds move on.
+        callbacks, self._callbacks = self._callbacks, {}
+        waiting_rids = {rid for rid, _, _ in self._waiting}
+        for rid, cb in callbacks.items():
+            if rid in waiting_rids:
+                self._callbacks[rid] = cb
+            else:
+                cb(err)
+        if self._waiting and not self._closed:
+            self._ensure_connecting()
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            bodies = self._frames.feed(data)
+            for body in bodies:
+                env = self._decoder.decode_body(body)
+                self._inflight -= 1
+                cb = self._callbacks.pop(env.rid, None)
+                if cb is not None:
+                    cb(env.body)  # type: ignore[arg-type]
+        except FrameError as e:
+            # A server that sends garbage is treated as a broken connection.
+            if self._transport is not None:
+                self._transport.close()
+            for cb in list(self._callbacks.values()):
+                cb(e)
+            self._callbacks.clear()
+            return
+        if self._waiting:
+            self._pump()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._transport is not None:
+            self._transport.close()
+        self._fail_waiting(ConnectionError("client closed"))
+
+
+class _Round:
+    """Collects the replies of one round; resolves one future."""
+
+    __slots__ = ("answers", "errors", "expect", "fut", "n", "need", "pending", "timer")
+
+    def __init__(self, fut: asyncio.Future[Any], need: int, n: int, expect: type) -> None:
+        self.fut = fut
+        self.need = need
+        self.n = n
+        self.expect = expect
+        self.answers: list[tuple[ServerInfo, Reply]] = []
+        self.errors: list[str] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def on_reply(self, server: ServerInfo, reply: Reply | BaseException) -> None:
+        if self.fut.done():
+            return
+        if isinstance(reply, self.expect):
+            assert not isinstance(reply, BaseException)
+            self.answers.append((server, reply))
+            if len(self.answers) >= self.need:
+                self.fut.set_result(self.answers)
+            return
+        if isinstance(reply, ErrorReply):
+            self.errors.append(f"{server.id}: {reply.code}: {reply.message}")
+        elif isinstance(reply, BaseException):
+            self.errors.append(f"{server.id}: {reply}")
+        else:
+            self.errors.append(f"{server.id}: unexpected reply {type(reply).__name__}")
+        if self.n - len(self.errors) < self.need:
+            self.fut.set_exception(
+                QuorumUnavailable(
+                    f"{len(self.errors)} of {self.n} servers failed, a quorum needs {self.need}: "
+                    + "; ".join(self.errors)
+                )
+            )
+
+
+class TcpChannel:
+    """The real :class:`~aresdsm.protocol.channel.Channel` over TCP connections."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self._encoder = Encoder(max_frame_bytes=options.max_frame_bytes)
+        self._decoder = Decoder()
+        self._peers: dict[str, PeerConnection] = {}
+        self._rids = itertools.count(1)
+        self.rounds = 0
+        self.messages = 0
+        self.rounds_by_phase: dict[str, int] = {}
+
+    def peer(self, server: ServerInfo) -> PeerConnection:
+        p = self._peers.get(server.address)
+        if p is None:
+            p = PeerConnection(
+                server, options=self.options, encoder=self._encoder, decoder=self._decoder
+            )
+            self._peers[server.address] = p
+        return p
+
+    async def round(
+        self,
+        c: Configuration,
+        request: RequestFor,
+        *,
+        expect: type[R],
+        phase: str,
+        need: int | None = None,
+        timeout_s: float | None = None,
+    ) -> list[tuple[ServerInfo, R]]:
+        need = c.quorum_size if need is None else need
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[tuple[ServerInfo, R]]] = loop.create_future()
+        rnd = _Round(fut, need, c.n, expect)
+        self.rounds += 1
+        self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
+        sent: list[tuple[PeerConnection, int]] = []
+        for i, server in enumerate(c.servers):
+            req = request(i, server) if callable(request) else request
+            rid = next(self._rids)
+            peer = self.peer(server)
+            sent.append((peer, rid))
+            self.messages += 1
+            peer.send(rid, req, functools.partial(rnd.on_reply, server))
+            if fut.done():
+                break
+        timeout = self.options.timeout_s if timeout_s is None else timeout_s
+        if not fut.done():
+            rnd.timer = loop.call_later(timeout, _expire, rnd, phase, c, timeout)
+        try:
+            return await fut
+        finally:
+            if rnd.timer is not None:
+                rnd.timer.cancel()
+            for peer, rid in sent:
+                peer.cancel(rid)
+
+    async def request(
+        self, server: ServerInfo, req: Request, *, timeout_s: float | None = None
+    ) -> Reply:
+        """One request to one server (status, ping, stats); raises on error replies."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Reply | BaseException) -> None:
+            if fut.done():
+                return
+            if isinstance(reply, BaseException):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+
+        rid = next(self._rids)
+        peer = self.peer(server)
+        peer.send(rid, req, done)
+        try:
+            reply = await asyncio.wait_for(
+                fut, self.options.timeout_s if timeout_s is None else timeout_s
+            )
+        except TimeoutError:
+            raise OperationTimeout(
+                f"server {server.id} did not answer within the timeout"
+            ) from None
+        except ConnectionError as e:
+            raise QuorumUnavailable(str(e)) from None
+        finally:
+            peer.cancel(rid)
+        if isinstance(reply, ErrorReply):
+            raise ServerError(reply.code, reply.message, server_id=server.id)
+        return reply
+
+    async def close(self) -> None:
+        for p in self._peers.values():
+            p.close()
+        self._peers.clear()
+        await asyncio.sleep(0)
+
+
+def _expire(rnd: _Round, phase: str, c: Configuration, timeout_s: float) -> None:
+    if not rnd.fut.done():
+        rnd.fut.set_exception(
+            OperationTimeout(
+                f"{phase} on configuration {c.id}: {len(rnd.answers)} of the {rnd.need} replies "
+                f"needed arrived within timeout_s={timeout_s}"
+                + (f" (errors: {'; '.join(rnd.errors)})" if rnd.errors else "")
+            )
+        )

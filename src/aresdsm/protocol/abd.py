@@ -1,0 +1,74 @@
+"""ABD: the replication data access primitive (protocol.md §4.1).
+
+Server side (pure): per (group, configuration, object) a register ``(tag, value)``, initially
+``(TAG0, b"")``.  QUERY_TAG replies the tag, QUERY_DATA the pair, PUT_DATA(t, v) stores the pair
+if ``t`` is newer -- so a server's tag never decreases (protocol.md §10 invariant 5) -- and ACKs.
+
+Client side (over the injected :class:`~aresdsm.protocol.channel.Channel`): each action is one
+round to the configuration's servers, completing on ``q = floor(n/2) + 1`` replies. Any two
+majorities intersect, which gives the DAP properties C1 and C2 of protocol.md §4.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..config import Configuration
+from ..tags import TAG0, Tag
+from ..wire.blob import EMPTY, Blob
+from ..wire.messages import Ack, DataReply, PutData, QueryData, QueryTag, TagReply
+from .channel import Channel
+
+NS = "abd"
+
+
+class Register(msgspec.Struct, frozen=True):
+    tag: Tag
+    value: Blob
+
+
+INITIAL = Register(TAG0, EMPTY)
+
+
+# --- server rules (pure) -------------------------------------------------------------------
+
+
+def on_query_tag(reg: Register) -> TagReply:
+    return TagReply(reg.tag)
+
+
+def on_query_data(reg: Register) -> DataReply:
+    return DataReply(reg.tag, reg.value)
+
+
+def on_put_data(reg: Register, msg: PutData) -> tuple[Register | None, Ack]:
+    """Returns the new register (None: unchanged) and the ACK."""
+    if msg.tag > reg.tag:
+        return Register(msg.tag, msg.value), Ack()
+    return None, Ack()
+
+
+# --- client actions --------------------------------------------------------------------------
+
+
+async def get_tag(net: Channel, c: Configuration, group: str, key: str) -> Tag:
+    replies = await net.round(c, QueryTag(group, c.id, key), expect=TagReply, phase="get-tag")
+    return max((r.tag for _, r in replies), default=TAG0)
+
+
+async def get_data(net: Channel, c: Configuration, group: str, key: str) -> tuple[Tag, Blob, bool]:
+    """Returns the max (tag, value) and whether every reply carried that same tag.
+
+    The flag lets a read skip its write-back when the value already sits on a quorum
+    (protocol.md §8.6).
+    """
+    replies = await net.round(c, QueryData(group, c.id, key), expect=DataReply, phase="get-data")
+    best = max((r for _, r in replies), key=lambda r: r.tag)
+    unanimous = all(r.tag == best.tag for _, r in replies)
+    return best.tag, best.value, unanimous
+
+
+async def put_data(
+    net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
+) -> None:
+    await net.round(c, PutData(group, c.id, key, tag, value), expect=Ack, phase="put-data")

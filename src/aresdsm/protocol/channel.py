@@ -1,0 +1,41 @@
+"""The injected interface between client algorithms and the network (architecture.md principle 2).
+
+A :class:`Channel` runs one *round*: send a request to every server of a configuration and wait
+for a quorum of successful replies of the expected type. The real implementation
+(:class:`aresdsm.net.client.TcpChannel`) uses TCP connections and real timeouts; the simulator's
+uses virtual time. The client algorithms never see sockets, clocks or random numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from ..config import Configuration, ServerInfo
+from ..wire.messages import Reply, Request
+
+R = TypeVar("R", bound=Reply)
+
+RequestFor = Request | Callable[[int, ServerInfo], Request]
+"""One request for every server, or a function of (server index, server) -> its request."""
+
+
+class Channel(Protocol):
+    async def round(
+        self,
+        c: Configuration,
+        request: RequestFor,
+        *,
+        expect: type[R],
+        phase: str,
+        need: int | None = None,
+    ) -> list[tuple[ServerInfo, R]]:
+        """Send ``request`` to all servers of ``c``; return the first ``need`` (default: ``c``'s
+        quorum size) replies of type ``expect``.
+
+        Error replies and replies of another type do not count. Raises
+        :class:`~aresdsm.errors.QuorumUnavailable` as soon as so many servers failed that
+        ``need`` replies cannot come, and :class:`~aresdsm.errors.OperationTimeout` when the
+        round's deadline passes. ``phase`` names the round for tracing and counters.
+        """
+        ...

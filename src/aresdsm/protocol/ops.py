@@ -1,0 +1,75 @@
+"""Read and write over one (static) configuration (protocol.md §4, ABD in §4.1).
+
+``write(v)``: get-tag from a quorum, pick ``(max.z + 1, writer)``, put-data to a quorum: 2 rounds.
+``read()``: get-data from a quorum, then put-data of the pair it returns (the write-back that
+makes later reads see at least this value), 2 rounds; with ``fast_read`` the write-back is skipped
+when every reply of the quorum already carried the returned tag (protocol.md §8.6): that quorum
+then plays the write-back quorum's role, and the read takes 1 round.
+
+Reconfiguration (protocol.md §6, §8) replaces the single configuration by a configuration
+sequence; these functions are the per-configuration steps it builds on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Configuration
+from ..tags import Tag
+from ..wire.blob import Blob
+from . import abd
+from .channel import Channel
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    tag: Tag
+    value: Blob
+    rounds: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpSwitches:
+    """Protocol switches; test-only ones are named ``broken_*`` and are never on in production."""
+
+    fast_read: bool = True
+    broken_skip_write_back: bool = False
+    """Test-only: reads never write back (the checker must catch it)."""
+    broken_no_query_before_write: bool = False
+    """Test-only: a writer picks (1, id) without asking for the max tag (must be caught)."""
+
+
+DEFAULT_SWITCHES = OpSwitches()
+
+
+async def write(
+    net: Channel,
+    c: Configuration,
+    *,
+    group: str,
+    key: str,
+    value: Blob,
+    writer: str,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> Tag:
+    if switches.broken_no_query_before_write:
+        tag = Tag(1, writer)
+    else:
+        tag = (await abd.get_tag(net, c, group, key)).successor(writer)
+    await abd.put_data(net, c, group, key, tag=tag, value=value)
+    return tag
+
+
+async def read(
+    net: Channel,
+    c: Configuration,
+    *,
+    group: str,
+    key: str,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> ReadResult:
+    tag, value, unanimous = await abd.get_data(net, c, group, key)
+    if (switches.fast_read and unanimous) or switches.broken_skip_write_back:
+        return ReadResult(tag, value, 1)
+    await abd.put_data(net, c, group, key, tag=tag, value=value)
+    return ReadResult(tag, value, 2)

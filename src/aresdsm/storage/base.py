@@ -1,0 +1,127 @@
+"""The storage engine interface: a durable map of state records, with group commit.
+
+Server state is a set of records keyed by ``(ns, group, config_id, key)``: ``ns`` names the
+protocol role that owns the record (``"abd"``, ``"cfg"``, later ``"treas"``, ``"paxos"``,
+``"next"``), the rest is protocol.md §2's keying. A record has a small ``meta`` (MessagePack the
+role encodes) and an optional ``data`` blob (the value or coded element).
+
+Persist before reply (architecture.md principle 4): the server applies a change to its in-memory
+state, :meth:`Storage.submit` queues the record writes and returns a future that completes when
+they are on stable storage; every reply waits for :meth:`Storage.barrier` -- the durability of
+everything applied before it -- so a server never reports (let alone acknowledges) state that a
+crash could lose. Writes queued while a commit is running share the next commit: group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import msgspec
+
+RecordKey = tuple[str, str, str, str]
+"""(ns, group, config_id, key)"""
+
+
+class Record(msgspec.Struct, frozen=True):
+    ns: str
+    group: str
+    config_id: str
+    key: str
+    meta: bytes
+    data: bytes | memoryview | None = None
+
+    @property
+    def record_key(self) -> RecordKey:
+        return (self.ns, self.group, self.config_id, self.key)
+
+
+class Delete(msgspec.Struct, frozen=True):
+    """Delete one record, or (key=None) every record of (ns, group, config_id)."""
+
+    ns: str
+    group: str
+    config_id: str
+    key: str | None = None
+
+
+Write = Record | Delete
+
+
+class Storage(ABC):
+    """A durable record store with group commit. One instance per server process."""
+
+    def __init__(self) -> None:
+        self._open_batch: list[Write] = []
+        self._open_future: asyncio.Future[None] | None = None
+        self._inflight_future: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.records_written = 0
+
+    # -- engine-specific ---------------------------------------------------------------------
+
+    @abstractmethod
+    def load(self) -> Iterable[Record]:
+        """Every record on stable storage (used once, at start-up, to recover)."""
+
+    @abstractmethod
+    def _commit(self, batch: list[Write]) -> None:
+        """Apply a batch atomically and make it durable. Runs in a worker thread."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files. Only after everything submitted is durable."""
+
+    def stored_bytes(self) -> int:
+        """Approximate bytes of state held (metrics)."""
+        return 0
+
+    # -- group commit --------------------------------------------------------------------------
+
+    def submit(self, writes: list[Write]) -> asyncio.Future[None]:
+        """Queue writes; the returned future completes when they are durable."""
+        if self._open_future is None:
+            self._open_future = asyncio.get_running_loop().create_future()
+        self._open_batch.extend(writes)
+        fut = self._open_future
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        return fut
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """A future for the durability of everything submitted so far (None: all durable)."""
+        if self._open_future is not None:
+            return self._open_future
+        if self._inflight_future is not None and not self._inflight_future.done():
+            return self._inflight_future
+        return None
+
+    async def _flush_loop(self) -> None:
+        while self._open_future is not None:
+            batch, fut = self._open_batch, self._open_future
+            self._open_batch, self._open_future = [], None
+            self._inflight_future = fut
+            try:
+                await self._run_commit(batch)
+            except BaseException as e:  # the server treats this as fatal (fail-stop)
+                if not fut.done():
+                    fut.set_exception(e)
+                raise
+            self.commits += 1
+            self.records_written += len(batch)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _run_commit(self, batch: list[Write]) -> None:
+        await asyncio.to_thread(self._commit, batch)
+
+    async def drain(self) -> None:
+        """Wait until everything submitted is durable."""
+        while (fut := self.barrier()) is not None:
+            with contextlib.suppress(Exception):
+                await fut
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]

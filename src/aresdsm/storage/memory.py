@@ -1,0 +1,47 @@
+"""An in-memory storage engine: for unit tests and benchmarks of the protocol alone.
+
+Commits complete at once (no thread hop) and nothing survives the process: it is *not* durable
+and ``ares server --storage memory`` says so when it starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .base import Record, RecordKey, Storage, Write
+
+
+class MemoryStorage(Storage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[RecordKey, Record] = {}
+
+    def load(self) -> Iterable[Record]:
+        return list(self.records.values())
+
+    def _commit(self, batch: list[Write]) -> None:
+        apply_batch(self.records, batch)
+
+    async def _run_commit(self, batch: list[Write]) -> None:
+        self._commit(batch)
+
+    def close(self) -> None:
+        pass
+
+    def stored_bytes(self) -> int:
+        return sum(
+            len(r.meta) + (len(r.data) if r.data is not None else 0) for r in self.records.values()
+        )
+
+
+def apply_batch(records: dict[RecordKey, Record], batch: list[Write]) -> None:
+    """Apply writes to a dict of records (shared with the simulator's disk model)."""
+    for w in batch:
+        if isinstance(w, Record):
+            records[w.record_key] = w
+        elif w.key is not None:
+            records.pop((w.ns, w.group, w.config_id, w.key), None)
+        else:
+            doomed = [k for k in records if k[:3] == (w.ns, w.group, w.config_id)]
+            for k in doomed:
+                del records[k]

@@ -1,0 +1,161 @@
+"""Frame codec: length-prefixed, versioned frames with out-of-band blobs.
+
+Frame layout (all integers big-endian)::
+
+    u32 length        bytes that follow this field (<= max_frame_bytes)
+    u8  version       FORMAT_VERSION
+    u32 header_len
+    header            MessagePack of an Envelope; every Blob field is encoded as [offset, length]
+    blobs             the blob bytes, concatenated (offsets relative to the start of this region)
+
+Blobs are written as separate buffers (``writelines``), so a 4 MiB value is never copied into
+the header; on receipt they are zero-copy memoryview slices of the received frame.
+
+Any malformed input -- short frame, wrong version, bad MessagePack, unknown message type,
+wrong field types, blob reference out of range -- raises :class:`~aresdsm.errors.FrameError`,
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+from ..errors import FrameError
+from .blob import Blob
+from .messages import Envelope
+
+FORMAT_VERSION = 1
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+_LEN = struct.Struct(">I")
+_PREFIX = struct.Struct(">IBI")  # length, version, header_len
+PREFIX_BYTES = _PREFIX.size  # 9
+LENGTH_BYTES = _LEN.size
+
+
+class Encoder:
+    """Encodes envelopes to a list of buffers ready for ``transport.writelines``."""
+
+    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._blobs: list[bytes | memoryview] = []
+        self._offset = 0
+        self._enc = msgspec.msgpack.Encoder(enc_hook=self._enc_hook)
+
+    def _enc_hook(self, obj: Any) -> Any:
+        if isinstance(obj, Blob):
+            ref = (self._offset, len(obj.data))
+            self._blobs.append(obj.data)
+            self._offset += len(obj.data)
+            return ref
+        raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+    def encode(self, env: Envelope) -> list[bytes | memoryview]:
+        self._blobs = []
+        self._offset = 0
+        try:
+            header = self._enc.encode(env)
+            blobs = self._blobs
+            body_len = 1 + 4 + len(header) + self._offset
+        finally:
+            self._blobs = []
+        if body_len > self.max_frame_bytes:
+            raise FrameError(
+                f"frame of {body_len} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+            )
+        prefix = _PREFIX.pack(body_len, FORMAT_VERSION, len(header))
+        return [prefix, header, *blobs]
+
+    def encode_bytes(self, env: Envelope) -> bytes:
+        """The whole frame as one bytes object (tests and the simulator)."""
+        return b"".join(bytes(b) for b in self.encode(env))
+
+
+class Decoder:
+    """Decodes one frame body (everything after the u32 length) into an Envelope."""
+
+    def __init__(self) -> None:
+        self._region: memoryview = memoryview(b"")
+        self._dec = msgspec.msgpack.Decoder(Envelope, dec_hook=self._dec_hook)
+
+    def _dec_hook(self, kind: type, obj: Any) -> Any:
+        if kind is Blob:
+            if not isinstance(obj, list) or len(obj) != 2 or not all(type(x) is int for x in obj):
+                raise ValueError("blob reference must be [offset, length]")
+            off, length = obj
+            if off < 0 or length < 0 or off + length > len(self._region):
+                raise ValueError("blob reference out of range")
+            return Blob(self._region[off : off + length])
+        raise NotImplementedError(f"cannot decode {kind!r}")
+
+    def decode_body(self, body: bytes | memoryview) -> Envelope:
+        view = memoryview(body)
+        if len(view) < 5:
+            raise FrameError(f"frame body of {len(view)} bytes is too short")
+        version = view[0]
+        if version != FORMAT_VERSION:
+            raise FrameError(
+                f"unsupported frame format version {version} (expected {FORMAT_VERSION})"
+            )
+        (header_len,) = _LEN.unpack_from(view, 1)
+        if 5 + header_len > len(view):
+            raise FrameError(f"header length {header_len} exceeds frame body {len(view) - 5}")
+        self._region = view[5 + header_len :].toreadonly()
+        try:
+            return self._dec.decode(view[5 : 5 + header_len])
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as e:
+            raise FrameError(f"malformed message: {e}") from None
+        finally:
+            self._region = memoryview(b"")
+
+    def decode_frame(self, frame: bytes | memoryview, *, max_frame_bytes: int) -> Envelope:
+        """Decode a whole frame including its length prefix (tests, simulator, fuzzing)."""
+        view = memoryview(frame)
+        if len(view) < LENGTH_BYTES:
+            raise FrameError("frame shorter than its length prefix")
+        (length,) = _LEN.unpack_from(view, 0)
+        if length > max_frame_bytes:
+            raise FrameError(f"frame of {length} bytes exceeds max_frame_bytes={max_frame_bytes}")
+        if length != len(view) - LENGTH_BYTES:
+            raise FrameError(
+                f"frame length {length} does not match {len(view) - LENGTH_BYTES} bytes"
+            )
+        return self.decode_body(view[LENGTH_BYTES:])
+
+
+class FrameBuffer:
+    """Incremental splitter of a byte stream into frame bodies, with a size limit."""
+
+    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._need: int | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every complete frame body. Raises FrameError if too big."""
+        self._buf += data
+        out: list[bytes] = []
+        buf = self._buf
+        pos = 0
+        while True:
+            if self._need is None:
+                if len(buf) - pos < LENGTH_BYTES:
+                    break
+                (length,) = _LEN.unpack_from(buf, pos)
+                if length > self.max_frame_bytes:
+                    raise FrameError(
+                        f"incoming frame of {length} bytes exceeds "
+                        f"max_frame_bytes={self.max_frame_bytes}"
+                    )
+                self._need = length
+                pos += LENGTH_BYTES
+            if len(buf) - pos < self._need:
+                break
+            out.append(bytes(buf[pos : pos + self._need]))
+            pos += self._need
+            self._need = None
+        if pos:
+            del buf[:pos]
+        return out
