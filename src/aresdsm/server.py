@@ -19,6 +19,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import cast
 
 from .config import Configuration
 from .errors import FrameError
@@ -43,8 +44,7 @@ class _Conn(asyncio.Protocol):
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
         self.server.bump("connections")
 

@@ -20,7 +20,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..config import ClientOptions, Configuration, ServerInfo
 from ..errors import FrameError, OperationTimeout, QuorumUnavailable, ServerError
@@ -139,11 +139,10 @@ class PeerConnection(asyncio.Protocol):
             )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         if self._closed:
             transport.close()
             return
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         self._frames = FrameBuffer(max_frame_bytes=self.options.max_frame_bytes)
         self._backoff_s = self._initial_backoff_s
         self._retry_at = 0.0

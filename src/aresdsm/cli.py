@@ -1,0 +1,414 @@
+"""The ``ares`` command line: a thin layer over the library (click + rich)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import runtime
+from .config import DEFAULT_GROUP, load_cluster_file, parse_address
+from .errors import AresError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DEFAULT_DIR = "./ares-data"
+
+
+def _default_cluster() -> str:
+    return os.environ.get("ARES_CLUSTER", str(Path(DEFAULT_DIR) / "cluster.toml"))
+
+
+cluster_option = click.option(
+    "--cluster",
+    "cluster_path",
+    default=_default_cluster,
+    show_default="$ARES_CLUSTER or ./ares-data/cluster.toml",
+    help="Cluster file (TOML) naming the servers and the initial configuration.",
+)
+
+
+class AresGroup(click.Group):
+    """Turns aresdsm errors into a one-line message and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AresError as e:
+            err_console.print(f"[bold red]error:[/] {e}")
+            sys.exit(1)
+
+
+@click.group(cls=AresGroup)
+@click.version_option(package_name="aresdsm")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """aresdsm: Ares II, an atomic, reconfigurable distributed shared memory."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+# --- server ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--id", "server_id", required=True, help="This server's id, as in the cluster file.")
+@cluster_option
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where state is kept.")
+@click.option("--listen", help="host:port to listen on (default: the address in the cluster file).")
+@click.option(
+    "--storage",
+    type=click.Choice(["sqlite", "memory"]),
+    default="sqlite",
+    show_default=True,
+    help="Storage engine; 'memory' is NOT durable (tests and protocol benchmarks only).",
+)
+@click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
+def server(
+    server_id: str,
+    cluster_path: str,
+    data_dir: str | None,
+    listen: str | None,
+    storage: str,
+    ready_file: str | None,
+) -> None:
+    """Run one server until SIGTERM."""
+    from .server import run_server
+
+    cf = load_cluster_file(cluster_path)
+    me = cf.server(server_id)
+    host, port = parse_address(listen or me.address)
+    ddir = data_dir or cf.data_dirs.get(server_id) or str(Path(DEFAULT_DIR) / server_id)
+    if storage == "memory":
+        err_console.print("[yellow]warning:[/] storage 'memory' is not durable")
+    code = runtime.run(
+        run_server(
+            server_id=server_id,
+            host=host,
+            port=port,
+            data_dir=ddir,
+            storage_kind=storage,
+            initial=cf.initial,
+            ready_file=ready_file,
+        )
+    )
+    sys.exit(code)
+
+
+# --- local clusters -----------------------------------------------------------------------------
+
+
+@main.group()
+def cluster() -> None:
+    """Run a cluster of server processes on this machine."""
+
+
+@cluster.command("start")
+@click.option(
+    "-n",
+    "--servers",
+    "n",
+    default=3,
+    show_default=True,
+    help="Servers in the initial configuration.",
+)
+@click.option(
+    "--spares", default=0, show_default=True, help="Extra servers not in any configuration yet."
+)
+@click.option(
+    "--dir", "base_dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
+)
+def cluster_start(n: int, spares: int, base_dir: str, storage: str) -> None:
+    """Start a local cluster in the background and write DIR/cluster.toml."""
+    from .local import LocalCluster
+
+    if n < 1 or spares < 0:
+        raise click.BadParameter("need at least one server and no negative spares")
+    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage)
+    lc.start_all(detach=True)
+    console.print(f"started {n + spares} servers; cluster file: [bold]{lc.cluster_path}[/]")
+    for s in lc.cluster.servers:
+        member = "member of c0" if lc.cluster.initial.has_member(s.id) else "spare"
+        console.print(f"  {s.id}  {s.address}  ({member})  data: {lc.data_dir(s.id)}")
+    console.print(f"try:  ares put hello world --cluster {lc.cluster_path}")
+
+
+@cluster.command("stop")
+@click.option(
+    "--dir", "base_dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False)
+)
+@click.option("--purge", is_flag=True, help="Also delete the data directory.")
+def cluster_stop(base_dir: str, purge: bool) -> None:
+    """Stop the local cluster in DIR (SIGTERM, then SIGKILL after 10 s)."""
+    from .local import LocalCluster
+
+    lc = LocalCluster.open(base_dir)
+    lc.stop()
+    console.print(f"stopped the cluster in {lc.base_dir}")
+    if purge:
+        import shutil
+
+        shutil.rmtree(lc.base_dir)
+        console.print(f"deleted {lc.base_dir}")
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read the value from a file.",
+)
+@click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@cluster_option
+def put(key: str, value: str | None, path: str | None, group: str, cluster_path: str) -> None:
+    """Write VALUE (or the contents of --file) to object KEY."""
+    from .client import connect
+
+    if (value is None) == (path is None):
+        raise click.UsageError("give exactly one of VALUE or --file")
+    data = Path(path).read_bytes() if path is not None else (value or "").encode()
+
+    async def go() -> Any:
+        async with connect(cluster_path) as store:
+            return await store.write(key, data, group=group)
+
+    tag = runtime.run(go())
+    console.print(f"wrote {len(data)} bytes to {key!r} (tag {tag})")
+
+
+@main.command()
+@click.argument("key")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the value to a file.")
+@click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@click.option("--tag", "show_tag", is_flag=True, help="Also print the value's tag on stderr.")
+@cluster_option
+def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: str) -> None:
+    """Read object KEY and print its value (raw bytes) or save it with -o."""
+    from .client import connect
+
+    async def go() -> Any:
+        async with connect(cluster_path) as store:
+            return await store.read_tagged(key, group=group)
+
+    tag, data = runtime.run(go())
+    if show_tag:
+        err_console.print(f"tag {tag}")
+    if output:
+        Path(output).write_bytes(data)
+        err_console.print(f"saved {len(data)} bytes to {output}")
+    else:
+        sys.stdout.buffer.write(data)
+        if sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+
+
+@main.command()
+@cluster_option
+def status(cluster_path: str) -> None:
+    """Show the configuration and each server's state and counters."""
+    from .client import connect
+
+    cf = load_cluster_file(cluster_path)
+
+    async def go() -> Any:
+        async with connect(cf) as store:
+            return await store.stats()
+
+    stats = runtime.run(go())
+    console.print(f"configuration {cf.initial.describe()}  quorum {cf.initial.quorum_size}")
+    table = Table("server", "address", "state", "objects", "stored bytes", "requests")
+    for s, st in zip(cf.initial.servers, stats, strict=True):
+        if isinstance(st, str):
+            table.add_row(s.id, s.address, f"[red]down[/] ({st[:60]})", "", "", "")
+        else:
+            reqs = sum(v for k, v in st.counters.items() if k[0].isupper())
+            table.add_row(
+                s.id, s.address, "[green]up[/]", str(st.objects), str(st.stored_bytes), str(reqs)
+            )
+    console.print(table)
+
+
+# --- demo, check, bench ------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--servers", default=3, show_default=True)
+@click.option("--clients", default=4, show_default=True)
+@click.option("--duration-s", default=9.0, show_default=True, help="Length of the workload.")
+@click.option("--no-crash", is_flag=True, help="Do not kill and restart a server.")
+@click.option(
+    "--keep", type=click.Path(file_okay=False), help="Keep cluster data and history here."
+)
+def demo(servers: int, clients: int, duration_s: float, no_crash: bool, keep: str | None) -> None:
+    """Start a local cluster, run a workload through a crash and restart, check the history."""
+    from .demo import run_demo
+
+    if servers < 3 and not no_crash:
+        raise click.BadParameter("a crash needs at least 3 servers (or pass --no-crash)")
+    res = runtime.run(
+        run_demo(
+            servers=servers,
+            clients=clients,
+            duration_s=duration_s,
+            crash=not no_crash,
+            base_dir=keep,
+            log=lambda m: console.print(f"[dim]{m}[/]"),
+        )
+    )
+    lat = sorted(res.latencies_s)
+    p50 = lat[len(lat) // 2] * 1e3 if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3 if lat else float("nan")
+    table = Table(title="ares demo", show_header=False)
+    table.add_row("servers / clients", f"{servers} / {clients}")
+    table.add_row("operations ok", f"{res.ops_ok} ({res.writes_ok} writes, {res.reads_ok} reads)")
+    table.add_row(
+        "operations failed",
+        f"{res.ops_failed} (during the crash; failed writes may or may not count)",
+    )
+    table.add_row(
+        "throughput", f"{res.ops_ok / res.duration_s:.0f} ops/s" if res.duration_s else "-"
+    )
+    table.add_row("latency p50 / p99", f"{p50:.2f} ms / {p99:.2f} ms")
+    for ev in res.events:
+        table.add_row("fault", ev)
+    colour = "green" if res.verdict == "ok" else "red"
+    table.add_row("linearizable", f"[bold {colour}]{res.verdict}[/]")
+    if res.history_path:
+        table.add_row("history", res.history_path)
+    console.print(table)
+    if res.verdict != "ok":
+        console.print(res.explanation)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("history", type=click.Path(exists=True, dir_okay=False))
+@click.option("--max-steps", default=1_000_000, show_default=True, help="Search bound per key.")
+def check(history: str, max_steps: int) -> None:
+    """Check a recorded history (JSON lines) for linearizability, per key."""
+    from .check import check_file
+
+    try:
+        result = check_file(history, max_steps=max_steps)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    console.print(
+        result.explain() if result.verdict != "ok" else f"[green]ok[/]: {history} is linearizable"
+    )
+    sys.exit({"ok": 0, "violation": 1}.get(result.verdict, 2))
+
+
+@main.command()
+@click.option(
+    "--servers",
+    "servers_s",
+    default="3,5",
+    show_default=True,
+    help="Cluster sizes, comma separated.",
+)
+@click.option(
+    "--concurrency", "conc_s", default="1,64", show_default=True, help="Operations in flight."
+)
+@click.option("--kinds", default="write,read", show_default=True)
+@click.option("--value-size", default=1024, show_default=True, help="Value size in bytes.")
+@click.option("--duration-s", default=3.0, show_default=True, help="Per cell.")
+@click.option(
+    "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
+)
+@click.option(
+    "--fast-read/--no-fast-read",
+    default=True,
+    show_default=True,
+    help="One-round reads (protocol.md §8.6).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default="bench-results/bench.json",
+    show_default=True,
+)
+def bench(
+    servers_s: str,
+    conc_s: str,
+    kinds: str,
+    value_size: int,
+    duration_s: float,
+    storage: str,
+    fast_read: bool,
+    json_out: str,
+) -> None:
+    """Measure throughput and latency on a local cluster of real server processes."""
+    from .bench import run_bench
+
+    try:
+        servers = [int(x) for x in servers_s.split(",")]
+        conc = [int(x) for x in conc_s.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            "--servers and --concurrency take comma-separated integers"
+        ) from None
+    kind_list = [k.strip() for k in kinds.split(",")]
+    if not set(kind_list) <= {"read", "write"}:
+        raise click.BadParameter("--kinds takes read and/or write")
+    if any(n < 1 for n in servers) or any(c < 1 for c in conc) or value_size < 0 or duration_s <= 0:
+        raise click.BadParameter("sizes, concurrency and duration must be positive")
+    report = runtime.run(
+        run_bench(
+            servers=servers,
+            concurrency=conc,
+            kinds=kind_list,
+            value_bytes=value_size,
+            duration_s=duration_s,
+            storage=storage,
+            fast_read=fast_read,
+            log=console.print,
+        )
+    )
+    Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
+    table = Table("N", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds/op", "msgs/op", "p50/floor")
+    for c in report.cells:
+        table.add_row(
+            str(c.servers),
+            str(c.concurrency),
+            c.kind,
+            f"{c.ops_per_s:.0f}",
+            f"{c.p50_ms:.3f}",
+            f"{c.p99_ms:.3f}",
+            f"{c.rounds_per_op:.2f}",
+            f"{c.messages_per_op:.2f}",
+            f"{c.p50_over_floor:.1f}",
+        )
+    console.print(table)
+    console.print(f"machine: {report.machine}; saved {json_out}")
+
+
+def _register_optional() -> None:
+    try:
+        from .sim.command import sim
+    except ImportError:  # pragma: no cover - the simulator ships with the package
+        return
+    main.add_command(sim)
+
+
+_register_optional()

@@ -1,0 +1,242 @@
+"""Local clusters of real server processes (``ares cluster``, ``ares demo``, ``ares bench``, tests).
+
+Each server is a separate ``python -m aresdsm server`` process with its own data directory,
+started the way a user starts one. :class:`LocalCluster` picks free loopback ports, writes the
+cluster file, starts the processes, waits until each has written its ready file, and can
+SIGKILL and restart a server (same port, same data directory) to exercise recovery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import (
+    ClientOptions,
+    ClusterFile,
+    Configuration,
+    ServerInfo,
+    dump_cluster_file,
+    load_cluster_file,
+    validate_configuration,
+)
+from .errors import AresError
+
+READY_TIMEOUT_S = 20.0
+STATE_FILE = "cluster.json"
+CLUSTER_FILE = "cluster.toml"
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel reports free right now (kept bound until all are chosen)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class LocalCluster:
+    """A cluster of server processes on this machine, rooted at ``base_dir``."""
+
+    base_dir: Path
+    cluster: ClusterFile
+    storage: str = "sqlite"
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    python: str = sys.executable
+
+    @property
+    def cluster_path(self) -> Path:
+        return self.base_dir / CLUSTER_FILE
+
+    @classmethod
+    def create(
+        cls,
+        base_dir: str | Path,
+        *,
+        n: int,
+        spares: int = 0,
+        storage: str = "sqlite",
+        dap: str = "abd",
+        k: int = 1,
+        delta: int = 0,
+        host: str = "127.0.0.1",
+        timeout_s: float = 5.0,
+    ) -> LocalCluster:
+        base = Path(base_dir).resolve()
+        if (base / CLUSTER_FILE).exists():
+            raise AresError(
+                f"{base / CLUSTER_FILE} already exists; stop that cluster or pick --dir"
+            )
+        base.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(n + spares, host)
+        servers = tuple(ServerInfo(f"s{i + 1}", f"{host}:{p}") for i, p in enumerate(ports))
+        initial = validate_configuration(
+            Configuration("c0", servers[:n], dap=dap, k=k, delta=delta)  # type: ignore[arg-type]
+        )
+        cf = ClusterFile(
+            servers=servers,
+            initial=initial,
+            client=ClientOptions(timeout_s=timeout_s),
+            name="local",
+            data_dirs={s.id: str(base / s.id) for s in servers},
+        )
+        base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
+        return cls(base, cf, storage=storage)
+
+    @classmethod
+    def open(cls, base_dir: str | Path) -> LocalCluster:
+        base = Path(base_dir).resolve()
+        cf = load_cluster_file(base / CLUSTER_FILE)
+        storage = "sqlite"
+        state = base / STATE_FILE
+        if state.exists():
+            storage = json.loads(state.read_text()).get("storage", "sqlite")
+        return cls(base, cf, storage=storage)
+
+    def data_dir(self, server_id: str) -> Path:
+        return Path(self.cluster.data_dirs.get(server_id, str(self.base_dir / server_id)))
+
+    def start(self, server_ids: list[str] | None = None, *, detach: bool = False) -> None:
+        ids = server_ids if server_ids is not None else list(self.cluster.initial.server_ids)
+        for sid in ids:
+            self._spawn(sid, detach=detach)
+        for sid in ids:
+            self._wait_ready(sid)
+        self._save_state()
+
+    def start_all(self, *, detach: bool = False) -> None:
+        self.start([s.id for s in self.cluster.servers], detach=detach)
+
+    def _spawn(self, sid: str, *, detach: bool) -> None:
+        ddir = self.data_dir(sid)
+        ddir.mkdir(parents=True, exist_ok=True)
+        ready = ddir / "ready"
+        ready.unlink(missing_ok=True)
+        log = open(ddir / "server.log", "ab")  # noqa: SIM115 - handed to the child process
+        cmd = [
+            self.python,
+            "-m",
+            "aresdsm",
+            "server",
+            "--id",
+            sid,
+            "--cluster",
+            str(self.cluster_path),
+            "--data-dir",
+            str(ddir),
+            "--storage",
+            self.storage,
+            "--ready-file",
+            str(ready),
+        ]
+        self.procs[sid] = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+        log.close()
+
+    def _wait_ready(self, sid: str) -> None:
+        ready = self.data_dir(sid) / "ready"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        proc = self.procs[sid]
+        while not ready.exists():
+            if proc.poll() is not None:
+                tail = (self.data_dir(sid) / "server.log").read_text(errors="replace")[-2000:]
+                raise AresError(f"server {sid} exited with code {proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise AresError(f"server {sid} not ready after {READY_TIMEOUT_S}s")
+            time.sleep(0.02)
+
+    def kill(self, sid: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a server process (SIGKILL by default: no clean shutdown)."""
+        proc = self.procs.pop(sid, None)
+        if proc is not None:
+            proc.send_signal(sig)
+            proc.wait(timeout=10)
+        else:
+            pid = self._pids().get(sid)
+            if pid is not None:
+                _kill_pid(pid, sig)
+        self._save_state()
+
+    def restart(self, sid: str) -> None:
+        self._spawn(sid, detach=False)
+        self._wait_ready(sid)
+        self._save_state()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every server (clean shutdown), SIGKILL what is left after timeout_s."""
+        pids = {sid: p.pid for sid, p in self.procs.items()} | {
+            sid: pid for sid, pid in self._pids().items() if sid not in self.procs
+        }
+        for pid in pids.values():
+            _kill_pid(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for sid, pid in pids.items():
+            proc = self.procs.get(sid)
+            if proc is not None:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            else:
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if _alive(pid):
+                    _kill_pid(pid, signal.SIGKILL)
+        self.procs.clear()
+        (self.base_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def _pids(self) -> dict[str, int]:
+        state = self.base_dir / STATE_FILE
+        if not state.exists():
+            return {}
+        pids: dict[str, int] = json.loads(state.read_text()).get("pids", {})
+        return {sid: pid for sid, pid in pids.items() if _alive(pid)}
+
+    def _save_state(self) -> None:
+        pids = self._pids() | {sid: p.pid for sid, p in self.procs.items() if p.poll() is None}
+        (self.base_dir / STATE_FILE).write_text(
+            json.dumps({"storage": self.storage, "pids": pids}, indent=1)
+        )
+
+    def running(self) -> dict[str, int]:
+        return self._pids() | {sid: p.pid for sid, p in self.procs.items() if p.poll() is None}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # reap our own zombie children
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _kill_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
