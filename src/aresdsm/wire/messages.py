@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from ..config import Configuration
 from ..tags import Tag
 from .blob import Blob
 
@@ -49,13 +50,83 @@ class QueryData(_Msg, frozen=True, tag="qdata"):
 
 
 class PutData(_Msg, frozen=True, tag="put"):
-    """ABD put-data (protocol.md §4.1): store (tag, value) durably if tag is newer; then ACK."""
+    """put-data: ABD (protocol.md §4.1) stores (tag, value) if tag is newer; TREAS (§4.2) adds
+    (tag, coded element) to its list (``value`` is then this server's element); then ACK."""
 
     group: str
     config_id: str
     key: str
     tag: Tag
     value: Blob
+
+
+class QueryList(_Msg, frozen=True, tag="qlist"):
+    """TREAS get-data (protocol.md §4.2): reply with the whole list of (tag, element or None)."""
+
+    group: str
+    config_id: str
+    key: str
+
+
+class Ballot(msgspec.Struct, frozen=True, order=True, array_like=True):
+    """A Paxos ballot ``(round, proposer)``, compared lexicographically (protocol.md §5)."""
+
+    round: int
+    proposer: str
+
+
+class NextEntry(msgspec.Struct, frozen=True, array_like=True):
+    """``nextC[g][c]``: the successor of a configuration and its status, P or F (protocol.md §2)."""
+
+    config: Configuration
+    status: Literal["P", "F"]
+
+
+class ReadConfig(_Msg, frozen=True, tag="rcfg"):
+    """READ_CONFIG (protocol.md §6): reply with ``nextC[group][config_id]``."""
+
+    group: str
+    config_id: str
+
+
+class WriteConfig(_Msg, frozen=True, tag="wcfg"):
+    """WRITE_CONFIG (protocol.md §6): store the entry unless an F entry is already stored."""
+
+    group: str
+    config_id: str
+    entry: NextEntry
+
+
+class Prepare(_Msg, frozen=True, tag="prep"):
+    """Paxos phase 1a for the instance (group, config_id) (protocol.md §5)."""
+
+    group: str
+    config_id: str
+    ballot: Ballot
+
+
+class Accept(_Msg, frozen=True, tag="acc"):
+    """Paxos phase 2a: accept ``value`` (the successor configuration) at ``ballot``."""
+
+    group: str
+    config_id: str
+    ballot: Ballot
+    value: Configuration
+
+
+class InstallConfig(_Msg, frozen=True, tag="inst"):
+    """Tell a server a configuration descriptor it is a member of (it may start knowing none)."""
+
+    config: Configuration
+
+
+class ListKeys(_Msg, frozen=True, tag="keys"):
+    """The objects a server holds for (group, config_id), in key order, after ``after`` (paged)."""
+
+    group: str
+    config_id: str
+    after: str
+    limit: int
 
 
 class GetStats(_Msg, frozen=True, tag="stats"):
@@ -78,8 +149,44 @@ class DataReply(_Msg, frozen=True, tag="data"):
     value: Blob
 
 
+class ListEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One TREAS list entry: a tag and this server's coded element for it (None: dropped, ⊥)."""
+
+    tag: Tag
+    element: Blob | None
+
+
+class ListReply(_Msg, frozen=True, tag="list"):
+    entries: tuple[ListEntry, ...]
+
+
 class Ack(_Msg, frozen=True, tag="ack"):
     pass
+
+
+class NextReply(_Msg, frozen=True, tag="next"):
+    next: NextEntry | None
+
+
+class Promise(_Msg, frozen=True, tag="prom"):
+    ballot: Ballot
+    accepted_ballot: Ballot | None
+    accepted_value: Configuration | None
+
+
+class Accepted(_Msg, frozen=True, tag="acd"):
+    ballot: Ballot
+
+
+class Nack(_Msg, frozen=True, tag="nack"):
+    """Paxos refusal: the acceptor has promised ``promised``."""
+
+    promised: Ballot
+
+
+class KeysReply(_Msg, frozen=True, tag="keysr"):
+    keys: tuple[str, ...]
+    more: bool
 
 
 class Stats(_Msg, frozen=True, tag="statsr"):
@@ -96,6 +203,7 @@ ErrorCode = Literal[
     "overloaded",  # too many requests in flight on this connection
     "storage",  # the durable store failed; nothing was applied
     "shutting-down",
+    "invariant",  # the request would break a protocol invariant; refused, nothing applied
 ]
 
 
@@ -104,8 +212,34 @@ class ErrorReply(_Msg, frozen=True, tag="err"):
     message: str
 
 
-Request = Ping | QueryTag | QueryData | PutData | GetStats
-Reply = Pong | TagReply | DataReply | Ack | Stats | ErrorReply
+Request = (
+    Ping
+    | QueryTag
+    | QueryData
+    | QueryList
+    | PutData
+    | ReadConfig
+    | WriteConfig
+    | Prepare
+    | Accept
+    | InstallConfig
+    | ListKeys
+    | GetStats
+)
+Reply = (
+    Pong
+    | TagReply
+    | DataReply
+    | ListReply
+    | Ack
+    | NextReply
+    | Promise
+    | Accepted
+    | Nack
+    | KeysReply
+    | Stats
+    | ErrorReply
+)
 Message = Request | Reply
 
 

@@ -1,0 +1,75 @@
+"""Storage engines: durability across reopen, group commit, deletes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from aresdsm.storage import Delete, MemoryStorage, Record, SqliteStorage, Storage
+
+
+def rec(key: str, data: bytes, cfg: str = "c0") -> Record:
+    return Record("abd", "g", cfg, key, b"meta-" + key.encode(), data)
+
+
+async def _submit_many(st: Storage, n: int) -> None:
+    futs = [st.submit([rec(f"k{i}", b"v" * i)]) for i in range(n)]
+    await asyncio.gather(*futs)
+
+
+def test_sqlite_survives_reopen_and_group_commits(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    st = SqliteStorage(path)
+    asyncio.run(_submit_many(st, 200))
+    assert st.records_written == 200
+    assert st.commits < 200  # writes queued during a commit share the next one
+    st.close()
+    again = SqliteStorage(path)
+    loaded = {r.key: r for r in again.load()}
+    assert len(loaded) == 200
+    assert loaded["k7"].data == b"v" * 7 and loaded["k7"].meta == b"meta-k7"
+    again.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_replace_and_delete(kind: str, tmp_path: Path) -> None:
+    st: Storage = MemoryStorage() if kind == "memory" else SqliteStorage(tmp_path / "d.sqlite3")
+
+    async def go() -> None:
+        await st.submit([rec("a", b"1"), rec("b", b"2"), rec("c", b"3", cfg="c1")])
+        await st.submit([rec("a", b"one")])
+        await st.submit([Delete("abd", "g", "c0", "b")])
+        assert st.barrier() is None
+        await st.submit([Delete("abd", "g", "c1")])
+
+    asyncio.run(go())
+    assert {r.key: r.data for r in st.load()} == {"a": b"one"}
+    assert st.stored_bytes() == len(b"meta-a") + 3
+    st.close()
+
+
+def test_barrier_covers_everything_submitted(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "b.sqlite3")
+
+    async def go() -> None:
+        f1 = st.submit([rec("a", b"1")])
+        b = st.barrier()
+        assert b is f1
+        await b
+        assert st.barrier() is None
+
+    asyncio.run(go())
+    st.close()
+
+
+def test_storage_failure_propagates(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path / "f.sqlite3")
+    st.close()  # commits on a closed database fail
+
+    async def go() -> None:
+        with pytest.raises(Exception, match="closed"):
+            await st.submit([rec("a", b"1")])
+
+    asyncio.run(go())
