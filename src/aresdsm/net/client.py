@@ -15,7 +15,6 @@ when a quorum answered, when a quorum has become impossible (QuorumUnavailable),
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import time
 from collections import deque
@@ -26,7 +25,7 @@ from ..config import ClientOptions, Configuration, ServerInfo
 from ..errors import FrameError, OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol.channel import RequestFor
 from ..wire.codec import Decoder, Encoder, FrameBuffer
-from ..wire.messages import Envelope, ErrorReply, Reply, Request
+from ..wire.messages import Envelope, ErrorReply, InstallConfig, Reply, Request
 
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
@@ -287,7 +286,7 @@ class TcpChannel:
             peer = self.peer(server)
             sent.append((peer, rid))
             self.messages += 1
-            peer.send(rid, req, functools.partial(rnd.on_reply, server))
+            peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent))
             if fut.done():
                 break
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
@@ -300,6 +299,38 @@ class TcpChannel:
                 rnd.timer.cancel()
             for peer, rid in sent:
                 peer.cancel(rid)
+
+    def _reply_handler(
+        self,
+        rnd: _Round,
+        c: Configuration,
+        server: ServerInfo,
+        peer: PeerConnection,
+        req: Request,
+        sent: list[tuple[PeerConnection, int]],
+    ) -> Callback:
+        """Deliver replies to the round; a server that does not know ``c`` yet (it joined
+        empty, protocol.md §3) is sent the descriptor and the request again, once."""
+        retried = False
+
+        def on_reply(reply: Reply | BaseException) -> None:
+            nonlocal retried
+            if (
+                isinstance(reply, ErrorReply)
+                and reply.code == "unknown-config"
+                and not retried
+                and not rnd.fut.done()
+            ):
+                retried = True
+                peer.send(next(self._rids), InstallConfig(c), _ignore)
+                rid = next(self._rids)
+                sent.append((peer, rid))
+                self.messages += 2
+                peer.send(rid, req, on_reply)
+                return
+            rnd.on_reply(server, reply)
+
+        return on_reply
 
     async def request(
         self, server: ServerInfo, req: Request, *, timeout_s: float | None = None
@@ -339,6 +370,10 @@ class TcpChannel:
             p.close()
         self._peers.clear()
         await asyncio.sleep(0)
+
+
+def _ignore(reply: Reply | BaseException) -> None:
+    """Replies to InstallConfig: its effect shows in the reply to the request that follows."""
 
 
 def _expire(rnd: _Round, phase: str, c: Configuration, timeout_s: float) -> None:

@@ -19,6 +19,7 @@ seeded in the simulator) and retries, at most ``max_attempts`` times, then raise
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 
@@ -121,13 +122,8 @@ async def _phase(
     phase succeeds only if none of them refused.
     """
     positive: type[Promise] | type[Accepted] = Promise if isinstance(request, Prepare) else Accepted
-    replies = await net.round(
-        c,
-        request,
-        expect=positive | Nack,
-        phase=phase,
-        need=c.majority,  # type: ignore[arg-type]
-    )
+    either: Any = positive | Nack  # a refusal is an answer too
+    replies = await net.round(c, request, expect=either, phase=phase, need=c.majority)
     nacks = [r.promised for _, r in replies if isinstance(r, Nack)]
     good = [r for _, r in replies if isinstance(r, Promise | Accepted)]
     return not nacks, good, nacks

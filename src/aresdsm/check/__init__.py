@@ -1,0 +1,181 @@
+"""Linearizability checker (protocol.md §10 invariant 1), after porcupine.
+
+Histories are split per object (linearizability is local: a history is linearizable iff each
+object's is), and each object's history is checked against a sequential model:
+
+* registers whose written values are unique (the usual case: workloads write unique values) go
+  through the exact O(n log n) zone check (:mod:`.zones`);
+* everything else, and coverable registers, through the general search (:mod:`.search`), bounded
+  by ``max_steps``: the answer is then ``ok``, ``violation`` or ``unknown``.
+
+Operations that did not return ``ok`` are handled explicitly: a write that failed or never
+returned may or may not have taken effect (it is given ``complete = inf``); a read that did not
+return ``ok`` is dropped (a read has no effect of its own).
+
+On a violation, :meth:`CheckResult.explain` lists a small set of operations that is already not
+linearizable -- shrunk greedily with the general search -- with their times and values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..history import EMPTY_DIGEST, OpRecord, read_records
+from .model import INF, CoverableModel, Model, Op, RegisterModel
+from .search import Verdict, search
+from .zones import Conflict, check_unique, unique_values
+
+__all__ = [
+    "CheckResult",
+    "CoverableModel",
+    "KeyResult",
+    "Op",
+    "RegisterModel",
+    "check_file",
+    "check_history",
+    "check_operations",
+    "ops_from_records",
+]
+
+MAX_SHRINK_OPS = 400
+
+
+@dataclass(frozen=True)
+class KeyResult:
+    key: str
+    verdict: Verdict
+    ops: int
+    method: str
+    witness: tuple[Op, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    verdict: Verdict
+    keys: tuple[KeyResult, ...] = field(default_factory=tuple)
+
+    @property
+    def violations(self) -> list[KeyResult]:
+        return [k for k in self.keys if k.verdict == "violation"]
+
+    def explain(self) -> str:
+        if self.verdict == "ok":
+            total = sum(k.ops for k in self.keys)
+            return f"linearizable ({len(self.keys)} objects, {total} operations)"
+        lines = []
+        for k in self.keys:
+            if k.verdict == "unknown":
+                lines.append(
+                    f"object {k.key!r}: unknown (search bound reached, {k.ops} operations)"
+                )
+            if k.verdict != "violation":
+                continue
+            lines.append(f"object {k.key!r}: NOT linearizable ({k.method}): {k.reason}")
+            lines.append("  these operations admit no linearization:")
+            for o in sorted(k.witness, key=lambda o: o.invoke):
+                lines.append("    " + _describe(o))
+        return "\n".join(lines)
+
+
+def _describe(o: Op) -> str:
+    end = "never returned (may or may not have happened)" if o.pending else f"{o.complete:.6f}"
+    val = str(o.value)[:12] if o.value is not None else "-"
+    what = {"read": f"read -> {val}", "write": f"write {val}"}.get(o.kind, f"{o.kind} {val}")
+    if o.tag is not None:
+        what += f" tag={o.tag}"
+    if o.base is not None:
+        what += f" base={o.base}"
+    return f"#{o.op_id} client {o.client or '?'}: {what}  [{o.invoke:.6f} .. {end}]"
+
+
+def ops_from_records(records: Iterable[OpRecord]) -> dict[str, list[Op]]:
+    """Group recorded operations per (group, key) and convert them to checker operations."""
+    per_key: dict[str, list[Op]] = {}
+    for r in records:
+        if r.kind == "read" and r.outcome != "ok":
+            continue
+        ok = r.outcome == "ok" and r.complete_s is not None
+        op = Op(
+            op_id=r.op_id,
+            kind=r.kind,
+            invoke=r.invoke_s,
+            complete=r.complete_s if ok and r.complete_s is not None else INF,
+            value=r.value,
+            tag=r.tag,
+            client=r.client,
+        )
+        name = r.key if r.group == "default" else f"{r.group}/{r.key}"
+        per_key.setdefault(name, []).append(op)
+    return per_key
+
+
+def check_operations(
+    key: str,
+    ops: Sequence[Op],
+    *,
+    model: Model[object] | None = None,
+    initial_value: object = EMPTY_DIGEST,
+    max_steps: int = 1_000_000,
+) -> KeyResult:
+    """Check one object's operations (register model with ``initial_value`` by default)."""
+    if model is None and unique_values(ops):
+        conflict = check_unique(ops, initial_value)
+        if conflict is None:
+            return KeyResult(key, "ok", len(ops), "zones")
+        return _violation(key, ops, conflict, RegisterModel(initial_value), max_steps)
+    m: Model[object] = model if model is not None else RegisterModel(initial_value)
+    verdict = search(ops, m, max_steps=max_steps)
+    if verdict != "violation":
+        return KeyResult(key, verdict, len(ops), "search")
+    witness = _shrink(list(ops), m, max_steps)
+    return KeyResult(
+        key, "violation", len(ops), "search", tuple(witness), "no linearization exists"
+    )
+
+
+def _violation(
+    key: str, ops: Sequence[Op], conflict: Conflict, model: Model[object], max_steps: int
+) -> KeyResult:
+    involved = set(conflict.op_ids)
+    witness = [o for o in ops if o.op_id in involved]
+    if search(witness, model, max_steps=max_steps) != "violation":
+        witness = _shrink(list(ops), model, max_steps)
+    else:
+        witness = _shrink(witness, model, max_steps)
+    return KeyResult(key, "violation", len(ops), "zones", tuple(witness), conflict.reason)
+
+
+def _shrink(ops: list[Op], model: Model[object], max_steps: int) -> list[Op]:
+    """Drop operations one by one while the rest stays non-linearizable (bounded)."""
+    if len(ops) > MAX_SHRINK_OPS:
+        return ops
+    i = 0
+    while i < len(ops):
+        trial = ops[:i] + ops[i + 1 :]
+        if search(trial, model, max_steps=max_steps // 10 or 1) == "violation":
+            ops = trial
+        else:
+            i += 1
+    return ops
+
+
+def check_history(records: Iterable[OpRecord], *, max_steps: int = 1_000_000) -> CheckResult:
+    per_key = ops_from_records(records)
+    results = tuple(
+        check_operations(key, ops, max_steps=max_steps) for key, ops in sorted(per_key.items())
+    )
+    if any(r.verdict == "violation" for r in results):
+        verdict: Verdict = "violation"
+    elif any(r.verdict == "unknown" for r in results):
+        verdict = "unknown"
+    else:
+        verdict = "ok"
+    return CheckResult(verdict, results)
+
+
+def check_file(path: str | Path, *, max_steps: int = 1_000_000) -> CheckResult:
+    """Check a JSON-lines history file (see :mod:`aresdsm.history`)."""
+    return check_history(read_records(path), max_steps=max_steps)
