@@ -2,12 +2,12 @@
 
 Depth-first search over linearization orders. At each point the candidates are the operations
 not yet linearized that were invoked before every not-yet-linearized operation completed
-(``invoke <= min complete``; equal times count as concurrent): exactly the operations that may come next in some linearization
-consistent with real time. Each candidate is applied to the sequential model; the search
-remembers every (set of linearized operations, model state) it has explored (Lowe), so no
-configuration is explored twice. Operations with ``complete = inf`` may be left out: they are
-linearized last (where they affect nothing) if not earlier. A step bound turns an exhausting
-search into the answer "unknown" rather than a wrong one.
+(``invoke <= min complete``; equal times count as concurrent): exactly the operations that may
+come next in some linearization consistent with real time. Each candidate is applied to the
+sequential model; the search remembers every (set of linearized operations, model state) it has
+explored (Lowe), so no configuration is explored twice. Operations with ``complete = inf`` may
+be left out: they are linearized last (where they affect nothing) if not earlier. A step bound
+turns an exhausting search into the answer "unknown" rather than a wrong one.
 """
 
 from __future__ import annotations

@@ -11,12 +11,14 @@ majorities intersect, which gives the DAP properties C1 and C2 of protocol.md §
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 from ..config import Configuration
 from ..tags import TAG0, Tag
 from ..wire.blob import EMPTY, Blob
-from ..wire.messages import Ack, DataReply, PutData, QueryData, QueryTag, TagReply
+from ..wire.messages import Ack, DataReply, NextEntry, PutData, QueryData, QueryTag, TagReply
 from .channel import Channel
 
 NS = "abd"
@@ -49,26 +51,42 @@ def on_put_data(reg: Register, msg: PutData) -> tuple[Register | None, Ack]:
 
 
 # --- client actions --------------------------------------------------------------------------
+# Each returns, besides its result, the strongest nextC entry its quorum of replies carried
+# (protocol.md §8.1): ⊥ < P < F. Classic Ares ignores it; Ares II follows it.
 
 
-async def get_tag(net: Channel, c: Configuration, group: str, key: str) -> Tag:
+def strongest(entries: Iterable[NextEntry | None]) -> NextEntry | None:
+    """F beats P beats ⊥ (all entries name the same successor: consensus decided it)."""
+    best: NextEntry | None = None
+    for e in entries:
+        if e is not None and (best is None or (best.status == "P" and e.status == "F")):
+            best = e
+    return best
+
+
+async def get_tag(
+    net: Channel, c: Configuration, group: str, key: str
+) -> tuple[Tag, NextEntry | None]:
     replies = await net.round(c, QueryTag(group, c.id, key), expect=TagReply, phase="get-tag")
-    return max((r.tag for _, r in replies), default=TAG0)
+    tag = max((r.tag for _, r in replies), default=TAG0)
+    return tag, strongest(r.next for _, r in replies)
 
 
-async def get_data(net: Channel, c: Configuration, group: str, key: str) -> tuple[Tag, Blob, bool]:
-    """Returns the max (tag, value) and whether every reply carried that same tag.
-
-    The flag lets a read skip its write-back when the value already sits on a quorum
-    (protocol.md §8.6).
-    """
+async def get_data(
+    net: Channel, c: Configuration, group: str, key: str
+) -> tuple[Tag, Blob, bool, NextEntry | None]:
+    """The max (tag, value), whether every reply carried that same tag (the read may then skip
+    its write-back, protocol.md §8.6), and the strongest next entry."""
     replies = await net.round(c, QueryData(group, c.id, key), expect=DataReply, phase="get-data")
     best = max((r for _, r in replies), key=lambda r: r.tag)
     unanimous = all(r.tag == best.tag for _, r in replies)
-    return best.tag, best.value, unanimous
+    return best.tag, best.value, unanimous, strongest(r.next for _, r in replies)
 
 
 async def put_data(
     net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
-) -> None:
-    await net.round(c, PutData(group, c.id, key, tag, value), expect=Ack, phase="put-data")
+) -> NextEntry | None:
+    replies = await net.round(
+        c, PutData(group, c.id, key, tag, value), expect=Ack, phase="put-data"
+    )
+    return strongest(r.next for _, r in replies)

@@ -25,21 +25,31 @@ from .channel import Channel
 class ReadResult:
     tag: Tag
     value: Blob
-    rounds: int
+    wrote_back: bool
+    """False when the read returned after its query round (protocol.md §8.6)."""
 
 
 @dataclass(frozen=True, slots=True)
 class OpSwitches:
     """Protocol switches; test-only ones are named ``broken_*`` and are never on in production."""
 
+    piggyback: bool = True
+    """Ares II (protocol.md §8.1): configuration knowledge rides on data replies."""
     fast_read: bool = True
+    """One-round reads when the query quorum already agrees (§8.6); needs piggyback."""
     broken_skip_write_back: bool = False
     """Test-only: reads never write back (the checker must catch it)."""
     broken_no_query_before_write: bool = False
     """Test-only: a writer picks (1, id) without asking for the max tag (must be caught)."""
+    broken_skip_update_config: bool = False
+    """Test-only: reconfiguration moves no state into the new configuration."""
+    broken_no_config_write_back: bool = False
+    """Test-only: discovery does not write found successors back (read-config, §6)."""
 
 
 DEFAULT_SWITCHES = OpSwitches()
+CLASSIC = OpSwitches(piggyback=False, fast_read=False)
+"""The original Ares (protocol.md §6), for comparison."""
 
 
 async def write(
@@ -55,7 +65,7 @@ async def write(
     if switches.broken_no_query_before_write:
         tag = Tag(1, writer)
     else:
-        tag = (await abd.get_tag(net, c, group, key)).successor(writer)
+        tag = (await abd.get_tag(net, c, group, key))[0].successor(writer)
     await abd.put_data(net, c, group, key, tag=tag, value=value)
     return tag
 
@@ -68,8 +78,8 @@ async def read(
     key: str,
     switches: OpSwitches = DEFAULT_SWITCHES,
 ) -> ReadResult:
-    tag, value, unanimous = await abd.get_data(net, c, group, key)
+    tag, value, unanimous, _ = await abd.get_data(net, c, group, key)
     if (switches.fast_read and unanimous) or switches.broken_skip_write_back:
-        return ReadResult(tag, value, 1)
+        return ReadResult(tag, value, wrote_back=False)
     await abd.put_data(net, c, group, key, tag=tag, value=value)
-    return ReadResult(tag, value, 2)
+    return ReadResult(tag, value, wrote_back=True)

@@ -1,48 +1,82 @@
 """The pure server: requests in, (reply, writes to persist) out (architecture.md principle 1).
 
 :class:`ServerCore` holds one server's protocol state in memory and dispatches each request to the
-pure rule of its role (ABD, protocol.md §4.1). It does no I/O, reads no clock and draws no random
-number: the process shell (:mod:`aresdsm.server`) and the simulator (:mod:`aresdsm.sim`) both drive
-it, persist the returned writes, and release the reply only once they -- and everything applied
+pure rule of its role: ABD (protocol.md §4.1), TREAS (§4.2), the Paxos acceptor (§5) and the
+reconfiguration service (§6). It does no I/O, reads no clock and draws no random number: the
+process shell (:mod:`aresdsm.server`) and the simulator (:mod:`aresdsm.sim`) both drive it,
+persist the returned writes, and release the reply only once they -- and everything applied
 before -- are durable (persist before reply, protocol.md §1 "Durability").
 
-Every request names (group, configuration, object); the server answers ``unknown-config`` for a
-configuration it does not know and ``not-member`` for one it is not part of, and never creates
-state for either.
+Every data request names (group, configuration, object); the server answers ``unknown-config``
+for a configuration it does not know and ``not-member`` for one it is not part of, and never
+creates state for either. A server may start knowing no configuration at all (protocol.md §3,
+"servers joining"): it learns one from InstallConfig, which clients send when a server answers
+``unknown-config``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
-from ..config import Configuration
+from ..config import Configuration, validate_configuration
+from ..errors import ConfigurationError
 from ..storage.base import Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
+    Accept,
     Ack,
+    DataReply,
     ErrorReply,
+    GetGroup,
     GetStats,
+    GroupReply,
+    InstallConfig,
+    ListReply,
+    NextEntry,
+    ObjectState,
     Ping,
     Pong,
+    Prepare,
     PutData,
     QueryData,
+    QueryList,
     QueryTag,
+    ReadConfig,
     Reply,
     Request,
     Stats,
+    TagReply,
+    WriteConfig,
 )
-from . import abd
+from . import abd, paxos, reconfig_server, treas
 
 CFG_NS = "cfg"
 StateKey = tuple[str, str, str]
 """(group, config_id, key)"""
+InstanceKey = tuple[str, str]
+"""(group, config_id)"""
+MAX_KEYS_PAGE = 10_000
 
-_tag_enc = msgspec.msgpack.Encoder()
+_enc = msgspec.msgpack.Encoder()
 _tag_dec = msgspec.msgpack.Decoder(Tag)
 _cfg_dec = msgspec.msgpack.Decoder(Configuration)
+_next_dec = msgspec.msgpack.Decoder(NextEntry)
+_acc_dec = msgspec.msgpack.Decoder(paxos.AcceptorState)
+
+Result = tuple[Reply, list[Write]]
+
+
+@dataclass(frozen=True)
+class ServerSwitches:
+    """Test-only switches that break the server on purpose (the simulator must catch each)."""
+
+    broken_forget_promises: bool = False
+    """Paxos acceptor promises are not persisted: a restart forgets them (protocol.md §5)."""
 
 
 @dataclass
@@ -50,67 +84,66 @@ class ServerCore:
     server_id: str
     configs: dict[str, Configuration] = field(default_factory=dict)
     registers: dict[StateKey, abd.Register] = field(default_factory=dict)
+    lists: dict[StateKey, treas.TreasState] = field(default_factory=dict)
+    nextc: dict[InstanceKey, NextEntry] = field(default_factory=dict)
+    acceptors: dict[InstanceKey, paxos.AcceptorState] = field(default_factory=dict)
+    objects: dict[InstanceKey, set[str]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    switches: ServerSwitches = field(default_factory=ServerSwitches)
 
     # -- recovery --------------------------------------------------------------------------------
 
     @classmethod
-    def recover(cls, server_id: str, records: list[Record] | tuple[Record, ...]) -> ServerCore:
-        core = cls(server_id)
+    def recover(
+        cls,
+        server_id: str,
+        records: list[Record] | tuple[Record, ...],
+        *,
+        switches: ServerSwitches | None = None,
+    ) -> ServerCore:
+        core = cls(server_id, switches=switches or ServerSwitches())
         for r in records:
-            if r.ns == CFG_NS:
-                cfg = _cfg_dec.decode(r.meta)
-                core.configs[cfg.id] = cfg
-            elif r.ns == abd.NS:
-                value = Blob(bytes(r.data) if r.data is not None else b"")
-                core.registers[(r.group, r.config_id, r.key)] = abd.Register(
-                    _tag_dec.decode(r.meta), value
-                )
+            core._restore(r)
         return core
+
+    def _restore(self, r: Record) -> None:
+        inst = (r.group, r.config_id)
+        if r.ns == CFG_NS:
+            cfg = _cfg_dec.decode(r.meta)
+            self.configs[cfg.id] = cfg
+        elif r.ns == abd.NS:
+            value = Blob(bytes(r.data) if r.data is not None else b"")
+            self.registers[(r.group, r.config_id, r.key)] = abd.Register(
+                _tag_dec.decode(r.meta), value
+            )
+            self.objects.setdefault(inst, set()).add(r.key)
+        elif r.ns == treas.NS:
+            self.lists[(r.group, r.config_id, r.key)] = treas.decode_state(r.meta, r.data or b"")
+            self.objects.setdefault(inst, set()).add(r.key)
+        elif r.ns == reconfig_server.NS:
+            self.nextc[inst] = _next_dec.decode(r.meta)
+        elif r.ns == paxos.NS:
+            self.acceptors[inst] = _acc_dec.decode(r.meta)
 
     def install_config(self, c: Configuration) -> list[Write]:
         """Learn a configuration (the initial one at bootstrap). Returns the writes to persist."""
         if c.id in self.configs:
             return []
         self.configs[c.id] = c
-        return [Record(CFG_NS, "", c.id, "", msgspec.msgpack.encode(c))]
+        return [Record(CFG_NS, "", c.id, "", _enc.encode(c))]
 
     # -- dispatch --------------------------------------------------------------------------------
 
-    def handle(self, req: Request) -> tuple[Reply, list[Write]]:
+    def handle(self, req: Request) -> Result:
         kind = type(req).__name__
         self.counters[kind] = self.counters.get(kind, 0) + 1
-        if isinstance(req, QueryTag | QueryData | PutData):
-            err = self._check_config(req.config_id)
-            if err is not None:
-                return err, []
-            skey = (req.group, req.config_id, req.key)
-            reg = self.registers.get(skey, abd.INITIAL)
-            if isinstance(req, QueryTag):
-                return abd.on_query_tag(reg), []
-            if isinstance(req, QueryData):
-                return abd.on_query_data(reg), []
-            new, ack = abd.on_put_data(reg, req)
-            if new is None:
-                return ack, []
-            self.registers[skey] = new
-            return ack, [
-                Record(
-                    abd.NS,
-                    req.group,
-                    req.config_id,
-                    req.key,
-                    _tag_enc.encode(new.tag),
-                    new.value.data,
-                )
-            ]
-        if isinstance(req, Ping):
-            return Pong(req.payload), []
-        if isinstance(req, GetStats):
-            return self.stats(), []
-        return ErrorReply("bad-request", f"unexpected message {kind}"), []  # pragma: no cover
+        handler = _HANDLERS.get(type(req))
+        if handler is None:  # pragma: no cover - every Request type has a handler
+            return ErrorReply("bad-request", f"unexpected message {kind}"), []
+        result: Result = handler(self, req)
+        return result
 
-    def _check_config(self, config_id: str) -> ErrorReply | None:
+    def _config(self, config_id: str) -> Configuration | ErrorReply:
         c = self.configs.get(config_id)
         if c is None:
             self.counters["unknown-config"] = self.counters.get("unknown-config", 0) + 1
@@ -123,12 +156,189 @@ class ServerCore:
                 "not-member",
                 f"server {self.server_id} is not a member of configuration {config_id!r}",
             )
-        return None
+        return c
+
+    # -- data access primitives ------------------------------------------------------------------
+
+    def _treas_state(self, c: Configuration, skey: StateKey) -> treas.TreasState:
+        st = self.lists.get(skey)
+        if st is None:
+            st = treas.initial_state(c, c.index_of(self.server_id))
+        return st
+
+    def _next(self, group: str, config_id: str) -> NextEntry | None:
+        return self.nextc.get((group, config_id))
+
+    def _on_query_tag(self, req: QueryTag) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        skey = (req.group, req.config_id, req.key)
+        nxt = self._next(req.group, req.config_id)
+        if c.dap == "treas":
+            tag = treas.on_query_tag(self._treas_state(c, skey)).tag
+        else:
+            tag = abd.on_query_tag(self.registers.get(skey, abd.INITIAL)).tag
+        return TagReply(tag, nxt), []
+
+    def _on_query_data(self, req: QueryData) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        if c.dap != "abd":
+            return ErrorReply("bad-request", f"QueryData on {c.dap} configuration {c.id}"), []
+        reg = self.registers.get((req.group, req.config_id, req.key), abd.INITIAL)
+        return DataReply(reg.tag, reg.value, self._next(req.group, req.config_id)), []
+
+    def _on_query_list(self, req: QueryList) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        if c.dap != "treas":
+            return ErrorReply("bad-request", f"QueryList on {c.dap} configuration {c.id}"), []
+        st = self._treas_state(c, (req.group, req.config_id, req.key))
+        return ListReply(st, self._next(req.group, req.config_id)), []
+
+    def _on_put_data(self, req: PutData) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        skey = (req.group, req.config_id, req.key)
+        ack = Ack(self._next(req.group, req.config_id))
+        if c.dap == "treas":
+            new_list, _ = treas.on_put_data(self._treas_state(c, skey), req, c.delta)
+            if new_list is None:
+                return ack, []
+            self.lists[skey] = new_list
+            self.objects.setdefault((req.group, req.config_id), set()).add(req.key)
+            meta, data = treas.encode_state(new_list)
+            return ack, [Record(treas.NS, req.group, req.config_id, req.key, meta, data)]
+        new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
+        if new is None:
+            return ack, []
+        self.registers[skey] = new
+        self.objects.setdefault((req.group, req.config_id), set()).add(req.key)
+        meta = _enc.encode(new.tag)
+        return ack, [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
+
+    def _on_get_group(self, req: GetGroup) -> Result:
+        """Paged DAP state of a group; with ``set_next``, SET_NEXT_AND_GET (§8.2): nextC is
+        stored first, in the same step, so every state reported is as of after it."""
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        writes: list[Write] = []
+        if req.set_next is not None:
+            reply, writes = self._on_write_config(
+                WriteConfig(req.group, req.config_id, req.set_next)
+            )
+            if isinstance(reply, ErrorReply):
+                return reply, []
+        limit = max(1, min(req.limit, MAX_KEYS_PAGE))
+        inst = (req.group, req.config_id)
+        keys = sorted(k for k in self.objects.get(inst, ()) if k > req.after)
+        states = tuple(self._object_state(c, req.group, k) for k in keys[:limit])
+        return GroupReply(states, len(keys) > limit, self._next(req.group, req.config_id)), writes
+
+    def _object_state(self, c: Configuration, group: str, key: str) -> ObjectState:
+        skey = (group, c.id, key)
+        if c.dap == "treas":
+            st = self._treas_state(c, skey)
+            return ObjectState(key, max(e.tag for e in st), None, st)
+        reg = self.registers.get(skey, abd.INITIAL)
+        return ObjectState(key, reg.tag, reg.value)
+
+    # -- reconfiguration service and consensus ---------------------------------------------------
+
+    def _on_read_config(self, req: ReadConfig) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        return reconfig_server.on_read_config(self.nextc.get((req.group, req.config_id))), []
+
+    def _on_write_config(self, req: WriteConfig) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        inst = (req.group, req.config_id)
+        new, reply = reconfig_server.on_write_config(self.nextc.get(inst), req.entry)
+        if new is None:
+            return reply, []
+        self.nextc[inst] = new
+        return reply, [Record(reconfig_server.NS, req.group, req.config_id, "", _enc.encode(new))]
+
+    def _on_prepare(self, req: Prepare) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        inst = (req.group, req.config_id)
+        new, reply = paxos.on_prepare(self.acceptors.get(inst, paxos.INITIAL), req)
+        if new is None:
+            return reply, []
+        self.acceptors[inst] = new
+        if self.switches.broken_forget_promises:
+            return reply, []
+        return reply, [Record(paxos.NS, req.group, req.config_id, "", _enc.encode(new))]
+
+    def _on_accept(self, req: Accept) -> Result:
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        inst = (req.group, req.config_id)
+        new, reply = paxos.on_accept(self.acceptors.get(inst, paxos.INITIAL), req)
+        if new is None:
+            return reply, []
+        self.acceptors[inst] = new
+        return reply, [Record(paxos.NS, req.group, req.config_id, "", _enc.encode(new))]
+
+    def _on_install_config(self, req: InstallConfig) -> Result:
+        try:
+            validate_configuration(req.config)
+        except ConfigurationError as e:
+            return ErrorReply("bad-request", str(e)), []
+        if not req.config.has_member(self.server_id):
+            return ErrorReply(
+                "not-member", f"server {self.server_id} is not in configuration {req.config.id}"
+            ), []
+        known = self.configs.get(req.config.id)
+        if known is not None and known != req.config:
+            return ErrorReply(
+                "invariant", f"configuration id {req.config.id} already names another descriptor"
+            ), []
+        return Ack(), self.install_config(req.config)
+
+    # -- misc --------------------------------------------------------------------------------------
+
+    def _on_ping(self, req: Ping) -> Result:
+        return Pong(req.payload), []
+
+    def _on_stats(self, req: GetStats) -> Result:
+        return self.stats(), []
 
     def stats(self, stored_bytes: int | None = None) -> Stats:
         if stored_bytes is None:
-            stored_bytes = sum(len(r.value) for r in self.registers.values())
-        return Stats(self.server_id, dict(self.counters), len(self.registers), stored_bytes)
+            stored_bytes = sum(len(r.value) for r in self.registers.values()) + sum(
+                treas.stored_bytes(st) for st in self.lists.values()
+            )
+        return Stats(
+            self.server_id,
+            dict(self.counters),
+            len(self.registers) + len(self.lists),
+            stored_bytes,
+        )
 
 
-__all__ = ["Ack", "ServerCore"]
+_HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {
+    QueryTag: ServerCore._on_query_tag,
+    QueryData: ServerCore._on_query_data,
+    QueryList: ServerCore._on_query_list,
+    PutData: ServerCore._on_put_data,
+    GetGroup: ServerCore._on_get_group,
+    ReadConfig: ServerCore._on_read_config,
+    WriteConfig: ServerCore._on_write_config,
+    Prepare: ServerCore._on_prepare,
+    Accept: ServerCore._on_accept,
+    InstallConfig: ServerCore._on_install_config,
+    Ping: ServerCore._on_ping,
+    GetStats: ServerCore._on_stats,
+}

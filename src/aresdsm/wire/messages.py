@@ -120,13 +120,20 @@ class InstallConfig(_Msg, frozen=True, tag="inst"):
     config: Configuration
 
 
-class ListKeys(_Msg, frozen=True, tag="keys"):
-    """The objects a server holds for (group, config_id), in key order, after ``after`` (paged)."""
+class GetGroup(_Msg, frozen=True, tag="group"):
+    """The DAP state of every object the server holds for (group, config_id), paged by key.
+
+    With ``set_next``: SET_NEXT_AND_GET (protocol.md §8.2, §8.4) -- in one atomic step the server
+    first stores ``set_next`` as nextC (unless it holds F), durably, then answers. The
+    reconfigurer uses the answers both as its put-config and as its get-data on the last
+    configuration.
+    """
 
     group: str
     config_id: str
     after: str
     limit: int
+    set_next: NextEntry | None = None
 
 
 class GetStats(_Msg, frozen=True, tag="stats"):
@@ -142,11 +149,15 @@ class Pong(_Msg, frozen=True, tag="pong"):
 
 class TagReply(_Msg, frozen=True, tag="tag"):
     tag: Tag
+    next: NextEntry | None = None
+    """The server's nextC for the request's (group, configuration), read in the same step
+    (protocol.md §8.1 piggyback); likewise on every data reply."""
 
 
 class DataReply(_Msg, frozen=True, tag="data"):
     tag: Tag
     value: Blob
+    next: NextEntry | None = None
 
 
 class ListEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -158,10 +169,11 @@ class ListEntry(msgspec.Struct, frozen=True, array_like=True):
 
 class ListReply(_Msg, frozen=True, tag="list"):
     entries: tuple[ListEntry, ...]
+    next: NextEntry | None = None
 
 
 class Ack(_Msg, frozen=True, tag="ack"):
-    pass
+    next: NextEntry | None = None
 
 
 class NextReply(_Msg, frozen=True, tag="next"):
@@ -184,9 +196,19 @@ class Nack(_Msg, frozen=True, tag="nack"):
     promised: Ballot
 
 
-class KeysReply(_Msg, frozen=True, tag="keysr"):
-    keys: tuple[str, ...]
+class ObjectState(msgspec.Struct, frozen=True, array_like=True):
+    """One object's DAP state: ABD (tag, value) or TREAS list entries."""
+
+    key: str
+    tag: Tag
+    value: Blob | None = None
+    entries: tuple[ListEntry, ...] = ()
+
+
+class GroupReply(_Msg, frozen=True, tag="groupr"):
+    objects: tuple[ObjectState, ...]
     more: bool
+    next: NextEntry | None = None
 
 
 class Stats(_Msg, frozen=True, tag="statsr"):
@@ -223,7 +245,7 @@ Request = (
     | Prepare
     | Accept
     | InstallConfig
-    | ListKeys
+    | GetGroup
     | GetStats
 )
 Reply = (
@@ -236,7 +258,7 @@ Reply = (
     | Promise
     | Accepted
     | Nack
-    | KeysReply
+    | GroupReply
     | Stats
     | ErrorReply
 )

@@ -1,0 +1,349 @@
+"""Reads, writes and reconfiguration over a group's configuration sequence (protocol.md §6, §8).
+
+A client keeps, per group, ``cseq``: its view of the group's configuration chain, a tuple of
+``(configuration, status)`` with status P (pending) or F (finalized); entry 0 is the initial
+configuration, F. μ is the index of the last F entry, ν of the last entry (protocol.md §2).
+
+Two modes, side by side on the same servers:
+
+* **classic** (original Ares, §6): discovery (:func:`read_config`) before an operation, query
+  configurations μ..ν, then the propagation loop -- put-data into the last configuration,
+  discover again, repeat while the chain grew. Every successor found is written back to a quorum
+  of its predecessor before it is used (§7.2). 4 rounds in steady state.
+* **Ares II** (``piggyback``, §8.1): every data reply carries the server's nextC; phase 1 queries
+  μ..ν and follows successors the replies reveal (writing back P entries), phase 2 puts the value
+  into the last configuration and follows any successor its ACKs reveal. 2 rounds in steady state,
+  1 for a read whose quorum already agrees (``fast_read``, §8.6).
+
+Reconfiguration (:func:`reconfig`): discovery, consensus on the successor d of the last
+configuration c_ν (Paxos, §5), then update-config. Its read of c_ν is SET_NEXT_AND_GET (§8.2):
+each server stores (d, P) *and then* reports the state of every object it holds for the group,
+in one step, so a write that completed on c_ν with only ⊥ answers is visible in a quorum of
+these reports -- required for piggyback to be safe, and harmless for classic clients. Classic
+mode keeps its separate put-config round before it (so its round count is the original's). Every
+object's newest value is written into d, then finalize-config stores (d, F).
+
+Everything here is an async function over the injected Channel; the only other injected piece is
+``backoff`` for Paxos retries (§5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
+
+import msgspec
+
+from ..config import Configuration
+from ..errors import InvariantViolation
+from ..tags import TAG0, Tag
+from ..wire.blob import Blob
+from ..wire.messages import (
+    Ack,
+    GetGroup,
+    GroupReply,
+    NextEntry,
+    NextReply,
+    ObjectState,
+    ReadConfig,
+    WriteConfig,
+)
+from . import dap, paxos
+from .abd import strongest
+from .channel import Channel
+from .ops import DEFAULT_SWITCHES, OpSwitches, ReadResult
+
+GROUP_PAGE = 256
+T = TypeVar("T")
+
+
+class CseqEntry(msgspec.Struct, frozen=True, array_like=True):
+    config: Configuration
+    status: Literal["P", "F"]
+
+
+Cseq = tuple[CseqEntry, ...]
+
+
+def initial_cseq(c0: Configuration) -> Cseq:
+    return (CseqEntry(c0, "F"),)
+
+
+def mu(cseq: Cseq) -> int:
+    """Index of the last finalized entry."""
+    return max(i for i, e in enumerate(cseq) if e.status == "F")
+
+
+def merge(a: Cseq, b: Cseq) -> Cseq:
+    """The union of two views of one chain (each a prefix of the other, §7.1)."""
+    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
+    out = list(longer)
+    for i, e in enumerate(shorter):
+        if e.config.id != out[i].config.id:
+            raise InvariantViolation(
+                f"configuration chains diverge at index {i}: {e.config.id} vs {out[i].config.id}"
+            )
+        if e.status == "F":
+            out[i] = CseqEntry(out[i].config, "F")
+    return tuple(out)
+
+
+def with_entry(cseq: Cseq, index: int, entry: NextEntry) -> Cseq:
+    """cseq with entry ``index`` put or refreshed from a server's nextC entry (P -> F only)."""
+    if index < len(cseq):
+        if cseq[index].config.id != entry.config.id:
+            raise InvariantViolation(
+                f"configuration {cseq[index - 1].config.id} has two successors: "
+                f"{cseq[index].config.id} and {entry.config.id}"
+            )
+        if entry.status == "F" and cseq[index].status == "P":
+            return (*cseq[:index], CseqEntry(entry.config, "F"), *cseq[index + 1 :])
+        return cseq
+    if index != len(cseq):
+        raise InvariantViolation(f"entry {index} learned before entry {len(cseq)}")
+    return (*cseq, CseqEntry(entry.config, entry.status))
+
+
+def _entry(cseq: Cseq, index: int) -> NextEntry:
+    return NextEntry(cseq[index].config, cseq[index].status)
+
+
+# -- the reconfiguration service (client side, §6) ------------------------------------------------
+
+
+async def read_next_config(net: Channel, c: Configuration, group: str) -> NextEntry | None:
+    replies = await net.round(
+        c, ReadConfig(group, c.id), expect=NextReply, phase="read-next-config"
+    )
+    return strongest(r.next for _, r in replies)
+
+
+async def put_config(net: Channel, c: Configuration, group: str, entry: NextEntry) -> None:
+    await net.round(c, WriteConfig(group, c.id, entry), expect=Ack, phase="put-config")
+
+
+async def read_config(
+    net: Channel, cseq: Cseq, group: str, switches: OpSwitches = DEFAULT_SWITCHES
+) -> Cseq:
+    """Discovery: walk the chain from μ, writing every successor found back to a quorum."""
+    i = mu(cseq)
+    while True:
+        e = await read_next_config(net, cseq[i].config, group)
+        if e is None:
+            return cseq
+        cseq = with_entry(cseq, i + 1, e)
+        if not switches.broken_no_config_write_back:
+            await put_config(net, cseq[i].config, group, _entry(cseq, i + 1))
+        i += 1
+
+
+# -- reads and writes -----------------------------------------------------------------------------
+
+
+async def _follow(
+    net: Channel, cseq: Cseq, group: str, index: int, nxt: NextEntry, switches: OpSwitches
+) -> Cseq:
+    """A reply of configuration ``index`` revealed ``nxt``: write a P entry back (as read-config
+    does, §8.1) if it is new to us, and record it."""
+    is_new = index + 1 >= len(cseq)
+    if is_new and nxt.status == "P" and not switches.broken_no_config_write_back:
+        await put_config(net, cseq[index].config, group, nxt)
+    return with_entry(cseq, index + 1, nxt)
+
+
+async def _query_all(
+    net: Channel,
+    cseq: Cseq,
+    group: str,
+    query: Callable[[Configuration], Awaitable[tuple[T, NextEntry | None]]],
+    switches: OpSwitches,
+) -> tuple[list[T], Cseq, bool]:
+    """Ares II phase 1: query μ..ν in parallel and every successor the replies reveal.
+
+    Returns the results, the updated cseq and whether any reply revealed a successor.
+    """
+    results: list[T] = []
+    revealed = False
+    todo = list(range(mu(cseq), len(cseq)))
+    while todo:
+        answers = await asyncio.gather(*(query(cseq[i].config) for i in todo))
+        grown = len(cseq)
+        for i, (res, nxt) in zip(todo, answers, strict=True):
+            results.append(res)
+            if nxt is not None:
+                revealed = True
+                cseq = await _follow(net, cseq, group, i, nxt, switches)
+        todo = list(range(grown, len(cseq)))
+    return results, cseq, revealed
+
+
+async def _propagate(
+    net: Channel, cseq: Cseq, group: str, key: str, tag: Tag, value: Blob, switches: OpSwitches
+) -> Cseq:
+    """Phase 2: put (tag, value) into the last configuration until no successor shows up."""
+    while True:
+        nu = len(cseq) - 1
+        nxt = await dap.put_data(net, cseq[nu].config, group, key, tag=tag, value=value)
+        if switches.piggyback:
+            if nxt is None:
+                return cseq
+            cseq = await _follow(net, cseq, group, nu, nxt, switches)
+        else:
+            cseq = await read_config(net, cseq, group, switches)
+            if len(cseq) - 1 == nu:
+                return cseq
+
+
+async def write(
+    net: Channel,
+    cseq: Cseq,
+    *,
+    group: str,
+    key: str,
+    value: Blob,
+    writer: str,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> tuple[Tag, Cseq]:
+    if not switches.piggyback:
+        cseq = await read_config(net, cseq, group, switches)
+
+    async def query(c: Configuration) -> tuple[Tag, NextEntry | None]:
+        tag, nxt = await dap.get_tag(net, c, group, key)
+        return tag, (nxt if switches.piggyback else None)
+
+    if switches.broken_no_query_before_write:
+        tag = Tag(1, writer)
+    else:
+        tags, cseq, _ = await _query_all(net, cseq, group, query, switches)
+        tag = max(tags).successor(writer)
+    cseq = await _propagate(net, cseq, group, key, tag, value, switches)
+    return tag, cseq
+
+
+async def read(
+    net: Channel,
+    cseq: Cseq,
+    *,
+    group: str,
+    key: str,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> tuple[ReadResult, Cseq]:
+    if not switches.piggyback:
+        cseq = await read_config(net, cseq, group, switches)
+
+    async def query(c: Configuration) -> tuple[tuple[Tag, Blob, bool], NextEntry | None]:
+        tag, value, unanimous, nxt = await dap.get_data(net, c, group, key)
+        return (tag, value, unanimous), (nxt if switches.piggyback else None)
+
+    results, cseq, revealed = await _query_all(net, cseq, group, query, switches)
+    tag, value, unanimous = max(results, key=lambda r: r[0])
+    one_round = switches.piggyback and switches.fast_read and len(results) == 1 and unanimous
+    if (one_round and not revealed) or switches.broken_skip_write_back:
+        return ReadResult(tag, value, wrote_back=False), cseq
+    cseq = await _propagate(net, cseq, group, key, tag, value, switches)
+    return ReadResult(tag, value, wrote_back=True), cseq
+
+
+# -- reconfiguration (§6, §8.2, §8.4) ------------------------------------------------------------
+
+
+async def read_group(
+    net: Channel, c: Configuration, group: str, *, set_next: NextEntry | None = None
+) -> dict[str, list[tuple[int, ObjectState | None]]]:
+    """Every object a quorum of ``c`` holds for ``group``, with each answering server's state of
+    it (None: that server does not hold it).
+
+    With ``set_next`` every page is a SET_NEXT_AND_GET (§8.2). A page covers the keys up to the
+    smallest last key of the servers that have more, so each key is answered by a full quorum.
+    """
+    found: dict[str, list[tuple[int, ObjectState | None]]] = {}
+    after = ""
+    phase = "set-next-and-get" if set_next is not None else "get-group"
+    while True:
+        replies = await net.round(
+            c, GetGroup(group, c.id, after, GROUP_PAGE, set_next), expect=GroupReply, phase=phase
+        )
+        bound: str | None = None
+        for _, r in replies:
+            if r.more and r.objects and (bound is None or r.objects[-1].key < bound):
+                bound = r.objects[-1].key
+        page: dict[str, dict[int, ObjectState]] = {}
+        for server, r in replies:
+            index = c.index_of(server.id)
+            for o in r.objects:
+                if bound is None or o.key <= bound:
+                    page.setdefault(o.key, {})[index] = o
+        answering = [c.index_of(s.id) for s, _ in replies]
+        for key, states in page.items():
+            found[key] = [(i, states.get(i)) for i in answering]
+        if bound is None:
+            return found
+        after = bound
+
+
+async def reconfig(
+    net: Channel,
+    cseq: Cseq,
+    *,
+    group: str,
+    proposal: Configuration,
+    proposer: str,
+    backoff: paxos.Backoff,
+    transfer_concurrency: int = 32,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> tuple[Cseq, Configuration]:
+    """Install a successor of the group's last configuration; returns (cseq, decided).
+
+    ``decided`` is the configuration consensus chose, which may be another reconfigurer's.
+    """
+    cseq = await read_config(net, cseq, group, switches)
+    nu = len(cseq) - 1
+    last = cseq[nu].config
+    decided = await paxos.propose(
+        net, last, group=group, value=proposal, proposer=proposer, backoff=backoff
+    )
+    pending = NextEntry(decided, "P")
+    cseq = with_entry(cseq, nu + 1, pending)
+    if not switches.piggyback:
+        await put_config(net, last, group, pending)
+    if not switches.broken_skip_update_config:
+        sources = [e.config for e in cseq[mu(cseq) : nu + 1]]
+        states = await asyncio.gather(
+            *(
+                read_group(net, c, group, set_next=pending if i == len(sources) - 1 else None)
+                for i, c in enumerate(sources)
+            )
+        )
+        await _transfer(net, sources, states, decided, group, transfer_concurrency)
+    elif switches.piggyback:
+        await put_config(net, last, group, pending)
+    cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
+    await put_config(net, last, group, NextEntry(decided, "F"))
+    return cseq, decided
+
+
+async def _transfer(
+    net: Channel,
+    sources: list[Configuration],
+    states: list[dict[str, list[tuple[int, ObjectState | None]]]],
+    target: Configuration,
+    group: str,
+    concurrency: int,
+) -> None:
+    """update-config's data step: per object the newest pair over all sources, into target."""
+    keys = sorted(set().union(*(s.keys() for s in states)))
+    sem = asyncio.Semaphore(concurrency)
+
+    async def move(key: str) -> None:
+        best: tuple[Tag, Blob] | None = None
+        for c, st in zip(sources, states, strict=True):
+            if key in st:
+                pair = dap.newest(c, st[key])
+                if best is None or pair[0] > best[0]:
+                    best = pair
+        if best is not None and best[0] > TAG0:
+            async with sem:
+                await dap.put_data(net, target, group, key, tag=best[0], value=best[1])
+
+    await asyncio.gather(*(move(k) for k in keys))

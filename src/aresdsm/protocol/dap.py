@@ -1,0 +1,67 @@
+"""The DAP interface (protocol.md §4): get-tag, get-data, put-data on one configuration.
+
+Dispatches to ABD (§4.1) or TREAS (§4.2) by the configuration's ``dap``. Both satisfy C1 and C2,
+which is all the reconfiguration layer (§6, §8) relies on. Every action also returns the
+strongest nextC entry its quorum of replies carried (§8.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..config import Configuration
+from ..tags import TAG0, Tag
+from ..wire.blob import EMPTY, Blob
+from ..wire.messages import NextEntry, ObjectState
+from . import abd, treas
+from .channel import Channel
+
+
+async def get_tag(
+    net: Channel, c: Configuration, group: str, key: str
+) -> tuple[Tag, NextEntry | None]:
+    if c.dap == "treas":
+        return await treas.get_tag(net, c, group, key)
+    return await abd.get_tag(net, c, group, key)
+
+
+async def get_data(
+    net: Channel, c: Configuration, group: str, key: str
+) -> tuple[Tag, Blob, bool, NextEntry | None]:
+    """The newest (tag, value) of a quorum, whether the whole quorum held it (§8.6), next."""
+    if c.dap == "treas":
+        return await treas.get_data(net, c, group, key)
+    return await abd.get_data(net, c, group, key)
+
+
+async def put_data(
+    net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
+) -> NextEntry | None:
+    if c.dap == "treas":
+        return await treas.put_data(net, c, group, key, tag=tag, value=value)
+    return await abd.put_data(net, c, group, key, tag=tag, value=value)
+
+
+def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) -> tuple[Tag, Blob]:
+    """get-data's answer computed from a quorum's group-read reports of one object (§8.4).
+
+    ``reports`` has one (server index, state or None: the server does not hold the object) per
+    server of the answering quorum. Raises ConcurrencyExceeded when a TREAS object cannot be
+    decoded (more than δ writes in flight).
+    """
+    if c.dap == "treas":
+        lists = [
+            (i, st.entries if st is not None else treas.initial_state(c, i)) for i, st in reports
+        ]
+        found = treas.newest_decodable(c, lists)
+        if found is None:
+            raise treas.ConcurrencyExceeded(
+                f"cannot decode an object of configuration {c.id} during reconfiguration: more "
+                f"than delta={c.delta} writes in flight; retry the reconfiguration"
+            )
+        return found[0], found[1]
+    best: tuple[Tag, Blob] = (TAG0, EMPTY)
+    for _, st in reports:
+        if st is not None and st.tag > best[0]:
+            best = (st.tag, st.value if st.value is not None else EMPTY)
+    return best

@@ -1,0 +1,205 @@
+"""TREAS: the erasure-coded data access primitive (protocol.md §4.2).
+
+Server i of an [n, k] configuration keeps, per object, a list of ``(tag, element_i or ⊥)``,
+initially ``[(TAG0, Φ_i(b""))]``. QUERY_TAG reports the max tag, QUERY_LIST the whole list.
+PUT_DATA(t, e) adds ``(t, e)`` if ``t`` is new, then, while more than δ+1 entries carry an element,
+drops the element (not the tag) of the entry with the smallest tag: a server keeps at most δ+1
+elements per object (§10 invariant 5); the ⊥ tags stay because C1's proof needs them.
+
+Client: put-data encodes once and sends element i to server i, completing on
+``q = ceil((n + k) / 2)`` ACKs; two quorums share at least k servers. get-data asks a quorum for
+its lists and decodes the newest tag that occurs *with elements* in at least k lists -- but only if
+it is also the newest tag that occurs at all in at least k lists; otherwise the read overlapped more
+than δ writes and queries again (bounded), then fails naming δ. A value is never decoded from fewer
+than k elements, nor from elements of two tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from ..coding import ErasureCoder
+from ..config import Configuration
+from ..errors import OperationError
+from ..tags import TAG0, Tag
+from ..wire.blob import Blob
+from ..wire.messages import (
+    Ack,
+    ListEntry,
+    ListReply,
+    NextEntry,
+    PutData,
+    QueryList,
+    QueryTag,
+    TagReply,
+)
+from .abd import strongest
+from .channel import Channel
+
+NS = "treas"
+TreasState = tuple[ListEntry, ...]
+MAX_QUERY_ATTEMPTS = 3
+
+
+class ConcurrencyExceeded(OperationError):
+    """A TREAS read overlapped more than delta concurrent writes (protocol.md §4.2)."""
+
+
+def coder(c: Configuration) -> ErasureCoder:
+    return ErasureCoder(n=c.n, k=c.k)
+
+
+def initial_state(c: Configuration, index: int) -> TreasState:
+    return (ListEntry(TAG0, Blob(coder(c).encode(b"")[index])),)
+
+
+# --- server rules (pure) -------------------------------------------------------------------
+
+
+def on_query_tag(st: TreasState) -> TagReply:
+    return TagReply(max(e.tag for e in st))
+
+
+def on_query_list(st: TreasState) -> ListReply:
+    return ListReply(st)
+
+
+def on_put_data(st: TreasState, msg: PutData, delta: int) -> tuple[TreasState | None, Ack]:
+    """Add (tag, element) if the tag is new; keep at most delta+1 elements. None: unchanged."""
+    if any(e.tag == msg.tag for e in st):
+        return None, Ack()
+    entries = sorted([*st, ListEntry(msg.tag, msg.value)], key=lambda e: e.tag)
+    with_elements = [i for i, e in enumerate(entries) if e.element is not None]
+    for i in with_elements[: max(0, len(with_elements) - (delta + 1))]:
+        entries[i] = ListEntry(entries[i].tag, None)
+    return tuple(entries), Ack()
+
+
+class _Meta(msgspec.Struct, array_like=True):
+    tags: list[Tag]
+    sizes: list[int]  # -1: no element
+
+
+_meta_enc = msgspec.msgpack.Encoder()
+_meta_dec = msgspec.msgpack.Decoder(_Meta)
+
+
+def encode_state(st: TreasState) -> tuple[bytes, bytes]:
+    """(meta, data) for a storage record: tags and element sizes, and the elements concatenated."""
+    meta = _Meta([e.tag for e in st], [-1 if e.element is None else len(e.element) for e in st])
+    data = b"".join(bytes(e.element.data) for e in st if e.element is not None)
+    return _meta_enc.encode(meta), data
+
+
+def decode_state(meta: bytes, data: bytes | memoryview) -> TreasState:
+    m = _meta_dec.decode(meta)
+    data = bytes(data)
+    out = []
+    pos = 0
+    for tag, size in zip(m.tags, m.sizes, strict=True):
+        if size < 0:
+            out.append(ListEntry(tag, None))
+        else:
+            out.append(ListEntry(tag, Blob(data[pos : pos + size])))
+            pos += size
+    return tuple(out)
+
+
+def stored_bytes(st: TreasState) -> int:
+    return sum(len(e.element) for e in st if e.element is not None)
+
+
+# --- decoding a quorum of lists ----------------------------------------------------------------
+
+
+def newest_decodable(
+    c: Configuration,
+    lists: Sequence[tuple[int, TreasState]],
+    *,
+    broken_decode_below_k: bool = False,
+) -> tuple[Tag, Blob, bool] | None:
+    """The §4.2 decode rule over a quorum of (server index, list) pairs.
+
+    Returns (tag, value, unanimous) -- unanimous: every list holds that tag with its element
+    (the one-round read condition of §8.6) -- or None when max T* != max Tdec.
+    """
+    need = 1 if broken_decode_below_k else c.k
+    seen: dict[Tag, int] = {}
+    elements: dict[Tag, dict[int, Blob]] = {}
+    for index, st in lists:
+        for e in st:
+            seen[e.tag] = seen.get(e.tag, 0) + 1
+            if e.element is not None:
+                elements.setdefault(e.tag, {})[index] = e.element
+    t_star = max((t for t, count in seen.items() if count >= need), default=None)
+    t_dec = max((t for t, els in elements.items() if len(els) >= need), default=None)
+    if t_star is None or t_dec is None or t_star != t_dec:
+        return None
+    els = elements[t_dec]
+    if broken_decode_below_k and len(els) < c.k:
+        value = b"".join(bytes(b.data) for b in els.values())  # garbage on purpose (test-only)
+    else:
+        value = coder(c).decode({i: b.data for i, b in els.items()})
+    unanimous = len(els) == len(lists)
+    return t_dec, Blob(value), unanimous
+
+
+# --- client actions --------------------------------------------------------------------------
+
+
+async def get_tag(
+    net: Channel, c: Configuration, group: str, key: str
+) -> tuple[Tag, NextEntry | None]:
+    replies = await net.round(c, QueryTag(group, c.id, key), expect=TagReply, phase="get-tag")
+    return max(r.tag for _, r in replies), strongest(r.next for _, r in replies)
+
+
+async def get_data(
+    net: Channel,
+    c: Configuration,
+    group: str,
+    key: str,
+    *,
+    max_attempts: int = MAX_QUERY_ATTEMPTS,
+    broken_decode_below_k: bool = False,
+) -> tuple[Tag, Blob, bool, NextEntry | None]:
+    for _ in range(max_attempts):
+        replies = await net.round(
+            c, QueryList(group, c.id, key), expect=ListReply, phase="get-data"
+        )
+        lists = [(c.index_of(s.id), r.entries) for s, r in replies]
+        found = newest_decodable(c, lists, broken_decode_below_k=broken_decode_below_k)
+        if found is not None:
+            return (*found, strongest(r.next for _, r in replies))
+    raise ConcurrencyExceeded(
+        f"read of {key!r} on configuration {c.id} overlapped more than delta={c.delta} "
+        f"concurrent writes {max_attempts} times in a row; retry, or reconfigure with a "
+        "larger delta"
+    )
+
+
+async def put_data(
+    net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
+) -> NextEntry | None:
+    elements = coder(c).encode(value.data)
+    replies = await net.round(
+        c,
+        lambda i, _s: PutData(group, c.id, key, tag, Blob(elements[i])),
+        expect=Ack,
+        phase="put-data",
+    )
+    return strongest(r.next for _, r in replies)
+
+
+def lists_with_missing(
+    c: Configuration, reports: Iterable[tuple[int, TreasState]], quorum: int
+) -> list[tuple[int, TreasState]]:
+    """Complete a group read's per-object reports: servers of the answering quorum that did not
+    report the object hold its initial state (only their count matters to the decode rule)."""
+    out = list(reports)
+    missing = [i for i in range(c.n) if i not in {j for j, _ in out}]
+    for i in missing[: max(0, quorum - len(out))]:
+        out.append((i, initial_state(c, i)))
+    return out
