@@ -15,6 +15,7 @@ Optionally every operation is recorded (:class:`HistoryRecorder`) for ``ares che
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 import uuid
@@ -23,11 +24,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
-from .config import DEFAULT_GROUP, ClientOptions, ClusterFile, Configuration, load_cluster_file
+from .config import (
+    DEFAULT_GROUP,
+    ClientOptions,
+    ClusterFile,
+    Configuration,
+    load_cluster_file,
+    validate_configuration,
+)
 from .errors import ConfigurationError
 from .history import OpKind, OpRecord, value_digest, write_records
 from .net.client import TcpChannel
-from .protocol import ops
+from .protocol import ares, ops
 from .tags import Tag, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, Ping, Stats
@@ -59,6 +67,11 @@ class HistoryRecorder:
             self._out.flush()
 
 
+async def _random_backoff(attempt: int) -> None:
+    """Paxos retry back-off (protocol.md §5): random, growing, capped at about a second."""
+    await asyncio.sleep(random.uniform(0, min(1.0, 0.005 * 2**attempt)))
+
+
 def _check_key(key: str, group: str) -> None:
     if not isinstance(key, str) or not key:
         raise ConfigurationError("object key must be a non-empty string")
@@ -85,6 +98,7 @@ class Store:
         self.recorder = recorder
         self.switches = switches
         self._op_seq = 0
+        self._cseqs: dict[str, ares.Cseq] = {}
 
     async def __aenter__(self) -> Store:
         return self
@@ -101,28 +115,75 @@ class Store:
         self._op_seq += 1
         return writer_id(self.client_id, self._op_seq)
 
+    def cseq(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
+        """This client's current view of the group's configuration chain."""
+        return self._cseqs.get(group) or ares.initial_cseq(self.configuration)
+
+    def _learn(self, group: str, cseq: ares.Cseq) -> None:
+        self._cseqs[group] = ares.merge(self.cseq(group), cseq)
+
+    async def _write_op(self, group: str, key: str, value: Blob) -> Tag:
+        tag, cseq = await ares.write(
+            self.channel,
+            self.cseq(group),
+            group=group,
+            key=key,
+            value=value,
+            writer=self._next_writer(),
+            switches=self.switches,
+        )
+        self._learn(group, cseq)
+        return tag
+
+    async def _read_op(self, group: str, key: str) -> ops.ReadResult:
+        res, cseq = await ares.read(
+            self.channel, self.cseq(group), group=group, key=key, switches=self.switches
+        )
+        self._learn(group, cseq)
+        return res
+
+    async def configurations(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
+        """Discover and return the group's configuration chain (protocol.md §6 read-config)."""
+        cseq = await ares.read_config(self.channel, self.cseq(group), group, self.switches)
+        self._learn(group, cseq)
+        return self.cseq(group)
+
+    async def reconfigure(
+        self, proposal: Configuration, *, group: str = DEFAULT_GROUP
+    ) -> Configuration:
+        """Install ``proposal`` as the successor of the group's last configuration.
+
+        Returns the configuration consensus decided: ``proposal`` or, if another reconfigurer
+        won, theirs (the caller may retry on top of it).
+        """
+        validate_configuration(proposal)
+        known = {e.config.id for e in await self.configurations(group)}
+        if proposal.id in known:
+            raise ConfigurationError(f"configuration id {proposal.id!r} is already in use")
+        cseq, decided = await ares.reconfig(
+            self.channel,
+            self.cseq(group),
+            group=group,
+            proposal=proposal,
+            proposer=self._next_writer(),
+            backoff=_random_backoff,
+            switches=self.switches,
+        )
+        self._learn(group, cseq)
+        return decided
+
     async def write(self, key: str, value: bytes, *, group: str = DEFAULT_GROUP) -> Tag:
         """Write ``value`` to object ``key`` atomically; returns the tag it was written with."""
         _check_key(key, group)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
-        coro = ops.write(
-            self.channel,
-            self.configuration,
-            group=group,
-            key=key,
-            value=Blob(bytes(value) if not isinstance(value, bytes) else value),
-            writer=self._next_writer(),
-            switches=self.switches,
-        )
+        coro = self._write_op(group, key, Blob(bytes(value)))
         return await self._recorded("write", key, group, coro, written=bytes(value))
 
     async def read_tagged(self, key: str, *, group: str = DEFAULT_GROUP) -> tuple[Tag, bytes]:
         """Read object ``key``: its value and the tag it was written with."""
         _check_key(key, group)
-        coro = ops.read(
-            self.channel, self.configuration, group=group, key=key, switches=self.switches
-        )
+        coro = self._read_op(group, key)
         res = await self._recorded("read", key, group, coro)
         return res.tag, bytes(res.value.data)
 
