@@ -233,7 +233,9 @@ async def read(
         cseq = await read_config(net, cseq, group, switches)
 
     async def query(c: Configuration) -> tuple[tuple[Tag, Blob, bool], NextEntry | None]:
-        tag, value, unanimous, nxt = await dap.get_data(net, c, group, key)
+        tag, value, unanimous, nxt = await dap.get_data(
+            net, c, group, key, broken_decode_below_k=switches.broken_decode_below_k
+        )
         return (tag, value, unanimous), (nxt if switches.piggyback else None)
 
     results, cseq, revealed = await _query_all(net, cseq, group, query, switches)
@@ -305,18 +307,20 @@ async def reconfig(
     )
     pending = NextEntry(decided, "P")
     cseq = with_entry(cseq, nu + 1, pending)
-    if not switches.piggyback:
+    split = not switches.piggyback or switches.broken_split_handoff
+    if split:
         await put_config(net, last, group, pending)
     if not switches.broken_skip_update_config:
         sources = [e.config for e in cseq[mu(cseq) : nu + 1]]
+        merged = pending if not switches.broken_split_handoff else None
         states = await asyncio.gather(
             *(
-                read_group(net, c, group, set_next=pending if i == len(sources) - 1 else None)
+                read_group(net, c, group, set_next=merged if i == len(sources) - 1 else None)
                 for i, c in enumerate(sources)
             )
         )
         await _transfer(net, sources, states, decided, group, transfer_concurrency)
-    elif switches.piggyback:
+    elif not split:
         await put_config(net, last, group, pending)
     cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
     await put_config(net, last, group, NextEntry(decided, "F"))

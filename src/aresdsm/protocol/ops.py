@@ -45,6 +45,11 @@ class OpSwitches:
     """Test-only: reconfiguration moves no state into the new configuration."""
     broken_no_config_write_back: bool = False
     """Test-only: discovery does not write found successors back (read-config, §6)."""
+    broken_split_handoff: bool = False
+    """Test-only: reconfiguration sends put-config and then a separate get-data on the last
+    configuration instead of SET_NEXT_AND_GET -- the §8.2 counterexample with piggyback."""
+    broken_decode_below_k: bool = False
+    """Test-only: TREAS reads decode tags held by fewer than k servers (§4.2)."""
 
 
 DEFAULT_SWITCHES = OpSwitches()

@@ -1,0 +1,453 @@
+"""The simulated cluster: servers with a disk model, a faulty network, and the client Channel.
+
+* :class:`SimServer` drives the real pure :class:`~aresdsm.protocol.server_core.ServerCore`
+  exactly like the process shell does (``server.py``): handle, submit the writes to the disk
+  (group commit after a seeded fsync delay), and release the reply only when everything applied
+  before it is durable. A crash loses the in-memory core and every write not yet durable; a
+  restart recovers the core from the durable records (``ServerCore.recover``).
+* :class:`SimNetwork` delivers messages after seeded delays (so they reorder), loses and duplicates
+  them, and drops what crosses a partition (symmetric or one-way). Optionally every message goes
+  through the real wire encoder and decoder.
+* :class:`SimChannel` is the client side: the same ``round`` contract as the real
+  :class:`~aresdsm.net.client.TcpChannel` -- first ``need`` replies of the expected type,
+  ``QuorumUnavailable`` when a quorum became impossible, ``OperationTimeout`` at the deadline --
+  plus retransmission of unanswered requests (TCP retransmits for the real one).
+
+Invariants of protocol.md §10 that a single server can break are checked at every step
+(:class:`InvariantMonitor`): 3 (nextC never leaves F), 4 (a promise never decreases, also across
+restarts), 5 (ABD tags never decrease on stable storage; TREAS keeps at most δ+1 elements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+from ..config import Configuration, ServerInfo
+from ..errors import OperationTimeout, QuorumUnavailable
+from ..protocol import abd, reconfig_server, treas
+from ..protocol.channel import RequestFor
+from ..protocol.server_core import ServerCore, ServerSwitches
+from ..storage.base import Record, RecordKey, Write
+from ..storage.memory import apply_batch
+from ..tags import Tag
+from ..wire.codec import Decoder, Encoder
+from ..wire.messages import (
+    Ballot,
+    Envelope,
+    ErrorReply,
+    InstallConfig,
+    NextEntry,
+    Prepare,
+    Promise,
+    Reply,
+    Request,
+)
+
+R = TypeVar("R", bound=Reply)
+
+
+@dataclass
+class NetworkFaults:
+    delay_min_s: float = 0.0002
+    delay_max_s: float = 0.002
+    loss: float = 0.0
+    duplicate: float = 0.0
+    fsync_min_s: float = 0.0001
+    fsync_max_s: float = 0.001
+
+
+class InvariantFailure(AssertionError):
+    """A protocol invariant (protocol.md §10) does not hold in a simulated run."""
+
+
+@dataclass
+class InvariantMonitor:
+    """Per-server invariants, checked on live state after every request and on what became
+    durable after every commit. Promises are tracked as *replied* (left the server): a promise
+    lost in a crash before it was persisted and answered was never given."""
+
+    failures: list[str] = field(default_factory=list)
+    durable_tags: dict[tuple[str, RecordKey], Tag] = field(default_factory=dict)
+    durable_final: set[tuple[str, str, str]] = field(default_factory=set)
+    live_promised: dict[tuple[str, str, str], Ballot] = field(default_factory=dict)
+    live_final: set[tuple[str, str, str]] = field(default_factory=set)
+    replied_promises: dict[tuple[str, str, str], Ballot] = field(default_factory=dict)
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+    def after_handle(self, server: str, core: ServerCore) -> None:
+        """Invariants 3 and 4 on the live state of one incarnation."""
+        for (g, c), e in core.nextc.items():
+            if e.status == "F":
+                self.live_final.add((server, g, c))
+            elif (server, g, c) in self.live_final:
+                self.fail(f"§10.3: server {server} downgraded nextC[{g}][{c}] from F to P")
+        for (g, c), st in core.acceptors.items():
+            key = (server, g, c)
+            if st.accepted_ballot is not None and (
+                st.promised is None or st.promised < st.accepted_ballot
+            ):
+                self.fail(f"§10.4: acceptor {server} {g}/{c} accepted above its promise")
+            prev = self.live_promised.get(key)
+            if prev is not None and (st.promised is None or st.promised < prev):
+                self.fail(f"§10.4: acceptor {server} {g}/{c} promised {st.promised} after {prev}")
+            if st.promised is not None:
+                self.live_promised[key] = st.promised
+
+    def on_reply(self, server: str, req: Request, reply: Reply) -> None:
+        if isinstance(reply, Promise) and isinstance(req, Prepare):
+            key = (server, req.group, req.config_id)
+            prev = self.replied_promises.get(key)
+            if prev is None or reply.ballot > prev:
+                self.replied_promises[key] = reply.ballot
+
+    def on_crash(self, server: str) -> None:
+        self.live_promised = {k: v for k, v in self.live_promised.items() if k[0] != server}
+        self.live_final = {k for k in self.live_final if k[0] != server}
+
+    def after_restart(self, server: str, core: ServerCore) -> None:
+        for (srv, g, c), ballot in self.replied_promises.items():
+            if srv != server:
+                continue
+            st = core.acceptors.get((g, c))
+            if st is None or st.promised is None or st.promised < ballot:
+                self.fail(
+                    f"§10.4: acceptor {server} {g}/{c} forgot its promise {ballot} on restart"
+                )
+
+    def after_commit(
+        self, server: str, batch: list[Write], configs: dict[str, Configuration]
+    ) -> None:
+        """Invariants 3 and 5 on what became durable."""
+        for w in batch:
+            if not isinstance(w, Record):
+                continue
+            if w.ns == abd.NS:
+                tag = _tag_of(w)
+                key = (server, w.record_key)
+                prev = self.durable_tags.get(key)
+                if prev is not None and tag < prev:
+                    self.fail(f"§10.5: server {server} stored tag {tag} after {prev} for {w.key}")
+                self.durable_tags[key] = tag
+            elif w.ns == treas.NS:
+                st = treas.decode_state(w.meta, w.data or b"")
+                c = configs.get(w.config_id)
+                kept = sum(1 for e in st if e.element is not None)
+                if c is not None and kept > c.delta + 1:
+                    self.fail(f"§10.5: server {server} keeps {kept} elements > delta+1 for {w.key}")
+            elif w.ns == reconfig_server.NS:
+                entry = _next_of(w)
+                key3 = (server, w.group, w.config_id)
+                if entry.status == "F":
+                    self.durable_final.add(key3)
+                elif key3 in self.durable_final:
+                    self.fail(f"§10.3: server {server} stored P over F for {w.group}/{w.config_id}")
+
+
+def _tag_of(r: Record) -> Tag:
+    return msgspec.msgpack.decode(r.meta, type=Tag)
+
+
+def _next_of(r: Record) -> NextEntry:
+    return msgspec.msgpack.decode(r.meta, type=NextEntry)
+
+
+class SimDisk:
+    """Durable records plus the batch waiting for (or in) its fsync."""
+
+    def __init__(self) -> None:
+        self.durable: dict[RecordKey, Record] = {}
+        self.pending: list[Write] = []
+        self.applied = 0
+        self.durable_seq = 0
+        self.committing = False
+
+
+class SimServer:
+    def __init__(self, sim: SimCluster, info: ServerInfo, switches: ServerSwitches) -> None:
+        self.sim = sim
+        self.info = info
+        self.switches = switches
+        self.disk = SimDisk()
+        self.core: ServerCore | None = ServerCore(info.id, switches=switches)
+        self.epoch = 0
+        self.waiters: list[tuple[int, Callable[[], None]]] = []
+        self.broken_ack_before_durable = False
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+    def bootstrap(self, c: Configuration) -> None:
+        assert self.core is not None
+        apply_batch(self.disk.durable, self.core.install_config(c))
+
+    def deliver(self, req: Request, respond: Callable[[Reply], None]) -> None:
+        core = self.core
+        if core is None:
+            return
+        reply, writes = core.handle(req)
+        monitor = self.sim.monitor
+        monitor.after_handle(self.info.id, core)
+
+        def send(reply: Reply) -> None:
+            monitor.on_reply(self.info.id, req, reply)
+            respond(reply)
+
+        if writes:
+            self.disk.pending.extend(writes)
+            self.disk.applied += 1
+            self._schedule_commit()
+        need = self.disk.applied
+        if need <= self.disk.durable_seq or self.broken_ack_before_durable:
+            send(reply)
+        else:
+            self.waiters.append((need, lambda: send(reply)))
+
+    def _schedule_commit(self) -> None:
+        if self.disk.committing:
+            return
+        self.disk.committing = True
+        f = self.sim.faults
+        delay = self.sim.rng.uniform(f.fsync_min_s, f.fsync_max_s)
+        batch, upto, epoch = self.disk.pending, self.disk.applied, self.epoch
+        self.disk.pending = []
+        self.sim.loop.call_later(delay, self._commit_done, batch, upto, epoch)
+
+    def _commit_done(self, batch: list[Write], upto: int, epoch: int) -> None:
+        if epoch != self.epoch:
+            return  # crashed during the fsync: the batch is lost
+        apply_batch(self.disk.durable, batch)
+        assert self.core is not None
+        self.sim.monitor.after_commit(self.info.id, batch, self.core.configs)
+        self.disk.durable_seq = upto
+        self.disk.committing = False
+        ready = [w for w in self.waiters if w[0] <= upto]
+        self.waiters = [w for w in self.waiters if w[0] > upto]
+        for _, send in ready:
+            send()
+        if self.disk.pending:
+            self._schedule_commit()
+
+    def crash(self) -> None:
+        self.sim.monitor.on_crash(self.info.id)
+        self.core = None
+        self.epoch += 1
+        self.disk.pending = []
+        self.disk.committing = False
+        self.disk.applied = self.disk.durable_seq = 0
+        self.waiters = []
+        self.sim.log(f"crash {self.info.id}")
+
+    def restart(self) -> None:
+        self.core = ServerCore.recover(
+            self.info.id, list(self.disk.durable.values()), switches=self.switches
+        )
+        self.sim.monitor.after_restart(self.info.id, self.core)
+        self.sim.log(f"restart {self.info.id}")
+
+
+class SimCluster:
+    """Servers + network on one virtual-time loop, driven by one seeded generator."""
+
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        loop: asyncio.AbstractEventLoop,
+        servers: list[ServerInfo],
+        faults: NetworkFaults,
+        real_codec: bool = False,
+        server_switches: ServerSwitches | None = None,
+    ) -> None:
+        self.rng = rng
+        self.loop = loop
+        self.faults = faults
+        self.monitor = InvariantMonitor()
+        sw = server_switches or ServerSwitches()
+        self.servers = {s.id: SimServer(self, s, sw) for s in servers}
+        self.blocked: set[tuple[str, str]] = set()  # (from, to) pairs that lose every message
+        self.real_codec = real_codec
+        self._encoder = Encoder()
+        self._decoder = Decoder()
+        self.events: list[str] = []
+        self.messages = 0
+
+    def log(self, text: str) -> None:
+        self.events.append(f"{self.loop.time():.9f} {text}")
+
+    def _transit(self, src: str, dst: str) -> list[float]:
+        """Delivery delays of one message: [] if lost, two if duplicated."""
+        f = self.faults
+        if (src, dst) in self.blocked or self.rng.random() < f.loss:
+            return []
+        delays = [self.rng.uniform(f.delay_min_s, f.delay_max_s)]
+        if self.rng.random() < f.duplicate:
+            delays.append(self.rng.uniform(f.delay_min_s, f.delay_max_s) * 2)
+        return delays
+
+    def _codec(self, rid: int, body: Any) -> Any:
+        if not self.real_codec:
+            return body
+        frame = self._encoder.encode_bytes(Envelope(rid, body))
+        return self._decoder.decode_frame(frame, max_frame_bytes=1 << 30).body
+
+    def send(
+        self, client: str, server: str, rid: int, req: Request, on_reply: Callable[[Reply], None]
+    ) -> None:
+        self.messages += 1
+        target = self.servers.get(server)
+        for delay in self._transit(client, server):
+            self.loop.call_later(delay, self._arrive, client, target, rid, req, on_reply)
+
+    def _arrive(
+        self,
+        client: str,
+        target: SimServer | None,
+        rid: int,
+        req: Request,
+        on_reply: Callable[[Reply], None],
+    ) -> None:
+        if target is None or not target.up:
+            return
+        self.log(f"deliver {client}->{target.info.id} #{rid} {type(req).__name__}")
+        body = self._codec(rid, req)
+        epoch = target.epoch
+
+        def respond(reply: Reply) -> None:
+            if target.epoch != epoch:
+                return
+            for delay in self._transit(target.info.id, client):
+                self.loop.call_later(delay, on_reply, self._codec(rid, reply))
+
+        target.deliver(body, respond)
+
+
+@dataclass
+class ChannelSwitches:
+    broken_quorum_minus_one: bool = False
+    """Test-only: rounds complete on one reply fewer than a quorum."""
+
+
+class SimChannel:
+    """The client side of the simulated network: the Channel contract of protocol/channel.py."""
+
+    def __init__(
+        self,
+        cluster: SimCluster,
+        client_id: str,
+        *,
+        timeout_s: float = 1.0,
+        retransmit_s: float = 0.02,
+        switches: ChannelSwitches | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.client_id = client_id
+        self.timeout_s = timeout_s
+        self.retransmit_s = retransmit_s
+        self.switches = switches or ChannelSwitches()
+        self.rounds = 0
+        self.messages = 0
+        self.rounds_by_phase: dict[str, int] = {}
+        self._rid = 0
+
+    def _next_rid(self) -> int:
+        self._rid += 1
+        return self._rid
+
+    async def round(
+        self,
+        c: Configuration,
+        request: RequestFor,
+        *,
+        expect: type[R],
+        phase: str,
+        need: int | None = None,
+    ) -> list[tuple[ServerInfo, R]]:
+        need = c.quorum_size if need is None else need
+        if self.switches.broken_quorum_minus_one and need > 1:
+            need -= 1
+        self.rounds += 1
+        self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
+        loop = self.cluster.loop
+        fut: asyncio.Future[list[tuple[ServerInfo, R]]] = loop.create_future()
+        answers: dict[str, tuple[ServerInfo, R]] = {}
+        failed: dict[str, str] = {}
+        timers: list[asyncio.TimerHandle] = []
+
+        def settle() -> None:
+            if fut.done():
+                return
+            if len(answers) >= need:
+                fut.set_result(sorted(answers.values(), key=lambda a: c.index_of(a[0].id))[:need])
+            elif c.n - len(failed) < need:
+                fut.set_exception(
+                    QuorumUnavailable(f"{phase} on {c.id}: " + "; ".join(sorted(failed.values())))
+                )
+
+        def start(i: int, server: ServerInfo) -> None:
+            req = request(i, server) if callable(request) else request
+            installed = False
+
+            def on_reply(reply: Reply) -> None:
+                nonlocal installed
+                if fut.done() or server.id in answers or server.id in failed:
+                    return
+                if isinstance(reply, ErrorReply) and reply.code == "unknown-config":
+                    if not installed:  # the network reorders: resend only once it is installed
+                        installed = True
+                        self._send(server.id, InstallConfig(c), lambda r: transmit())
+                    return
+                if isinstance(reply, expect):
+                    answers[server.id] = (server, reply)
+                elif isinstance(reply, ErrorReply):
+                    failed[server.id] = f"{server.id}: {reply.code}"
+                else:
+                    failed[server.id] = f"{server.id}: unexpected {type(reply).__name__}"
+                settle()
+
+            def transmit() -> None:
+                if fut.done() or server.id in answers or server.id in failed:
+                    return
+                self._send(server.id, req, on_reply)
+                timers.append(loop.call_later(self.retransmit_s, transmit))
+
+            transmit()
+
+        for i, server in enumerate(c.servers):
+            start(i, server)
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(
+                    OperationTimeout(f"{phase} on {c.id}: {len(answers)}/{need} replies in time")
+                )
+
+        timers.append(loop.call_later(self.timeout_s, expire))
+        try:
+            return await fut
+        finally:
+            for t in timers:
+                t.cancel()
+
+    def _send(self, server: str, req: Request, on_reply: Callable[[Reply], None]) -> None:
+        self.messages += 1
+        self.cluster.send(self.client_id, server, self._next_rid(), req, on_reply)
+
+
+__all__ = [
+    "ChannelSwitches",
+    "InvariantFailure",
+    "InvariantMonitor",
+    "NetworkFaults",
+    "SimChannel",
+    "SimCluster",
+    "SimServer",
+]

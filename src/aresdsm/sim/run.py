@@ -1,0 +1,497 @@
+"""One simulated run: options drawn from a seed, a workload, faults, checks (principle 5).
+
+:func:`run_simulation` builds a cluster from :class:`SimOptions` (every option not given is drawn
+from the seed -- swarm testing: many seeds explore many shapes), runs concurrent clients (the real
+:mod:`aresdsm.protocol.ares` reads and writes), reconfigurers and a fault injector on a virtual-time
+loop, then heals every fault, reads every key once more, and checks:
+
+* the history is linearizable per key (§10.1) -- the final reads make a lost acknowledged write
+  (§10.8) visible as a violation too, and it is also checked directly;
+* the per-server invariants (§10.3–§10.5, :class:`~aresdsm.sim.cluster.InvariantMonitor`);
+* §10.2: every (group, configuration) decided at most one successor, and every client's chain is a
+  prefix of one chain.
+
+Faults stay within the failure model: at most ``n - q`` servers of each configuration that is
+still in use are crashed or cut off at once. The same seed always gives the same event log, whose
+SHA-256 is :attr:`SimResult.trace_hash`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ..check import CheckResult, check_history
+from ..config import Configuration, ServerInfo
+from ..errors import AresError, InvariantViolation
+from ..history import OpRecord, value_digest
+from ..protocol import ares
+from ..protocol.ops import OpSwitches
+from ..protocol.server_core import ServerSwitches
+from ..tags import Tag, writer_id
+from ..wire.blob import Blob
+from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
+from .loop import run
+
+GROUP = "default"
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Shape of one run. ``None`` fields are drawn from the seed."""
+
+    seed: int = 0
+    servers: int | None = None
+    """Size of the server pool; the initial configuration uses a prefix of it."""
+    initial_servers: int | None = None
+    clients: int | None = None
+    ops: int | None = None
+    """Operations in total (spread over the clients)."""
+    keys: int | None = None
+    write_ratio: float | None = None
+    value_max_bytes: int | None = None
+    reconfigs: int | None = None
+    reconfigurers: int | None = None
+    treas: bool | None = None
+    """Whether TREAS configurations may appear."""
+    mode: str | None = None
+    """'ares2' or 'classic'."""
+    fast_read: bool | None = None
+    crashes: bool = True
+    partitions: bool = True
+    client_crashes: bool = True
+    loss: float | None = None
+    duplicate: float | None = None
+    fsync_max_s: float | None = None
+    fault_interval_s: float | None = None
+    """Mean virtual time between two fault actions (crash, restart, partition, heal)."""
+    real_codec: bool = False
+    # test-only broken variants (never on unless a test asks)
+    broken: tuple[str, ...] = ()
+
+    def resolved(self) -> SimOptions:
+        """Every option fixed, drawn from the seed where not given."""
+        rng = random.Random(f"options-{self.seed}")
+        pool = self.servers if self.servers is not None else rng.randint(3, 7)
+        initial = self.initial_servers or rng.randint(min(3, pool), min(pool, 5))
+        return dataclasses.replace(
+            self,
+            servers=pool,
+            initial_servers=min(initial, pool),
+            clients=self.clients if self.clients is not None else rng.randint(1, 5),
+            ops=self.ops if self.ops is not None else rng.randint(40, 120),
+            keys=self.keys if self.keys is not None else rng.randint(1, 4),
+            write_ratio=self.write_ratio if self.write_ratio is not None else rng.uniform(0.2, 0.8),
+            value_max_bytes=self.value_max_bytes
+            if self.value_max_bytes is not None
+            else rng.choice([16, 64, 1024]),
+            reconfigs=self.reconfigs if self.reconfigs is not None else rng.choice([0, 0, 1, 2, 3]),
+            reconfigurers=self.reconfigurers
+            if self.reconfigurers is not None
+            else rng.choice([1, 1, 2]),
+            treas=self.treas if self.treas is not None else rng.random() < 0.5,
+            mode=self.mode if self.mode is not None else rng.choice(["ares2", "ares2", "classic"]),
+            fast_read=self.fast_read if self.fast_read is not None else rng.random() < 0.7,
+            loss=self.loss if self.loss is not None else rng.choice([0.0, 0.01, 0.05]),
+            duplicate=self.duplicate if self.duplicate is not None else rng.choice([0.0, 0.02]),
+            fsync_max_s=self.fsync_max_s
+            if self.fsync_max_s is not None
+            else rng.choice([0.0005, 0.002, 0.01]),
+            fault_interval_s=self.fault_interval_s
+            if self.fault_interval_s is not None
+            else rng.choice([0.003, 0.01, 0.03]),
+        )
+
+    def command(self) -> str:
+        """The command that replays this run exactly."""
+        parts = [f"ares sim --seed {self.seed}"]
+        defaults = SimOptions()
+        for f in dataclasses.fields(self):
+            if f.name in ("seed",):
+                continue
+            value = getattr(self, f.name)
+            if value == getattr(defaults, f.name):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "broken":
+                parts += [f"--broken {b}" for b in value]
+            elif isinstance(value, bool):
+                parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
+            else:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+
+BROKEN_VARIANTS = (
+    "skip-write-back",
+    "ack-before-durable",
+    "no-query-before-write",
+    "quorum-minus-one",
+    "skip-update-config",
+    "no-config-write-back",
+    "forgetful-acceptor",
+    "decode-below-k",
+)
+
+
+@dataclass
+class SimResult:
+    options: SimOptions
+    history: list[OpRecord]
+    check: CheckResult
+    invariant_failures: list[str]
+    trace_hash: str
+    messages: int
+    rounds: int
+    ops_ok: int
+    ops_failed: int
+    reconfigs_done: int
+    virtual_s: float
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.check.verdict != "violation" and not self.invariant_failures
+
+    def explain(self) -> str:
+        lines = [f"seed {self.options.seed}: {'ok' if self.ok else 'FAILED'}"]
+        if self.check.verdict == "violation":
+            lines.append(self.check.explain())
+        lines += [f"invariant: {f}" for f in self.invariant_failures[:10]]
+        lines.append(f"options: {self.options}")
+        lines.append(f"replay:  {self.options.command()}")
+        return "\n".join(lines)
+
+
+class _World:
+    """Everything one run shares: cluster, chain bookkeeping, history."""
+
+    def __init__(
+        self, opts: SimOptions, rng: random.Random, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        assert opts.servers is not None and opts.initial_servers is not None
+        self.opts = opts
+        self.rng = rng
+        self.loop = loop
+        pool = [ServerInfo(f"s{i}", f"10.0.0.{i}:7000") for i in range(opts.servers)]
+        self.pool = pool
+        faults = NetworkFaults(
+            loss=opts.loss or 0.0,
+            duplicate=opts.duplicate or 0.0,
+            fsync_max_s=opts.fsync_max_s or 0.001,
+        )
+        self.cluster = SimCluster(
+            rng=rng,
+            loop=loop,
+            servers=pool,
+            faults=faults,
+            real_codec=opts.real_codec,
+            server_switches=ServerSwitches(
+                broken_forget_promises="forgetful-acceptor" in opts.broken
+            ),
+        )
+        for srv in self.cluster.servers.values():
+            srv.broken_ack_before_durable = "ack-before-durable" in opts.broken
+        first = pool[: opts.initial_servers]
+        if opts.treas and rng.random() < 0.5:
+            self.c0 = Configuration(
+                "c0",
+                tuple(first),
+                dap="treas",
+                k=rng.randint(1, max(1, len(first) - 2)),
+                delta=rng.randint(1, 3),
+            )
+        else:
+            self.c0 = Configuration("c0", tuple(first))
+        for s in self.c0.servers:
+            self.cluster.servers[s.id].bootstrap(self.c0)
+        self.switches = OpSwitches(
+            piggyback=opts.mode == "ares2",
+            fast_read=bool(opts.fast_read) and opts.mode == "ares2",
+            broken_skip_write_back="skip-write-back" in opts.broken,
+            broken_no_query_before_write="no-query-before-write" in opts.broken,
+            broken_skip_update_config="skip-update-config" in opts.broken,
+            broken_no_config_write_back="no-config-write-back" in opts.broken,
+            broken_decode_below_k="decode-below-k" in opts.broken,
+        )
+        self.channel_switches = ChannelSwitches(
+            broken_quorum_minus_one="quorum-minus-one" in opts.broken
+        )
+        self.history: list[OpRecord] = []
+        self.chains: list[ares.Cseq] = []
+        self.decided: dict[str, str] = {}
+        self.failures: list[str] = []
+        self.channels: list[SimChannel] = []
+        self.cseqs: dict[str, ares.Cseq] = {}
+        self.next_config = 1
+        self.reconfigs_done = 0
+        self.down: set[str] = set()
+        self.partitioned: set[str] = set()
+
+    def channel(self, client: str) -> SimChannel:
+        ch = SimChannel(self.cluster, client, switches=self.channel_switches)
+        self.channels.append(ch)
+        return ch
+
+    def learn(self, client: str, cseq: ares.Cseq) -> None:
+        known = self.cseqs.get(client, ares.initial_cseq(self.c0))
+        try:
+            self.cseqs[client] = ares.merge(known, cseq)
+        except InvariantViolation as e:
+            self.failures.append(f"§10.2: {e}")
+        for a, b in itertools.pairwise(cseq):
+            prev = self.decided.setdefault(a.config.id, b.config.id)
+            if prev != b.config.id:
+                self.failures.append(
+                    f"§10.2: {a.config.id} has two successors {prev} and {b.config.id}"
+                )
+
+    def live_configs(self) -> list[Configuration]:
+        """Configurations some client may still need a quorum of."""
+        start = min((ares.mu(c) for c in self.cseqs.values()), default=0)
+        chain = max(self.cseqs.values(), key=len, default=ares.initial_cseq(self.c0))
+        return [e.config for e in chain[start:]]
+
+    def may_fail(self, server: str) -> bool:
+        down = self.down | {server}
+        for c in self.live_configs():
+            if sum(1 for s in c.server_ids if s in down) > c.n - c.quorum_size:
+                return False
+        return True
+
+
+async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
+    opts = world.opts
+    rng = random.Random(world.rng.random())
+    ch = world.channel(name)
+    for n in range(1, ops + 1):
+        key = rng.choice(keys)
+        cseq = world.cseqs.get(name, ares.initial_cseq(world.c0))
+        start = world.loop.time()
+        op_id = len(world.history) + 1
+        is_write = rng.random() < (opts.write_ratio or 0.5)
+        size = rng.randint(0, opts.value_max_bytes or 16)
+        value = f"{name}-{n}|".encode() + b"x" * size
+        # recorded as pending first: a client crash leaves it so
+        rec_index = len(world.history)
+        world.history.append(
+            OpRecord(
+                op_id,
+                name,
+                "write" if is_write else "read",
+                key,
+                start,
+                value=value_digest(value) if is_write else None,
+            )
+        )
+        try:
+            if is_write:
+                tag, cseq = await ares.write(
+                    ch,
+                    cseq,
+                    group=GROUP,
+                    key=key,
+                    value=Blob(value),
+                    writer=writer_id(name, n),
+                    switches=world.switches,
+                )
+                digest = value_digest(value)
+            else:
+                res, cseq = await ares.read(ch, cseq, group=GROUP, key=key, switches=world.switches)
+                tag, digest = res.tag, value_digest(res.value.data)
+            world.learn(name, cseq)
+            world.history[rec_index] = msgspec.structs.replace(
+                world.history[rec_index],
+                complete_s=world.loop.time(),
+                value=digest,
+                outcome="ok",
+                tag=(tag.z, tag.writer),
+            )
+        except AresError as e:
+            world.history[rec_index] = msgspec.structs.replace(
+                world.history[rec_index],
+                complete_s=world.loop.time(),
+                outcome="fail",
+                error=type(e).__name__,
+            )
+            await asyncio.sleep(rng.uniform(0.001, 0.01))
+        await asyncio.sleep(rng.uniform(0, 0.002))
+
+
+def _proposal(world: _World) -> Configuration:
+    rng = world.rng
+    size = rng.randint(min(3, len(world.pool)), len(world.pool))
+    members = rng.sample(world.pool, size)
+    cid = f"c{world.next_config}"
+    world.next_config += 1
+    if world.opts.treas and rng.random() < 0.5:
+        k = rng.randint(1, max(1, size - 2))
+        return Configuration(cid, tuple(members), dap="treas", k=k, delta=rng.randint(1, 4))
+    return Configuration(cid, tuple(members))
+
+
+async def _reconfigurer(world: _World, name: str, count: int) -> None:
+    rng = random.Random(world.rng.random())
+    ch = world.channel(name)
+
+    async def backoff(attempt: int) -> None:
+        await asyncio.sleep(rng.uniform(0, 0.002 * 2**attempt))
+
+    for n in range(count):
+        await asyncio.sleep(rng.uniform(0.001, 0.03))
+        cseq = world.cseqs.get(name, ares.initial_cseq(world.c0))
+        try:
+            cseq, decided = await ares.reconfig(
+                ch,
+                cseq,
+                group=GROUP,
+                proposal=_proposal(world),
+                proposer=f"{name}.{n}",
+                backoff=backoff,
+                switches=world.switches,
+            )
+            world.learn(name, cseq)
+            world.reconfigs_done += 1
+            world.cluster.log(f"{name} installed {decided.id}")
+        except AresError as e:
+            world.cluster.log(f"{name} reconfig failed: {type(e).__name__}")
+
+
+async def _faults(world: _World, stop: asyncio.Event) -> None:
+    rng = random.Random(world.rng.random())
+    opts = world.opts
+    servers = sorted(world.cluster.servers)
+    mean = opts.fault_interval_s or 0.01
+    while not stop.is_set():
+        await asyncio.sleep(rng.uniform(0.2 * mean, 1.8 * mean))
+        crashed = sorted(s for s in world.down if not world.cluster.servers[s].up)
+        if crashed and rng.random() < 0.5:
+            sid = rng.choice(crashed)
+            world.cluster.servers[sid].restart()
+            world.down.discard(sid)
+            continue
+        if world.partitioned and rng.random() < 0.5:
+            world.cluster.blocked.clear()
+            world.down -= world.partitioned
+            world.partitioned.clear()
+            world.cluster.log("heal partitions")
+            continue
+        sid = rng.choice(servers)
+        if sid in world.down or not world.may_fail(sid):
+            continue
+        if opts.crashes and rng.random() < 0.5:
+            if sid in world.partitioned:
+                continue
+            world.cluster.servers[sid].crash()
+            world.down.add(sid)
+        elif opts.partitions:
+            others = [x for x in servers if x != sid] + [c.client_id for c in world.channels]
+            symmetric = rng.random() < 0.5
+            for other in others:
+                world.cluster.blocked.add((other, sid))
+                if symmetric:
+                    world.cluster.blocked.add((sid, other))
+            world.down.add(sid)
+            world.partitioned.add(sid)
+            world.cluster.log(f"partition {sid} {'both ways' if symmetric else 'inbound'}")
+
+
+async def _main(opts: SimOptions) -> SimResult:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(opts.seed)
+    world = _World(opts, rng, loop)
+    assert opts.clients is not None and opts.ops is not None and opts.keys is not None
+    keys = [f"k{i}" for i in range(opts.keys)]
+    per_client = max(1, opts.ops // opts.clients)
+    clients = [
+        asyncio.ensure_future(_client(world, f"c{i}", per_client, keys))
+        for i in range(opts.clients)
+    ]
+    reconfs = [
+        asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0))
+        for i in range(opts.reconfigurers or 1)
+    ]
+    stop = asyncio.Event()
+    faults = asyncio.ensure_future(_faults(world, stop))
+    if opts.client_crashes and opts.clients > 1 and rng.random() < 0.5:
+        victim = clients[rng.randrange(len(clients))]
+        loop.call_later(rng.uniform(0.005, 0.05), victim.cancel)
+    if opts.client_crashes and opts.reconfigs and rng.random() < 0.3:
+        victim = reconfs[rng.randrange(len(reconfs))]  # a reconfigurer dies mid-way
+        loop.call_later(rng.uniform(0.001, 0.05), victim.cancel)
+    outcomes = await asyncio.gather(*clients, *reconfs, return_exceptions=True)
+    for o in outcomes:  # a crashed client is cancelled; anything else is a bug: raise it
+        if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError):
+            raise o
+    stop.set()
+    await faults
+    await _heal_and_verify(world, keys)
+    events = world.cluster.events
+    return SimResult(
+        options=opts,
+        history=world.history,
+        check=check_history(world.history),
+        invariant_failures=world.failures + world.cluster.monitor.failures,
+        trace_hash=hashlib.sha256("\n".join(events).encode()).hexdigest(),
+        messages=sum(c.messages for c in world.channels),
+        rounds=sum(c.rounds for c in world.channels),
+        ops_ok=sum(1 for r in world.history if r.outcome == "ok"),
+        ops_failed=sum(1 for r in world.history if r.outcome != "ok"),
+        reconfigs_done=world.reconfigs_done,
+        virtual_s=loop.time(),
+        events=events,
+    )
+
+
+async def _heal_and_verify(world: _World, keys: list[str]) -> None:
+    """Heal all faults, restart crashed servers, read every key; acknowledged writes survive."""
+    world.cluster.blocked.clear()
+    for srv in world.cluster.servers.values():
+        if not srv.up:
+            srv.restart()
+    world.down.clear()
+    ch = world.channel("final")
+    chain = max(world.cseqs.values(), key=len, default=ares.initial_cseq(world.c0))
+    acked: dict[str, Tag] = {}
+    for r in world.history:
+        if r.kind == "write" and r.outcome == "ok" and r.tag is not None:
+            t = Tag(*r.tag)
+            if r.key not in acked or t > acked[r.key]:
+                acked[r.key] = t
+    for key in keys:
+        start = world.loop.time()
+        try:
+            res, chain = await ares.read(ch, chain, group=GROUP, key=key, switches=world.switches)
+        except AresError as e:
+            world.failures.append(f"final read of {key} failed after healing: {e}")
+            continue
+        world.history.append(
+            OpRecord(
+                len(world.history) + 1,
+                "final",
+                "read",
+                key,
+                start,
+                world.loop.time(),
+                value=value_digest(res.value.data),
+                outcome="ok",
+                tag=(res.tag.z, res.tag.writer),
+            )
+        )
+        if key in acked and res.tag < acked[key]:
+            world.failures.append(
+                f"§10.8: acknowledged write {acked[key]} of {key} lost (final read {res.tag})"
+            )
+
+
+def run_simulation(seed: int, **overrides: Any) -> SimResult:
+    """Run one seed (options not given are drawn from it) and check it."""
+    opts = SimOptions(seed=seed, **overrides).resolved()
+    return run(_main(opts))
