@@ -15,11 +15,14 @@ Optionally every operation is recorded (:class:`HistoryRecorder`) for ``ares che
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+
+import msgspec
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -29,6 +32,7 @@ from .config import (
     ClientOptions,
     ClusterFile,
     Configuration,
+    ServerInfo,
     load_cluster_file,
     validate_configuration,
 )
@@ -41,6 +45,7 @@ from .wire.blob import Blob
 from .wire.messages import GetStats, Ping, Stats
 
 T = TypeVar("T")
+log = logging.getLogger("aresdsm.client")
 MAX_KEY_BYTES = 1024
 
 
@@ -72,6 +77,38 @@ async def _random_backoff(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, min(1.0, 0.005 * 2**attempt)))
 
 
+class _CseqCache(msgspec.Struct):
+    initial: str
+    groups: dict[str, ares.Cseq]
+
+
+def load_cseq_cache(path: Path | None, initial: Configuration) -> dict[str, ares.Cseq]:
+    """Chains learned earlier (protocol.md §8.5: clients may cache their cseq on disk).
+
+    A missing, unreadable or foreign cache (another initial configuration) is ignored: the
+    client then discovers the chain from the initial configuration again.
+    """
+    if path is None or not path.exists():
+        return {}
+    try:
+        cache = msgspec.json.decode(path.read_bytes(), type=_CseqCache)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return {}
+    if cache.initial != initial.id:
+        return {}
+    return {g: c for g, c in cache.groups.items() if c and c[0].config == initial}
+
+
+def save_cseq_cache(path: Path, cseqs: dict[str, ares.Cseq]) -> None:
+    """Write the cache atomically (write a temporary file, then rename it)."""
+    if not cseqs:
+        return
+    initial = next(iter(cseqs.values()))[0].config.id
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(msgspec.json.encode(_CseqCache(initial, cseqs)))
+    tmp.replace(path)
+
+
 def _check_key(key: str, group: str) -> None:
     if not isinstance(key, str) or not key:
         raise ConfigurationError("object key must be a non-empty string")
@@ -90,6 +127,7 @@ class Store:
         client_id: str | None = None,
         recorder: HistoryRecorder | None = None,
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
+        cseq_cache: str | Path | None = None,
     ) -> None:
         self.configuration = configuration
         self.options = options or ClientOptions()
@@ -97,8 +135,9 @@ class Store:
         self.channel = TcpChannel(self.options)
         self.recorder = recorder
         self.switches = switches
+        self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
-        self._cseqs: dict[str, ares.Cseq] = {}
+        self._cseqs: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
 
     async def __aenter__(self) -> Store:
         return self
@@ -110,6 +149,11 @@ class Store:
 
     async def close(self) -> None:
         await self.channel.close()
+        if self.cseq_cache is not None:
+            try:
+                save_cseq_cache(self.cseq_cache, self._cseqs)
+            except OSError as e:
+                log.warning("cannot save the configuration chain cache %s: %s", self.cseq_cache, e)
 
     def _next_writer(self) -> str:
         self._op_seq += 1
@@ -245,10 +289,11 @@ class Store:
         )
         return result
 
-    async def stats(self) -> list[Stats | str]:
-        """Each server's counters (or the error that server gave), in configuration order."""
+    async def stats(self, servers: Iterable[ServerInfo] | None = None) -> list[Stats | str]:
+        """Each server's counters (or the error that server gave); default: the initial
+        configuration's servers."""
         out: list[Stats | str] = []
-        for s in self.configuration.servers:
+        for s in servers if servers is not None else self.configuration.servers:
             try:
                 r = await self.channel.request(
                     s, GetStats(), timeout_s=self.options.connect_timeout_s
@@ -271,8 +316,13 @@ def connect(
     recorder: HistoryRecorder | None = None,
     options: ClientOptions | None = None,
     switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
+    cseq_cache: str | Path | None = None,
 ) -> Store:
-    """A :class:`Store` for the cluster described by a cluster file (path or parsed)."""
+    """A :class:`Store` for the cluster described by a cluster file (path or parsed).
+
+    ``cseq_cache``: a file where the client keeps the configuration chains it learned, so that
+    it still finds the data after the initial servers are gone (protocol.md §8.5).
+    """
     cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
     return Store(
         cf.initial,
@@ -280,6 +330,7 @@ def connect(
         client_id=client_id,
         recorder=recorder,
         switches=switches,
+        cseq_cache=cseq_cache,
     )
 
 
