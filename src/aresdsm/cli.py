@@ -378,11 +378,20 @@ def _new_members(
 @click.option("--clients", default=4, show_default=True)
 @click.option("--duration-s", default=9.0, show_default=True, help="Length of the workload.")
 @click.option("--no-crash", is_flag=True, help="Do not kill and restart a server.")
+@click.option("--no-reconfig", is_flag=True, help="Do not reconfigure ABD -> TREAS.")
 @click.option(
     "--keep", type=click.Path(file_okay=False), help="Keep cluster data and history here."
 )
-def demo(servers: int, clients: int, duration_s: float, no_crash: bool, keep: str | None) -> None:
-    """Start a local cluster, run a workload through a crash and restart, check the history."""
+def demo(
+    servers: int,
+    clients: int,
+    duration_s: float,
+    no_crash: bool,
+    no_reconfig: bool,
+    keep: str | None,
+) -> None:
+    """Local cluster + workload through a crash, a restart and a live reconfiguration (ABD on 3
+    servers -> TREAS on 5), then a linearizability check of the recorded history."""
     from .demo import run_demo
 
     if servers < 3 and not no_crash:
@@ -393,6 +402,7 @@ def demo(servers: int, clients: int, duration_s: float, no_crash: bool, keep: st
             clients=clients,
             duration_s=duration_s,
             crash=not no_crash,
+            reconfigure=not no_reconfig,
             base_dir=keep,
             log=lambda m: console.print(f"[dim]{m}[/]"),
         )
@@ -412,7 +422,7 @@ def demo(servers: int, clients: int, duration_s: float, no_crash: bool, keep: st
     )
     table.add_row("latency p50 / p99", f"{p50:.2f} ms / {p99:.2f} ms")
     for ev in res.events:
-        table.add_row("fault", ev)
+        table.add_row("event", ev)
     colour = "green" if res.verdict == "ok" else "red"
     table.add_row("linearizable", f"[bold {colour}]{res.verdict}[/]")
     if res.history_path:

@@ -20,12 +20,12 @@ import random
 import threading
 import time
 import uuid
-
-import msgspec
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
+
+import msgspec
 
 from .config import (
     DEFAULT_GROUP,

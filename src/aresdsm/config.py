@@ -73,11 +73,11 @@ class Configuration(msgspec.Struct, frozen=True):
         return any(s.id == server_id for s in self.servers)
 
     def describe(self) -> str:
-        params = (
-            f"[n={self.n}, k={self.k}, delta={self.delta}]"
-            if self.dap == "treas"
-            else (f"[n={self.n}]")
-        )
+        """One line: ``c1 treas(n=5, k=3, delta=4) s1,s2,s3,s4,s5``."""
+        if self.dap == "treas":
+            params = f"(n={self.n}, k={self.k}, delta={self.delta})"
+        else:
+            params = f"(n={self.n})"
         return f"{self.id} {self.dap}{params} {','.join(self.server_ids)}"
 
 

@@ -1,11 +1,13 @@
-"""``ares demo``: a local cluster, a concurrent workload, a crash and a restart, a checked history.
+"""``ares demo``: a local cluster, a concurrent workload, a crash, a restart and a live
+reconfiguration, and a checked history.
 
-Starts real server processes, runs several clients (each its own :class:`~aresdsm.client.Store`
-with its own connections and writer ids) that read and write a few hot keys with unique values,
-SIGKILLs one server a third of the way in and restarts it at two thirds, then reads every key
-once more and checks the whole recorded history for linearizability (protocol.md §10 invariant 1;
-acknowledged writes surviving the crash, invariant 8, is part of that check: a lost write would
-make a later read return an older value).
+Starts real server processes (3 in the initial ABD configuration, 2 spares), runs several clients
+(each its own :class:`~aresdsm.client.Store` with its own connections and writer ids) that read
+and write a few hot keys with unique values, SIGKILLs one server, restarts it, then reconfigures
+the cluster from ABD on 3 servers to TREAS on all 5 (k=3) while the clients keep going. At the end
+it reads every key once more and checks the whole recorded history for linearizability
+(protocol.md §10 invariant 1; acknowledged writes surviving the crash and the reconfiguration,
+invariant 8, is part of that check: a lost write would make a later read return an older value).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from .check import check_file
 from .client import HistoryRecorder, Store
+from .config import Configuration
 from .errors import OperationError
 from .local import LocalCluster
 
@@ -73,6 +76,7 @@ async def run_demo(
     keys: int = 3,
     value_size: int = 256,
     crash: bool = True,
+    reconfigure: bool = True,
     base_dir: str | Path | None = None,
     seed: int = 1,
     log: object = print,
@@ -83,12 +87,15 @@ async def run_demo(
         tmp = tempfile.TemporaryDirectory(prefix="ares-demo-")
         base_dir = tmp.name
     res = DemoResult()
-    cluster = LocalCluster.create(Path(base_dir) / "cluster", n=servers, timeout_s=2.0)
+    spares = 2 if reconfigure else 0
+    cluster = LocalCluster.create(
+        Path(base_dir) / "cluster", n=servers, spares=spares, timeout_s=2.0
+    )
     history_path = Path(base_dir) / "history.jsonl"
     res.history_path = str(history_path)
     try:
-        say(f"starting {servers} server processes ...")
-        await asyncio.to_thread(cluster.start)
+        say(f"starting {servers} server processes and {spares} spares ...")
+        await asyncio.to_thread(cluster.start_all)
         victim = cluster.cluster.initial.server_ids[-1]
         with open(history_path, "wb") as out:  # noqa: ASYNC230 - small, line-buffered appends
             rec = HistoryRecorder(out)
@@ -107,15 +114,30 @@ async def run_demo(
                 )
                 for s in stores
             ]
+            admin = Store(cluster.cluster.initial, options=cluster.cluster.client)
+
+            def event(text: str) -> None:
+                res.events.append(f"t={time.monotonic() - start:4.1f}s  {text}")
+                say(res.events[-1])
+
+            step = duration_s / 4
             if crash:
-                await asyncio.sleep(duration_s / 3)
+                await asyncio.sleep(step)
                 await asyncio.to_thread(cluster.kill, victim)
-                res.events.append(f"t={time.monotonic() - start:4.1f}s  SIGKILL server {victim}")
-                say(res.events[-1])
-                await asyncio.sleep(duration_s / 3)
+                event(f"SIGKILL server {victim}")
+                await asyncio.sleep(step)
                 await asyncio.to_thread(cluster.restart, victim)
-                res.events.append(f"t={time.monotonic() - start:4.1f}s  restarted server {victim}")
-                say(res.events[-1])
+                event(f"restarted server {victim}")
+            if reconfigure:
+                await asyncio.sleep(max(0.0, start + 3 * step - time.monotonic()))
+                target = Configuration("c1", cluster.cluster.servers, dap="treas", k=3, delta=4)
+                t0 = time.monotonic()
+                decided = await admin.reconfigure(target)
+                event(
+                    f"reconfigured {cluster.cluster.initial.describe()} -> {decided.describe()} "
+                    f"in {(time.monotonic() - t0) * 1e3:.0f} ms"
+                )
+            await admin.close()
             await asyncio.gather(*tasks)
             for key in key_names:  # final reads: every acknowledged write must still be visible
                 await stores[0].read(key)
