@@ -1,16 +1,22 @@
 """``ares bench``: throughput and latency of a local cluster of real server processes.
 
-For every cell of the matrix (servers N, concurrency C, operation kind) it runs a closed loop of C
-operations in flight from one client process for a fixed time, and reports ops/s, latency
-percentiles, and the messages and rounds each operation cost (counted by the client's channel,
-so "2 round trips per write" is measured, not assumed). Before each cluster's cells it measures the
-transport floor: the round-trip time of a no-op Ping to one server, so every latency is also
-printed as a multiple of that floor.
+For every cell of the matrix (servers N, mode, concurrency C, operation kind) it runs a closed loop
+of C operations in flight from one client process for a fixed time, and reports ops/s, latency
+percentiles, and the messages and rounds each operation cost -- counted by the client's channel,
+so "2 round trips per write" is measured, not assumed. Modes are Ares II (default) and classic
+(the original Ares, protocol.md §6) on the same cluster in the same run, so their ratio is
+reported directly. Before each cluster's cells it measures the transport floor: the round-trip
+time of a no-op Ping to one server; every latency is also printed as a multiple of that floor.
+
+``--reconfig-objects M`` adds a reconfiguration benchmark: M objects are written, then the group
+is reconfigured back and forth between two disjoint server sets, timing each reconfiguration and
+counting its rounds and consensus decisions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import statistics
 import tempfile
@@ -20,14 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from .client import Store
+from .config import Configuration
 from .local import LocalCluster
-from .protocol.ops import OpSwitches
+from .protocol.ops import CLASSIC, OpSwitches
 from .runtime import loop_name
+
+MODES = {"ares2": OpSwitches(), "classic": CLASSIC}
 
 
 @dataclass
 class CellResult:
     servers: int
+    mode: str
+    dap: str
     concurrency: int
     kind: str
     value_bytes: int
@@ -46,10 +57,30 @@ class CellResult:
 
     def line(self) -> str:
         return (
-            f"N={self.servers} C={self.concurrency:<3} {self.kind:<5} {self.ops_per_s:9.0f} ops/s"
-            f"  p50 {self.p50_ms:6.3f} ms  p99 {self.p99_ms:6.3f} ms"
+            f"N={self.servers} {self.mode:<7} {self.dap:<5} C={self.concurrency:<3} {self.kind:<5}"
+            f" {self.ops_per_s:8.0f} ops/s  p50 {self.p50_ms:7.3f} ms  p99 {self.p99_ms:7.3f} ms"
             f"  rounds/op {self.rounds_per_op:.2f}  msgs/op {self.messages_per_op:.2f}"
-            f"  p50/floor {self.p50_over_floor:.1f}"
+        )
+
+
+@dataclass
+class ReconfigResult:
+    servers: int
+    mode: str
+    objects: int
+    value_bytes: int
+    reconfigs: int
+    p50_ms: float
+    max_ms: float
+    rounds_per_reconfig: float
+    consensus_per_reconfig: float
+
+    def line(self) -> str:
+        return (
+            f"N={self.servers} {self.mode:<7} reconfiguration of {self.objects} objects:"
+            f" p50 {self.p50_ms:.1f} ms (max {self.max_ms:.1f})"
+            f"  rounds {self.rounds_per_reconfig:.1f}  consensus decisions"
+            f" {self.consensus_per_reconfig:.1f}"
         )
 
 
@@ -57,14 +88,17 @@ class CellResult:
 class BenchReport:
     machine: dict[str, Any] = field(default_factory=dict)
     cells: list[CellResult] = field(default_factory=list)
+    reconfigs: list[ReconfigResult] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"machine": self.machine, "cells": [asdict(c) for c in self.cells]}
+        return {
+            "machine": self.machine,
+            "cells": [asdict(c) for c in self.cells],
+            "reconfigs": [asdict(r) for r in self.reconfigs],
+        }
 
 
 def machine_info() -> dict[str, Any]:
-    import os
-
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -72,41 +106,6 @@ def machine_info() -> dict[str, Any]:
         "loop": loop_name(),
         "date": time.strftime("%Y-%m-%d"),
     }
-
-
-def _summarize(
-    run: tuple[list[float], int, int, int, float],
-    *,
-    servers: int,
-    concurrency: int,
-    kind: str,
-    value_bytes: int,
-    storage: str,
-    floor_s: float,
-) -> CellResult:
-    lat, errors, rounds, msgs, elapsed = run
-    lat.sort()
-    ops = len(lat)
-    total = max(1, ops + errors)
-    p50 = _pct(lat, 0.50)
-    return CellResult(
-        servers=servers,
-        concurrency=concurrency,
-        kind=kind,
-        value_bytes=value_bytes,
-        storage=storage,
-        ops=ops,
-        errors=errors,
-        duration_s=elapsed,
-        ops_per_s=ops / elapsed if elapsed else 0.0,
-        p50_ms=p50 * 1e3,
-        p99_ms=_pct(lat, 0.99) * 1e3,
-        mean_ms=(sum(lat) / ops * 1e3) if ops else float("nan"),
-        rounds_per_op=rounds / total,
-        messages_per_op=msgs / total,
-        floor_rtt_ms=floor_s * 1e3,
-        p50_over_floor=p50 / floor_s if floor_s else float("nan"),
-    )
 
 
 def _pct(sorted_vals: list[float], q: float) -> float:
@@ -127,6 +126,15 @@ async def measure_floor(store: Store, *, count: int = 500) -> float:
     return statistics.median(samples)
 
 
+@dataclass
+class _Run:
+    latencies: list[float]
+    errors: int
+    rounds: int
+    messages: int
+    elapsed_s: float
+
+
 async def run_cell(
     store: Store,
     *,
@@ -134,14 +142,15 @@ async def run_cell(
     concurrency: int,
     duration_s: float,
     value_bytes: int,
-    keys: int = 1000,
-) -> tuple[list[float], int, int, int, float]:
-    """Closed loop; returns (latencies_s, errors, rounds, messages, elapsed_s)."""
+    keys: int = 200,
+) -> _Run:
+    """A closed loop of ``concurrency`` operations in flight for ``duration_s``."""
     value = b"v" * value_bytes
     latencies: list[float] = []
     errors = 0
-    if kind == "read":  # make sure reads read real values
-        await asyncio.gather(*(store.write(f"bench-{i}", value) for i in range(min(keys, 200))))
+    if kind == "read":  # reads of real values
+        for i in range(0, keys, 16):
+            await asyncio.gather(*(store.write(f"bench-{j}", value) for j in range(i, i + 16)))
     ch = store.channel
     r0, m0 = ch.rounds, ch.messages
     deadline = time.perf_counter() + duration_s
@@ -151,7 +160,7 @@ async def run_cell(
         nonlocal errors, counter
         while time.perf_counter() < deadline:
             counter += 1
-            key = f"bench-{counter % min(keys, 200)}"
+            key = f"bench-{counter % keys}"
             t0 = time.perf_counter()
             try:
                 if kind == "write":
@@ -166,7 +175,28 @@ async def run_cell(
     t_start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t_start
-    return latencies, errors, ch.rounds - r0, ch.messages - m0, elapsed
+    return _Run(latencies, errors, ch.rounds - r0, ch.messages - m0, elapsed)
+
+
+def _summarize(run: _Run, *, floor_s: float, **shape: Any) -> CellResult:
+    lat = sorted(run.latencies)
+    ops = len(lat)
+    total = max(1, ops + run.errors)
+    p50 = _pct(lat, 0.50)
+    return CellResult(
+        **shape,
+        ops=ops,
+        errors=run.errors,
+        duration_s=run.elapsed_s,
+        ops_per_s=ops / run.elapsed_s if run.elapsed_s else 0.0,
+        p50_ms=p50 * 1e3,
+        p99_ms=_pct(lat, 0.99) * 1e3,
+        mean_ms=(sum(lat) / ops * 1e3) if ops else float("nan"),
+        rounds_per_op=run.rounds / total,
+        messages_per_op=run.messages / total,
+        floor_rtt_ms=floor_s * 1e3,
+        p50_over_floor=p50 / floor_s if floor_s else float("nan"),
+    )
 
 
 async def run_bench(
@@ -174,46 +204,148 @@ async def run_bench(
     servers: list[int],
     concurrency: list[int],
     kinds: list[str],
+    modes: list[str] | None = None,
     value_bytes: int = 1024,
     duration_s: float = 3.0,
     storage: str = "sqlite",
-    base_dir: str | Path | None = None,
+    dap: str = "abd",
+    k: int | None = None,
+    delta: int = 4,
     fast_read: bool = True,
+    reconfig_objects: int = 0,
+    reconfigs: int = 6,
+    base_dir: str | Path | None = None,
     log: Any = print,
 ) -> BenchReport:
     report = BenchReport(machine=machine_info() | {"fast_read": fast_read})
     for n in servers:
+        kk = k if k is not None else max(1, n - 2)
         with tempfile.TemporaryDirectory(prefix="ares-bench-", dir=base_dir) as tmp:
-            cluster = LocalCluster.create(Path(tmp) / "cluster", n=n, storage=storage)
-            await asyncio.to_thread(cluster.start)
+            cluster = LocalCluster.create(
+                Path(tmp) / "cluster",
+                n=n,
+                spares=n if reconfig_objects else 0,
+                storage=storage,
+                dap=dap,
+                k=kk,
+                delta=delta,
+                timeout_s=10.0,
+            )
+            await asyncio.to_thread(cluster.start_all)
             try:
-                store = Store(
-                    cluster.cluster.initial,
-                    options=cluster.cluster.client,
-                    switches=OpSwitches(fast_read=fast_read),
+                await _bench_cluster(
+                    report,
+                    cluster,
+                    n=n,
+                    modes=modes or ["ares2"],
+                    concurrency=concurrency,
+                    kinds=kinds,
+                    value_bytes=value_bytes,
+                    duration_s=duration_s,
+                    storage=storage,
+                    fast_read=fast_read,
+                    log=log,
                 )
-                floor = await measure_floor(store)
-                log(f"N={n}: transport floor (ping RTT p50) {floor * 1e3:.3f} ms")
-                for c in concurrency:
-                    for kind in kinds:
-                        cell = _summarize(
-                            await run_cell(
-                                store,
-                                kind=kind,
-                                concurrency=c,
-                                duration_s=duration_s,
-                                value_bytes=value_bytes,
-                            ),
-                            servers=n,
-                            concurrency=c,
-                            kind=kind,
+                if reconfig_objects:
+                    for mode in modes or ["ares2"]:
+                        result = await _bench_reconfig(
+                            cluster,
+                            n=n,
+                            mode=mode,
+                            objects=reconfig_objects,
                             value_bytes=value_bytes,
-                            storage=storage,
-                            floor_s=floor,
+                            count=reconfigs,
                         )
-                        report.cells.append(cell)
-                        log(cell.line())
-                await store.close()
+                        report.reconfigs.append(result)
+                        log(result.line())
             finally:
                 await asyncio.to_thread(cluster.stop)
     return report
+
+
+async def _bench_cluster(
+    report: BenchReport,
+    cluster: LocalCluster,
+    *,
+    n: int,
+    modes: list[str],
+    concurrency: list[int],
+    kinds: list[str],
+    value_bytes: int,
+    duration_s: float,
+    storage: str,
+    fast_read: bool,
+    log: Any,
+) -> None:
+    initial = cluster.cluster.initial
+    floor = 0.0
+    for mode in modes:
+        base = MODES[mode]
+        switches = OpSwitches(piggyback=base.piggyback, fast_read=base.fast_read and fast_read)
+        store = Store(initial, options=cluster.cluster.client, switches=switches)
+        if not floor:
+            floor = await measure_floor(store)
+            log(f"N={n}: transport floor (ping RTT p50) {floor * 1e3:.3f} ms")
+        for c in concurrency:
+            for kind in kinds:
+                run = await run_cell(
+                    store,
+                    kind=kind,
+                    concurrency=c,
+                    duration_s=duration_s,
+                    value_bytes=value_bytes,
+                )
+                cell = _summarize(
+                    run,
+                    floor_s=floor,
+                    servers=n,
+                    mode=mode,
+                    dap=initial.dap,
+                    concurrency=c,
+                    kind=kind,
+                    value_bytes=value_bytes,
+                    storage=storage,
+                )
+                report.cells.append(cell)
+                log(cell.line())
+        await store.close()
+
+
+async def _bench_reconfig(
+    cluster: LocalCluster, *, n: int, mode: str, objects: int, value_bytes: int, count: int
+) -> ReconfigResult:
+    """Reconfigure a group of ``objects`` objects back and forth between two server sets."""
+    group = f"reconf-{mode}"
+    store = Store(cluster.cluster.initial, options=cluster.cluster.client, switches=MODES[mode])
+    value = b"r" * value_bytes
+    for i in range(0, objects, 64):
+        await asyncio.gather(
+            *(store.write(f"obj-{j}", value, group=group) for j in range(i, min(objects, i + 64)))
+        )
+    pools = [cluster.cluster.servers[:n], cluster.cluster.servers[n : 2 * n]]
+    base = cluster.cluster.initial
+    times: list[float] = []
+    r0 = store.channel.rounds
+    c0 = store.channel.rounds_by_phase.get("consensus.prepare", 0)
+    for i in range(count):
+        proposal = Configuration(
+            f"{group}-{i + 1}", tuple(pools[(i + 1) % 2]), dap=base.dap, k=base.k, delta=base.delta
+        )
+        t0 = time.perf_counter()
+        await store.reconfigure(proposal, group=group)
+        times.append(time.perf_counter() - t0)
+    rounds = store.channel.rounds - r0
+    decisions = store.channel.rounds_by_phase.get("consensus.prepare", 0) - c0
+    await store.close()
+    times.sort()
+    return ReconfigResult(
+        servers=n,
+        mode=mode,
+        objects=objects,
+        value_bytes=value_bytes,
+        reconfigs=count,
+        p50_ms=_pct(times, 0.5) * 1e3,
+        max_ms=times[-1] * 1e3,
+        rounds_per_reconfig=rounds / count,
+        consensus_per_reconfig=decisions / count,
+    )

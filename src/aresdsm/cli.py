@@ -451,28 +451,23 @@ def check(history: str, max_steps: int) -> None:
 
 
 @main.command()
-@click.option(
-    "--servers",
-    "servers_s",
-    default="3,5",
-    show_default=True,
-    help="Cluster sizes, comma separated.",
-)
-@click.option(
-    "--concurrency", "conc_s", default="1,64", show_default=True, help="Operations in flight."
-)
+@click.option("--servers", "servers_s", default="3,5", show_default=True, help="Cluster sizes.")
+@click.option("--concurrency", "conc_s", default="1,64", show_default=True, help="Ops in flight.")
 @click.option("--kinds", default="write,read", show_default=True)
+@click.option("--modes", default="ares2", show_default=True, help="ares2 and/or classic.")
+@click.option("--dap", type=click.Choice(["abd", "treas"]), default="abd", show_default=True)
+@click.option("--k", type=int, help="TREAS code dimension (default n - 2).")
+@click.option("--delta", type=int, default=4, show_default=True, help="TREAS delta.")
 @click.option("--value-size", default=1024, show_default=True, help="Value size in bytes.")
 @click.option("--duration-s", default=3.0, show_default=True, help="Per cell.")
 @click.option(
     "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
 )
+@click.option("--fast-read/--no-fast-read", default=True, show_default=True, help="§8.6 reads.")
 @click.option(
-    "--fast-read/--no-fast-read",
-    default=True,
-    show_default=True,
-    help="One-round reads (protocol.md §8.6).",
+    "--reconfig-objects", type=int, default=0, help="Also time reconfiguring this many objects."
 )
+@click.option("--reconfigs", type=int, default=6, show_default=True)
 @click.option(
     "--json",
     "json_out",
@@ -484,14 +479,20 @@ def bench(
     servers_s: str,
     conc_s: str,
     kinds: str,
+    modes: str,
+    dap: str,
+    k: int | None,
+    delta: int,
     value_size: int,
     duration_s: float,
     storage: str,
     fast_read: bool,
+    reconfig_objects: int,
+    reconfigs: int,
     json_out: str,
 ) -> None:
-    """Measure throughput and latency on a local cluster of real server processes."""
-    from .bench import run_bench
+    """Measure throughput, latency and round trips on a local cluster of real processes."""
+    from .bench import MODES, run_bench
 
     try:
         servers = [int(x) for x in servers_s.split(",")]
@@ -500,29 +501,42 @@ def bench(
         raise click.BadParameter(
             "--servers and --concurrency take comma-separated integers"
         ) from None
-    kind_list = [k.strip() for k in kinds.split(",")]
+    kind_list = [x.strip() for x in kinds.split(",")]
+    mode_list = [x.strip() for x in modes.split(",")]
     if not set(kind_list) <= {"read", "write"}:
         raise click.BadParameter("--kinds takes read and/or write")
-    if any(n < 1 for n in servers) or any(c < 1 for c in conc) or value_size < 0 or duration_s <= 0:
-        raise click.BadParameter("sizes, concurrency and duration must be positive")
+    if not set(mode_list) <= set(MODES):
+        raise click.BadParameter(f"--modes takes {' and/or '.join(MODES)}")
+    if any(n < 1 for n in servers) or any(c < 1 for c in conc) or value_size < 0:
+        raise click.BadParameter("sizes and concurrency must be positive")
+    if duration_s <= 0 or reconfig_objects < 0 or reconfigs < 1:
+        raise click.BadParameter("duration and reconfiguration counts must be positive")
     report = runtime.run(
         run_bench(
             servers=servers,
             concurrency=conc,
             kinds=kind_list,
+            modes=mode_list,
+            dap=dap,
+            k=k,
+            delta=delta,
             value_bytes=value_size,
             duration_s=duration_s,
             storage=storage,
             fast_read=fast_read,
+            reconfig_objects=reconfig_objects,
+            reconfigs=reconfigs,
             log=console.print,
         )
     )
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
-    table = Table("N", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds/op", "msgs/op", "p50/floor")
+    table = Table("N", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs")
     for c in report.cells:
         table.add_row(
             str(c.servers),
+            c.mode,
+            c.dap,
             str(c.concurrency),
             c.kind,
             f"{c.ops_per_s:.0f}",
@@ -530,7 +544,6 @@ def bench(
             f"{c.p99_ms:.3f}",
             f"{c.rounds_per_op:.2f}",
             f"{c.messages_per_op:.2f}",
-            f"{c.p50_over_floor:.1f}",
         )
     console.print(table)
     console.print(f"machine: {report.machine}; saved {json_out}")

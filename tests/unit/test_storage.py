@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aresdsm.errors import StorageError
 from aresdsm.storage import Delete, MemoryStorage, Record, SqliteStorage, Storage
 
 
@@ -69,7 +70,10 @@ def test_storage_failure_propagates(tmp_path: Path) -> None:
     st.close()  # commits on a closed database fail
 
     async def go() -> None:
-        with pytest.raises(Exception, match="closed"):
+        with pytest.raises(StorageError, match="closed"):
             await st.submit([rec("a", b"1")])
+        assert isinstance(st.failed, StorageError)
+        with pytest.raises(StorageError):  # nothing is accepted after a failed commit
+            await st.submit([rec("b", b"2")])
 
     asyncio.run(go())

@@ -55,6 +55,7 @@ from .channel import Channel
 from .ops import DEFAULT_SWITCHES, OpSwitches, ReadResult
 
 GROUP_PAGE = 256
+TRANSFER_PAGE_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
 
 
@@ -292,7 +293,7 @@ async def reconfig(
     proposal: Configuration,
     proposer: str,
     backoff: paxos.Backoff,
-    transfer_concurrency: int = 32,
+    transfer_concurrency: int = 4,
     switches: OpSwitches = DEFAULT_SWITCHES,
 ) -> tuple[Cseq, Configuration]:
     """Install a successor of the group's last configuration; returns (cseq, decided).
@@ -335,19 +336,31 @@ async def _transfer(
     group: str,
     concurrency: int,
 ) -> None:
-    """update-config's data step: per object the newest pair over all sources, into target."""
+    """update-config's data step: per object the newest pair over all sources, written into
+    the target in batches of at most TRANSFER_PAGE_BYTES (§8.4), ``concurrency`` at a time."""
     keys = sorted(set().union(*(s.keys() for s in states)))
-    sem = asyncio.Semaphore(concurrency)
-
-    async def move(key: str) -> None:
+    pages: list[list[tuple[str, Tag, Blob]]] = [[]]
+    size = 0
+    for key in keys:
         best: tuple[Tag, Blob] | None = None
         for c, st in zip(sources, states, strict=True):
             if key in st:
                 pair = dap.newest(c, st[key])
                 if best is None or pair[0] > best[0]:
                     best = pair
-        if best is not None and best[0] > TAG0:
-            async with sem:
-                await dap.put_data(net, target, group, key, tag=best[0], value=best[1])
+        if best is None or best[0] == TAG0:
+            continue
+        if pages[-1] and (
+            size + len(best[1]) > TRANSFER_PAGE_BYTES or len(pages[-1]) >= GROUP_PAGE
+        ):
+            pages.append([])
+            size = 0
+        pages[-1].append((key, best[0], best[1]))
+        size += len(best[1])
+    sem = asyncio.Semaphore(concurrency)
 
-    await asyncio.gather(*(move(k) for k in keys))
+    async def send(page: list[tuple[str, Tag, Blob]]) -> None:
+        async with sem:
+            await dap.put_batch(net, target, group, page)
+
+    await asyncio.gather(*(send(p) for p in pages if p))

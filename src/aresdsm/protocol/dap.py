@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import Configuration
+from ..config import Configuration, ServerInfo
 from ..tags import TAG0, Tag
 from ..wire.blob import EMPTY, Blob
-from ..wire.messages import NextEntry, ObjectState
+from ..wire.messages import Ack, BatchItem, NextEntry, ObjectState, PutBatch
 from . import abd, treas
 from .channel import Channel
 
@@ -40,6 +40,30 @@ async def put_data(
     if c.dap == "treas":
         return await treas.put_data(net, c, group, key, tag=tag, value=value)
     return await abd.put_data(net, c, group, key, tag=tag, value=value)
+
+
+async def put_batch(
+    net: Channel, c: Configuration, group: str, items: Sequence[tuple[str, Tag, Blob]]
+) -> None:
+    """put-data of many objects in one round (§8.4); TREAS encodes each value once."""
+    if c.dap == "treas":
+        coder = treas.coder(c)
+        elements = [coder.encode(v.data) for _, _, v in items]
+
+        def request(i: int, _s: ServerInfo) -> PutBatch:
+            return PutBatch(
+                group,
+                c.id,
+                tuple(
+                    BatchItem(key, tag, Blob(els[i]))
+                    for (key, tag, _), els in zip(items, elements, strict=True)
+                ),
+            )
+
+        await net.round(c, request, expect=Ack, phase="put-data")
+        return
+    batch = PutBatch(group, c.id, tuple(BatchItem(k, t, v) for k, t, v in items))
+    await net.round(c, batch, expect=Ack, phase="put-data")
 
 
 def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) -> tuple[Tag, Blob]:

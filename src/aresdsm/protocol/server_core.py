@@ -42,6 +42,7 @@ from ..wire.messages import (
     Ping,
     Pong,
     Prepare,
+    PutBatch,
     PutData,
     QueryData,
     QueryList,
@@ -203,23 +204,39 @@ class ServerCore:
         c = self._config(req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
+        writes = self._apply_put(c, req)
+        return Ack(self._next(req.group, req.config_id)), writes
+
+    def _on_put_batch(self, req: PutBatch) -> Result:
+        """Many objects' put-data in one request (§8.4 batched state transfer); one ACK."""
+        c = self._config(req.config_id)
+        if isinstance(c, ErrorReply):
+            return c, []
+        writes: list[Write] = []
+        for item in req.items:
+            writes += self._apply_put(
+                c, PutData(req.group, req.config_id, item.key, item.tag, item.value)
+            )
+        return Ack(self._next(req.group, req.config_id)), writes
+
+    def _apply_put(self, c: Configuration, req: PutData) -> list[Write]:
+        """The DAP's put-data rule on this server's state; the records to persist."""
         skey = (req.group, req.config_id, req.key)
-        ack = Ack(self._next(req.group, req.config_id))
         if c.dap == "treas":
             new_list, _ = treas.on_put_data(self._treas_state(c, skey), req, c.delta)
             if new_list is None:
-                return ack, []
+                return []
             self.lists[skey] = new_list
             self.objects.setdefault((req.group, req.config_id), set()).add(req.key)
             meta, data = treas.encode_state(new_list)
-            return ack, [Record(treas.NS, req.group, req.config_id, req.key, meta, data)]
+            return [Record(treas.NS, req.group, req.config_id, req.key, meta, data)]
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
-            return ack, []
+            return []
         self.registers[skey] = new
         self.objects.setdefault((req.group, req.config_id), set()).add(req.key)
         meta = _enc.encode(new.tag)
-        return ack, [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
+        return [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
 
     def _on_get_group(self, req: GetGroup) -> Result:
         """Paged DAP state of a group; with ``set_next``, SET_NEXT_AND_GET (§8.2): nextC is
@@ -333,6 +350,7 @@ _HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {
     QueryData: ServerCore._on_query_data,
     QueryList: ServerCore._on_query_list,
     PutData: ServerCore._on_put_data,
+    PutBatch: ServerCore._on_put_batch,
     GetGroup: ServerCore._on_get_group,
     ReadConfig: ServerCore._on_read_config,
     WriteConfig: ServerCore._on_write_config,

@@ -60,6 +60,8 @@ class Storage(ABC):
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0
         self.records_written = 0
+        self.failed: Exception | None = None
+        """Set by the first failed commit; the store accepts nothing after it."""
 
     # -- engine-specific ---------------------------------------------------------------------
 
@@ -83,6 +85,10 @@ class Storage(ABC):
 
     def submit(self, writes: list[Write]) -> asyncio.Future[None]:
         """Queue writes; the returned future completes when they are durable."""
+        if self.failed is not None:
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(self.failed)
+            return failed
         if self._open_future is None:
             self._open_future = asyncio.get_running_loop().create_future()
         self._open_batch.extend(writes)
@@ -106,10 +112,11 @@ class Storage(ABC):
             self._inflight_future = fut
             try:
                 await self._run_commit(batch)
-            except BaseException as e:  # the server treats this as fatal (fail-stop)
+            except Exception as e:  # the server treats this as fatal (fail-stop)
+                self.failed = e
                 if not fut.done():
                     fut.set_exception(e)
-                raise
+                return
             self.commits += 1
             self.records_written += len(batch)
             if not fut.done():

@@ -60,6 +60,21 @@ class PutData(_Msg, frozen=True, tag="put"):
     value: Blob
 
 
+class BatchItem(msgspec.Struct, frozen=True, array_like=True):
+    key: str
+    tag: Tag
+    value: Blob
+
+
+class PutBatch(_Msg, frozen=True, tag="putb"):
+    """put-data of many objects of one group at once (protocol.md §8.4): reconfiguration's
+    state transfer in pages. For TREAS each server's items carry its own coded elements."""
+
+    group: str
+    config_id: str
+    items: tuple[BatchItem, ...]
+
+
 class QueryList(_Msg, frozen=True, tag="qlist"):
     """TREAS get-data (protocol.md §4.2): reply with the whole list of (tag, element or None)."""
 
@@ -240,6 +255,7 @@ Request = (
     | QueryData
     | QueryList
     | PutData
+    | PutBatch
     | ReadConfig
     | WriteConfig
     | Prepare
