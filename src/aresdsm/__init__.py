@@ -12,7 +12,9 @@ from .client import HistoryRecorder, Store, SyncStore, connect, connect_sync
 from .config import ClusterFile, Configuration, ServerInfo, load_cluster_file
 from .errors import (
     AresError,
+    ConcurrencyExceeded,
     ConfigurationError,
+    ConsensusFailed,
     FrameError,
     InvariantViolation,
     OperationError,
@@ -29,8 +31,10 @@ __all__ = [
     "TAG0",
     "AresError",
     "ClusterFile",
+    "ConcurrencyExceeded",
     "Configuration",
     "ConfigurationError",
+    "ConsensusFailed",
     "FrameError",
     "HistoryRecorder",
     "InvariantViolation",

@@ -15,6 +15,8 @@ Three kinds of failure (architecture.md principle 7):
     ├── OperationError              an operation could not complete
     │   ├── OperationTimeout        no quorum answered within timeout_s
     │   ├── QuorumUnavailable       too many servers refused or are unreachable for a quorum
+    │   ├── ConsensusFailed         Paxos did not decide within its bounded retries (§5)
+    │   ├── ConcurrencyExceeded     a TREAS read overlapped more than delta writes (§4.2)
     │   └── ServerError             a server answered with an error reply
     ├── FrameError                  malformed bytes from the network (wire format)
     ├── StorageError                the durable store failed
@@ -45,6 +47,14 @@ class OperationTimeout(OperationError):
 
 class QuorumUnavailable(OperationError):
     """So many servers refused or are unreachable that no quorum can answer."""
+
+
+class ConsensusFailed(OperationError):
+    """Paxos did not decide within the bounded number of attempts (contention or failures)."""
+
+
+class ConcurrencyExceeded(OperationError):
+    """A TREAS read overlapped more than delta concurrent writes, on every retry (§4.2)."""
 
 
 class ServerError(OperationError):

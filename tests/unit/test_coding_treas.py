@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aresdsm.coding import DecodeError, ErasureCoder
 from aresdsm.config import Configuration, ServerInfo
+from aresdsm.errors import ConcurrencyExceeded
 from aresdsm.protocol import treas
 from aresdsm.protocol.server_core import ServerCore
 from aresdsm.tags import TAG0, Tag
@@ -173,7 +174,7 @@ def test_reads_that_overlap_too_many_writes_fail_naming_delta() -> None:
         )
 
     async def go() -> None:
-        with pytest.raises(treas.ConcurrencyExceeded, match="delta=1"):
+        with pytest.raises(ConcurrencyExceeded, match="delta=1"):
             await treas.get_data(ch, C, "g", "k")
 
     asyncio.run(go())

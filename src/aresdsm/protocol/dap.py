@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..config import Configuration, ServerInfo
+from ..errors import ConcurrencyExceeded
 from ..tags import TAG0, Tag
 from ..wire.blob import EMPTY, Blob
 from ..wire.messages import Ack, BatchItem, NextEntry, ObjectState, PutBatch
@@ -79,7 +80,7 @@ def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) 
         ]
         found = treas.newest_decodable(c, lists)
         if found is None:
-            raise treas.ConcurrencyExceeded(
+            raise ConcurrencyExceeded(
                 f"cannot decode an object of configuration {c.id} during reconfiguration: more "
                 f"than delta={c.delta} writes in flight; retry the reconfiguration"
             )

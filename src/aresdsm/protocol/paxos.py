@@ -24,15 +24,11 @@ from typing import Any
 import msgspec
 
 from ..config import Configuration
-from ..errors import OperationError
+from ..errors import ConsensusFailed
 from ..wire.messages import Accept, Accepted, Ballot, Nack, Prepare, Promise
 from .channel import Channel
 
 NS = "paxos"
-
-
-class ConsensusFailed(OperationError):
-    """Paxos did not decide within the bounded number of attempts (contention or failures)."""
 
 
 class AcceptorState(msgspec.Struct, frozen=True, array_like=True):

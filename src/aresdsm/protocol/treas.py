@@ -22,7 +22,7 @@ import msgspec
 
 from ..coding import ErasureCoder
 from ..config import Configuration
-from ..errors import OperationError
+from ..errors import ConcurrencyExceeded
 from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -41,10 +41,6 @@ from .channel import Channel
 NS = "treas"
 TreasState = tuple[ListEntry, ...]
 MAX_QUERY_ATTEMPTS = 3
-
-
-class ConcurrencyExceeded(OperationError):
-    """A TREAS read overlapped more than delta concurrent writes (protocol.md §4.2)."""
 
 
 def coder(c: Configuration) -> ErasureCoder:
