@@ -112,6 +112,8 @@ def save_cseq_cache(path: Path, cseqs: dict[str, ares.Cseq]) -> None:
 def _check_key(key: str, group: str) -> None:
     if not isinstance(key, str) or not key:
         raise ConfigurationError("object key must be a non-empty string")
+    if "\x00" in key or "\x00" in group:
+        raise ConfigurationError("object keys and groups must not contain NUL characters")
     if len(key.encode()) > MAX_KEY_BYTES or len(group.encode()) > MAX_KEY_BYTES:
         raise ConfigurationError(f"object key and group are limited to {MAX_KEY_BYTES} bytes")
 

@@ -33,8 +33,9 @@ def test_section_8_2_hand_off_counterexample(broken: bool) -> None:
         w = sc.client("w", switches)
         r = sc.client("r", switches)
         d = Configuration("d", tuple(sc.pool[3:6]))
-        # 1. W's PUT_DATA(t) reaches s0 only (s1, s2 held)
-        sc.hold("w-put", to("w", "s1", "s2", kind=PutData))
+        # 1. W's PUT_DATA(t) reaches s0 only (s1 held until step 4, s2 for ever)
+        sc.hold("w-put", to("w", "s1", kind=PutData))
+        sc.hold("w-put-s2", to("w", "s2", kind=PutData))
         write = sc.start(w.write("k", b"t"))
         await sc.run_for(0.05)
         # 2./3. R: its put-config and SET_NEXT_AND_GET never reach s0 when split, and its

@@ -75,6 +75,8 @@ BROKEN: list[tuple[str, dict[str, Any], int]] = [
     ("skip-update-config", {}, 50),
     ("forgetful-acceptor", {}, 50),
     ("decode-below-k", {"treas": True}, 100),
+    ("gc-on-pending", {}, 50),
+    ("fast-read-short", {}, 50),
 ]
 
 

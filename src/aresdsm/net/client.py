@@ -3,9 +3,10 @@
 One persistent connection per server (:class:`PeerConnection`), requests multiplexed on it by
 request id. Sending never blocks the caller: a request is queued while the connection is being
 (re)established or while ``max_in_flight`` requests are outstanding. A connection that cannot be
-established fails its queued requests at once and waits ``backoff_s`` (doubling up to
-``max_backoff_s``) before the next attempt, so a round against a crashed server learns quickly that
-this server will not answer, while a restarted server is picked up again.
+established fails its queued requests at once, so a round against a crashed server learns quickly
+that this server will not answer; the next attempt waits ``backoff_s`` (doubling up to
+``max_backoff_s``) after the failed one, and requests sent meanwhile wait for it (within their
+round's deadline) rather than fail, so a restarted server is picked up again.
 
 A round (:meth:`TcpChannel.round`) registers one callback per server and resolves a single future
 when a quorum answered, when a quorum has become impossible (QuorumUnavailable), or at its deadline
@@ -23,9 +24,9 @@ from typing import Any, TypeVar, cast
 
 from ..config import ClientOptions, Configuration, ServerInfo
 from ..errors import FrameError, OperationTimeout, QuorumUnavailable, ServerError
-from ..protocol.channel import RequestFor
+from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..wire.codec import Decoder, Encoder, FrameBuffer
-from ..wire.messages import Envelope, ErrorReply, InstallConfig, Reply, Request
+from ..wire.messages import Envelope, ErrorReply, InstallConfig, Obsolete, Reply, Request
 
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
@@ -109,18 +110,14 @@ class PeerConnection(asyncio.Protocol):
     def _ensure_connecting(self) -> None:
         if self._connecting is not None and not self._connecting.done():
             return
-        now = time.monotonic()
-        if now < self._retry_at:
-            self._fail_waiting(
-                ConnectionError(
-                    f"server {self.server.id} ({self.server.address}) is unreachable; "
-                    f"next connection attempt in {self._retry_at - now:.2f}s"
-                )
-            )
-            return
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
+        """Connect, after the back-off of the last failure if it has not passed yet. Requests
+        queued meanwhile wait (their rounds have deadlines); a failed attempt fails them."""
+        wait_s = self._retry_at - time.monotonic()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
         host, port = self.server.host_port()
         loop = asyncio.get_running_loop()
         try:
@@ -225,6 +222,9 @@ class _Round:
             self.answers.append((server, reply))
             if len(self.answers) >= self.need:
                 self.fut.set_result(self.answers)
+            return
+        if isinstance(reply, Obsolete):
+            self.fut.set_exception(ConfigurationObsolete(reply.next))
             return
         if isinstance(reply, ErrorReply):
             self.errors.append(f"{server.id}: {reply.code}: {reply.message}")

@@ -73,11 +73,13 @@ async def get_tag(
 
 
 async def get_data(
-    net: Channel, c: Configuration, group: str, key: str
+    net: Channel, c: Configuration, group: str, key: str, *, need: int | None = None
 ) -> tuple[Tag, Blob, bool, NextEntry | None]:
     """The max (tag, value), whether every reply carried that same tag (the read may then skip
     its write-back, protocol.md §8.6), and the strongest next entry."""
-    replies = await net.round(c, QueryData(group, c.id, key), expect=DataReply, phase="get-data")
+    replies = await net.round(
+        c, QueryData(group, c.id, key), expect=DataReply, phase="get-data", need=need
+    )
     best = max((r for _, r in replies), key=lambda r: r.tag)
     unanimous = all(r.tag == best.tag for _, r in replies)
     return best.tag, best.value, unanimous, strongest(r.next for _, r in replies)

@@ -36,7 +36,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from ..config import Configuration
-from ..errors import InvariantViolation
+from ..errors import InvariantViolation, OperationError
 from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -51,10 +51,11 @@ from ..wire.messages import (
 )
 from . import dap, paxos
 from .abd import strongest
-from .channel import Channel
+from .channel import Channel, ConfigurationObsolete
 from .ops import DEFAULT_SWITCHES, OpSwitches, ReadResult
 
 GROUP_PAGE = 256
+GroupState = dict[str, list[tuple[int, ObjectState | None]]]
 TRANSFER_PAGE_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
 
@@ -120,8 +121,12 @@ async def read_next_config(net: Channel, c: Configuration, group: str) -> NextEn
     return strongest(r.next for _, r in replies)
 
 
-async def put_config(net: Channel, c: Configuration, group: str, entry: NextEntry) -> None:
-    await net.round(c, WriteConfig(group, c.id, entry), expect=Ack, phase="put-config")
+async def put_config(
+    net: Channel, c: Configuration, group: str, entry: NextEntry, *, gc: bool = False
+) -> None:
+    """WRITE_CONFIG to a quorum; with an F entry and ``gc``, the servers also collect ``c``'s
+    object state (§8.3)."""
+    await net.round(c, WriteConfig(group, c.id, entry, gc), expect=Ack, phase="put-config")
 
 
 async def read_config(
@@ -167,11 +172,19 @@ async def _query_all(
     results: list[T] = []
     revealed = False
     todo = list(range(mu(cseq), len(cseq)))
+
+    async def ask(c: Configuration) -> tuple[T | None, NextEntry | None]:
+        try:
+            return await query(c)
+        except ConfigurationObsolete as e:  # §8.3: skip c, its F successor holds everything
+            return None, e.next
+
     while todo:
-        answers = await asyncio.gather(*(query(cseq[i].config) for i in todo))
+        answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
         grown = len(cseq)
         for i, (res, nxt) in zip(todo, answers, strict=True):
-            results.append(res)
+            if res is not None:
+                results.append(res)
             if nxt is not None:
                 revealed = True
                 cseq = await _follow(net, cseq, group, i, nxt, switches)
@@ -185,7 +198,13 @@ async def _propagate(
     """Phase 2: put (tag, value) into the last configuration until no successor shows up."""
     while True:
         nu = len(cseq) - 1
-        nxt = await dap.put_data(net, cseq[nu].config, group, key, tag=tag, value=value)
+        try:
+            nxt = await dap.put_data(net, cseq[nu].config, group, key, tag=tag, value=value)
+        except ConfigurationObsolete as e:  # never finish phase 2 on an obsolete configuration
+            if switches.broken_finish_on_obsolete:
+                return cseq
+            cseq = await _follow(net, cseq, group, nu, e.next, switches)
+            continue
         if switches.piggyback:
             if nxt is None:
                 return cseq
@@ -234,8 +253,9 @@ async def read(
         cseq = await read_config(net, cseq, group, switches)
 
     async def query(c: Configuration) -> tuple[tuple[Tag, Blob, bool], NextEntry | None]:
+        short = c.quorum_size - 1 if switches.broken_fast_read_short else None
         tag, value, unanimous, nxt = await dap.get_data(
-            net, c, group, key, broken_decode_below_k=switches.broken_decode_below_k
+            net, c, group, key, broken_decode_below_k=switches.broken_decode_below_k, need=short
         )
         return (tag, value, unanimous), (nxt if switches.piggyback else None)
 
@@ -314,18 +334,53 @@ async def reconfig(
     if not switches.broken_skip_update_config:
         sources = [e.config for e in cseq[mu(cseq) : nu + 1]]
         merged = pending if not switches.broken_split_handoff else None
-        states = await asyncio.gather(
-            *(
-                read_group(net, c, group, set_next=merged if i == len(sources) - 1 else None)
-                for i, c in enumerate(sources)
-            )
+
+        async def state_of(i: int, c: Configuration) -> GroupState | None:
+            try:
+                return await read_group(
+                    net, c, group, set_next=merged if i == len(sources) - 1 else None
+                )
+            except ConfigurationObsolete:  # collected: its F successor is among the sources
+                return None
+
+        states = await asyncio.gather(*(state_of(i, c) for i, c in enumerate(sources)))
+        if states[-1] is None:  # another reconfigurer already finalized `decided`
+            return with_entry(cseq, nu + 1, NextEntry(decided, "F")), decided
+        live = [(c, st) for c, st in zip(sources, states, strict=True) if st is not None]
+        await _transfer(
+            net,
+            [c for c, _ in live],
+            [st for _, st in live],
+            decided,
+            group,
+            transfer_concurrency,
         )
-        await _transfer(net, sources, states, decided, group, transfer_concurrency)
     elif not split:
         await put_config(net, last, group, pending)
     cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
-    await put_config(net, last, group, NextEntry(decided, "F"))
+    await put_config(net, last, group, NextEntry(decided, "F"), gc=switches.gc)
     return cseq, decided
+
+
+async def finalize_everywhere(
+    net: Channel, c: Configuration, group: str, entry: NextEntry, *, gc: bool, attempts: int = 3
+) -> bool:
+    """§8.3: finalize-config completes on a quorum; this keeps sending the F entry until every
+    server of ``c`` has it (so every server reclaims its storage), at most ``attempts`` times.
+    Returns whether all servers acknowledged."""
+    for _ in range(attempts):
+        try:
+            await net.round(
+                c,
+                WriteConfig(group, c.id, entry, gc),
+                expect=Ack,
+                phase="finalize-all",
+                need=c.n,
+            )
+            return True
+        except OperationError:
+            continue
+    return False
 
 
 async def _transfer(

@@ -12,9 +12,19 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from ..config import Configuration, ServerInfo
-from ..wire.messages import Reply, Request
+from ..wire.messages import NextEntry, Reply, Request
 
 R = TypeVar("R", bound=Reply)
+
+
+class ConfigurationObsolete(Exception):
+    """A server answered OBSOLETE (protocol.md §8.3): the configuration's successor ``next`` is
+    finalized and holds everything; the round is abandoned and the caller moves on to it."""
+
+    def __init__(self, next_entry: NextEntry) -> None:
+        super().__init__(f"configuration superseded by {next_entry.config.id}")
+        self.next = next_entry
+
 
 RequestFor = Request | Callable[[int, ServerInfo], Request]
 """One request for every server, or a function of (server index, server) -> its request."""
@@ -36,6 +46,7 @@ class Channel(Protocol):
         Error replies and replies of another type do not count. Raises
         :class:`~aresdsm.errors.QuorumUnavailable` as soon as so many servers failed that
         ``need`` replies cannot come, and :class:`~aresdsm.errors.OperationTimeout` when the
-        round's deadline passes. ``phase`` names the round for tracing and counters.
+        round's deadline passes, and :class:`ConfigurationObsolete` as soon as one server
+        answers OBSOLETE. ``phase`` names the round for tracing and counters.
         """
         ...

@@ -27,12 +27,21 @@ async def get_tag(
 
 
 async def get_data(
-    net: Channel, c: Configuration, group: str, key: str, *, broken_decode_below_k: bool = False
+    net: Channel,
+    c: Configuration,
+    group: str,
+    key: str,
+    *,
+    broken_decode_below_k: bool = False,
+    need: int | None = None,
 ) -> tuple[Tag, Blob, bool, NextEntry | None]:
-    """The newest (tag, value) of a quorum, whether the whole quorum held it (§8.6), next."""
+    """The newest (tag, value) of a quorum, whether the whole quorum held it (§8.6), next.
+    ``need`` other than the quorum size exists for a test-only broken variant."""
     if c.dap == "treas":
-        return await treas.get_data(net, c, group, key, broken_decode_below_k=broken_decode_below_k)
-    return await abd.get_data(net, c, group, key)
+        return await treas.get_data(
+            net, c, group, key, broken_decode_below_k=broken_decode_below_k, need=need
+        )
+    return await abd.get_data(net, c, group, key, need=need)
 
 
 async def put_data(

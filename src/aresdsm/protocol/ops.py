@@ -37,6 +37,8 @@ class OpSwitches:
     """Ares II (protocol.md §8.1): configuration knowledge rides on data replies."""
     fast_read: bool = True
     """One-round reads when the query quorum already agrees (§8.6); needs piggyback."""
+    gc: bool = True
+    """Finalizing a configuration garbage-collects the old one's object state (§8.3)."""
     broken_skip_write_back: bool = False
     """Test-only: reads never write back (the checker must catch it)."""
     broken_no_query_before_write: bool = False
@@ -48,12 +50,16 @@ class OpSwitches:
     broken_split_handoff: bool = False
     """Test-only: reconfiguration sends put-config and then a separate get-data on the last
     configuration instead of SET_NEXT_AND_GET -- the §8.2 counterexample with piggyback."""
+    broken_finish_on_obsolete: bool = False
+    """Test-only: phase 2 treats an OBSOLETE answer as done instead of moving on (§8.3)."""
+    broken_fast_read_short: bool = False
+    """Test-only: the one-round read's query completes one reply short of a quorum (§8.6)."""
     broken_decode_below_k: bool = False
     """Test-only: TREAS reads decode tags held by fewer than k servers (§4.2)."""
 
 
 DEFAULT_SWITCHES = OpSwitches()
-CLASSIC = OpSwitches(piggyback=False, fast_read=False)
+CLASSIC = OpSwitches(piggyback=False, fast_read=False, gc=False)
 """The original Ares (protocol.md §6), for comparison."""
 
 

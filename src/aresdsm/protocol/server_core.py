@@ -24,7 +24,7 @@ import msgspec
 
 from ..config import Configuration, validate_configuration
 from ..errors import ConfigurationError
-from ..storage.base import Record, Write
+from ..storage.base import Delete, Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -36,9 +36,11 @@ from ..wire.messages import (
     GetStats,
     GroupReply,
     InstallConfig,
+    ListEntry,
     ListReply,
     NextEntry,
     ObjectState,
+    Obsolete,
     Ping,
     Pong,
     Prepare,
@@ -57,6 +59,7 @@ from ..wire.messages import (
 from . import abd, paxos, reconfig_server, treas
 
 CFG_NS = "cfg"
+GC_NS = "gc"
 StateKey = tuple[str, str, str]
 """(group, config_id, key)"""
 InstanceKey = tuple[str, str]
@@ -78,6 +81,8 @@ class ServerSwitches:
 
     broken_forget_promises: bool = False
     """Paxos acceptor promises are not persisted: a restart forgets them (protocol.md §5)."""
+    broken_gc_on_pending: bool = False
+    """Garbage-collect a configuration when its successor is P instead of F (§8.3)."""
 
 
 @dataclass
@@ -89,6 +94,10 @@ class ServerCore:
     nextc: dict[InstanceKey, NextEntry] = field(default_factory=dict)
     acceptors: dict[InstanceKey, paxos.AcceptorState] = field(default_factory=dict)
     objects: dict[InstanceKey, set[str]] = field(default_factory=dict)
+    collected: set[InstanceKey] = field(default_factory=set)
+    _persisted_lists: set[StateKey] = field(default_factory=set)
+    """TREAS objects with records on disk (else their initial entry is still implicit)."""
+    """Configurations whose object state was garbage-collected (§8.3); persisted."""
     counters: dict[str, int] = field(default_factory=dict)
     switches: ServerSwitches = field(default_factory=ServerSwitches)
 
@@ -119,12 +128,17 @@ class ServerCore:
             )
             self.objects.setdefault(inst, set()).add(r.key)
         elif r.ns == treas.NS:
-            self.lists[(r.group, r.config_id, r.key)] = treas.decode_state(r.meta, r.data or b"")
-            self.objects.setdefault(inst, set()).add(r.key)
+            key, entry = treas.decode_entry(r.meta, r.data)
+            skey = (r.group, r.config_id, key)
+            self.lists[skey] = tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag))
+            self._persisted_lists.add(skey)
+            self.objects.setdefault(inst, set()).add(key)
         elif r.ns == reconfig_server.NS:
             self.nextc[inst] = _next_dec.decode(r.meta)
         elif r.ns == paxos.NS:
             self.acceptors[inst] = _acc_dec.decode(r.meta)
+        elif r.ns == GC_NS:
+            self.collected.add(inst)
 
     def install_config(self, c: Configuration) -> list[Write]:
         """Learn a configuration (the initial one at bootstrap). Returns the writes to persist."""
@@ -167,12 +181,23 @@ class ServerCore:
             st = treas.initial_state(c, c.index_of(self.server_id))
         return st
 
+    def _data_config(self, group: str, config_id: str) -> Configuration | Reply:
+        """The configuration of a data request, or the reply refusing it (unknown, not a member,
+        or garbage-collected: OBSOLETE with the F successor)."""
+        c = self._config(config_id)
+        if isinstance(c, ErrorReply):
+            return c
+        if (group, config_id) in self.collected:
+            self.counters["obsolete"] = self.counters.get("obsolete", 0) + 1
+            return Obsolete(self.nextc[(group, config_id)])
+        return c
+
     def _next(self, group: str, config_id: str) -> NextEntry | None:
         return self.nextc.get((group, config_id))
 
     def _on_query_tag(self, req: QueryTag) -> Result:
-        c = self._config(req.config_id)
-        if isinstance(c, ErrorReply):
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
             return c, []
         skey = (req.group, req.config_id, req.key)
         nxt = self._next(req.group, req.config_id)
@@ -183,8 +208,8 @@ class ServerCore:
         return TagReply(tag, nxt), []
 
     def _on_query_data(self, req: QueryData) -> Result:
-        c = self._config(req.config_id)
-        if isinstance(c, ErrorReply):
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
             return c, []
         if c.dap != "abd":
             return ErrorReply("bad-request", f"QueryData on {c.dap} configuration {c.id}"), []
@@ -192,8 +217,8 @@ class ServerCore:
         return DataReply(reg.tag, reg.value, self._next(req.group, req.config_id)), []
 
     def _on_query_list(self, req: QueryList) -> Result:
-        c = self._config(req.config_id)
-        if isinstance(c, ErrorReply):
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
             return c, []
         if c.dap != "treas":
             return ErrorReply("bad-request", f"QueryList on {c.dap} configuration {c.id}"), []
@@ -201,17 +226,21 @@ class ServerCore:
         return ListReply(st, self._next(req.group, req.config_id)), []
 
     def _on_put_data(self, req: PutData) -> Result:
-        c = self._config(req.config_id)
-        if isinstance(c, ErrorReply):
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
             return c, []
+        if "\x00" in req.key:
+            return ErrorReply("bad-request", "object keys must not contain NUL"), []
         writes = self._apply_put(c, req)
         return Ack(self._next(req.group, req.config_id)), writes
 
     def _on_put_batch(self, req: PutBatch) -> Result:
         """Many objects' put-data in one request (§8.4 batched state transfer); one ACK."""
-        c = self._config(req.config_id)
-        if isinstance(c, ErrorReply):
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
             return c, []
+        if any("\x00" in item.key for item in req.items):
+            return ErrorReply("bad-request", "object keys must not contain NUL"), []
         writes: list[Write] = []
         for item in req.items:
             writes += self._apply_put(
@@ -223,13 +252,20 @@ class ServerCore:
         """The DAP's put-data rule on this server's state; the records to persist."""
         skey = (req.group, req.config_id, req.key)
         if c.dap == "treas":
-            new_list, _ = treas.on_put_data(self._treas_state(c, skey), req, c.delta)
+            old = self._treas_state(c, skey)
+            new_list, _ = treas.on_put_data(old, req, c.delta)
             if new_list is None:
                 return []
             self.lists[skey] = new_list
             self.objects.setdefault((req.group, req.config_id), set()).add(req.key)
-            meta, data = treas.encode_state(new_list)
-            return [Record(treas.NS, req.group, req.config_id, req.key, meta, data)]
+            if skey not in self._persisted_lists:  # the initial entry was never written yet
+                old = ()
+                self._persisted_lists.add(skey)
+            writes: list[Write] = []
+            for entry in treas.changed_entries(old, new_list):
+                rkey, meta, data = treas.encode_entry(req.key, entry)
+                writes.append(Record(treas.NS, req.group, req.config_id, rkey, meta, data))
+            return writes
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
@@ -241,8 +277,8 @@ class ServerCore:
     def _on_get_group(self, req: GetGroup) -> Result:
         """Paged DAP state of a group; with ``set_next``, SET_NEXT_AND_GET (§8.2): nextC is
         stored first, in the same step, so every state reported is as of after it."""
-        c = self._config(req.config_id)
-        if isinstance(c, ErrorReply):
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
             return c, []
         writes: list[Write] = []
         if req.set_next is not None:
@@ -282,7 +318,30 @@ class ServerCore:
         if new is None:
             return reply, []
         self.nextc[inst] = new
-        return reply, [Record(reconfig_server.NS, req.group, req.config_id, "", _enc.encode(new))]
+        writes: list[Write] = [
+            Record(reconfig_server.NS, req.group, req.config_id, "", _enc.encode(new))
+        ]
+        if req.gc and (new.status == "F" or self.switches.broken_gc_on_pending):
+            writes += self._collect(inst)
+        return reply, writes
+
+    def _collect(self, inst: InstanceKey) -> list[Write]:
+        """§8.3: the successor is F, so it holds every value that completed here: delete this
+        configuration's object state -- in the same durable step as the F entry -- and answer
+        OBSOLETE from now on. nextC stays (a few bytes), so late clients find their way."""
+        if inst in self.collected:
+            return []
+        group, config_id = inst
+        for key in self.objects.pop(inst, set()):
+            self.registers.pop((group, config_id, key), None)
+            self.lists.pop((group, config_id, key), None)
+            self._persisted_lists.discard((group, config_id, key))
+        self.collected.add(inst)
+        return [
+            Delete(abd.NS, group, config_id),
+            Delete(treas.NS, group, config_id),
+            Record(GC_NS, group, config_id, "", b""),
+        ]
 
     def _on_prepare(self, req: Prepare) -> Result:
         c = self._config(req.config_id)
@@ -333,16 +392,24 @@ class ServerCore:
         return self.stats(), []
 
     def stats(self, stored_bytes: int | None = None) -> Stats:
+        by_config: dict[str, int] = {}
+        for (g, c, _), reg in self.registers.items():
+            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + len(reg.value)
+        for (g, c, _), st in self.lists.items():
+            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + treas.stored_bytes(st)
         if stored_bytes is None:
-            stored_bytes = sum(len(r.value) for r in self.registers.values()) + sum(
-                treas.stored_bytes(st) for st in self.lists.values()
-            )
+            stored_bytes = sum(by_config.values())
         return Stats(
             self.server_id,
             dict(self.counters),
             len(self.registers) + len(self.lists),
             stored_bytes,
+            by_config,
         )
+
+
+def _by_tag(e: ListEntry) -> Tag:
+    return e.tag
 
 
 _HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {

@@ -73,34 +73,41 @@ def on_put_data(st: TreasState, msg: PutData, delta: int) -> tuple[TreasState | 
     return tuple(entries), Ack()
 
 
-class _Meta(msgspec.Struct, array_like=True):
-    tags: list[Tag]
-    sizes: list[int]  # -1: no element
+class ElementMeta(msgspec.Struct, frozen=True, array_like=True):
+    """What one stored element record says: its object, its tag, whether it holds an element."""
+
+    key: str
+    tag: Tag
+    has_element: bool
 
 
 _meta_enc = msgspec.msgpack.Encoder()
-_meta_dec = msgspec.msgpack.Decoder(_Meta)
+_meta_dec = msgspec.msgpack.Decoder(ElementMeta)
 
 
-def encode_state(st: TreasState) -> tuple[bytes, bytes]:
-    """(meta, data) for a storage record: tags and element sizes, and the elements concatenated."""
-    meta = _Meta([e.tag for e in st], [-1 if e.element is None else len(e.element) for e in st])
-    data = b"".join(bytes(e.element.data) for e in st if e.element is not None)
-    return _meta_enc.encode(meta), data
+def element_record_key(key: str, tag: Tag) -> str:
+    """Storage key of one (object, tag) entry; object keys never contain NUL (validated)."""
+    return f"{key}\x00{tag.z}\x00{tag.writer}"
 
 
-def decode_state(meta: bytes, data: bytes | memoryview) -> TreasState:
+def changed_entries(old: TreasState, new: TreasState) -> list[ListEntry]:
+    """Entries of ``new`` that differ from ``old``: the added one and those whose element was
+    dropped. Only these are written: a put costs one element on disk, not δ+1."""
+    before = {e.tag: e.element is not None for e in old}
+    return [e for e in new if before.get(e.tag) != (e.element is not None)]
+
+
+def encode_entry(key: str, entry: ListEntry) -> tuple[str, bytes, bytes | memoryview | None]:
+    """(record key, meta, data) of one entry."""
+    meta = _meta_enc.encode(ElementMeta(key, entry.tag, entry.element is not None))
+    data = entry.element.data if entry.element is not None else None
+    return element_record_key(key, entry.tag), meta, data
+
+
+def decode_entry(meta: bytes, data: bytes | memoryview | None) -> tuple[str, ListEntry]:
     m = _meta_dec.decode(meta)
-    data = bytes(data)
-    out = []
-    pos = 0
-    for tag, size in zip(m.tags, m.sizes, strict=True):
-        if size < 0:
-            out.append(ListEntry(tag, None))
-        else:
-            out.append(ListEntry(tag, Blob(data[pos : pos + size])))
-            pos += size
-    return tuple(out)
+    element = Blob(bytes(data)) if m.has_element and data is not None else None
+    return m.key, ListEntry(m.tag, element)
 
 
 def stored_bytes(st: TreasState) -> int:
@@ -160,10 +167,11 @@ async def get_data(
     *,
     max_attempts: int = MAX_QUERY_ATTEMPTS,
     broken_decode_below_k: bool = False,
+    need: int | None = None,
 ) -> tuple[Tag, Blob, bool, NextEntry | None]:
     for _ in range(max_attempts):
         replies = await net.round(
-            c, QueryList(group, c.id, key), expect=ListReply, phase="get-data"
+            c, QueryList(group, c.id, key), expect=ListReply, phase="get-data", need=need
         )
         lists = [(c.index_of(s.id), r.entries) for s, r in replies]
         found = newest_decodable(c, lists, broken_decode_below_k=broken_decode_below_k)

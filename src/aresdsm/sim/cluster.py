@@ -30,10 +30,10 @@ import msgspec
 
 from ..config import Configuration, ServerInfo
 from ..errors import OperationTimeout, QuorumUnavailable
-from ..protocol import abd, reconfig_server, treas
-from ..protocol.channel import RequestFor
+from ..protocol import abd, reconfig_server
+from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..protocol.server_core import ServerCore, ServerSwitches
-from ..storage.base import Record, RecordKey, Write
+from ..storage.base import Delete, Record, RecordKey, Write
 from ..storage.memory import apply_batch
 from ..tags import Tag
 from ..wire.codec import Decoder, Encoder
@@ -43,6 +43,7 @@ from ..wire.messages import (
     ErrorReply,
     InstallConfig,
     NextEntry,
+    Obsolete,
     Prepare,
     Promise,
     Reply,
@@ -83,7 +84,12 @@ class InvariantMonitor:
         self.failures.append(message)
 
     def after_handle(self, server: str, core: ServerCore) -> None:
-        """Invariants 3 and 4 on the live state of one incarnation."""
+        """Invariants 3, 4 and 5 (TREAS part) on the live state of one incarnation."""
+        for (_, cid, obj), entries in core.lists.items():
+            kept = sum(1 for e in entries if e.element is not None)
+            cfg = core.configs.get(cid)
+            if cfg is not None and kept > cfg.delta + 1:
+                self.fail(f"§10.5: server {server} keeps {kept} elements > delta+1 for {obj}")
         for (g, c), e in core.nextc.items():
             if e.status == "F":
                 self.live_final.add((server, g, c))
@@ -125,9 +131,14 @@ class InvariantMonitor:
     def after_commit(
         self, server: str, batch: list[Write], configs: dict[str, Configuration]
     ) -> None:
-        """Invariants 3 and 5 on what became durable."""
+        """Invariants 3, 5 and 6 on what became durable."""
         for w in batch:
-            if not isinstance(w, Record):
+            if isinstance(w, Delete):
+                if (server, w.group, w.config_id) not in self.durable_final:
+                    self.fail(
+                        f"§10.6: server {server} deleted {w.group}/{w.config_id} data before "
+                        "its successor was F"
+                    )
                 continue
             if w.ns == abd.NS:
                 tag = _tag_of(w)
@@ -136,12 +147,6 @@ class InvariantMonitor:
                 if prev is not None and tag < prev:
                     self.fail(f"§10.5: server {server} stored tag {tag} after {prev} for {w.key}")
                 self.durable_tags[key] = tag
-            elif w.ns == treas.NS:
-                st = treas.decode_state(w.meta, w.data or b"")
-                c = configs.get(w.config_id)
-                kept = sum(1 for e in st if e.element is not None)
-                if c is not None and kept > c.delta + 1:
-                    self.fail(f"§10.5: server {server} keeps {kept} elements > delta+1 for {w.key}")
             elif w.ns == reconfig_server.NS:
                 entry = _next_of(w)
                 key3 = (server, w.group, w.config_id)
@@ -404,6 +409,9 @@ class SimChannel:
                     if not installed:  # the network reorders: resend only once it is installed
                         installed = True
                         self._send(server.id, InstallConfig(c), lambda r: transmit())
+                    return
+                if isinstance(reply, Obsolete):
+                    fut.set_exception(ConfigurationObsolete(reply.next))
                     return
                 if isinstance(reply, expect):
                     answers[server.id] = (server, reply)

@@ -138,6 +138,10 @@ BROKEN_VARIANTS = (
     "no-config-write-back",
     "forgetful-acceptor",
     "decode-below-k",
+    "gc-on-pending",
+    "finish-on-obsolete",
+    "fast-read-short",
+    "split-handoff",
 )
 
 
@@ -194,7 +198,8 @@ class _World:
             faults=faults,
             real_codec=opts.real_codec,
             server_switches=ServerSwitches(
-                broken_forget_promises="forgetful-acceptor" in opts.broken
+                broken_forget_promises="forgetful-acceptor" in opts.broken,
+                broken_gc_on_pending="gc-on-pending" in opts.broken,
             ),
         )
         for srv in self.cluster.servers.values():
@@ -220,6 +225,10 @@ class _World:
             broken_skip_update_config="skip-update-config" in opts.broken,
             broken_no_config_write_back="no-config-write-back" in opts.broken,
             broken_decode_below_k="decode-below-k" in opts.broken,
+            broken_finish_on_obsolete="finish-on-obsolete" in opts.broken,
+            broken_fast_read_short="fast-read-short" in opts.broken,
+            broken_split_handoff="split-handoff" in opts.broken,
+            gc=opts.mode == "ares2",
         )
         self.channel_switches = ChannelSwitches(
             broken_quorum_minus_one="quorum-minus-one" in opts.broken

@@ -110,6 +110,9 @@ class WriteConfig(_Msg, frozen=True, tag="wcfg"):
     group: str
     config_id: str
     entry: NextEntry
+    gc: bool = True
+    """With an F entry: delete the configuration's object state in the same durable step
+    (protocol.md §8.3 garbage collection). Classic Ares sends False."""
 
 
 class Prepare(_Msg, frozen=True, tag="prep"):
@@ -226,11 +229,20 @@ class GroupReply(_Msg, frozen=True, tag="groupr"):
     next: NextEntry | None = None
 
 
+class Obsolete(_Msg, frozen=True, tag="obs"):
+    """The configuration's data was garbage-collected (§8.3): its successor ``next`` is F and
+    holds everything. Never stale or partial data; a PUT_DATA answered so was not applied."""
+
+    next: NextEntry
+
+
 class Stats(_Msg, frozen=True, tag="statsr"):
     server_id: str
     counters: dict[str, int]
     objects: int
     stored_bytes: int
+    bytes_by_config: dict[str, int] = {}
+    """"group/config" -> bytes of object state held for it (protocol.md §8.3 measurements)."""
 
 
 ErrorCode = Literal[
@@ -275,6 +287,7 @@ Reply = (
     | Accepted
     | Nack
     | GroupReply
+    | Obsolete
     | Stats
     | ErrorReply
 )
