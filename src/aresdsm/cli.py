@@ -238,8 +238,9 @@ def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: 
 
 @main.command()
 @click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@click.option("--storage", "show_storage", is_flag=True, help="Bytes held per configuration.")
 @cluster_option
-def status(group: str, cluster_path: str) -> None:
+def status(group: str, show_storage: bool, cluster_path: str) -> None:
     """Show the group's configuration chain and every server's state and counters."""
     cf = load_cluster_file(cluster_path)
 
@@ -283,6 +284,23 @@ def status(group: str, cluster_path: str) -> None:
                 str(reqs),
             )
     console.print(servers)
+    if show_storage:
+        _storage_table(group, [e.config.id for e in chain], cf.servers, stats)
+
+
+def _storage_table(group: str, config_ids: list[str], servers: Any, stats: list[Any]) -> None:
+    """Stored bytes per (server, configuration of the group): §8.3 made measurable."""
+    table = Table("server", *config_ids, "total", title=f"stored object bytes, group {group!r}")
+    totals = dict.fromkeys(config_ids, 0)
+    for s, st in zip(servers, stats, strict=True):
+        if isinstance(st, str):
+            continue
+        row = [st.bytes_by_config.get(f"{group}/{cid}", 0) for cid in config_ids]
+        for cid, b in zip(config_ids, row, strict=True):
+            totals[cid] += b
+        table.add_row(s.id, *(str(b) for b in row), str(sum(row)))
+    table.add_row("all", *(str(totals[c]) for c in config_ids), str(sum(totals.values())))
+    console.print(table)
 
 
 @main.command()

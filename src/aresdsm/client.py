@@ -42,7 +42,7 @@ from .net.client import TcpChannel
 from .protocol import ares, ops
 from .tags import Tag, writer_id
 from .wire.blob import Blob
-from .wire.messages import GetStats, Ping, Stats
+from .wire.messages import GetStats, NextEntry, Ping, Stats
 
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
@@ -140,6 +140,7 @@ class Store:
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
         self._cseqs: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
+        self._background: set[asyncio.Task[bool]] = set()
 
     async def __aenter__(self) -> Store:
         return self
@@ -150,6 +151,7 @@ class Store:
         await self.close()
 
     async def close(self) -> None:
+        await self.settle()
         await self.channel.close()
         if self.cseq_cache is not None:
             try:
@@ -216,7 +218,21 @@ class Store:
             switches=self.switches,
         )
         self._learn(group, cseq)
+        if self.switches.gc and len(cseq) >= 2 and cseq[-1].config.id == decided.id:
+            # §8.3: the F entry must reach every old server so that each reclaims its storage
+            task = asyncio.get_running_loop().create_task(
+                ares.finalize_everywhere(
+                    self.channel, cseq[-2].config, group, NextEntry(decided, "F"), gc=True
+                )
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return decided
+
+    async def settle(self) -> None:
+        """Wait for background work (finalizing old configurations everywhere) to finish."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def write(self, key: str, value: bytes, *, group: str = DEFAULT_GROUP) -> Tag:
         """Write ``value`` to object ``key`` atomically; returns the tag it was written with."""
