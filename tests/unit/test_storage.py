@@ -77,3 +77,30 @@ def test_storage_failure_propagates(tmp_path: Path) -> None:
             await st.submit([rec("b", b"2")])
 
     asyncio.run(go())
+
+
+def test_large_values_live_in_durable_files_and_follow_their_rows(tmp_path: Path) -> None:
+    path = tmp_path / "db" / "s.sqlite3"
+    st = SqliteStorage(path, blob_threshold_bytes=100)
+    big1, big2 = b"a" * 500, b"b" * 700
+
+    async def go() -> None:
+        await st.submit([rec("big", big1), rec("small", b"tiny")])
+        assert len(list(st.blob_dir.iterdir())) == 1
+        await st.submit([rec("big", big2)])  # replaced: the old file goes
+        assert len(list(st.blob_dir.iterdir())) == 1
+        assert st.stored_bytes() == len(b"meta-big") + 700 + len(b"meta-small") + 4
+
+    asyncio.run(go())
+    st.close()
+    (st.blob_dir / "orphan-from-a-crash.blob").write_bytes(b"x")
+    again = SqliteStorage(path, blob_threshold_bytes=100)
+    assert {r.key: r.data for r in again.load()} == {"big": big2, "small": b"tiny"}
+    assert not (again.blob_dir / "orphan-from-a-crash.blob").exists()
+
+    async def delete() -> None:
+        await again.submit([Delete("abd", "g", "c0")])
+
+    asyncio.run(delete())
+    assert list(again.blob_dir.iterdir()) == []
+    again.close()
