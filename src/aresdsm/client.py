@@ -20,7 +20,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -36,13 +36,13 @@ from .config import (
     load_cluster_file,
     validate_configuration,
 )
-from .errors import ConfigurationError
+from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
 from .history import OpKind, OpRecord, value_digest, write_records
 from .net.client import TcpChannel
 from .protocol import ares, ops
 from .tags import Tag, writer_id
 from .wire.blob import Blob
-from .wire.messages import GetStats, NextEntry, Ping, Stats
+from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Stats
 
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
@@ -96,7 +96,7 @@ def load_cseq_cache(path: Path | None, initial: Configuration) -> dict[str, ares
         return {}
     if cache.initial != initial.id:
         return {}
-    return {g: c for g, c in cache.groups.items() if c and c[0].config == initial}
+    return {g: c for g, c in cache.groups.items() if c and c[0].status == "F"}
 
 
 def save_cseq_cache(path: Path, cseqs: dict[str, ares.Cseq]) -> None:
@@ -130,8 +130,11 @@ class Store:
         recorder: HistoryRecorder | None = None,
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
         cseq_cache: str | Path | None = None,
+        known_servers: Iterable[ServerInfo] = (),
     ) -> None:
         self.configuration = configuration
+        self.known_servers = tuple(known_servers)
+        """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self.channel = TcpChannel(self.options)
@@ -170,7 +173,51 @@ class Store:
     def _learn(self, group: str, cseq: ares.Cseq) -> None:
         self._cseqs[group] = ares.merge(self.cseq(group), cseq)
 
+    async def _with_recovery(self, group: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op``; if the configurations this client knows no longer answer, ask every
+        known server for the newest finalized configuration (§8.5), adopt it, and retry once."""
+        try:
+            return await op()
+        except (QuorumUnavailable, OperationTimeout):
+            if not await self.relocate(group):
+                raise
+        return await op()
+
+    async def relocate(self, group: str = DEFAULT_GROUP) -> bool:
+        """LATEST_CONFIG (§8.5): adopt the newest F configuration any reachable server knows
+        and discover onwards from it. Returns whether the client moved."""
+        servers = {s.id: s for s in self.known_servers}
+        for e in self.cseq(group):
+            servers.update({s.id: s for s in e.config.servers})
+        found: dict[str, NextEntry] = {}
+        for server in servers.values():
+            try:
+                reply = await self.channel.request(
+                    server, LatestConfig(group), timeout_s=self.options.connect_timeout_s
+                )
+            except AresError:
+                continue
+            if isinstance(reply, NextReply) and reply.next is not None:
+                found[reply.next.config.id] = reply.next
+        known = {e.config.id for e in self.cseq(group)}
+        for entry in found.values():
+            if entry.config.id in known and entry.config.id == self.cseq(group)[-1].config.id:
+                continue
+            try:
+                cseq = await ares.read_config(self.channel, ares.adopt(entry), group, self.switches)
+            except (QuorumUnavailable, OperationTimeout):
+                continue
+            self._cseqs[group] = cseq
+            return True
+        return False
+
     async def _write_op(self, group: str, key: str, value: Blob) -> Tag:
+        return await self._with_recovery(group, lambda: self._write_once(group, key, value))
+
+    async def _read_op(self, group: str, key: str) -> ops.ReadResult:
+        return await self._with_recovery(group, lambda: self._read_once(group, key))
+
+    async def _write_once(self, group: str, key: str, value: Blob) -> Tag:
         tag, cseq = await ares.write(
             self.channel,
             self.cseq(group),
@@ -183,7 +230,7 @@ class Store:
         self._learn(group, cseq)
         return tag
 
-    async def _read_op(self, group: str, key: str) -> ops.ReadResult:
+    async def _read_once(self, group: str, key: str) -> ops.ReadResult:
         res, cseq = await ares.read(
             self.channel, self.cseq(group), group=group, key=key, switches=self.switches
         )
@@ -218,11 +265,16 @@ class Store:
             switches=self.switches,
         )
         self._learn(group, cseq)
-        if self.switches.gc and len(cseq) >= 2 and cseq[-1].config.id == decided.id:
-            # §8.3: the F entry must reach every old server so that each reclaims its storage
+        if len(cseq) >= 2 and cseq[-1].config.id == decided.id:
+            # §8.3/§8.5: the F entry reaches every old server (each reclaims its storage) and
+            # the new servers learn that their configuration is final (LATEST_CONFIG)
             task = asyncio.get_running_loop().create_task(
                 ares.finalize_everywhere(
-                    self.channel, cseq[-2].config, group, NextEntry(decided, "F"), gc=True
+                    self.channel,
+                    cseq[-2].config,
+                    group,
+                    NextEntry(decided, "F"),
+                    gc=self.switches.gc,
                 )
             )
             self._background.add(task)
@@ -349,6 +401,7 @@ def connect(
         recorder=recorder,
         switches=switches,
         cseq_cache=cseq_cache,
+        known_servers=cf.servers,
     )
 
 

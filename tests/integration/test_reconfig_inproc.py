@@ -86,12 +86,16 @@ async def test_live_reconfiguration_abd_to_treas_to_new_servers(
     stop.set()
     writes = sum(await asyncio.gather(*tasks))
     assert writes > 20
+    await admin.settle()  # the new servers have heard that c2 is final (§8.5)
     late = Store(c0, switches=switches)  # a client that only knows c0 can no longer reach it...
     with pytest.raises(OperationError):
         await late.read("a")
-    for key in keys:  # ...but clients that followed the chain read every value
-        await stores[0].read(key)
-    for s in [*stores, admin, late]:
+    expected = {key: await stores[0].read(key) for key in keys}  # ...clients that followed can
+    # and so can a late client that knows the servers: it asks them for LATEST_CONFIG
+    relocating = Store(c0, switches=switches, known_servers=info)
+    assert {key: await relocating.read(key) for key in keys} == expected
+    assert [e.config.id for e in relocating.cseq()] == ["c2"]
+    for s in [*stores, admin, late, relocating]:
         await s.close()
     for s in servers[5:]:
         await s.stop()

@@ -41,6 +41,7 @@ from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
     Ack,
+    Finalized,
     GetGroup,
     GroupReply,
     NextEntry,
@@ -78,7 +79,9 @@ def mu(cseq: Cseq) -> int:
 
 
 def merge(a: Cseq, b: Cseq) -> Cseq:
-    """The union of two views of one chain (each a prefix of the other, §7.1)."""
+    """The union of two views of one chain (§7.1). Views usually start at the same entry; a view
+    adopted from LATEST_CONFIG (§8.5) starts later and is aligned on its first configuration."""
+    a, b = _align(a, b)
     longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
     out = list(longer)
     for i, e in enumerate(shorter):
@@ -89,6 +92,27 @@ def merge(a: Cseq, b: Cseq) -> Cseq:
         if e.status == "F":
             out[i] = CseqEntry(out[i].config, "F")
     return tuple(out)
+
+
+def _align(a: Cseq, b: Cseq) -> tuple[Cseq, Cseq]:
+    if a[0].config.id == b[0].config.id:
+        return a, b
+    for i, e in enumerate(a):
+        if e.config.id == b[0].config.id:
+            return a[i:], b
+    for i, e in enumerate(b):
+        if e.config.id == a[0].config.id:
+            return a, b[i:]
+    raise InvariantViolation(
+        f"configuration chains share no configuration: {a[0].config.id}.. and {b[0].config.id}.."
+    )
+
+
+def adopt(entry: NextEntry) -> Cseq:
+    """A chain view starting at a finalized configuration learned from LATEST_CONFIG (§8.5)."""
+    if entry.status != "F":
+        raise InvariantViolation("only a finalized configuration may be adopted")
+    return (CseqEntry(entry.config, "F"),)
 
 
 def with_entry(cseq: Cseq, index: int, entry: NextEntry) -> Cseq:
@@ -363,23 +387,34 @@ async def reconfig(
 
 
 async def finalize_everywhere(
-    net: Channel, c: Configuration, group: str, entry: NextEntry, *, gc: bool, attempts: int = 3
+    net: Channel,
+    c: Configuration,
+    group: str,
+    entry: NextEntry,
+    *,
+    gc: bool,
+    attempts: int = 3,
 ) -> bool:
-    """§8.3: finalize-config completes on a quorum; this keeps sending the F entry until every
-    server of ``c`` has it (so every server reclaims its storage), at most ``attempts`` times.
-    Returns whether all servers acknowledged."""
+    """After finalize-config (which completes on a quorum): keep sending the F entry until every
+    server of ``c`` has it, so that every one reclaims its storage (§8.3), and tell the servers
+    of the new configuration that it is final, so that they can answer LATEST_CONFIG (§8.5).
+    Bounded: at most ``attempts`` rounds each. Returns whether everything was acknowledged."""
+    done = [False, False]
+    requests: list[tuple[Configuration, WriteConfig | Finalized]] = [
+        (c, WriteConfig(group, c.id, entry, gc)),
+        (entry.config, Finalized(group, entry)),
+    ]
     for _ in range(attempts):
-        try:
-            await net.round(
-                c,
-                WriteConfig(group, c.id, entry, gc),
-                expect=Ack,
-                phase="finalize-all",
-                need=c.n,
-            )
+        for i, (target, request) in enumerate(requests):
+            if done[i]:
+                continue
+            try:
+                await net.round(target, request, expect=Ack, phase="finalize-all", need=target.n)
+                done[i] = True
+            except OperationError:
+                continue
+        if all(done):
             return True
-        except OperationError:
-            continue
     return False
 
 

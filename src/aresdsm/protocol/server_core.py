@@ -32,13 +32,16 @@ from ..wire.messages import (
     Ack,
     DataReply,
     ErrorReply,
+    Finalized,
     GetGroup,
     GetStats,
     GroupReply,
     InstallConfig,
+    LatestConfig,
     ListEntry,
     ListReply,
     NextEntry,
+    NextReply,
     ObjectState,
     Obsolete,
     Ping,
@@ -60,6 +63,7 @@ from . import abd, paxos, reconfig_server, treas
 
 CFG_NS = "cfg"
 GC_NS = "gc"
+FINAL_NS = "final"
 StateKey = tuple[str, str, str]
 """(group, config_id, key)"""
 InstanceKey = tuple[str, str]
@@ -95,6 +99,8 @@ class ServerCore:
     acceptors: dict[InstanceKey, paxos.AcceptorState] = field(default_factory=dict)
     objects: dict[InstanceKey, set[str]] = field(default_factory=dict)
     collected: set[InstanceKey] = field(default_factory=set)
+    finals: dict[InstanceKey, NextEntry] = field(default_factory=dict)
+    """(group, configuration) this server was told is finalized (§8.5 LATEST_CONFIG)."""
     _persisted_lists: set[StateKey] = field(default_factory=set)
     """TREAS objects with records on disk (else their initial entry is still implicit)."""
     """Configurations whose object state was garbage-collected (§8.3); persisted."""
@@ -139,6 +145,8 @@ class ServerCore:
             self.acceptors[inst] = _acc_dec.decode(r.meta)
         elif r.ns == GC_NS:
             self.collected.add(inst)
+        elif r.ns == FINAL_NS:
+            self.finals[inst] = _next_dec.decode(r.meta)
 
     def install_config(self, c: Configuration) -> list[Write]:
         """Learn a configuration (the initial one at bootstrap). Returns the writes to persist."""
@@ -367,6 +375,27 @@ class ServerCore:
         self.acceptors[inst] = new
         return reply, [Record(paxos.NS, req.group, req.config_id, "", _enc.encode(new))]
 
+    def _on_latest_config(self, req: LatestConfig) -> Result:
+        """§8.5: the end of the F-chain this server knows for the group (any F entry is safe to
+        adopt; the client follows nextC from there)."""
+        succ = {c: e for (g, c), e in self.nextc.items() if g == req.group and e.status == "F"}
+        known = list(succ.values()) + [e for (g, _), e in self.finals.items() if g == req.group]
+        ends = {e.config.id: e for e in known if e.config.id not in succ}
+        best = min(ends.values(), key=lambda e: e.config.id) if ends else None
+        return NextReply(best), []
+
+    def _on_finalized(self, req: Finalized) -> Result:
+        if req.entry.status != "F":
+            return ErrorReply("bad-request", "Finalized needs an F entry"), []
+        if not req.entry.config.has_member(self.server_id):
+            return ErrorReply("not-member", f"{self.server_id} is not in {req.entry.config.id}"), []
+        inst = (req.group, req.entry.config.id)
+        if inst in self.finals:
+            return Ack(), []
+        self.finals[inst] = req.entry
+        record = Record(FINAL_NS, req.group, req.entry.config.id, "", _enc.encode(req.entry))
+        return Ack(), [record, *self.install_config(req.entry.config)]
+
     def _on_install_config(self, req: InstallConfig) -> Result:
         try:
             validate_configuration(req.config)
@@ -424,6 +453,8 @@ _HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {
     Prepare: ServerCore._on_prepare,
     Accept: ServerCore._on_accept,
     InstallConfig: ServerCore._on_install_config,
+    LatestConfig: ServerCore._on_latest_config,
+    Finalized: ServerCore._on_finalized,
     Ping: ServerCore._on_ping,
     GetStats: ServerCore._on_stats,
 }

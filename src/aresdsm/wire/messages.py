@@ -154,6 +154,21 @@ class GetGroup(_Msg, frozen=True, tag="group"):
     set_next: NextEntry | None = None
 
 
+class Finalized(_Msg, frozen=True, tag="fin"):
+    """Tells the servers of a newly finalized configuration that it is F (so that they can answer
+    LATEST_CONFIG once the old servers are gone, §8.5). Sent after finalize-config."""
+
+    group: str
+    entry: NextEntry
+
+
+class LatestConfig(_Msg, frozen=True, tag="latest"):
+    """LATEST_CONFIG (protocol.md §8.5): the newest finalized configuration of ``group`` this
+    server knows of, for clients whose chain leads only to decommissioned servers."""
+
+    group: str
+
+
 class GetStats(_Msg, frozen=True, tag="stats"):
     """Ask a server for its counters and storage figures."""
 
@@ -274,6 +289,8 @@ Request = (
     | Accept
     | InstallConfig
     | GetGroup
+    | LatestConfig
+    | Finalized
     | GetStats
 )
 Reply = (

@@ -1,0 +1,66 @@
+"""Round trips per operation, counted on the wire (protocol.md §11): exact in steady state."""
+
+from __future__ import annotations
+
+import pytest
+
+from aresdsm.config import Configuration
+from aresdsm.protocol.ops import CLASSIC, OpSwitches
+from aresdsm.sim.scenario import Scenario
+from aresdsm.wire.messages import PutData
+
+
+@pytest.mark.parametrize(
+    ("switches", "write_rounds", "read_rounds", "contended_read_rounds"),
+    [(OpSwitches(), 2, 1, 2), (CLASSIC, 4, 4, 4)],
+    ids=["ares2", "classic"],
+)
+def test_steady_state_rounds(
+    switches: OpSwitches, write_rounds: int, read_rounds: int, contended_read_rounds: int
+) -> None:
+    async def script(sc: Scenario) -> None:
+        a = sc.client("a", switches)
+        w = sc.client("w", switches)
+        await a.write("k", b"v0")  # a first write (and InstallConfig-free steady state)
+        for _ in range(3):
+            before = a.channel.rounds
+            await a.write("k", b"v")
+            assert a.channel.rounds - before == write_rounds
+            before = a.channel.rounds
+            await a.read("k")
+            assert a.channel.rounds - before == read_rounds
+        # a write in flight on one server only: the read's quorum disagrees and it writes back
+        sc.hold(
+            "w-put",
+            lambda m: m.sender == "w" and m.server != "s0" and isinstance(m.request, PutData),
+        )
+        sc.start(w.write("k", b"concurrent"))
+        await sc.run_for(0.01)
+        before = a.channel.rounds
+        await a.read("k")
+        assert a.channel.rounds - before == contended_read_rounds
+        sc.release("w-put")
+        await sc.run_for(0.01)
+
+    Scenario.play(servers=3, script=script)
+
+
+@pytest.mark.parametrize("switches", [OpSwitches(), CLASSIC], ids=["ares2", "classic"])
+def test_reconfiguring_1000_objects_takes_one_consensus_decision(switches: OpSwitches) -> None:
+    async def script(sc: Scenario) -> None:
+        admin = sc.client("admin", switches)
+        for i in range(1000):
+            await admin.write(f"obj-{i}", b"x" * 16)
+        before = dict(admin.channel.rounds_by_phase)
+        rounds = admin.channel.rounds
+        await admin.reconfig(Configuration("c1", tuple(sc.pool[3:6])))
+        phases = {p: n - before.get(p, 0) for p, n in admin.channel.rounds_by_phase.items()}
+        assert phases["consensus.prepare"] == 1 and phases["consensus.accept"] == 1
+        total = admin.channel.rounds - rounds
+        # read-config 1, Paxos 2, [classic: put-config 1], 4 pages of SET_NEXT_AND_GET,
+        # 4 batches of put-data, finalize 1
+        assert total == (12 if switches.piggyback else 13), phases
+        for i in range(0, 1000, 111):
+            assert await admin.read(f"obj-{i}") == b"x" * 16
+
+    Scenario.play(servers=6, initial=3, script=script)
