@@ -25,6 +25,15 @@ def test_swarm_seeds_are_linearizable_and_keep_every_invariant(first: int) -> No
     assert len(shapes) > 3  # swarm: the seeds really draw different shapes
 
 
+@pytest.mark.parametrize("first", range(0, 300, 100))
+@pytest.mark.parametrize("mode", ["ares2", "classic"])
+def test_each_mode_swarm(mode: str, first: int) -> None:
+    """300 seeds per mode (Ares II, and the original Ares) under the same fault model."""
+    for seed in range(10_000 + first, 10_000 + first + 100):
+        r = run_simulation(seed, mode=mode)
+        assert r.ok, r.explain()
+
+
 def test_every_fault_kind_and_both_modes_are_exercised() -> None:
     seen: dict[str, int] = {}
     for seed in range(60):
