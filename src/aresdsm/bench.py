@@ -215,6 +215,7 @@ async def run_bench(
     reconfig_objects: int = 0,
     reconfigs: int = 6,
     base_dir: str | Path | None = None,
+    trace_file: str | None = None,
     log: Any = print,
 ) -> BenchReport:
     report = BenchReport(machine=machine_info() | {"fast_read": fast_read})
@@ -231,6 +232,7 @@ async def run_bench(
                 delta=delta,
                 timeout_s=10.0,
             )
+            cluster.trace_file = f"{trace_file}.n{n}" if trace_file else None
             await asyncio.to_thread(cluster.start_all)
             try:
                 await _bench_cluster(

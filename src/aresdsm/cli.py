@@ -54,6 +54,34 @@ def chain_cache_path(cluster_path: str) -> Path:
     return Path(cluster_path).with_name(Path(cluster_path).name + ".chains.json")
 
 
+def trace_options(f: Any) -> Any:
+    """--trace FILE / --otlp-endpoint / --trace-sample for commands that run clients."""
+    f = click.option("--trace-sample", type=float, help="Sampling ratio of new traces.")(f)
+    f = click.option(
+        "--otlp-endpoint", help="Also export spans over OTLP/HTTP, e.g. http://localhost:4318."
+    )(f)
+    return click.option(
+        "--trace",
+        "trace_file",
+        type=click.Path(dir_okay=False),
+        help="Write spans (JSON lines) to FILE; servers started here write FILE.<server id>.",
+    )(f)
+
+
+def _tracing_for(
+    trace_file: str | None, otlp_endpoint: str | None, trace_sample: float | None
+) -> Any:
+    from . import tracing
+
+    if otlp_endpoint:  # inherited by the server processes started from here
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+    if trace_sample is not None:
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = str(trace_sample)
+    return tracing.traced_process(
+        "ares-client", otlp_endpoint=otlp_endpoint, trace_file=trace_file, sample_ratio=trace_sample
+    )
+
+
 class AresGroup(click.Group):
     """Turns aresdsm errors into a one-line message and exit code 1 instead of a traceback."""
 
@@ -90,6 +118,9 @@ def main(verbose: int) -> None:
     help="Storage engine; 'memory' is NOT durable (tests and protocol benchmarks only).",
 )
 @click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
+@click.option("--otlp-endpoint", help="Export spans over OTLP/HTTP (e.g. http://localhost:4318).")
+@click.option("--trace-file", type=click.Path(dir_okay=False), help="Write spans as JSON lines.")
+@click.option("--trace-sample", type=float, help="Sampling ratio of new traces (default 1.0).")
 def server(
     server_id: str,
     cluster_path: str,
@@ -97,8 +128,12 @@ def server(
     listen: str | None,
     storage: str,
     ready_file: str | None,
+    otlp_endpoint: str | None,
+    trace_file: str | None,
+    trace_sample: float | None,
 ) -> None:
     """Run one server until SIGTERM."""
+    from . import tracing
     from .server import run_server
 
     cf = load_cluster_file(cluster_path)
@@ -107,17 +142,23 @@ def server(
     ddir = data_dir or cf.data_dirs.get(server_id) or str(Path(DEFAULT_DIR) / server_id)
     if storage == "memory":
         err_console.print("[yellow]warning:[/] storage 'memory' is not durable")
-    code = runtime.run(
-        run_server(
-            server_id=server_id,
-            host=host,
-            port=port,
-            data_dir=ddir,
-            storage_kind=storage,
-            initial=cf.initial,
-            ready_file=ready_file,
+    with tracing.traced_process(
+        f"ares-server-{server_id}",
+        otlp_endpoint=otlp_endpoint,
+        trace_file=trace_file,
+        sample_ratio=trace_sample,
+    ):
+        code = runtime.run(
+            run_server(
+                server_id=server_id,
+                host=host,
+                port=port,
+                data_dir=ddir,
+                storage_kind=storage,
+                initial=cf.initial,
+                ready_file=ready_file,
+            )
         )
-    )
     sys.exit(code)
 
 
@@ -400,6 +441,7 @@ def _new_members(
 @click.option(
     "--keep", type=click.Path(file_okay=False), help="Keep cluster data and history here."
 )
+@trace_options
 def demo(
     servers: int,
     clients: int,
@@ -407,6 +449,9 @@ def demo(
     no_crash: bool,
     no_reconfig: bool,
     keep: str | None,
+    trace_file: str | None,
+    otlp_endpoint: str | None,
+    trace_sample: float | None,
 ) -> None:
     """Local cluster + workload through a crash, a restart and a live reconfiguration (ABD on 3
     servers -> TREAS on 5), then a linearizability check of the recorded history."""
@@ -414,17 +459,19 @@ def demo(
 
     if servers < 3 and not no_crash:
         raise click.BadParameter("a crash needs at least 3 servers (or pass --no-crash)")
-    res = runtime.run(
-        run_demo(
-            servers=servers,
-            clients=clients,
-            duration_s=duration_s,
-            crash=not no_crash,
-            reconfigure=not no_reconfig,
-            base_dir=keep,
-            log=lambda m: console.print(f"[dim]{m}[/]"),
+    with _tracing_for(trace_file, otlp_endpoint, trace_sample):
+        res = runtime.run(
+            run_demo(
+                servers=servers,
+                clients=clients,
+                duration_s=duration_s,
+                crash=not no_crash,
+                reconfigure=not no_reconfig,
+                base_dir=keep,
+                trace_file=str(Path(trace_file).resolve()) if trace_file else None,
+                log=lambda m: console.print(f"[dim]{m}[/]"),
+            )
         )
-    )
     lat = sorted(res.latencies_s)
     p50 = lat[len(lat) // 2] * 1e3 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3 if lat else float("nan")
@@ -493,6 +540,7 @@ def check(history: str, max_steps: int) -> None:
     default="bench-results/bench.json",
     show_default=True,
 )
+@trace_options
 def bench(
     servers_s: str,
     conc_s: str,
@@ -508,6 +556,9 @@ def bench(
     reconfig_objects: int,
     reconfigs: int,
     json_out: str,
+    trace_file: str | None,
+    otlp_endpoint: str | None,
+    trace_sample: float | None,
 ) -> None:
     """Measure throughput, latency and round trips on a local cluster of real processes."""
     from .bench import MODES, run_bench
@@ -529,24 +580,26 @@ def bench(
         raise click.BadParameter("sizes and concurrency must be positive")
     if duration_s <= 0 or reconfig_objects < 0 or reconfigs < 1:
         raise click.BadParameter("duration and reconfiguration counts must be positive")
-    report = runtime.run(
-        run_bench(
-            servers=servers,
-            concurrency=conc,
-            kinds=kind_list,
-            modes=mode_list,
-            dap=dap,
-            k=k,
-            delta=delta,
-            value_bytes=value_size,
-            duration_s=duration_s,
-            storage=storage,
-            fast_read=fast_read,
-            reconfig_objects=reconfig_objects,
-            reconfigs=reconfigs,
-            log=console.print,
+    with _tracing_for(trace_file, otlp_endpoint, trace_sample):
+        report = runtime.run(
+            run_bench(
+                servers=servers,
+                concurrency=conc,
+                kinds=kind_list,
+                modes=mode_list,
+                dap=dap,
+                k=k,
+                delta=delta,
+                value_bytes=value_size,
+                duration_s=duration_s,
+                storage=storage,
+                fast_read=fast_read,
+                reconfig_objects=reconfig_objects,
+                reconfigs=reconfigs,
+                trace_file=str(Path(trace_file).resolve()) if trace_file else None,
+                log=console.print,
+            )
         )
-    )
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
     table = Table("N", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs")
@@ -565,6 +618,40 @@ def bench(
         )
     console.print(table)
     console.print(f"machine: {report.machine}; saved {json_out}")
+
+
+@main.group()
+def trace() -> None:
+    """Tracing tools (spans written with --trace-file)."""
+
+
+@trace.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw a PNG.")
+def trace_report(files: tuple[str, ...], plot_path: str | None) -> None:
+    """Share of each phase in the latency of each kind of operation, per mode."""
+    from .trace_report import PHASES, breakdown, load_spans, plot, summarize
+
+    rows = summarize(breakdown(load_spans(files)))
+    if not rows:
+        raise click.ClickException("no operation spans ('op') in these files")
+    table = Table(
+        "op", "mode", "count", "mean ms", *PHASES, "storage wait", title="latency by phase"
+    )
+    for r in rows:
+        mean_ms = sum(r.latency_ns) / len(r.latency_ns) / 1e6
+        table.add_row(
+            r.kind,
+            r.mode,
+            str(r.ops),
+            f"{mean_ms:.3f}",
+            *(f"{100 * r.share(p):.1f}%" for p in PHASES),
+            f"{100 * r.storage_share:.1f}%",
+        )
+    console.print(table)
+    if plot_path:
+        plot(rows, plot_path)
+        console.print(f"saved {plot_path}")
 
 
 def _register_optional() -> None:

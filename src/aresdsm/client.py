@@ -27,6 +27,7 @@ from typing import IO, Any, TypeVar
 
 import msgspec
 
+from . import tracing
 from .config import (
     DEFAULT_GROUP,
     ClientOptions,
@@ -166,6 +167,10 @@ class Store:
         self._op_seq += 1
         return writer_id(self.client_id, self._op_seq)
 
+    @property
+    def mode(self) -> str:
+        return "ares2" if self.switches.piggyback else "classic"
+
     def cseq(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
         """This client's current view of the group's configuration chain."""
         return self._cseqs.get(group) or ares.initial_cseq(self.configuration)
@@ -252,6 +257,11 @@ class Store:
         won, theirs (the caller may retry on top of it).
         """
         validate_configuration(proposal)
+        attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
+        with tracing.span("op", attrs):
+            return await self._reconfigure(proposal, group)
+
+    async def _reconfigure(self, proposal: Configuration, group: str) -> Configuration:
         known = {e.config.id for e in await self.configurations(group)}
         if proposal.id in known:
             raise ConfigurationError(f"configuration id {proposal.id!r} is already in use")
@@ -306,6 +316,26 @@ class Store:
         return (await self.read_tagged(key, group=group))[1]
 
     async def _recorded(
+        self,
+        kind: OpKind,
+        key: str,
+        group: str,
+        coro: Coroutine[Any, Any, T],
+        *,
+        written: bytes | None = None,
+    ) -> T:
+        if tracing.enabled():
+            attrs = {
+                "ares.op": kind,
+                "ares.group": group,
+                "ares.object": key,
+                "ares.mode": self.mode,
+            }
+            with tracing.span("op", attrs):
+                return await self._record(kind, key, group, coro, written=written)
+        return await self._record(kind, key, group, coro, written=written)
+
+    async def _record(
         self,
         kind: OpKind,
         key: str,

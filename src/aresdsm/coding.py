@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from pyeclib.ec_iface import ECDriver
 
+from . import tracing
 from .errors import AresError
 
 EC_TYPE = "isa_l_rs_vand"
@@ -45,21 +46,23 @@ class ErasureCoder:
 
     def encode(self, value: bytes | memoryview) -> list[bytes]:
         """The n coded elements of ``value``; element i goes to server i."""
-        if self.k == self.n:
-            return self._stripe(bytes(value))
-        return list(_driver(self.n, self.k).encode(bytes(value)))
+        with tracing.span("encode", {"ares.bytes": len(value), "ares.n": self.n, "ares.k": self.k}):
+            if self.k == self.n:
+                return self._stripe(bytes(value))
+            return list(_driver(self.n, self.k).encode(bytes(value)))
 
     def decode(self, elements: Mapping[int, bytes | memoryview]) -> bytes:
         """The value, from at least k elements of one encoding keyed by their index."""
         if len(elements) < self.k:
             raise DecodeError(f"need {self.k} elements to decode, got {len(elements)}")
-        if self.k == self.n:
-            return self._unstripe(elements)
-        frags = [bytes(elements[i]) for i in sorted(elements)[: self.k]]
-        try:
-            return bytes(_driver(self.n, self.k).decode(frags))
-        except Exception as e:  # pyeclib raises its own exception classes
-            raise DecodeError(f"cannot decode [n={self.n}, k={self.k}] elements: {e}") from None
+        with tracing.span("decode", {"ares.n": self.n, "ares.k": self.k}):
+            if self.k == self.n:
+                return self._unstripe(elements)
+            frags = [bytes(elements[i]) for i in sorted(elements)[: self.k]]
+            try:
+                return bytes(_driver(self.n, self.k).decode(frags))
+            except Exception as e:  # pyeclib raises its own exception classes
+                raise DecodeError(f"cannot decode [n={self.n}, k={self.k}] elements: {e}") from None
 
     def _stripe(self, value: bytes) -> list[bytes]:
         data = _LEN.pack(len(value)) + value

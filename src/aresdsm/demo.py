@@ -79,6 +79,7 @@ async def run_demo(
     reconfigure: bool = True,
     base_dir: str | Path | None = None,
     seed: int = 1,
+    trace_file: str | None = None,
     log: object = print,
 ) -> DemoResult:
     say = log if callable(log) else print
@@ -91,6 +92,7 @@ async def run_demo(
     cluster = LocalCluster.create(
         Path(base_dir) / "cluster", n=servers, spares=spares, timeout_s=2.0
     )
+    cluster.trace_file = trace_file
     history_path = Path(base_dir) / "history.jsonl"
     res.history_path = str(history_path)
     try:

@@ -58,6 +58,8 @@ class LocalCluster:
     storage: str = "sqlite"
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     python: str = sys.executable
+    trace_file: str | None = None
+    """When set, every server writes its spans to ``<trace_file>.<server id>``."""
 
     @property
     def cluster_path(self) -> Path:
@@ -141,6 +143,7 @@ class LocalCluster:
             str(ddir),
             "--storage",
             self.storage,
+            *(["--trace-file", f"{self.trace_file}.{sid}"] if self.trace_file else []),
             "--ready-file",
             str(ready),
         ]

@@ -21,6 +21,7 @@ import signal
 from pathlib import Path
 from typing import cast
 
+from . import tracing
 from .config import Configuration
 from .errors import FrameError
 from .protocol.server_core import ServerCore
@@ -143,13 +144,17 @@ class Server:
         if isinstance(body, GetStats):
             conn.send(env.rid, self.core.stats(self.storage.stored_bytes()))
             return
+        span = tracing.start_server_span(f"server.{type(body).__name__}", env.trace)
         reply, writes = self.core.handle(body)  # type: ignore[arg-type]
         if writes:
             self.storage.submit(writes)
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
+            if span is not None:
+                span.end()
             return
+        wait = tracing.start_child("storage-wait", span)
         conn.pending += 1
         if conn.pending >= self.max_in_flight and not conn.paused and conn.transport is not None:
             conn.paused = True
@@ -158,10 +163,14 @@ class Server:
 
         def durable(fut: asyncio.Future[None]) -> None:
             conn.request_done()
+            if wait is not None:
+                wait.end()
             if fut.cancelled() or fut.exception() is not None:
                 self._fail(fut.exception() or RuntimeError("commit cancelled"))
                 return
             conn.send(rid, reply)
+            if span is not None:
+                span.end()
 
         barrier.add_done_callback(durable)
 

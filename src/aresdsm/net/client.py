@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from .. import tracing
 from ..config import ClientOptions, Configuration, ServerInfo
 from ..errors import FrameError, OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol.channel import ConfigurationObsolete, RequestFor
@@ -274,6 +275,27 @@ class TcpChannel:
         timeout_s: float | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         need = c.quorum_size if need is None else need
+        if not tracing.enabled():
+            return await self._round(c, request, expect, phase, need, timeout_s, None)
+        with tracing.span(phase, _round_attributes(c, need)) as span:
+            try:
+                return await self._round(
+                    c, request, expect, phase, need, timeout_s, tracing.inject()
+                )
+            except Exception as e:
+                span.set_attribute("ares.outcome", type(e).__name__)
+                raise
+
+    async def _round(
+        self,
+        c: Configuration,
+        request: RequestFor,
+        expect: type[R],
+        phase: str,
+        need: int,
+        timeout_s: float | None,
+        trace: dict[str, str] | None,
+    ) -> list[tuple[ServerInfo, R]]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[tuple[ServerInfo, R]]] = loop.create_future()
         rnd = _Round(fut, need, c.n, expect)
@@ -286,7 +308,7 @@ class TcpChannel:
             peer = self.peer(server)
             sent.append((peer, rid))
             self.messages += 1
-            peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent))
+            peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent), trace)
             if fut.done():
                 break
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
@@ -370,6 +392,19 @@ class TcpChannel:
             p.close()
         self._peers.clear()
         await asyncio.sleep(0)
+
+
+def _round_attributes(c: Configuration, need: int) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "ares.config": c.id,
+        "ares.dap": c.dap,
+        "ares.n": c.n,
+        "ares.quorum": need,
+    }
+    if c.dap == "treas":
+        attrs["ares.k"] = c.k
+        attrs["ares.delta"] = c.delta
+    return attrs
 
 
 def _ignore(reply: Reply | BaseException) -> None:
