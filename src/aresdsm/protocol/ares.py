@@ -30,7 +30,8 @@ Everything here is an async function over the injected Channel; the only other i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Literal, TypeVar
 
 import msgspec
@@ -56,7 +57,9 @@ from .channel import Channel, ConfigurationObsolete
 from .ops import DEFAULT_SWITCHES, OpSwitches, ReadResult
 
 GROUP_PAGE = 256
-GroupState = dict[str, list[tuple[int, ObjectState | None]]]
+ObjectReports = list[tuple[int, ObjectState | None]]
+"""One object's state as each server of an answering quorum reported it (None: not held)."""
+GroupState = dict[str, ObjectReports]
 TRANSFER_PAGE_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
 
@@ -197,22 +200,29 @@ async def _query_all(
     revealed = False
     todo = list(range(mu(cseq), len(cseq)))
 
-    async def ask(c: Configuration) -> tuple[T | None, NextEntry | None]:
+    async def ask(c: Configuration) -> tuple[T | None, NextEntry | None, bool]:
         try:
-            return await query(c)
+            res, nxt = await query(c)
+            return res, nxt, False
         except ConfigurationObsolete as e:  # §8.3: skip c, its F successor holds everything
-            return None, e.next
+            return None, e.next, True
 
     while todo:
         answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
         grown = len(cseq)
-        for i, (res, nxt) in zip(todo, answers, strict=True):
+        again: set[int] = set()
+        for i, (res, nxt, obsolete) in zip(todo, answers, strict=True):
             if res is not None:
                 results.append(res)
             if nxt is not None:
                 revealed = True
                 cseq = await _follow(net, cseq, group, i, nxt, switches)
-        todo = list(range(grown, len(cseq)))
+            if obsolete and i + 1 < grown and not switches.broken_no_requery_after_obsolete:
+                # the successor holds everything of c only since c was finalized: an answer
+                # it gave before that (in parallel with c's) may miss a completed write, so
+                # ask it again, now (tests/sim/test_obsolete_race.py)
+                again.add(i + 1)
+        todo = sorted(again | set(range(grown, len(cseq))))
     return results, cseq, revealed
 
 
@@ -295,38 +305,81 @@ async def read(
 # -- reconfiguration (§6, §8.2, §8.4) ------------------------------------------------------------
 
 
-async def read_group(
-    net: Channel, c: Configuration, group: str, *, set_next: NextEntry | None = None
-) -> dict[str, list[tuple[int, ObjectState | None]]]:
-    """Every object a quorum of ``c`` holds for ``group``, with each answering server's state of
-    it (None: that server does not hold it).
+class _SourceObsolete(Exception):
+    """update-config: source ``index`` of the read set answered OBSOLETE (§8.3)."""
+
+    def __init__(self, index: int, next_entry: NextEntry) -> None:
+        super().__init__(f"source {index} superseded by {next_entry.config.id}")
+        self.index = index
+        self.next = next_entry
+
+
+class _GroupCursor:
+    """One configuration's state of a whole group, read page by page in key order (§8.4).
 
     With ``set_next`` every page is a SET_NEXT_AND_GET (§8.2). A page covers the keys up to the
-    smallest last key of the servers that have more, so each key is answered by a full quorum.
+    smallest last key of the servers that have more, so each key is answered by a full quorum;
+    ``after`` is the last key covered (everything up to it has been reported), ``done`` says that
+    every key has.
     """
-    found: dict[str, list[tuple[int, ObjectState | None]]] = {}
-    after = ""
-    phase = "set-next-and-get" if set_next is not None else "get-group"
-    while True:
-        replies = await net.round(
-            c, GetGroup(group, c.id, after, GROUP_PAGE, set_next), expect=GroupReply, phase=phase
-        )
+
+    def __init__(
+        self,
+        net: Channel,
+        c: Configuration,
+        group: str,
+        index: int,
+        set_next: NextEntry | None,
+    ) -> None:
+        self.net, self.c, self.group, self.index, self.set_next = net, c, group, index, set_next
+        self.after = ""
+        self.done = False
+        self.page: GroupState = {}
+
+    async def fetch(self) -> None:
+        phase = "set-next-and-get" if self.set_next is not None else "get-group"
+        request = GetGroup(self.group, self.c.id, self.after, GROUP_PAGE, self.set_next)
+        try:
+            replies = await self.net.round(self.c, request, expect=GroupReply, phase=phase)
+        except ConfigurationObsolete as e:
+            raise _SourceObsolete(self.index, e.next) from None
         bound: str | None = None
         for _, r in replies:
             if r.more and r.objects and (bound is None or r.objects[-1].key < bound):
                 bound = r.objects[-1].key
         page: dict[str, dict[int, ObjectState]] = {}
         for server, r in replies:
-            index = c.index_of(server.id)
+            i = self.c.index_of(server.id)
             for o in r.objects:
                 if bound is None or o.key <= bound:
-                    page.setdefault(o.key, {})[index] = o
-        answering = [c.index_of(s.id) for s, _ in replies]
+                    page.setdefault(o.key, {})[i] = o
+        answering = [self.c.index_of(s.id) for s, _ in replies]
         for key, states in page.items():
-            found[key] = [(i, states.get(i)) for i in answering]
+            self.page[key] = [(i, states.get(i)) for i in answering]
         if bound is None:
-            return found
-        after = bound
+            self.done = True
+        else:
+            self.after = bound
+
+
+async def _merged_pages(
+    cursors: list[_GroupCursor],
+) -> AsyncGenerator[list[tuple[str, list[tuple[Configuration, ObjectReports]]]], None]:
+    """The objects of all sources in key order, a batch at a time: a key is ready once every
+    source has reported everything up to it. Holds at most one page per source (§8.4: the
+    reconfigurer keeps a bounded amount in memory)."""
+    await asyncio.gather(*(cur.fetch() for cur in cursors))
+    while True:
+        open_ = [cur for cur in cursors if not cur.done]
+        limit = min((cur.after for cur in open_), default=None)
+        keys = sorted({k for cur in cursors for k in cur.page if limit is None or k <= limit})
+        if keys:
+            yield [
+                (k, [(cur.c, cur.page.pop(k)) for cur in cursors if k in cur.page]) for k in keys
+            ]
+        if limit is None:
+            return
+        await asyncio.gather(*(cur.fetch() for cur in open_ if cur.after == limit))
 
 
 async def reconfig(
@@ -356,29 +409,25 @@ async def reconfig(
     if split:
         await put_config(net, last, group, pending)
     if not switches.broken_skip_update_config:
-        sources = [e.config for e in cseq[mu(cseq) : nu + 1]]
-        merged = pending if not switches.broken_split_handoff else None
-
-        async def state_of(i: int, c: Configuration) -> GroupState | None:
+        while True:
+            first = mu(cseq)
+            sources = [e.config for e in cseq[first : nu + 1]]
             try:
-                return await read_group(
-                    net, c, group, set_next=merged if i == len(sources) - 1 else None
+                await _update_config(
+                    net,
+                    sources,
+                    None if switches.broken_split_handoff else pending,
+                    decided,
+                    group,
+                    transfer_concurrency,
                 )
-            except ConfigurationObsolete:  # collected: its F successor is among the sources
-                return None
-
-        states = await asyncio.gather(*(state_of(i, c) for i, c in enumerate(sources)))
-        if states[-1] is None:  # another reconfigurer already finalized `decided`
-            return with_entry(cseq, nu + 1, NextEntry(decided, "F")), decided
-        live = [(c, st) for c, st in zip(sources, states, strict=True) if st is not None]
-        await _transfer(
-            net,
-            [c for c, _ in live],
-            [st for _, st in live],
-            decided,
-            group,
-            transfer_concurrency,
-        )
+                break
+            except _SourceObsolete as e:
+                if first + e.index == nu:  # another reconfigurer already finalized `decided`
+                    return with_entry(cseq, nu + 1, NextEntry(decided, "F")), decided
+                # a source was finalized meanwhile: its successor holds everything only from
+                # then on, so read again from there (tests/sim/test_obsolete_race.py)
+                cseq = with_entry(cseq, first + e.index + 1, e.next)
     elif not split:
         await put_config(net, last, group, pending)
     cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
@@ -418,39 +467,59 @@ async def finalize_everywhere(
     return False
 
 
-async def _transfer(
+async def _update_config(
     net: Channel,
     sources: list[Configuration],
-    states: list[dict[str, list[tuple[int, ObjectState | None]]]],
+    set_next: NextEntry | None,
     target: Configuration,
     group: str,
     concurrency: int,
 ) -> None:
-    """update-config's data step: per object the newest pair over all sources, written into
-    the target in batches of at most TRANSFER_PAGE_BYTES (§8.4), ``concurrency`` at a time."""
-    keys = sorted(set().union(*(s.keys() for s in states)))
-    pages: list[list[tuple[str, Tag, Blob]]] = [[]]
+    """update-config (§6, §8.2, §8.4): per object the newest pair over all sources -- the last
+    one read with SET_NEXT_AND_GET -- written into ``target`` in batches of at most GROUP_PAGE
+    objects and TRANSFER_PAGE_BYTES, ``concurrency`` batches in flight at a time. Memory stays
+    bounded: a page per source and the batches in flight."""
+    cursors = [
+        _GroupCursor(net, c, group, i, set_next if i == len(sources) - 1 else None)
+        for i, c in enumerate(sources)
+    ]
+    slots = asyncio.Semaphore(concurrency)
+    sending: set[asyncio.Task[None]] = set()
+
+    async def send(batch: list[tuple[str, Tag, Blob]]) -> None:
+        try:
+            await dap.put_batch(net, target, group, batch)
+        finally:
+            slots.release()
+
+    async def flush(batch: list[tuple[str, Tag, Blob]]) -> None:
+        await slots.acquire()
+        for task in [t for t in sending if t.done()]:
+            sending.discard(task)
+            task.result()  # a failed batch fails the reconfiguration now
+        sending.add(asyncio.ensure_future(send(batch)))
+
+    batch: list[tuple[str, Tag, Blob]] = []
     size = 0
-    for key in keys:
-        best: tuple[Tag, Blob] | None = None
-        for c, st in zip(sources, states, strict=True):
-            if key in st:
-                pair = dap.newest(c, st[key])
-                if best is None or pair[0] > best[0]:
-                    best = pair
-        if best is None or best[0] == TAG0:
-            continue
-        if pages[-1] and (
-            size + len(best[1]) > TRANSFER_PAGE_BYTES or len(pages[-1]) >= GROUP_PAGE
-        ):
-            pages.append([])
-            size = 0
-        pages[-1].append((key, best[0], best[1]))
-        size += len(best[1])
-    sem = asyncio.Semaphore(concurrency)
-
-    async def send(page: list[tuple[str, Tag, Blob]]) -> None:
-        async with sem:
-            await dap.put_batch(net, target, group, page)
-
-    await asyncio.gather(*(send(p) for p in pages if p))
+    try:
+        async with contextlib.aclosing(_merged_pages(cursors)) as pages:
+            async for ready in pages:
+                for key, reports in ready:
+                    best = max((dap.newest(c, st) for c, st in reports), key=lambda p: p[0])
+                    if best[0] == TAG0:
+                        continue
+                    if batch and (
+                        size + len(best[1]) > TRANSFER_PAGE_BYTES or len(batch) >= GROUP_PAGE
+                    ):
+                        await flush(batch)
+                        batch, size = [], 0
+                    batch.append((key, best[0], best[1]))
+                    size += len(best[1])
+        if batch:
+            await flush(batch)
+    finally:
+        if sending:
+            results = await asyncio.gather(*sending, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r

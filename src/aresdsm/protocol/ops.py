@@ -56,6 +56,9 @@ class OpSwitches:
     """Test-only: the one-round read's query completes one reply short of a quorum (§8.6)."""
     broken_decode_below_k: bool = False
     """Test-only: TREAS reads decode tags held by fewer than k servers (§4.2)."""
+    broken_no_requery_after_obsolete: bool = False
+    """Test-only: phase 1 keeps a successor's answer given before its predecessor said OBSOLETE
+    instead of asking it again (§8.3; tests/sim/test_obsolete_race.py)."""
 
 
 DEFAULT_SWITCHES = OpSwitches()

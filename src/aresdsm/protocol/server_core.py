@@ -16,6 +16,7 @@ creates state for either. A server may start knowing no configuration at all (pr
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from ..wire.blob import Blob
 from ..wire.messages import (
     Accept,
     Ack,
+    ChainsReply,
     DataReply,
     ErrorReply,
     Finalized,
@@ -38,6 +40,7 @@ from ..wire.messages import (
     GroupReply,
     InstallConfig,
     LatestConfig,
+    ListChains,
     ListEntry,
     ListReply,
     NextEntry,
@@ -69,6 +72,9 @@ StateKey = tuple[str, str, str]
 InstanceKey = tuple[str, str]
 """(group, config_id)"""
 MAX_KEYS_PAGE = 10_000
+MAX_PAGE_BYTES = 32 * 1024 * 1024
+"""Values in one GroupReply page at most (one object more than this never: a page holds at
+least one object, and one object fits the 64 MiB frame limit)."""
 
 _enc = msgspec.msgpack.Encoder()
 _tag_dec = msgspec.msgpack.Decoder(Tag)
@@ -296,10 +302,30 @@ class ServerCore:
             if isinstance(reply, ErrorReply):
                 return reply, []
         limit = max(1, min(req.limit, MAX_KEYS_PAGE))
+        limit_bytes = max(1, min(req.limit_bytes, MAX_PAGE_BYTES))
         inst = (req.group, req.config_id)
-        keys = sorted(k for k in self.objects.get(inst, ()) if k > req.after)
-        states = tuple(self._object_state(c, req.group, k) for k in keys[:limit])
-        return GroupReply(states, len(keys) > limit, self._next(req.group, req.config_id)), writes
+        keys = heapq.nsmallest(limit + 1, (k for k in self.objects.get(inst, ()) if k > req.after))
+        states: list[ObjectState] = []
+        size = 0
+        for k in keys[:limit]:
+            if states and size >= limit_bytes:
+                break
+            st = self._object_state(c, req.group, k)
+            states.append(st)
+            size += _state_bytes(st)
+        more = len(keys) > len(states)
+        return GroupReply(tuple(states), more, self._next(req.group, req.config_id)), writes
+
+    def _on_list_chains(self, req: ListChains) -> Result:
+        """The chains (groups) this server holds anything for, by prefix, paged (§8.4 with
+        ``batch`` off: one chain per object)."""
+        limit = max(1, min(req.limit, MAX_KEYS_PAGE))
+        names = {g for g, _ in self.objects} | {g for g, _ in self.nextc}
+        names |= {g for g, _ in self.acceptors}
+        found = heapq.nsmallest(
+            limit + 1, (g for g in names if g.startswith(req.prefix) and g > req.after)
+        )
+        return ChainsReply(tuple(found[:limit]), len(found) > limit), []
 
     def _object_state(self, c: Configuration, group: str, key: str) -> ObjectState:
         skey = (group, c.id, key)
@@ -437,6 +463,12 @@ class ServerCore:
         )
 
 
+def _state_bytes(st: ObjectState) -> int:
+    if st.value is not None:
+        return len(st.value)
+    return sum(len(e.element) for e in st.entries if e.element is not None)
+
+
 def _by_tag(e: ListEntry) -> Tag:
     return e.tag
 
@@ -448,6 +480,7 @@ _HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {
     PutData: ServerCore._on_put_data,
     PutBatch: ServerCore._on_put_batch,
     GetGroup: ServerCore._on_get_group,
+    ListChains: ServerCore._on_list_chains,
     ReadConfig: ServerCore._on_read_config,
     WriteConfig: ServerCore._on_write_config,
     Prepare: ServerCore._on_prepare,

@@ -152,6 +152,20 @@ class GetGroup(_Msg, frozen=True, tag="group"):
     after: str
     limit: int
     set_next: NextEntry | None = None
+    limit_bytes: int = 8 * 1024 * 1024
+    """A page ends once its values reach this many bytes (at least one object per page), so a
+    page of large objects stays far below the frame limit (§8.4: bounded message size)."""
+
+
+class ListChains(_Msg, frozen=True, tag="chains"):
+    """The names of the configuration chains (groups) this server holds anything for -- object
+    state, nextC or acceptor state -- that start with ``prefix``, in order, after ``after``.
+    With ``batch`` off every object has a chain of its own (protocol.md §8.4); a reconfigurer
+    enumerates a group's objects with this."""
+
+    prefix: str
+    after: str
+    limit: int
 
 
 class Finalized(_Msg, frozen=True, tag="fin"):
@@ -238,6 +252,11 @@ class ObjectState(msgspec.Struct, frozen=True, array_like=True):
     entries: tuple[ListEntry, ...] = ()
 
 
+class ChainsReply(_Msg, frozen=True, tag="chainsr"):
+    names: tuple[str, ...]
+    more: bool
+
+
 class GroupReply(_Msg, frozen=True, tag="groupr"):
     objects: tuple[ObjectState, ...]
     more: bool
@@ -289,6 +308,7 @@ Request = (
     | Accept
     | InstallConfig
     | GetGroup
+    | ListChains
     | LatestConfig
     | Finalized
     | GetStats
@@ -304,6 +324,7 @@ Reply = (
     | Accepted
     | Nack
     | GroupReply
+    | ChainsReply
     | Obsolete
     | Stats
     | ErrorReply

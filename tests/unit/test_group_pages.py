@@ -1,0 +1,62 @@
+"""Paged group reads (protocol.md §8.4): pages bounded by count and by bytes, in key order; the
+chain enumeration used with ``batch`` off."""
+
+from __future__ import annotations
+
+from aresdsm.config import Configuration, ServerInfo
+from aresdsm.protocol.server_core import ServerCore
+from aresdsm.tags import Tag
+from aresdsm.wire import Blob
+from aresdsm.wire.messages import ChainsReply, GetGroup, GroupReply, ListChains, PutData
+
+CFG = Configuration(
+    "c0", (ServerInfo("s1", "h:1"), ServerInfo("s2", "h:2"), ServerInfo("s3", "h:3"))
+)
+
+
+def _core_with(objects: dict[str, bytes], group: str = "g") -> ServerCore:
+    core = ServerCore("s1")
+    core.install_config(CFG)
+    for key, value in objects.items():
+        core.handle(PutData(group, "c0", key, Tag(1, "w"), Blob(value)))
+    return core
+
+
+def _all_pages(core: ServerCore, *, limit: int, limit_bytes: int) -> list[list[str]]:
+    pages: list[list[str]] = []
+    after = ""
+    while True:
+        reply, _ = core.handle(GetGroup("g", "c0", after, limit, None, limit_bytes))
+        assert isinstance(reply, GroupReply)
+        keys = [o.key for o in reply.objects]
+        assert keys == sorted(keys) and all(k > after for k in keys)
+        pages.append(keys)
+        if not reply.more:
+            return pages
+        after = keys[-1]
+
+
+def test_pages_are_bounded_by_count_and_cover_every_key_once() -> None:
+    keys = [f"k{i:03}" for i in range(25)]
+    core = _core_with({k: b"x" for k in keys})
+    pages = _all_pages(core, limit=10, limit_bytes=1 << 20)
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [k for p in pages for k in p] == keys
+
+
+def test_pages_are_bounded_by_bytes_but_hold_at_least_one_object() -> None:
+    core = _core_with({f"k{i}": b"v" * 1000 for i in range(6)} | {"big": b"b" * 5000})
+    pages = _all_pages(core, limit=100, limit_bytes=2500)
+    assert pages[0] == ["big"]  # larger than the budget alone, still sent
+    assert [len(p) for p in pages[1:]] == [3, 3]  # 3 x 1000 bytes: the third crosses 2500
+
+
+def test_list_chains_by_prefix_in_order_and_paged() -> None:
+    core = _core_with({"a": b"1"}, group="g\x00a")
+    for key in ("c", "b"):
+        core.handle(PutData(f"g\x00{key}", "c0", key, Tag(1, "w"), Blob(b"1")))
+    core.handle(PutData("other", "c0", "x", Tag(1, "w"), Blob(b"1")))
+    reply, _ = core.handle(ListChains("g\x00", "", 2))
+    assert reply == ChainsReply(("g\x00a", "g\x00b"), True)
+    reply, _ = core.handle(ListChains("g\x00", "g\x00b", 2))
+    assert reply == ChainsReply(("g\x00c",), False)
