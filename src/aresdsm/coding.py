@@ -55,14 +55,20 @@ class ErasureCoder:
         """The value, from at least k elements of one encoding keyed by their index."""
         if len(elements) < self.k:
             raise DecodeError(f"need {self.k} elements to decode, got {len(elements)}")
-        with tracing.span("decode", {"ares.n": self.n, "ares.k": self.k}):
+        with tracing.span("decode", {"ares.n": self.n, "ares.k": self.k}) as span:
             if self.k == self.n:
-                return self._unstripe(elements)
-            frags = [bytes(elements[i]) for i in sorted(elements)[: self.k]]
-            try:
-                return bytes(_driver(self.n, self.k).decode(frags))
-            except Exception as e:  # pyeclib raises its own exception classes
-                raise DecodeError(f"cannot decode [n={self.n}, k={self.k}] elements: {e}") from None
+                value = self._unstripe(elements)
+            else:
+                frags = [bytes(elements[i]) for i in sorted(elements)[: self.k]]
+                try:
+                    value = bytes(_driver(self.n, self.k).decode(frags))
+                except Exception as e:  # pyeclib raises its own exception classes
+                    raise DecodeError(
+                        f"cannot decode [n={self.n}, k={self.k}] elements: {e}"
+                    ) from None
+            if span is not None:  # tracing on
+                span.set_attribute("ares.bytes", len(value))
+            return value
 
     def _stripe(self, value: bytes) -> list[bytes]:
         data = _LEN.pack(len(value)) + value

@@ -144,7 +144,7 @@ class Server:
         if isinstance(body, GetStats):
             conn.send(env.rid, self.core.stats(self.storage.stored_bytes()))
             return
-        span = tracing.start_server_span(f"server.{type(body).__name__}", env.trace)
+        span = tracing.start_server_span(body, env.trace, self.server_id)
         reply, writes = self.core.handle(body)  # type: ignore[arg-type]
         if writes:
             self.storage.submit(writes)
@@ -152,7 +152,7 @@ class Server:
         if barrier is None:
             conn.send(env.rid, reply)
             if span is not None:
-                span.end()
+                tracing.end_server_span(span, reply)
             return
         wait = tracing.start_child("storage-wait", span)
         conn.pending += 1
@@ -166,11 +166,13 @@ class Server:
             if wait is not None:
                 wait.end()
             if fut.cancelled() or fut.exception() is not None:
-                self._fail(fut.exception() or RuntimeError("commit cancelled"))
+                exc = fut.exception() or RuntimeError("commit cancelled")
+                tracing.fail_server_span(span, exc)
+                self._fail(exc)
                 return
             conn.send(rid, reply)
             if span is not None:
-                span.end()
+                tracing.end_server_span(span, reply)
 
         barrier.add_done_callback(durable)
 

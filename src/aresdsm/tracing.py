@@ -2,17 +2,23 @@
 
 Off by default and then free: :func:`span` returns one shared no-op context manager and
 :func:`inject` returns ``None`` after a single flag test, and nothing of OpenTelemetry is
-imported. :func:`setup` (``--trace-file``, ``--otlp-endpoint``, or the standard
-``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_TRACES_SAMPLER_ARG`` variables) turns it on: a
+imported. :func:`setup` (``--trace``/``--trace-file``, ``--otlp-endpoint``, or the standard
+``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
+``OTEL_TRACES_SAMPLER_ARG`` variables; ``OTEL_SDK_DISABLED=true`` keeps it off) turns it on: a
 ``TracerProvider`` with a parent-based ratio sampler, exporting over OTLP/HTTP (any collector,
-Jaeger, Tempo) and/or to a JSON-lines file that ``ares trace report`` reads.
+Jaeger, Tempo) and/or to a JSON-lines file that ``ares trace report`` reads. The exporter's own
+variables (``OTEL_EXPORTER_OTLP_HEADERS``, ``..._TIMEOUT``, ...) and ``OTEL_RESOURCE_ATTRIBUTES``
+apply as usual; ``service.name`` is set per process (``ares-client``, ``ares-server-<id>``).
 
-Spans: the client opens one ``op`` span per operation (attribute ``ares.op``: read, write,
-reconfig) and one span per round named by its phase (``get-tag``, ``get-data``, ``put-data``,
-``read-next-config``, ``put-config``, ``consensus.prepare``, ...); the W3C trace context of the
-round's span travels in every request's envelope, and each server opens a ``server.<Request>`` span
-as its child, with the wait for durable storage as a ``storage-wait`` child span. TREAS coding is
-traced as ``encode`` / ``decode``.
+Spans: the client opens one ``op`` span per operation (attributes ``ares.op`` -- read, write,
+reconfig --, ``ares.group``, ``ares.object``, ``ares.mode``; on exit ``ares.outcome`` and
+``ares.configs_traversed`` / ``ares.configs``, the configurations its rounds contacted) and one
+span per round named by its phase (``get-tag``, ``get-data``, ``put-data``, ``read-next-config``,
+``put-config``, ``consensus.prepare``, ...; attributes configuration, DAP, n, k, δ, quorum size,
+outcome); the W3C trace context of the round's span travels in every request's envelope, and
+each server opens a ``server.<Request>`` span as its child (attributes server, group,
+configuration, object, reply), with the wait for durable storage as a ``storage-wait`` child
+span. TREAS coding is traced as ``encode`` / ``decode`` (with the value's size, ``ares.bytes``).
 
 Requires the ``tracing`` extra (``pip install aresdsm[tracing]``).
 """
@@ -20,6 +26,7 @@ Requires the ``tracing`` extra (``pip install aresdsm[tracing]``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import threading
@@ -41,6 +48,12 @@ class _State:
 _state = _State()
 _NULL = contextlib.nullcontext()
 TRACER_NAME = "aresdsm"
+# The configurations the rounds of the current operation contacted, in order (an ``op`` span
+# sets it; round spans, which carry ``ares.config``, add to it): ``ares.configs_traversed``.
+_op_configs: contextvars.ContextVar[dict[str, None] | None] = contextvars.ContextVar(
+    "aresdsm_op_configs", default=None
+)
+_JSONL_QUEUE = 65536  # spans buffered for the file exporter (the SDK's default 2048 drops some)
 
 
 def enabled() -> bool:
@@ -55,11 +68,29 @@ def setup(
     sample_ratio: float | None = None,
 ) -> bool:
     """Turn tracing on for this process. Returns False when nothing asks for it."""
-    otlp_endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if otlp_endpoint is None and trace_file is None:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    # --otlp-endpoint and OTEL_EXPORTER_OTLP_ENDPOINT are base URLs (/v1/traces is appended);
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the full URL, used as it is (OTel's convention).
+    traces_url = None
+    if otlp_endpoint is None:
+        traces_url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
+        if traces_url is None:
+            otlp_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    if otlp_endpoint is not None:
+        traces_url = otlp_endpoint.rstrip("/")
+        if not traces_url.endswith("/v1/traces"):
+            traces_url += "/v1/traces"
+    if traces_url is None and trace_file is None:
         return False
     if sample_ratio is None:
-        sample_ratio = float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
+        try:
+            sample_ratio = float(arg)
+        except ValueError:
+            raise ConfigurationError(
+                f"OTEL_TRACES_SAMPLER_ARG must be a number in [0, 1], got {arg!r}"
+            ) from None
     if not 0.0 <= sample_ratio <= 1.0:
         raise ConfigurationError(f"trace sampling ratio must be in [0, 1], got {sample_ratio}")
     try:
@@ -75,15 +106,15 @@ def setup(
         resource=Resource.create({"service.name": service_name}),
         sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
     )
-    if otlp_endpoint is not None:
+    if traces_url is not None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        url = otlp_endpoint.rstrip("/")
-        if not url.endswith("/v1/traces"):
-            url += "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url)))
     if trace_file is not None:
-        provider.add_span_processor(BatchSpanProcessor(_jsonl_exporter(trace_file)))
+        queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", _JSONL_QUEUE))
+        provider.add_span_processor(
+            BatchSpanProcessor(_jsonl_exporter(trace_file), max_queue_size=queue)
+        )
     _state.provider = provider
     _state.tracer = provider.get_tracer(TRACER_NAME)
     _state.enabled = True
@@ -98,10 +129,43 @@ def shutdown() -> None:
 
 
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> Any:
-    """A context manager for a child span of the current one (a shared no-op when off)."""
+    """A context manager for a child span of the current one (a shared no-op when off).
+
+    The span gets ``ares.outcome`` (``ok`` or the exception's class name) when it ends; an
+    ``op`` span also gets the configurations its rounds contacted (``ares.configs_traversed``,
+    ``ares.configs``)."""
     if not _state.enabled:
         return _NULL
-    return _state.tracer.start_as_current_span(name, attributes=attributes)
+    return _span(name, attributes)
+
+
+@contextlib.contextmanager
+def _span(name: str, attributes: Mapping[str, Any] | None) -> Iterator[Any]:
+    configs: dict[str, None] | None = None
+    token = None
+    if name == "op":
+        configs = {}
+        token = _op_configs.set(configs)
+    elif attributes is not None and "ares.config" in attributes:
+        seen = _op_configs.get()
+        if seen is not None:
+            seen[str(attributes["ares.config"])] = None
+    try:
+        with _state.tracer.start_as_current_span(name, attributes=attributes) as s:
+            try:
+                yield s
+            except BaseException as e:
+                s.set_attribute("ares.outcome", type(e).__name__)
+                raise
+            else:
+                s.set_attribute("ares.outcome", "ok")
+            finally:
+                if configs is not None:
+                    s.set_attribute("ares.configs_traversed", len(configs))
+                    s.set_attribute("ares.configs", list(configs))
+    finally:
+        if token is not None:
+            _op_configs.reset(token)
 
 
 def inject() -> dict[str, str] | None:
@@ -115,14 +179,58 @@ def inject() -> dict[str, str] | None:
     return carrier or None
 
 
-def start_server_span(name: str, carrier: Mapping[str, str] | None) -> Any:
-    """A server span, child of the client span whose context arrived in ``carrier``."""
+_REQUEST_ATTRIBUTES = (
+    ("group", "ares.group"),
+    ("config_id", "ares.config"),
+    ("key", "ares.object"),
+)
+
+
+def start_server_span(request: Any, carrier: Mapping[str, str] | None, server_id: str) -> Any:
+    """A ``server.<Request>`` span, child of the client span whose context arrived in
+    ``carrier`` (None when tracing is off or the request carries no context)."""
     if not _state.enabled or not carrier:
         return None
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
 
-    return _state.tracer.start_span(name, context=extract(dict(carrier)), kind=SpanKind.SERVER)
+    attrs: dict[str, Any] = {"ares.server": server_id}
+    for field, attr in _REQUEST_ATTRIBUTES:
+        value = getattr(request, field, None)
+        if isinstance(value, str):
+            attrs[attr] = value
+    # InstallConfig carries the configuration, Finalized the entry of the one it finalizes
+    config = getattr(request, "config", None) or getattr(
+        getattr(request, "entry", None), "config", None
+    )
+    config_id = getattr(config, "id", None)
+    if "ares.config" not in attrs and isinstance(config_id, str):
+        attrs["ares.config"] = config_id
+    return _state.tracer.start_span(
+        f"server.{type(request).__name__}",
+        context=extract(dict(carrier)),
+        kind=SpanKind.SERVER,
+        attributes=attrs,
+    )
+
+
+def end_server_span(span: Any, reply: Any) -> None:
+    """End a server span with the kind of its reply (``ares.reply``; error replies also give
+    their code as ``ares.outcome``). Accepts None (no span)."""
+    if span is None:
+        return
+    span.set_attribute("ares.reply", type(reply).__name__)
+    code = getattr(reply, "code", None)
+    span.set_attribute("ares.outcome", code if isinstance(code, str) else "ok")
+    span.end()
+
+
+def fail_server_span(span: Any, exc: BaseException) -> None:
+    """End a server span whose reply was never sent (the storage failed)."""
+    if span is None:
+        return
+    span.set_attribute("ares.outcome", type(exc).__name__)
+    span.end()
 
 
 def start_child(name: str, parent: Any) -> Any:

@@ -1,10 +1,11 @@
 """Tracing (protocol.md §12): spans from real server processes and a client reach an OTLP/HTTP
-receiver and form one tree per operation; the report's shares add up to the latency."""
+receiver (protobuf decoded with opentelemetry-proto) and form one tree per operation, across
+processes, with the phase names and attributes of §12. The report is tested on hand-made traces
+in tests/unit/test_trace_report.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import threading
@@ -18,8 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from aresdsm import tracing
 from aresdsm.client import Store
+from aresdsm.config import Configuration
 from aresdsm.local import LocalCluster
-from aresdsm.trace_report import PHASES, breakdown, load_spans, summarize
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ class _Receiver(BaseHTTPRequestHandler):
                                 "trace_id": s.trace_id.hex(),
                                 "span_id": s.span_id.hex(),
                                 "parent_id": s.parent_span_id.hex() or None,
-                                "attributes": {a.key: a.value for a in s.attributes},
+                                "attributes": {a.key: _value(a.value) for a in s.attributes},
                             }
                         )
         self.send_response(200)
@@ -60,6 +61,14 @@ class _Receiver(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def _value(v: Any) -> Any:
+    """An OTLP AnyValue as a Python value."""
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
 
 
 @pytest.fixture
@@ -74,19 +83,29 @@ def receiver() -> Iterator[str]:
 
 
 def test_spans_form_one_tree_per_operation_across_processes(receiver: str) -> None:
+    value = b"traced value " * 100
     old = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver  # the server processes inherit it
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            lc = LocalCluster.create(Path(tmp) / "c", n=3, dap="treas", k=1, timeout_s=2.0)
-            lc.start()
+            lc = LocalCluster.create(
+                Path(tmp) / "c", n=3, spares=2, dap="treas", k=1, delta=1, timeout_s=2.0
+            )
+            lc.start_all()
             try:
                 with tracing.traced_process("ares-client", otlp_endpoint=receiver, trace_file=None):
 
                     async def go() -> None:
-                        async with Store(lc.cluster.initial, options=lc.cluster.client) as st:
-                            await st.write("k", b"traced value")
-                            assert await st.read("k") == b"traced value"
+                        opts = lc.cluster.client
+                        async with Store(lc.cluster.initial, options=opts) as st:
+                            await st.write("k", value)
+                            assert await st.read("k") == value
+                            c1 = Configuration("c1", lc.cluster.servers[:5], dap="treas", k=3)
+                            assert (await st.reconfigure(c1)).id == "c1"
+                            await st.settle()
+                        # a client that knows only c0 reads through c0 into c1
+                        async with Store(lc.cluster.initial, options=opts) as late:
+                            assert await late.read("k") == value
 
                     asyncio.run(go())
             finally:
@@ -99,10 +118,26 @@ def test_spans_form_one_tree_per_operation_across_processes(receiver: str) -> No
     spans = _Receiver.spans
     by_id = {s["span_id"]: s for s in spans}
     ops = [s for s in spans if s["name"] == "op"]
-    assert sorted(s["attributes"]["ares.op"].string_value for s in ops) == ["read", "write"]
-    assert len({s["trace_id"] for s in ops}) == 2  # one trace per operation
+    assert sorted(op["attributes"]["ares.op"] for op in ops) == [
+        "read",
+        "read",
+        "reconfig",
+        "write",
+    ]
+    assert len({op["trace_id"] for op in ops}) == 4  # one trace per operation
     for op in ops:
+        a = op["attributes"]
+        assert op["parent_id"] is None and op["service"] == "ares-client"
+        assert a["ares.group"] == "default" and a["ares.mode"] == "ares2"
+        assert a["ares.outcome"] == "ok"
+        assert a["ares.configs_traversed"] == len(a["ares.configs"]) >= 1
+        late = a["ares.configs"] == ["c0", "c1"] and a["ares.op"] == "read"
         tree = [s for s in spans if s["trace_id"] == op["trace_id"]]
+        for s in tree:  # one tree: every other span hangs, through its parents, under op
+            x = s
+            while x["parent_id"] is not None:
+                x = by_id[x["parent_id"]]
+            assert x is op, s["name"]
         rounds = [
             s
             for s in tree
@@ -113,55 +148,55 @@ def test_spans_form_one_tree_per_operation_across_processes(receiver: str) -> No
         for srv in servers:  # server spans hang under a client round, across processes
             parent = by_id[srv["parent_id"]]
             assert parent["parent_id"] == op["span_id"] and parent["service"] == "ares-client"
-            assert srv["service"].startswith("ares-server-")
+            assert srv["service"] == f"ares-server-{srv['attributes']['ares.server']}"
+            assert srv["attributes"]["ares.config"] == parent["attributes"]["ares.config"]
+            # a spare answers unknown-config, is sent InstallConfig and the request again
+            assert srv["attributes"]["ares.outcome"] in ("ok", "unknown-config")
+            assert "ares.reply" in srv["attributes"]
+        for w in (s for s in tree if s["name"] == "storage-wait"):
+            assert by_id[w["parent_id"]]["name"].startswith("server.")
+            assert w["service"].startswith("ares-server-")
         for r in rounds:
-            assert {"ares.config", "ares.dap", "ares.n", "ares.quorum"} <= set(r["attributes"])
+            ra = r["attributes"]
+            assert {"ares.config", "ares.dap", "ares.n", "ares.quorum", "ares.k", "ares.delta"} <= (
+                set(ra)
+            )
+            assert ra["ares.dap"] == "treas"
+            # c0 was garbage-collected when the late client reached it (§8.3): OBSOLETE
+            expected = "ConfigurationObsolete" if ra["ares.config"] == "c0" and late else "ok"
+            assert ra["ares.outcome"] == expected
+            assert ra["ares.config"] in a["ares.configs"]
         names = {s["name"] for s in tree}
-        kind = op["attributes"]["ares.op"].string_value
+        kind = a["ares.op"]
         if kind == "write":
+            assert a["ares.object"] == "k" and a["ares.configs"] == ["c0"]
             assert {"get-tag", "put-data", "encode", "server.PutData", "storage-wait"} <= names
-        else:
+            (encode,) = (s for s in tree if s["name"] == "encode")
+            assert encode["attributes"]["ares.bytes"] == len(value)
+            assert encode["parent_id"] == op["span_id"]
+        elif kind == "read":
+            assert a["ares.object"] == "k"
             assert {"get-data", "decode", "server.QueryList"} <= names
-
-
-def _span(name: str, sid: str, parent: str | None, start: int, end: int, **attrs: str) -> str:
-    return json.dumps(
-        {
-            "name": name,
-            "trace_id": "t" + (parent or sid),
-            "span_id": sid,
-            "parent_id": parent,
-            "start_ns": start,
-            "end_ns": end,
-            "attributes": attrs,
-        }
-    )
-
-
-def test_report_shares_add_up_to_the_latency(tmp_path: Path) -> None:
-    lines = [
-        # a write of 100 time units: get-tag 10..30, encode 35..40, put-data 40..90
-        _span("op", "w", None, 0, 100, **{"ares.op": "write", "ares.mode": "ares2"}),
-        _span("get-tag", "w1", "w", 10, 30),
-        _span("encode", "w2", "w", 35, 40),
-        _span("put-data", "w3", "w", 40, 90),
-        _span("server.PutData", "w3s", "w3", 45, 80),
-        _span("storage-wait", "w3sw", "w3s", 50, 70),
-        # a classic read: two discovery rounds around two data rounds, overlapping slightly
-        _span("op", "r", None, 0, 200, **{"ares.op": "read", "ares.mode": "classic"}),
-        _span("read-next-config", "r1", "r", 0, 50),
-        _span("get-data", "r2", "r", 45, 100),
-        _span("put-data", "r3", "r", 100, 150),
-        _span("read-next-config", "r4", "r", 150, 190),
-    ]
-    path = tmp_path / "spans.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    rows = {(r.kind, r.mode): r for r in summarize(breakdown(load_spans([path])))}
-    write = rows[("write", "ares2")]
-    assert [round(100 * write.share(p)) for p in PHASES] == [0, 20, 50, 0, 0, 5, 25]
-    assert round(100 * write.storage_share) == 20
-    read = rows[("read", "classic")]
-    assert read.share("discovery") == pytest.approx((45 + 40) / 200)
-    assert read.share("query") == pytest.approx(55 / 200)
-    for row in rows.values():
-        assert sum(row.share(p) for p in PHASES) == pytest.approx(1.0, abs=0.05)
+            assert all(
+                s["attributes"]["ares.bytes"] == len(value) for s in tree if s["name"] == "decode"
+            )
+        else:
+            assert a["ares.configs"] == ["c0", "c1"]
+            assert {
+                "consensus.prepare",
+                "consensus.accept",
+                "set-next-and-get",
+                "put-config",
+                "server.Prepare",
+                "server.Accept",
+                "server.GetGroup",
+                "server.PutBatch",
+                "server.WriteConfig",
+                "server.InstallConfig",  # the spares learn c1 within the operation's trace
+                "finalize-all",  # finalizing everywhere, in the background (§8.3)
+                "server.Finalized",
+            } <= names
+    reads = [op for op in ops if op["attributes"]["ares.op"] == "read"]
+    # the late client's read went through c0 into c1 (Ares II: learned from the replies)
+    assert sorted(len(op["attributes"]["ares.configs"]) for op in reads) == [1, 2]
+    assert ["c0", "c1"] in [op["attributes"]["ares.configs"] for op in reads]

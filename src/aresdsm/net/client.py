@@ -277,14 +277,8 @@ class TcpChannel:
         need = c.quorum_size if need is None else need
         if not tracing.enabled():
             return await self._round(c, request, expect, phase, need, timeout_s, None)
-        with tracing.span(phase, _round_attributes(c, need)) as span:
-            try:
-                return await self._round(
-                    c, request, expect, phase, need, timeout_s, tracing.inject()
-                )
-            except Exception as e:
-                span.set_attribute("ares.outcome", type(e).__name__)
-                raise
+        with tracing.span(phase, _round_attributes(c, need)):  # sets ares.outcome
+            return await self._round(c, request, expect, phase, need, timeout_s, tracing.inject())
 
     async def _round(
         self,
@@ -308,7 +302,7 @@ class TcpChannel:
             peer = self.peer(server)
             sent.append((peer, rid))
             self.messages += 1
-            peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent), trace)
+            peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent, trace), trace)
             if fut.done():
                 break
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
@@ -330,6 +324,7 @@ class TcpChannel:
         peer: PeerConnection,
         req: Request,
         sent: list[tuple[PeerConnection, int]],
+        trace: dict[str, str] | None,
     ) -> Callback:
         """Deliver replies to the round; a server that does not know ``c`` yet (it joined
         empty, protocol.md §3) is sent the descriptor and the request again, once."""
@@ -344,11 +339,11 @@ class TcpChannel:
                 and not rnd.fut.done()
             ):
                 retried = True
-                peer.send(next(self._rids), InstallConfig(c), _ignore)
+                peer.send(next(self._rids), InstallConfig(c), _ignore, trace)
                 rid = next(self._rids)
                 sent.append((peer, rid))
                 self.messages += 2
-                peer.send(rid, req, on_reply)
+                peer.send(rid, req, on_reply, trace)
                 return
             rnd.on_reply(server, reply)
 
@@ -358,6 +353,18 @@ class TcpChannel:
         self, server: ServerInfo, req: Request, *, timeout_s: float | None = None
     ) -> Reply:
         """One request to one server (status, ping, stats); raises on error replies."""
+        if not tracing.enabled():
+            return await self._request(server, req, timeout_s, None)
+        with tracing.span(f"request.{type(req).__name__}", {"ares.server": server.id}):
+            return await self._request(server, req, timeout_s, tracing.inject())
+
+    async def _request(
+        self,
+        server: ServerInfo,
+        req: Request,
+        timeout_s: float | None,
+        trace: dict[str, str] | None,
+    ) -> Reply:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
         def done(reply: Reply | BaseException) -> None:
@@ -370,7 +377,7 @@ class TcpChannel:
 
         rid = next(self._rids)
         peer = self.peer(server)
-        peer.send(rid, req, done)
+        peer.send(rid, req, done, trace)
         try:
             reply = await asyncio.wait_for(
                 fut, self.options.timeout_s if timeout_s is None else timeout_s
