@@ -48,6 +48,8 @@ from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, S
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
 MAX_KEY_BYTES = 1024
+MAX_BACKGROUND_FINALIZE = 16
+"""Chains finalized in the background at once (many with ``batch`` off)."""
 
 
 class HistoryRecorder:
@@ -145,6 +147,7 @@ class Store:
         self._op_seq = 0
         self._cseqs: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
         self._background: set[asyncio.Task[bool]] = set()
+        self._finalizing = asyncio.Semaphore(MAX_BACKGROUND_FINALIZE)
 
     async def __aenter__(self) -> Store:
         return self
@@ -217,29 +220,31 @@ class Store:
         return False
 
     async def _write_op(self, group: str, key: str, value: Blob) -> Tag:
-        return await self._with_recovery(group, lambda: self._write_once(group, key, value))
+        chain = ares.chain_of(group, key, self.switches)
+        return await self._with_recovery(chain, lambda: self._write_once(chain, key, value))
 
     async def _read_op(self, group: str, key: str) -> ops.ReadResult:
-        return await self._with_recovery(group, lambda: self._read_once(group, key))
+        chain = ares.chain_of(group, key, self.switches)
+        return await self._with_recovery(chain, lambda: self._read_once(chain, key))
 
-    async def _write_once(self, group: str, key: str, value: Blob) -> Tag:
+    async def _write_once(self, chain: str, key: str, value: Blob) -> Tag:
         tag, cseq = await ares.write(
             self.channel,
-            self.cseq(group),
-            group=group,
+            self.cseq(chain),
+            group=chain,
             key=key,
             value=value,
             writer=self._next_writer(),
             switches=self.switches,
         )
-        self._learn(group, cseq)
+        self._learn(chain, cseq)
         return tag
 
-    async def _read_once(self, group: str, key: str) -> ops.ReadResult:
+    async def _read_once(self, chain: str, key: str) -> ops.ReadResult:
         res, cseq = await ares.read(
-            self.channel, self.cseq(group), group=group, key=key, switches=self.switches
+            self.channel, self.cseq(chain), group=chain, key=key, switches=self.switches
         )
-        self._learn(group, cseq)
+        self._learn(chain, cseq)
         return res
 
     async def configurations(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
@@ -249,22 +254,31 @@ class Store:
         return self.cseq(group)
 
     async def reconfigure(
-        self, proposal: Configuration, *, group: str = DEFAULT_GROUP
+        self,
+        proposal: Configuration,
+        *,
+        group: str = DEFAULT_GROUP,
+        keys: Iterable[str] | None = None,
+        concurrency: int = 8,
     ) -> Configuration:
         """Install ``proposal`` as the successor of the group's last configuration.
 
         Returns the configuration consensus decided: ``proposal`` or, if another reconfigurer
         won, theirs (the caller may retry on top of it).
+
+        With the ``batch`` switch off (the original Ares) every object has a chain of its own:
+        each of ``keys`` (default: every object of the group the initial configuration knows)
+        is reconfigured on its own, ``concurrency`` at a time, and the result is ``proposal``
+        only if it was decided for every object.
         """
         validate_configuration(proposal)
         attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
         with tracing.span("op", attrs):
-            return await self._reconfigure(proposal, group)
+            if self.switches.batch:
+                return await self._reconfigure(proposal, group)
+            return await self._reconfigure_each(proposal, group, keys, concurrency)
 
     async def _reconfigure(self, proposal: Configuration, group: str) -> Configuration:
-        known = {e.config.id for e in await self.configurations(group)}
-        if proposal.id in known:
-            raise ConfigurationError(f"configuration id {proposal.id!r} is already in use")
         cseq, decided = await ares.reconfig(
             self.channel,
             self.cseq(group),
@@ -275,21 +289,52 @@ class Store:
             switches=self.switches,
         )
         self._learn(group, cseq)
-        if len(cseq) >= 2 and cseq[-1].config.id == decided.id:
-            # §8.3/§8.5: the F entry reaches every old server (each reclaims its storage) and
-            # the new servers learn that their configuration is final (LATEST_CONFIG)
-            task = asyncio.get_running_loop().create_task(
-                ares.finalize_everywhere(
+        self._finalize_later(group, cseq, decided)
+        return decided
+
+    async def _reconfigure_each(
+        self, proposal: Configuration, group: str, keys: Iterable[str] | None, concurrency: int
+    ) -> Configuration:
+        if keys is None:
+            keys = await ares.list_objects(self.channel, self.configuration, group)
+        done = await ares.reconfig_objects(
+            self.channel,
+            self.cseq,
+            group=group,
+            keys=sorted(set(keys)),
+            proposal=proposal,
+            proposer=self._next_writer(),
+            backoff=_random_backoff,
+            concurrency=concurrency,
+            switches=self.switches,
+        )
+        result = proposal
+        for chain, (cseq, decided) in done.items():
+            self._learn(chain, cseq)
+            self._finalize_later(chain, cseq, decided)
+            if decided.id != proposal.id:
+                result = decided
+        return result
+
+    def _finalize_later(self, chain: str, cseq: ares.Cseq, decided: Configuration) -> None:
+        """§8.3/§8.5: in the background, the F entry reaches every old server (each reclaims
+        its storage) and the new servers learn that their configuration is final."""
+        if len(cseq) < 2 or cseq[-1].config.id != decided.id:
+            return
+
+        async def finalize() -> bool:
+            async with self._finalizing:
+                return await ares.finalize_everywhere(
                     self.channel,
                     cseq[-2].config,
-                    group,
+                    chain,
                     NextEntry(decided, "F"),
                     gc=self.switches.gc,
                 )
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return decided
+
+        task = asyncio.get_running_loop().create_task(finalize())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def settle(self) -> None:
         """Wait for background work (finalizing old configurations everywhere) to finish."""

@@ -15,6 +15,7 @@ from aresdsm.client import HistoryRecorder, Store
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.errors import OperationError
 from aresdsm.history import read_records
+from aresdsm.protocol import ares
 from aresdsm.protocol.ops import CLASSIC, DEFAULT_SWITCHES, OpSwitches
 from aresdsm.server import Server
 from aresdsm.storage import SqliteStorage
@@ -77,8 +78,10 @@ async def test_live_reconfiguration_abd_to_treas_to_new_servers(
     await asyncio.sleep(0.3)
     c2 = Configuration("c2", info[5:8])
     assert (await admin.reconfigure(c2)).id == "c2"
-    chain = await admin.configurations()
-    assert [(e.config.id, e.status) for e in chain] == [("c0", "F"), ("c1", "F"), ("c2", "F")]
+    # the group's chain, or with batch off (classic) the chain of each object
+    for name in {ares.chain_of("default", key, switches) for key in keys}:
+        chain = await admin.configurations(name)
+        assert [(e.config.id, e.status) for e in chain] == [("c0", "F"), ("c1", "F"), ("c2", "F")]
     await asyncio.sleep(0.3)
     for s in servers[:5]:  # the old servers are gone; everything lives on s6..s8
         await s.stop()
@@ -94,7 +97,7 @@ async def test_live_reconfiguration_abd_to_treas_to_new_servers(
     # and so can a late client that knows the servers: it asks them for LATEST_CONFIG
     relocating = Store(c0, switches=switches, known_servers=info)
     assert {key: await relocating.read(key) for key in keys} == expected
-    assert [e.config.id for e in relocating.cseq()] == ["c2"]
+    assert [e.config.id for e in relocating.cseq(ares.chain_of("default", "a", switches))] == ["c2"]
     for s in [*stores, admin, late, relocating]:
         await s.close()
     for s in servers[5:]:

@@ -37,14 +37,16 @@ from typing import Literal, TypeVar
 import msgspec
 
 from ..config import Configuration
-from ..errors import InvariantViolation, OperationError
+from ..errors import ConfigurationError, InvariantViolation, OperationError
 from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
     Ack,
+    ChainsReply,
     Finalized,
     GetGroup,
     GroupReply,
+    ListChains,
     NextEntry,
     NextReply,
     ObjectState,
@@ -70,6 +72,18 @@ class CseqEntry(msgspec.Struct, frozen=True, array_like=True):
 
 
 Cseq = tuple[CseqEntry, ...]
+
+
+OBJECT_CHAIN = "\x00"
+"""Separates group and key in the name of an object's own chain (``batch`` off). Keys and groups
+never contain NUL (the client refuses them), so the name is unambiguous."""
+
+
+def chain_of(group: str, key: str, switches: OpSwitches) -> str:
+    """The configuration chain that object ``key`` of ``group`` follows: the group's (§8.4,
+    ``batch``) or, with ``batch`` off, one of its own, as in the original Ares. Server state is
+    keyed by (chain, configuration, object) either way."""
+    return group if switches.batch else f"{group}{OBJECT_CHAIN}{key}"
 
 
 def initial_cseq(c0: Configuration) -> Cseq:
@@ -306,7 +320,8 @@ async def read(
 
 
 class _SourceObsolete(Exception):
-    """update-config: source ``index`` of the read set answered OBSOLETE (§8.3)."""
+    """update-config: source ``index`` of the read set answered OBSOLETE (§8.3); index
+    ``len(sources)`` is the target."""
 
     def __init__(self, index: int, next_entry: NextEntry) -> None:
         super().__init__(f"source {index} superseded by {next_entry.config.id}")
@@ -398,6 +413,8 @@ async def reconfig(
     ``decided`` is the configuration consensus chose, which may be another reconfigurer's.
     """
     cseq = await read_config(net, cseq, group, switches)
+    if any(e.config.id == proposal.id for e in cseq):
+        raise ConfigurationError(f"configuration id {proposal.id!r} is already in use")
     nu = len(cseq) - 1
     last = cseq[nu].config
     decided = await paxos.propose(
@@ -423,16 +440,76 @@ async def reconfig(
                 )
                 break
             except _SourceObsolete as e:
-                if first + e.index == nu:  # another reconfigurer already finalized `decided`
-                    return with_entry(cseq, nu + 1, NextEntry(decided, "F")), decided
+                at = first + e.index
+                if at >= nu:
+                    # c_ν (or `decided` itself) has a finalized successor: another reconfigurer
+                    # already finalized `decided`, having moved the state into it
+                    cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
+                    return with_entry(cseq, at + 1, e.next), decided
                 # a source was finalized meanwhile: its successor holds everything only from
                 # then on, so read again from there (tests/sim/test_obsolete_race.py)
-                cseq = with_entry(cseq, first + e.index + 1, e.next)
+                cseq = with_entry(cseq, at + 1, e.next)
     elif not split:
         await put_config(net, last, group, pending)
     cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
     await put_config(net, last, group, NextEntry(decided, "F"), gc=switches.gc)
     return cseq, decided
+
+
+async def list_objects(net: Channel, c0: Configuration, group: str) -> list[str]:
+    """With ``batch`` off: the objects of ``group``, each with a chain of its own, as a quorum of
+    the initial configuration ``c0`` knows them. Every such chain starts at ``c0``, and a quorum
+    of ``c0`` holds either a completed write of the object or its chain's successor (§7.2), so
+    every object whose write completed is listed."""
+    prefix = group + OBJECT_CHAIN
+    found: list[str] = []
+    after = prefix
+    while True:
+        replies = await net.round(
+            c0, ListChains(prefix, after, GROUP_PAGE), expect=ChainsReply, phase="list-chains"
+        )
+        bound: str | None = None
+        for _, r in replies:
+            if r.more and r.names and (bound is None or r.names[-1] < bound):
+                bound = r.names[-1]
+        names = {n for _, r in replies for n in r.names if bound is None or n <= bound}
+        found += [n[len(prefix) :] for n in sorted(names)]
+        if bound is None:
+            return found
+        after = bound
+
+
+async def reconfig_objects(
+    net: Channel,
+    cseq_of: Callable[[str], Cseq],
+    *,
+    group: str,
+    keys: list[str],
+    proposal: Configuration,
+    proposer: str,
+    backoff: paxos.Backoff,
+    concurrency: int = 8,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> dict[str, tuple[Cseq, Configuration]]:
+    """``batch`` off (the original Ares): reconfigure every object's own chain -- one consensus
+    decision and one state transfer per object, ``concurrency`` objects at a time. Returns, per
+    chain name, its new cseq and the configuration decided for it."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(key: str) -> tuple[str, tuple[Cseq, Configuration]]:
+        chain = chain_of(group, key, switches)
+        async with slots:
+            return chain, await reconfig(
+                net,
+                cseq_of(chain),
+                group=chain,
+                proposal=proposal,
+                proposer=proposer,
+                backoff=backoff,
+                switches=switches,
+            )
+
+    return dict(await asyncio.gather(*(one(k) for k in keys)))
 
 
 async def finalize_everywhere(
@@ -489,6 +566,8 @@ async def _update_config(
     async def send(batch: list[tuple[str, Tag, Blob]]) -> None:
         try:
             await dap.put_batch(net, target, group, batch)
+        except ConfigurationObsolete as e:  # the target is finalized and collected already
+            raise _SourceObsolete(len(sources), e.next) from None
         finally:
             slots.release()
 

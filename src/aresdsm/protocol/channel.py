@@ -25,6 +25,9 @@ class ConfigurationObsolete(Exception):
         super().__init__(f"configuration superseded by {next_entry.config.id}")
         self.next = next_entry
 
+    def __reduce__(self) -> tuple[type[ConfigurationObsolete], tuple[NextEntry]]:
+        return (ConfigurationObsolete, (self.next,))
+
 
 RequestFor = Request | Callable[[int, ServerInfo], Request]
 """One request for every server, or a function of (server index, server) -> its request."""

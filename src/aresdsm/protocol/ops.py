@@ -39,6 +39,9 @@ class OpSwitches:
     """One-round reads when the query quorum already agrees (§8.6); needs piggyback."""
     gc: bool = True
     """Finalizing a configuration garbage-collects the old one's object state (§8.3)."""
+    batch: bool = True
+    """One configuration chain per group, reconfigured with one consensus decision and a paged
+    transfer (§8.4); off: every object has a chain of its own, as in the original Ares."""
     broken_skip_write_back: bool = False
     """Test-only: reads never write back (the checker must catch it)."""
     broken_no_query_before_write: bool = False
@@ -62,8 +65,8 @@ class OpSwitches:
 
 
 DEFAULT_SWITCHES = OpSwitches()
-CLASSIC = OpSwitches(piggyback=False, fast_read=False, gc=False)
-"""The original Ares (protocol.md §6), for comparison."""
+CLASSIC = OpSwitches(piggyback=False, fast_read=False, gc=False, batch=False)
+"""The original Ares (protocol.md §6), for comparison: every Ares II switch off."""
 
 
 async def write(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,12 @@ class _Outcome:
 
 def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
     seed, overrides = args
-    r = run_simulation(seed, **overrides)
+    try:
+        r = run_simulation(seed, **overrides)
+    except Exception:  # an exception escaping a run is a bug: report the seed, keep going
+        opts = SimOptions(seed=seed, **overrides).resolved()
+        report = f"seed {seed} raised:\n{traceback.format_exc()}\nreplay:  {opts.command()}"
+        return _Outcome(seed, False, 0, 0, 0, 0, "", report)
     return _Outcome(
         seed,
         r.ok,

@@ -229,16 +229,19 @@ class _World:
             broken_fast_read_short="fast-read-short" in opts.broken,
             broken_split_handoff="split-handoff" in opts.broken,
             gc=opts.mode == "ares2",
+            batch=opts.mode == "ares2",
         )
         self.channel_switches = ChannelSwitches(
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
         self.history: list[OpRecord] = []
         self.chains: list[ares.Cseq] = []
-        self.decided: dict[str, str] = {}
+        self.decided: dict[tuple[str, str], str] = {}
         self.failures: list[str] = []
         self.channels: list[SimChannel] = []
-        self.cseqs: dict[str, ares.Cseq] = {}
+        self.cseqs: dict[tuple[str, str], ares.Cseq] = {}
+        """(client, chain) -> that client's view of the chain (one chain per object in
+        classic mode, where ``batch`` is off)."""
         self.next_config = 1
         self.reconfigs_done = 0
         self.down: set[str] = set()
@@ -249,24 +252,37 @@ class _World:
         self.channels.append(ch)
         return ch
 
-    def learn(self, client: str, cseq: ares.Cseq) -> None:
-        known = self.cseqs.get(client, ares.initial_cseq(self.c0))
+    def cseq(self, client: str, chain: str) -> ares.Cseq:
+        return self.cseqs.get((client, chain), ares.initial_cseq(self.c0))
+
+    def learn(self, client: str, chain: str, cseq: ares.Cseq) -> None:
         try:
-            self.cseqs[client] = ares.merge(known, cseq)
+            self.cseqs[(client, chain)] = ares.merge(self.cseq(client, chain), cseq)
         except InvariantViolation as e:
             self.failures.append(f"§10.2: {e}")
         for a, b in itertools.pairwise(cseq):
-            prev = self.decided.setdefault(a.config.id, b.config.id)
+            prev = self.decided.setdefault((chain, a.config.id), b.config.id)
             if prev != b.config.id:
                 self.failures.append(
                     f"§10.2: {a.config.id} has two successors {prev} and {b.config.id}"
+                    f" in chain {chain!r}"
                 )
+
+    def longest(self, chain: str) -> ares.Cseq:
+        """The longest view of ``chain`` any client has."""
+        views = [c for (_, ch), c in self.cseqs.items() if ch == chain]
+        return max(views, key=len, default=ares.initial_cseq(self.c0))
 
     def live_configs(self) -> list[Configuration]:
         """Configurations some client may still need a quorum of."""
-        start = min((ares.mu(c) for c in self.cseqs.values()), default=0)
-        chain = max(self.cseqs.values(), key=len, default=ares.initial_cseq(self.c0))
-        return [e.config for e in chain[start:]]
+        out: dict[str, Configuration] = {}
+        for chain in sorted({ch for _, ch in self.cseqs}):
+            views = [c for (_, ch), c in self.cseqs.items() if ch == chain]
+            start = min(ares.mu(c) for c in views)
+            out.update((e.config.id, e.config) for e in self.longest(chain)[start:])
+        if not out:
+            out[self.c0.id] = self.c0
+        return list(out.values())
 
     def may_fail(self, server: str) -> bool:
         down = self.down | {server}
@@ -282,7 +298,8 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
     ch = world.channel(name)
     for n in range(1, ops + 1):
         key = rng.choice(keys)
-        cseq = world.cseqs.get(name, ares.initial_cseq(world.c0))
+        chain = ares.chain_of(GROUP, key, world.switches)
+        cseq = world.cseq(name, chain)
         start = world.loop.time()
         op_id = len(world.history) + 1
         is_write = rng.random() < (opts.write_ratio or 0.5)
@@ -305,7 +322,7 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
                 tag, cseq = await ares.write(
                     ch,
                     cseq,
-                    group=GROUP,
+                    group=chain,
                     key=key,
                     value=Blob(value),
                     writer=writer_id(name, n),
@@ -313,9 +330,9 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
                 )
                 digest = value_digest(value)
             else:
-                res, cseq = await ares.read(ch, cseq, group=GROUP, key=key, switches=world.switches)
+                res, cseq = await ares.read(ch, cseq, group=chain, key=key, switches=world.switches)
                 tag, digest = res.tag, value_digest(res.value.data)
-            world.learn(name, cseq)
+            world.learn(name, chain, cseq)
             world.history[rec_index] = msgspec.structs.replace(
                 world.history[rec_index],
                 complete_s=world.loop.time(),
@@ -346,7 +363,7 @@ def _proposal(world: _World) -> Configuration:
     return Configuration(cid, tuple(members))
 
 
-async def _reconfigurer(world: _World, name: str, count: int) -> None:
+async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -> None:
     rng = random.Random(world.rng.random())
     ch = world.channel(name)
 
@@ -355,18 +372,34 @@ async def _reconfigurer(world: _World, name: str, count: int) -> None:
 
     for n in range(count):
         await asyncio.sleep(rng.uniform(0.001, 0.03))
-        cseq = world.cseqs.get(name, ares.initial_cseq(world.c0))
+        proposal = _proposal(world)
         try:
-            cseq, decided = await ares.reconfig(
-                ch,
-                cseq,
-                group=GROUP,
-                proposal=_proposal(world),
-                proposer=f"{name}.{n}",
-                backoff=backoff,
-                switches=world.switches,
-            )
-            world.learn(name, cseq)
+            if world.switches.batch:
+                cseq, decided = await ares.reconfig(
+                    ch,
+                    world.cseq(name, GROUP),
+                    group=GROUP,
+                    proposal=proposal,
+                    proposer=f"{name}.{n}",
+                    backoff=backoff,
+                    switches=world.switches,
+                )
+                world.learn(name, GROUP, cseq)
+            else:  # the original Ares: every object's chain on its own
+                done = await ares.reconfig_objects(
+                    ch,
+                    lambda chain: world.cseq(name, chain),
+                    group=GROUP,
+                    keys=keys,
+                    proposal=proposal,
+                    proposer=f"{name}.{n}",
+                    backoff=backoff,
+                    concurrency=2,
+                    switches=world.switches,
+                )
+                for chain, (cseq, _) in sorted(done.items()):
+                    world.learn(name, chain, cseq)
+                decided = proposal
             world.reconfigs_done += 1
             world.cluster.log(f"{name} installed {decided.id}")
         except AresError as e:
@@ -424,7 +457,7 @@ async def _main(opts: SimOptions) -> SimResult:
         for i in range(opts.clients)
     ]
     reconfs = [
-        asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0))
+        asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, keys))
         for i in range(opts.reconfigurers or 1)
     ]
     stop = asyncio.Event()
@@ -467,7 +500,6 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
             srv.restart()
     world.down.clear()
     ch = world.channel("final")
-    chain = max(world.cseqs.values(), key=len, default=ares.initial_cseq(world.c0))
     acked: dict[str, Tag] = {}
     for r in world.history:
         if r.kind == "write" and r.outcome == "ok" and r.tag is not None:
@@ -477,7 +509,10 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
     for key in keys:
         start = world.loop.time()
         try:
-            res, chain = await ares.read(ch, chain, group=GROUP, key=key, switches=world.switches)
+            chain = ares.chain_of(GROUP, key, world.switches)
+            res, _ = await ares.read(
+                ch, world.longest(chain), group=chain, key=key, switches=world.switches
+            )
         except AresError as e:
             world.failures.append(f"final read of {key} failed after healing: {e}")
             continue

@@ -78,53 +78,83 @@ class ScriptedCluster(SimCluster):
 
 
 class ScenarioClient:
-    """A client with its own chain view, recording every operation it runs."""
+    """A client with its own chain views (one per chain: the group's, or each object's with
+    ``batch`` off), recording every operation it runs."""
 
     def __init__(self, sc: Scenario, name: str, switches: OpSwitches) -> None:
         self.sc = sc
         self.name = name
         self.switches = switches
         self.channel = SimChannel(sc.cluster, name, timeout_s=sc.timeout_s, retransmit_s=1e9)
-        self.cseq = ares.initial_cseq(sc.c0)
+        self.cseqs: dict[str, ares.Cseq] = {}
         self.ops = 0
+
+    def cseq(self, chain: str = GROUP) -> ares.Cseq:
+        return self.cseqs.get(chain) or ares.initial_cseq(self.sc.c0)
+
+    def _learn(self, chain: str, cseq: ares.Cseq) -> None:
+        self.cseqs[chain] = ares.merge(self.cseq(chain), cseq)
 
     async def write(self, key: str, value: bytes) -> None:
         self.ops += 1
         op = self.sc.invoke("write", self.name, key, value_digest(value))
+        chain = ares.chain_of(GROUP, key, self.switches)
         _tag, cseq = await ares.write(
             self.channel,
-            self.cseq,
-            group=GROUP,
+            self.cseq(chain),
+            group=chain,
             key=key,
             value=Blob(value),
             writer=writer_id(self.name, self.ops),
             switches=self.switches,
         )
-        self.cseq = ares.merge(self.cseq, cseq)
+        self._learn(chain, cseq)
         self.sc.complete(op, value_digest(value))
 
     async def read(self, key: str) -> bytes:
         op = self.sc.invoke("read", self.name, key, None)
+        chain = ares.chain_of(GROUP, key, self.switches)
         res, cseq = await ares.read(
-            self.channel, self.cseq, group=GROUP, key=key, switches=self.switches
+            self.channel, self.cseq(chain), group=chain, key=key, switches=self.switches
         )
-        self.cseq = ares.merge(self.cseq, cseq)
+        self._learn(chain, cseq)
         self.sc.complete(op, value_digest(res.value.data))
         return bytes(res.value.data)
 
     async def reconfig(self, proposal: Configuration) -> Configuration:
+        """Reconfigure the group; with ``batch`` off, every object the initial configuration
+        knows, one by one (returns the configuration decided for the last of them)."""
+
         async def backoff(attempt: int) -> None:
             await asyncio.sleep(0.001 * attempt)
 
-        self.cseq, decided = await ares.reconfig(
+        if not self.switches.batch:
+            keys = await ares.list_objects(self.channel, self.sc.c0, GROUP)
+            done = await ares.reconfig_objects(
+                self.channel,
+                self.cseq,
+                group=GROUP,
+                keys=keys,
+                proposal=proposal,
+                proposer=self.name,
+                backoff=backoff,
+                switches=self.switches,
+            )
+            result = proposal
+            for chain, (cseq, decided) in sorted(done.items()):
+                self._learn(chain, cseq)
+                result = decided
+            return result
+        cseq, decided = await ares.reconfig(
             self.channel,
-            self.cseq,
+            self.cseq(),
             group=GROUP,
             proposal=proposal,
             proposer=self.name,
             backoff=backoff,
             switches=self.switches,
         )
+        self._learn(GROUP, cseq)
         return decided
 
 
