@@ -16,6 +16,7 @@ counting its rounds and consensus decisions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import platform
 import statistics
@@ -28,6 +29,7 @@ from typing import Any
 from .client import Store
 from .config import Configuration
 from .local import LocalCluster
+from .protocol.ares import OBJECT_CHAIN
 from .protocol.ops import CLASSIC, OpSwitches
 from .runtime import loop_name
 
@@ -74,13 +76,22 @@ class ReconfigResult:
     max_ms: float
     rounds_per_reconfig: float
     consensus_per_reconfig: float
+    group_bytes: list[int] = field(default_factory=list)
+    """Bytes of the group's object state on all servers: after the writes, then after each
+    reconfiguration (and its background finalize) -- protocol.md §8.3's storage claim."""
+
+    @property
+    def storage_ratio(self) -> float:
+        """Stored bytes after the last reconfiguration over the bytes of one configuration."""
+        return self.group_bytes[-1] / self.group_bytes[0] if self.group_bytes else float("nan")
 
     def line(self) -> str:
         return (
             f"N={self.servers} {self.mode:<7} reconfiguration of {self.objects} objects:"
             f" p50 {self.p50_ms:.1f} ms (max {self.max_ms:.1f})"
             f"  rounds {self.rounds_per_reconfig:.1f}  consensus decisions"
-            f" {self.consensus_per_reconfig:.1f}"
+            f" {self.consensus_per_reconfig:.1f}  storage after {self.reconfigs}:"
+            f" {self.storage_ratio:.2f}x one configuration"
         )
 
 
@@ -214,6 +225,7 @@ async def run_bench(
     fast_read: bool = True,
     reconfig_objects: int = 0,
     reconfigs: int = 6,
+    reconfig_concurrency: int = 1,
     base_dir: str | Path | None = None,
     trace_file: str | None = None,
     log: Any = print,
@@ -257,6 +269,7 @@ async def run_bench(
                             objects=reconfig_objects,
                             value_bytes=value_bytes,
                             count=reconfigs,
+                            concurrency=reconfig_concurrency,
                         )
                         report.reconfigs.append(result)
                         log(result.line())
@@ -283,7 +296,7 @@ async def _bench_cluster(
     floor = 0.0
     for mode in modes:
         base = MODES[mode]
-        switches = OpSwitches(piggyback=base.piggyback, fast_read=base.fast_read and fast_read)
+        switches = dataclasses.replace(base, fast_read=base.fast_read and fast_read)
         store = Store(initial, options=cluster.cluster.client, switches=switches)
         if not floor:
             floor = await measure_floor(store)
@@ -314,7 +327,14 @@ async def _bench_cluster(
 
 
 async def _bench_reconfig(
-    cluster: LocalCluster, *, n: int, mode: str, objects: int, value_bytes: int, count: int
+    cluster: LocalCluster,
+    *,
+    n: int,
+    mode: str,
+    objects: int,
+    value_bytes: int,
+    count: int,
+    concurrency: int,
 ) -> ReconfigResult:
     """Reconfigure a group of ``objects`` objects back and forth between two server sets."""
     group = f"reconf-{mode}"
@@ -327,6 +347,7 @@ async def _bench_reconfig(
     pools = [cluster.cluster.servers[:n], cluster.cluster.servers[n : 2 * n]]
     base = cluster.cluster.initial
     times: list[float] = []
+    group_bytes = [await _group_bytes(store, cluster, group)]
     r0 = store.channel.rounds
     c0 = store.channel.rounds_by_phase.get("consensus.prepare", 0)
     for i in range(count):
@@ -334,8 +355,10 @@ async def _bench_reconfig(
             f"{group}-{i + 1}", tuple(pools[(i + 1) % 2]), dap=base.dap, k=base.k, delta=base.delta
         )
         t0 = time.perf_counter()
-        await store.reconfigure(proposal, group=group)
+        await store.reconfigure(proposal, group=group, concurrency=concurrency)
         times.append(time.perf_counter() - t0)
+        # not timed; Stats are single requests, not rounds, so the round count is unchanged
+        group_bytes.append(await _group_bytes(store, cluster, group))
     rounds = store.channel.rounds - r0
     decisions = store.channel.rounds_by_phase.get("consensus.prepare", 0) - c0
     await store.close()
@@ -350,4 +373,21 @@ async def _bench_reconfig(
         max_ms=times[-1] * 1e3,
         rounds_per_reconfig=rounds / count,
         consensus_per_reconfig=decisions / count,
+        group_bytes=group_bytes,
     )
+
+
+async def _group_bytes(store: Store, cluster: LocalCluster, group: str) -> int:
+    """The group's object bytes on every server (with ``batch`` off, its objects' chains), once
+    the background finalize of the last reconfiguration is done."""
+    await store.settle()
+    total = 0
+    for st in await store.stats(cluster.cluster.servers):
+        if isinstance(st, str):
+            raise RuntimeError(f"a server did not report its storage: {st}")
+        total += sum(
+            b
+            for name, b in st.bytes_by_config.items()
+            if name.startswith((f"{group}/", f"{group}{OBJECT_CHAIN}"))
+        )
+    return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -354,7 +355,11 @@ def _storage_table(group: str, config_ids: list[str], servers: Any, stats: list[
 @click.option("--dap", type=click.Choice(["abd", "treas"]), help="Default: the current one.")
 @click.option("--k", type=int, help="TREAS code dimension (default: current, or n - 2).")
 @click.option("--delta", type=int, help="TREAS concurrency bound (default: current, or 4).")
-@click.option("--classic", is_flag=True, help="Run the original Ares algorithm (comparison).")
+@click.option(
+    "--classic",
+    is_flag=True,
+    help="Run the original Ares rounds (discovery, separate put-config) on the group's chain.",
+)
 @cluster_option
 def reconfig(
     group: str,
@@ -372,12 +377,16 @@ def reconfig(
 
     from .protocol.ops import CLASSIC, DEFAULT_SWITCHES
 
+    # the objects `ares put` wrote follow the group's chain (batch on): so does --classic
+    classic_switches = dataclasses.replace(CLASSIC, batch=True)
+
     if servers_s is not None and (add_s or remove_s):
         raise click.UsageError("give --servers, or --add/--remove, not both")
     cf = load_cluster_file(cluster_path)
 
     async def go() -> Any:
-        async with _connect(cluster_path, switches=CLASSIC if classic else DEFAULT_SWITCHES) as st:
+        switches = classic_switches if classic else DEFAULT_SWITCHES
+        async with _connect(cluster_path, switches=switches) as st:
             chain = await st.configurations(group)
             current = chain[-1].config
             ids = _new_members(current.server_ids, servers_s, add_s, remove_s)
@@ -534,6 +543,13 @@ def check(history: str, max_steps: int) -> None:
 )
 @click.option("--reconfigs", type=int, default=6, show_default=True)
 @click.option(
+    "--reconfig-concurrency",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Objects reconfigured at once with one chain per object (classic).",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False),
@@ -555,6 +571,7 @@ def bench(
     fast_read: bool,
     reconfig_objects: int,
     reconfigs: int,
+    reconfig_concurrency: int,
     json_out: str,
     trace_file: str | None,
     otlp_endpoint: str | None,
@@ -578,7 +595,7 @@ def bench(
         raise click.BadParameter(f"--modes takes {' and/or '.join(MODES)}")
     if any(n < 1 for n in servers) or any(c < 1 for c in conc) or value_size < 0:
         raise click.BadParameter("sizes and concurrency must be positive")
-    if duration_s <= 0 or reconfig_objects < 0 or reconfigs < 1:
+    if duration_s <= 0 or reconfig_objects < 0 or reconfigs < 1 or reconfig_concurrency < 1:
         raise click.BadParameter("duration and reconfiguration counts must be positive")
     with _tracing_for(trace_file, otlp_endpoint, trace_sample):
         report = runtime.run(
@@ -596,6 +613,7 @@ def bench(
                 fast_read=fast_read,
                 reconfig_objects=reconfig_objects,
                 reconfigs=reconfigs,
+                reconfig_concurrency=reconfig_concurrency,
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=console.print,
             )
@@ -622,7 +640,7 @@ def bench(
 
 @main.group()
 def trace() -> None:
-    """Tracing tools (spans written with --trace-file)."""
+    """Tracing tools (spans written with --trace / --trace-file)."""
 
 
 @trace.command("report")
@@ -630,25 +648,12 @@ def trace() -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw a PNG.")
 def trace_report(files: tuple[str, ...], plot_path: str | None) -> None:
     """Share of each phase in the latency of each kind of operation, per mode."""
-    from .trace_report import PHASES, breakdown, load_spans, plot, summarize
+    from .trace_report import breakdown, load_spans, plot, summarize, table
 
     rows = summarize(breakdown(load_spans(files)))
     if not rows:
         raise click.ClickException("no operation spans ('op') in these files")
-    table = Table(
-        "op", "mode", "count", "mean ms", *PHASES, "storage wait", title="latency by phase"
-    )
-    for r in rows:
-        mean_ms = sum(r.latency_ns) / len(r.latency_ns) / 1e6
-        table.add_row(
-            r.kind,
-            r.mode,
-            str(r.ops),
-            f"{mean_ms:.3f}",
-            *(f"{100 * r.share(p):.1f}%" for p in PHASES),
-            f"{100 * r.storage_share:.1f}%",
-        )
-    console.print(table)
+    console.print(table(rows))
     if plot_path:
         plot(rows, plot_path)
         console.print(f"saved {plot_path}")

@@ -259,7 +259,7 @@ class Store:
         *,
         group: str = DEFAULT_GROUP,
         keys: Iterable[str] | None = None,
-        concurrency: int = 8,
+        concurrency: int = 1,
     ) -> Configuration:
         """Install ``proposal`` as the successor of the group's last configuration.
 
@@ -268,8 +268,9 @@ class Store:
 
         With the ``batch`` switch off (the original Ares) every object has a chain of its own:
         each of ``keys`` (default: every object of the group the initial configuration knows)
-        is reconfigured on its own, ``concurrency`` at a time, and the result is ``proposal``
-        only if it was decided for every object.
+        is reconfigured on its own, ``concurrency`` at a time (1: one after the other, as a
+        well-formed client of the original runs them), and the result is ``proposal`` only if
+        it was decided for every object.
         """
         validate_configuration(proposal)
         attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
@@ -370,14 +371,19 @@ class Store:
         written: bytes | None = None,
     ) -> T:
         if tracing.enabled():
-            attrs = {
+            attrs: dict[str, Any] = {
                 "ares.op": kind,
                 "ares.group": group,
                 "ares.object": key,
                 "ares.mode": self.mode,
             }
-            with tracing.span("op", attrs):
-                return await self._record(kind, key, group, coro, written=written)
+            if written is not None:
+                attrs["ares.bytes"] = len(written)
+            with tracing.span("op", attrs) as span:
+                result = await self._record(kind, key, group, coro, written=written)
+                if isinstance(result, ops.ReadResult):
+                    span.set_attribute("ares.bytes", len(result.value.data))
+                return result
         return await self._record(kind, key, group, coro, written=written)
 
     async def _record(

@@ -36,6 +36,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from .. import tracing
 from ..config import Configuration
 from ..errors import ConfigurationError, InvariantViolation, OperationError
 from ..tags import TAG0, Tag
@@ -174,15 +175,16 @@ async def read_config(
     net: Channel, cseq: Cseq, group: str, switches: OpSwitches = DEFAULT_SWITCHES
 ) -> Cseq:
     """Discovery: walk the chain from μ, writing every successor found back to a quorum."""
-    i = mu(cseq)
-    while True:
-        e = await read_next_config(net, cseq[i].config, group)
-        if e is None:
-            return cseq
-        cseq = with_entry(cseq, i + 1, e)
-        if not switches.broken_no_config_write_back:
-            await put_config(net, cseq[i].config, group, _entry(cseq, i + 1))
-        i += 1
+    with tracing.span("read-config"):
+        i = mu(cseq)
+        while True:
+            e = await read_next_config(net, cseq[i].config, group)
+            if e is None:
+                return cseq
+            cseq = with_entry(cseq, i + 1, e)
+            if not switches.broken_no_config_write_back:
+                await put_config(net, cseq[i].config, group, _entry(cseq, i + 1))
+            i += 1
 
 
 # -- reads and writes -----------------------------------------------------------------------------
@@ -430,14 +432,15 @@ async def reconfig(
             first = mu(cseq)
             sources = [e.config for e in cseq[first : nu + 1]]
             try:
-                await _update_config(
-                    net,
-                    sources,
-                    None if switches.broken_split_handoff else pending,
-                    decided,
-                    group,
-                    transfer_concurrency,
-                )
+                with tracing.span("update-config", {"ares.config": decided.id}):
+                    await _update_config(
+                        net,
+                        sources,
+                        None if switches.broken_split_handoff else pending,
+                        decided,
+                        group,
+                        transfer_concurrency,
+                    )
                 break
             except _SourceObsolete as e:
                 at = first + e.index
@@ -452,7 +455,8 @@ async def reconfig(
     elif not split:
         await put_config(net, last, group, pending)
     cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
-    await put_config(net, last, group, NextEntry(decided, "F"), gc=switches.gc)
+    with tracing.span("finalize-config", {"ares.config": decided.id}):
+        await put_config(net, last, group, NextEntry(decided, "F"), gc=switches.gc)
     return cseq, decided
 
 
