@@ -226,11 +226,14 @@ async def run_bench(
     reconfig_objects: int = 0,
     reconfigs: int = 6,
     reconfig_concurrency: int = 1,
+    link_delay_ms: float = 0.0,
     base_dir: str | Path | None = None,
     trace_file: str | None = None,
     log: Any = print,
 ) -> BenchReport:
-    report = BenchReport(machine=machine_info() | {"fast_read": fast_read})
+    report = BenchReport(
+        machine=machine_info() | {"fast_read": fast_read, "link_delay_ms": link_delay_ms}
+    )
     for n in servers:
         kk = k if k is not None else max(1, n - 2)
         with tempfile.TemporaryDirectory(prefix="ares-bench-", dir=base_dir) as tmp:
@@ -243,6 +246,7 @@ async def run_bench(
                 k=kk,
                 delta=delta,
                 timeout_s=10.0,
+                link_delay_ms=link_delay_ms,
             )
             cluster.trace_file = f"{trace_file}.n{n}" if trace_file else None
             await asyncio.to_thread(cluster.start_all)

@@ -550,6 +550,13 @@ def check(history: str, max_steps: int) -> None:
     help="Objects reconfigured at once with one chain per object (classic).",
 )
 @click.option(
+    "--link-delay-ms",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="One-way delay added between the client and every server (a relay process).",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False),
@@ -572,6 +579,7 @@ def bench(
     reconfig_objects: int,
     reconfigs: int,
     reconfig_concurrency: int,
+    link_delay_ms: float,
     json_out: str,
     trace_file: str | None,
     otlp_endpoint: str | None,
@@ -597,6 +605,8 @@ def bench(
         raise click.BadParameter("sizes and concurrency must be positive")
     if duration_s <= 0 or reconfig_objects < 0 or reconfigs < 1 or reconfig_concurrency < 1:
         raise click.BadParameter("duration and reconfiguration counts must be positive")
+    if link_delay_ms < 0:
+        raise click.BadParameter("--link-delay-ms must not be negative")
     with _tracing_for(trace_file, otlp_endpoint, trace_sample):
         report = runtime.run(
             run_bench(
@@ -614,6 +624,7 @@ def bench(
                 reconfig_objects=reconfig_objects,
                 reconfigs=reconfigs,
                 reconfig_concurrency=reconfig_concurrency,
+                link_delay_ms=link_delay_ms,
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=console.print,
             )

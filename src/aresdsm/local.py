@@ -60,6 +60,11 @@ class LocalCluster:
     python: str = sys.executable
     trace_file: str | None = None
     """When set, every server writes its spans to ``<trace_file>.<server id>``."""
+    listen: dict[str, str] = field(default_factory=dict)
+    """Where a server really listens when clients reach it through a delaying relay."""
+    link_delay_ms: float = 0.0
+    """One-way delay the relay adds (:mod:`aresdsm.netdelay`); 0: no relay."""
+    relay: subprocess.Popen[bytes] | None = None
 
     @property
     def cluster_path(self) -> Path:
@@ -78,15 +83,23 @@ class LocalCluster:
         delta: int = 0,
         host: str = "127.0.0.1",
         timeout_s: float = 5.0,
+        link_delay_ms: float = 0.0,
     ) -> LocalCluster:
+        """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
+        are those of a relay that delays every message by that much each way, in front of the
+        servers' real ports: clients then see a network with real latency (benchmarks)."""
         base = Path(base_dir).resolve()
         if (base / CLUSTER_FILE).exists():
             raise AresError(
                 f"{base / CLUSTER_FILE} already exists; stop that cluster or pick --dir"
             )
         base.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(n + spares, host)
-        servers = tuple(ServerInfo(f"s{i + 1}", f"{host}:{p}") for i, p in enumerate(ports))
+        relayed = link_delay_ms > 0
+        ports = free_ports((n + spares) * (2 if relayed else 1), host)
+        servers = tuple(
+            ServerInfo(f"s{i + 1}", f"{host}:{p}") for i, p in enumerate(ports[: n + spares])
+        )
+        listen = {s.id: f"{host}:{p}" for s, p in zip(servers, ports[n + spares :], strict=False)}
         initial = validate_configuration(
             Configuration("c0", servers[:n], dap=dap, k=k, delta=delta)  # type: ignore[arg-type]
         )
@@ -98,7 +111,7 @@ class LocalCluster:
             data_dirs={s.id: str(base / s.id) for s in servers},
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
-        return cls(base, cf, storage=storage)
+        return cls(base, cf, storage=storage, listen=listen, link_delay_ms=link_delay_ms)
 
     @classmethod
     def open(cls, base_dir: str | Path) -> LocalCluster:
@@ -123,6 +136,19 @@ class LocalCluster:
 
     def start_all(self, *, detach: bool = False) -> None:
         self.start([s.id for s in self.cluster.servers], detach=detach)
+        if self.listen and self.relay is None:
+            self._start_relay()
+
+    def _start_relay(self) -> None:
+        routes = [f"{s.address}={self.listen[s.id]}" for s in self.cluster.servers]
+        cmd = [self.python, "-m", "aresdsm.netdelay", "--delay-ms", str(self.link_delay_ms)]
+        self.relay = subprocess.Popen(
+            [*cmd, *routes], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+        assert self.relay.stdout is not None
+        if self.relay.stdout.readline().strip() != b"ready":
+            self.relay.kill()
+            raise AresError("the delaying relay did not start")
 
     def _spawn(self, sid: str, *, detach: bool) -> None:
         ddir = self.data_dir(sid)
@@ -143,6 +169,7 @@ class LocalCluster:
             str(ddir),
             "--storage",
             self.storage,
+            *(["--listen", self.listen[sid]] if sid in self.listen else []),
             *(["--trace-file", f"{self.trace_file}.{sid}"] if self.trace_file else []),
             "--ready-file",
             str(ready),
@@ -207,6 +234,10 @@ class LocalCluster:
                 if _alive(pid):
                     _kill_pid(pid, signal.SIGKILL)
         self.procs.clear()
+        if self.relay is not None:
+            self.relay.terminate()
+            self.relay.wait(timeout=timeout_s)
+            self.relay = None
         (self.base_dir / STATE_FILE).unlink(missing_ok=True)
 
     def _pids(self) -> dict[str, int]:
