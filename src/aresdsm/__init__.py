@@ -23,11 +23,14 @@ from .errors import (
     ServerError,
     StorageError,
 )
+from .protocol.ops import CLASSIC, DEFAULT_SWITCHES, OpSwitches
 from .tags import TAG0, Tag
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLASSIC",
+    "DEFAULT_SWITCHES",
     "TAG0",
     "AresError",
     "ClusterFile",
@@ -38,6 +41,7 @@ __all__ = [
     "FrameError",
     "HistoryRecorder",
     "InvariantViolation",
+    "OpSwitches",
     "OperationError",
     "OperationTimeout",
     "QuorumUnavailable",
