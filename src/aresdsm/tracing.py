@@ -29,6 +29,7 @@ import contextlib
 import contextvars
 import json
 import os
+import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,10 +44,28 @@ class _State:
     enabled = False
     tracer: Any = None
     provider: Any = None
+    current_span: Any = None
+    """opentelemetry.trace.get_current_span, imported once by setup()."""
+    sample_ratio = 1.0
 
 
 _state = _State()
-_NULL = contextlib.nullcontext()
+
+
+class _NoSpan:
+    """What ``with span(...) as s`` gives when nothing is recorded: attributes go nowhere."""
+
+    __slots__ = ()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def is_recording(self) -> bool:
+        return False
+
+
+_NO_SPAN = _NoSpan()
+_NULL = contextlib.nullcontext(_NO_SPAN)
 TRACER_NAME = "aresdsm"
 # The configurations the rounds of the current operation contacted, in order (an ``op`` span
 # sets it; round spans, which carry ``ares.config``, add to it): ``ares.configs_traversed``.
@@ -97,14 +116,17 @@ def setup(
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
     except ImportError:
         raise ConfigurationError(
             "tracing needs the tracing extra: pip install 'aresdsm[tracing]'"
         ) from None
+    # Roots are sampled here, by span() (an unsampled operation must cost next to nothing);
+    # the SDK samples everything it is asked to start, and children follow their parent --
+    # on the servers too, through the carried context.
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}),
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        sampler=ParentBased(ALWAYS_ON),
     )
     if traces_url is not None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -115,8 +137,12 @@ def setup(
         provider.add_span_processor(
             BatchSpanProcessor(_jsonl_exporter(trace_file), max_queue_size=queue)
         )
+    from opentelemetry.trace import get_current_span
+
     _state.provider = provider
     _state.tracer = provider.get_tracer(TRACER_NAME)
+    _state.current_span = get_current_span
+    _state.sample_ratio = sample_ratio
     _state.enabled = True
     return True
 
@@ -126,6 +152,8 @@ def shutdown() -> None:
     if _state.provider is not None:
         _state.provider.shutdown()
     _state.enabled, _state.tracer, _state.provider = False, None, None
+    _state.current_span = None
+    _state.sample_ratio = 1.0
 
 
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> Any:
@@ -134,9 +162,35 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Any:
     The span gets ``ares.outcome`` (``ok`` or the exception's class name) when it ends; an
     ``op`` span also gets the configurations its rounds contacted (``ares.configs_traversed``,
     ``ares.configs``)."""
-    if not _state.enabled:
+    if not _state.enabled or _skipping.get():
         return _NULL
+    if (  # a root (an operation, or a round outside any) is sampled here, with the ratio
+        _state.sample_ratio < 1.0
+        and not _state.current_span().get_span_context().is_valid
+        and _random() >= _state.sample_ratio
+    ):
+        return _Unsampled()
     return _span(name, attributes)
+
+
+_skipping: contextvars.ContextVar[bool] = contextvars.ContextVar("aresdsm_skip", default=False)
+"""True inside an operation that was not sampled: its phases open no spans and its requests
+carry no context, so an unsampled operation costs one random number and the servers nothing
+(sampling 0.01 must be nearly free; docs/benchmarks.md, Tracing overhead)."""
+_random = random.Random().random
+
+
+class _Unsampled:
+    """The context manager of an unsampled root: marks everything below it as skipped."""
+
+    __slots__ = ("token",)
+
+    def __enter__(self) -> _NoSpan:
+        self.token = _skipping.set(True)
+        return _NO_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        _skipping.reset(self.token)
 
 
 @contextlib.contextmanager
@@ -170,7 +224,7 @@ def _span(name: str, attributes: Mapping[str, Any] | None) -> Iterator[Any]:
 
 def inject() -> dict[str, str] | None:
     """The W3C trace context of the current span, for a request's envelope."""
-    if not _state.enabled:
+    if not _state.enabled or _skipping.get():
         return None
     from opentelemetry.propagate import inject as otel_inject
 

@@ -194,3 +194,25 @@ def test_otlp_endpoint_option_wins(collector: str, monkeypatch: pytest.MonkeyPat
         pass
     tracing.shutdown()
     assert _Paths.seen == ["/v1/traces"]
+
+
+def test_an_unsampled_operation_opens_no_phase_spans_and_sends_no_context(tmp_path: Path) -> None:
+    """Sampling 0.01 must be nearly free: below an unsampled op span, phases are the shared
+    no-op and requests carry no trace context (so servers do nothing); a sampled op (ratio 1)
+    gets both. Rounds outside any operation still start traces of their own."""
+    path = tmp_path / "t.jsonl"
+    assert tracing.setup("test", trace_file=path, sample_ratio=0.0)
+    with tracing.span("op", {"ares.op": "read"}) as op:
+        op.set_attribute("ares.bytes", 3)  # as the client does after a read: goes nowhere
+        assert not op.is_recording()
+        assert tracing.span("get-data") is tracing.span("put-data")  # the shared no-op
+        assert tracing.inject() is None
+    with tracing.span("get-data"):  # no operation around it: a root of its own
+        assert tracing.inject() is None  # ... sampled out by ratio 0 too
+    tracing.shutdown()
+    assert tracing.setup("test", trace_file=path, sample_ratio=1.0)
+    with tracing.span("op", {"ares.op": "read"}), tracing.span("get-data") as s:
+        assert s.is_recording()
+        carrier = tracing.inject()
+        assert carrier is not None and int(carrier["traceparent"][-2:], 16) & 1  # sampled
+    assert set(_records(path)) == {"op", "get-data"}
