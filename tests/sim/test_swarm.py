@@ -86,6 +86,13 @@ BROKEN: list[tuple[str, dict[str, Any], int]] = [
     ("decode-below-k", {"treas": True}, 100),
     ("gc-on-pending", {}, 50),
     ("fast-read-short", {}, 50),
+    # needs two reconfigurations in flight and a client between them: rare (5 in 3,000 seeds of
+    # this shape; the first at seed 1028); tests/sim/test_obsolete_race.py scripts it exactly
+    (
+        "no-requery-after-obsolete",
+        {"mode": "ares2", "reconfigurers": 2, "reconfigs": 3},
+        3000,
+    ),
 ]
 
 

@@ -142,6 +142,7 @@ BROKEN_VARIANTS = (
     "finish-on-obsolete",
     "fast-read-short",
     "split-handoff",
+    "no-requery-after-obsolete",
 )
 
 
@@ -228,6 +229,7 @@ class _World:
             broken_finish_on_obsolete="finish-on-obsolete" in opts.broken,
             broken_fast_read_short="fast-read-short" in opts.broken,
             broken_split_handoff="split-handoff" in opts.broken,
+            broken_no_requery_after_obsolete="no-requery-after-obsolete" in opts.broken,
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
