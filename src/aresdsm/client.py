@@ -182,8 +182,9 @@ class Store:
         self._cseqs[group] = ares.merge(self.cseq(group), cseq)
 
     async def _with_recovery(self, group: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op``; if the configurations this client knows no longer answer, ask every
-        known server for the newest finalized configuration (§8.5), adopt it, and retry once."""
+        """Run ``op`` (a read: it has no effect of its own to repeat); if the configurations
+        this client knows no longer answer, ask every known server for the newest finalized
+        configuration (§8.5), adopt it, and retry once. Writes: :meth:`_write_op`."""
         try:
             return await op()
         except (QuorumUnavailable, OperationTimeout):
@@ -220,14 +221,36 @@ class Store:
         return False
 
     async def _write_op(self, group: str, key: str, value: Blob) -> Tag:
+        """A write, retried once after the client relocated (§8.5) -- with the tag the first
+        attempt chose, if it got that far: its put-data may already have taken effect."""
         chain = ares.chain_of(group, key, self.switches)
-        return await self._with_recovery(chain, lambda: self._write_once(chain, key, value))
+        chosen: list[Tag] = []
+        try:
+            return await self._write_once(chain, key, value, chosen.append)
+        except (QuorumUnavailable, OperationTimeout):
+            if not await self.relocate(chain):
+                raise
+        if not chosen or self.switches.broken_retry_write_with_new_tag:
+            return await self._write_once(chain, key, value, chosen.append)
+        cseq = await ares.finish_write(
+            self.channel,
+            self.cseq(chain),
+            group=chain,
+            key=key,
+            tag=chosen[0],
+            value=value,
+            switches=self.switches,
+        )
+        self._learn(chain, cseq)
+        return chosen[0]
 
     async def _read_op(self, group: str, key: str) -> ops.ReadResult:
         chain = ares.chain_of(group, key, self.switches)
         return await self._with_recovery(chain, lambda: self._read_once(chain, key))
 
-    async def _write_once(self, chain: str, key: str, value: Blob) -> Tag:
+    async def _write_once(
+        self, chain: str, key: str, value: Blob, on_tag: Callable[[Tag], None]
+    ) -> Tag:
         tag, cseq = await ares.write(
             self.channel,
             self.cseq(chain),
@@ -236,6 +259,7 @@ class Store:
             value=value,
             writer=self._next_writer(),
             switches=self.switches,
+            on_tag=on_tag,
         )
         self._learn(chain, cseq)
         return tag

@@ -144,6 +144,12 @@ class Server:
         if isinstance(body, GetStats):
             conn.send(env.rid, self.core.stats(self.storage.stored_bytes()))
             return
+        if self.fatal is not None or self.storage.failed is not None:
+            # fail-stop: the in-memory state may hold what never became durable; answer
+            # nothing from it until the process is restarted from disk (requests read in the
+            # same loop iteration as the failure land here, before stop() closes connections)
+            conn.send(env.rid, ErrorReply("storage", "the server's storage failed; it stops"))
+            return
         span = tracing.start_server_span(body, env.trace, self.server_id)
         reply, writes = self.core.handle(body)  # type: ignore[arg-type]
         if writes:

@@ -1,5 +1,5 @@
 """Paged group reads (protocol.md §8.4): pages bounded by count and by bytes, in key order; the
-chain enumeration used with ``batch`` off."""
+chain enumeration used with ``batch`` off; garbage collection on F entries (§8.3)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from aresdsm.config import Configuration, ServerInfo
 from aresdsm.protocol.server_core import ServerCore
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob
-from aresdsm.wire.messages import ChainsReply, GetGroup, GroupReply, ListChains, PutData
+from aresdsm.wire.messages import (
+    ChainsReply,
+    GetGroup,
+    GroupReply,
+    ListChains,
+    NextEntry,
+    Obsolete,
+    PutData,
+    WriteConfig,
+)
 
 CFG = Configuration(
     "c0", (ServerInfo("s1", "h:1"), ServerInfo("s2", "h:2"), ServerInfo("s3", "h:3"))
@@ -60,3 +69,30 @@ def test_list_chains_by_prefix_in_order_and_paged() -> None:
     assert reply == ChainsReply(("g\x00a", "g\x00b"), True)
     reply, _ = core.handle(ListChains("g\x00", "g\x00b", 2))
     assert reply == ChainsReply(("g\x00c",), False)
+
+
+def _obsolete_after(core: ServerCore) -> bool:
+    reply, _ = core.handle(GetGroup("g", "c0", "", 10))
+    return isinstance(reply, Obsolete)
+
+
+def test_an_f_entry_stored_without_gc_is_collected_by_a_later_gc_write() -> None:
+    """§8.3: a discovery write-back may store (c1, F) without gc; finalize_everywhere's
+    WriteConfig(F, gc) later must still collect (it changes nothing else)."""
+    core = _core_with({"a": b"1"})
+    c1 = Configuration("c1", (ServerInfo("s4", "h:4"),))
+    _, writes = core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=False))
+    assert not _obsolete_after(core) and len(writes) == 1
+    _, writes = core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=True))
+    assert _obsolete_after(core) and writes  # deleted in this durable step
+
+
+def test_set_next_and_get_never_collects_and_reports_the_state() -> None:
+    """SET_NEXT_AND_GET on a server holding F but not yet collected answers with the state
+    (a P entry never downgrades F, and the read must not empty what it reports)."""
+    core = _core_with({"a": b"1"})
+    c1 = Configuration("c1", (ServerInfo("s4", "h:4"),))
+    core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=False))
+    reply, _ = core.handle(GetGroup("g", "c0", "", 10, NextEntry(c1, "P")))
+    assert isinstance(reply, GroupReply) and [o.key for o in reply.objects] == ["a"]
+    assert reply.next == NextEntry(c1, "F")

@@ -182,8 +182,8 @@ async def read_config(
             if e is None:
                 return cseq
             cseq = with_entry(cseq, i + 1, e)
-            if not switches.broken_no_config_write_back:
-                await put_config(net, cseq[i].config, group, _entry(cseq, i + 1))
+            if not switches.broken_no_config_write_back:  # an F entry collects, with gc (§8.3)
+                await put_config(net, cseq[i].config, group, _entry(cseq, i + 1), gc=switches.gc)
             i += 1
 
 
@@ -274,7 +274,11 @@ async def write(
     value: Blob,
     writer: str,
     switches: OpSwitches = DEFAULT_SWITCHES,
+    on_tag: Callable[[Tag], None] | None = None,
 ) -> tuple[Tag, Cseq]:
+    """Write ``value``; returns its tag and the updated cseq. ``on_tag`` hears the tag before
+    any put-data leaves: a caller that retries a failed write must finish it with that tag
+    (:func:`finish_write`), never start it again with another."""
     if not switches.piggyback:
         cseq = await read_config(net, cseq, group, switches)
 
@@ -287,8 +291,30 @@ async def write(
     else:
         tags, cseq, _ = await _query_all(net, cseq, group, query, switches)
         tag = max(tags).successor(writer)
+    if on_tag is not None:
+        on_tag(tag)
     cseq = await _propagate(net, cseq, group, key, tag, value, switches)
     return tag, cseq
+
+
+async def finish_write(
+    net: Channel,
+    cseq: Cseq,
+    *,
+    group: str,
+    key: str,
+    tag: Tag,
+    value: Blob,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> Cseq:
+    """Phase 2 alone: put (tag, value) into the last configuration and follow its successors.
+    Finishes a write that failed after choosing ``tag`` -- its put-data may have reached some
+    servers, and readers may have returned it. Starting it again with a new tag would make one
+    write take effect twice (a reader could see it, then a later write, then it again); with its
+    own tag it is linearized where it first took effect (tests/sim/test_store_retry.py)."""
+    if not switches.piggyback:
+        cseq = await read_config(net, cseq, group, switches)
+    return await _propagate(net, cseq, group, key, tag, value, switches)
 
 
 async def read(
@@ -440,13 +466,15 @@ async def reconfig(
                         decided,
                         group,
                         transfer_concurrency,
+                        plain_older=switches.broken_plain_get_older_sources,
                     )
                 break
             except _SourceObsolete as e:
                 at = first + e.index
                 if at >= nu:
-                    # c_ν (or `decided` itself) has a finalized successor: another reconfigurer
-                    # already finalized `decided`, having moved the state into it
+                    # c_ν has a finalized successor -- `decided`, the only one it can have -- or
+                    # `decided` has one: another reconfigurer finalized `decided`, having moved
+                    # the state into it
                     cseq = with_entry(cseq, nu + 1, NextEntry(decided, "F"))
                     return with_entry(cseq, at + 1, e.next), decided
                 # a source was finalized meanwhile: its successor holds everything only from
@@ -548,6 +576,12 @@ async def finalize_everywhere(
     return False
 
 
+def _older_source_next(successor: Configuration, plain: bool) -> NextEntry | None:
+    """What an older source's read sets (a P entry never downgrades an F one); None with the
+    test-only ``broken_plain_get_older_sources``."""
+    return None if plain else NextEntry(successor, "P")
+
+
 async def _update_config(
     net: Channel,
     sources: list[Configuration],
@@ -555,13 +589,29 @@ async def _update_config(
     target: Configuration,
     group: str,
     concurrency: int,
+    plain_older: bool = False,
 ) -> None:
-    """update-config (§6, §8.2, §8.4): per object the newest pair over all sources -- the last
-    one read with SET_NEXT_AND_GET -- written into ``target`` in batches of at most GROUP_PAGE
-    objects and TRANSFER_PAGE_BYTES, ``concurrency`` batches in flight at a time. Memory stays
-    bounded: a page per source and the batches in flight."""
+    """update-config (§6, §8.2, §8.4): per object the newest pair over all sources, written
+    into ``target`` in batches of at most GROUP_PAGE objects and TRANSFER_PAGE_BYTES,
+    ``concurrency`` batches in flight at a time. Memory stays bounded: a page per source and the
+    batches in flight.
+
+    Every source is read with SET_NEXT_AND_GET: the last one with (target, P), each older c_i
+    with (c_{i+1}, P). The spec (§8.2) reads c_μ..c_{ν−1} with a plain get-data, "they already
+    have a successor" -- but while c_{i+1} is still P, a write can complete on c_i with only ⊥
+    answers from servers that the write-back of (c_{i+1}, P) had not reached yet and that answered
+    the plain get before the write arrived; c_{i+1}'s own reconfigurer may never transfer it, and
+    the value is lost (tests/sim/test_older_sources.py). Setting next in the same step as the read
+    gives every older source the §8.2 argument too, at no extra round."""
+    last = len(sources) - 1
     cursors = [
-        _GroupCursor(net, c, group, i, set_next if i == len(sources) - 1 else None)
+        _GroupCursor(
+            net,
+            c,
+            group,
+            i,
+            set_next if i == last else _older_source_next(sources[i + 1], plain_older),
+        )
         for i, c in enumerate(sources)
     ]
     slots = asyncio.Semaphore(concurrency)

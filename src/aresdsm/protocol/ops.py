@@ -59,6 +59,12 @@ class OpSwitches:
     """Test-only: the one-round read's query completes one reply short of a quorum (§8.6)."""
     broken_decode_below_k: bool = False
     """Test-only: TREAS reads decode tags held by fewer than k servers (§4.2)."""
+    broken_plain_get_older_sources: bool = False
+    """Test-only: update-config reads c_μ..c_{ν−1} with a plain get-data, as protocol.md §8.2
+    says, instead of SET_NEXT_AND_GET (tests/sim/test_older_sources.py shows the lost write)."""
+    broken_retry_write_with_new_tag: bool = False
+    """Test-only: the client retries a failed write from scratch, under a new tag, instead of
+    finishing it with its own (tests/sim/test_store_retry.py)."""
     broken_no_requery_after_obsolete: bool = False
     """Test-only: phase 1 keeps a successor's answer given before its predecessor said OBSOLETE
     instead of asking it again (§8.3; tests/sim/test_obsolete_race.py)."""

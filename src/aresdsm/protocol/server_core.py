@@ -300,7 +300,7 @@ class ServerCore:
         writes: list[Write] = []
         if req.set_next is not None:
             reply, writes = self._on_write_config(
-                WriteConfig(req.group, req.config_id, req.set_next)
+                WriteConfig(req.group, req.config_id, req.set_next, gc=False)
             )
             if isinstance(reply, ErrorReply):
                 return reply, []
@@ -367,14 +367,18 @@ class ServerCore:
         if isinstance(c, ErrorReply):
             return c, []
         inst = (req.group, req.config_id)
-        new, reply = reconfig_server.on_write_config(self.nextc.get(inst), req.entry)
+        held = self.nextc.get(inst)
+        new, reply = reconfig_server.on_write_config(held, req.entry)
         if new is None:
+            if req.gc and held == req.entry and held.status == "F":
+                # F was stored earlier without gc (a discovery write-back): collect now (§8.3)
+                return reply, self._collect(inst)
             return reply, []
         self.nextc[inst] = new
         writes: list[Write] = [
             Record(reconfig_server.NS, req.group, req.config_id, "", _enc.encode(new))
         ]
-        if req.gc and (new.status == "F" or self.switches.broken_gc_on_pending):
+        if (req.gc and new.status == "F") or self.switches.broken_gc_on_pending:
             writes += self._collect(inst)
         return reply, writes
 

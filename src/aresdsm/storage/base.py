@@ -62,6 +62,8 @@ class Storage(ABC):
         self.records_written = 0
         self.failed: Exception | None = None
         """Set by the first failed commit; the store accepts nothing after it."""
+        self._failed_future: asyncio.Future[None] | None = None
+        """The failed commit's future, returned by submit() and barrier() from then on."""
 
     # -- engine-specific ---------------------------------------------------------------------
 
@@ -85,10 +87,8 @@ class Storage(ABC):
 
     def submit(self, writes: list[Write]) -> asyncio.Future[None]:
         """Queue writes; the returned future completes when they are durable."""
-        if self.failed is not None:
-            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            failed.set_exception(self.failed)
-            return failed
+        if self._failed_future is not None:
+            return self._failed_future
         if self._open_future is None:
             self._open_future = asyncio.get_running_loop().create_future()
         self._open_batch.extend(writes)
@@ -98,7 +98,10 @@ class Storage(ABC):
         return fut
 
     def barrier(self) -> asyncio.Future[None] | None:
-        """A future for the durability of everything submitted so far (None: all durable)."""
+        """A future for the durability of everything submitted so far (None: all durable).
+        After a failed commit, the failed future: nothing is durable any more."""
+        if self._failed_future is not None:
+            return self._failed_future
         if self._open_future is not None:
             return self._open_future
         if self._inflight_future is not None and not self._inflight_future.done():
@@ -116,6 +119,7 @@ class Storage(ABC):
                 self.failed = e
                 if not fut.done():
                     fut.set_exception(e)
+                self._failed_future = fut
                 return
             self.commits += 1
             self.records_written += len(batch)

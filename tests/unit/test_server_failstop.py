@@ -1,0 +1,83 @@
+"""server.py after a failed commit (fail-stop, persist before reply). Found in review: requests
+handled between the failed commit and ``stop()`` closing the transports (frames that arrived in
+the same event-loop iteration as the failure) were answered at once -- ``barrier()`` was None,
+the in-flight commit being done -- from state that is not, and never will be, durable: an ACK
+for a PUT_DATA that a restart forgets, or a QUERY_DATA reporting the failed commit's value. Now
+such requests get a ``storage`` error and ``barrier()`` returns the failed commit's future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aresdsm.config import Configuration, ServerInfo
+from aresdsm.server import Server
+from aresdsm.storage.base import Write
+from aresdsm.storage.memory import MemoryStorage
+from aresdsm.tags import Tag
+from aresdsm.wire.blob import Blob
+from aresdsm.wire.messages import Ack, DataReply, Envelope, PutData, QueryData
+
+
+class _FailingStorage(MemoryStorage):
+    """Commit number ``fail_at`` (1-based) fails, like a full disk."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.attempts = 0
+
+    async def _run_commit(self, batch: list[Write]) -> None:
+        self.attempts += 1
+        if self.attempts == self.fail_at:
+            raise OSError("disk full")
+        await super()._run_commit(batch)
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, Any]] = []
+        self.pending = 0
+        self.paused = False
+        self.transport = None
+
+    def send(self, rid: int, reply: Any) -> None:
+        self.sent.append((rid, reply))
+
+    def request_done(self) -> None:
+        self.pending -= 1
+
+
+def test_requests_after_a_failed_commit_get_no_answer_from_undurable_state() -> None:
+    c0 = Configuration("c0", (ServerInfo("s1", "127.0.0.1:1"),))
+
+    async def main() -> tuple[list[tuple[int, Any]], list[Any]]:
+        storage = _FailingStorage(fail_at=2)
+        server = Server(server_id="s1", host="127.0.0.1", port=0, storage=storage)
+        await server.bootstrap(c0)  # commit 1
+        conn = _Conn()
+        fail = server._fail
+
+        def fail_then_more_frames(exc: BaseException) -> None:
+            fail(exc)
+            # frames that were already read in this loop iteration (another connection's
+            # data_received runs before the stop() task's first step)
+            server.handle(conn, Envelope(2, PutData("g", "c0", "k", Tag(2, "w"), Blob(b"v2"))))
+            server.handle(conn, Envelope(3, QueryData("g", "c0", "k")))
+
+        server._fail = fail_then_more_frames  # type: ignore[method-assign]
+        server.handle(conn, Envelope(1, PutData("g", "c0", "k", Tag(1, "w"), Blob(b"v1"))))
+        await asyncio.sleep(0.05)  # commit 2 fails: no reply to 1 (correct), stop() runs
+        durable = list(storage.load())
+        return conn.sent, durable
+
+    sent, durable = asyncio.run(main())
+    durable_data = [r for r in durable if r.ns == "abd"]
+    assert durable_data == []  # nothing of k is on stable storage
+    leaked = [(rid, r) for rid, r in sent if isinstance(r, Ack | DataReply)]
+    assert leaked == [], f"replies sent for state that is not durable: {leaked}"
+    assert [(rid, type(r).__name__, getattr(r, "code", None)) for rid, r in sent] == [
+        (2, "ErrorReply", "storage"),
+        (3, "ErrorReply", "storage"),
+    ]
