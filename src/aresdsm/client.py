@@ -81,15 +81,17 @@ async def _random_backoff(attempt: int) -> None:
 
 
 class _CseqCache(msgspec.Struct):
-    initial: str
+    initial: Configuration
     groups: dict[str, ares.Cseq]
 
 
 def load_cseq_cache(path: Path | None, initial: Configuration) -> dict[str, ares.Cseq]:
     """Chains learned earlier (protocol.md §8.5: clients may cache their cseq on disk).
 
-    A missing, unreadable or foreign cache (another initial configuration) is ignored: the
-    client then discovers the chain from the initial configuration again.
+    A missing, unreadable or foreign cache (another initial configuration descriptor) is
+    ignored: the client then discovers the chain from the initial configuration again. A cache
+    from another deployment of the same cluster file is caught on first use
+    (:meth:`Store._check_cached`).
     """
     if path is None or not path.exists():
         return {}
@@ -97,16 +99,15 @@ def load_cseq_cache(path: Path | None, initial: Configuration) -> dict[str, ares
         cache = msgspec.json.decode(path.read_bytes(), type=_CseqCache)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return {}
-    if cache.initial != initial.id:
+    if cache.initial != initial:
         return {}
     return {g: c for g, c in cache.groups.items() if c and c[0].status == "F"}
 
 
-def save_cseq_cache(path: Path, cseqs: dict[str, ares.Cseq]) -> None:
+def save_cseq_cache(path: Path, initial: Configuration, cseqs: dict[str, ares.Cseq]) -> None:
     """Write the cache atomically (write a temporary file, then rename it)."""
     if not cseqs:
         return
-    initial = next(iter(cseqs.values()))[0].config.id
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(msgspec.json.encode(_CseqCache(initial, cseqs)))
     tmp.replace(path)
@@ -146,6 +147,8 @@ class Store:
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
         self._cseqs: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
+        self._unchecked: set[str] = set(self._cseqs)
+        """Chains from the disk cache not yet checked against the initial configuration."""
         self._background: set[asyncio.Task[bool]] = set()
         self._finalizing = asyncio.Semaphore(MAX_BACKGROUND_FINALIZE)
 
@@ -162,7 +165,7 @@ class Store:
         await self.channel.close()
         if self.cseq_cache is not None:
             try:
-                save_cseq_cache(self.cseq_cache, self._cseqs)
+                save_cseq_cache(self.cseq_cache, self.configuration, self._cseqs)
             except OSError as e:
                 log.warning("cannot save the configuration chain cache %s: %s", self.cseq_cache, e)
 
@@ -178,8 +181,39 @@ class Store:
         """This client's current view of the group's configuration chain."""
         return self._cseqs.get(group) or ares.initial_cseq(self.configuration)
 
+    async def _check_cached(self, chain: str) -> None:
+        """Before a chain from the disk cache is used: if the initial configuration answers,
+        its successor must be the cached one. A cache left by another deployment of the same
+        cluster file (servers re-created empty at the same addresses) names configurations
+        these servers never decided; using it would install them and read and write in a world
+        of its own. Dropped, the chain is discovered from the initial configuration again. If
+        the initial servers do not answer, the cache is what the client has (§8.5)."""
+        if chain not in self._unchecked:
+            return
+        self._unchecked.discard(chain)
+        cached = self._cseqs.get(chain)
+        if cached is None or len(cached) < 2 or cached[0].config != self.configuration:
+            return
+        try:
+            found = await ares.read_next_config(self.channel, self.configuration, chain)
+        except (QuorumUnavailable, OperationTimeout):
+            return
+        if found is None or found.config != cached[1].config:
+            log.warning(
+                "the cached chain of %r does not match the servers (another deployment?): "
+                "discarding it",
+                chain,
+            )
+            del self._cseqs[chain]
+
     def _learn(self, group: str, cseq: ares.Cseq) -> None:
-        self._cseqs[group] = ares.merge(self.cseq(group), cseq)
+        try:
+            self._cseqs[group] = ares.merge(self.cseq(group), cseq)
+        except ares.DisjointChains:
+            # an operation that started before relocate() adopted a later configuration
+            # (§8.5) comes back with a view ending before it: the adopted view is the later one
+            if self.cseq(group)[0].config.id == self.configuration.id:
+                self._cseqs[group] = cseq
 
     async def _with_recovery(self, group: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` (a read: it has no effect of its own to repeat); if the configurations
@@ -251,6 +285,7 @@ class Store:
     async def _write_once(
         self, chain: str, key: str, value: Blob, on_tag: Callable[[Tag], None]
     ) -> Tag:
+        await self._check_cached(chain)
         tag, cseq = await ares.write(
             self.channel,
             self.cseq(chain),
@@ -265,6 +300,7 @@ class Store:
         return tag
 
     async def _read_once(self, chain: str, key: str) -> ops.ReadResult:
+        await self._check_cached(chain)
         res, cseq = await ares.read(
             self.channel, self.cseq(chain), group=chain, key=key, switches=self.switches
         )
@@ -273,6 +309,7 @@ class Store:
 
     async def configurations(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
         """Discover and return the group's configuration chain (protocol.md §6 read-config)."""
+        await self._check_cached(group)
         cseq = await ares.read_config(self.channel, self.cseq(group), group, self.switches)
         self._learn(group, cseq)
         return self.cseq(group)
@@ -304,6 +341,7 @@ class Store:
             return await self._reconfigure_each(proposal, group, keys, concurrency)
 
     async def _reconfigure(self, proposal: Configuration, group: str) -> Configuration:
+        await self._check_cached(group)
         cseq, decided = await ares.reconfig(
             self.channel,
             self.cseq(group),
@@ -322,11 +360,14 @@ class Store:
     ) -> Configuration:
         if keys is None:
             keys = await ares.list_objects(self.channel, self.configuration, group)
+        keys = sorted(set(keys))
+        for key in keys:
+            await self._check_cached(ares.chain_of(group, key, self.switches))
         done = await ares.reconfig_objects(
             self.channel,
             self.cseq,
             group=group,
-            keys=sorted(set(keys)),
+            keys=keys,
             proposal=proposal,
             proposer=self._next_writer(),
             backoff=_random_backoff,

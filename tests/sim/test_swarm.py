@@ -83,6 +83,7 @@ BROKEN: list[tuple[str, dict[str, Any], int]] = [
     ("quorum-minus-one", {}, 20),
     ("skip-update-config", {}, 50),
     ("forgetful-acceptor", {}, 50),
+    ("forgets-accepts", {}, 50),
     ("decode-below-k", {"treas": True}, 100),
     ("gc-on-pending", {}, 50),
     ("fast-read-short", {}, 50),

@@ -121,9 +121,14 @@ def _align(a: Cseq, b: Cseq) -> tuple[Cseq, Cseq]:
     for i, e in enumerate(b):
         if e.config.id == a[0].config.id:
             return a, b[i:]
-    raise InvariantViolation(
+    raise DisjointChains(
         f"configuration chains share no configuration: {a[0].config.id}.. and {b[0].config.id}.."
     )
+
+
+class DisjointChains(InvariantViolation):
+    """Two views of a chain with no configuration in common: one was adopted from LATEST_CONFIG
+    (§8.5) beyond the end of the other. Not a divergence; the caller keeps the later view."""
 
 
 def adopt(entry: NextEntry) -> Cseq:
@@ -255,14 +260,18 @@ async def _propagate(
                 return cseq
             cseq = await _follow(net, cseq, group, nu, e.next, switches)
             continue
-        if switches.piggyback:
-            if nxt is None:
-                return cseq
+        if nxt is not None and (switches.piggyback or not switches.broken_classic_ignores_ack_next):
+            # a successor: put the value into it too. Classic Ares would only look with its
+            # read-config below -- sound against a reconfigurer whose put-config completed
+            # before its get-data, not against an Ares II one whose SET_NEXT_AND_GET does both at
+            # once on each server (tests/sim/test_mixed_modes.py): the ACKs carry next anyway
             cseq = await _follow(net, cseq, group, nu, nxt, switches)
-        else:
-            cseq = await read_config(net, cseq, group, switches)
-            if len(cseq) - 1 == nu:
-                return cseq
+            continue
+        if switches.piggyback:
+            return cseq
+        cseq = await read_config(net, cseq, group, switches)
+        if len(cseq) - 1 == nu:
+            return cseq
 
 
 async def write(

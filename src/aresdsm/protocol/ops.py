@@ -65,6 +65,10 @@ class OpSwitches:
     broken_retry_write_with_new_tag: bool = False
     """Test-only: the client retries a failed write from scratch, under a new tag, instead of
     finishing it with its own (tests/sim/test_store_retry.py)."""
+    broken_classic_ignores_ack_next: bool = False
+    """Test-only: with piggyback off, phase 2 ignores the next its put-data ACKs carry and
+    relies on read-config alone, as the original Ares does -- unsafe next to an Ares II
+    reconfigurer (tests/sim/test_mixed_modes.py)."""
     broken_no_requery_after_obsolete: bool = False
     """Test-only: phase 1 keeps a successor's answer given before its predecessor said OBSOLETE
     instead of asking it again (§8.3; tests/sim/test_obsolete_race.py)."""

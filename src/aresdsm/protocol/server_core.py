@@ -92,6 +92,8 @@ class ServerSwitches:
 
     broken_forget_promises: bool = False
     """Paxos acceptor promises are not persisted: a restart forgets them (protocol.md §5)."""
+    broken_forget_accepts: bool = False
+    """Paxos acceptor accepts are not persisted: a restart forgets them (protocol.md §5)."""
     broken_gc_on_pending: bool = False
     """Garbage-collect a configuration when its successor is P instead of F (§8.3)."""
 
@@ -423,6 +425,8 @@ class ServerCore:
         if new is None:
             return reply, []
         self.acceptors[inst] = new
+        if self.switches.broken_forget_accepts:
+            return reply, []
         return reply, [Record(paxos.NS, req.group, req.config_id, "", _enc.encode(new))]
 
     def _on_latest_config(self, req: LatestConfig) -> Result:

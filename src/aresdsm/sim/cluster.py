@@ -38,6 +38,8 @@ from ..storage.memory import apply_batch
 from ..tags import Tag
 from ..wire.codec import Decoder, Encoder
 from ..wire.messages import (
+    Accept,
+    Accepted,
     Ballot,
     Envelope,
     ErrorReply,
@@ -79,6 +81,12 @@ class InvariantMonitor:
     live_promised: dict[tuple[str, str, str], Ballot] = field(default_factory=dict)
     live_final: set[tuple[str, str, str]] = field(default_factory=set)
     replied_promises: dict[tuple[str, str, str], Ballot] = field(default_factory=dict)
+    """The highest ballot each acceptor gave away: in a PROMISE, or in an ACCEPTED (accepting
+    b raises the promise to b too)."""
+    replied_accepts: dict[tuple[str, str, str], tuple[Ballot, Configuration]] = field(
+        default_factory=dict
+    )
+    """The highest (ballot, value) each acceptor reported ACCEPTED."""
 
     def fail(self, message: str) -> None:
         self.failures.append(message)
@@ -109,10 +117,19 @@ class InvariantMonitor:
 
     def on_reply(self, server: str, req: Request, reply: Reply) -> None:
         if isinstance(reply, Promise) and isinstance(req, Prepare):
+            self._gave(server, req.group, req.config_id, reply.ballot)
+        elif isinstance(reply, Accepted) and isinstance(req, Accept):
             key = (server, req.group, req.config_id)
-            prev = self.replied_promises.get(key)
-            if prev is None or reply.ballot > prev:
-                self.replied_promises[key] = reply.ballot
+            self._gave(server, req.group, req.config_id, req.ballot)
+            prev_accept = self.replied_accepts.get(key)
+            if prev_accept is None or req.ballot > prev_accept[0]:
+                self.replied_accepts[key] = (req.ballot, req.value)
+
+    def _gave(self, server: str, group: str, config_id: str, ballot: Ballot) -> None:
+        key = (server, group, config_id)
+        prev = self.replied_promises.get(key)
+        if prev is None or ballot > prev:
+            self.replied_promises[key] = ballot
 
     def on_crash(self, server: str) -> None:
         self.live_promised = {k: v for k, v in self.live_promised.items() if k[0] != server}
@@ -127,6 +144,14 @@ class InvariantMonitor:
                 self.fail(
                     f"§10.4: acceptor {server} {g}/{c} forgot its promise {ballot} on restart"
                 )
+        for (srv, g, c), (ballot, value) in self.replied_accepts.items():
+            if srv != server:
+                continue
+            st = core.acceptors.get((g, c))
+            if st is None or st.accepted_ballot is None or st.accepted_ballot < ballot:
+                self.fail(f"§10.4: acceptor {server} {g}/{c} forgot it accepted {ballot}")
+            elif st.accepted_ballot == ballot and st.accepted_value != value:
+                self.fail(f"§10.4: acceptor {server} {g}/{c} changed the value it accepted")
 
     def after_commit(
         self, server: str, batch: list[Write], configs: dict[str, Configuration]
@@ -399,16 +424,14 @@ class SimChannel:
 
         def start(i: int, server: ServerInfo) -> None:
             req = request(i, server) if callable(request) else request
-            installed = False
 
             def on_reply(reply: Reply) -> None:
-                nonlocal installed
                 if fut.done() or server.id in answers or server.id in failed:
                     return
                 if isinstance(reply, ErrorReply) and reply.code == "unknown-config":
-                    if not installed:  # the network reorders: resend only once it is installed
-                        installed = True
-                        self._send(server.id, InstallConfig(c), lambda r: transmit())
+                    # install, and resend the request once the install is answered (the network
+                    # reorders); again on every unknown-config: an install can be lost too
+                    self._send(server.id, InstallConfig(c), lambda r: transmit())
                     return
                 if isinstance(reply, Obsolete):
                     fut.set_exception(ConfigurationObsolete(reply.next))

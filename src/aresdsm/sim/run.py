@@ -143,6 +143,7 @@ BROKEN_VARIANTS = (
     "fast-read-short",
     "split-handoff",
     "no-requery-after-obsolete",
+    "forgets-accepts",
 )
 
 
@@ -200,6 +201,7 @@ class _World:
             real_codec=opts.real_codec,
             server_switches=ServerSwitches(
                 broken_forget_promises="forgetful-acceptor" in opts.broken,
+                broken_forget_accepts="forgets-accepts" in opts.broken,
                 broken_gc_on_pending="gc-on-pending" in opts.broken,
             ),
         )
