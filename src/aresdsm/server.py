@@ -9,7 +9,12 @@ Bad input never stops the server: an undecodable frame or an oversized length pr
 and the connection closed (the stream can no longer be trusted); a decodable message that is not a
 request is answered with ``bad-request``. A storage failure is fatal (fail-stop): the process
 stops without sending the replies that depended on the failed commit, and a restart recovers the
-last durable state.
+last durable state. So is an exception escaping the core (a bug): the in-memory state it leaves
+may not match what is durable, so nothing more is answered from it.
+
+Flow control: a connection stops being read while ``max_in_flight`` of its requests wait for a
+commit or while its replies are not being read (the transport's write buffer is above its
+high-water mark), so neither grows without bound.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import deque
 from pathlib import Path
 from typing import cast
 
 from . import tracing
 from .config import Configuration
-from .errors import FrameError
+from .errors import ConfigurationError, FrameError
 from .protocol.server_core import ServerCore
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
@@ -37,12 +43,28 @@ _REQUEST_TYPES: tuple[type, ...] = Request.__args__
 
 
 class _Conn(asyncio.Protocol):
+    """One client connection.
+
+    Reading is paused while either of two limits is reached: ``max_in_flight`` requests waiting
+    for a commit, or the transport's write buffer above its high-water mark (``pause_writing``:
+    the client does not read its replies). Both feed one decision, :meth:`update_reading`, so
+    that the end of one condition never resumes reading while the other still holds. While
+    paused, frames already received wait in ``backlog`` undecoded: one received chunk can hold
+    thousands of small requests, each of which may have a large reply.
+    """
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.frames = FrameBuffer(max_frame_bytes=server.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.pending = 0
+        """Requests handled whose reply waits for a commit."""
         self.paused = False
+        """Reading is paused (and the backlog is not being handled)."""
+        self.writing_paused = False
+        """The transport's write buffer is above its high-water mark."""
+        self.backlog: deque[bytes] = deque()
+        self._handling = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -52,25 +74,40 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
+        self.backlog.clear()
 
     def data_received(self, data: bytes) -> None:
-        srv = self.server
         try:
-            bodies = self.frames.feed(data)
+            self.backlog.extend(self.frames.feed(data))
         except FrameError as e:
             self._reject(e)
             return
-        for body in bodies:
-            try:
-                env = srv.decoder.decode_body(body)
-            except FrameError as e:
-                self._reject(e)
-                return
-            srv.handle(self, env)
+        self._handle_backlog()
+
+    def _handle_backlog(self) -> None:
+        if self._handling:  # re-entered from a reply's write; the outer loop goes on
+            return
+        self._handling = True
+        try:
+            srv = self.server
+            while self.backlog and not self.paused:
+                if self.transport is None or self.transport.is_closing():
+                    self.backlog.clear()
+                    return
+                body = self.backlog.popleft()
+                try:
+                    env = srv.decoder.decode_body(body)
+                except FrameError as e:
+                    self._reject(e)
+                    return
+                srv.handle(self, env)
+        finally:
+            self._handling = False
 
     def _reject(self, e: FrameError) -> None:
         self.server.bump("bad-frames")
         log.warning("closing connection after bad input: %s", e)
+        self.backlog.clear()
         if self.transport is not None:
             self.transport.close()
 
@@ -79,16 +116,36 @@ class _Conn(asyncio.Protocol):
             return
         try:
             self.transport.writelines(self.server.encoder.encode(Envelope(rid, reply)))
-        except FrameError as e:  # reply too large for a frame: answer with an error instead
+        except FrameError as e:  # reply too large (or not encodable): answer with an error
             self.transport.writelines(
                 self.server.encoder.encode(Envelope(rid, ErrorReply("bad-request", str(e))))
             )
 
-    def request_done(self) -> None:
-        self.pending -= 1
-        if self.paused and self.pending < self.server.max_in_flight and self.transport is not None:
+    def update_reading(self) -> None:
+        """Pause or resume reading to match both limits (the only place that does either)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        want_paused = self.writing_paused or self.pending >= self.server.max_in_flight
+        if want_paused and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        elif not want_paused and self.paused:
             self.paused = False
             self.transport.resume_reading()
+            self._handle_backlog()
+
+    def request_done(self) -> None:
+        self.pending -= 1
+        if self.paused:
+            self.update_reading()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.update_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.update_reading()
 
 
 class Server:
@@ -130,7 +187,13 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port)
+        try:
+            self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port)
+        except OSError as e:  # port in use, unresolvable host, ...: one line, not a traceback
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            raise ConfigurationError(
+                f"cannot listen on {host}:{self.port}: {e.strerror or e}"
+            ) from None
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("server %s listening on %s:%d", self.server_id, self.host, self.port)
@@ -148,10 +211,22 @@ class Server:
             # fail-stop: the in-memory state may hold what never became durable; answer
             # nothing from it until the process is restarted from disk (requests read in the
             # same loop iteration as the failure land here, before stop() closes connections)
-            conn.send(env.rid, ErrorReply("storage", "the server's storage failed; it stops"))
+            if self.storage.failed is not None:
+                conn.send(env.rid, ErrorReply("storage", "the server's storage failed; it stops"))
+            else:
+                conn.send(env.rid, ErrorReply("shutting-down", "the server failed; it stops"))
             return
         span = tracing.start_server_span(body, env.trace, self.server_id)
-        reply, writes = self.core.handle(body)  # type: ignore[arg-type]
+        try:
+            reply, writes = self.core.handle(body)  # type: ignore[arg-type]
+        except Exception as exc:
+            # The core answers every bad request with an error reply, so an exception is a bug
+            # (an InvariantViolation or worse). It may have changed the in-memory state without
+            # returning the writes that make the change durable: fail-stop, like a failed
+            # commit, and answer nothing from that state; a restart recovers from disk.
+            tracing.fail_server_span(span, exc)
+            self._fail(exc, bug=True)
+            return
         if writes:
             self.storage.submit(writes)
         barrier = self.storage.barrier()
@@ -162,9 +237,8 @@ class Server:
             return
         wait = tracing.start_child("storage-wait", span)
         conn.pending += 1
-        if conn.pending >= self.max_in_flight and not conn.paused and conn.transport is not None:
-            conn.paused = True
-            conn.transport.pause_reading()
+        if conn.pending >= self.max_in_flight and conn.transport is not None:
+            conn.update_reading()
         rid = env.rid
 
         def durable(fut: asyncio.Future[None]) -> None:
@@ -182,10 +256,13 @@ class Server:
 
         barrier.add_done_callback(durable)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, *, bug: bool = False) -> None:
         if self.fatal is None:
             self.fatal = exc
-            log.critical("storage failure, stopping (fail-stop): %s", exc)
+            if bug:
+                log.critical("internal error, stopping (fail-stop)", exc_info=exc)
+            else:
+                log.critical("storage failure, stopping (fail-stop): %s", exc)
             asyncio.get_running_loop().create_task(self.stop())
 
     async def stop(self) -> None:
@@ -232,7 +309,12 @@ async def run_server(
     server = Server(server_id=server_id, host=host, port=port, storage=storage)
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        # release the data directory (and its lock) before the caller reports the error
+        storage.close()
+        raise
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))

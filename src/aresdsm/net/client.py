@@ -6,7 +6,12 @@ request id. Sending never blocks the caller: a request is queued while the conne
 established fails its queued requests at once, so a round against a crashed server learns quickly
 that this server will not answer; the next attempt waits ``backoff_s`` (doubling up to
 ``max_backoff_s``) after the failed one, and requests sent meanwhile wait for it (within their
-round's deadline) rather than fail, so a restarted server is picked up again.
+round's deadline) rather than fail, so a restarted server is picked up again. A request whose
+round is over (:meth:`PeerConnection.cancel`) leaves the queue, and the queue holds at most
+``max_queued_requests``: a server that accepts connections but never answers cannot make it grow.
+
+A server's replies are trusted only as far as the frame format: ``max_in_flight`` counts the
+request ids written and not yet answered, so a duplicate or unsolicited reply changes nothing.
 
 A round (:meth:`TcpChannel.round`) registers one callback per server and resolves a single future
 when a quorum answered, when a quorum has become impossible (QuorumUnavailable), or at its deadline
@@ -18,19 +23,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from .. import tracing
 from ..config import ClientOptions, Configuration, ServerInfo
-from ..errors import FrameError, OperationTimeout, QuorumUnavailable, ServerError
+from ..errors import FrameError, OperationError, OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..wire.codec import Decoder, Encoder, FrameBuffer
 from ..wire.messages import Envelope, ErrorReply, InstallConfig, Obsolete, Reply, Request
 
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
+
+DEFAULT_MAX_QUEUED_REQUESTS = 65536
+"""Requests that may wait for one connection (to be established, or for max_in_flight)."""
 
 
 class PeerConnection(asyncio.Protocol):
@@ -45,6 +53,7 @@ class PeerConnection(asyncio.Protocol):
         decoder: Decoder,
         initial_backoff_s: float = 0.05,
         max_backoff_s: float = 1.0,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     ) -> None:
         self.server = server
         self.options = options
@@ -53,9 +62,12 @@ class PeerConnection(asyncio.Protocol):
         self._frames = FrameBuffer(max_frame_bytes=options.max_frame_bytes)
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Task[None] | None = None
-        self._waiting: deque[tuple[int, Request, dict[str, str] | None]] = deque()
+        # rid -> request; ordered (FIFO) and removable by rid, for cancel()
+        self._waiting: OrderedDict[int, tuple[Request, dict[str, str] | None]] = OrderedDict()
         self._callbacks: dict[int, Callback] = {}
-        self._inflight = 0
+        self._outstanding: set[int] = set()
+        """Request ids written on the current connection and not answered yet."""
+        self.max_queued_requests = max_queued_requests
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
         self._backoff_s = initial_backoff_s
@@ -63,6 +75,11 @@ class PeerConnection(asyncio.Protocol):
         self._closed = False
         self.requests_sent = 0
         self.bytes_sent = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests written on the current connection and not answered yet."""
+        return len(self._outstanding)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -72,16 +89,29 @@ class PeerConnection(asyncio.Protocol):
         if self._closed:
             cb(ConnectionError(f"connection to {self.server.id} is closed"))
             return
-        self._callbacks[rid] = cb
-        if self._transport is not None and self._inflight < self.options.max_in_flight:
+        if self._transport is not None and self.in_flight < self.options.max_in_flight:
+            self._callbacks[rid] = cb
             self._write(rid, req, trace)
             return
-        self._waiting.append((rid, req, trace))
+        if len(self._waiting) >= self.max_queued_requests:
+            cb(
+                OperationError(
+                    f"{len(self._waiting)} requests already wait for server {self.server.id} "
+                    f"(max_queued_requests={self.max_queued_requests})"
+                )
+            )
+            return
+        self._callbacks[rid] = cb
+        self._waiting[rid] = (req, trace)
         if self._transport is None:
             self._ensure_connecting()
 
     def cancel(self, rid: int) -> None:
+        """The caller no longer wants the reply: forget the callback and, if the request has not
+        been written yet, the request (its round is over; sending it would only load the
+        server). A written request stays counted in flight until it is answered."""
         self._callbacks.pop(rid, None)
+        self._waiting.pop(rid, None)
 
     def _write(self, rid: int, req: Request, trace: dict[str, str] | None) -> None:
         assert self._transport is not None
@@ -92,7 +122,7 @@ class PeerConnection(asyncio.Protocol):
             if cb is not None:
                 cb(e)
             return
-        self._inflight += 1
+        self._outstanding.add(rid)
         self.requests_sent += 1
         self._transport.writelines(bufs)
 
@@ -100,11 +130,10 @@ class PeerConnection(asyncio.Protocol):
         while (
             self._waiting
             and self._transport is not None
-            and self._inflight < self.options.max_in_flight
+            and self.in_flight < self.options.max_in_flight
         ):
-            rid, req, trace = self._waiting.popleft()
-            if rid in self._callbacks:
-                self._write(rid, req, trace)
+            rid, (req, trace) = self._waiting.popitem(last=False)
+            self._write(rid, req, trace)
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -143,27 +172,26 @@ class PeerConnection(asyncio.Protocol):
         self._frames = FrameBuffer(max_frame_bytes=self.options.max_frame_bytes)
         self._backoff_s = self._initial_backoff_s
         self._retry_at = 0.0
-        self._inflight = 0
+        self._outstanding.clear()
         self._pump()
 
     def _fail_waiting(self, exc: BaseException) -> None:
-        waiting, self._waiting = self._waiting, deque()
-        for rid, _, _ in waiting:
+        waiting, self._waiting = self._waiting, OrderedDict()
+        for rid in waiting:
             cb = self._callbacks.pop(rid, None)
             if cb is not None:
                 cb(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self._inflight = 0
+        self._outstanding.clear()
         err = ConnectionError(
             f"connection to server {self.server.id} lost" + (f": {exc}" if exc else "")
         )
         # Requests in flight on the lost connection get no reply; fail them so rounds move on.
         callbacks, self._callbacks = self._callbacks, {}
-        waiting_rids = {rid for rid, _, _ in self._waiting}
         for rid, cb in callbacks.items():
-            if rid in waiting_rids:
+            if rid in self._waiting:
                 self._callbacks[rid] = cb
             else:
                 cb(err)
@@ -177,17 +205,21 @@ class PeerConnection(asyncio.Protocol):
             bodies = self._frames.feed(data)
             for body in bodies:
                 env = self._decoder.decode_body(body)
-                self._inflight -= 1
+                if env.rid not in self._outstanding:
+                    continue  # a duplicate or unsolicited reply: nothing asked for it
+                self._outstanding.discard(env.rid)
                 cb = self._callbacks.pop(env.rid, None)
                 if cb is not None:
                     cb(env.body)  # type: ignore[arg-type]
         except FrameError as e:
-            # A server that sends garbage is treated as a broken connection.
+            # A server that sends garbage is treated as a broken connection: every request on
+            # it, written or waiting, fails now (nothing is left queued for a reconnect).
             if self._transport is not None:
                 self._transport.close()
-            for cb in list(self._callbacks.values()):
+            callbacks, self._callbacks = self._callbacks, {}
+            self._waiting.clear()
+            for cb in callbacks.values():
                 cb(e)
-            self._callbacks.clear()
             return
         if self._waiting:
             self._pump()

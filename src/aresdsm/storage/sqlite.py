@@ -12,11 +12,19 @@ docs/design.md, "Storage engine"). Such a value is written to ``blobs/<unique>.b
 the directory is fsynced, and only then does the transaction that references the file commit --
 so a committed row never points to a file that is not durable. Files of replaced or deleted rows
 are removed after the commit; files a crash left unreferenced are removed at start-up.
+
+One engine per database at a time: the constructor takes an exclusive ``flock`` on
+``<database>.lock`` before touching anything else, and holds it until :meth:`close` (the kernel
+releases it if the process dies). Without it, a second server started on a data directory in use
+would take the first one's fsynced, not yet committed value files for orphans and delete them.
+The lock is per database file rather than per directory because in-process test clusters keep
+several databases in one directory; ``ares server`` uses one database per data directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -46,18 +54,24 @@ class SqliteStorage(Storage):
         self.path = Path(path)
         self.blob_dir = self.path.parent / "blobs"
         self.blob_threshold_bytes = blob_threshold_bytes
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fd = _lock_exclusively(self.lock_path)
         try:
-            self.blob_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
-        except (OSError, sqlite3.Error) as e:
-            raise StorageError(f"cannot open database {self.path}: {e}") from None
-        self._lock = threading.Lock()
-        self._remove_orphans()
+            try:
+                self.blob_dir.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute(_SCHEMA)
+            except (OSError, sqlite3.Error) as e:
+                raise StorageError(f"cannot open database {self.path}: {e}") from None
+            self._lock = threading.Lock()
+            self._remove_orphans()
+        except BaseException:
+            self._unlock()
+            raise
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -165,6 +179,49 @@ class SqliteStorage(Storage):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        # closing the descriptor releases the flock; -1 makes a second close() harmless (and
+        # never closes a descriptor number the process has since reused)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock_exclusively(lock_path: Path) -> int:
+    """Open and flock ``lock_path`` (creating its directory); the descriptor holds the lock."""
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StorageError(f"cannot open lock file {lock_path}: {e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_pid(fd)
+        os.close(fd)
+        raise StorageError(
+            f"data directory {lock_path.parent} is in use by another server"
+            + (f" (pid {holder})" if holder else "")
+            + f": {lock_path} is locked"
+        ) from None
+    except OSError as e:
+        os.close(fd)
+        raise StorageError(f"cannot lock {lock_path}: {e}") from None
+    # the holder's pid, for the message another instance prints (diagnostics only)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
 
 
 def _write_durably(path: Path, data: bytes | memoryview) -> None:

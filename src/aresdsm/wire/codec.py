@@ -11,9 +11,15 @@ Frame layout (all integers big-endian)::
 Blobs are written as separate buffers (``writelines``), so a 4 MiB value is never copied into
 the header; on receipt they are zero-copy memoryview slices of the received frame.
 
+Blob references must lay the blob region out exactly as :class:`Encoder` does: in header order,
+each starting where the previous one ended, the first at 0 and the last ending at the end of the
+frame. Merely range-checking them would let many fields point at the same bytes, so a small frame
+could make a server store (and fsync) many times its size.
+
 Any malformed input -- short frame, wrong version, bad MessagePack, unknown message type,
-wrong field types, blob reference out of range -- raises :class:`~aresdsm.errors.FrameError`,
-and nothing else.
+wrong field types, blob references that are out of range, overlapping, out of order or leave
+bytes unreferenced, nesting deep enough to exhaust the stack -- raises
+:class:`~aresdsm.errors.FrameError`, and nothing else.
 """
 
 from __future__ import annotations
@@ -36,7 +42,10 @@ LENGTH_BYTES = _LEN.size
 
 
 class Encoder:
-    """Encodes envelopes to a list of buffers ready for ``transport.writelines``."""
+    """Encodes envelopes to a list of buffers ready for ``transport.writelines``.
+
+    Raises :class:`~aresdsm.errors.FrameError` (only) for a message that cannot be encoded or
+    whose frame would exceed ``max_frame_bytes``."""
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
@@ -59,6 +68,13 @@ class Encoder:
             header = self._enc.encode(env)
             blobs = self._blobs
             body_len = 1 + 4 + len(header) + self._offset
+        except Exception as e:
+            # A message that cannot be put on the wire (an integer beyond 64 bits, an unsupported
+            # type) fails that one message with the codec's error, so the caller fails one
+            # request or answers with an error reply instead of losing its connection.
+            raise FrameError(
+                f"cannot encode {type(env.body).__name__}: {type(e).__name__}: {e}"
+            ) from None
         finally:
             self._blobs = []
         if body_len > self.max_frame_bytes:
@@ -78,6 +94,7 @@ class Decoder:
 
     def __init__(self) -> None:
         self._region: memoryview = memoryview(b"")
+        self._next_offset = 0
         self._dec = msgspec.msgpack.Decoder(Envelope, dec_hook=self._dec_hook)
 
     def _dec_hook(self, kind: type, obj: Any) -> Any:
@@ -85,8 +102,17 @@ class Decoder:
             if not isinstance(obj, list) or len(obj) != 2 or not all(type(x) is int for x in obj):
                 raise ValueError("blob reference must be [offset, length]")
             off, length = obj
-            if off < 0 or length < 0 or off + length > len(self._region):
+            # msgspec decodes the header in wire order, the order in which the encoder appended
+            # the blobs, so each reference must start exactly where the previous one ended: no
+            # two fields can share bytes (storage amplification from one small frame).
+            if off != self._next_offset:
+                raise ValueError(
+                    f"blob reference at offset {off}, expected {self._next_offset} "
+                    "(references must be contiguous and in order)"
+                )
+            if length < 0 or off + length > len(self._region):
                 raise ValueError("blob reference out of range")
+            self._next_offset = off + length
             return Blob(self._region[off : off + length])
         raise NotImplementedError(f"cannot decode {kind!r}")
 
@@ -103,12 +129,25 @@ class Decoder:
         if 5 + header_len > len(view):
             raise FrameError(f"header length {header_len} exceeds frame body {len(view) - 5}")
         self._region = view[5 + header_len :].toreadonly()
+        self._next_offset = 0
         try:
-            return self._dec.decode(view[5 : 5 + header_len])
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as e:
-            raise FrameError(f"malformed message: {e}") from None
+            env = self._dec.decode(view[5 : 5 + header_len])
+            if self._next_offset != len(self._region):
+                raise FrameError(
+                    f"{len(self._region) - self._next_offset} bytes of the blob region "
+                    "are not referenced by the header"
+                )
+            return env
+        except FrameError:
+            raise
+        except Exception as e:
+            # Bytes from the network must never raise anything but FrameError: besides
+            # msgspec's own errors, deep nesting in skipped fields raises RecursionError and a
+            # future msgspec may raise something else; the caller treats all of them as garbage.
+            raise FrameError(f"malformed message: {type(e).__name__}: {e}") from None
         finally:
             self._region = memoryview(b"")
+            self._next_offset = 0
 
     def decode_frame(self, frame: bytes | memoryview, *, max_frame_bytes: int) -> Envelope:
         """Decode a whole frame including its length prefix (tests, simulator, fuzzing)."""
