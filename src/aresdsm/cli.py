@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import runtime
@@ -89,8 +90,8 @@ class AresGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except AresError as e:
-            err_console.print(f"[bold red]error:[/] {e}")
+        except AresError as e:  # (escaped: messages name TOML tables like [client])
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
             sys.exit(1)
 
 
@@ -269,7 +270,10 @@ def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: 
     if show_tag:
         err_console.print(f"tag {tag}")
     if output:
-        Path(output).write_bytes(data)
+        try:
+            Path(output).write_bytes(data)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {output}: {e.strerror or e}") from None
         err_console.print(f"saved {len(data)} bytes to {output}")
     else:
         sys.stdout.buffer.write(data)

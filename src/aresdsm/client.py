@@ -48,6 +48,8 @@ from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, S
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
 MAX_KEY_BYTES = 1024
+FRAME_SLACK_BYTES = 64 * 1024
+"""Room for a reply's header and coding padding next to its values."""
 MAX_BACKGROUND_FINALIZE = 16
 """Chains finalized in the background at once (many with ``batch`` off)."""
 
@@ -205,6 +207,22 @@ class Store:
                 chain,
             )
             del self._cseqs[chain]
+
+    def _check_fits(self, chain: str, size: int) -> None:
+        """Refuse a value whose reads could not fit a frame in the configuration it goes to:
+        a TREAS server answers a read with up to δ+1 coded elements of ⌈|v|/k⌉ bytes (§4.2).
+        Accepted, such a write would leave the object unreadable for good."""
+        c = self.cseq(chain)[-1].config
+        per_reply = size if c.dap == "abd" else (c.delta + 1) * -(-size // c.k)
+        limit = self.options.max_frame_bytes - FRAME_SLACK_BYTES
+        if per_reply > limit:
+            shape = (
+                "" if c.dap == "abd" else f" (TREAS k={c.k}, delta={c.delta}: {per_reply} bytes)"
+            )
+            raise ConfigurationError(
+                f"a value of {size} bytes is too large for configuration {c.id}{shape}: a reply "
+                f"must fit max_frame_bytes={self.options.max_frame_bytes}"
+            )
 
     def _learn(self, group: str, cseq: ares.Cseq) -> None:
         try:
@@ -412,6 +430,7 @@ class Store:
         _check_key(key, group)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
+        self._check_fits(ares.chain_of(group, key, self.switches), len(value))
         coro = self._write_op(group, key, Blob(bytes(value)))
         return await self._recorded("write", key, group, coro, written=bytes(value))
 

@@ -23,6 +23,12 @@ from .errors import ConfigurationError
 
 DapKind = Literal["abd", "treas"]
 DAP_KINDS: tuple[str, ...] = ("abd", "treas")
+MAX_SERVERS = 255
+"""Servers in one configuration at most (a descriptor arrives from the network too)."""
+MAX_TREAS_N = 32
+"""ISA-L's Vandermonde Reed–Solomon codes at most 32 elements (coding.MAX_N)."""
+MAX_ID_BYTES = 1024
+MAX_FRAME_BYTES_LIMIT = 1024 * 1024 * 1024
 DEFAULT_GROUP = "default"
 
 
@@ -112,8 +118,12 @@ def validate_configuration(c: Configuration) -> Configuration:
     """Check a descriptor (protocol.md §3); return it unchanged or raise ConfigurationError."""
     if not c.id:
         raise ConfigurationError("configuration id must not be empty")
+    if len(c.id.encode()) > MAX_ID_BYTES:
+        raise ConfigurationError(f"configuration id is limited to {MAX_ID_BYTES} bytes")
     if c.n < 1:
         raise ConfigurationError(f"configuration {c.id}: needs at least one server")
+    if c.n > MAX_SERVERS:
+        raise ConfigurationError(f"configuration {c.id}: at most {MAX_SERVERS} servers, got {c.n}")
     ids = [s.id for s in c.servers]
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"configuration {c.id}: duplicate server ids in {ids}")
@@ -121,14 +131,20 @@ def validate_configuration(c: Configuration) -> Configuration:
     if len(set(addresses)) != len(addresses):
         raise ConfigurationError(f"configuration {c.id}: duplicate server addresses in {addresses}")
     for s in c.servers:
-        if not s.id:
-            raise ConfigurationError(f"configuration {c.id}: a server has an empty id")
+        if not s.id or len(s.id.encode()) > MAX_ID_BYTES:
+            raise ConfigurationError(
+                f"configuration {c.id}: server ids must have 1..{MAX_ID_BYTES} bytes"
+            )
         parse_address(s.address)
     if c.dap not in DAP_KINDS:
         raise ConfigurationError(
             f"configuration {c.id}: unknown DAP {c.dap!r}; expected one of {', '.join(DAP_KINDS)}"
         )
     if c.dap == "treas":
+        if c.n > MAX_TREAS_N:
+            raise ConfigurationError(
+                f"configuration {c.id}: TREAS codes at most {MAX_TREAS_N} servers, got n={c.n}"
+            )
         if not 1 <= c.k <= c.n:
             raise ConfigurationError(
                 f"configuration {c.id}: TREAS needs 1 <= k <= n, got k={c.k}, n={c.n}"
@@ -167,6 +183,13 @@ class ClusterFile(msgspec.Struct, frozen=True):
         raise ConfigurationError(
             f"server {server_id!r} is not in the cluster file (known: {known})"
         )
+
+
+def _int_or(table: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(f"{where}: {key!r} must be an integer, got {value!r}")
+    return value
 
 
 def _require(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -231,8 +254,8 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
         id=str(initial_table.get("id", "c0")),
         servers=tuple(by_id[sid] for sid in member_ids),
         dap=initial_table.get("dap", "abd"),
-        k=int(initial_table.get("k", 1)),
-        delta=int(initial_table.get("delta", 0)),
+        k=_int_or(initial_table, "k", 1, where),
+        delta=_int_or(initial_table, "delta", 0, where),
     )
     validate_configuration(initial)
     client_table = data.get("client", {})
@@ -240,8 +263,19 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
         client = msgspec.convert(client_table, ClientOptions)
     except msgspec.ValidationError as e:
         raise ConfigurationError(f"{source}: [client]: {e}") from None
-    if client.timeout_s <= 0 or client.connect_timeout_s <= 0 or client.max_in_flight < 1:
-        raise ConfigurationError(f"{source}: [client]: timeouts and max_in_flight must be positive")
+    for name in ("timeout_s", "connect_timeout_s"):
+        value = getattr(client, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigurationError(
+                f"{source}: [client]: {name} must be a positive number of seconds, got {value}"
+            )
+    if client.max_in_flight < 1:
+        raise ConfigurationError(f"{source}: [client]: max_in_flight must be at least 1")
+    if not 1024 <= client.max_frame_bytes <= MAX_FRAME_BYTES_LIMIT:
+        raise ConfigurationError(
+            f"{source}: [client]: max_frame_bytes must be in 1024..{MAX_FRAME_BYTES_LIMIT}, "
+            f"got {client.max_frame_bytes}"
+        )
     cluster_table = data.get("cluster", {})
     name = cluster_table.get("name", "aresdsm") if isinstance(cluster_table, dict) else "aresdsm"
     return ClusterFile(
@@ -256,6 +290,8 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigurationError(f"cannot read cluster file {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigurationError(f"cluster file {p} is not UTF-8 text: {e.reason}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -139,3 +139,23 @@ def test_load_cluster_file_reports_toml_errors(tmp_path: object) -> None:
         load_cluster_file(p)
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_cluster_file(Path(str(tmp_path)) / "missing.toml")
+
+
+def test_configuration_size_limits() -> None:
+    """A descriptor arrives from the network too: bounded in servers, and TREAS within what
+    the coder handles (found in review: n = 33 was decided by consensus, then every operation
+    of the group failed)."""
+    from aresdsm.config import MAX_SERVERS, MAX_TREAS_N, ServerInfo, validate_configuration
+
+    def servers(n: int) -> tuple[ServerInfo, ...]:
+        return tuple(ServerInfo(f"s{i}", f"127.0.0.1:{1000 + i}") for i in range(n))
+
+    from aresdsm import coding
+
+    assert coding.MAX_N == MAX_TREAS_N  # config mirrors the coder's limit without importing it
+    validate_configuration(Configuration("t", servers(MAX_TREAS_N), "treas", 3, 1))
+    with pytest.raises(ConfigurationError, match="TREAS codes at most"):
+        validate_configuration(Configuration("t", servers(MAX_TREAS_N + 1), "treas", 3, 1))
+    validate_configuration(Configuration("a", servers(MAX_SERVERS)))
+    with pytest.raises(ConfigurationError, match="at most"):
+        validate_configuration(Configuration("a", servers(MAX_SERVERS + 1)))

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from ..config import Configuration, validate_configuration
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StorageError
 from ..storage.base import Delete, Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
@@ -130,7 +130,12 @@ class ServerCore:
     ) -> ServerCore:
         core = cls(server_id, switches=switches or ServerSwitches())
         for r in records:
-            core._restore(r)
+            try:
+                core._restore(r)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
+                raise StorageError(
+                    f"corrupt record {r.ns}/{r.group}/{r.config_id}/{r.key}: {e}"
+                ) from None
         return core
 
     def _restore(self, r: Record) -> None:
@@ -248,8 +253,9 @@ class ServerCore:
         c = self._data_config(req.group, req.config_id)
         if not isinstance(c, Configuration):
             return c, []
-        if "\x00" in req.key:
-            return ErrorReply("bad-request", "object keys must not contain NUL"), []
+        bad = _bad_item(req.key, req.tag)
+        if bad is not None:
+            return bad, []
         writes = self._apply_put(c, req)
         return Ack(self._next(req.group, req.config_id)), writes
 
@@ -258,8 +264,12 @@ class ServerCore:
         c = self._data_config(req.group, req.config_id)
         if not isinstance(c, Configuration):
             return c, []
-        if any("\x00" in item.key for item in req.items):
-            return ErrorReply("bad-request", "object keys must not contain NUL"), []
+        if len(req.items) > MAX_KEYS_PAGE:
+            return ErrorReply("bad-request", f"a batch holds at most {MAX_KEYS_PAGE} objects"), []
+        for item in req.items:
+            bad = _bad_item(item.key, item.tag)
+            if bad is not None:
+                return bad, []
         writes: list[Write] = []
         for item in req.items:
             writes += self._apply_put(
@@ -269,6 +279,9 @@ class ServerCore:
 
     def _apply_put(self, c: Configuration, req: PutData) -> list[Write]:
         """The DAP's put-data rule on this server's state; the records to persist."""
+        if isinstance(req.value.data, memoryview):
+            # a received value is a view of its whole frame: a copy keeps only its own bytes
+            req = PutData(req.group, req.config_id, req.key, req.tag, Blob(bytes(req.value.data)))
         skey = (req.group, req.config_id, req.key)
         if c.dap == "treas":
             old = self._treas_state(c, skey)
@@ -301,6 +314,9 @@ class ServerCore:
             return c, []
         writes: list[Write] = []
         if req.set_next is not None:
+            bad = _bad_configuration(req.set_next.config)
+            if bad is not None:
+                return bad, []
             reply, writes = self._on_write_config(
                 WriteConfig(req.group, req.config_id, req.set_next, gc=False)
             )
@@ -315,9 +331,9 @@ class ServerCore:
         states: list[ObjectState] = []
         size = 0
         for k in keys[:limit]:
-            if states and size >= limit_bytes:
-                break
             st = self._object_state(c, req.group, k)
+            if states and size + _state_bytes(st) > limit_bytes:
+                break  # (a page holds at least one object, however large)
             states.append(st)
             size += _state_bytes(st)
         more = len(keys) > len(states)
@@ -368,6 +384,9 @@ class ServerCore:
         c = self._config(req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
+        bad = _bad_configuration(req.entry.config)
+        if bad is not None:
+            return bad, []
         inst = (req.group, req.config_id)
         held = self.nextc.get(inst)
         new, reply = reconfig_server.on_write_config(held, req.entry)
@@ -407,6 +426,8 @@ class ServerCore:
         c = self._config(req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
+        if not 0 <= req.ballot.round < MAX_COUNTER:
+            return ErrorReply("bad-request", f"ballot round out of range: {req.ballot}"), []
         inst = (req.group, req.config_id)
         new, reply = paxos.on_prepare(self.acceptors.get(inst, paxos.INITIAL), req)
         if new is None:
@@ -420,6 +441,11 @@ class ServerCore:
         c = self._config(req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
+        if not 0 <= req.ballot.round < MAX_COUNTER:
+            return ErrorReply("bad-request", f"ballot round out of range: {req.ballot}"), []
+        bad = _bad_configuration(req.value)
+        if bad is not None:
+            return bad, []
         inst = (req.group, req.config_id)
         new, reply = paxos.on_accept(self.acceptors.get(inst, paxos.INITIAL), req)
         if new is None:
@@ -441,6 +467,9 @@ class ServerCore:
     def _on_finalized(self, req: Finalized) -> Result:
         if req.entry.status != "F":
             return ErrorReply("bad-request", "Finalized needs an F entry"), []
+        bad = _bad_configuration(req.entry.config)
+        if bad is not None:
+            return bad, []
         if not req.entry.config.has_member(self.server_id):
             return ErrorReply("not-member", f"{self.server_id} is not in {req.entry.config.id}"), []
         inst = (req.group, req.entry.config.id)
@@ -451,10 +480,9 @@ class ServerCore:
         return Ack(), [record, *self.install_config(req.entry.config)]
 
     def _on_install_config(self, req: InstallConfig) -> Result:
-        try:
-            validate_configuration(req.config)
-        except ConfigurationError as e:
-            return ErrorReply("bad-request", str(e)), []
+        bad = _bad_configuration(req.config)
+        if bad is not None:
+            return bad, []
         if not req.config.has_member(self.server_id):
             return ErrorReply(
                 "not-member", f"server {self.server_id} is not in configuration {req.config.id}"
@@ -489,6 +517,28 @@ class ServerCore:
             stored_bytes,
             by_config,
         )
+
+
+MAX_COUNTER = 2**62
+"""Tag numbers and ballot rounds a server accepts: far beyond any real count, and their
+successor still encodes (an extreme value must not make a key or an instance unwritable)."""
+
+
+def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
+    if "\x00" in key:
+        return ErrorReply("bad-request", "object keys must not contain NUL")
+    if not 0 <= tag.z < MAX_COUNTER:
+        return ErrorReply("bad-request", f"tag number out of range: {tag.z}")
+    return None
+
+
+def _bad_configuration(c: Configuration) -> ErrorReply | None:
+    """A descriptor from the network must be valid before any state depends on it."""
+    try:
+        validate_configuration(c)
+    except ConfigurationError as e:
+        return ErrorReply("bad-request", str(e))
+    return None
 
 
 def _state_bytes(st: ObjectState) -> int:
