@@ -23,7 +23,7 @@ async def inproc_cluster(tmp_path: Path) -> AsyncIterator[tuple[Configuration, l
             server_id=f"s{i + 1}",
             host="127.0.0.1",
             port=0,
-            storage=SqliteStorage(tmp_path / f"s{i + 1}.sqlite3"),
+            storage=SqliteStorage(tmp_path / f"s{i + 1}" / "state.sqlite3"),  # own blobs/
         )
         await s.start()
         servers.append(s)

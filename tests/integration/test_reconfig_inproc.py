@@ -28,7 +28,7 @@ async def _servers(tmp_path: Path, n: int) -> list[Server]:
             server_id=f"s{i + 1}",
             host="127.0.0.1",
             port=0,
-            storage=SqliteStorage(tmp_path / f"s{i + 1}.sqlite3"),
+            storage=SqliteStorage(tmp_path / f"s{i + 1}" / "state.sqlite3"),  # own blobs/
         )
         await s.start()
         out.append(s)
