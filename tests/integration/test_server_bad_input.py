@@ -13,6 +13,7 @@ import struct
 
 import msgspec
 import pytest
+from frames import ask, frame
 
 from aresdsm.client import Store
 from aresdsm.config import Configuration, ServerInfo
@@ -21,31 +22,9 @@ from aresdsm.server import Server
 from aresdsm.storage import MemoryStorage
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob, Decoder, Encoder, Envelope
-from aresdsm.wire.codec import FORMAT_VERSION
 from aresdsm.wire.messages import BatchItem, DataReply, PutBatch, PutData, QueryData
 
 _enc = msgspec.msgpack.encode
-
-
-async def _ask(port: int, frame: bytes, timeout_s: float = 3.0) -> Envelope | None:
-    """Send one frame; the decoded reply, or None if the server closed without replying."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(frame)
-    await writer.drain()
-    try:
-        head = await asyncio.wait_for(reader.readexactly(4), timeout_s)
-        (n,) = struct.unpack(">I", head)
-        body = await asyncio.wait_for(reader.readexactly(n), timeout_s)
-    except asyncio.IncompleteReadError:
-        return None
-    finally:
-        writer.close()
-    return Decoder().decode_body(body)
-
-
-def _frame(header: bytes, blobs: bytes = b"") -> bytes:
-    body = struct.pack(">BI", FORMAT_VERSION, len(header)) + header + blobs
-    return struct.pack(">I", len(body)) + body
 
 
 def _deep_install_config(depth: int) -> bytes:
@@ -61,7 +40,7 @@ def _deep_install_config(depth: int) -> bytes:
         + b"\x91" * depth
         + b"\xc0"
     )
-    return _frame(b"\x92" + _enc(1) + b"\x92" + _enc("inst") + cfg)
+    return frame(b"\x92" + _enc(1) + b"\x92" + _enc("inst") + cfg)
 
 
 def test_deeply_nested_msgpack_raises_frame_error() -> None:
@@ -75,7 +54,7 @@ async def test_deeply_nested_frame_is_counted_as_bad_input(
 ) -> None:
     _, servers = inproc_cluster
     s1 = servers[0]
-    assert await _ask(s1.port, _deep_install_config(5000)) is None
+    assert await ask(s1.port, _deep_install_config(5000)) is None
     # was: the RecursionError escaped data_received (asyncio logged a fatal protocol error with
     # a traceback) and it was not counted as a bad frame
     assert s1.core.counters.get("bad-frames", 0) == 1
@@ -91,7 +70,7 @@ async def test_overlapping_blob_references_are_refused(
     region = b"v" * (256 << 10)
     items = [[f"k{i}", [1, "w"], [0, len(region)]] for i in range(64)]
     header = _enc([1, ["putb", "default", cfg.id, items]])
-    reply = await _ask(s1.port, _frame(header, region))
+    reply = await ask(s1.port, frame(header, region))
     stored = s1.storage.stored_bytes()
     # acceptable: refused (bad-request / connection closed) -- not 64 x 256 KiB stored
     assert stored < 4 * len(region), (
@@ -102,7 +81,7 @@ async def test_overlapping_blob_references_are_refused(
 
 def _put_batch_frame(refs: list[list[int]], region: bytes) -> bytes:
     items = [[f"k{i}", [1, "w"], ref] for i, ref in enumerate(refs)]
-    return _frame(_enc([1, ["putb", "g", "c0", items]]), region)
+    return frame(_enc([1, ["putb", "g", "c0", items]]), region)
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,8 @@ refuses what would leave an object unreadable."""
 
 from __future__ import annotations
 
-import asyncio
-import struct
-
-import msgspec
 import pytest
+from frames import ask
 
 from aresdsm.client import Store
 from aresdsm.config import Configuration, ServerInfo
@@ -19,8 +16,7 @@ from aresdsm.protocol.server_core import MAX_KEYS_PAGE
 from aresdsm.server import Server
 from aresdsm.storage import MemoryStorage
 from aresdsm.tags import Tag
-from aresdsm.wire import Blob, Decoder, Encoder, Envelope
-from aresdsm.wire.codec import FORMAT_VERSION
+from aresdsm.wire import Blob, Encoder, Envelope
 from aresdsm.wire.messages import (
     BatchItem,
     ErrorReply,
@@ -32,29 +28,6 @@ from aresdsm.wire.messages import (
     PutData,
     QueryTag,
 )
-
-_enc = msgspec.msgpack.encode
-
-
-async def _ask(port: int, frame: bytes, timeout_s: float = 3.0) -> Envelope | None:
-    """Send one frame; the decoded reply, or None if the server closed without replying."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(frame)
-    await writer.drain()
-    try:
-        head = await asyncio.wait_for(reader.readexactly(4), timeout_s)
-        (n,) = struct.unpack(">I", head)
-        body = await asyncio.wait_for(reader.readexactly(n), timeout_s)
-    except asyncio.IncompleteReadError:
-        return None
-    finally:
-        writer.close()
-    return Decoder().decode_body(body)
-
-
-def _frame(header: bytes, blobs: bytes = b"") -> bytes:
-    body = struct.pack(">BI", FORMAT_VERSION, len(header)) + header + blobs
-    return struct.pack(">I", len(body)) + body
 
 
 async def test_stored_values_do_not_pin_their_frame(
@@ -68,7 +41,7 @@ async def test_stored_values_do_not_pin_their_frame(
         BatchItem("small", Tag(1, "w"), Blob(b"x")),
         BatchItem("big", Tag(1, "w"), Blob(b"b" * (4 << 20))),
     )
-    reply = await _ask(
+    reply = await ask(
         s1.port, Encoder().encode_bytes(Envelope(1, PutBatch("default", cfg.id, items)))
     )
     assert reply is not None and type(reply.body).__name__ == "Ack"
@@ -84,13 +57,13 @@ async def test_a_batch_beyond_the_page_limit_is_refused(
     cfg, servers = inproc_cluster
     s1 = servers[0]
     items = tuple(BatchItem(f"k{i:07d}", Tag(1, "w"), Blob(b"")) for i in range(MAX_KEYS_PAGE + 1))
-    reply = await _ask(
+    reply = await ask(
         s1.port, Encoder().encode_bytes(Envelope(1, PutBatch("default", cfg.id, items)))
     )
     assert reply is not None and isinstance(reply.body, ErrorReply)
     assert reply.body.code == "bad-request"
     assert not any(k[0] == "default" for k in s1.core.registers)
-    pong = await _ask(s1.port, Encoder().encode_bytes(Envelope(2, Ping())))
+    pong = await ask(s1.port, Encoder().encode_bytes(Envelope(2, Ping())))
     assert pong is not None and type(pong.body).__name__ == "Pong"
 
 
@@ -107,7 +80,7 @@ async def test_treas_configuration_beyond_coder_limit_is_refused() -> None:
     try:
         others = tuple(ServerInfo(f"x{i}", f"127.0.0.1:{20000 + i}") for i in range(32))
         big = Configuration("c33", (me, *others), "treas", 3, 1)
-        inst = await _ask(s.port, Encoder().encode_bytes(Envelope(1, InstallConfig(big))))
+        inst = await ask(s.port, Encoder().encode_bytes(Envelope(1, InstallConfig(big))))
         assert inst is not None
         assert isinstance(inst.body, ErrorReply), f"accepted: {inst.body}"
     finally:
@@ -121,8 +94,8 @@ async def test_treas_configuration_beyond_coder_limit_gives_clear_error() -> Non
     try:
         others = tuple(ServerInfo(f"x{i}", f"127.0.0.1:{20000 + i}") for i in range(32))
         big = Configuration("c33", (me, *others), "treas", 3, 1)
-        await _ask(s.port, Encoder().encode_bytes(Envelope(1, InstallConfig(big))))
-        reply = await _ask(s.port, Encoder().encode_bytes(Envelope(2, QueryTag("g", "c33", "k"))))
+        await ask(s.port, Encoder().encode_bytes(Envelope(1, InstallConfig(big))))
+        reply = await ask(s.port, Encoder().encode_bytes(Envelope(2, QueryTag("g", "c33", "k"))))
         assert reply is not None, "server closed the connection without a reply"
     finally:
         await s.stop()
@@ -135,7 +108,7 @@ async def test_finalized_with_invalid_configuration_is_refused() -> None:
     try:
         bad = Configuration("cbad", (me,), "treas", 5, 0)
         fin = Finalized("g", NextEntry(bad, "F"))
-        reply = await _ask(s.port, Encoder().encode_bytes(Envelope(1, fin)))
+        reply = await ask(s.port, Encoder().encode_bytes(Envelope(1, fin)))
         assert reply is not None
         assert isinstance(reply.body, ErrorReply), f"accepted: {reply.body}"
     finally:
@@ -174,7 +147,7 @@ async def test_tag_at_integer_limit_does_not_poison_the_key(
     (the successor tag cannot be encoded: OverflowError, not even an AresError)."""
     cfg, servers = inproc_cluster
     for s in servers:
-        await _ask(
+        await ask(
             s.port,
             Encoder().encode_bytes(
                 Envelope(1, PutData("default", cfg.id, "p", Tag(2**64 - 1, "x"), Blob(b"x")))
