@@ -455,7 +455,13 @@ async def reconfig(
     nu = len(cseq) - 1
     last = cseq[nu].config
     decided = await paxos.propose(
-        net, last, group=group, value=proposal, proposer=proposer, backoff=backoff
+        net,
+        last,
+        group=group,
+        value=proposal,
+        proposer=proposer,
+        backoff=backoff,
+        broken_own_value=switches.broken_paxos_own_value,
     )
     pending = NextEntry(decided, "P")
     cseq = with_entry(cseq, nu + 1, pending)

@@ -37,6 +37,7 @@ from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
 from ..tags import Tag, writer_id
 from ..wire.blob import Blob
+from .adversary import AdversaryOptions, HandoffAdversary
 from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
 
@@ -64,9 +65,18 @@ class SimOptions:
     mode: str | None = None
     """'ares2' or 'classic'."""
     fast_read: bool | None = None
-    crashes: bool = True
-    partitions: bool = True
-    client_crashes: bool = True
+    crashes: bool | None = None
+    partitions: bool | None = None
+    client_crashes: bool | None = None
+    park: bool | None = None
+    """Messages crossing a partition wait for the heal instead of being lost."""
+    heavy_tail: bool | None = None
+    """Message delays drawn from a heavy-tailed (Pareto) distribution, up to 300 ms."""
+    adversary: bool | None = None
+    """The hand-off adversary (:mod:`.adversary`): chosen PUT_DATA, SET_NEXT_AND_GET,
+    WRITE_CONFIG, PUT_BATCH requests held on chosen servers until a later finalization."""
+    long_holds: bool | None = None
+    """A few requests held for 30--600 ms."""
     loss: float | None = None
     duplicate: float | None = None
     fsync_max_s: float | None = None
@@ -107,6 +117,16 @@ class SimOptions:
             fault_interval_s=self.fault_interval_s
             if self.fault_interval_s is not None
             else rng.choice([0.003, 0.01, 0.03]),
+            # swarm testing: which fault kinds are on is drawn per seed too
+            crashes=self.crashes if self.crashes is not None else rng.random() < 0.8,
+            partitions=self.partitions if self.partitions is not None else rng.random() < 0.8,
+            client_crashes=self.client_crashes
+            if self.client_crashes is not None
+            else rng.random() < 0.8,
+            park=self.park if self.park is not None else rng.random() < 0.5,
+            heavy_tail=self.heavy_tail if self.heavy_tail is not None else rng.random() < 0.4,
+            adversary=self.adversary if self.adversary is not None else rng.random() < 0.6,
+            long_holds=self.long_holds if self.long_holds is not None else rng.random() < 0.3,
         )
 
     def command(self) -> str:
@@ -144,6 +164,8 @@ BROKEN_VARIANTS = (
     "split-handoff",
     "no-requery-after-obsolete",
     "forgets-accepts",
+    "plain-get-older-sources",
+    "paxos-own-value",
 )
 
 
@@ -192,6 +214,8 @@ class _World:
             loss=opts.loss or 0.0,
             duplicate=opts.duplicate or 0.0,
             fsync_max_s=opts.fsync_max_s or 0.001,
+            tail_alpha=rng.choice([1.1, 1.5, 2.0]) if opts.heavy_tail else None,
+            park_partitioned=bool(opts.park),
         )
         self.cluster = SimCluster(
             rng=rng,
@@ -232,6 +256,8 @@ class _World:
             broken_fast_read_short="fast-read-short" in opts.broken,
             broken_split_handoff="split-handoff" in opts.broken,
             broken_no_requery_after_obsolete="no-requery-after-obsolete" in opts.broken,
+            broken_plain_get_older_sources="plain-get-older-sources" in opts.broken,
+            broken_paxos_own_value="paxos-own-value" in opts.broken,
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
@@ -250,6 +276,22 @@ class _World:
         self.reconfigs_done = 0
         self.down: set[str] = set()
         self.partitioned: set[str] = set()
+        arng = random.Random(f"adversary-{opts.seed}")
+        self.adversary = HandoffAdversary(
+            self.cluster,
+            arng,
+            AdversaryOptions(
+                handoff_client=arng.choice([0.05, 0.2, 0.5]) if opts.adversary else 0.0,
+                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) if opts.adversary else 0.0,
+                after_finals=arng.choice([(1,), (1, 2), (1, 2, 3)]),
+                extra_max_s=arng.choice([0.002, 0.02, 0.1]),
+                long_hold=arng.choice([0.005, 0.02]) if opts.long_holds else 0.0,
+                focus=opts.adversary is True and arng.random() < 0.7,
+                focus_chance=arng.choice([0.5, 0.8, 1.0]),
+            ),
+            is_reconfigurer=lambda name: name.startswith("r"),
+        )
+        self.adversary.focus_on(self.c0)
 
     def channel(self, client: str) -> SimChannel:
         ch = SimChannel(self.cluster, client, switches=self.channel_switches)
@@ -345,6 +387,8 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
                 tag=(tag.z, tag.writer),
             )
         except AresError as e:
+            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                world.failures.append(f"client {name}: InvariantViolation: {e}")
             world.history[rec_index] = msgspec.structs.replace(
                 world.history[rec_index],
                 complete_s=world.loop.time(),
@@ -407,6 +451,8 @@ async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -
             world.reconfigs_done += 1
             world.cluster.log(f"{name} installed {decided.id}")
         except AresError as e:
+            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                world.failures.append(f"reconfigurer {name}: InvariantViolation: {e}")
             world.cluster.log(f"{name} reconfig failed: {type(e).__name__}")
 
 
@@ -424,7 +470,7 @@ async def _faults(world: _World, stop: asyncio.Event) -> None:
             world.down.discard(sid)
             continue
         if world.partitioned and rng.random() < 0.5:
-            world.cluster.blocked.clear()
+            world.cluster.heal()
             world.down -= world.partitioned
             world.partitioned.clear()
             world.cluster.log("heal partitions")
@@ -498,7 +544,8 @@ async def _main(opts: SimOptions) -> SimResult:
 
 async def _heal_and_verify(world: _World, keys: list[str]) -> None:
     """Heal all faults, restart crashed servers, read every key; acknowledged writes survive."""
-    world.cluster.blocked.clear()
+    world.cluster.heal()
+    world.adversary.release_all()
     for srv in world.cluster.servers.values():
         if not srv.up:
             srv.restart()
