@@ -38,7 +38,7 @@ from .config import (
     validate_configuration,
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
-from .history import OpKind, OpRecord, value_digest, write_records
+from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
 from .net.client import TcpChannel
 from .protocol import ares, ops
 from .tags import Tag, writer_id
@@ -59,7 +59,7 @@ class HistoryRecorder:
 
     def __init__(self, out: IO[bytes], *, clock: Any = time.time) -> None:
         self._out = out
-        self._clock = clock
+        self._clock = StrictClock(clock)  # an op invoked after another returned is later
         self._lock = threading.Lock()
         self._ids = 0
 

@@ -31,7 +31,7 @@ import msgspec
 from ..check import CheckResult, check_history
 from ..config import Configuration, ServerInfo
 from ..errors import AresError, InvariantViolation
-from ..history import OpRecord, value_digest
+from ..history import OpRecord, StrictClock, value_digest
 from ..protocol import ares
 from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
@@ -265,6 +265,9 @@ class _World:
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
         self.history: list[OpRecord] = []
+        self.stamp = StrictClock(loop.time)
+        """History times: strictly increasing (an operation invoked after another returned is
+        ordered after it, also at one virtual instant)."""
         self.chains: list[ares.Cseq] = []
         self.decided: dict[tuple[str, str], str] = {}
         self.failures: list[str] = []
@@ -346,7 +349,7 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
         key = rng.choice(keys)
         chain = ares.chain_of(GROUP, key, world.switches)
         cseq = world.cseq(name, chain)
-        start = world.loop.time()
+        start = world.stamp()
         op_id = len(world.history) + 1
         is_write = rng.random() < (opts.write_ratio or 0.5)
         size = rng.randint(0, opts.value_max_bytes or 16)
@@ -381,7 +384,7 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
             world.learn(name, chain, cseq)
             world.history[rec_index] = msgspec.structs.replace(
                 world.history[rec_index],
-                complete_s=world.loop.time(),
+                complete_s=world.stamp(),
                 value=digest,
                 outcome="ok",
                 tag=(tag.z, tag.writer),
@@ -391,7 +394,7 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
                 world.failures.append(f"client {name}: InvariantViolation: {e}")
             world.history[rec_index] = msgspec.structs.replace(
                 world.history[rec_index],
-                complete_s=world.loop.time(),
+                complete_s=world.stamp(),
                 outcome="fail",
                 error=type(e).__name__,
             )
@@ -558,7 +561,7 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
             if r.key not in acked or t > acked[r.key]:
                 acked[r.key] = t
     for key in keys:
-        start = world.loop.time()
+        start = world.stamp()
         try:
             chain = ares.chain_of(GROUP, key, world.switches)
             res, _ = await ares.read(
@@ -574,7 +577,7 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
                 "read",
                 key,
                 start,
-                world.loop.time(),
+                world.stamp(),
                 value=value_digest(res.value.data),
                 outcome="ok",
                 tag=(res.tag.z, res.tag.writer),

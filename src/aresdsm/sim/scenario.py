@@ -28,7 +28,7 @@ import msgspec
 
 from ..check import CheckResult, check_history
 from ..config import Configuration, ServerInfo
-from ..history import OpRecord, value_digest
+from ..history import OpRecord, StrictClock, value_digest
 from ..protocol import ares
 from ..protocol.ops import OpSwitches
 from ..tags import writer_id
@@ -174,6 +174,8 @@ class Scenario:
         for s in self.c0.servers:
             self.cluster.servers[s.id].bootstrap(self.c0)
         self.history: list[OpRecord] = []
+        self.stamp = StrictClock(loop.time)
+        """History times: an operation invoked after another returned is strictly later."""
 
     # -- script API ---------------------------------------------------------------------------
 
@@ -217,7 +219,7 @@ class Scenario:
             "client": client,
             "kind": kind,
             "key": key,
-            "invoke_s": self.now(),
+            "invoke_s": self.stamp(),
             "value": digest,
             "outcome": "pending",
         }
@@ -226,7 +228,7 @@ class Scenario:
 
     def complete(self, index: int, digest: str) -> None:
         self.history[index] = msgspec.structs.replace(
-            self.history[index], complete_s=self.now(), value=digest, outcome="ok"
+            self.history[index], complete_s=self.stamp(), value=digest, outcome="ok"
         )
 
     def check(self) -> CheckResult:
