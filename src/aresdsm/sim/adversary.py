@@ -71,6 +71,11 @@ class AdversaryOptions:
 _HANDOFF: tuple[type[Request], ...] = (GetGroup, WriteConfig, PutBatch)
 
 
+def _tells_successor(req: Request) -> bool:
+    """WRITE_CONFIG and SET_NEXT_AND_GET: requests that give a server a next entry."""
+    return isinstance(req, WriteConfig) or (isinstance(req, GetGroup) and req.set_next is not None)
+
+
 @dataclass
 class _Hold:
     finals: int
@@ -78,8 +83,8 @@ class _Hold:
     extra_s: float
     steps: int = -1
     """... or once this many reconfiguration messages were delivered (-1: never by that)."""
-    kinds: tuple[type[Request], ...] = ()
-    """A cut of a reconfigurer's link: every request of these kinds joins the hold."""
+    match: Callable[[Request], bool] | None = None
+    """A cut of a reconfigurer's link: every request it matches joins the hold."""
     copies: list[tuple[str, str, int, Request, Callable[[Reply], None]]] = field(
         default_factory=list
     )
@@ -129,7 +134,11 @@ class HandoffAdversary:
             self.cluster.log(f"adversary: fast {fast}, victims {sorted(victims)}")
 
     def _new_hold(
-        self, kinds: tuple[type[Request], ...] = (), *, finals: int = 0, later: bool = False
+        self,
+        match: Callable[[Request], bool] | None = None,
+        *,
+        finals: int = 0,
+        later: bool = False,
     ) -> _Hold:
         """A hold released after ``finals`` more finalizations (drawn if 0) plus an extra delay
         (longer if ``later``), or a number of reconfiguration steps, or at the cap."""
@@ -147,7 +156,7 @@ class HandoffAdversary:
                 finals=len(self.finalized) + self.rng.choice(self.opts.after_finals),
                 extra_s=self.rng.uniform(0, self.opts.extra_max_s),
             )
-        hold.kinds = kinds
+        hold.match = match
         self._waiting.append(hold)
         self.cluster.loop.call_later(self.rng.uniform(*self.opts.cap_s), self._release, hold)
         return hold
@@ -165,7 +174,7 @@ class HandoffAdversary:
         hold = self._holds.get(key)
         if hold is None:
             cut = self._cuts.get((sender, server))
-            if cut is not None and isinstance(req, cut.kinds):
+            if cut is not None and cut.match is not None and cut.match(req):
                 hold = cut
         if hold is not None:
             hold.copies.append(copy)
@@ -177,23 +186,22 @@ class HandoffAdversary:
         focus = self.fast is not None
         victim = server in self.victims
         if self.is_reconfigurer(sender) and isinstance(req, _HANDOFF):
-            if (
-                focus
-                and victim
-                and isinstance(req, WriteConfig)
-                and rng.random() < self.opts.focus_chance
-            ):
-                # the victim answers the transfer's reads but hears of no successor
-                kinds = rng.choice([(WriteConfig,), (WriteConfig,), (WriteConfig, PutBatch)])
-                hold = self._cuts[(sender, server)] = self._new_hold(kinds, finals=1)
-                kind = "cut (victim) " + "/".join(k.__name__ for k in kinds)
+            if focus and victim and _tells_successor(req):
+                if rng.random() < self.opts.focus_chance:
+                    # the victim answers plain reads but hears of no successor
+                    hold = self._cuts[(sender, server)] = self._new_hold(
+                        _tells_successor, finals=1
+                    )
+                    kind = "cut (victim)"
             elif focus and server == self.fast and isinstance(req, GetGroup):
                 if rng.random() < self.opts.focus_chance:
                     hold = self._holds[key] = self._new_hold(finals=1)
                     kind = "hold read (fast)"
             elif rng.random() < self.opts.handoff_reconfig:
                 kinds = rng.choice([(type(req),), _HANDOFF])
-                hold = self._cuts[(sender, server)] = self._new_hold(kinds)
+                hold = self._cuts[(sender, server)] = self._new_hold(
+                    lambda r, kinds=kinds: isinstance(r, kinds)  # type: ignore[misc]
+                )
                 kind = "cut " + "/".join(k.__name__ for k in kinds)
         elif focus and isinstance(req, WriteConfig) and victim:
             # a client writing back a successor it learned would tell the victim too

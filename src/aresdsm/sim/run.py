@@ -347,59 +347,67 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
     ch = world.channel(name)
     for n in range(1, ops + 1):
         key = rng.choice(keys)
-        chain = ares.chain_of(GROUP, key, world.switches)
-        cseq = world.cseq(name, chain)
-        start = world.stamp()
-        op_id = len(world.history) + 1
         is_write = rng.random() < (opts.write_ratio or 0.5)
         size = rng.randint(0, opts.value_max_bytes or 16)
-        value = f"{name}-{n}|".encode() + b"x" * size
-        # recorded as pending first: a client crash leaves it so
-        rec_index = len(world.history)
-        world.history.append(
-            OpRecord(
-                op_id,
-                name,
-                "write" if is_write else "read",
-                key,
-                start,
-                value=value_digest(value) if is_write else None,
-            )
-        )
-        try:
-            if is_write:
-                tag, cseq = await ares.write(
-                    ch,
-                    cseq,
-                    group=chain,
-                    key=key,
-                    value=Blob(value),
-                    writer=writer_id(name, n),
-                    switches=world.switches,
-                )
-                digest = value_digest(value)
-            else:
-                res, cseq = await ares.read(ch, cseq, group=chain, key=key, switches=world.switches)
-                tag, digest = res.tag, value_digest(res.value.data)
-            world.learn(name, chain, cseq)
-            world.history[rec_index] = msgspec.structs.replace(
-                world.history[rec_index],
-                complete_s=world.stamp(),
-                value=digest,
-                outcome="ok",
-                tag=(tag.z, tag.writer),
-            )
-        except AresError as e:
-            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
-                world.failures.append(f"client {name}: InvariantViolation: {e}")
-            world.history[rec_index] = msgspec.structs.replace(
-                world.history[rec_index],
-                complete_s=world.stamp(),
-                outcome="fail",
-                error=type(e).__name__,
-            )
+        value = f"{name}-{n}|".encode() + b"x" * size if is_write else None
+        if not await _operation(world, ch, name, key, value, writer_id(name, n)):
             await asyncio.sleep(rng.uniform(0.001, 0.01))
         await asyncio.sleep(rng.uniform(0, 0.002))
+
+
+async def _operation(
+    world: _World, ch: SimChannel, name: str, key: str, value: bytes | None, writer: str
+) -> bool:
+    """One recorded read (``value`` None) or write; returns whether it returned ok."""
+    chain = ares.chain_of(GROUP, key, world.switches)
+    cseq = world.cseq(name, chain)
+    is_write = value is not None
+    # recorded as pending first: a client crash leaves it so
+    rec_index = len(world.history)
+    world.history.append(
+        OpRecord(
+            rec_index + 1,
+            name,
+            "write" if is_write else "read",
+            key,
+            world.stamp(),
+            value=value_digest(value) if value is not None else None,
+        )
+    )
+    try:
+        if value is not None:
+            tag, cseq = await ares.write(
+                ch,
+                cseq,
+                group=chain,
+                key=key,
+                value=Blob(value),
+                writer=writer,
+                switches=world.switches,
+            )
+            digest = value_digest(value)
+        else:
+            res, cseq = await ares.read(ch, cseq, group=chain, key=key, switches=world.switches)
+            tag, digest = res.tag, value_digest(res.value.data)
+        world.learn(name, chain, cseq)
+        world.history[rec_index] = msgspec.structs.replace(
+            world.history[rec_index],
+            complete_s=world.stamp(),
+            value=digest,
+            outcome="ok",
+            tag=(tag.z, tag.writer),
+        )
+        return True
+    except AresError as e:
+        if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+            world.failures.append(f"{name}: InvariantViolation: {e}")
+        world.history[rec_index] = msgspec.structs.replace(
+            world.history[rec_index],
+            complete_s=world.stamp(),
+            outcome="fail",
+            error=type(e).__name__,
+        )
+        return False
 
 
 def _proposal(world: _World) -> Configuration:
@@ -453,6 +461,10 @@ async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -
                 decided = proposal
             world.reconfigs_done += 1
             world.cluster.log(f"{name} installed {decided.id}")
+            # an operator checks a key through the chain it just extended (a client that
+            # starts at the newest finalized configuration)
+            await asyncio.sleep(rng.uniform(0, 0.05))
+            await _operation(world, ch, name, rng.choice(keys), None, "")
         except AresError as e:
             if isinstance(e, InvariantViolation):  # never swallowed: the run fails
                 world.failures.append(f"reconfigurer {name}: InvariantViolation: {e}")
