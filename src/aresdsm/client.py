@@ -41,6 +41,7 @@ from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnava
 from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
 from .net.client import TcpChannel
 from .protocol import ares, ops
+from .protocol.channel import StoreChannel
 from .tags import Tag, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Stats
@@ -137,13 +138,14 @@ class Store:
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
         cseq_cache: str | Path | None = None,
         known_servers: Iterable[ServerInfo] = (),
+        channel: StoreChannel | None = None,
     ) -> None:
         self.configuration = configuration
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
         self.client_id = client_id or uuid.uuid4().hex[:12]
-        self.channel = TcpChannel(self.options)
+        self.channel: StoreChannel = channel or TcpChannel(self.options)  # the sim injects one
         self.recorder = recorder
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None

@@ -121,6 +121,7 @@ class HandoffAdversary:
         self._waiting: list[_Hold] = []
         self.steps = 0
         self.held = 0
+        self.stopped = False
         self.victims: frozenset[str] = frozenset()
         self.fast: str | None = None
         cluster.interceptors.append(self.intercept)
@@ -169,6 +170,8 @@ class HandoffAdversary:
         req: Request,
         on_reply: Callable[[Reply], None],
     ) -> bool:
+        if self.stopped:
+            return False
         copy = (sender, server, rid, req, on_reply)
         key = (sender, server, id(req))
         hold = self._holds.get(key)
@@ -266,7 +269,8 @@ class HandoffAdversary:
             self.cluster.transmit(sender, server, rid, req, on_reply)
 
     def release_all(self) -> None:
-        """Deliver everything still held (the run is healing)."""
+        """Deliver everything still held and hold nothing more (the run is healing)."""
+        self.stopped = True
         for hold in {id(h): h for h in [*self._holds.values(), *self._cuts.values()]}.values():
             self._release(hold)
 

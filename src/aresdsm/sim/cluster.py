@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from ..config import Configuration, ServerInfo
-from ..errors import OperationTimeout, QuorumUnavailable
+from ..errors import OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol import abd, reconfig_server
 from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..protocol.server_core import ServerCore, ServerSwitches
@@ -550,6 +550,28 @@ class SimChannel:
         finally:
             for t in timers:
                 t.cancel()
+
+    async def request(
+        self, server: ServerInfo, req: Request, *, timeout_s: float | None = None
+    ) -> Reply:
+        """One request to one server (the Store's LATEST_CONFIG); no retransmission."""
+        fut: asyncio.Future[Reply] = self.cluster.loop.create_future()
+
+        def done(reply: Reply) -> None:
+            if not fut.done():
+                fut.set_result(reply)
+
+        self._send(server.id, req, done)
+        try:
+            reply = await asyncio.wait_for(fut, timeout_s or self.timeout_s)
+        except TimeoutError:
+            raise OperationTimeout(f"{server.id} did not answer") from None
+        if isinstance(reply, ErrorReply):
+            raise ServerError(reply.code, reply.message, server_id=server.id)
+        return reply
+
+    async def close(self) -> None:
+        """Nothing to close: the simulated network has no connections."""
 
     def _send(self, server: str, req: Request, on_reply: Callable[[Reply], None]) -> None:
         self.messages += 1

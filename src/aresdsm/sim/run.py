@@ -38,6 +38,7 @@ from ..protocol.server_core import ServerSwitches
 from ..tags import Tag, writer_id
 from ..wire.blob import Blob
 from .adversary import AdversaryOptions, HandoffAdversary
+from . import stores
 from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
 
@@ -77,6 +78,17 @@ class SimOptions:
     WRITE_CONFIG, PUT_BATCH requests held on chosen servers until a later finalization."""
     long_holds: bool | None = None
     """A few requests held for 30--600 ms."""
+    store: bool | None = None
+    """Clients and reconfigurers are real Stores (:mod:`.stores`)."""
+    mixed: bool | None = None
+    """Every other client runs with piggyback off (classic rounds on the group's chain)."""
+    retire: bool | None = None
+    """Store runs: when the reconfigurers are done, the servers outside the newest
+    configuration are shut down for good (clients must relocate, §8.5)."""
+    restarts: bool | None = None
+    """Store runs: a client crashes once and restarts under the same name."""
+    bulk_keys: int | None = None
+    """Ares II runs: this many more keys are written before the workload (0: none)."""
     loss: float | None = None
     duplicate: float | None = None
     fsync_max_s: float | None = None
@@ -127,6 +139,13 @@ class SimOptions:
             heavy_tail=self.heavy_tail if self.heavy_tail is not None else rng.random() < 0.4,
             adversary=self.adversary if self.adversary is not None else rng.random() < 0.6,
             long_holds=self.long_holds if self.long_holds is not None else rng.random() < 0.3,
+            store=self.store if self.store is not None else rng.random() < 0.35,
+            mixed=self.mixed if self.mixed is not None else rng.random() < 0.25,
+            retire=self.retire if self.retire is not None else rng.random() < 0.5,
+            restarts=self.restarts if self.restarts is not None else rng.random() < 0.5,
+            bulk_keys=self.bulk_keys
+            if self.bulk_keys is not None
+            else (rng.randint(300, 400) if rng.random() < 0.1 else 0),
         )
 
     def command(self) -> str:
@@ -166,6 +185,8 @@ BROKEN_VARIANTS = (
     "forgets-accepts",
     "plain-get-older-sources",
     "paxos-own-value",
+    "retry-write-with-new-tag",
+    "classic-ignores-ack-next",
 )
 
 
@@ -258,12 +279,20 @@ class _World:
             broken_no_requery_after_obsolete="no-requery-after-obsolete" in opts.broken,
             broken_plain_get_older_sources="plain-get-older-sources" in opts.broken,
             broken_paxos_own_value="paxos-own-value" in opts.broken,
+            broken_retry_write_with_new_tag="retry-write-with-new-tag" in opts.broken,
+            broken_classic_ignores_ack_next="classic-ignores-ack-next" in opts.broken,
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
         self.channel_switches = ChannelSwitches(
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
+        self.group = GROUP
+        self.incarnations: dict[str, int] = {}
+        """Store client name -> how many times it was started (restarts reuse the name)."""
+        self.retired: set[str] = set()
+        self.reconfig_failed = False
+        """Servers shut down for good (``retire``)."""
         self.history: list[OpRecord] = []
         self.stamp = StrictClock(loop.time)
         """History times: strictly increasing (an operation invoked after another returned is
@@ -280,24 +309,30 @@ class _World:
         self.down: set[str] = set()
         self.partitioned: set[str] = set()
         arng = random.Random(f"adversary-{opts.seed}")
+        handoffs = bool(opts.adversary and opts.reconfigs)  # no hand-off, no hand-off adversary
         self.adversary = HandoffAdversary(
             self.cluster,
             arng,
             AdversaryOptions(
-                handoff_client=arng.choice([0.05, 0.2, 0.5]) if opts.adversary else 0.0,
-                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) if opts.adversary else 0.0,
+                handoff_client=arng.choice([0.05, 0.2, 0.5]) if handoffs else 0.0,
+                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) if handoffs else 0.0,
                 after_finals=arng.choice([(1,), (1, 2), (1, 2, 3)]),
                 extra_max_s=arng.choice([0.002, 0.02, 0.1]),
                 long_hold=arng.choice([0.005, 0.02]) if opts.long_holds else 0.0,
-                focus=opts.adversary is True and arng.random() < 0.7,
+                focus=handoffs and arng.random() < 0.7,
                 focus_chance=arng.choice([0.5, 0.8, 1.0]),
             ),
             is_reconfigurer=lambda name: name.startswith("r"),
         )
         self.adversary.focus_on(self.c0)
 
-    def channel(self, client: str) -> SimChannel:
-        ch = SimChannel(self.cluster, client, switches=self.channel_switches)
+    def proposal(self) -> Configuration:
+        return _proposal(self)
+
+    def channel(self, client: str, *, timeout_s: float = 1.0) -> SimChannel:
+        ch = SimChannel(
+            self.cluster, client, timeout_s=timeout_s, switches=self.channel_switches
+        )
         self.channels.append(ch)
         return ch
 
@@ -307,6 +342,8 @@ class _World:
     def learn(self, client: str, chain: str, cseq: ares.Cseq) -> None:
         try:
             self.cseqs[(client, chain)] = ares.merge(self.cseq(client, chain), cseq)
+        except ares.DisjointChains:  # adopted from LATEST_CONFIG (§8.5) beyond the old view
+            self.cseqs[(client, chain)] = cseq
         except InvariantViolation as e:
             self.failures.append(f"§10.2: {e}")
         for a, b in itertools.pairwise(cseq):
@@ -336,30 +373,39 @@ class _World:
     def may_fail(self, server: str) -> bool:
         down = self.down | {server}
         for c in self.live_configs():
+            if self.retired & set(c.server_ids):
+                continue  # a configuration shut down: its clients relocate (§8.5)
             if sum(1 for s in c.server_ids if s in down) > c.n - c.quorum_size:
                 return False
         return True
 
 
-async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
+async def _client(world: _World, name: str, index: int, ops: int, keys: list[str]) -> None:
     opts = world.opts
     rng = random.Random(world.rng.random())
     ch = world.channel(name)
+    switches = stores.client_switches(world, index)
     for n in range(1, ops + 1):
         key = rng.choice(keys)
         is_write = rng.random() < (opts.write_ratio or 0.5)
         size = rng.randint(0, opts.value_max_bytes or 16)
         value = f"{name}-{n}|".encode() + b"x" * size if is_write else None
-        if not await _operation(world, ch, name, key, value, writer_id(name, n)):
+        if not await _operation(world, ch, name, key, value, writer_id(name, n), switches):
             await asyncio.sleep(rng.uniform(0.001, 0.01))
         await asyncio.sleep(rng.uniform(0, 0.002))
 
 
 async def _operation(
-    world: _World, ch: SimChannel, name: str, key: str, value: bytes | None, writer: str
+    world: _World,
+    ch: SimChannel,
+    name: str,
+    key: str,
+    value: bytes | None,
+    writer: str,
+    switches: OpSwitches,
 ) -> bool:
     """One recorded read (``value`` None) or write; returns whether it returned ok."""
-    chain = ares.chain_of(GROUP, key, world.switches)
+    chain = ares.chain_of(GROUP, key, switches)
     cseq = world.cseq(name, chain)
     is_write = value is not None
     # recorded as pending first: a client crash leaves it so
@@ -383,11 +429,11 @@ async def _operation(
                 key=key,
                 value=Blob(value),
                 writer=writer,
-                switches=world.switches,
+                switches=switches,
             )
             digest = value_digest(value)
         else:
-            res, cseq = await ares.read(ch, cseq, group=chain, key=key, switches=world.switches)
+            res, cseq = await ares.read(ch, cseq, group=chain, key=key, switches=switches)
             tag, digest = res.tag, value_digest(res.value.data)
         world.learn(name, chain, cseq)
         world.history[rec_index] = msgspec.structs.replace(
@@ -464,7 +510,7 @@ async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -
             # an operator checks a key through the chain it just extended (a client that
             # starts at the newest finalized configuration)
             await asyncio.sleep(rng.uniform(0, 0.05))
-            await _operation(world, ch, name, rng.choice(keys), None, "")
+            await _operation(world, ch, name, rng.choice(keys), None, "", world.switches)
         except AresError as e:
             if isinstance(e, InvariantViolation):  # never swallowed: the run fails
                 world.failures.append(f"reconfigurer {name}: InvariantViolation: {e}")
@@ -478,7 +524,9 @@ async def _faults(world: _World, stop: asyncio.Event) -> None:
     mean = opts.fault_interval_s or 0.01
     while not stop.is_set():
         await asyncio.sleep(rng.uniform(0.2 * mean, 1.8 * mean))
-        crashed = sorted(s for s in world.down if not world.cluster.servers[s].up)
+        crashed = sorted(
+            s for s in world.down if not world.cluster.servers[s].up and s not in world.retired
+        )
         if crashed and rng.random() < 0.5:
             sid = rng.choice(crashed)
             world.cluster.servers[sid].restart()
@@ -491,7 +539,7 @@ async def _faults(world: _World, stop: asyncio.Event) -> None:
             world.cluster.log("heal partitions")
             continue
         sid = rng.choice(servers)
-        if sid in world.down or not world.may_fail(sid):
+        if sid in world.down or sid in world.retired or not world.may_fail(sid):
             continue
         if opts.crashes and rng.random() < 0.5:
             if sid in world.partitioned:
@@ -517,14 +565,32 @@ async def _main(opts: SimOptions) -> SimResult:
     assert opts.clients is not None and opts.ops is not None and opts.keys is not None
     keys = [f"k{i}" for i in range(opts.keys)]
     per_client = max(1, opts.ops // opts.clients)
-    clients = [
-        asyncio.ensure_future(_client(world, f"c{i}", per_client, keys))
-        for i in range(opts.clients)
-    ]
-    reconfs = [
-        asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, keys))
-        for i in range(opts.reconfigurers or 1)
-    ]
+    bulk = [f"bulk{i:04d}" for i in range(opts.bulk_keys or 0)] if world.switches.batch else []
+    if bulk:
+        await stores.load(world, bulk)
+    if opts.store:
+        clients = [
+            asyncio.ensure_future(stores.store_client(world, f"c{i}", i, per_client, keys))
+            for i in range(opts.clients)
+        ]
+        reconfs = [
+            asyncio.ensure_future(
+                stores.store_reconfigurer(world, f"r{i}", opts.reconfigs or 0, keys)
+            )
+            for i in range(opts.reconfigurers or 1)
+        ]
+    else:
+        clients = [
+            asyncio.ensure_future(_client(world, f"c{i}", i, per_client, keys))
+            for i in range(opts.clients)
+        ]
+        reconfs = [
+            asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, keys))
+            for i in range(opts.reconfigurers or 1)
+        ]
+    retired = asyncio.Event()
+    if opts.store and opts.retire and world.switches.batch and opts.reconfigs:
+        clients.append(asyncio.ensure_future(stores.late_client(world, keys, retired)))
     stop = asyncio.Event()
     faults = asyncio.ensure_future(_faults(world, stop))
     if opts.client_crashes and opts.clients > 1 and rng.random() < 0.5:
@@ -533,13 +599,18 @@ async def _main(opts: SimOptions) -> SimResult:
     if opts.client_crashes and opts.reconfigs and rng.random() < 0.3:
         victim = reconfs[rng.randrange(len(reconfs))]  # a reconfigurer dies mid-way
         loop.call_later(rng.uniform(0.001, 0.05), victim.cancel)
-    outcomes = await asyncio.gather(*clients, *reconfs, return_exceptions=True)
+    outcomes = await asyncio.gather(*reconfs, return_exceptions=True)
+    clean = not any(isinstance(o, BaseException) for o in outcomes) and not world.reconfig_failed
+    if opts.store and opts.retire and world.switches.batch and clean:
+        _retire(world)  # (a half-done reconfiguration may have left a successor in use)
+    retired.set()
+    outcomes += await asyncio.gather(*clients, return_exceptions=True)
     for o in outcomes:  # a crashed client is cancelled; anything else is a bug: raise it
         if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError):
             raise o
     stop.set()
     await faults
-    await _heal_and_verify(world, keys)
+    await _heal_and_verify(world, keys + bulk)
     events = world.cluster.events
     return SimResult(
         options=opts,
@@ -557,12 +628,30 @@ async def _main(opts: SimOptions) -> SimResult:
     )
 
 
+def _retire(world: _World) -> None:
+    """Shut down for good every server outside the newest configuration (once it is final):
+    the old configurations' servers are gone; clients still pointing at them must relocate."""
+    newest = world.longest(GROUP)
+    if newest[-1].status != "F":
+        return
+    keep = set(newest[-1].config.server_ids)
+    for sid, srv in sorted(world.cluster.servers.items()):
+        if sid in keep:
+            continue
+        if srv.up:
+            srv.crash()
+        world.retired.add(sid)
+        world.down.discard(sid)
+        world.partitioned.discard(sid)
+    world.cluster.log(f"retired {sorted(world.retired)}; newest {newest[-1].config.id}")
+
+
 async def _heal_and_verify(world: _World, keys: list[str]) -> None:
     """Heal all faults, restart crashed servers, read every key; acknowledged writes survive."""
     world.cluster.heal()
     world.adversary.release_all()
-    for srv in world.cluster.servers.values():
-        if not srv.up:
+    for sid, srv in world.cluster.servers.items():
+        if not srv.up and sid not in world.retired:
             srv.restart()
     world.down.clear()
     ch = world.channel("final")
