@@ -142,9 +142,7 @@ def _violation(
     involved = set(conflict.op_ids)
     read_values = {o.value for o in ops if o.op_id in involved and o.kind == "read"}
     witness = [
-        o
-        for o in ops
-        if o.op_id in involved or (o.kind == "write" and o.value in read_values)
+        o for o in ops if o.op_id in involved or (o.kind == "write" and o.value in read_values)
     ]
     if search(witness, model, max_steps=max_steps) != "violation":
         witness = _shrink(list(ops), model, max_steps)

@@ -192,9 +192,7 @@ class HandoffAdversary:
             if focus and victim and _tells_successor(req):
                 if rng.random() < self.opts.focus_chance:
                     # the victim answers plain reads but hears of no successor
-                    hold = self._cuts[(sender, server)] = self._new_hold(
-                        _tells_successor, finals=1
-                    )
+                    hold = self._cuts[(sender, server)] = self._new_hold(_tells_successor, finals=1)
                     kind = "cut (victim)"
             elif focus and server == self.fast and isinstance(req, GetGroup):
                 if rng.random() < self.opts.focus_chance:

@@ -414,9 +414,7 @@ class SimCluster:
     ) -> None:
         """Put a request on the network (no interceptor sees it)."""
         target = self.servers.get(server)
-        self._route(
-            client, server, lambda: self._arrive(client, target, rid, req, on_reply)
-        )
+        self._route(client, server, lambda: self._arrive(client, target, rid, req, on_reply))
 
     def _arrive(
         self,

@@ -37,8 +37,8 @@ from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
 from ..tags import Tag, writer_id
 from ..wire.blob import Blob
-from .adversary import AdversaryOptions, HandoffAdversary
 from . import stores
+from .adversary import AdversaryOptions, HandoffAdversary
 from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
 
@@ -330,9 +330,7 @@ class _World:
         return _proposal(self)
 
     def channel(self, client: str, *, timeout_s: float = 1.0) -> SimChannel:
-        ch = SimChannel(
-            self.cluster, client, timeout_s=timeout_s, switches=self.channel_switches
-        )
+        ch = SimChannel(self.cluster, client, timeout_s=timeout_s, switches=self.channel_switches)
         self.channels.append(ch)
         return ch
 

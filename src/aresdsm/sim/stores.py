@@ -193,4 +193,11 @@ async def store_reconfigurer(
     await store.settle()
 
 
-__all__ = ["client_switches", "late_client", "load", "store_client", "store_operation", "store_reconfigurer"]
+__all__ = [
+    "client_switches",
+    "late_client",
+    "load",
+    "store_client",
+    "store_operation",
+    "store_reconfigurer",
+]
