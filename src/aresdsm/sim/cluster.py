@@ -24,6 +24,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -35,6 +36,7 @@ from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..protocol.server_core import ServerCore, ServerSwitches
 from ..storage.base import Delete, Record, RecordKey, Write
 from ..storage.memory import apply_batch
+from ..storage.sqlite import SqliteStorage
 from ..tags import Tag
 from ..wire.codec import Decoder, Encoder
 from ..wire.messages import (
@@ -237,6 +239,17 @@ def _next_of(r: Record) -> NextEntry:
     return msgspec.msgpack.decode(r.meta, type=NextEntry)
 
 
+def _fingerprint(r: Record) -> tuple[str, str, str, str, bytes, bytes | None]:
+    return (
+        r.ns,
+        r.group,
+        r.config_id,
+        r.key,
+        bytes(r.meta),
+        None if r.data is None else bytes(r.data),
+    )
+
+
 class SimDisk:
     """Durable records plus the batch waiting for (or in) its fsync."""
 
@@ -258,6 +271,15 @@ class SimServer:
         self.epoch = 0
         self.waiters: list[tuple[int, Callable[[], None]]] = []
         self.broken_ack_before_durable = False
+        self.engine_path: Path | None = None
+        self.engine: SqliteStorage | None = None
+        """The real SQLite engine, when the run uses it: every simulated commit is also
+        committed to it (the virtual commit time is its durable point), and a restart recovers
+        from what the engine loads -- checked against the in-memory model of the disk."""
+
+    def use_sqlite(self, path: Path) -> None:
+        self.engine_path = path
+        self.engine = SqliteStorage(path)
 
     @property
     def up(self) -> bool:
@@ -265,7 +287,10 @@ class SimServer:
 
     def bootstrap(self, c: Configuration) -> None:
         assert self.core is not None
-        apply_batch(self.disk.durable, self.core.install_config(c))
+        writes = self.core.install_config(c)
+        apply_batch(self.disk.durable, writes)
+        if self.engine is not None:
+            self.engine._commit(writes)  # synchronous: the sim's own durable point
 
     def deliver(self, req: Request, respond: Callable[[Reply], None]) -> None:
         core = self.core
@@ -305,6 +330,8 @@ class SimServer:
         if epoch != self.epoch:
             return  # crashed during the fsync: the batch is lost
         apply_batch(self.disk.durable, batch)
+        if self.engine is not None:
+            self.engine._commit(batch)  # synchronous: the sim's own durable point
         assert self.core is not None
         self.sim.monitor.after_commit(self.info.id, batch, self.core.configs)
         self.disk.durable_seq = upto
@@ -324,12 +351,23 @@ class SimServer:
         self.disk.committing = False
         self.disk.applied = self.disk.durable_seq = 0
         self.waiters = []
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
         self.sim.log(f"crash {self.info.id}")
 
     def restart(self) -> None:
-        self.core = ServerCore.recover(
-            self.info.id, list(self.disk.durable.values()), switches=self.switches
-        )
+        records = list(self.disk.durable.values())
+        if self.engine_path is not None:
+            self.engine = SqliteStorage(self.engine_path)
+            loaded = list(self.engine.load())
+            if sorted(map(_fingerprint, loaded)) != sorted(map(_fingerprint, records)):
+                self.sim.monitor.fail(
+                    f"server {self.info.id}: the SQLite engine recovered other records than "
+                    "were durable"
+                )
+            records = loaded
+        self.core = ServerCore.recover(self.info.id, records, switches=self.switches)
         self.sim.monitor.after_restart(self.info.id, self.core)
         self.sim.log(f"restart {self.info.id}")
 

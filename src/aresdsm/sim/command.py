@@ -80,6 +80,14 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
     help="Hold hand-off messages on chosen servers until a later finalization.",
 )
 @click.option("--long-holds/--no-long-holds", default=None, help="Hold a few messages 30-600 ms.")
+@click.option("--store/--no-store", default=None, help="Clients are real Stores.")
+@click.option("--mixed/--no-mixed", default=None, help="Every other client has piggyback off.")
+@click.option(
+    "--retire/--no-retire", default=None, help="Shut down old servers after reconfiguring."
+)
+@click.option("--restarts/--no-restarts", default=None, help="Store clients restart, same name.")
+@click.option("--bulk-keys", type=int, help="Write this many more keys first (Ares II).")
+@click.option("--sqlite/--no-sqlite", default=None, help="Servers also use the SQLite engine.")
 @click.option("--real-codec", is_flag=True, help="Send every message through the wire codec.")
 @click.option(
     "--broken",

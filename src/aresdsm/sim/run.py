@@ -23,7 +23,9 @@ import dataclasses
 import hashlib
 import itertools
 import random
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -89,6 +91,8 @@ class SimOptions:
     """Store runs: a client crashes once and restarts under the same name."""
     bulk_keys: int | None = None
     """Ares II runs: this many more keys are written before the workload (0: none)."""
+    sqlite: bool | None = None
+    """Servers keep their durable state in the real SQLite engine too (recovered from it)."""
     loss: float | None = None
     duplicate: float | None = None
     fsync_max_s: float | None = None
@@ -146,6 +150,7 @@ class SimOptions:
             bulk_keys=self.bulk_keys
             if self.bulk_keys is not None
             else (rng.randint(300, 400) if rng.random() < 0.1 else 0),
+            sqlite=self.sqlite if self.sqlite is not None else rng.random() < 0.1,
         )
 
     def command(self) -> str:
@@ -223,7 +228,11 @@ class _World:
     """Everything one run shares: cluster, chain bookkeeping, history."""
 
     def __init__(
-        self, opts: SimOptions, rng: random.Random, loop: asyncio.AbstractEventLoop
+        self,
+        opts: SimOptions,
+        rng: random.Random,
+        loop: asyncio.AbstractEventLoop,
+        sqlite_dir: Path | None = None,
     ) -> None:
         assert opts.servers is not None and opts.initial_servers is not None
         self.opts = opts
@@ -250,8 +259,11 @@ class _World:
                 broken_gc_on_pending="gc-on-pending" in opts.broken,
             ),
         )
-        for srv in self.cluster.servers.values():
+        for sid, srv in self.cluster.servers.items():
             srv.broken_ack_before_durable = "ack-before-durable" in opts.broken
+            if sqlite_dir is not None:
+                (sqlite_dir / sid).mkdir()
+                srv.use_sqlite(sqlite_dir / sid / "state.db")
         first = pool[: opts.initial_servers]
         if opts.treas and rng.random() < 0.5:
             self.c0 = Configuration(
@@ -557,9 +569,28 @@ async def _faults(world: _World, stop: asyncio.Event) -> None:
 
 
 async def _main(opts: SimOptions) -> SimResult:
+    if not opts.sqlite:
+        return await _run(opts, None)
+    shm = Path("/dev/shm")  # the engine's fsync is not the durable point here: keep it cheap
+    with tempfile.TemporaryDirectory(prefix="ares-sim-", dir=shm if shm.is_dir() else None) as d:
+        return await _run(opts, Path(d))
+
+
+async def _run(opts: SimOptions, sqlite_dir: Path | None) -> SimResult:
     loop = asyncio.get_running_loop()
     rng = random.Random(opts.seed)
-    world = _World(opts, rng, loop)
+    world = _World(opts, rng, loop, sqlite_dir)
+    try:
+        return await _play(world)
+    finally:
+        for srv in world.cluster.servers.values():
+            if srv.engine is not None:
+                srv.engine.close()
+                srv.engine = None
+
+
+async def _play(world: _World) -> SimResult:
+    opts, rng, loop = world.opts, world.rng, world.loop
     assert opts.clients is not None and opts.ops is not None and opts.keys is not None
     keys = [f"k{i}" for i in range(opts.keys)]
     per_client = max(1, opts.ops // opts.clients)
