@@ -568,15 +568,7 @@ async def _faults(world: _World, stop: asyncio.Event) -> None:
             world.cluster.log(f"partition {sid} {'both ways' if symmetric else 'inbound'}")
 
 
-async def _main(opts: SimOptions) -> SimResult:
-    if not opts.sqlite:
-        return await _run(opts, None)
-    shm = Path("/dev/shm")  # the engine's fsync is not the durable point here: keep it cheap
-    with tempfile.TemporaryDirectory(prefix="ares-sim-", dir=shm if shm.is_dir() else None) as d:
-        return await _run(opts, Path(d))
-
-
-async def _run(opts: SimOptions, sqlite_dir: Path | None) -> SimResult:
+async def _main(opts: SimOptions, sqlite_dir: Path | None) -> SimResult:
     loop = asyncio.get_running_loop()
     rng = random.Random(opts.seed)
     world = _World(opts, rng, loop, sqlite_dir)
@@ -722,4 +714,8 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
 def run_simulation(seed: int, **overrides: Any) -> SimResult:
     """Run one seed (options not given are drawn from it) and check it."""
     opts = SimOptions(seed=seed, **overrides).resolved()
-    return run(_main(opts))
+    if not opts.sqlite:
+        return run(_main(opts, None))
+    shm = Path("/dev/shm")  # the engine's fsync is not the durable point here: keep it cheap
+    with tempfile.TemporaryDirectory(prefix="ares-sim-", dir=shm if shm.is_dir() else None) as d:
+        return run(_main(opts, Path(d)))
