@@ -139,6 +139,7 @@ class Store:
         cseq_cache: str | Path | None = None,
         known_servers: Iterable[ServerInfo] = (),
         channel: StoreChannel | None = None,
+        incarnation: str | None = None,
     ) -> None:
         self.configuration = configuration
         self.known_servers = tuple(known_servers)
@@ -150,6 +151,10 @@ class Store:
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
+        self.incarnation = incarnation or uuid.uuid4().hex[:8]
+        """Part of every writer id: a client restarted under the same ``client_id`` counts its
+        operations from 1 again, and must not reuse a tag of its earlier life with another
+        value (tests/sim/test_reused_client_name.py)."""
         self._cseqs: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
         self._unchecked: set[str] = set(self._cseqs)
         """Chains from the disk cache not yet checked against the initial configuration."""
@@ -175,7 +180,7 @@ class Store:
 
     def _next_writer(self) -> str:
         self._op_seq += 1
-        return writer_id(self.client_id, self._op_seq)
+        return writer_id(f"{self.client_id}~{self.incarnation}", self._op_seq)
 
     @property
     def mode(self) -> str:

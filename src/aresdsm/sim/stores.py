@@ -58,6 +58,7 @@ def new_store(world: _World, name: str, switches: OpSwitches) -> Store:
         switches=switches,
         known_servers=world.pool,
         channel=world.channel(name, timeout_s=OPTIONS.timeout_s),
+        incarnation=str(store_incarnations(world, name)),  # seeded: the run stays replayable
     )
 
 
