@@ -335,7 +335,9 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
                 digest = value_digest(value)
             else:
                 okey = ares.object_key(GROUP, key, world.switches)
-                res, cseq = await ares.read(ch, cseq, group=chain, key=okey, switches=world.switches)
+                res, cseq = await ares.read(
+                    ch, cseq, group=chain, key=okey, switches=world.switches
+                )
                 tag, digest = res.tag, value_digest(res.value.data)
             world.learn(name, chain, cseq)
             world.history[rec_index] = msgspec.structs.replace(

@@ -122,7 +122,9 @@ class ScenarioClient:
         self.sc.complete(op, value_digest(res.value.data))
         return bytes(res.value.data)
 
-    async def reconfig(self, proposal: Configuration, *, finish_first: bool = True) -> Configuration:
+    async def reconfig(
+        self, proposal: Configuration, *, finish_first: bool = True
+    ) -> Configuration:
         """Reconfigure the group; with ``batch`` off, every object the initial configuration
         knows, one by one (returns the configuration decided for the last of them)."""
 
