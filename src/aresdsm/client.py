@@ -343,7 +343,7 @@ class Store:
                 cseq = await ares.read_config(self.channel, ares.adopt(entry), chain, self.switches)
             except (QuorumUnavailable, OperationTimeout, ConfigurationObsolete):
                 return False
-            self._learn(chain, cseq)
+            self._learn(chain, self._with_history(chain, cseq))
             return True
 
         try:
@@ -369,6 +369,18 @@ class Store:
             for t in asks:
                 t.cancel()
             await asyncio.gather(*asks, return_exceptions=True)
+
+    def _with_history(self, chain: str, adopted: ares.Cseq) -> ares.Cseq:
+        """An adopted view with the configurations before it, when the cache holds the very
+        configuration a server confirmed (descriptors are unique): the cache is then this
+        cluster's, and its earlier entries are history -- never used for data (operations start
+        at the last finalized entry), but reconfiguration checks server ids against them."""
+        hint = self._hints.get(chain, ())
+        for i, e in enumerate(hint):
+            if e.config == adopted[0].config:
+                older = tuple(ares.CseqEntry(x.config, "F") for x in hint[:i])
+                return (*older, *adopted)
+        return adopted
 
     async def _confirm_cache(self, chain: str) -> None:
         """Before the first operation on a chain the disk cache knows beyond the initial

@@ -136,6 +136,8 @@ def test_2_a_configuration_that_survives_no_crash_needs_force(
     assert "c1-" not in status  # nothing was proposed
     ok(ares("reconfig", "--remove", "s5", "--force", "--cluster", path, cwd=tmp_path))
     assert ok(ares("get", "k", "--cluster", path, cwd=tmp_path)) == "v"
+    r = ares("reconfig", "--add", "s5", "--force", "--cluster", path, cwd=tmp_path)
+    assert r.returncode == 1 and "never reused" in r.stderr.decode(), r.stderr.decode()
 
 
 def test_3_concurrent_operations_share_one_relocation(cluster: LocalCluster) -> None:
