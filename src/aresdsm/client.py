@@ -595,9 +595,11 @@ class Store:
         won, theirs (the caller may retry on top of it).
 
         Refused before consensus (ConfigurationError), because each would wedge the cluster or
-        weaken it: a new member that does not answer a ping; a server id that was in an earlier
-        configuration but not in the last one (ids are never reused); unless ``force``, a
-        proposal that survives no crash, or fewer crashes than the configuration it replaces.
+        weaken it: a new member that does not answer a ping; unless ``force``, a server id that
+        was in an earlier configuration but not in the last one (ids are never reused; force
+        only for a server whose data directory is intact), and a proposal that survives no
+        crash, or fewer crashes than the configuration it replaces. The history checked is the
+        chain this client knows: from the initial configuration, or what a server confirmed.
         A decided but unfinished successor at the end of the chain is completed first
         (:meth:`finish_reconfiguration`). ``timeout_s`` bounds the whole call (default: the
         client's timeout_s, times RECONFIG_TIMEOUT_FACTOR: a transfer takes many rounds).
@@ -644,11 +646,12 @@ class Store:
             gone = set().union(*(set(e.config.server_ids) for e in cseq[:-1]))
             gone -= set(current.server_ids)
             reused = sorted(gone & set(proposal.server_ids))
-            if reused:
+            if reused and not force:
                 raise ConfigurationError(
                     f"refusing {proposal.id}: server id(s) {', '.join(reused)} left the cluster "
                     "in an earlier configuration; server ids are never reused (give the server a "
-                    "new id and an empty data directory)"
+                    "new id and an empty data directory; force=True / --force only if its data "
+                    "directory is the intact one it left with)"
                 )
             if force:
                 return

@@ -136,7 +136,7 @@ def test_2_a_configuration_that_survives_no_crash_needs_force(
     assert "c1-" not in status  # nothing was proposed
     ok(ares("reconfig", "--remove", "s5", "--force", "--cluster", path, cwd=tmp_path))
     assert ok(ares("get", "k", "--cluster", path, cwd=tmp_path)) == "v"
-    r = ares("reconfig", "--add", "s5", "--force", "--cluster", path, cwd=tmp_path)
+    r = ares("reconfig", "--add", "s5", "--cluster", path, cwd=tmp_path)
     assert r.returncode == 1 and "never reused" in r.stderr.decode(), r.stderr.decode()
 
 
