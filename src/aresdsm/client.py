@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import math
 import random
@@ -40,9 +39,9 @@ from .config import (
     load_cluster_file,
     validate_configuration,
 )
-from .errors import ConfigurationError, OperationTimeout, QuorumUnavailable
+from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
 from .history import OpKind, OpRecord, value_digest, write_records
-from .net.client import TcpChannel
+from .net.client import TcpChannel, context_without_deadline
 from .net.client import deadline as net_deadline
 from .protocol import ares, ops
 from .protocol.channel import ConfigurationObsolete
@@ -625,20 +624,22 @@ class Store:
         """Every member of the proposal must answer before consensus can make it the cluster's
         configuration: a decided configuration whose servers do not exist wedges every client
         until they appear (issue: a spare where nothing listens)."""
-        probe = Configuration("probe", proposal.servers)
-        try:
-            await self.channel.round(
-                probe,
-                Ping(),
-                expect=Pong,
-                phase="probe-members",
-                need=probe.n,
-                timeout_s=self.options.connect_timeout_s,
-            )
-        except (QuorumUnavailable, OperationTimeout) as e:
+
+        async def ping(server: ServerInfo) -> str | None:
+            try:
+                reply = await self.channel.request(
+                    server, Ping(), timeout_s=self.options.connect_timeout_s
+                )
+            except AresError as e:
+                return f"{server.id}: {e}"
+            return None if isinstance(reply, Pong) else f"{server.id}: {type(reply).__name__}"
+
+        with tracing.span("probe-members", {"ares.proposal": proposal.id}):
+            errors = [e for e in await asyncio.gather(*map(ping, proposal.servers)) if e]
+        if errors:
             raise ConfigurationError(
-                f"refusing {proposal.id}: not every new member answers ({e})"
-            ) from None
+                f"refusing {proposal.id}: not every new member answers ({'; '.join(errors)})"
+            )
 
     def _vet(self, force: bool) -> Callable[[ares.Cseq, Configuration], None]:
         def vet(cseq: ares.Cseq, proposal: Configuration) -> None:
@@ -753,7 +754,9 @@ class Store:
                     gc=self.switches.gc,
                 )
 
-        task = asyncio.get_running_loop().create_task(finalize(), context=contextvars.Context())
+        task = asyncio.get_running_loop().create_task(
+            finalize(), context=context_without_deadline()
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -63,6 +63,14 @@ def deadline(timeout_s: float) -> Iterator[float]:
         _DEADLINE.reset(token)
 
 
+def context_without_deadline() -> contextvars.Context:
+    """A copy of the current context (trace context included) under no operation's deadline:
+    for background work started by an operation that must outlive it."""
+    ctx = contextvars.copy_context()
+    ctx.run(_DEADLINE.set, None)
+    return ctx
+
+
 def remaining_s(default_s: float) -> float:
     """Time left until the current deadline, or ``default_s`` when none is set (at most that)."""
     at = _DEADLINE.get()
