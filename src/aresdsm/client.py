@@ -519,8 +519,13 @@ class Store:
             return await self._discover(chain)
 
     async def _discover(self, chain: str) -> ares.Cseq:
+        def learn(cseq: ares.Cseq) -> None:
+            self._learn(chain, cseq)
+
         async def once() -> ares.Cseq:
-            cseq = await ares.read_config(self.channel, self._view(chain), chain, self.switches)
+            cseq = await ares.read_config(
+                self.channel, self._view(chain), chain, self.switches, progress=learn
+            )
             self._learn(chain, cseq)
             return self._view(chain)
 

@@ -223,3 +223,42 @@ def test_5_an_operation_without_a_live_quorum_fails_within_its_deadline(
                 assert took <= deadline_s * 1.1, (deadline_s, took)
 
     asyncio.run(go())
+
+
+def test_2_a_pending_configuration_is_shown_and_finished(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A reconfigurer that stops after consensus leaves the chain ending with a P entry whose
+    transfer did not happen: ``ares status`` says so and why, and once enough of its servers are
+    up, ``ares reconfig --finish`` (or the next reconfiguration) completes it."""
+    from aresdsm.protocol import ares as protocol
+    from aresdsm.protocol import paxos
+    from aresdsm.wire.messages import NextEntry
+
+    cf = cluster.cluster
+    path = str(cluster.cluster_path)
+
+    async def no_wait(attempt: int) -> None:
+        pass
+
+    async def decide_and_stop() -> None:
+        async with Store(cf.initial, options=cf.client) as st:
+            await st.write("k", b"v")
+            c1 = Configuration("c1", cf.servers[3:6], epoch=1)
+            chain = protocol.CLUSTER_CHAIN
+            await paxos.propose(
+                st.channel, cf.initial, group=chain, value=c1, proposer="gone", backoff=no_wait
+            )
+            await protocol.put_config(st.channel, cf.initial, chain, NextEntry(c1, "P"))
+
+    asyncio.run(decide_and_stop())
+    cluster.kill("s5")
+    cluster.kill("s6")
+    status = ok(ares("status", "--cluster", path, cwd=tmp_path))
+    assert "pending:" in status and "c1 was decided" in status, status
+    assert "1 of its 3 servers answer, it needs 2" in " ".join(status.split()), status
+    cluster.restart("s5")
+    assert "is final" in ok(ares("reconfig", "--finish", "--cluster", path, cwd=tmp_path))
+    for sid in ("s1", "s2", "s3"):
+        cluster.kill(sid)
+    assert ok(ares("get", "k", "--cluster", path, cwd=tmp_path)) == "v"

@@ -199,9 +199,15 @@ async def put_config(
 
 
 async def read_config(
-    net: Channel, cseq: Cseq, group: str, switches: OpSwitches = DEFAULT_SWITCHES
+    net: Channel,
+    cseq: Cseq,
+    group: str,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+    progress: Callable[[Cseq], None] | None = None,
 ) -> Cseq:
-    """Discovery: walk the chain from μ, writing every successor found back to a quorum."""
+    """Discovery: walk the chain from μ, writing every successor found back to a quorum.
+    ``progress`` hears the chain after each successor's write-back (so a caller keeps what was
+    found when a later hop fails, e.g. at a pending configuration whose servers are down)."""
     with tracing.span("read-config"):
         i = mu(cseq)
         while True:
@@ -211,6 +217,8 @@ async def read_config(
             cseq = with_entry(cseq, i + 1, e)
             if not switches.broken_no_config_write_back:  # an F entry collects, with gc (§8.3)
                 await put_config(net, cseq[i].config, group, _entry(cseq, i + 1), gc=switches.gc)
+            if progress is not None:
+                progress(cseq)
             i += 1
 
 
