@@ -94,7 +94,7 @@ class HistoryRecorder:
 
 
 async def _random_backoff(attempt: int) -> None:
-    """Paxos retry back-off (protocol.md §5): random, growing, capped at about a second."""
+    """Paxos retry back-off (docs/protocol.md §5): random, growing, capped at about a second."""
     await asyncio.sleep(random.uniform(0, min(1.0, 0.005 * 2**attempt)))
 
 
@@ -104,7 +104,7 @@ class _CseqCache(msgspec.Struct):
 
 
 def load_cseq_cache(path: Path | None, initial: Configuration) -> dict[str, ares.Cseq]:
-    """Chains learned earlier (protocol.md §8.5: clients may cache their cseq on disk).
+    """Chains learned earlier (docs/protocol.md §8.5: clients may cache their cseq on disk).
 
     A missing, unreadable or foreign cache (another initial configuration descriptor) is
     ignored. What is read is only a *hint* -- which servers to ask, and how far the chain had
@@ -162,7 +162,7 @@ class Store:
 
     Every public call accepts ``timeout_s``: the deadline of the whole call (default: the
     cluster file's ``[client] timeout_s``), retries and relocation included. In Ares II every
-    object of every group follows the cluster's one configuration chain (protocol.md §2, §8.4).
+    object of every group follows the cluster's one configuration chain (docs/protocol.md §2, §8.4).
     """
 
     def __init__(
@@ -511,7 +511,7 @@ class Store:
     async def configurations(
         self, group: str = DEFAULT_GROUP, *, key: str | None = None, timeout_s: float | None = None
     ) -> ares.Cseq:
-        """Discover and return the configuration chain (protocol.md §6 read-config): the
+        """Discover and return the configuration chain (docs/protocol.md §6 read-config): the
         cluster's (Ares II; ``group`` is then irrelevant), or object ``key``'s with ``batch``
         off. Found from any reachable server when the configurations known lead nowhere."""
         chain = group if key is None and not self.switches.batch else self._chain(group, key)
@@ -920,7 +920,7 @@ def connect(
     """A :class:`Store` for the cluster described by a cluster file (path or parsed).
 
     ``cseq_cache``: a file where the client keeps the configuration chains it learned, so that
-    it still finds the data after the initial servers are gone (protocol.md §8.5).
+    it still finds the data after the initial servers are gone (docs/protocol.md §8.5).
     """
     cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
     return Store(

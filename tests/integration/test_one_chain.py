@@ -1,5 +1,5 @@
 """Issue 11 with real server processes: one configuration chain per cluster, reconfiguration that
-cannot wedge, relocation for every entry point, real deadlines (protocol.md §2, §8.4, §8.5).
+cannot wedge, relocation for every entry point, real deadlines (docs/protocol.md §2, §8.4, §8.5).
 
 Each test is one numbered problem of the issue, reproduced as an operator meets it (the ``ares``
 command as a subprocess, or the library against server processes), and failed before the fix:

@@ -1,4 +1,4 @@
-"""The server side of key listing and LATEST_CONFIG (protocol.md §2, §8.4, §8.5): ListKeys
+"""The server side of key listing and LATEST_CONFIG (docs/protocol.md §2, §8.4, §8.5): ListKeys
 answers keys only, by prefix and after a key, bounded by count; OBSOLETE once collected.
 LATEST_CONFIG prefers the newest configuration by its position in the chain (epoch), not by its
 id -- "c10-…" sorts before "c9-…" (issue 11, problem 5); successors sit one epoch after their

@@ -1,8 +1,8 @@
-"""Reads, writes and reconfiguration over a group's configuration sequence (protocol.md §6, §8).
+"""Reads, writes and reconfiguration over a configuration sequence (docs/protocol.md §6, §8).
 
 A client keeps, per group, ``cseq``: its view of the group's configuration chain, a tuple of
 ``(configuration, status)`` with status P (pending) or F (finalized); entry 0 is the initial
-configuration, F. μ is the index of the last F entry, ν of the last entry (protocol.md §2).
+configuration, F. μ is the index of the last F entry, ν of the last entry (docs/protocol.md §2).
 
 Two modes, side by side on the same servers:
 
@@ -82,7 +82,7 @@ OBJECT_CHAIN = "\x00"
 cluster's chain) and in the name of an object's own chain (``batch`` off). Keys and groups never
 contain NUL (the client refuses them), so both are unambiguous."""
 CLUSTER_CHAIN = "cluster"
-"""The one configuration chain of a cluster in Ares II (protocol.md §2, §8.4): every object of
+"""The one configuration chain of a cluster in Ares II (docs/protocol.md §2, §8.4): every object of
 every group follows it, so one reconfiguration moves them all and a new group or key starts in
 the current configuration. On the wire it is the ``group`` field of every message (the field
 keeps its name; it names the chain)."""
@@ -748,7 +748,7 @@ async def _update_config(
     batches in flight.
 
     Every source is read with SET_NEXT_AND_GET: the last one with (target, P), each older c_i
-    with (c_{i+1}, P). The spec (§8.2) reads c_μ..c_{ν−1} with a plain get-data, "they already
+    with (c_{i+1}, P). An earlier rule read c_μ..c_{ν−1} with a plain get-data, "they already
     have a successor" -- but while c_{i+1} is still P, a write can complete on c_i with only ⊥
     answers from servers that the write-back of (c_{i+1}, P) had not reached yet and that answered
     the plain get before the write arrived; c_{i+1}'s own reconfigurer may never transfer it, and
