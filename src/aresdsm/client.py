@@ -575,6 +575,8 @@ class Store:
         while True:
             page = await ares.list_chains(self.channel, self.configuration, "", after)
             for name in page.keys:
+                if ares.OBJECT_CHAIN not in name:
+                    continue  # the cluster's chain (Ares II clients share the servers)
                 g, _ = ares.split_object_key(name)
                 if not found or found[-1] != g:
                     found.append(g)
