@@ -1,4 +1,4 @@
-"""``ares trace report``: where an operation's latency goes, phase by phase (protocol.md §12).
+"""``ares trace report``: where an operation's latency goes, phase by phase (docs/protocol.md §12).
 
 Reads JSON-lines span files (``--trace`` of clients, ``--trace-file`` of servers), takes every
 client ``op`` span as one operation, and splits its duration over the phases of its child spans
@@ -48,6 +48,8 @@ _ROUND_PHASES = {
     "read-next-config": "discovery",
     "put-config": "discovery",
     "request.LatestConfig": "discovery",
+    "list-keys": "get-tag/get-data",
+    "probe-members": "discovery",
     "get-tag": "get-tag/get-data",
     "get-data": "get-tag/get-data",
     "put-data": "put-data",

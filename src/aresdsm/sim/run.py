@@ -416,6 +416,7 @@ async def _operation(
 ) -> bool:
     """One recorded read (``value`` None) or write; returns whether it returned ok."""
     chain = ares.chain_of(GROUP, key, switches)
+    okey = ares.object_key(GROUP, key, switches)
     cseq = world.cseq(name, chain)
     is_write = value is not None
     # recorded as pending first: a client crash leaves it so
@@ -436,14 +437,14 @@ async def _operation(
                 ch,
                 cseq,
                 group=chain,
-                key=key,
+                key=okey,
                 value=Blob(value),
                 writer=writer,
                 switches=switches,
             )
             digest = value_digest(value)
         else:
-            res, cseq = await ares.read(ch, cseq, group=chain, key=key, switches=switches)
+            res, cseq = await ares.read(ch, cseq, group=chain, key=okey, switches=switches)
             tag, digest = res.tag, value_digest(res.value.data)
         world.learn(name, chain, cseq)
         world.history[rec_index] = msgspec.structs.replace(
@@ -492,14 +493,14 @@ async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -
             if world.switches.batch:
                 cseq, decided = await ares.reconfig(
                     ch,
-                    world.cseq(name, GROUP),
-                    group=GROUP,
+                    world.cseq(name, ares.CLUSTER_CHAIN),
+                    group=ares.CLUSTER_CHAIN,
                     proposal=proposal,
                     proposer=f"{name}.{n}",
                     backoff=backoff,
                     switches=world.switches,
                 )
-                world.learn(name, GROUP, cseq)
+                world.learn(name, ares.CLUSTER_CHAIN, cseq)
             else:  # the original Ares: every object's chain on its own
                 done = await ares.reconfig_objects(
                     ch,
@@ -652,7 +653,7 @@ async def _play(world: _World) -> SimResult:
 def _retire(world: _World) -> None:
     """Shut down for good every server outside the newest configuration (once it is final):
     the old configurations' servers are gone; clients still pointing at them must relocate."""
-    newest = world.longest(GROUP)
+    newest = world.longest(ares.CLUSTER_CHAIN)
     if newest[-1].status != "F":
         return
     keep = set(newest[-1].config.server_ids)
@@ -686,8 +687,9 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
         start = world.stamp()
         try:
             chain = ares.chain_of(GROUP, key, world.switches)
+            okey = ares.object_key(GROUP, key, world.switches)
             res, _ = await ares.read(
-                ch, world.longest(chain), group=chain, key=key, switches=world.switches
+                ch, world.longest(chain), group=chain, key=okey, switches=world.switches
             )
         except AresError as e:
             world.failures.append(f"final read of {key} failed after healing: {e}")
