@@ -98,7 +98,6 @@ CAUGHT: list[tuple[str, dict[str, Any], list[int]]] = [
     ("no-config-write-back", {"mode": "classic"}, [127]),
     ("split-handoff", HANDOFF, [38]),
     ("plain-get-older-sources", HANDOFF, [62]),
-    NRQ_PLACEHOLDER,
 ]
 NOT_FOUND_BY_THE_SWARM = {"classic-ignores-ack-next", "no-requery-after-obsolete"}
 """Variants the swarm has not found within 300 seeds at the last measurement: each is caught by
