@@ -439,6 +439,9 @@ class Store:
                 raise
             if not await self._relocate_from(chain, seen):
                 raise
+        except asyncio.CancelledError:
+            first.cancel()  # the caller gave up (or its process died): so does the attempt
+            raise
         return await self._retry_after_move(chain, retry)
 
     async def _retry_after_move(self, chain: str, retry: Callable[[], Awaitable[T]]) -> T:
