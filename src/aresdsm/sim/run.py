@@ -716,8 +716,17 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
 def run_simulation(seed: int, **overrides: Any) -> SimResult:
     """Run one seed (options not given are drawn from it) and check it."""
     opts = SimOptions(seed=seed, **overrides).resolved()
-    if not opts.sqlite:
-        return run(_main(opts, None))
-    shm = Path("/dev/shm")  # the engine's fsync is not the durable point here: keep it cheap
-    with tempfile.TemporaryDirectory(prefix="ares-sim-", dir=shm if shm.is_dir() else None) as d:
-        return run(_main(opts, Path(d)))
+    # the Store's Paxos back-off draws from the global generator: seeded for the run (and put
+    # back afterwards), so that a seed replays exactly in Store runs too
+    state = random.getstate()
+    random.seed(f"global-{seed}")
+    try:
+        if not opts.sqlite:
+            return run(_main(opts, None))
+        shm = Path("/dev/shm")  # the engine's fsync is not the durable point: keep it cheap
+        with tempfile.TemporaryDirectory(
+            prefix="ares-sim-", dir=shm if shm.is_dir() else None
+        ) as d:
+            return run(_main(opts, Path(d)))
+    finally:
+        random.setstate(state)
