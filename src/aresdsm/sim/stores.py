@@ -31,7 +31,7 @@ import msgspec
 
 from ..client import Store
 from ..config import ClientOptions, Configuration
-from ..errors import AresError, InvariantViolation
+from ..errors import AresError, ConfigurationError, InvariantViolation
 from ..history import OpRecord, value_digest
 from ..protocol import ares
 from ..protocol.ops import OpSwitches
@@ -187,8 +187,9 @@ async def store_reconfigurer(
         except AresError as e:
             if isinstance(e, InvariantViolation):
                 world.failures.append(f"{name}: InvariantViolation: {e}")
-            world.reconfig_failed = True
-            world.cluster.log(f"{name} reconfig failed: {type(e).__name__}")
+            if not isinstance(e, ConfigurationError):  # refused up front: nothing decided
+                world.reconfig_failed = True
+            world.cluster.log(f"{name} reconfig failed: {type(e).__name__}: {e}")
         for chain in sorted({ares.chain_of(world.group, k, store.switches) for k in keys}):
             world.learn(name, chain, store.cseq(chain))
     await store.settle()
