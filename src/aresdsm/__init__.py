@@ -8,7 +8,7 @@ Quick use::
         assert await store.read("greeting") == b"hello"
 """
 
-from .client import HistoryRecorder, Store, SyncStore, connect, connect_sync
+from .client import CvrResult, HistoryRecorder, Store, SyncStore, connect, connect_sync
 from .config import ClusterFile, Configuration, ServerInfo, load_cluster_file
 from .errors import (
     AresError,
@@ -38,6 +38,7 @@ __all__ = [
     "Configuration",
     "ConfigurationError",
     "ConsensusFailed",
+    "CvrResult",
     "FrameError",
     "HistoryRecorder",
     "InvariantViolation",

@@ -86,6 +86,32 @@ class KeyState(msgspec.Struct, frozen=True, array_like=True):
 
 EMPTY = KeyState()
 
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, Blob):
+        return bytes(obj.data)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _dec_hook(kind: type, obj: Any) -> Any:
+    if kind is Blob and isinstance(obj, bytes):
+        return Blob(obj)
+    raise NotImplementedError(f"cannot decode {kind.__name__}")
+
+
+_state_enc = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_state_dec = msgspec.msgpack.Decoder(KeyState, dec_hook=_dec_hook)
+
+
+def encode_state(st: KeyState) -> bytes:
+    """The persisted record of one object's open levels (values inline: a few per object)."""
+    return _state_enc.encode(st)
+
+
+def decode_state(meta: bytes) -> KeyState:
+    return _state_dec.decode(meta)
+
+
 # -- acceptor rules (pure) ----------------------------------------------------------------------
 
 

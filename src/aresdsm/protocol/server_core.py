@@ -90,7 +90,6 @@ _tag_dec = msgspec.msgpack.Decoder(Tag)
 _cfg_dec = msgspec.msgpack.Decoder(Configuration)
 _next_dec = msgspec.msgpack.Decoder(NextEntry)
 _acc_dec = msgspec.msgpack.Decoder(paxos.AcceptorState)
-_cvr_dec = msgspec.msgpack.Decoder(coverable.KeyState)
 
 Result = tuple[Reply, list[Write]]
 
@@ -178,7 +177,7 @@ class ServerCore:
         elif r.ns == FINAL_NS:
             self.finals[inst] = _next_dec.decode(r.meta)
         elif r.ns == coverable.NS:
-            self.cvr[(r.group, r.config_id, r.key)] = _cvr_dec.decode(r.meta)
+            self.cvr[(r.group, r.config_id, r.key)] = coverable.decode_state(r.meta)
             self._add_object(inst, r.key)
 
     def install_config(self, c: Configuration) -> list[Write]:
@@ -457,7 +456,7 @@ class ServerCore:
             self.cvr[skey] = new
             self._add_object((req.group, req.config_id), req.key)
             return reply, [
-                Record(coverable.NS, req.group, req.config_id, req.key, _enc.encode(new))
+                Record(coverable.NS, req.group, req.config_id, req.key, coverable.encode_state(new))
             ]
         self.cvr.pop(skey, None)
         return reply, [Delete(coverable.NS, req.group, req.config_id, req.key)]
