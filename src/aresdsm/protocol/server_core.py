@@ -177,8 +177,10 @@ class ServerCore:
         elif r.ns == FINAL_NS:
             self.finals[inst] = _next_dec.decode(r.meta)
         elif r.ns == coverable.NS:
-            self.cvr[(r.group, r.config_id, r.key)] = coverable.decode_state(r.meta)
-            self._add_object(inst, r.key)
+            st = coverable.decode_state(r.meta)
+            if st.levels:
+                self.cvr[(r.group, r.config_id, r.key)] = st
+                self._add_object(inst, r.key)
 
     def install_config(self, c: Configuration) -> list[Write]:
         """Learn a configuration (the initial one at bootstrap). Returns the writes to persist."""
@@ -455,11 +457,10 @@ class ServerCore:
         if new.levels:
             self.cvr[skey] = new
             self._add_object((req.group, req.config_id), req.key)
-            return reply, [
-                Record(coverable.NS, req.group, req.config_id, req.key, coverable.encode_state(new))
-            ]
-        self.cvr.pop(skey, None)
-        return reply, [Delete(coverable.NS, req.group, req.config_id, req.key)]
+        else:  # (an empty record rather than a Delete: deletes are garbage collection's, §8.3)
+            self.cvr.pop(skey, None)
+        meta = coverable.encode_state(new)
+        return reply, [Record(coverable.NS, req.group, req.config_id, req.key, meta)]
 
     def _on_cvr_prepare(self, req: CvrPrepare) -> Result:
         return self._cvr_step(req, lambda st, com: coverable.on_prepare(st, com, req), freeze=True)
