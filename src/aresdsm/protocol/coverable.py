@@ -291,7 +291,13 @@ async def cvr_write(
                     return CvrOutcome(True, own, value), cseq
                 if maybe_accepted and not any(r.committed.z == level for r in answers):
                     raise conflict("a later version was written before this one was learned")
-                return await _latest(net, cseq, group, key, switches)
+                out, cseq = await _latest(net, cseq, group, key, switches)
+                if out.tag.z >= level:
+                    return out, cseq
+                # the level is decided and put on some servers, but not yet on a quorum (its
+                # writer is still at it, or stopped): a stale answer must carry a version newer
+                # than the base, so ask again later (the read wrote back what it saw)
+                continue
             if committed != base:
                 raise ValueError(
                     f"base {base} is not a version of {key!r} (its newest is {committed})"
