@@ -61,7 +61,12 @@ class ConcurrencyExceeded(OperationError):
 class CoverableConflict(OperationError):
     """A coverable write (docs/protocol.md §9.1) may or may not have taken effect: its value may
     have been accepted and its outcome could not be learned in bounded time (contention, a
-    failure). Read the object again, then retry on the version read."""
+    failure). Read the object again, then retry on the version read. ``tag`` is the version the
+    write installs if it did take effect."""
+
+    def __init__(self, message: str, *, tag: object = None) -> None:
+        super().__init__(message)
+        self.tag = tag
 
 
 class ServerError(OperationError):

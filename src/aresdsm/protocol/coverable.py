@@ -261,7 +261,8 @@ async def cvr_write(
     def conflict(why: str) -> CoverableConflict:
         return CoverableConflict(
             f"coverable write of {key!r} on base {base}: outcome unknown ({why}); "
-            "read the object again"
+            "read the object again",
+            tag=own,
         )
 
     for attempt in range(1, max_attempts + 1):
