@@ -671,9 +671,10 @@ def _bad_successor(c: Configuration, successor: Configuration) -> ErrorReply | N
 
 
 def _state_bytes(st: ObjectState) -> int:
+    open_ = len(st.cvr.value) if st.cvr is not None else 0
     if st.value is not None:
-        return len(st.value)
-    return sum(len(e.element) for e in st.entries if e.element is not None)
+        return len(st.value) + open_
+    return sum(len(e.element) for e in st.entries if e.element is not None) + open_
 
 
 _CvrValued = TypeVar("_CvrValued", CvrAccept, CvrInject)
