@@ -823,6 +823,12 @@ class Store:
             raise ConfigurationError(f"base must be a Tag, not {type(base).__name__}")
         chain = ares.chain_of(group, key, self.switches)
         self._check_fits(chain, len(value))
+        if len(value) > self.options.max_frame_bytes - FRAME_SLACK_BYTES:
+            # its accept carries the whole value, also to a TREAS server (§9.1)
+            raise ConfigurationError(
+                f"a coverable value of {len(value)} bytes does not fit "
+                f"max_frame_bytes={self.options.max_frame_bytes}"
+            )
         okey = ares.object_key(group, key, self.switches)
 
         async def op() -> CvrResult:

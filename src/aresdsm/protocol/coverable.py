@@ -307,8 +307,8 @@ async def cvr_write(
             if nxt:  # frozen: a reconfiguration is under way; finish it and go on there
                 cseq = await ares._follow(net, cseq, group, nu, nxt[0], switches)
                 continue
-            nacks = [r.promised for r in answers if isinstance(r, CvrNack) and r.promised]
-            if nacks or any(isinstance(r, CvrNack) for r in answers):
+            if any(isinstance(r, CvrNack) for r in answers):  # outvoted: a higher round
+                nacks = [r.promised for r in answers if isinstance(r, CvrNack) and r.promised]
                 rnd = max([rnd, *(b.round for b in nacks)])
                 continue
             accepted = [r.accepted for r in answers if isinstance(r, CvrPromise) and r.accepted]
