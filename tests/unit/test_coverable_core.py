@@ -72,7 +72,9 @@ def test_a_committed_level_is_refused_and_forgotten() -> None:
     s = core()
     s.handle(prepare(1, b(1)))
     s.handle(accept(1, b(1), "a.1", b"A"))
-    s.handle(PutData(G, "c0", K, Tag(1, "a.1"), Blob(b"A")))
+    _, writes = s.handle(PutData(G, "c0", K, Tag(1, "a.1"), Blob(b"A")))
+    assert (G, "c0", K) not in s.cvr  # the put dropped the decided level (and its value)
+    assert any(isinstance(w, Record) and w.ns == "cvr" for w in writes)
     reply, _ = s.handle(prepare(1, b(5, "z")))
     assert reply == CvrNack(None, Tag(1, "a.1"))
     reply, _ = s.handle(prepare(2, b(1)))  # the next level opens; level 1 is pruned

@@ -315,14 +315,31 @@ class ServerCore:
             for entry in treas.changed_entries(old, new_list):
                 rkey, meta, data = treas.encode_entry(req.key, entry)
                 writes.append(Record(treas.NS, req.group, req.config_id, rkey, meta, data))
-            return writes
+            return writes + self._prune_cvr(c, skey)
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
         self.registers[skey] = new
         self._add_object((req.group, req.config_id), req.key)
         meta = _enc.encode(new.tag)
-        return [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
+        record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
+        return [record, *self._prune_cvr(c, skey)]
+
+    def _prune_cvr(self, c: Configuration, skey: StateKey) -> list[Write]:
+        """A coverable object's levels up to its new committed version are decided and put:
+        drop their acceptor state (and its values) now, not at the next coverable request."""
+        held = self.cvr.get(skey)
+        if held is None:
+            return []
+        new = coverable.pruned(held, self._committed(c, skey))
+        if new is held:
+            return []
+        if new.levels:
+            self.cvr[skey] = new
+        else:
+            del self.cvr[skey]
+        group, config_id, key = skey
+        return [Record(coverable.NS, group, config_id, key, coverable.encode_state(new))]
 
     def _on_get_group(self, req: GetGroup) -> Result:
         """Paged DAP state of a group; with ``set_next``, SET_NEXT_AND_GET (§8.2): nextC is
