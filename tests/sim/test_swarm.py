@@ -106,11 +106,11 @@ BROKEN: list[tuple[str, dict[str, Any], int]] = [
         {"mode": "ares2", "reconfigurers": 2, "reconfigs": 3},
         3000,
     ),
-    # coverable registers (§9.1); tests/sim/test_coverable.py scripts each exactly
+    # coverable registers (§9.1); tests/sim/test_coverable.py scripts each exactly, also
+    # cvr-transfer-ignores-open and cvr-no-freeze, which need a coverable write decided but not
+    # put across a reconfiguration: the swarm did not meet that in 100 seeds
     ("cvr-unconditional", {"coverable": True}, 20),
     ("cvr-put-undecided", {"coverable": True}, 100),
-    ("cvr-transfer-ignores-open", {"coverable": True, "reconfigs": 3}, 100),
-    ("cvr-no-freeze", {"coverable": True, "reconfigs": 3}, 100),
 ]
 
 

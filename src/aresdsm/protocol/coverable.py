@@ -41,7 +41,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import CoverableConflict, OperationError
+from ..errors import ConfigurationError, CoverableConflict, OperationError
 from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -249,7 +249,8 @@ async def cvr_write(
     Raises CoverableConflict when the write may or may not have taken effect (its own accept
     may have been stored and the outcome could not be learned), and the operation's error
     (OperationError) unchanged when it failed before any accept of its own left: then it
-    cannot take effect (only accepted values are ever adopted).
+    cannot take effect (only accepted values are ever adopted). ConfigurationError: ``base`` is
+    newer than every version a quorum holds (it was never a version of the object).
     """
     if switches.broken_cvr_unconditional:
         return await _unconditional(net, cseq, group, key, value, base, writer, switches)
@@ -300,7 +301,7 @@ async def cvr_write(
                 # than the base, so ask again later (the read wrote back what it saw)
                 continue
             if committed != base:
-                raise ValueError(
+                raise ConfigurationError(
                     f"base {base} is not a version of {key!r} (its newest is {committed})"
                 )
             nxt = [r.next for r in answers if r.next is not None]
