@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import runtime
+from . import runtime, serverlog
 from .config import (
     DEFAULT_GROUP,
+    MAX_FRAME_BYTES_LIMIT,
     Configuration,
     load_cluster_file,
     parse_address,
@@ -27,7 +28,8 @@ from .config import (
 from .errors import AresError
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: an error stays one line even when stderr is a file or a pipe (no wrapping at 80)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULT_DIR = "./ares-data"
 
@@ -95,13 +97,41 @@ class AresGroup(click.Group):
             sys.exit(1)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def log_options(default_level: str) -> Callable[[_F], _F]:
+    """--log-level / --log-format (on ``ares`` itself and on ``ares server``)."""
+
+    def deco(f: _F) -> _F:
+        f = click.option(
+            "--log-format",
+            type=click.Choice(serverlog.FORMATS),
+            default=None,
+            help="Log lines as text or as one JSON object per line (default: text).",
+        )(f)
+        f = click.option(
+            "--log-level",
+            type=click.Choice(serverlog.LEVELS, case_sensitive=False),
+            default=None,
+            help=f"Least severe level logged (default: {default_level}).",
+        )(f)
+        return f
+
+    return deco
+
+
 @click.group(cls=AresGroup)
 @click.version_option(package_name="aresdsm")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@log_options("warning")
+def main(verbose: int, log_level: str | None, log_format: str | None) -> None:
     """aresdsm: Ares II, an atomic, reconfigurable distributed shared memory."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if log_level is None and verbose:
+        log_level = ("info", "debug")[min(verbose, 2) - 1]
+    # what was asked for explicitly; `ares server` has a default of its own (info)
+    click.get_current_context().obj = {"log_level": log_level, "log_format": log_format}
+    serverlog.configure(log_level or "warning", log_format or "text")
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -123,6 +153,35 @@ def main(verbose: int) -> None:
 @click.option("--otlp-endpoint", help="Export spans over OTLP/HTTP (e.g. http://localhost:4318).")
 @click.option("--trace-file", type=click.Path(dir_okay=False), help="Write spans as JSON lines.")
 @click.option("--trace-sample", type=float, help="Sampling ratio of new traces (default 1.0).")
+@log_options("info")
+@click.option(
+    "--max-frame-bytes",
+    type=click.IntRange(1024, MAX_FRAME_BYTES_LIMIT),
+    help="Largest frame accepted or sent (default: [client] max_frame_bytes of the cluster file).",
+)
+@click.option("--max-connections", type=click.IntRange(1), help="Default: RLIMIT_NOFILE - 64.")
+@click.option("--max-connections-per-address", type=click.IntRange(1), help="Default: 1024.")
+@click.option("--idle-timeout-s", type=click.FloatRange(min=0, min_open=True), help="Default 300.")
+@click.option(
+    "--frame-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Deadline for a whole frame once its first byte arrived. Default: 60.",
+)
+@click.option(
+    "--max-partial-frame-bytes-total",
+    type=click.IntRange(1),
+    help="Incomplete frames held for all connections together. Default: 256 MiB.",
+)
+@click.option(
+    "--max-conn-request-bytes",
+    type=click.IntRange(1),
+    help="Requests waiting per connection before reading pauses. Default: 8 MiB.",
+)
+@click.option(
+    "--max-conn-reply-bytes",
+    type=click.IntRange(1),
+    help="Replies held per connection before reading pauses. Default: 8 MiB.",
+)
 def server(
     server_id: str,
     cluster_path: str,
@@ -133,12 +192,25 @@ def server(
     otlp_endpoint: str | None,
     trace_file: str | None,
     trace_sample: float | None,
+    log_level: str | None,
+    log_format: str | None,
+    max_frame_bytes: int | None,
+    **limit_options: Any,
 ) -> None:
-    """Run one server until SIGTERM."""
+    """Run one server until SIGTERM.
+
+    Limits come from the [server] table of the cluster file; the options here override it
+    (docs/operations.md lists every limit and its default)."""
     from . import tracing
+    from .limits import ServerLimits
     from .server import run_server
 
+    parent = click.get_current_context().obj or {}
+    level = log_level or parent.get("log_level") or "info"
+    serverlog.configure(level, log_format or parent.get("log_format") or "text")
     cf = load_cluster_file(cluster_path)
+    limits = ServerLimits.from_table(cf.server_limits, where=f"{cluster_path}: [server]")
+    limits = limits.replace(**limit_options)
     me = cf.server(server_id)
     host, port = parse_address(listen or me.address)
     ddir = data_dir or cf.data_dirs.get(server_id) or str(Path(DEFAULT_DIR) / server_id)
@@ -159,6 +231,8 @@ def server(
                 storage_kind=storage,
                 initial=cf.initial,
                 ready_file=ready_file,
+                limits=limits,
+                max_frame_bytes=max_frame_bytes or cf.client.max_frame_bytes,
             )
         )
     sys.exit(code)

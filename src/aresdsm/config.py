@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import ConfigurationError
+from .limits import ServerLimits
 
 DapKind = Literal["abd", "treas"]
 DAP_KINDS: tuple[str, ...] = ("abd", "treas")
@@ -174,6 +175,9 @@ class ClusterFile(msgspec.Struct, frozen=True):
     name: str = "aresdsm"
     data_dirs: dict[str, str] = {}
     """Local clusters only: server id -> data directory (used by ``ares cluster``)."""
+    server_limits: dict[str, Any] = {}
+    """The ``[server]`` table as given (validated): limits every server of the cluster applies
+    (:class:`aresdsm.limits.ServerLimits`); ``ares server`` options override them."""
 
     def server(self, server_id: str) -> ServerInfo:
         for s in self.servers:
@@ -205,7 +209,7 @@ def _require(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
 
 def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> ClusterFile:
     """Validate a cluster file already parsed from TOML."""
-    known = {"cluster", "servers", "initial", "client"}
+    known = {"cluster", "servers", "initial", "client", "server"}
     unknown = set(data) - known
     if unknown:
         raise ConfigurationError(
@@ -278,8 +282,15 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
         )
     cluster_table = data.get("cluster", {})
     name = cluster_table.get("name", "aresdsm") if isinstance(cluster_table, dict) else "aresdsm"
+    server_table = data.get("server", {})
+    ServerLimits.from_table(server_table, where=f"{source}: [server]")  # validate now
     return ClusterFile(
-        servers=tuple(servers), initial=initial, client=client, name=str(name), data_dirs=data_dirs
+        servers=tuple(servers),
+        initial=initial,
+        client=client,
+        name=str(name),
+        data_dirs=data_dirs,
+        server_limits=dict(server_table),
     )
 
 
@@ -330,4 +341,8 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
         f"max_frame_bytes = {o.max_frame_bytes}",
         "",
     ]
+    if cluster.server_limits:
+        lines.append("[server]")
+        lines += [f"{k} = {v!r}" for k, v in sorted(cluster.server_limits.items())]
+        lines.append("")
     return "\n".join(lines)

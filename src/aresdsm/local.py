@@ -155,7 +155,10 @@ class LocalCluster:
         ddir.mkdir(parents=True, exist_ok=True)
         ready = ddir / "ready"
         ready.unlink(missing_ok=True)
-        log = open(ddir / "server.log", "ab")  # noqa: SIM115 - handed to the child process
+        # 0600 like everything in a data directory (handed to the child process)
+        log = os.fdopen(
+            os.open(ddir / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+        )
         cmd = [
             self.python,
             "-m",

@@ -287,6 +287,9 @@ class Server:
         writes = self.core.install_config(initial)
         if writes:
             await self.storage.submit(writes)
+            log.info(
+                "server %s: installed the initial configuration %s", self.server_id, initial.id
+            )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -548,6 +551,12 @@ class Server:
         await self._stopped.wait()
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def open_storage(kind: str, data_dir: str | Path) -> Storage:
     if kind == "memory":
         return MemoryStorage()
@@ -591,7 +600,7 @@ async def run_server(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))
     if ready_file is not None:
-        await asyncio.to_thread(Path(ready_file).write_text, f"{server.port}\n")
+        await asyncio.to_thread(_write_private, Path(ready_file), f"{server.port}\n")
     await server.wait_closed()
     log.info("server %s stopped%s", server_id, " after a failure" if server.fatal else "")
     return 1 if server.fatal is not None else 0
