@@ -181,10 +181,11 @@ class _Conn(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         limits = self.server.limits
+        held = self.reply_bytes + self.transport.get_write_buffer_size()
         self.blocked = (
             self.writing_paused
             or self.pending >= self.server.max_in_flight
-            or self.reply_bytes >= limits.max_conn_reply_bytes
+            or held >= limits.max_conn_reply_bytes
         )
         want_paused = self.blocked or self.backlog_bytes >= limits.max_conn_request_bytes
         if want_paused and not self.paused:
@@ -360,22 +361,20 @@ class Server:
         size = sum(len(b) for b in bufs)
         conn.pending += 1
         conn.reply_bytes += size
-        if conn.transport is not None and (
-            conn.pending >= self.max_in_flight
-            or conn.reply_bytes >= self.limits.max_conn_reply_bytes
-        ):
+        if conn.transport is not None:
             conn.update_reading()
 
         def durable(fut: asyncio.Future[None]) -> None:
-            conn.request_done(size)
             if wait is not None:
                 wait.end()
             if fut.cancelled() or fut.exception() is not None:
+                conn.request_done(size)
                 exc = fut.exception() or RuntimeError("commit cancelled")
                 tracing.fail_server_span(span, exc)
                 self._fail(exc)
                 return
-            conn.write(bufs)
+            conn.write(bufs)  # before request_done: the bytes move from held to the buffer
+            conn.request_done(size)
             if span is not None:
                 tracing.end_server_span(span, reply)
 
