@@ -159,7 +159,11 @@ def main(verbose: int, log_level: str | None, log_format: str | None) -> None:
     type=click.IntRange(1024, MAX_FRAME_BYTES_LIMIT),
     help="Largest frame accepted or sent (default: [client] max_frame_bytes of the cluster file).",
 )
-@click.option("--max-connections", type=click.IntRange(1), help="Default: RLIMIT_NOFILE - 64.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    help="Default: RLIMIT_NOFILE - 256 (at most 10,000).",
+)
 @click.option("--max-connections-per-address", type=click.IntRange(1), help="Default: 1024.")
 @click.option("--idle-timeout-s", type=click.FloatRange(min=0, min_open=True), help="Default 300.")
 @click.option(

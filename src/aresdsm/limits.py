@@ -64,12 +64,13 @@ def name_too_long(what: str, value: str, max_bytes: int) -> str | None:
 
 # -- operator-tunable limits of a server ---------------------------------------------------------
 
-_RESERVED_FDS = 64
-"""File descriptors kept free for the listener, SQLite, value files and logs."""
+_RESERVED_FDS = 256
+"""File descriptors kept free for the listener, SQLite, value files, logs, and the connections
+an event loop accepts in one go before the server can refuse them (a listen backlog: 100)."""
 
 
 def default_max_connections() -> int:
-    """Connections admitted by default: the descriptor limit minus a reserve, at most 10,000."""
+    """Default connections: the descriptor limit minus a reserve of 256, at most 10,000."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 10_000
@@ -81,7 +82,7 @@ class ServerLimits:
     """The limits of one server; every field has a safe default."""
 
     max_connections: int = dataclasses.field(default_factory=default_max_connections)
-    """Open client connections at once (default: RLIMIT_NOFILE - 64, at most 10,000)."""
+    """Open client connections at once (default: RLIMIT_NOFILE - 256, at most 10,000)."""
     max_connections_per_address: int = 1024
     """Open connections from one peer IP address."""
     evict_idle_after_s: float = 1.0

@@ -1,0 +1,125 @@
+"""Issue 13's connection and slowloris attacks against real server processes (`python -m aresdsm
+server`, loopback only, bounded in time and count):
+
+- 1,100 idle connections to two of three servers started with ``ulimit -n 1024``: before, the
+  servers ran out of file descriptors and every client operation failed, with nothing logged;
+  now connections beyond ``max_connections`` (RLIMIT_NOFILE - 256) are refused or evict the idle
+  ones, clients keep working, and the refusals are logged (rate-limited, INFO);
+- 16 slowloris connections declaring 64 MiB frames: before, the server held all they sent
+  (960 MiB in the issue); now incomplete frames share ``max_partial_frame_bytes_total`` and must
+  complete within ``frame_timeout_s``, so the server's RSS stays bounded and clients keep working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aresdsm.client import Store
+from aresdsm.config import parse_address
+from aresdsm.local import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+
+@contextlib.contextmanager
+def _cluster(n: int, **server_limits: object) -> Iterator[LocalCluster]:
+    with tempfile.TemporaryDirectory(prefix="ares-limits-") as tmp:
+        lc = LocalCluster.create(Path(tmp) / "c", n=n, timeout_s=3.0, server_limits=server_limits)
+        try:
+            yield lc
+        finally:
+            lc.stop()
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _open_idle(address: str, count: int) -> list[socket.socket]:
+    host, port = parse_address(address)
+    out = []
+    for _ in range(count):
+        s = socket.socket()
+        s.settimeout(5)
+        with contextlib.suppress(OSError):  # a refused (reset) connection is fine too
+            s.connect((host, port))
+        out.append(s)
+    return out
+
+
+async def test_idle_connections_beyond_the_descriptor_limit_do_not_stop_clients() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with _cluster(3) as lc:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the servers inherit it
+        try:
+            lc.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if soft < 2400:
+            pytest.fail(f"the test process needs 2,400 descriptors (RLIMIT_NOFILE is {soft})")
+        attack: list[socket.socket] = []
+        try:
+            for sid in ("s1", "s2"):
+                attack += _open_idle(lc.cluster.server(sid).address, 1100)
+            time.sleep(1.5)  # the attackers' connections are idle now
+            async with Store(lc.cluster.initial) as store:
+                for i in range(20):
+                    await store.write(f"k{i}", b"v%d" % i)
+                assert await store.read("k19") == b"v19"
+        finally:
+            for s in attack:
+                s.close()
+        log = (lc.data_dir("s1") / "server.log").read_text()
+        assert "refused a connection" in log or "connection limit" in log
+        assert "out of system resource" not in log  # accept() never hit EMFILE
+
+
+async def test_slowloris_frames_hold_bounded_memory() -> None:
+    budget = 32 << 20
+    with _cluster(1, max_partial_frame_bytes_total=budget, frame_timeout_s=3.0) as lc:
+        lc.start()
+        pid = lc.procs["s1"].pid
+        host, port = parse_address(lc.cluster.server("s1").address)
+        before = _rss_bytes(pid)
+        conns = []
+        for _ in range(16):
+            s = socket.create_connection((host, port))
+            s.sendall(struct.pack(">I", (64 << 20) - 16))  # a 64 MiB frame is coming...
+            conns.append(s)
+        chunk = b"\0" * (1 << 20)
+        peak = before
+        for _ in range(12):  # ... 12 MiB of it on each connection (192 MiB in all)
+            for s in conns:
+                with contextlib.suppress(OSError):
+                    s.settimeout(2)
+                    s.sendall(chunk)
+            peak = max(peak, _rss_bytes(pid))
+        time.sleep(0.3)
+        peak = max(peak, _rss_bytes(pid))
+        growth = peak - before
+        # the budget, plus the allocator's slack and one chunk per connection in flight
+        assert growth < budget + (48 << 20), f"server grew by {growth >> 20} MiB"
+        async with Store(lc.cluster.initial) as store:
+            await store.write("k", b"v")
+            assert await store.read("k") == b"v"
+        # whatever the budget left open is closed at the frame deadline
+        deadline = time.monotonic() + 10
+        for s in conns:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ConnectionError):
+                assert s.recv(1) == b""
+            s.close()
+        log = (lc.data_dir("s1") / "server.log").read_text()
+        assert "max_partial_frame_bytes_total" in log
