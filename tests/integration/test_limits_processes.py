@@ -12,6 +12,7 @@ server`, loopback only, bounded in time and count):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import resource
 import socket
@@ -73,7 +74,7 @@ async def test_idle_connections_beyond_the_descriptor_limit_do_not_stop_clients(
         try:
             for sid in ("s1", "s2"):
                 attack += _open_idle(lc.cluster.server(sid).address, 1100)
-            time.sleep(1.5)  # the attackers' connections are idle now
+            await asyncio.sleep(1.5)  # the attackers' connections are idle now
             async with Store(lc.cluster.initial) as store:
                 for i in range(20):
                     await store.write(f"k{i}", b"v%d" % i)
@@ -106,7 +107,7 @@ async def test_slowloris_frames_hold_bounded_memory() -> None:
                     s.settimeout(2)
                     s.sendall(chunk)
             peak = max(peak, _rss_bytes(pid))
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
         peak = max(peak, _rss_bytes(pid))
         growth = peak - before
         # the budget, plus the allocator's slack and one chunk per connection in flight
