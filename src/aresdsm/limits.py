@@ -52,6 +52,15 @@ MAX_CONFIG_ID_BYTES = 1024
 """A configuration id (as :data:`aresdsm.config.MAX_ID_BYTES`)."""
 
 
+MAX_COUNTER = 2**62
+"""Tag numbers and ballot rounds a server accepts (``0 <= n < MAX_COUNTER``): far beyond any
+real count, and within MessagePack's integers with room to spare. A single authenticated writer
+(or admin) can still reach it in one jump; no bound relative to the server's state is legal
+(a server may be far behind), so the defence is authentication plus the writer's mac, and a
+client that would need a successor beyond it fails with a clear error (docs/design.md "Limits
+and bad input")."""
+
+
 def name_too_long(what: str, value: str, max_bytes: int) -> str | None:
     """The one-line reason a name is refused, or None. Never echoes the name itself."""
     if len(value) * 4 <= max_bytes:  # cheap: no UTF-8 string is longer than 4 bytes a character

@@ -278,3 +278,30 @@ async def test_incomplete_frames_share_one_memory_budget() -> None:
         for x in socks:
             x.close()
         await s.stop()
+
+
+async def test_largest_legal_tag_and_ballot_fail_clearly_and_stay_contained(
+    inproc_cluster: tuple[Configuration, list[Server]],
+) -> None:
+    """A tag number or ballot round of 2^62 - 1 is legal (a server may be far behind, so no bound
+    relative to its state is: docs/design.md "Limits and bad input"), and its successor is not.
+    Only a credentialed writer or admin can send one; what it costs is that key or that
+    instance, with a clear error -- was: a quorum of "bad-request" replies from every server."""
+    from aresdsm.errors import ConsensusFailed, OperationError
+    from aresdsm.limits import MAX_COUNTER
+    from aresdsm.wire.messages import Ballot, Prepare
+
+    cfg, servers = inproc_cluster
+    enc = Encoder()
+    for s in servers:
+        evil = PutData("default", cfg.id, "p", Tag(MAX_COUNTER - 1, "x"), Blob(b"evil"))
+        assert (await ask(s.port, enc.encode_bytes(Envelope(1, evil)))) is not None
+        prep = Prepare("default", cfg.id, Ballot(MAX_COUNTER - 1, "x"))
+        assert (await ask(s.port, enc.encode_bytes(Envelope(2, prep)))) is not None
+    async with Store(cfg) as store:
+        with pytest.raises(OperationError, match="tag space is exhausted"):
+            await store.write("p", b"after")
+        await store.write("q", b"other keys are unaffected")
+        assert await store.read("q") == b"other keys are unaffected"
+        with pytest.raises(ConsensusFailed, match="ballot rounds are exhausted"):
+            await store.reconfigure(Configuration("c1", cfg.servers[:2]))

@@ -27,7 +27,13 @@ import msgspec
 
 from ..config import Configuration, validate_configuration
 from ..errors import ConfigurationError, StorageError
-from ..limits import MAX_CONFIG_ID_BYTES, MAX_GROUP_BYTES, MAX_KEY_FIELD_BYTES, name_too_long
+from ..limits import (
+    MAX_CONFIG_ID_BYTES,
+    MAX_COUNTER,
+    MAX_GROUP_BYTES,
+    MAX_KEY_FIELD_BYTES,
+    name_too_long,
+)
 from ..storage.base import Delete, Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
@@ -549,9 +555,6 @@ class ServerCore:
 
 MAX_STATS_CONFIGS = 1024
 """Instances (group, configuration) listed in a Stats reply's ``by_config``."""
-MAX_COUNTER = 2**62
-"""Tag numbers and ballot rounds a server accepts: far beyond any real count, and their
-successor still encodes (an extreme value must not make a key or an instance unwritable)."""
 
 
 def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
