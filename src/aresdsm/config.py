@@ -20,7 +20,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import ConfigurationError
-from .limits import ServerLimits
+from .limits import MAX_CONFIG_ID_BYTES, ServerLimits
 
 DapKind = Literal["abd", "treas"]
 DAP_KINDS: tuple[str, ...] = ("abd", "treas")
@@ -28,7 +28,7 @@ MAX_SERVERS = 255
 """Servers in one configuration at most (a descriptor arrives from the network too)."""
 MAX_TREAS_N = 32
 """ISA-L's Vandermonde Reed–Solomon codes at most 32 elements (coding.MAX_N)."""
-MAX_ID_BYTES = 1024
+MAX_ID_BYTES = MAX_CONFIG_ID_BYTES
 MAX_FRAME_BYTES_LIMIT = 1024 * 1024 * 1024
 DEFAULT_GROUP = "default"
 
