@@ -174,6 +174,8 @@ class _Conn(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.transport.writelines(bufs)
+        if not self.writing_paused:  # replies move: the connection is active
+            self.server.touch(self)
 
     def update_reading(self) -> None:
         """Pause or resume handling and reading to match every limit (the only place that
@@ -211,6 +213,7 @@ class _Conn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.server.touch(self)
         self.update_reading()
 
 
@@ -500,6 +503,13 @@ class Server:
             if conn.idle():
                 self.bump("connections-idle-closed")
                 log.debug("closing the connection from %s: idle", conn.peer)
+                self._drop(conn)
+            elif conn.writing_paused:  # its replies have not moved for idle_timeout_s
+                self.bump("connections-stalled-closed")
+                self.refusals.warning(
+                    f"closing the connection from {conn.peer}: it has not read its replies "
+                    f"for {limits.idle_timeout_s} s"
+                )
                 self._drop(conn)
             else:
                 self.touch(conn)  # busy (waiting for us): not idle

@@ -305,3 +305,21 @@ async def test_largest_legal_tag_and_ballot_fail_clearly_and_stay_contained(
         assert await store.read("q") == b"other keys are unaffected"
         with pytest.raises(ConsensusFailed, match="ballot rounds are exhausted"):
             await store.reconfigure(Configuration("c1", cfg.servers[:2]))
+
+
+async def test_a_client_that_stops_reading_is_closed_after_the_idle_timeout() -> None:
+    """Its replies are bounded (above), but it must not keep them -- and its connection slot --
+    forever: no progress for idle_timeout_s closes it."""
+    s, cfg = await _server(limits=ServerLimits(idle_timeout_s=0.5))
+    try:
+        async with Store(cfg) as store:
+            await store.write("big", b"v" * (4 << 20))
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        q = Encoder().encode_bytes(Envelope(1, QueryData("default", "c0", "big")))
+        sock.sendall(q * 8)
+        await _until(lambda: s.core.counters.get("connections-stalled-closed", 0) == 1, 10)
+        assert not s.connections
+        sock.close()
+    finally:
+        await s.stop()
