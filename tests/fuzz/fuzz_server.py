@@ -52,9 +52,10 @@ S = tuple(ServerInfo(f"s{i}", f"127.0.0.1:{7000 + i}") for i in range(1, 5))
 ABD = Configuration("c0", S[:3])
 TREAS = Configuration("t0", S, dap="treas", k=2, delta=1)
 
-logging.getLogger("aresdsm").addHandler(logging.NullHandler())
-logging.getLogger("aresdsm").propagate = False
-logging.getLogger("aresdsm").setLevel(logging.INFO)  # the shell's log calls run, quietly
+if _FUZZING:  # the shell's log calls run, quietly (under pytest, logging is left alone)
+    logging.getLogger("aresdsm").addHandler(logging.NullHandler())
+    logging.getLogger("aresdsm").propagate = False
+    logging.getLogger("aresdsm").setLevel(logging.INFO)
 
 
 class _Transport:

@@ -136,11 +136,12 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     saved = (list(root.handlers), root.level)
     try:
         configure("info", "json")
-        logging.getLogger("aresdsm.server").info("listening on %s", "127.0.0.1:1\nx")
+        logger = logging.getLogger("aresdsm-test-json")
+        logger.info("listening on %s", "127.0.0.1:1\nx")
         try:
             raise ValueError("boom")
         except ValueError:
-            logging.getLogger("aresdsm.server").exception("failed")
+            logger.exception("failed")
         lines = capsys.readouterr().err.splitlines()
     finally:
         root.handlers[:] = saved[0]
@@ -148,7 +149,7 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(lines) == 2  # one line per event, even with a newline and a traceback
     first, second = (json.loads(x) for x in lines)
     assert first["level"] == "info" and first["msg"] == "listening on 127.0.0.1:1\nx"
-    assert first["logger"] == "aresdsm.server" and first["ts"].endswith("Z")
+    assert first["logger"] == "aresdsm-test-json" and first["ts"].endswith("Z")
     assert "ValueError: boom" in second["exc"]
     assert isinstance(JsonFormatter().format(logging.makeLogRecord({"msg": "m"})), str)
 
