@@ -40,11 +40,13 @@ from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
-from .wire.messages import Envelope, ErrorReply, GetStats, Reply, Request
+from .wire.messages import Envelope, ErrorReply, GetStats, PutBatch, PutData, Reply, Request
 
 log = logging.getLogger("aresdsm.server")
 
 _REQUEST_TYPES: tuple[type, ...] = Request.__args__
+_DATA_WRITES = (PutData, PutBatch)
+"""Requests whose writes are object state only (no reconfiguration step to log)."""
 
 
 class _Conn(asyncio.Protocol):
@@ -348,7 +350,7 @@ class Server:
             return
         if writes:
             self.storage.submit(writes)
-            if log.isEnabledFor(logging.INFO):
+            if not isinstance(body, _DATA_WRITES) and log.isEnabledFor(logging.INFO):
                 for level, event in state_events(writes):
                     log.log(level, "server %s: %s", self.server_id, event)
         barrier = self.storage.barrier()
