@@ -310,10 +310,11 @@ class Server:
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info(
-            "server %s listening on %s:%d (max %d connections, %d per address)",
+            "server %s listening on %s:%d (%s, max %d connections, %d per address)",
             self.server_id,
             self.host,
             self.port,
+            type(loop).__module__.split(".")[0],
             self.limits.max_connections,
             self.limits.max_connections_per_address,
         )

@@ -124,3 +124,42 @@ async def test_slowloris_frames_hold_bounded_memory() -> None:
             s.close()
         log = (lc.data_dir("s1") / "server.log").read_text()
         assert "max_partial_frame_bytes_total" in log
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_a_client_that_never_reads_cannot_grow_a_server_process(
+    loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 reads of a 4 MiB value queued behind a write, never read: a server process must not
+    grow by their 160 MiB of replies, on either event loop. (Before the limits the stdlib loop
+    copied every reply into its write buffer -- the in-process test of this fails on the old
+    code; uvloop kept references to the stored value and did not grow.)"""
+    from aresdsm.tags import Tag
+    from aresdsm.wire import Blob, Encoder, Envelope
+    from aresdsm.wire.messages import PutData, QueryData
+
+    monkeypatch.setenv("ARES_EVENT_LOOP", loop if loop == "asyncio" else "")
+    with _cluster(1) as lc:
+        lc.start()
+        pid = lc.procs["s1"].pid
+        async with Store(lc.cluster.initial) as store:
+            await store.write("big", b"v" * (4 << 20))
+        host, port = parse_address(lc.cluster.server("s1").address)
+        enc = Encoder()
+        put = enc.encode_bytes(Envelope(1, PutData("default", "c0", "w", Tag(1, "x"), Blob(b"1"))))
+        reads = b"".join(
+            enc.encode_bytes(Envelope(2 + i, QueryData("default", "c0", "big"))) for i in range(40)
+        )
+        before = _rss_bytes(pid)
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(put + reads)
+        peak = before
+        for _ in range(20):
+            await asyncio.sleep(0.1)
+            peak = max(peak, _rss_bytes(pid))
+        sock.close()
+        growth = peak - before
+        assert growth < 40 << 20, f"the {loop} server grew by {growth >> 20} MiB"
+        log = (lc.data_dir("s1") / "server.log").read_text()
+        assert f"({loop}, max" in log  # the server really ran on that loop
