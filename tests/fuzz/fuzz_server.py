@@ -39,6 +39,7 @@ else:
 with _instrumented:
     from aresdsm.config import Configuration, ServerInfo
     from aresdsm.protocol import treas
+    from aresdsm.protocol.ares import CLUSTER_CHAIN as CHAIN
     from aresdsm.protocol.server_core import ServerCore
     from aresdsm.server import Server, _Conn
     from aresdsm.storage import MemoryStorage
@@ -100,7 +101,7 @@ def _base_records() -> list[Any]:
     for c in (ABD, TREAS):
         for key in ("a", "b"):
             _, writes = core.handle(
-                PutData("g", c.id, key, Tag(1, "w"), Blob(b"v-" + key.encode()))
+                PutData(CHAIN, c.id, f"g\x00{key}", Tag(1, "w"), Blob(b"v-" + key.encode()))
             )
             apply_batch(st.records, writes)
     return list(st.records.values())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from fuzz_server import ABD, TREAS, S
+from fuzz_server import ABD, CHAIN, TREAS, S
 
 from aresdsm.config import Configuration
 from aresdsm.tags import Tag
@@ -35,33 +35,36 @@ from aresdsm.wire.messages import (
     WriteConfig,
 )
 
-C1 = Configuration("c1", S[:2])
+C1 = Configuration("c1", S[:2], epoch=1)
 REQUESTS = [
     Ping(b"x"),
-    QueryTag("g", "c0", "a"),
-    QueryData("g", "c0", "a"),
-    QueryList("g", "t0", "a"),
-    PutData("g", "c0", "a", Tag(2, "w"), Blob(b"new")),
-    PutData("g", "t0", "b", Tag(2, "w"), Blob(b"element")),
+    QueryTag(CHAIN, "c0", "g\x00a"),
+    QueryData(CHAIN, "c0", "g\x00a"),
+    QueryList(CHAIN, "t0", "g\x00a"),
+    PutData(CHAIN, "c0", "g\x00a", Tag(2, "w"), Blob(b"new")),
+    PutData(CHAIN, "t0", "g\x00b", Tag(2, "w"), Blob(b"element")),
     PutBatch(
-        "g",
+        CHAIN,
         "c0",
-        (BatchItem("x", Tag(1, "w"), Blob(b"1")), BatchItem("y", Tag(1, "w"), Blob(b"22"))),
+        (
+            BatchItem("g\x00x", Tag(1, "w"), Blob(b"1")),
+            BatchItem("g\x00y", Tag(1, "w"), Blob(b"22")),
+        ),
     ),
-    GetGroup("g", "c0", after="", limit=10),
-    GetGroup("g", "c0", after="", limit=5, set_next=NextEntry(C1, "P")),
+    GetGroup(CHAIN, "c0", after="", limit=10),
+    GetGroup(CHAIN, "c0", after="", limit=5, set_next=NextEntry(C1, "P")),
     ListChains(prefix="", after="", limit=10),
-    ReadConfig("g", "c0"),
-    WriteConfig("g", "c0", NextEntry(C1, "P"), gc=False),
-    WriteConfig("g", "c0", NextEntry(C1, "F"), gc=True),
-    Prepare("g", "c0", Ballot(1, "p")),
-    Accept("g", "c0", Ballot(1, "p"), C1),
+    ReadConfig(CHAIN, "c0"),
+    WriteConfig(CHAIN, "c0", NextEntry(C1, "P"), gc=False),
+    WriteConfig(CHAIN, "c0", NextEntry(C1, "F"), gc=True),
+    Prepare(CHAIN, "c0", Ballot(1, "p")),
+    Accept(CHAIN, "c0", Ballot(1, "p"), C1),
     InstallConfig(C1),
-    LatestConfig("g"),
-    Finalized("g", NextEntry(C1, "F")),
+    LatestConfig(CHAIN),
+    Finalized(CHAIN, NextEntry(C1, "F")),
     GetStats(),
     Pong(b"not a request"),
-    PutData("g", TREAS.id, "k" * 3000, Tag(1, "w"), Blob(b"long key")),
+    PutData(CHAIN, TREAS.id, "k" * 3000, Tag(1, "w"), Blob(b"long key")),
 ]
 
 

@@ -27,6 +27,7 @@ import pytest
 from aresdsm.client import Store
 from aresdsm.config import parse_address
 from aresdsm.local import LocalCluster
+from aresdsm.protocol.ares import CLUSTER_CHAIN as CHAIN
 
 pytestmark = pytest.mark.slow
 
@@ -146,9 +147,12 @@ async def test_a_client_that_never_reads_cannot_grow_a_server_process(
             await store.write("big", b"v" * (4 << 20))
         host, port = parse_address(lc.cluster.server("s1").address)
         enc = Encoder()
-        put = enc.encode_bytes(Envelope(1, PutData("default", "c0", "w", Tag(1, "x"), Blob(b"1"))))
+        put = enc.encode_bytes(
+            Envelope(1, PutData(CHAIN, "c0", "default\x00w", Tag(1, "x"), Blob(b"1")))
+        )
         reads = b"".join(
-            enc.encode_bytes(Envelope(2 + i, QueryData("default", "c0", "big"))) for i in range(40)
+            enc.encode_bytes(Envelope(2 + i, QueryData(CHAIN, "c0", "default\x00big")))
+            for i in range(40)
         )
         before = _rss_bytes(pid)
         sock = socket.create_connection((host, port))

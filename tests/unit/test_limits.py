@@ -157,7 +157,7 @@ def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
 def test_reconfiguration_steps_are_named_from_the_writes() -> None:
     core = ServerCore("s1")
     c0 = Configuration("c0", (ServerInfo("s1", "127.0.0.1:1"),))
-    c1 = Configuration("c1", (ServerInfo("s1", "127.0.0.1:1"),))
+    c1 = Configuration("c1", (ServerInfo("s1", "127.0.0.1:1"),), epoch=1)
     writes = core.install_config(c0)
     _, w2 = core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=True))
     _, w3 = core.handle(PutData("g", "c0", "k", Tag(1, "w"), Blob(b"v")))
