@@ -17,6 +17,7 @@ import pytest
 from aresdsm.client import Store
 from aresdsm.config import Configuration
 from aresdsm.local import LocalCluster
+from aresdsm.protocol.ares import CLUSTER_CHAIN as CHAIN
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +42,10 @@ async def test_reconfiguration_steps_are_logged_at_the_default_level() -> None:
         "server s1 recovered 0 records",
         "server s1 listening on 127.0.0.1:",
         "installed the initial configuration c0",
-        "default/c0: consensus accepted configuration c1",
-        "default/c0: successor c1 recorded, status F",
-        "default/c0: garbage-collected",
-        "default/c1: configuration finalized",
+        f"{CHAIN}/c0: consensus accepted configuration c1",
+        f"{CHAIN}/c0: successor c1 recorded, status F",
+        f"{CHAIN}/c0: garbage-collected",
+        f"{CHAIN}/c1: configuration finalized",
         "server s1 stopped",
     ):
         assert text in s1, f"{text!r} not in the log:\n{s1}"
