@@ -30,7 +30,7 @@ def test_coverable_swarm(mode: str) -> None:
     """Coverable objects (§9.1) next to plain ones in every run, both modes, ABD and TREAS,
     with reconfigurations: each coverable object's history checks against the coverable model."""
     outcomes = set()
-    for seed in range(20_000, 20_060):
+    for seed in range(20_000, 20_040):
         r = run_simulation(seed, mode=mode, coverable=True)
         assert r.ok, r.explain()
         outcomes |= {k.key for k in r.check.keys if k.key.startswith("cvr/") and k.ops > 0}
