@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from ..config import Configuration, validate_configuration
 from ..errors import ConfigurationError, StorageError
+from ..limits import (
+    MAX_CONFIG_ID_BYTES,
+    MAX_COUNTER,
+    MAX_GROUP_BYTES,
+    MAX_KEY_FIELD_BYTES,
+    name_too_long,
+)
 from ..storage.base import Delete, Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
@@ -33,6 +41,10 @@ from ..wire.messages import (
     Accept,
     Ack,
     ChainsReply,
+    CvrAccept,
+    CvrInject,
+    CvrNack,
+    CvrPrepare,
     DataReply,
     ErrorReply,
     Finalized,
@@ -65,7 +77,7 @@ from ..wire.messages import (
     TagReply,
     WriteConfig,
 )
-from . import abd, paxos, reconfig_server, treas
+from . import abd, coverable, paxos, reconfig_server, treas
 
 CFG_NS = "cfg"
 GC_NS = "gc"
@@ -100,6 +112,9 @@ class ServerSwitches:
     """Paxos acceptor accepts are not persisted: a restart forgets them (docs/protocol.md §5)."""
     broken_gc_on_pending: bool = False
     """Garbage-collect a configuration when its successor is P instead of F (§8.3)."""
+    broken_cvr_no_freeze: bool = False
+    """Coverable acceptors keep promising and accepting after the configuration got a
+    successor, so a level can be decided after the transfer read it (§9.1)."""
 
 
 @dataclass
@@ -113,6 +128,8 @@ class ServerCore:
     objects: dict[InstanceKey, set[str]] = field(default_factory=dict)
     collected: set[InstanceKey] = field(default_factory=set)
     finals: dict[InstanceKey, NextEntry] = field(default_factory=dict)
+    cvr: dict[StateKey, coverable.KeyState] = field(default_factory=dict)
+    """Coverable registers' open levels (docs/protocol.md §9.1): Paxos acceptor state per level."""
     """(group, configuration) this server was told is finalized (§8.5 LATEST_CONFIG)."""
     _ordered: dict[InstanceKey, list[str]] = field(default_factory=dict)
     """Sorted keys of ``objects`` per instance, a cache for paged group reads."""
@@ -121,6 +138,10 @@ class ServerCore:
     """Configurations whose object state was garbage-collected (§8.3); persisted."""
     counters: dict[str, int] = field(default_factory=dict)
     switches: ServerSwitches = field(default_factory=ServerSwitches)
+    _value_bytes: dict[InstanceKey, int] = field(default_factory=dict)
+    """Bytes of values (ABD) and coded elements (TREAS) held per instance: running totals kept
+    on every change, so GetStats costs O(1) in the number of objects."""
+    _total_value_bytes: int = 0
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -149,14 +170,14 @@ class ServerCore:
             self.configs[cfg.id] = cfg
         elif r.ns == abd.NS:
             value = Blob(bytes(r.data) if r.data is not None else b"")
-            self.registers[(r.group, r.config_id, r.key)] = abd.Register(
-                _tag_dec.decode(r.meta), value
+            self._set_register(
+                (r.group, r.config_id, r.key), abd.Register(_tag_dec.decode(r.meta), value)
             )
             self._add_object(inst, r.key)
         elif r.ns == treas.NS:
             key, entry = treas.decode_entry(r.meta, r.data)
             skey = (r.group, r.config_id, key)
-            self.lists[skey] = tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag))
+            self._set_list(skey, tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag)))
             self._persisted_lists.add(skey)
             self._add_object(inst, key)
         elif r.ns == reconfig_server.NS:
@@ -167,6 +188,11 @@ class ServerCore:
             self.collected.add(inst)
         elif r.ns == FINAL_NS:
             self.finals[inst] = _next_dec.decode(r.meta)
+        elif r.ns == coverable.NS:
+            st = coverable.decode_state(r.meta)
+            if st.levels:
+                self.cvr[(r.group, r.config_id, r.key)] = st
+                self._add_object(inst, r.key)
 
     def install_config(self, c: Configuration) -> list[Write]:
         """Learn a configuration (the initial one at bootstrap). Returns the writes to persist."""
@@ -180,6 +206,10 @@ class ServerCore:
     def handle(self, req: Request) -> Result:
         kind = type(req).__name__
         self.counters[kind] = self.counters.get(kind, 0) + 1
+        bad = _bad_names(req)
+        if bad is not None:
+            self.counters["bad-requests"] = self.counters.get("bad-requests", 0) + 1
+            return bad, []
         handler = _HANDLERS.get(type(req))
         if handler is None:  # pragma: no cover - every Request type has a handler
             return ErrorReply("bad-request", f"unexpected message {kind}"), []
@@ -292,7 +322,7 @@ class ServerCore:
             new_list, _ = treas.on_put_data(old, req, c.delta)
             if new_list is None:
                 return []
-            self.lists[skey] = new_list
+            self._set_list(skey, new_list)
             self._add_object((req.group, req.config_id), req.key)
             if skey not in self._persisted_lists:  # the initial entry was never written yet
                 old = ()
@@ -301,14 +331,31 @@ class ServerCore:
             for entry in treas.changed_entries(old, new_list):
                 rkey, meta, data = treas.encode_entry(req.key, entry)
                 writes.append(Record(treas.NS, req.group, req.config_id, rkey, meta, data))
-            return writes
+            return writes + self._prune_cvr(c, skey)
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
-        self.registers[skey] = new
+        self._set_register(skey, new)
         self._add_object((req.group, req.config_id), req.key)
         meta = _enc.encode(new.tag)
-        return [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
+        record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
+        return [record, *self._prune_cvr(c, skey)]
+
+    def _prune_cvr(self, c: Configuration, skey: StateKey) -> list[Write]:
+        """A coverable object's levels up to its new committed version are decided and put:
+        drop their acceptor state (and its values) now, not at the next coverable request."""
+        held = self.cvr.get(skey)
+        if held is None:
+            return []
+        new = coverable.pruned(held, self._committed(c, skey))
+        if new is held:
+            return []
+        if new.levels:
+            self.cvr[skey] = new
+        else:
+            del self.cvr[skey]
+        group, config_id, key = skey
+        return [Record(coverable.NS, group, config_id, key, coverable.encode_state(new))]
 
     def _on_get_group(self, req: GetGroup) -> Result:
         """Paged DAP state of a group; with ``set_next``, SET_NEXT_AND_GET (§8.2): nextC is
@@ -379,6 +426,22 @@ class ServerCore:
         )
         return ChainsReply(tuple(found[:limit]), len(found) > limit), []
 
+    def _set_register(self, skey: StateKey, reg: abd.Register) -> None:
+        old = self.registers.get(skey)
+        self._count_bytes(skey, len(reg.value) - (len(old.value) if old is not None else 0))
+        self.registers[skey] = reg
+
+    def _set_list(self, skey: StateKey, st: treas.TreasState) -> None:
+        old = self.lists.get(skey)
+        delta = treas.stored_bytes(st) - (treas.stored_bytes(old) if old is not None else 0)
+        self._count_bytes(skey, delta)
+        self.lists[skey] = st
+
+    def _count_bytes(self, skey: StateKey, delta: int) -> None:
+        inst = (skey[0], skey[1])
+        self._value_bytes[inst] = self._value_bytes.get(inst, 0) + delta
+        self._total_value_bytes += delta
+
     def _add_object(self, inst: InstanceKey, key: str) -> None:
         keys = self.objects.setdefault(inst, set())
         if key not in keys:
@@ -395,11 +458,79 @@ class ServerCore:
 
     def _object_state(self, c: Configuration, group: str, key: str) -> ObjectState:
         skey = (group, c.id, key)
+        open_ = coverable.highest_open(self.cvr.get(skey), self._committed(c, skey))
         if c.dap == "treas":
             st = self._treas_state(c, skey)
-            return ObjectState(key, max(e.tag for e in st), None, st)
+            return ObjectState(key, max(e.tag for e in st), None, st, open_)
         reg = self.registers.get(skey, abd.INITIAL)
-        return ObjectState(key, reg.tag, reg.value)
+        return ObjectState(key, reg.tag, reg.value, cvr=open_)
+
+    # -- coverable register (docs/protocol.md §9.1) -----------------------------------------------
+
+    def _committed(self, c: Configuration, skey: StateKey) -> Tag:
+        """The newest version of the object put here (the DAP's state: only decided versions
+        of a coverable object are ever put)."""
+        if c.dap == "treas":
+            return max(e.tag for e in self._treas_state(c, skey))
+        return self.registers.get(skey, abd.INITIAL).tag
+
+    def _cvr_step(
+        self,
+        req: CvrPrepare | CvrAccept | CvrInject,
+        rule: Callable[[coverable.KeyState, Tag], tuple[coverable.KeyState | None, Reply]],
+        *,
+        freeze: bool,
+    ) -> Result:
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
+            return c, []
+        bad = _bad_item(req.key, Tag(max(0, req.level), ""))
+        if bad is not None:
+            return bad, []
+        if not 0 < req.level < MAX_COUNTER or not 0 <= req.ballot.round < MAX_COUNTER:
+            return ErrorReply("bad-request", f"level or ballot out of range: {req.level}"), []
+        skey = (req.group, req.config_id, req.key)
+        committed = self._committed(c, skey)
+        nxt = self._next(req.group, req.config_id)
+        if freeze and nxt is not None and not self.switches.broken_cvr_no_freeze:
+            # the configuration has a successor: its transfer reads (or read) these acceptors,
+            # so no level may be decided here any more (docs/protocol.md §9.1, freeze)
+            return CvrNack(None, committed, nxt), []
+        held = coverable.pruned(self.cvr.get(skey), committed)
+        new, reply = rule(held, committed)
+        if isinstance(reply, ErrorReply):
+            return reply, []
+        reply = coverable.with_next(reply, nxt)
+        if new is None:
+            return reply, []
+        if new.levels:
+            self.cvr[skey] = new
+            self._add_object((req.group, req.config_id), req.key)
+        else:  # (an empty record rather than a Delete: deletes are garbage collection's, §8.3)
+            self.cvr.pop(skey, None)
+        meta = coverable.encode_state(new)
+        return reply, [Record(coverable.NS, req.group, req.config_id, req.key, meta)]
+
+    def _on_cvr_prepare(self, req: CvrPrepare) -> Result:
+        return self._cvr_step(req, lambda st, com: coverable.on_prepare(st, com, req), freeze=True)
+
+    def _on_cvr_accept(self, req: CvrAccept) -> Result:
+        bad = _bad_item(req.key, req.tag)
+        if bad is not None:
+            return bad, []
+        if req.tag.z != req.level:
+            return ErrorReply("bad-request", "a coverable version's tag is its level"), []
+        req = _own_value(req)
+        return self._cvr_step(req, lambda st, com: coverable.on_accept(st, com, req), freeze=True)
+
+    def _on_cvr_inject(self, req: CvrInject) -> Result:
+        bad = _bad_item(req.key, req.tag)
+        if bad is not None:
+            return bad, []
+        if req.tag.z != req.level:
+            return ErrorReply("bad-request", "a coverable version's tag is its level"), []
+        req = _own_value(req)
+        return self._cvr_step(req, lambda st, com: coverable.on_inject(st, com, req), freeze=False)
 
     # -- reconfiguration service and consensus ---------------------------------------------------
 
@@ -441,13 +572,16 @@ class ServerCore:
         group, config_id = inst
         self._ordered.pop(inst, None)
         for key in self.objects.pop(inst, set()):
+            self.cvr.pop((group, config_id, key), None)
             self.registers.pop((group, config_id, key), None)
             self.lists.pop((group, config_id, key), None)
             self._persisted_lists.discard((group, config_id, key))
         self.collected.add(inst)
+        self._total_value_bytes -= self._value_bytes.pop(inst, 0)
         return [
             Delete(abd.NS, group, config_id),
             Delete(treas.NS, group, config_id),
+            Delete(coverable.NS, group, config_id),
             Record(GC_NS, group, config_id, "", b""),
         ]
 
@@ -535,13 +669,14 @@ class ServerCore:
         return self.stats(), []
 
     def stats(self, stored_bytes: int | None = None) -> Stats:
-        by_config: dict[str, int] = {}
-        for (g, c, _), reg in self.registers.items():
-            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + len(reg.value)
-        for (g, c, _), st in self.lists.items():
-            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + treas.stored_bytes(st)
+        """Counters and sizes from running totals: O(1) in the number of objects (at most
+        :data:`MAX_STATS_CONFIGS` entries in ``by_config``)."""
+        by_config = {
+            f"{g}/{c}": n
+            for (g, c), n in itertools.islice(self._value_bytes.items(), MAX_STATS_CONFIGS)
+        }
         if stored_bytes is None:
-            stored_bytes = sum(by_config.values())
+            stored_bytes = self._total_value_bytes
         return Stats(
             self.server_id,
             dict(self.counters),
@@ -551,9 +686,8 @@ class ServerCore:
         )
 
 
-MAX_COUNTER = 2**62
-"""Tag numbers and ballot rounds a server accepts: far beyond any real count, and their
-successor still encodes (an extreme value must not make a key or an instance unwritable)."""
+MAX_STATS_CONFIGS = 1024
+"""Instances (group, configuration) listed in a Stats reply's ``by_config``."""
 
 
 def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
@@ -561,6 +695,32 @@ def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
         return ErrorReply("bad-request", "object keys hold at most one NUL (group and key)")
     if not 0 <= tag.z < MAX_COUNTER:
         return ErrorReply("bad-request", f"tag number out of range: {tag.z}")
+    return None
+
+
+_NAME_FIELDS = (
+    ("group", "group name", MAX_GROUP_BYTES),
+    ("config_id", "configuration id", MAX_CONFIG_ID_BYTES),
+    ("key", "object key", MAX_KEY_FIELD_BYTES),
+    ("after", "'after' bound", MAX_KEY_FIELD_BYTES),
+    ("prefix", "prefix", MAX_KEY_FIELD_BYTES),
+)
+
+
+def _bad_names(req: Request) -> ErrorReply | None:
+    """Names from the network within their limits (aresdsm.limits), whatever the client checked:
+    a 33 MiB key would make every state-transfer page that holds it larger than a frame."""
+    for name, what, max_bytes in _NAME_FIELDS:
+        value = getattr(req, name, None)
+        if isinstance(value, str):
+            reason = name_too_long(what, value, max_bytes)
+            if reason is not None:
+                return ErrorReply("bad-request", reason)
+    if isinstance(req, PutBatch):
+        for item in req.items:
+            reason = name_too_long("object key", item.key, MAX_KEY_FIELD_BYTES)
+            if reason is not None:
+                return ErrorReply("bad-request", reason)
     return None
 
 
@@ -587,9 +747,20 @@ def _bad_successor(c: Configuration, successor: Configuration) -> ErrorReply | N
 
 
 def _state_bytes(st: ObjectState) -> int:
+    open_ = len(st.cvr.value) if st.cvr is not None else 0
     if st.value is not None:
-        return len(st.value)
-    return sum(len(e.element) for e in st.entries if e.element is not None)
+        return len(st.value) + open_
+    return sum(len(e.element) for e in st.entries if e.element is not None) + open_
+
+
+_CvrValued = TypeVar("_CvrValued", CvrAccept, CvrInject)
+
+
+def _own_value(req: _CvrValued) -> _CvrValued:
+    """A received value is a view of its whole frame: keep a copy of its own bytes only."""
+    if isinstance(req.value.data, memoryview):
+        return msgspec.structs.replace(req, value=Blob(bytes(req.value.data)))
+    return req
 
 
 def _by_tag(e: ListEntry) -> Tag:
@@ -612,6 +783,9 @@ _HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {
     InstallConfig: ServerCore._on_install_config,
     LatestConfig: ServerCore._on_latest_config,
     Finalized: ServerCore._on_finalized,
+    CvrPrepare: ServerCore._on_cvr_prepare,
+    CvrAccept: ServerCore._on_cvr_accept,
+    CvrInject: ServerCore._on_cvr_inject,
     Ping: ServerCore._on_ping,
     GetStats: ServerCore._on_stats,
 }
