@@ -109,9 +109,9 @@ CAUGHT: list[tuple[str, dict[str, Any], list[int]]] = [
     ("gc-on-pending", {}, [1]),
     ("fast-read-short", {}, [2]),
     ("paxos-own-value", {}, [19]),
-    ("finish-on-obsolete", {}, [151]),
+    ("finish-on-obsolete", {}, [148]),
     ("no-config-write-back", {"mode": "classic"}, [301]),
-    ("split-handoff", HANDOFF, [38]),
+    ("split-handoff", HANDOFF, [179]),
     ("cvr-unconditional", {"coverable": True}, [0]),
     ("cvr-put-undecided", {"coverable": True}, [6]),
 ]
