@@ -514,7 +514,9 @@ async def _cvr_client(world: _World, name: str, ops: int) -> None:
                 res, cseq = await ares.read(
                     ch, world.cseq(name, chain), group=chain, key=okey, switches=world.switches
                 )
-            except AresError:
+            except AresError as e:
+                if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                    world.failures.append(f"{name}: InvariantViolation: {e}")
                 await asyncio.sleep(rng.uniform(0.001, 0.01))
                 continue
             world.learn(name, chain, cseq)
@@ -545,7 +547,9 @@ async def _cvr_client(world: _World, name: str, ops: int) -> None:
                 backoff=backoff,
                 switches=world.switches,
             )
-        except AresError:
+        except AresError as e:
+            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                world.failures.append(f"{name}: InvariantViolation: {e}")
             seen.pop(key, None)
             await asyncio.sleep(rng.uniform(0.001, 0.01))
             continue
