@@ -587,7 +587,11 @@ class Chaos:
         chain = await self.admin.configurations(self.group)
         self.current = cur = chain[-1].config
         members = list(cur.server_ids)
-        kind = self.rng.choice(kinds)
+        # the first reconfiguration retires the initial servers (issue 11: every chaos run
+        # moves the cluster off them); later ones are drawn at random
+        kind = (
+            "retire" if "retire" in kinds and not self.res.retirements else self.rng.choice(kinds)
+        )
         retire_old: list[str] = []
         if kind == "retire":
             if self.local is None:
@@ -657,6 +661,7 @@ class Chaos:
         res.history_path = str(history)
         if o.cluster_file is not None:
             self.cf = load_cluster_file(o.cluster_file)
+            self.current = self.cf.initial
         else:
             await self._start_local(base)
         kinds = [k for k in o.faults if k not in RECONFIG_KINDS]

@@ -129,8 +129,11 @@ class _Flow:
         self.effect = _Effect()
         self.reading_paused = False
         self.dst_full = False
+        self.dead = False
 
     def push(self, data: bytes | None) -> None:
+        if self.dead:  # its destination is gone: what the sender still sends is lost
+            return
         now = self.loop.time()
         e = self.effect
         due = now + e.delay_s + (random.uniform(0, e.jitter_s) if e.jitter_s else 0.0)
@@ -176,6 +179,9 @@ class _Flow:
             self.timer = self.loop.call_at(self.queue[0][0], self._deliver)
 
     def discard(self) -> None:
+        self.dead = True
+        if self.reading_paused and self.src is not None and not self.src.is_closing():
+            self.src.resume_reading()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
