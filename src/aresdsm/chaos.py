@@ -215,7 +215,8 @@ class Chaos:
         self.retired: set[str] = set()
         self.current: Configuration | None = None
         self.client_tasks: dict[str, asyncio.Task[None]] = {}
-        self.client_gen = 0
+        self.crashed: set[asyncio.Task[None]] = set()
+        """Client tasks the nemesis crashed (they stop at once, or at their next operation)."""
         self.admin: Store | None = None
         self.config_no = 0
 
@@ -275,7 +276,6 @@ class Chaos:
     # -- clients -------------------------------------------------------------------------------
 
     def _start_client(self, name: str) -> None:
-        self.client_gen += 1
         rng = random.Random(self.rng.random())
         self.client_tasks[name] = asyncio.get_running_loop().create_task(
             self._client(name, rng), name=f"chaos-{name}"
@@ -294,9 +294,10 @@ class Chaos:
 
     async def _client(self, name: str, rng: random.Random) -> None:
         store = self._store(name)
+        me = asyncio.current_task()
         n = 0
         try:
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and me not in self.crashed:
                 n += 1
                 try:
                     kind = await self._op(store, rng, n)
@@ -473,9 +474,11 @@ class Chaos:
         elif kind == "client-crash":
             name = rng.choice(sorted(self.client_tasks))
             task = self.client_tasks[name]
+            self.crashed.add(task)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # (Python 3.11's wait_for may swallow a cancellation that races with the operation's
+            # end: the client then stops at its next operation, as it checks self.crashed)
+            await asyncio.wait({task}, timeout=self.opts.timeout_s * 20)
             self._start_client(name)
             what = f"client {name} crashed mid-operation; a new client took its place"
         else:  # pragma: no cover - validated
@@ -699,7 +702,7 @@ class Chaos:
                 if res.final_recovery_s is not None
                 else f"cluster NOT serving within {RECOVERY_BOUND_S:.0f} s of the final heal"
             )
-            tasks = list(self.client_tasks.values())
+            tasks = [*self.client_tasks.values(), *self.crashed]
             await asyncio.wait(tasks, timeout=o.timeout_s * 20)
             for t in tasks:
                 t.cancel()
