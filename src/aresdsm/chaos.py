@@ -807,7 +807,8 @@ def summary(res: ChaosResult) -> Table:
             rec = f"{f.recovery_s:.2f} s"
         else:
             rec = "run ended first" if f.interrupted else f"NOT within {RECOVERY_BOUND_S:.0f} s"
-        table.add_row(f"t={f.start_s:6.1f}s {f.kind}", escape(f"{f.what} -> recovered: {rec}"))
+        what = f.what if len(f.what) <= 100 else f.what[:97] + "..."
+        table.add_row(f"t={f.start_s:6.1f}s {f.kind}", escape(f"{what} -> recovered: {rec}"))
     times = sorted(res.recovery_times())
     if times:
         table.add_row(
