@@ -623,7 +623,8 @@ class Chaos:
             elif op == "add" and up_outside:
                 new = sorted([*members, self.rng.choice(up_outside)])
             elif len(members) > 3:
-                new = sorted(m for m in members if m != self.rng.choice(members))
+                gone = self.rng.choice(members)
+                new = sorted(m for m in members if m != gone)
             else:
                 dap = "treas" if cur.dap == "abd" else "abd"
         proposal = self._proposal(new, dap)
