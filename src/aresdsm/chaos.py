@@ -17,8 +17,10 @@ Meanwhile two loops break things:
   onto servers outside the current configuration and the old ones are stopped or paused; they come
   back later, so that a later retirement can move onto them again.
 
-After each healed fault a probe client measures how long the cluster took to serve a write and a
-read again. At the end everything is healed (rules removed, paused servers continued, stopped ones
+After each healed fault a long-lived probe client measures how long the cluster took to serve
+it a write and a read again; after the final heal a new client measures its first write and read
+too (it starts from the cluster file's initial configuration, which the run may have retired).
+At the end everything is healed (rules removed, paused servers continued, stopped ones
 restarted), every key is read once more, and the history is checked for linearizability
 (docs/protocol.md §10 invariant 1; a lost acknowledged write, invariant 8, shows as a stale read).
 An ``InvariantViolation`` anywhere, or a server process that exited without the nemesis killing it,
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import signal
 import tempfile
@@ -68,8 +71,13 @@ processes. ``reconfig`` changes the operator's cluster (membership among the fil
 ABD ⇄ TREAS) and is only done when asked for."""
 REMOTE_DEFAULT_FAULTS = CLIENT_FAULTS
 
-BROKEN = {"skip-write-back": "broken_skip_write_back"}
-"""Test-only protocol variants a chaos run must catch (kept out of the help text)."""
+BROKEN = {
+    f.name.removeprefix("broken_").replace("_", "-"): f.name
+    for f in dataclasses.fields(OpSwitches)
+    if f.name.startswith("broken_")
+}
+"""Test-only protocol variants (``--broken skip-write-back`` turns on
+``OpSwitches.broken_skip_write_back``) a chaos run should catch; kept out of the help text."""
 
 REMOTE_GROUP = "chaos"
 """The group a burn-in on an operator's cluster reads and writes (never their own data)."""
@@ -167,6 +175,9 @@ class ChaosResult:
     explanation: str = ""
     history_path: str = ""
     final_recovery_s: float | None = None
+    fresh_client_s: float | None = None
+    """After the final heal: a new client's first write and read (it starts from the cluster
+    file's initial configuration, which the run may have retired)."""
     duration_s: float = 0.0
     proxy_stats: dict[str, object] = field(default_factory=dict)
 
@@ -218,6 +229,8 @@ class Chaos:
         self.crashed: set[asyncio.Task[None]] = set()
         """Client tasks the nemesis crashed (they stop at once, or at their next operation)."""
         self.admin: Store | None = None
+        self.probe: Store | None = None
+        self.probe_n = 0
         self.config_no = 0
 
     # -- set-up --------------------------------------------------------------------------------
@@ -527,22 +540,24 @@ class Chaos:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
-    async def _probe(self, *, final: bool = False) -> float | None:
-        """Seconds from now until a fresh client's write and read both succeed (None: not
-        within RECOVERY_BOUND_S, or the run ended first unless ``final``)."""
+    async def _probe(self, store: Store | None = None, *, final: bool = False) -> float | None:
+        """Seconds from now until the probe client's write and read both succeed (None: not
+        within RECOVERY_BOUND_S, or the run ended first unless ``final``). The probe is a
+        long-lived client (it follows the configuration like any client that was running);
+        ``store``: another one, e.g. a fresh client, which is closed afterwards."""
         start = time.monotonic()
         end = start + RECOVERY_BOUND_S
-        store = self._store(PROBE)
+        probe = store if store is not None else self.probe
+        assert probe is not None
         try:
-            n = 0
             while time.monotonic() < end and (final or not self.stopping.is_set()):
-                n += 1
+                self.probe_n += 1
                 try:
-                    value = f"{store.client_id}-{n}".encode()
+                    value = f"{probe.client_id}-{self.probe_n}".encode()
                     left = max(0.1, end - time.monotonic())
-                    await asyncio.wait_for(store.write("probe", value, group=self.group), left)
+                    await asyncio.wait_for(probe.write("probe", value, group=self.group), left)
                     left = max(0.1, end - time.monotonic())
-                    await asyncio.wait_for(store.read("probe", group=self.group), left)
+                    await asyncio.wait_for(probe.read("probe", group=self.group), left)
                     return time.monotonic() - start
                 except InvariantViolation as e:
                     self._problem(f"probe: invariant violated: {e}")
@@ -550,8 +565,9 @@ class Chaos:
                     await asyncio.sleep(0.05)
             return None
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(store.close(), self.opts.timeout_s * 5)
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(store.close(), self.opts.timeout_s * 5)
 
     # -- the reconfigurer ----------------------------------------------------------------------
 
@@ -673,6 +689,7 @@ class Chaos:
         with open(history, "wb") as out:  # noqa: ASYNC230 - small, line-buffered appends
             self.recorder = HistoryRecorder(out)
             self.admin = self._store(RECONFIGURER, recorded=False)
+            self.probe = self._store(PROBE)
             self.t0 = time.monotonic()
             for i in range(1, o.clients + 1):
                 self._start_client(f"c{i}")
@@ -698,6 +715,12 @@ class Chaos:
             self._check_processes()
             await self.heal_all()
             res.final_recovery_s = await self._probe(final=True)
+            res.fresh_client_s = await self._probe(self._store(PROBE), final=True)
+            self.event(
+                f"a new client's first write and read took {res.fresh_client_s:.2f} s"
+                if res.fresh_client_s is not None
+                else f"a new client could not write and read within {RECOVERY_BOUND_S:.0f} s"
+            )
             self.event(
                 f"cluster serving again {res.final_recovery_s:.2f} s after the final heal"
                 if res.final_recovery_s is not None
@@ -709,8 +732,9 @@ class Chaos:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._final_reads()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.admin.close(), o.timeout_s * 20)
+            for st in (self.admin, self.probe):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(st.close(), o.timeout_s * 20)
             res.duration_s = self.elapsed()
         if self.proxy is not None:
             res.proxy_stats = await self.proxy.stats()
@@ -819,6 +843,8 @@ def summary(res: ChaosResult) -> Table:
         )
     if res.final_recovery_s is not None:
         table.add_row("after the final heal", f"serving again in {res.final_recovery_s:.2f} s")
+    fresh = f"{res.fresh_client_s:.2f} s" if res.fresh_client_s is not None else "failed"
+    table.add_row("a new client's first op", f"{fresh} (write and read, from the cluster file)")
     for p in res.problems:
         table.add_row("[red]problem[/]", escape(p))
     colour = "green" if res.ok else "red"
