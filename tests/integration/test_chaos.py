@@ -137,3 +137,35 @@ async def test_nemesis_finds_reads_that_skip_the_write_back(tmp_path: Path) -> N
     assert found is not None, "the broken variant was not caught in two 30 s runs"
     assert not found.ok
     assert "NOT linearizable" in found.explanation
+
+
+@pytest.mark.slow
+def test_cli_exits_1_on_a_violation(tmp_path: Path) -> None:
+    """Reconfiguration that moves no state (broken_skip_update_config): the first retirement
+    leaves the new servers empty, a read returns the initial value after a write returned."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aresdsm",
+            "chaos",
+            "--duration-s",
+            "10",
+            "--clients",
+            "2",
+            "--faults",
+            "retire",
+            "--broken",
+            "skip-update-config",
+            "--keep",
+            str(tmp_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = " ".join(out.stdout.split())  # rich wraps long lines
+    assert "violation" in text and "NOT linearizable" in text, out.stdout
+    assert "Traceback" not in out.stderr
