@@ -10,6 +10,7 @@ Meanwhile two loops break things:
 * the **nemesis** injects one fault at a time and heals it after a random hold: partitions of
   servers from everyone (both directions), one-way partitions (requests held, or replies held),
   the reconfigurer cut from some servers, delays on chosen links (heavy-tailed), connection resets,
+  clients' requests to one server held across a whole reconfiguration (the §8.2 schedule),
   SIGKILL (restart on heal), SIGSTOP (SIGCONT on heal), a crash and immediate restart, and a client
   crash (its operation abandoned, a new client takes its place);
 * the **reconfigurer** changes the configuration while that happens: ABD ⇄ TREAS, adding and
@@ -60,7 +61,7 @@ from .faultproxy import ANY, ProxyProcess, Rule
 from .local import LocalCluster
 from .protocol.ops import OpSwitches
 
-NETWORK_FAULTS = ("partition", "one-way", "reconfigurer-partition", "delay", "drop")
+NETWORK_FAULTS = ("partition", "one-way", "reconfigurer-partition", "delay", "drop", "handoff")
 PROCESS_FAULTS = ("kill", "pause", "crash-restart")
 CLIENT_FAULTS = ("client-crash",)
 RECONFIG_KINDS = ("reconfig", "retire")
@@ -230,6 +231,8 @@ class Chaos:
         """Client tasks the nemesis crashed (they stop at once, or at their next operation)."""
         self.admin: Store | None = None
         self.probe: Store | None = None
+        self.reconfig_lock = asyncio.Lock()
+        """One reconfiguration at a time from this run (the reconfigurer loop, handoff faults)."""
         self.probe_n = 0
         self.config_no = 0
 
@@ -450,6 +453,35 @@ class Chaos:
                     rules.append((f"{kind}-{src}-{v}", rule))
                     parts.append(f"{src}>{v} {direction} {delay_ms:.0f}ms")
             what = "delays " + (", ".join(parts) if parts else "(none drawn)")
+        elif kind == "handoff":
+            # the hand-off schedule (docs/protocol.md §8.2): clients' requests to one member
+            # are held while the configuration changes, and arrive after it was finalized
+            (victim,) = self._pick(members, 1, 1)
+            sources = self._clients_subset()
+            for src in sources:
+                rule = Rule("block", src, victim, "up")
+                assert self.proxy is not None
+                await self.proxy.add(f"{kind}-{src}-{victim}", rule)
+            await self._sleep(rng.uniform(0.05, 0.5))
+            moved = "no reconfiguration"
+            if self.admin is not None and not self.stopping.is_set():
+                async with self.reconfig_lock:
+                    try:
+                        await asyncio.wait_for(
+                            self._reconfigure_once(["reconfig"]), self.opts.timeout_s * 30
+                        )
+                        await asyncio.wait_for(self.admin.settle(), self.opts.timeout_s * 10)
+                        moved = f"{self.current.id if self.current else '?'} finalized"
+                    except (AresError, TimeoutError, OSError) as e:
+                        self.res.reconfigs_failed += 1
+                        moved = f"reconfiguration failed ({type(e).__name__})"
+            rules = [
+                (f"{kind}-{src}-{victim}", Rule("block", src, victim, "up")) for src in sources
+            ]
+            what = (
+                f"requests of {','.join(sources)} held at {victim} across a reconfiguration "
+                f"({moved})"
+            )
         elif kind == "drop":
             victims = self._pick(everyone, 1, len(everyone))
             sources = self._clients_subset()
@@ -594,7 +626,8 @@ class Chaos:
             if self.stopping.is_set():
                 return
             try:
-                await asyncio.wait_for(self._reconfigure_once(kinds), o.timeout_s * 30)
+                async with self.reconfig_lock:
+                    await asyncio.wait_for(self._reconfigure_once(kinds), o.timeout_s * 30)
             except InvariantViolation as e:
                 self._problem(f"reconfigurer: invariant violated: {e}")
             except (AresError, TimeoutError, OSError) as e:
