@@ -45,7 +45,7 @@ import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,6 +196,7 @@ def _source_ip(index: int) -> str:
 
 
 CHECKER, PROBE, RECONFIGURER = "checker", "probe", "reconfigurer"
+Heal = Callable[[], Awaitable[None]]
 FIXED_SOURCES = {CHECKER: 7, PROBE: 8, RECONFIGURER: 9}
 
 
@@ -404,7 +405,7 @@ class Chaos:
             return [ANY]
         return self._pick(names, 1, len(names) - 1)
 
-    async def _inject(self, kind: str) -> tuple[str, list[str], Callable[[], object] | None]:
+    async def _inject(self, kind: str) -> tuple[str, list[str], Heal | None]:
         """Start a fault. Returns its description, proxy rule names, and what heals it."""
         assert self.current is not None and self.cf is not None
         rng = self.rng
@@ -413,7 +414,7 @@ class Chaos:
         minority = max(1, len(members) // 2)
         hi = minority + (1 if rng.random() < 0.25 else 0)  # sometimes a majority: unavailable
         rules: list[tuple[str, Rule]] = []
-        heal: Callable[[], object] | None = None
+        heal: Heal | None = None
         if kind == "partition":
             victims = self._pick(members, 1, hi)
             rules = [(f"{kind}-{v}", Rule("block", ANY, v)) for v in victims]
@@ -556,7 +557,7 @@ class Chaos:
                 assert self.proxy is not None
                 await self.proxy.remove(name)
             if heal is not None:
-                await heal()  # type: ignore[misc]
+                await heal()
             rec.healed_s = self.elapsed()
             if not instant:
                 self.event(f"healed: {rec.what}")
