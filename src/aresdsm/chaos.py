@@ -679,7 +679,10 @@ class Chaos:
                 dap = "treas" if cur.dap == "abd" else "abd"
         proposal = self._proposal(new, dap)
         t = time.monotonic()
-        decided = await self.admin.reconfigure(proposal, group=self.group)
+        # force: servers come back into later configurations (retired ones, removed ones) with
+        # their data directories intact -- the case force exists for; a new member must still
+        # answer the reconfigurer's probe (it may be partitioned from it: then refused)
+        decided = await self.admin.reconfigure(proposal, group=self.group, force=True)
         ms = (time.monotonic() - t) * 1e3
         self.current = decided
         self.res.reconfigs.append(f"{cur.describe()} -> {decided.describe()}")
