@@ -7,6 +7,7 @@ leave from distinct loopback addresses so that the proxy tells them apart, as ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 
@@ -24,6 +25,7 @@ class Target:
         self.lines: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.conns = 0
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -31,6 +33,7 @@ class Target:
 
     async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.conns += 1
+        self.writers.append(w)
         try:
             while line := await r.readline():
                 self.lines.append(line.strip())
@@ -44,6 +47,10 @@ class Target:
     async def close(self) -> None:
         assert self.server is not None
         self.server.close()
+        for w in self.writers:  # (3.11's wait_closed does not wait for the handlers)
+            w.close()
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
         await self.server.wait_closed()
 
 

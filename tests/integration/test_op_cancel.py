@@ -5,6 +5,8 @@ own, and when it failed asyncio logged "Task exception was never retrieved")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 
 import pytest
 
@@ -13,10 +15,13 @@ from aresdsm.config import ClientOptions, Configuration, ServerInfo
 
 
 async def test_a_cancelled_operation_leaves_no_attempt_running() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
     async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while await r.read(65536):  # accepts, reads, never answers (a paused server)
-            pass
-        w.close()
+        writers.append(w)
+        with contextlib.suppress(ConnectionError):
+            while await r.read(65536):  # accepts, reads, never answers (a paused server)
+                pass
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -37,12 +42,14 @@ async def test_a_cancelled_operation_leaves_no_attempt_running() -> None:
             ]
             assert left == [], "the operation's attempt still runs after it was cancelled"
         await asyncio.sleep(1.2)  # past timeout_s: a detached attempt would have failed by now
-        import gc
-
         gc.collect()
         assert unretrieved == []
     finally:
         loop.set_exception_handler(None)
         await store.close()
         server.close()
+        for w in writers:
+            w.close()
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
         await server.wait_closed()
