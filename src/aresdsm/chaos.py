@@ -439,15 +439,15 @@ class Chaos:
             ]
             what = f"reconfigurer cut from {','.join(victims)} ({direction})"
         elif kind == "delay":
-            # each chosen link its own heavy-tailed delay and direction: links of different
-            # speeds are what lets one reader see a write that another reader after it misses
-            victims = self._pick(everyone, 1, len(everyone))
+            # every source its own slow subset of the members (each link its own heavy-tailed
+            # delay and direction): a client fast to some members and slow to others is what
+            # lets one reader see a write that another reader after it misses
             sources = [*sorted(self.client_tasks), RECONFIGURER]
             parts = []
             for src in sources:
-                for v in victims:
-                    if rng.random() < 0.5:
-                        continue
+                if rng.random() < 0.2:
+                    continue
+                for v in self._pick(members, 1, max(1, len(members) - 1)):
                     direction = rng.choice(("both", "up", "down"))
                     delay_ms = min(3000.0, 10.0 * rng.paretovariate(1.1))
                     rule = Rule("delay", src, v, direction, delay_ms, delay_ms / 4)  # type: ignore[arg-type]
