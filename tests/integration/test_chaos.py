@@ -143,8 +143,8 @@ async def test_nemesis_finds_reads_that_skip_the_write_back(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_cli_exits_1_on_a_violation(tmp_path: Path) -> None:
-    """Reconfiguration that moves no state (broken_skip_update_config): the first retirement
-    leaves the new servers empty, a read returns the initial value after a write returned."""
+    """Writers that pick (1, id) without asking for the max tag (broken_no_query_before_write):
+    a later write can lose to an earlier one at once; the CLI must exit 1 with the witness."""
     out = subprocess.run(
         [
             sys.executable,
@@ -152,13 +152,13 @@ def test_cli_exits_1_on_a_violation(tmp_path: Path) -> None:
             "aresdsm",
             "chaos",
             "--duration-s",
-            "10",
+            "5",
             "--clients",
             "2",
             "--faults",
-            "retire",
+            "none",
             "--broken",
-            "skip-update-config",
+            "no-query-before-write",
             "--keep",
             str(tmp_path),
         ],
