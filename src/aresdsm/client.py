@@ -443,6 +443,9 @@ class Store:
                     hedge.cancel()
                     await asyncio.gather(hedge, return_exceptions=True)
             return await first
+        except asyncio.CancelledError:
+            first.cancel()  # the caller gave up (its deadline, a crash): so does the attempt
+            raise
         except (QuorumUnavailable, OperationTimeout):
             if not first.done() or first.cancelled():
                 raise

@@ -12,6 +12,7 @@ is half-applied.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from pathlib import Path
@@ -179,6 +180,9 @@ class ClientOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_in_flight: int = 4096
     """Requests in flight per server connection; further requests wait."""
     max_frame_bytes: int = 64 * 1024 * 1024
+    source_host: str | None = None
+    """Local address the client's connections leave from (multi-homed hosts; ``ares chaos``
+    gives every client a loopback address of its own so its proxy can tell the clients apart)."""
 
 
 class ClusterFile(msgspec.Struct, frozen=True):
@@ -295,6 +299,13 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
             f"{source}: [client]: max_frame_bytes must be in 1024..{MAX_FRAME_BYTES_LIMIT}, "
             f"got {client.max_frame_bytes}"
         )
+    if client.source_host is not None:
+        try:
+            ipaddress.ip_address(client.source_host)
+        except ValueError:
+            raise ConfigurationError(
+                f"{source}: [client]: source_host must be an IP address, got {client.source_host!r}"
+            ) from None
     cluster_table = data.get("cluster", {})
     name = cluster_table.get("name", "aresdsm") if isinstance(cluster_table, dict) else "aresdsm"
     server_table = data.get("server", {})
@@ -354,6 +365,7 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
         f"connect_timeout_s = {o.connect_timeout_s!r}",
         f"max_in_flight = {o.max_in_flight}",
         f"max_frame_bytes = {o.max_frame_bytes}",
+        *([f"source_host = {_toml_str(o.source_host)}"] if o.source_host else []),
         "",
     ]
     if cluster.server_limits:

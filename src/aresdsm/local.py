@@ -85,18 +85,21 @@ class LocalCluster:
         host: str = "127.0.0.1",
         timeout_s: float = 5.0,
         link_delay_ms: float = 0.0,
+        proxied: bool = False,
         server_limits: dict[str, Any] | None = None,
     ) -> LocalCluster:
         """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
         are those of a relay that delays every message by that much each way, in front of the
-        servers' real ports: clients then see a network with real latency (benchmarks)."""
+        servers' real ports: clients then see a network with real latency (benchmarks). With
+        ``proxied`` the servers listen on ports of their own too, and the caller puts its own
+        proxy at the cluster file's addresses (``ares chaos``: :mod:`aresdsm.faultproxy`)."""
         base = Path(base_dir).resolve()
         if (base / CLUSTER_FILE).exists():
             raise AresError(
                 f"{base / CLUSTER_FILE} already exists; stop that cluster or pick --dir"
             )
         base.mkdir(parents=True, exist_ok=True)
-        relayed = link_delay_ms > 0
+        relayed = link_delay_ms > 0 or proxied
         ports = free_ports((n + spares) * (2 if relayed else 1), host)
         servers = tuple(
             ServerInfo(f"s{i + 1}", f"{host}:{p}") for i, p in enumerate(ports[: n + spares])
@@ -139,7 +142,7 @@ class LocalCluster:
 
     def start_all(self, *, detach: bool = False) -> None:
         self.start([s.id for s in self.cluster.servers], detach=detach)
-        if self.listen and self.relay is None:
+        if self.listen and self.link_delay_ms > 0 and self.relay is None:
             self._start_relay()
 
     def _start_relay(self) -> None:

@@ -190,7 +190,12 @@ class PeerConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: self, host, port),
+                loop.create_connection(
+                    lambda: self,
+                    host,
+                    port,
+                    local_addr=(src, 0) if (src := self.options.source_host) else None,
+                ),
                 timeout=self.options.connect_timeout_s,
             )
         except (OSError, TimeoutError) as e:
