@@ -2,7 +2,8 @@
 
 A :class:`Store` reads and writes named objects with atomic (linearizable) semantics. It holds one
 TCP connection per server and runs any number of operations concurrently; every write gets its own
-writer id (client id + operation number) so concurrent writes of one client never share a tag.
+writer id (client id + random incarnation + operation number) so that no two writes -- of one
+client, or of two processes using one client name -- ever share a tag.
 
 Errors (see :mod:`aresdsm.errors`): :class:`~aresdsm.errors.OperationTimeout` and
 :class:`~aresdsm.errors.QuorumUnavailable` when not enough servers answer -- a write that failed
@@ -41,7 +42,7 @@ from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnava
 from .history import OpKind, OpRecord, value_digest, write_records
 from .net.client import TcpChannel
 from .protocol import ares, ops
-from .tags import Tag, writer_id
+from .tags import Tag, new_incarnation, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Stats
 
@@ -143,6 +144,8 @@ class Store:
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
         self.client_id = client_id or uuid.uuid4().hex[:12]
+        self.incarnation = new_incarnation()
+        """Random per Store: the same client name in two processes never shares a tag (§2)."""
         self.channel = TcpChannel(self.options)
         self.recorder = recorder
         self.switches = switches
@@ -173,7 +176,7 @@ class Store:
 
     def _next_writer(self) -> str:
         self._op_seq += 1
-        return writer_id(self.client_id, self._op_seq)
+        return writer_id(self.client_id, self._op_seq, self.incarnation)
 
     @property
     def mode(self) -> str:

@@ -70,7 +70,7 @@ def test_store_write_retry_keeps_its_tag(broken: bool) -> None:
         assert [e.config.id for e in store.cseq()] == ["c0", "c1", "c2"]
         await sc.run_for(0.01)
 
-        first_attempt = writer_id("w", 1)  # the first attempt's put-data only
+        first_attempt = writer_id("w", 1, store.incarnation)  # the first attempt's put-data only
         first_attempt_until = sc.now() + 0.4  # (sent now; the retry comes after the 0.5 s timeout)
         sc.hold(
             "w-put",
