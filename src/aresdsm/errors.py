@@ -57,6 +57,11 @@ class ConcurrencyExceeded(OperationError):
     """A TREAS read overlapped more than delta concurrent writes, on every retry (§4.2)."""
 
 
+class IntegrityError(OperationError):
+    """Values did not match the writer's digest on every retry (a corrupt copy is never
+    returned; docs/protocol.md §4)."""
+
+
 class ServerError(OperationError):
     """A server answered a request with an error reply (code and message from the server)."""
 

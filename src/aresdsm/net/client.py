@@ -236,13 +236,21 @@ class PeerConnection(asyncio.Protocol):
 class _Round:
     """Collects the replies of one round; resolves one future."""
 
-    __slots__ = ("answers", "errors", "expect", "fut", "n", "need", "pending", "timer")
+    __slots__ = ("accept", "answers", "errors", "expect", "fut", "n", "need", "pending", "timer")
 
-    def __init__(self, fut: asyncio.Future[Any], need: int, n: int, expect: type) -> None:
+    def __init__(
+        self,
+        fut: asyncio.Future[Any],
+        need: int,
+        n: int,
+        expect: type,
+        accept: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.fut = fut
         self.need = need
         self.n = n
         self.expect = expect
+        self.accept = accept
         self.answers: list[tuple[ServerInfo, Reply]] = []
         self.errors: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -250,16 +258,19 @@ class _Round:
     def on_reply(self, server: ServerInfo, reply: Reply | BaseException) -> None:
         if self.fut.done():
             return
-        if isinstance(reply, self.expect):
+        if isinstance(reply, self.expect) and self.accept is not None and not self.accept(reply):
+            # a value that does not match its digest: counted like a missing reply
+            self.errors.append(f"{server.id}: corrupt reply (value does not match its digest)")
+        elif isinstance(reply, self.expect):
             assert not isinstance(reply, BaseException)
             self.answers.append((server, reply))
             if len(self.answers) >= self.need:
                 self.fut.set_result(self.answers)
             return
-        if isinstance(reply, Obsolete):
+        elif isinstance(reply, Obsolete):
             self.fut.set_exception(ConfigurationObsolete(reply.next))
             return
-        if isinstance(reply, ErrorReply):
+        elif isinstance(reply, ErrorReply):
             self.errors.append(f"{server.id}: {reply.code}: {reply.message}")
         elif isinstance(reply, BaseException):
             self.errors.append(f"{server.id}: {reply}")
@@ -305,12 +316,15 @@ class TcpChannel:
         phase: str,
         need: int | None = None,
         timeout_s: float | None = None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         need = c.quorum_size if need is None else need
         if not tracing.enabled():
-            return await self._round(c, request, expect, phase, need, timeout_s, None)
+            return await self._round(c, request, expect, phase, need, timeout_s, None, accept)
         with tracing.span(phase, _round_attributes(c, need)):  # sets ares.outcome
-            return await self._round(c, request, expect, phase, need, timeout_s, tracing.inject())
+            return await self._round(
+                c, request, expect, phase, need, timeout_s, tracing.inject(), accept
+            )
 
     async def _round(
         self,
@@ -321,10 +335,11 @@ class TcpChannel:
         need: int,
         timeout_s: float | None,
         trace: dict[str, str] | None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[tuple[ServerInfo, R]]] = loop.create_future()
-        rnd = _Round(fut, need, c.n, expect)
+        rnd = _Round(fut, need, c.n, expect, accept)
         self.rounds += 1
         self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
         sent: list[tuple[PeerConnection, int]] = []

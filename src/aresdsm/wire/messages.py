@@ -58,12 +58,19 @@ class PutData(_Msg, frozen=True, tag="put"):
     key: str
     tag: Tag
     value: Blob
+    digest: bytes = b""
+    """The writer's digest of the whole value (:mod:`aresdsm.integrity`); ABD servers check the
+    value against it before storing anything."""
+    element_digest: bytes = b""
+    """TREAS: the digest of this server's coded element, checked likewise."""
 
 
 class BatchItem(msgspec.Struct, frozen=True, array_like=True):
     key: str
     tag: Tag
     value: Blob
+    digest: bytes = b""
+    element_digest: bytes = b""
 
 
 class PutBatch(_Msg, frozen=True, tag="putb"):
@@ -205,6 +212,8 @@ class DataReply(_Msg, frozen=True, tag="data"):
     tag: Tag
     value: Blob
     next: NextEntry | None = None
+    digest: bytes = b""
+    """The writer's digest of ``value``; a reader drops a reply that does not match it."""
 
 
 class ListEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -212,6 +221,10 @@ class ListEntry(msgspec.Struct, frozen=True, array_like=True):
 
     tag: Tag
     element: Blob | None
+    digest: bytes = b""
+    """The writer's digest of ``element`` (checked before decoding)."""
+    value_digest: bytes = b""
+    """The writer's digest of the whole value (checked after decoding)."""
 
 
 class ListReply(_Msg, frozen=True, tag="list"):
@@ -250,6 +263,8 @@ class ObjectState(msgspec.Struct, frozen=True, array_like=True):
     tag: Tag
     value: Blob | None = None
     entries: tuple[ListEntry, ...] = ()
+    digest: bytes = b""
+    """ABD: the writer's digest of ``value``."""
 
 
 class ChainsReply(_Msg, frozen=True, tag="chainsr"):
@@ -277,6 +292,10 @@ class Stats(_Msg, frozen=True, tag="statsr"):
     stored_bytes: int
     bytes_by_config: dict[str, int] = {}
     """"group/config" -> bytes of object state held for it (protocol.md §8.3 measurements)."""
+    damaged: tuple[str, ...] = ()
+    """Objects ("group/config/key"), instances ("group/config") or configurations this server
+    found corrupt on its disk and no longer answers for (at most MAX_DAMAGED_LISTED names)."""
+    damaged_count: int = 0
 
 
 ErrorCode = Literal[
@@ -287,6 +306,10 @@ ErrorCode = Literal[
     "storage",  # the durable store failed; nothing was applied
     "shutting-down",
     "invariant",  # the request would break a protocol invariant; refused, nothing applied
+    "corrupt",  # a value does not match its digest; refused, nothing applied
+    "damaged",  # this server's copy is corrupt on its disk: it does not answer for it
+    "wrong-incarnation",  # the configuration names another incarnation of this server
+    "refused",  # the connection handshake failed (another cluster, server or configuration)
 ]
 
 
