@@ -40,7 +40,8 @@ from .config import (
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
 from .history import OpKind, OpRecord, value_digest, write_records
-from .net.client import TcpChannel
+from .identity import initial_digest
+from .net.client import ClusterIdentity, TcpChannel
 from .protocol import ares, ops
 from .tags import Tag, new_incarnation, writer_id
 from .wire.blob import Blob
@@ -138,15 +139,21 @@ class Store:
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
         cseq_cache: str | Path | None = None,
         known_servers: Iterable[ServerInfo] = (),
+        cluster_id: str = "",
     ) -> None:
         self.configuration = configuration
+        self.cluster_id = cluster_id
+        """The cluster this client belongs to ("" : only the initial configuration's digest is
+        proven in the handshake -- library use without a cluster file)."""
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self.incarnation = new_incarnation()
         """Random per Store: the same client name in two processes never shares a tag (§2)."""
-        self.channel = TcpChannel(self.options)
+        self.channel = TcpChannel(
+            self.options, hello=ClusterIdentity(cluster_id, initial_digest(configuration))
+        )
         self.recorder = recorder
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
@@ -355,6 +362,7 @@ class Store:
         it was decided for every object.
         """
         validate_configuration(proposal)
+        proposal = await self._stamp_incarnations(proposal, group)  # issue 10, kept apart
         attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
         with tracing.span("op", attrs):
             if self.switches.batch:
@@ -402,6 +410,46 @@ class Store:
             if decided.id != proposal.id:
                 result = decided
         return result
+
+    async def probe(self, servers: Iterable[ServerInfo]) -> tuple[ServerInfo, ...]:
+        """Connect to each server (handshake: this cluster, that server id) and return them
+        stamped with the incarnation uid each reports. Raises ConfigurationError naming every
+        server that is unreachable or is not what it should be."""
+        servers = tuple(servers)
+        identify = getattr(self.channel, "identify", None)
+        if identify is None:  # a channel without handshakes (the simulator): nothing to stamp
+            return servers
+
+        async def one(s: ServerInfo) -> ServerInfo | str:
+            try:
+                welcome = await identify(s, timeout_s=self.options.connect_timeout_s)
+            except AresError as e:
+                return f"{s.id} ({s.address}): {e}"
+            return msgspec.structs.replace(s, uid=welcome.incarnation)
+
+        found = await asyncio.gather(*(one(s) for s in servers))
+        bad = [x for x in found if isinstance(x, str)]
+        if bad:
+            raise ConfigurationError(
+                "cannot check the new configuration's servers: " + "; ".join(bad)
+            )
+        return tuple(x for x in found if isinstance(x, ServerInfo))
+
+    async def _stamp_incarnations(self, proposal: Configuration, group: str) -> Configuration:
+        """Name, in the proposal, the incarnation of every new member (issue 10): a server
+        re-created later under the same id then refuses to answer for it. Members of the last
+        configuration this client knows keep what that configuration says (one that is down
+        does not stop the reconfiguration that replaces another)."""
+        current = {s.id: s for e in self.cseq(group) for s in e.config.servers}
+        new = [s for s in proposal.servers if not s.uid and s.id not in current]
+        probed = {s.id: s for s in await self.probe(new)} if new else {}
+        probed |= {
+            s.id: current[s.id]
+            for s in proposal.servers
+            if not s.uid and s.id in current and current[s.id].address == s.address
+        }
+        servers = tuple(probed.get(s.id, s) for s in proposal.servers)
+        return msgspec.structs.replace(proposal, servers=servers)
 
     def _finalize_later(self, chain: str, cseq: ares.Cseq, decided: Configuration) -> None:
         """§8.3/§8.5: in the background, the F entry reaches every old server (each reclaims
@@ -570,6 +618,7 @@ def connect(
         switches=switches,
         cseq_cache=cseq_cache,
         known_servers=cf.servers,
+        cluster_id=cf.cluster_id,
     )
 
 

@@ -12,6 +12,15 @@ stops without sending the replies that depended on the failed commit, and a rest
 last durable state. So is an exception escaping the core (a bug): the in-memory state it leaves
 may not match what is durable, so nothing more is answered from it.
 
+Handshake (issue 10): a server with an identity (every ``ares server``) serves a connection only
+after its first frame, a :class:`~aresdsm.wire.messages.Hello`, named this cluster, this server,
+the initial configuration this server was created with, the protocol version and -- if the
+client's configuration names one -- this incarnation. It answers :class:`Welcome` with its
+identity, or ``refused`` with one line and closes the connection: nothing is served and nothing
+changes. The handshake is a message exchange on top of the byte stream, so it composes with TLS
+underneath. (In-process servers made without an identity, in tests, answer Hello but do not
+require it.)
+
 Flow control: a connection stops being read while ``max_in_flight`` of its requests wait for a
 commit or while its replies are not being read (the transport's write buffer is above its
 high-water mark), so neither grows without bound.
@@ -30,12 +39,13 @@ from typing import cast
 from . import tracing
 from .config import Configuration
 from .errors import ConfigurationError, FrameError
+from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new_uid, open_data_dir
 from .protocol.server_core import ServerCore
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
-from .wire.messages import Envelope, ErrorReply, GetStats, Reply, Request
+from .wire.messages import Envelope, ErrorReply, GetStats, Hello, Reply, Request, Welcome
 
 log = logging.getLogger("aresdsm.server")
 
@@ -65,6 +75,8 @@ class _Conn(asyncio.Protocol):
         """The transport's write buffer is above its high-water mark."""
         self.backlog: deque[bytes] = deque()
         self._handling = False
+        self.greeted = server.identity is None
+        """The handshake succeeded (or this server has no identity to check)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -100,9 +112,41 @@ class _Conn(asyncio.Protocol):
                 except FrameError as e:
                     self._reject(e)
                     return
-                srv.handle(self, env)
+                if isinstance(env.body, Hello):
+                    self._greet(env.rid, env.body)
+                elif not self.greeted:
+                    self._refuse(env.rid, "the first message on a connection must be Hello")
+                    return
+                else:
+                    srv.handle(self, env)
         finally:
             self._handling = False
+
+    def _greet(self, rid: int, hello: Hello) -> None:
+        ident = self.server.identity
+        if ident is None:
+            self.greeted = True
+            self.send(rid, Welcome("", self.server.server_id, "", PROTOCOL_VERSION))
+            return
+        problem = handshake_problem(ident, hello)
+        if problem is not None:
+            self._refuse(rid, problem)
+            return
+        self.greeted = True
+        self.send(
+            rid, Welcome(ident.cluster_id, ident.server_id, ident.incarnation, PROTOCOL_VERSION)
+        )
+
+    def _refuse(self, rid: int, message: str) -> None:
+        """One line to the client, then close: nothing was served, nothing changed."""
+        self.server.bump("refused-connections")
+        log.warning("refused a connection: %s", message)
+        self.backlog.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(
+                self.server.encoder.encode(Envelope(rid, ErrorReply("refused", message)))
+            )
+            self.transport.close()  # (after the buffered reply is written)
 
     def _reject(self, e: FrameError) -> None:
         self.server.bump("bad-frames")
@@ -111,7 +155,7 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def send(self, rid: int, reply: Reply) -> None:
+    def send(self, rid: int, reply: Reply | Welcome) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         try:
@@ -160,8 +204,10 @@ class Server:
         storage: Storage,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_in_flight: int = 4096,
+        identity: Identity | None = None,
     ) -> None:
         self.server_id = server_id
+        self.identity = identity
         self.host = host
         self.port = port
         self.storage = storage
@@ -169,11 +215,27 @@ class Server:
         self.max_in_flight = max_in_flight
         self.encoder = Encoder(max_frame_bytes=max_frame_bytes)
         self.decoder = Decoder()
-        self.core = ServerCore.recover(server_id, list(storage.load()))
+        self.core = ServerCore.recover(
+            server_id,
+            list(storage.load()),
+            incarnation=identity.incarnation if identity is not None else "",
+        )
+        self._log_damage()
         self.connections: set[_Conn] = set()
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
+
+    def _log_damage(self) -> None:
+        """Once, at start-up: what the disk lost (the server no longer answers for it)."""
+        core = self.core
+        lost = [f"object {g}/{c}/{k}" for g, c, k in sorted(core.damaged)]
+        lost += [f"state of {g}/{c}" for g, c in sorted(core.damaged_instances)]
+        lost += [f"configuration {c}" for c in sorted(core.damaged_configs)]
+        for what in lost[:100]:
+            log.error("damaged on disk, not answered for until repaired: %s", what)
+        if len(lost) > 100:
+            log.error("... and %d more damaged items (see `ares status`)", len(lost) - 100)
 
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
@@ -294,6 +356,49 @@ def open_storage(kind: str, data_dir: str | Path) -> Storage:
     raise ValueError(f"unknown storage engine {kind!r}; expected 'sqlite' or 'memory'")
 
 
+def handshake_problem(ident: Identity, hello: Hello) -> str | None:
+    """Why a Hello does not match this server (one line), or None."""
+    if hello.version != PROTOCOL_VERSION:
+        return f"protocol version {hello.version}, this server speaks {PROTOCOL_VERSION}"
+    if hello.cluster_id and hello.cluster_id != ident.cluster_id:
+        return (
+            f"this is server {ident.server_id} of cluster {ident.cluster_id}; the client's "
+            f"cluster file names cluster {hello.cluster_id} (a cluster file of another cluster)"
+        )
+    if hello.server_id != ident.server_id:
+        return f"this is server {ident.server_id}, not {hello.server_id} (wrong address?)"
+    if hello.initial_digest != ident.initial_digest:
+        return (
+            f"server {ident.server_id} was created with another initial configuration than the "
+            "client's cluster file names (an edited or foreign cluster file)"
+        )
+    if hello.incarnation and hello.incarnation != ident.incarnation:
+        return (
+            f"this is incarnation {ident.incarnation} of server {ident.server_id}; the client's "
+            f"configuration names incarnation {hello.incarnation} (the server's data directory "
+            "was re-created: it lost the state that configuration counts on)"
+        )
+    return None
+
+
+def server_identity(
+    *,
+    storage_kind: str,
+    data_dir: str | Path,
+    cluster_id: str,
+    server_id: str,
+    initial: Configuration,
+    new: NewMember | None,
+) -> Identity:
+    """The identity to start with: from the data directory (sqlite), or -- the memory engine
+    keeps nothing over a restart -- a new incarnation at every start."""
+    if storage_kind == "memory":
+        return Identity(cluster_id, server_id, new_uid(), initial_digest(initial))
+    return open_data_dir(
+        data_dir, cluster_id=cluster_id, server_id=server_id, initial=initial, new=new
+    )
+
+
 async def run_server(
     *,
     server_id: str,
@@ -303,10 +408,17 @@ async def run_server(
     storage_kind: str = "sqlite",
     initial: Configuration | None = None,
     ready_file: str | Path | None = None,
+    identity: Identity | None = None,
 ) -> int:
     """Run a server until SIGTERM/SIGINT; returns the process exit code."""
     storage = open_storage(storage_kind, data_dir)
-    server = Server(server_id=server_id, host=host, port=port, storage=storage)
+    try:
+        server = Server(
+            server_id=server_id, host=host, port=port, storage=storage, identity=identity
+        )
+    except BaseException:
+        storage.close()
+        raise
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
     try:

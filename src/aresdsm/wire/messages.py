@@ -194,7 +194,31 @@ class GetStats(_Msg, frozen=True, tag="stats"):
     """Ask a server for its counters and storage figures."""
 
 
+class Hello(_Msg, frozen=True, tag="hello"):
+    """The first message on every client connection (the handshake, issue 10): which cluster,
+    server and initial configuration the client means. Answered by :class:`Welcome` or by an
+    ``ErrorReply("refused")`` after which the server closes the connection; nothing else is
+    served before it. Handled by the transport, never by the protocol core."""
+
+    cluster_id: str
+    """"" from a library client that knows no cluster id: then the digest alone is checked."""
+    server_id: str
+    initial_digest: str
+    version: int
+    incarnation: str = ""
+    """The incarnation uid the client's configuration names for this server ("" = any)."""
+
+
 # --- replies -------------------------------------------------------------------------------
+
+
+class Welcome(_Msg, frozen=True, tag="welcome"):
+    """The server's identity, in answer to :class:`Hello`."""
+
+    cluster_id: str
+    server_id: str
+    incarnation: str
+    version: int
 
 
 class Pong(_Msg, frozen=True, tag="pong"):
@@ -352,7 +376,7 @@ Reply = (
     | Stats
     | ErrorReply
 )
-Message = Request | Reply
+Message = Request | Reply | Hello | Welcome
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
