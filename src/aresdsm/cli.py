@@ -371,12 +371,24 @@ def status(group: str, show_storage: bool, cluster_path: str) -> None:
         console.print(f"[yellow]discovery stopped:[/] {error}")
     last = chain[-1].config if chain else cf.initial
     servers = Table(
-        "server", "address", "state", "in last config", "objects", "stored bytes", "requests"
+        "server",
+        "address",
+        "state",
+        "in last config",
+        "objects",
+        "stored bytes",
+        "requests",
+        "damaged",
     )
+    damaged: list[str] = []
     for s, st in zip(cf.servers, stats, strict=True):
         member = "yes" if last.has_member(s.id) else ""
         if isinstance(st, str):
-            servers.add_row(s.id, s.address, f"[red]down[/] ({st[:50]})", member, "", "", "")
+            state = "refused" if "refused the connection" in st else "down"
+            why = "" if state == "refused" else f" ({escape(st[:50])})"
+            servers.add_row(s.id, s.address, f"[red]{state}[/]{why}", member, "", "", "", "")
+            if state == "refused":
+                damaged.append(f"{s.id}: {st}")
         else:
             reqs = sum(v for k, v in st.counters.items() if k[0].isupper())
             servers.add_row(
@@ -387,8 +399,12 @@ def status(group: str, show_storage: bool, cluster_path: str) -> None:
                 str(st.objects),
                 str(st.stored_bytes),
                 str(reqs),
+                f"[red]{st.damaged_count}[/]" if st.damaged_count else "0",
             )
+            damaged += [f"{s.id}: damaged on disk, not answered for: {d}" for d in st.damaged]
     console.print(servers)
+    for line in damaged:
+        console.print(f"[yellow]{escape(line)}[/]")
     if show_storage:
         _storage_table(group, [e.config.id for e in chain], cf.servers, stats)
 
