@@ -183,6 +183,8 @@ class Store:
 
     def _next_writer(self) -> str:
         self._op_seq += 1
+        if self.switches.broken_writer_ids_without_incarnation:
+            return writer_id(self.client_id, self._op_seq)
         return writer_id(self.client_id, self._op_seq, self.incarnation)
 
     @property

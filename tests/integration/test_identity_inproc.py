@@ -58,6 +58,8 @@ def test_a_data_directory_is_used_only_by_its_own_cluster_server_and_initial_con
         C0, servers=tuple(msgspec.structs.replace(s, uid="u") for s in C0.servers)
     )
     assert initial_digest(stamped) == initial_digest(C0)
+    # nor does k or delta of an ABD configuration (ignored, and not written to cluster files)
+    assert initial_digest(msgspec.structs.replace(C0, delta=4)) == initial_digest(C0)
     # server state without an identity file (an older version, a lost file): refused
     legacy = tmp_path / "legacy"
     legacy.mkdir()

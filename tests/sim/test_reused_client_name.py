@@ -18,20 +18,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
 from aresdsm.client import Store
 from aresdsm.config import ClientOptions
 from aresdsm.history import value_digest
+from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim.cluster import SimChannel
 from aresdsm.sim.scenario import Message, Scenario
 from aresdsm.wire.messages import PutData
 
 
-def test_two_incarnations_of_one_client_name_never_share_a_tag() -> None:
+@pytest.mark.parametrize("broken", [False, True])
+def test_two_incarnations_of_one_client_name_never_share_a_tag(broken: bool) -> None:
+    switches = OpSwitches(broken_writer_ids_without_incarnation=broken)
+
     async def script(sc: Scenario) -> None:
         x = sc.client("x")
         stores = []
         for name in ("A", "B"):  # two processes, one client name
-            st = Store(sc.c0, client_id="app", options=ClientOptions(timeout_s=0.5))
+            st = Store(
+                sc.c0, client_id="app", options=ClientOptions(timeout_s=0.5), switches=switches
+            )
             st.channel = SimChannel(sc.cluster, name, timeout_s=0.5, retransmit_s=1e9)  # type: ignore[assignment]
             stores.append(st)
         a, b = stores
@@ -62,4 +70,4 @@ def test_two_incarnations_of_one_client_name_never_share_a_tag() -> None:
 
     sc = Scenario.play(servers=3, initial=3, script=script)
     result = sc.check()
-    assert result.verdict == "ok", result.explain()
+    assert result.verdict == ("violation" if broken else "ok"), result.explain()
