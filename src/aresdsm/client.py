@@ -426,7 +426,7 @@ class Store:
             try:
                 welcome = await identify(s, timeout_s=self.options.connect_timeout_s)
             except AresError as e:
-                return f"{s.id} ({s.address}): {e}"
+                return str(e) if s.id in str(e) else f"{s.id} ({s.address}): {e}"
             return msgspec.structs.replace(s, uid=welcome.incarnation)
 
         found = await asyncio.gather(*(one(s) for s in servers))

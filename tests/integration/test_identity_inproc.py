@@ -11,14 +11,16 @@ from frames import ask
 
 from aresdsm.client import Store
 from aresdsm.config import ClientOptions, Configuration, ServerInfo
-from aresdsm.errors import OperationError
+from aresdsm.errors import ConfigurationError, OperationError
 from aresdsm.identity import (
     IDENTITY_FILE,
     IdentityError,
+    NewMember,
     initial_digest,
     load_identity,
     open_data_dir,
 )
+from aresdsm.local import free_ports
 from aresdsm.net.client import ClusterIdentity, TcpChannel
 from aresdsm.server import Server
 from aresdsm.storage import SqliteStorage
@@ -73,19 +75,22 @@ def test_a_data_directory_is_used_only_by_its_own_cluster_server_and_initial_con
         open_data_dir(d, cluster_id="A", server_id="s1", initial=C0)
 
 
-async def _server(tmp_path: Path, cfg: Configuration) -> Server:
-    ident = open_data_dir(
-        tmp_path / "s1", cluster_id="A", server_id="s1", initial=cfg, new="initial"
-    )
+async def _server(
+    tmp_path: Path, cfg: Configuration, sid: str = "s1", cluster_id: str = "A", port: int = 0
+) -> Server:
+    d = tmp_path / sid
+    new: NewMember = "initial" if cfg.has_member(sid) else "join"
+    ident = open_data_dir(d, cluster_id=cluster_id, server_id=sid, initial=cfg, new=new)
     s = Server(
-        server_id="s1",
+        server_id=sid,
         host="127.0.0.1",
-        port=0,
-        storage=SqliteStorage(tmp_path / "s1" / "state.sqlite3"),
+        port=port,
+        storage=SqliteStorage(d / "state.sqlite3"),
         identity=ident,
     )
     await s.start()
-    await s.bootstrap(cfg)
+    if cfg.has_member(sid):
+        await s.bootstrap(cfg)
     return s
 
 
@@ -146,3 +151,33 @@ async def test_a_server_refuses_a_configuration_that_names_another_incarnation(
         assert isinstance(reply, TagReply)
     finally:
         await srv.stop()
+
+
+async def test_reconfigure_stamps_new_members_with_the_incarnation_they_report(
+    tmp_path: Path,
+) -> None:
+    """Store.probe connects to each server (handshake) and returns it with its uid; reconfigure
+    names the uid of every new member in the proposal; unreachable or foreign servers stop it
+    with one line naming them."""
+    ports = free_ports(4)
+    infos = [ServerInfo(f"s{i + 1}", f"127.0.0.1:{p}") for i, p in enumerate(ports)]
+    c0 = Configuration("c0", tuple(infos[:2]))
+    servers = [await _server(tmp_path, c0, f"s{i + 1}", port=ports[i]) for i in range(3)]
+    foreign = await _server(tmp_path / "other", c0, "s4", cluster_id="B", port=ports[3])
+    try:
+        async with Store(c0, cluster_id="A") as st:
+            await st.write("k", b"v")
+            (s3,) = await st.probe([infos[2]])
+            assert s3.uid == servers[2].identity.incarnation  # type: ignore[union-attr]
+            with pytest.raises(ConfigurationError, match=r"s4 .*cluster B.*names cluster A") as e:
+                await st.probe([infos[2], infos[3]])
+            assert "s3" not in str(e.value)
+            dead = ServerInfo("s9", "127.0.0.1:1")
+            with pytest.raises(ConfigurationError, match="s9"):
+                await st.probe([dead])
+            decided = await st.reconfigure(Configuration("c1", tuple(infos[:3])))
+            assert [s.uid for s in decided.servers] == ["", "", s3.uid]
+            assert await st.read("k") == b"v"
+    finally:
+        for s in [*servers, foreign]:
+            await s.stop()

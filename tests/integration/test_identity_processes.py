@@ -173,6 +173,9 @@ def test_flipped_bytes_in_every_kind_of_record_are_never_served(tmp_path: Path) 
         async def check1() -> None:
             stats = await _stats(lc, "s1")
             assert stats.damaged_count == 2, stats
+            r = await asyncio.to_thread(_ares, "status", "--cluster", str(lc.cluster_path))
+            out = " ".join(r.stdout.split())
+            assert r.returncode == 0 and "damaged on disk" in out and "default/c0/small" in out
             async with connect(lc.cluster) as st:
                 for _ in range(5):
                     assert await st.read("small") == small
