@@ -42,17 +42,19 @@ def _flip(path: Path, pattern: bytes) -> None:
     path.write_bytes(bytes(raw))
 
 
-def _flip_meta(db: Path, ns: str) -> None:
-    """Flip one bit of the meta of every record of kind ``ns`` (SQLite's pages stay valid)."""
+def _flip_meta(db: Path, ns: str) -> int:
+    """Flip one bit of the meta of every record of kind ``ns`` (SQLite's pages stay valid; an
+    empty meta gains a byte). Returns how many records were changed."""
     con = sqlite3.connect(db)
     rows = con.execute("SELECT rowid, meta FROM state WHERE ns = ?", (ns,)).fetchall()
     assert rows, f"no {ns} record in {db}"
     for rowid, meta in rows:
-        flipped = bytearray(meta)
+        flipped = bytearray(meta or b"\x00")
         flipped[-1] ^= 0x01
         con.execute("UPDATE state SET meta = ? WHERE rowid = ?", (bytes(flipped), rowid))
     con.commit()
     con.close()
+    return len(rows)
 
 
 async def _stats(lc: LocalCluster, sid: str) -> Stats:
@@ -144,10 +146,10 @@ def test_a_foreign_cluster_file_is_refused_and_changes_nothing(tmp_path: Path) -
 
 def test_flipped_bytes_in_every_kind_of_record_are_never_served(tmp_path: Path) -> None:
     """Item 3: byte flips in an inline ABD value, a truncated and a flipped value file, TREAS
-    elements (inline and in a file), and configuration, Paxos and nextC records. The server
-    starts, reports what is damaged, and never answers for it: with another server down the
-    reads fail rather than return a wrong value; with it up they return the right value; a
-    newer write repairs an object."""
+    elements (inline and in a file), and configuration, Paxos, nextC, GC and finalized records.
+    The server starts, reports what is damaged, and never answers for it: with another server
+    down the reads fail rather than return a wrong value; with it up they return the right
+    value; a newer write repairs an object."""
     lc = LocalCluster.create(tmp_path / "c", n=3, timeout_s=1.5)
     lc.start()
     db = lc.data_dir("s1") / "state.sqlite3"
@@ -205,8 +207,7 @@ def test_flipped_bytes_in_every_kind_of_record_are_never_served(tmp_path: Path) 
         _flip(db, small2[20:60])  # a TREAS element (k=1: the value is in it)
         (blob,) = [b for b in blobs.iterdir() if large2[1000:1100] in b.read_bytes()]
         _flip(blob, large2[1000:1100])
-        for ns in ("cfg", "paxos", "next"):
-            _flip_meta(db, ns)
+        flipped = 2 + sum(_flip_meta(db, ns) for ns in ("cfg", "paxos", "next", "gc", "final"))
         lc.restart("s1")
 
         async def check2() -> None:
@@ -214,6 +215,7 @@ def test_flipped_bytes_in_every_kind_of_record_are_never_served(tmp_path: Path) 
             damaged = set(stats.damaged)
             assert {"default/c1/small2", "default/c1/large2", "default/c0"} <= damaged, damaged
             assert "configuration c1" in damaged, damaged
+            assert stats.counters["damaged-records"] == flipped, stats.counters
             await asyncio.to_thread(lc.kill, "s2")
             async with connect(lc.cluster) as st:
                 for key in ("small2", "large2"):
