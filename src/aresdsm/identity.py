@@ -69,9 +69,8 @@ def initial_digest(c: Configuration) -> str:
     """Digest of the initial configuration descriptor, without incarnation uids (and, for ABD,
     without k and δ, which it ignores and the cluster file does not record)."""
     k, delta = (c.k, c.delta) if c.dap == "treas" else (1, 0)
-    bare = Configuration(
-        c.id, tuple(ServerInfo(s.id, s.address) for s in c.servers), c.dap, k, delta
-    )
+    servers = tuple(ServerInfo(s.id, s.address) for s in c.servers)
+    bare = msgspec.structs.replace(c, servers=servers, k=k, delta=delta)
     return hashlib.sha256(msgspec.msgpack.encode(bare)).hexdigest()[:32]
 
 
