@@ -187,6 +187,8 @@ class Store:
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
         self.client_id = client_id or uuid.uuid4().hex[:12]
+        if "\x00" in self.client_id:
+            raise ConfigurationError("client_id must not contain NUL characters")
         self.incarnation = new_incarnation()
         """Random per Store: the same client name in two processes never shares a tag (§2)."""
         self.channel = TcpChannel(
@@ -760,10 +762,19 @@ class Store:
         """Connect to each server (handshake: this cluster, that server id) and return them
         stamped with the incarnation uid each reports. Raises ConfigurationError naming every
         server that is unreachable or is not what it should be."""
-        servers = tuple(servers)
+        found, bad = await self._probe(tuple(servers))
+        if bad:
+            raise ConfigurationError(
+                f"not every server answers as a member of this cluster ({'; '.join(bad)})"
+            )
+        return found
+
+    async def _probe(
+        self, servers: tuple[ServerInfo, ...]
+    ) -> tuple[tuple[ServerInfo, ...], list[str]]:
         identify = getattr(self.channel, "identify", None)
         if identify is None:  # a channel without handshakes (the simulator): nothing to stamp
-            return servers
+            return servers, []
 
         async def one(s: ServerInfo) -> ServerInfo | str:
             try:
@@ -773,12 +784,10 @@ class Store:
             return msgspec.structs.replace(s, uid=welcome.incarnation)
 
         found = await asyncio.gather(*(one(s) for s in servers))
-        bad = [x for x in found if isinstance(x, str)]
-        if bad:
-            raise ConfigurationError(
-                "cannot check the new configuration's servers: " + "; ".join(bad)
-            )
-        return tuple(x for x in found if isinstance(x, ServerInfo))
+        return (
+            tuple(x for x in found if isinstance(x, ServerInfo)),
+            [x for x in found if isinstance(x, str)],
+        )
 
     async def _stamp_incarnations(self, proposal: Configuration, group: str) -> Configuration:
         """Name, in the proposal, the incarnation of every new member (issue 10): a server
@@ -786,8 +795,13 @@ class Store:
         configuration this client knows keep what that configuration says (one that is down
         does not stop the reconfiguration that replaces another)."""
         current = {s.id: s for e in self.cseq(group) for s in e.config.servers}
-        new = [s for s in proposal.servers if not s.uid and s.id not in current]
-        probed = {s.id: s for s in await self.probe(new)} if new else {}
+        new = tuple(s for s in proposal.servers if not s.uid and s.id not in current)
+        found, bad = await self._probe(new)
+        if bad:  # (the wording of the member ping that follows, which would refuse it too)
+            raise ConfigurationError(
+                f"refusing {proposal.id}: not every new member answers ({'; '.join(bad)})"
+            )
+        probed = {s.id: s for s in found}
         probed |= {
             s.id: current[s.id]
             for s in proposal.servers

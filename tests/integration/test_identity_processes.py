@@ -177,7 +177,7 @@ def test_flipped_bytes_in_every_kind_of_record_are_never_served(tmp_path: Path) 
             assert stats.damaged_count == 2, stats
             r = await asyncio.to_thread(_ares, "status", "--cluster", str(lc.cluster_path))
             out = " ".join(r.stdout.split())
-            assert r.returncode == 0 and "damaged on disk" in out and "default/c0/small" in out
+            assert r.returncode == 0 and "damaged on disk" in out and "c0/default/small" in out
             async with connect(lc.cluster) as st:
                 for _ in range(5):
                     assert await st.read("small") == small
@@ -213,7 +213,8 @@ def test_flipped_bytes_in_every_kind_of_record_are_never_served(tmp_path: Path) 
         async def check2() -> None:
             stats = await _stats(lc, "s1")
             damaged = set(stats.damaged)
-            assert {"default/c1/small2", "default/c1/large2", "default/c0"} <= damaged, damaged
+            wanted = {"cluster/c1/default/small2", "cluster/c1/default/large2", "cluster/c0"}
+            assert wanted <= damaged, damaged
             assert "configuration c1" in damaged, damaged
             assert stats.counters["damaged-records"] == flipped, stats.counters
             await asyncio.to_thread(lc.kill, "s2")

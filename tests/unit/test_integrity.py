@@ -120,8 +120,9 @@ def test_a_record_whose_meta_is_lost_is_repaired_only_by_reconfiguration() -> No
 
 
 def test_a_damaged_treas_element_keeps_its_tag_and_is_refused() -> None:
+    K = "group\x00key"  # (on the cluster chain an object's key is group NUL key)
     element = treas.coder(T3).encode(b"value")[0]
-    good = treas.put_request("g", "t", "k", Tag(1, "w"), element, integrity.digest(b"value"))
+    good = treas.put_request("g", "t", K, Tag(1, "w"), element, integrity.digest(b"value"))
     fresh = ServerCore("s1")
     fresh.install_config(T3)
     _, writes = fresh.handle(good)
@@ -134,13 +135,13 @@ def test_a_damaged_treas_element_keeps_its_tag_and_is_refused() -> None:
             DamagedRecord(treas.NS, "g", "t", rec.key, None, "record checksum mismatch"),
         ],
     )
-    reply, _ = core.handle(QueryList("g", "t", "k"))
+    reply, _ = core.handle(QueryList("g", "t", K))
     assert isinstance(reply, ErrorReply) and reply.code == "damaged"
-    assert core.lists[("g", "t", "k")][-1].tag == Tag(1, "w")  # the tag stays (§4.2 C1)
-    newer = treas.put_request("g", "t", "k", Tag(2, "w"), element, integrity.digest(b"value"))
+    assert core.lists[("g", "t", K)][-1].tag == Tag(1, "w")  # the tag stays (§4.2 C1)
+    newer = treas.put_request("g", "t", K, Tag(2, "w"), element, integrity.digest(b"value"))
     _, writes = core.handle(newer)
     assert len(writes) == 3  # the initial entry, the damaged one rewritten, the new one
-    assert not isinstance(core.handle(QueryList("g", "t", "k"))[0], ErrorReply)
+    assert not isinstance(core.handle(QueryList("g", "t", K))[0], ErrorReply)
 
 
 def test_put_data_that_does_not_match_its_digest_changes_nothing() -> None:

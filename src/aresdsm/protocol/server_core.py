@@ -196,10 +196,11 @@ class ServerCore:
             )
             self._add_object(inst, d.key)
         elif d.ns == treas.NS:
-            # the record key names the object and the tag: `key NUL z NUL writer`
-            key, _, rest = d.key.partition("\x00")
-            z_text, _, writer = rest.partition("\x00")
-            lost = Tag(int(z_text), writer) if z_text.isdigit() else None
+            # the record key names the object and the tag: `key NUL z NUL writer` (the key may
+            # itself hold a NUL -- group NUL key on the cluster chain -- the writer never does)
+            parts = d.key.rsplit("\x00", 2)
+            key = parts[0]
+            lost = Tag(int(parts[1]), parts[2]) if len(parts) == 3 and parts[1].isdigit() else None
             skey = (d.group, d.config_id, key)
             if lost is None or (skey in self.damaged and self.damaged[skey] is None):
                 self.damaged[skey] = None
@@ -713,8 +714,8 @@ class ServerCore:
             by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + treas.stored_bytes(st)
         if stored_bytes is None:
             stored_bytes = sum(by_config.values())
-        damaged = [f"{g}/{c}/{k}" for g, c, k in sorted(self.damaged)]
-        damaged += [f"{g}/{c}" for g, c in sorted(self.damaged_instances)]
+        damaged = [_readable(g, c, k) for g, c, k in sorted(self.damaged)]
+        damaged += [_readable(g, c) for g, c in sorted(self.damaged_instances)]
         damaged += [f"configuration {c}" for c in sorted(self.damaged_configs)]
         return Stats(
             self.server_id,
@@ -738,7 +739,14 @@ def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
         return ErrorReply("bad-request", "object keys hold at most one NUL (group and key)")
     if not 0 <= tag.z < MAX_COUNTER:
         return ErrorReply("bad-request", f"tag number out of range: {tag.z}")
+    if "\x00" in tag.writer:  # (TREAS record keys end with NUL z NUL writer)
+        return ErrorReply("bad-request", "writer ids must not contain NUL")
     return None
+
+
+def _readable(*parts: str) -> str:
+    """chain/config/key for people: the NUL that joins a group and a key shows as '/'."""
+    return "/".join(p.replace("\x00", "/") for p in parts)
 
 
 def _bad_digest(
