@@ -36,6 +36,7 @@ import msgspec
 
 from .config import Configuration, ServerInfo
 from .errors import ConfigurationError
+from .storage.sqlite import FILE_MODE, private_dir
 
 IDENTITY_FILE = "identity.json"
 PROTOCOL_VERSION = 1
@@ -100,14 +101,14 @@ def load_identity(data_dir: str | Path) -> Identity | None:
 def write_identity(data_dir: str | Path, identity: Identity) -> None:
     """Write identity.json durably (temporary file, fsync, rename, fsync the directory)."""
     d = Path(data_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    private_dir(d)
     body = msgspec.to_builtins(identity)
     text = json.dumps(
         {"identity": body, "crc32": zlib.crc32(json.dumps(body, sort_keys=True).encode())},
         indent=1,
     )
     tmp = d / (IDENTITY_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         os.write(fd, text.encode())
         os.fsync(fd)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,13 @@ import msgspec
 from .. import integrity
 from ..config import Configuration, validate_configuration
 from ..errors import ConfigurationError, StorageError
+from ..limits import (
+    MAX_CONFIG_ID_BYTES,
+    MAX_COUNTER,
+    MAX_GROUP_BYTES,
+    MAX_KEY_FIELD_BYTES,
+    name_too_long,
+)
 from ..storage.base import DamagedRecord, Delete, Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
@@ -141,6 +149,10 @@ class ServerCore:
     """Configurations whose object state was garbage-collected (§8.3); persisted."""
     counters: dict[str, int] = field(default_factory=dict)
     switches: ServerSwitches = field(default_factory=ServerSwitches)
+    _value_bytes: dict[InstanceKey, int] = field(default_factory=dict)
+    """Bytes of values (ABD) and coded elements (TREAS) held per instance: running totals kept
+    on every change, so GetStats costs O(1) in the number of objects."""
+    _total_value_bytes: int = 0
     incarnation: str = ""
     """This server's incarnation uid (its data directory's); "" in the simulator: no check."""
     damaged: dict[StateKey, Tag | None] = field(default_factory=dict)
@@ -191,8 +203,8 @@ class ServerCore:
             skey = (d.group, d.config_id, d.key)
             self.damaged[skey] = lost
             # the register keeps the lost tag (never lower): a newer put-data repairs it
-            self.registers[skey] = abd.Register(
-                lost if lost is not None else _UNKNOWN_TAG, Blob(b""), b""
+            self._set_register(
+                skey, abd.Register(lost if lost is not None else _UNKNOWN_TAG, Blob(b""), b"")
             )
             self._add_object(inst, d.key)
         elif d.ns == treas.NS:
@@ -211,7 +223,7 @@ class ServerCore:
                 # keep the tag (an entry without element, as after δ+1 newer writes)
                 entry = ListEntry(lost, None)
                 rest_entries = tuple(e for e in self.lists.get(skey, ()) if e.tag != lost)
-                self.lists[skey] = tuple(sorted((*rest_entries, entry), key=_by_tag))
+                self._set_list(skey, tuple(sorted((*rest_entries, entry), key=_by_tag)))
                 self._persisted_lists.add(skey)
             self._add_object(inst, key)
         elif d.ns == CFG_NS:
@@ -229,14 +241,14 @@ class ServerCore:
         elif r.ns == abd.NS:
             value = Blob(bytes(r.data) if r.data is not None else b"")
             meta = _abd_meta_dec.decode(r.meta)
-            self.registers[(r.group, r.config_id, r.key)] = abd.Register(
-                meta.tag, value, meta.digest
+            self._set_register(
+                (r.group, r.config_id, r.key), abd.Register(meta.tag, value, meta.digest)
             )
             self._add_object(inst, r.key)
         elif r.ns == treas.NS:
             key, entry = treas.decode_entry(r.meta, r.data)
             skey = (r.group, r.config_id, key)
-            self.lists[skey] = tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag))
+            self._set_list(skey, tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag)))
             self._persisted_lists.add(skey)
             self._add_object(inst, key)
         elif r.ns == reconfig_server.NS:
@@ -260,6 +272,10 @@ class ServerCore:
     def handle(self, req: Request) -> Result:
         kind = type(req).__name__
         self.counters[kind] = self.counters.get(kind, 0) + 1
+        bad = _bad_names(req)
+        if bad is not None:
+            self.counters["bad-requests"] = self.counters.get("bad-requests", 0) + 1
+            return bad, []
         handler = _HANDLERS.get(type(req))
         if handler is None:  # pragma: no cover - every Request type has a handler
             return ErrorReply("bad-request", f"unexpected message {kind}"), []
@@ -439,7 +455,7 @@ class ServerCore:
             new_list, _ = treas.on_put_data(old, req, c.delta)
             if new_list is None:
                 return []
-            self.lists[skey] = new_list
+            self._set_list(skey, new_list)
             self._add_object((req.group, req.config_id), req.key)
             if skey not in self._persisted_lists or repaired:
                 old = ()  # the initial entry was never written yet / rewrite a damaged entry
@@ -452,7 +468,7 @@ class ServerCore:
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
-        self.registers[skey] = new
+        self._set_register(skey, new)
         self._add_object((req.group, req.config_id), req.key)
         meta = _enc.encode(abd.StoredMeta(new.tag, new.digest))
         return [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
@@ -534,6 +550,22 @@ class ServerCore:
         )
         return ChainsReply(tuple(found[:limit]), len(found) > limit), []
 
+    def _set_register(self, skey: StateKey, reg: abd.Register) -> None:
+        old = self.registers.get(skey)
+        self._count_bytes(skey, len(reg.value) - (len(old.value) if old is not None else 0))
+        self.registers[skey] = reg
+
+    def _set_list(self, skey: StateKey, st: treas.TreasState) -> None:
+        old = self.lists.get(skey)
+        delta = treas.stored_bytes(st) - (treas.stored_bytes(old) if old is not None else 0)
+        self._count_bytes(skey, delta)
+        self.lists[skey] = st
+
+    def _count_bytes(self, skey: StateKey, delta: int) -> None:
+        inst = (skey[0], skey[1])
+        self._value_bytes[inst] = self._value_bytes.get(inst, 0) + delta
+        self._total_value_bytes += delta
+
     def _add_object(self, inst: InstanceKey, key: str) -> None:
         keys = self.objects.setdefault(inst, set())
         if key not in keys:
@@ -608,6 +640,7 @@ class ServerCore:
             self._persisted_lists.discard((group, config_id, key))
             self.damaged.pop((group, config_id, key), None)  # a reconfiguration repaired it
         self.collected.add(inst)
+        self._total_value_bytes -= self._value_bytes.pop(inst, 0)
         return [
             Delete(abd.NS, group, config_id),
             Delete(treas.NS, group, config_id),
@@ -707,13 +740,14 @@ class ServerCore:
         return self.stats(), []
 
     def stats(self, stored_bytes: int | None = None) -> Stats:
-        by_config: dict[str, int] = {}
-        for (g, c, _), reg in self.registers.items():
-            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + len(reg.value)
-        for (g, c, _), st in self.lists.items():
-            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + treas.stored_bytes(st)
+        """Counters and sizes from running totals: O(1) in the number of objects (at most
+        :data:`MAX_STATS_CONFIGS` entries in ``by_config``)."""
+        by_config = {
+            f"{g}/{c}": n
+            for (g, c), n in itertools.islice(self._value_bytes.items(), MAX_STATS_CONFIGS)
+        }
         if stored_bytes is None:
-            stored_bytes = sum(by_config.values())
+            stored_bytes = self._total_value_bytes
         damaged = [_readable(g, c, k) for g, c, k in sorted(self.damaged)]
         damaged += [_readable(g, c) for g, c in sorted(self.damaged_instances)]
         damaged += [f"configuration {c}" for c in sorted(self.damaged_configs)]
@@ -729,9 +763,8 @@ class ServerCore:
 
 
 _UNKNOWN_TAG = Tag(0, "")
-MAX_COUNTER = 2**62
-"""Tag numbers and ballot rounds a server accepts: far beyond any real count, and their
-successor still encodes (an extreme value must not make a key or an instance unwritable)."""
+MAX_STATS_CONFIGS = 1024
+"""Instances (group, configuration) listed in a Stats reply's ``by_config``."""
 
 
 def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
@@ -760,6 +793,32 @@ def _bad_digest(
     if ok:
         return None
     return ErrorReply("corrupt", "the value does not match the writer's digest; nothing stored")
+
+
+_NAME_FIELDS = (
+    ("group", "group name", MAX_GROUP_BYTES),
+    ("config_id", "configuration id", MAX_CONFIG_ID_BYTES),
+    ("key", "object key", MAX_KEY_FIELD_BYTES),
+    ("after", "'after' bound", MAX_KEY_FIELD_BYTES),
+    ("prefix", "prefix", MAX_KEY_FIELD_BYTES),
+)
+
+
+def _bad_names(req: Request) -> ErrorReply | None:
+    """Names from the network within their limits (aresdsm.limits), whatever the client checked:
+    a 33 MiB key would make every state-transfer page that holds it larger than a frame."""
+    for name, what, max_bytes in _NAME_FIELDS:
+        value = getattr(req, name, None)
+        if isinstance(value, str):
+            reason = name_too_long(what, value, max_bytes)
+            if reason is not None:
+                return ErrorReply("bad-request", reason)
+    if isinstance(req, PutBatch):
+        for item in req.items:
+            reason = name_too_long("object key", item.key, MAX_KEY_FIELD_BYTES)
+            if reason is not None:
+                return ErrorReply("bad-request", reason)
+    return None
 
 
 def _bad_configuration(c: Configuration) -> ErrorReply | None:
