@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .config import (
     ClientOptions,
     ClusterFile,
@@ -30,6 +32,7 @@ from .config import (
     validate_configuration,
 )
 from .errors import AresError
+from .identity import create_identity, new_cluster_id
 
 READY_TIMEOUT_S = 20.0
 STATE_FILE = "cluster.json"
@@ -105,15 +108,30 @@ class LocalCluster:
             ServerInfo(f"s{i + 1}", f"{host}:{p}") for i, p in enumerate(ports[: n + spares])
         )
         listen = {s.id: f"{host}:{p}" for s, p in zip(servers, ports[n + spares :], strict=False)}
+        cluster_id = new_cluster_id()
         initial = validate_configuration(
             Configuration("c0", servers[:n], dap=dap, k=k, delta=delta)  # type: ignore[arg-type]
         )
+        if storage == "sqlite":
+            # every server's data directory is created here, once: its incarnation uid goes
+            # into the cluster file, so a server re-created later is refused (issue 10)
+            servers = tuple(
+                msgspec.structs.replace(
+                    s,
+                    uid=create_identity(
+                        base / s.id, cluster_id=cluster_id, server_id=s.id, initial=initial
+                    ).incarnation,
+                )
+                for s in servers
+            )
+            initial = msgspec.structs.replace(initial, servers=servers[:n])
         cf = ClusterFile(
             servers=servers,
             initial=initial,
             client=ClientOptions(timeout_s=timeout_s),
             name="local",
             data_dirs={s.id: str(base / s.id) for s in servers},
+            cluster_id=cluster_id,
             server_limits=dict(server_limits or {}),
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
@@ -156,7 +174,7 @@ class LocalCluster:
             self.relay.kill()
             raise AresError("the delaying relay did not start")
 
-    def _spawn(self, sid: str, *, detach: bool) -> None:
+    def _spawn(self, sid: str, *, detach: bool, extra: tuple[str, ...] = ()) -> None:
         ddir = self.data_dir(sid)
         ddir.mkdir(parents=True, exist_ok=True)
         ready = ddir / "ready"
@@ -182,6 +200,7 @@ class LocalCluster:
             *(["--trace-file", f"{self.trace_file}.{sid}"] if self.trace_file else []),
             "--ready-file",
             str(ready),
+            *extra,
         ]
         self.procs[sid] = subprocess.Popen(
             cmd,
@@ -216,8 +235,10 @@ class LocalCluster:
                 _kill_pid(pid, sig)
         self._save_state()
 
-    def restart(self, sid: str) -> None:
-        self._spawn(sid, detach=False)
+    def restart(self, sid: str, *, extra: tuple[str, ...] = ()) -> None:
+        """Start a server again (same port, same data directory); ``extra``: more
+        ``ares server`` arguments (``("--new", "initial")`` after a wiped disk)."""
+        self._spawn(sid, detach=False, extra=extra)
         self._wait_ready(sid)
         self._save_state()
 

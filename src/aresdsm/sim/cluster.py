@@ -182,7 +182,7 @@ class InvariantMonitor:
 
 
 def _tag_of(r: Record) -> Tag:
-    return msgspec.msgpack.decode(r.meta, type=Tag)
+    return msgspec.msgpack.decode(r.meta, type=abd.StoredMeta).tag
 
 
 def _next_of(r: Record) -> NextEntry:
@@ -400,6 +400,7 @@ class SimChannel:
         expect: type[R],
         phase: str,
         need: int | None = None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         need = c.quorum_size if need is None else need
         if self.switches.broken_quorum_minus_one and need > 1:
@@ -436,8 +437,10 @@ class SimChannel:
                 if isinstance(reply, Obsolete):
                     fut.set_exception(ConfigurationObsolete(reply.next))
                     return
-                if isinstance(reply, expect):
+                if isinstance(reply, expect) and (accept is None or accept(reply)):
                     answers[server.id] = (server, reply)
+                elif isinstance(reply, expect):
+                    failed[server.id] = f"{server.id}: corrupt reply"
                 elif isinstance(reply, ErrorReply):
                     failed[server.id] = f"{server.id}: {reply.code}"
                 else:
