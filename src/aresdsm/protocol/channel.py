@@ -9,7 +9,7 @@ uses virtual time. The client algorithms never see sockets, clocks or random num
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..config import Configuration, ServerInfo
 from ..wire.messages import NextEntry, Reply, Request
@@ -42,11 +42,13 @@ class Channel(Protocol):
         expect: type[R],
         phase: str,
         need: int | None = None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         """Send ``request`` to all servers of ``c``; return the first ``need`` (default: ``c``'s
         quorum size) replies of type ``expect``.
 
-        Error replies and replies of another type do not count. Raises
+        Error replies, replies of another type and replies that ``accept`` rejects (a value
+        that does not match its digest) do not count. Raises
         :class:`~aresdsm.errors.QuorumUnavailable` as soon as so many servers failed that
         ``need`` replies cannot come, and :class:`~aresdsm.errors.OperationTimeout` when the
         round's deadline passes, and :class:`ConfigurationObsolete` as soon as one server

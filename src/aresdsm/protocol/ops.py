@@ -72,6 +72,9 @@ class OpSwitches:
     broken_paxos_own_value: bool = False
     """Test-only: the Paxos proposer ignores the values its PROMISEs report and decides its own
     (two reconfigurers then decide two successors of one configuration; §10.2)."""
+    broken_writer_ids_without_incarnation: bool = False
+    """Test-only: a Store's writer ids are ``name.op`` without the random incarnation, so two
+    processes using one client name write under one tag (tests/sim/test_reused_client_name.py)."""
     broken_no_requery_after_obsolete: bool = False
     """Test-only: phase 1 keeps a successor's answer given before its predecessor said OBSOLETE
     instead of asking it again (§8.3; tests/sim/test_obsolete_race.py)."""

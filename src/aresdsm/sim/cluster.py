@@ -232,14 +232,14 @@ class InvariantMonitor:
 
 
 def _tag_of(r: Record) -> Tag:
-    return msgspec.msgpack.decode(r.meta, type=Tag)
+    return msgspec.msgpack.decode(r.meta, type=abd.StoredMeta).tag
 
 
 def _next_of(r: Record) -> NextEntry:
     return msgspec.msgpack.decode(r.meta, type=NextEntry)
 
 
-def _fingerprint(r: Record) -> tuple[str, str, str, str, bytes, bytes | None]:
+def _fingerprint(r: Any) -> tuple[str, str, str, str, bytes, bytes | None]:
     return (
         r.ns,
         r.group,
@@ -357,7 +357,7 @@ class SimServer:
         self.sim.log(f"crash {self.info.id}")
 
     def restart(self) -> None:
-        records = list(self.disk.durable.values())
+        records: list[Any] = list(self.disk.durable.values())
         if self.engine_path is not None:
             self.engine = SqliteStorage(self.engine_path)
             loaded = list(self.engine.load())
@@ -519,6 +519,7 @@ class SimChannel:
         expect: type[R],
         phase: str,
         need: int | None = None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         need = c.quorum_size if need is None else need
         if self.switches.broken_quorum_minus_one and need > 1:
@@ -555,8 +556,10 @@ class SimChannel:
                 if isinstance(reply, Obsolete):
                     fut.set_exception(ConfigurationObsolete(reply.next))
                     return
-                if isinstance(reply, expect):
+                if isinstance(reply, expect) and (accept is None or accept(reply)):
                     answers[server.id] = (server, reply)
+                elif isinstance(reply, expect):
+                    failed[server.id] = f"{server.id}: corrupt reply"
                 elif isinstance(reply, ErrorReply):
                     failed[server.id] = f"{server.id}: {reply.code}"
                 else:
