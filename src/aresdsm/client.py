@@ -42,13 +42,13 @@ from .config import (
     validate_configuration,
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
-from .history import OpKind, OpRecord, value_digest, write_records
+from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
 from .identity import initial_digest
 from .limits import MAX_NAME_BYTES
 from .net.client import ClusterIdentity, TcpChannel, context_without_deadline
 from .net.client import deadline as net_deadline
 from .protocol import ares, coverable, ops
-from .protocol.channel import ConfigurationObsolete
+from .protocol.channel import ConfigurationObsolete, StoreChannel
 from .tags import Tag, new_incarnation, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
@@ -80,7 +80,7 @@ class HistoryRecorder:
 
     def __init__(self, out: IO[bytes], *, clock: Any = time.time) -> None:
         self._out = out
-        self._clock = clock
+        self._clock = StrictClock(clock)  # an op invoked after another returned is later
         self._lock = threading.Lock()
         self._ids = 0
 
@@ -192,6 +192,8 @@ class Store:
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
         cseq_cache: str | Path | None = None,
         known_servers: Iterable[ServerInfo] = (),
+        channel: StoreChannel | None = None,
+        incarnation: str | None = None,
         cluster_id: str = "",
     ) -> None:
         self.configuration = configuration
@@ -204,15 +206,20 @@ class Store:
         self.client_id = client_id or uuid.uuid4().hex[:12]
         if "\x00" in self.client_id:
             raise ConfigurationError("client_id must not contain NUL characters")
-        self.incarnation = new_incarnation()
-        """Random per Store: the same client name in two processes never shares a tag (§2)."""
-        self.channel = TcpChannel(
+        self.incarnation = incarnation or new_incarnation()
+        """Random per Store: the same client name in two processes never shares a tag (§2); the
+        simulator passes a seeded one."""
+        self.channel: StoreChannel = channel or TcpChannel(
             self.options, hello=ClusterIdentity(cluster_id, initial_digest(configuration))
         )
         self.recorder = recorder
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
+        self.incarnation = incarnation or uuid.uuid4().hex[:8]
+        """Part of every writer id: a client restarted under the same ``client_id`` counts its
+        operations from 1 again, and must not reuse a tag of its earlier life with another
+        value (tests/sim/test_reused_client_name.py)."""
         self._cseqs: dict[str, ares.Cseq] = {}
         self._hints: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
         """Chains from the disk cache: where to ask, and how far the chain had come. Never used

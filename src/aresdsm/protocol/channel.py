@@ -55,3 +55,19 @@ class Channel(Protocol):
         answers OBSOLETE. ``phase`` names the round for tracing and counters.
         """
         ...
+
+
+class StoreChannel(Channel, Protocol):
+    """What the :class:`~aresdsm.client.Store` needs of its transport: rounds, one request to
+    one server (LATEST_CONFIG, stats, ping), closing, and its round counters. The real one is
+    :class:`~aresdsm.net.client.TcpChannel`; the simulator injects its own."""
+
+    rounds: int
+    rounds_by_phase: dict[str, int]
+    messages: int
+
+    async def request(
+        self, server: ServerInfo, req: Request, *, timeout_s: float | None = None
+    ) -> Reply: ...
+
+    async def close(self) -> None: ...
