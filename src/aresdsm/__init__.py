@@ -9,7 +9,7 @@ Quick use::
 """
 
 from .client import HistoryRecorder, Store, SyncStore, connect, connect_sync
-from .config import ClusterFile, Configuration, ServerInfo, load_cluster_file
+from .config import ClientOptions, ClusterFile, Configuration, ServerInfo, load_cluster_file
 from .errors import (
     AresError,
     ConcurrencyExceeded,
@@ -23,6 +23,7 @@ from .errors import (
     ServerError,
     StorageError,
 )
+from .metrics import ClientMetrics
 from .protocol.ops import CLASSIC, DEFAULT_SWITCHES, OpSwitches
 from .tags import TAG0, Tag
 
@@ -33,6 +34,8 @@ __all__ = [
     "DEFAULT_SWITCHES",
     "TAG0",
     "AresError",
+    "ClientMetrics",
+    "ClientOptions",
     "ClusterFile",
     "ConcurrencyExceeded",
     "Configuration",

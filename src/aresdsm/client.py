@@ -39,6 +39,7 @@ from .config import (
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
 from .history import OpKind, OpRecord, value_digest, write_records
+from .metrics import ClientMetrics
 from .net.client import TcpChannel
 from .protocol import ares, ops
 from .tags import Tag, writer_id
@@ -137,6 +138,7 @@ class Store:
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
         cseq_cache: str | Path | None = None,
         known_servers: Iterable[ServerInfo] = (),
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self.configuration = configuration
         self.known_servers = tuple(known_servers)
@@ -144,6 +146,9 @@ class Store:
         self.options = options or ClientOptions()
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self.channel = TcpChannel(self.options)
+        self.metrics = metrics
+        """Counters and histograms (:class:`~aresdsm.metrics.ClientMetrics`); None: off, free."""
+        self.channel.metrics = metrics
         self.recorder = recorder
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
@@ -269,6 +274,8 @@ class Store:
             except (QuorumUnavailable, OperationTimeout):
                 continue
             self._cseqs[group] = cseq
+            if self.metrics is not None:
+                self.metrics.relocations.inc()
             return True
         return False
 
@@ -355,8 +362,23 @@ class Store:
         attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
         with tracing.span("op", attrs):
             if self.switches.batch:
-                return await self._reconfigure(proposal, group)
-            return await self._reconfigure_each(proposal, group, keys, concurrency)
+                coro = self._reconfigure(proposal, group)
+            else:
+                coro = self._reconfigure_each(proposal, group, keys, concurrency)
+            return await self._measured("reconfig", coro)
+
+    async def _measured(self, op: str, coro: Coroutine[Any, Any, T]) -> T:
+        m = self.metrics
+        if m is None:
+            return await coro
+        started = time.perf_counter()
+        try:
+            result = await coro
+        except BaseException as e:
+            m.operation(op, started, e)
+            raise
+        m.operation(op, started, None)
+        return result
 
     async def _reconfigure(self, proposal: Configuration, group: str) -> Configuration:
         await self._check_cached(group)
@@ -464,11 +486,13 @@ class Store:
             if written is not None:
                 attrs["ares.bytes"] = len(written)
             with tracing.span("op", attrs) as span:
-                result = await self._record(kind, key, group, coro, written=written)
+                result = await self._measured(
+                    kind, self._record(kind, key, group, coro, written=written)
+                )
                 if isinstance(result, ops.ReadResult):
                     span.set_attribute("ares.bytes", len(result.value.data))
                 return result
-        return await self._record(kind, key, group, coro, written=written)
+        return await self._measured(kind, self._record(kind, key, group, coro, written=written))
 
     async def _record(
         self,
@@ -552,11 +576,17 @@ def connect(
     options: ClientOptions | None = None,
     switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
     cseq_cache: str | Path | None = None,
+    metrics: ClientMetrics | None = None,
 ) -> Store:
     """A :class:`Store` for the cluster described by a cluster file (path or parsed).
 
-    ``cseq_cache``: a file where the client keeps the configuration chains it learned, so that
-    it still finds the data after the initial servers are gone (docs/protocol.md §8.5).
+    ``client_id``: a name for this client (default: random); writer ids derive from it.
+    ``recorder``: record every operation for ``ares check``. ``options``: the ``[client]``
+    table's settings (default: the cluster file's). ``switches``: protocol switches (default:
+    Ares II). ``cseq_cache``: a file where the client keeps the configuration chains it learned,
+    so that it still finds the data after the initial servers are gone (docs/protocol.md §8.5).
+    ``metrics``: a :class:`~aresdsm.metrics.ClientMetrics` to count and time operations and
+    rounds (default: none, no cost).
     """
     cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
     return Store(
@@ -567,15 +597,69 @@ def connect(
         switches=switches,
         cseq_cache=cseq_cache,
         known_servers=cf.servers,
+        metrics=metrics,
     )
 
 
 class SyncStore:
-    """A blocking wrapper for scripts: ``with aresdsm.connect_sync("cluster.toml") as s: ...``."""
+    """A blocking, thread-safe client: ``with aresdsm.connect_sync("cluster.toml") as s: ...``.
 
-    def __init__(self, store: Store) -> None:
-        self._runner = asyncio.Runner()
-        self._store = store
+    It runs one :class:`Store` on a private event loop in a background thread; every method
+    submits its operation to that loop (``asyncio.run_coroutine_threadsafe``) and waits for the
+    result. Any number of threads may share one SyncStore: their operations run concurrently,
+    exactly as concurrent operations of one async :class:`Store` do (each is linearizable on its
+    own). Errors are the Store's (:mod:`aresdsm.errors`). Close it (or use ``with``) to stop the
+    thread; a SyncStore must not be used from inside a coroutine running on its own loop.
+    """
+
+    def __init__(self, make_store: Callable[[], Store], *, use_uvloop: bool = True) -> None:
+        loop: asyncio.AbstractEventLoop | None = None
+        if use_uvloop:
+            try:
+                import uvloop
+            except ImportError:
+                pass
+            else:
+                loop = uvloop.new_event_loop()
+        self._loop = loop if loop is not None else asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="aresdsm-sync-store", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+        async def build() -> Store:
+            return make_store()
+
+        try:
+            self._store: Store = self._call(build())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise ConfigurationError("this SyncStore is closed")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise ConfigurationError("a SyncStore cannot be called from its own event loop")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def store(self) -> Store:
+        """The underlying async :class:`Store` (use it only through this object's methods)."""
+        return self._store
+
+    @property
+    def metrics(self) -> ClientMetrics | None:
+        """The client's metrics (see :func:`connect_sync`), or None."""
+        return self._store.metrics
 
     def __enter__(self) -> SyncStore:
         return self
@@ -586,15 +670,88 @@ class SyncStore:
         self.close()
 
     def write(self, key: str, value: bytes, *, group: str = DEFAULT_GROUP) -> Tag:
-        return self._runner.run(self._store.write(key, value, group=group))
+        """Write ``value`` to object ``key`` atomically; returns the tag it was written with."""
+        return self._call(self._store.write(key, value, group=group))
 
     def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes:
-        return self._runner.run(self._store.read(key, group=group))
+        """Read object ``key`` atomically (``b""`` if it was never written)."""
+        return self._call(self._store.read(key, group=group))
+
+    def read_tagged(self, key: str, *, group: str = DEFAULT_GROUP) -> tuple[Tag, bytes]:
+        """Read object ``key``: its value and the tag it was written with."""
+        return self._call(self._store.read_tagged(key, group=group))
+
+    def configurations(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
+        """Discover and return the group's configuration chain (docs/protocol.md §6)."""
+        return self._call(self._store.configurations(group))
+
+    def reconfigure(
+        self,
+        proposal: Configuration,
+        *,
+        group: str = DEFAULT_GROUP,
+        keys: Iterable[str] | None = None,
+        concurrency: int = 1,
+    ) -> Configuration:
+        """Install ``proposal`` as the successor of the group's last configuration; returns the
+        configuration consensus decided (see :meth:`Store.reconfigure`)."""
+        return self._call(
+            self._store.reconfigure(proposal, group=group, keys=keys, concurrency=concurrency)
+        )
+
+    def stats(self, servers: Iterable[ServerInfo] | None = None) -> list[Stats | str]:
+        """Each server's counters, or the error that server gave (see :meth:`Store.stats`)."""
+        return self._call(self._store.stats(servers))
+
+    def settle(self) -> None:
+        """Wait for background work (finalizing old configurations everywhere) to finish."""
+        self._call(self._store.settle())
 
     def close(self) -> None:
-        self._runner.run(self._store.close())
-        self._runner.close()
+        """Close the connections (after background work settles) and stop the thread.
+        Idempotent; safe to call from any thread but the SyncStore's own."""
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                self._call(self._store.close())
+            finally:
+                self._closed = True
+                self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
-def connect_sync(cluster: str | Path | ClusterFile, **kwargs: Any) -> SyncStore:
-    return SyncStore(connect(cluster, **kwargs))
+def connect_sync(
+    cluster: str | Path | ClusterFile,
+    *,
+    client_id: str | None = None,
+    recorder: HistoryRecorder | None = None,
+    options: ClientOptions | None = None,
+    switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
+    cseq_cache: str | Path | None = None,
+    metrics: ClientMetrics | None = None,
+    use_uvloop: bool = True,
+) -> SyncStore:
+    """A blocking, thread-safe :class:`SyncStore` for the cluster a cluster file describes.
+
+    The keyword arguments are :func:`connect`'s; ``use_uvloop``: run the private event loop on
+    uvloop when it is installed.
+    """
+    cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
+    return SyncStore(
+        lambda: connect(
+            cf,
+            client_id=client_id,
+            recorder=recorder,
+            options=options,
+            switches=switches,
+            cseq_cache=cseq_cache,
+            metrics=metrics,
+        ),
+        use_uvloop=use_uvloop,
+    )

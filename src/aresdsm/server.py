@@ -23,9 +23,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections import deque
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from . import tracing
 from .config import Configuration
@@ -35,7 +36,10 @@ from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
-from .wire.messages import Envelope, ErrorReply, GetStats, Reply, Request
+from .wire.messages import Envelope, ErrorReply, GetStats, Reply, Request, WriteConfig
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 log = logging.getLogger("aresdsm.server")
 
@@ -174,6 +178,15 @@ class Server:
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
+        self.metrics: ServerMetrics | None = None
+        """Prometheus metrics (:mod:`aresdsm.metrics`); None (the default) costs nothing."""
+
+    def enable_metrics(self) -> ServerMetrics:
+        from .metrics import ServerMetrics
+
+        if self.metrics is None:
+            self.metrics = ServerMetrics(self)
+        return self.metrics
 
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
@@ -216,6 +229,12 @@ class Server:
             else:
                 conn.send(env.rid, ErrorReply("shutting-down", "the server failed; it stops"))
             return
+        m = self.metrics
+        started = time.perf_counter() if m is not None else 0.0
+        kind = type(body).__name__
+        if m is not None and isinstance(body, WriteConfig):
+            inst = (body.group, body.config_id)
+            collected, before = len(self.core.collected), self.core.nextc.get(inst)
         span = tracing.start_server_span(body, env.trace, self.server_id)
         try:
             reply, writes = self.core.handle(body)  # type: ignore[arg-type]
@@ -227,11 +246,15 @@ class Server:
             tracing.fail_server_span(span, exc)
             self._fail(exc, bug=True)
             return
+        if m is not None and isinstance(body, WriteConfig):
+            m.state_changed(collected, before, self.core.nextc.get(inst))
         if writes:
             self.storage.submit(writes)
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
+            if m is not None:
+                m.request_done(kind, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
             return
@@ -251,6 +274,8 @@ class Server:
                 self._fail(exc)
                 return
             conn.send(rid, reply)
+            if m is not None:
+                m.request_done(kind, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
 
@@ -303,16 +328,28 @@ async def run_server(
     storage_kind: str = "sqlite",
     initial: Configuration | None = None,
     ready_file: str | Path | None = None,
+    metrics_address: tuple[str, int] | None = None,
 ) -> int:
-    """Run a server until SIGTERM/SIGINT; returns the process exit code."""
+    """Run a server until SIGTERM/SIGINT; returns the process exit code.
+
+    ``metrics_address``: (host, port) of the HTTP endpoint serving ``/metrics``, ``/healthz``
+    and ``/readyz`` (:mod:`aresdsm.metrics`); None: no endpoint."""
+    from .metrics import MetricsHttp
+
     storage = open_storage(storage_kind, data_dir)
     server = Server(server_id=server_id, host=host, port=port, storage=storage)
+    http: MetricsHttp | None = None
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
     try:
+        if metrics_address is not None:
+            http = MetricsHttp(server, server.enable_metrics(), *metrics_address)
+            await http.start()
         await server.start()
     except BaseException:
         # release the data directory (and its lock) before the caller reports the error
+        if http is not None:
+            await http.close()
         storage.close()
         raise
     loop = asyncio.get_running_loop()
@@ -321,4 +358,6 @@ async def run_server(
     if ready_file is not None:
         await asyncio.to_thread(Path(ready_file).write_text, f"{server.port}\n")
     await server.wait_closed()
+    if http is not None:
+        await http.close()
     return 1 if server.fatal is not None else 0

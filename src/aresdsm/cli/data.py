@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .. import runtime
@@ -101,13 +102,21 @@ def status(group: str, show_storage: bool, cluster_path: str) -> None:
     if error:
         console.print(f"[yellow]discovery stopped:[/] {error}")
     last = chain[-1].config if chain else cf.initial
+    ever = {sid for e in chain for sid in e.config.server_ids}
+    gone = [s.id for s in cf.servers if s.id in ever and not last.has_member(s.id)]
     servers = Table(
         "server", "address", "state", "in last config", "objects", "stored bytes", "requests"
     )
+    for col in servers.columns:  # addresses and numbers whole, folded if narrow
+        col.overflow = "fold"
+    reasons: list[str] = []
     for s, st in zip(cf.servers, stats, strict=True):
+        if s.id in gone:  # left every configuration still in use: not part of the cluster
+            continue
         member = "yes" if last.has_member(s.id) else ""
         if isinstance(st, str):
-            servers.add_row(s.id, s.address, f"[red]down[/] ({st[:50]})", member, "", "", "")
+            servers.add_row(s.id, s.address, "[red]down[/]", member, "", "", "")
+            reasons.append(f"{s.id} ({s.address}): {st}")
         else:
             reqs = sum(v for k, v in st.counters.items() if k[0].isupper())
             servers.add_row(
@@ -120,8 +129,28 @@ def status(group: str, show_storage: bool, cluster_path: str) -> None:
                 str(reqs),
             )
     console.print(servers)
+    for r in reasons:  # whole, one line each, whatever the terminal's width
+        console.print(f"[red]down:[/] {escape(r)}", soft_wrap=True)
+    if gone:
+        console.print(
+            f"[dim]not shown: {', '.join(gone)} (left the cluster: in no configuration since "
+            f"{last.id})[/]",
+            soft_wrap=True,
+        )
     if show_storage:
         _storage_table(group, [e.config.id for e in chain], cf.servers, stats)
+    live = sum(
+        1
+        for s, st in zip(cf.servers, stats, strict=True)
+        if last.has_member(s.id) and not isinstance(st, str)
+    )
+    if live < last.quorum_size:
+        err_console.print(
+            f"[bold red]no live quorum:[/] {live} of the {last.n} servers of the last "
+            f"configuration {last.id} answer; a quorum needs {last.quorum_size}",
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 def _storage_table(group: str, config_ids: list[str], servers: Any, stats: list[Any]) -> None:

@@ -24,6 +24,10 @@ from .common import DEFAULT_DIR, cluster_option, err_console, main
     show_default=True,
     help="Storage engine; 'memory' is NOT durable (tests and protocol benchmarks only).",
 )
+@click.option(
+    "--metrics-address",
+    help="host:port of an HTTP endpoint serving /metrics (Prometheus), /healthz and /readyz.",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--otlp-endpoint", help="Export spans over OTLP/HTTP (e.g. http://localhost:4318).")
 @click.option("--trace-file", type=click.Path(dir_okay=False), help="Write spans as JSON lines.")
@@ -34,6 +38,7 @@ def server(
     data_dir: str | None,
     listen: str | None,
     storage: str,
+    metrics_address: str | None,
     ready_file: str | None,
     otlp_endpoint: str | None,
     trace_file: str | None,
@@ -46,6 +51,7 @@ def server(
     cf = load_cluster_file(cluster_path)
     me = cf.server(server_id)
     host, port = parse_address(listen or me.address)
+    metrics = parse_address(metrics_address) if metrics_address else None
     ddir = data_dir or cf.data_dirs.get(server_id) or str(Path(DEFAULT_DIR) / server_id)
     if storage == "memory":
         err_console.print("[yellow]warning:[/] storage 'memory' is not durable")
@@ -64,6 +70,7 @@ def server(
                 storage_kind=storage,
                 initial=cf.initial,
                 ready_file=ready_file,
+                metrics_address=metrics,
             )
         )
     sys.exit(code)

@@ -25,7 +25,7 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .. import tracing
 from ..config import ClientOptions, Configuration, ServerInfo
@@ -33,6 +33,9 @@ from ..errors import FrameError, OperationError, OperationTimeout, QuorumUnavail
 from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..wire.codec import Decoder, Encoder, FrameBuffer
 from ..wire.messages import Envelope, ErrorReply, InstallConfig, Obsolete, Reply, Request
+
+if TYPE_CHECKING:
+    from ..metrics import ClientMetrics
 
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
@@ -286,6 +289,8 @@ class TcpChannel:
         self.rounds = 0
         self.messages = 0
         self.rounds_by_phase: dict[str, int] = {}
+        self.metrics: ClientMetrics | None = None
+        """Round counters and latencies (set by the Store when it has metrics)."""
 
     def peer(self, server: ServerInfo) -> PeerConnection:
         p = self._peers.get(server.address)
@@ -340,8 +345,18 @@ class TcpChannel:
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
         if not fut.done():
             rnd.timer = loop.call_later(timeout, _expire, rnd, phase, c, timeout)
+        m = self.metrics
+        started = time.perf_counter() if m is not None else 0.0
         try:
-            return await fut
+            result = await fut
+        except BaseException as e:
+            if m is not None:
+                m.round(phase, started, e)
+            raise
+        else:
+            if m is not None:
+                m.round(phase, started, None)
+            return result
         finally:
             if rnd.timer is not None:
                 rnd.timer.cancel()

@@ -168,6 +168,14 @@ class SqliteStorage(Storage):
 
     # -- misc --------------------------------------------------------------------------------------
 
+    def probe_writable(self) -> None:
+        """Create, fsync and remove a small file next to the database (``/healthz``)."""
+        probe = self.path.parent / f".healthz-{os.getpid()}-{threading.get_ident()}"
+        try:
+            _write_durably(probe, b"ok")
+        finally:
+            probe.unlink(missing_ok=True)
+
     def stored_bytes(self) -> int:
         with self._lock:
             row = self._db.execute(
