@@ -53,7 +53,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Server, MetricsHttp, Con
 
 
 async def test_bad_http_input_is_answered_and_the_endpoint_keeps_serving(served: Any) -> None:
-    srv, http, cfg = served
+    _srv, http, cfg = served
     assert (await _http(http.port, b"garbage\r\n\r\n"))[0] == 400
     assert (await _http(http.port, b"POST /metrics HTTP/1.1\r\n\r\n"))[0] == 405
     # a head beyond the limit: the connection is closed without an answer
