@@ -237,16 +237,14 @@ class _StateCollector(Collector):
         for (g, cid), keys in list(core.objects.items())[:MAX_INSTANCES_EXPORTED]:
             objects.add_metric([g, cid], len(keys))
         yield objects
-        by_instance = _value_bytes(core)
-        if by_instance is not None:
-            stored = GaugeMetricFamily(
-                "aresdsm_server_stored_bytes",
-                "Bytes of values (ABD) or coded elements (TREAS) held, per (group, configuration).",
-                labels=["group", "config"],
-            )
-            for (g, cid), n in list(by_instance.items())[:MAX_INSTANCES_EXPORTED]:
-                stored.add_metric([g, cid], n)
-            yield stored
+        stored = GaugeMetricFamily(
+            "aresdsm_server_stored_bytes",
+            "Bytes of values (ABD) or coded elements (TREAS) held, per (group, configuration).",
+            labels=["group", "config"],
+        )
+        for (g, cid), n in list((_value_bytes(core) or {}).items())[:MAX_INSTANCES_EXPORTED]:
+            stored.add_metric([g, cid], n)
+        yield stored
         commits = CounterMetricFamily("aresdsm_storage_commits", "Group commits since start.")
         commits.add_metric([], srv.storage.commits)
         yield commits
