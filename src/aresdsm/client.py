@@ -42,7 +42,7 @@ from .history import OpKind, OpRecord, value_digest, write_records
 from .metrics import ClientMetrics
 from .net.client import TcpChannel
 from .protocol import ares, ops
-from .tags import Tag, writer_id
+from .tags import TAG0, Tag, tombstone_writer, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Stats
 
@@ -144,6 +144,8 @@ class Store:
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
+        if client_id is not None and "\x00" in client_id:
+            raise ConfigurationError("a client id must not contain NUL characters")
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self.channel = TcpChannel(self.options)
         self.metrics = metrics
@@ -279,18 +281,18 @@ class Store:
             return True
         return False
 
-    async def _write_op(self, group: str, key: str, value: Blob) -> Tag:
+    async def _write_op(self, group: str, key: str, value: Blob, *, delete: bool = False) -> Tag:
         """A write, retried once after the client relocated (§8.5) -- with the tag the first
         attempt chose, if it got that far: its put-data may already have taken effect."""
         chain = ares.chain_of(group, key, self.switches)
         chosen: list[Tag] = []
         try:
-            return await self._write_once(chain, key, value, chosen.append)
+            return await self._write_once(chain, key, value, chosen.append, delete)
         except (QuorumUnavailable, OperationTimeout):
             if not await self.relocate(chain):
                 raise
         if not chosen or self.switches.broken_retry_write_with_new_tag:
-            return await self._write_once(chain, key, value, chosen.append)
+            return await self._write_once(chain, key, value, chosen.append, delete)
         cseq = await ares.finish_write(
             self.channel,
             self.cseq(chain),
@@ -308,16 +310,22 @@ class Store:
         return await self._with_recovery(chain, lambda: self._read_once(chain, key))
 
     async def _write_once(
-        self, chain: str, key: str, value: Blob, on_tag: Callable[[Tag], None]
+        self,
+        chain: str,
+        key: str,
+        value: Blob,
+        on_tag: Callable[[Tag], None],
+        delete: bool = False,
     ) -> Tag:
         await self._check_cached(chain)
+        writer = self._next_writer()
         tag, cseq = await ares.write(
             self.channel,
             self.cseq(chain),
             group=chain,
             key=key,
             value=value,
-            writer=self._next_writer(),
+            writer=tombstone_writer(writer) if delete else writer,
             switches=self.switches,
             on_tag=on_tag,
         )
@@ -456,15 +464,33 @@ class Store:
         coro = self._write_op(group, key, Blob(bytes(value)))
         return await self._recorded("write", key, group, coro, written=bytes(value))
 
-    async def read_tagged(self, key: str, *, group: str = DEFAULT_GROUP) -> tuple[Tag, bytes]:
-        """Read object ``key``: its value and the tag it was written with."""
+    async def delete(self, key: str, *, group: str = DEFAULT_GROUP) -> Tag:
+        """Delete object ``key`` atomically; returns the tag of the deletion.
+
+        A delete is a write of a tombstone (:data:`aresdsm.tags.TOMBSTONE_MARK`): it is ordered
+        with every read and write of the key exactly as a write is, and a read that follows it
+        returns None until the key is written again. Deleting an absent key is allowed (it
+        writes a tombstone). Like a write, a delete that failed with OperationTimeout or
+        QuorumUnavailable may or may not have taken effect."""
+        _check_key(key, group)
+        coro = self._write_op(group, key, Blob(b""), delete=True)
+        return await self._recorded("write", key, group, coro, written=b"", op="delete")
+
+    async def read_tagged(
+        self, key: str, *, group: str = DEFAULT_GROUP
+    ) -> tuple[Tag, bytes | None]:
+        """Read object ``key``: the tag of the version read and its value; the value is None if
+        the key was never written (the tag is then ``TAG0``) or was deleted (``tag.deleted``)."""
         _check_key(key, group)
         coro = self._read_op(group, key)
         res = await self._recorded("read", key, group, coro)
+        if res.tag == TAG0 or res.tag.deleted:
+            return res.tag, None
         return res.tag, bytes(res.value.data)
 
-    async def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes:
-        """Read object ``key`` atomically (``b""`` if it was never written)."""
+    async def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes | None:
+        """Read object ``key`` atomically: its value, or None if the key was never written or
+        was deleted (distinct from ``b""``, the value of a key written empty)."""
         return (await self.read_tagged(key, group=group))[1]
 
     async def _recorded(
@@ -475,10 +501,15 @@ class Store:
         coro: Coroutine[Any, Any, T],
         *,
         written: bytes | None = None,
+        op: str | None = None,
     ) -> T:
+        """Trace, measure and record one operation. ``kind`` is what the history records (a
+        delete is a write of the empty value to the register model), ``op`` what metrics and
+        spans call it (default: ``kind``)."""
+        op = op or kind
         if tracing.enabled():
             attrs: dict[str, Any] = {
-                "ares.op": kind,
+                "ares.op": op,
                 "ares.group": group,
                 "ares.object": key,
                 "ares.mode": self.mode,
@@ -487,12 +518,12 @@ class Store:
                 attrs["ares.bytes"] = len(written)
             with tracing.span("op", attrs) as span:
                 result = await self._measured(
-                    kind, self._record(kind, key, group, coro, written=written)
+                    op, self._record(kind, key, group, coro, written=written)
                 )
                 if isinstance(result, ops.ReadResult):
                     span.set_attribute("ares.bytes", len(result.value.data))
                 return result
-        return await self._measured(kind, self._record(kind, key, group, coro, written=written))
+        return await self._measured(op, self._record(kind, key, group, coro, written=written))
 
     async def _record(
         self,
@@ -673,13 +704,17 @@ class SyncStore:
         """Write ``value`` to object ``key`` atomically; returns the tag it was written with."""
         return self._call(self._store.write(key, value, group=group))
 
-    def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes:
-        """Read object ``key`` atomically (``b""`` if it was never written)."""
+    def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes | None:
+        """Read object ``key`` atomically: its value, or None if never written or deleted."""
         return self._call(self._store.read(key, group=group))
 
-    def read_tagged(self, key: str, *, group: str = DEFAULT_GROUP) -> tuple[Tag, bytes]:
-        """Read object ``key``: its value and the tag it was written with."""
+    def read_tagged(self, key: str, *, group: str = DEFAULT_GROUP) -> tuple[Tag, bytes | None]:
+        """Read object ``key``: the tag of the version read and its value (None: absent)."""
         return self._call(self._store.read_tagged(key, group=group))
+
+    def delete(self, key: str, *, group: str = DEFAULT_GROUP) -> Tag:
+        """Delete object ``key`` atomically (a tombstone write, see :meth:`Store.delete`)."""
+        return self._call(self._store.delete(key, group=group))
 
     def configurations(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
         """Discover and return the group's configuration chain (docs/protocol.md §6)."""

@@ -51,7 +51,9 @@ def put(key: str, value: str | None, path: str | None, group: str, cluster_path:
 @click.option("--tag", "show_tag", is_flag=True, help="Also print the value's tag on stderr.")
 @cluster_option
 def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: str) -> None:
-    """Read object KEY and print its value (raw bytes) or save it with -o."""
+    """Read object KEY and print its value (raw bytes) or save it with -o.
+
+    Exit code 2 (and a message on stderr) if KEY does not exist: never written, or deleted."""
 
     async def go() -> Any:
         async with _connect(cluster_path) as store:
@@ -60,6 +62,10 @@ def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: 
     tag, data = runtime.run(go())
     if show_tag:
         err_console.print(f"tag {tag}")
+    if data is None:
+        why = "deleted" if tag.deleted else "never written"
+        err_console.print(f"[bold red]not found:[/] no object {escape(repr(key))} ({why})")
+        sys.exit(2)
     if output:
         try:
             Path(output).write_bytes(data)
@@ -71,6 +77,21 @@ def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: 
         if sys.stdout.isatty():
             sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
+
+
+@main.command()
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@cluster_option
+def rm(keys: tuple[str, ...], group: str, cluster_path: str) -> None:
+    """Delete objects KEYS (each atomically: a tombstone write; later reads find nothing)."""
+
+    async def go() -> Any:
+        async with _connect(cluster_path) as store:
+            return [await store.delete(k, group=group) for k in keys]
+
+    for k, tag in zip(keys, runtime.run(go()), strict=True):
+        console.print(f"deleted {k!r} (tag {tag.z})")
 
 
 @main.command()
