@@ -291,7 +291,7 @@ class Store:
         except (QuorumUnavailable, OperationTimeout):
             if not await self.relocate(chain):
                 raise
-        if not chosen or self.switches.broken_retry_write_with_new_tag:
+        if not chosen or self.switches.faults.broken_retry_write_with_new_tag:
             return await self._write_once(chain, key, value, chosen.append, delete)
         cseq = await ares.finish_write(
             self.channel,

@@ -33,9 +33,9 @@ from ..config import Configuration, ServerInfo
 from ..errors import AresError, InvariantViolation
 from ..history import OpRecord, value_digest
 from ..protocol import ares
-from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
 from ..tags import Tag, writer_id
+from ..testing import broken_switches
 from ..wire.blob import Blob
 from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
@@ -220,7 +220,7 @@ class _World:
             self.c0 = Configuration("c0", tuple(first))
         for s in self.c0.servers:
             self.cluster.servers[s.id].bootstrap(self.c0)
-        self.switches = OpSwitches(
+        self.switches = broken_switches(
             piggyback=opts.mode == "ares2",
             fast_read=bool(opts.fast_read) and opts.mode == "ares2",
             broken_skip_write_back="skip-write-back" in opts.broken,
