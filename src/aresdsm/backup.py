@@ -59,7 +59,9 @@ class BackupError(AresError):
 class _Source(Protocol):
     async def groups(self) -> list[str]: ...
 
-    def iter_keys(self, prefix: str = "", *, group: str = ...) -> AsyncIterator[str]: ...
+    def iter_keys(
+        self, prefix: str = "", *, group: str = ..., verify: bool = ...
+    ) -> AsyncIterator[str]: ...
 
     async def read_tagged(self, key: str, *, group: str = ...) -> tuple[Any, bytes | None]: ...
 
@@ -70,8 +72,8 @@ class _Target(Protocol):
     async def write(self, key: str, value: bytes, *, group: str = ...) -> Any: ...
 
 
-Progress = Callable[[int, int], None]
-"""Called with (objects done, bytes done) as the work proceeds."""
+Progress = Callable[[int, int, int], None]
+"""Called with (objects done, bytes done, objects in all) as the work proceeds."""
 
 
 @dataclass
@@ -121,6 +123,11 @@ async def backup(
     partial = path.with_name(path.name + ".partial")
     result = BackupResult(path)
     result.groups = sorted(groups) if groups is not None else await store.groups()
+    keys: list[tuple[str, str]] = []
+    for g in result.groups:  # keys only: O(keys) memory, then the values stream
+        keys += [(g, k) async for k in store.iter_keys("", group=g, verify=False)]
+    if progress is not None:
+        progress(0, 0, len(keys))
     budget = asyncio.Semaphore(max_in_flight)
     buffered = _ByteBudget(MAX_BUFFERED_BYTES)
     queue: asyncio.Queue[asyncio.Task[tuple[str, str, Any, bytes | None]] | None] = asyncio.Queue(
@@ -138,10 +145,9 @@ async def backup(
 
     async def produce() -> None:
         try:
-            for g in result.groups:
-                async for key in store.iter_keys("", group=g):
-                    await budget.acquire()
-                    await queue.put(asyncio.ensure_future(read_one(g, key)))
+            for g, key in keys:
+                await budget.acquire()
+                await queue.put(asyncio.ensure_future(read_one(g, key)))
         finally:
             await queue.put(None)
 
@@ -157,6 +163,8 @@ async def backup(
                 group, key, tag, value = await task
                 if value is None:
                     result.absent += 1
+                    if progress is not None:
+                        progress(result.objects + result.absent, result.bytes, len(keys))
                     continue
                 member = f"objects/{result.objects:09d}"
                 await asyncio.to_thread(_add, tar, member, value)
@@ -173,7 +181,7 @@ async def backup(
                 result.objects += 1
                 result.bytes += len(value)
                 if progress is not None:
-                    progress(result.objects, result.bytes)
+                    progress(result.objects + result.absent, result.bytes, len(keys))
             await producer
             index_bytes = index.getvalue()
             _add(tar, "index.jsonl", index_bytes)
@@ -341,7 +349,7 @@ async def restore(
                 result.written += 1
                 result.bytes += len(value)
             if progress is not None:
-                progress(result.written + result.skipped, result.bytes)
+                progress(result.written + result.skipped, result.bytes, len(entries))
         finally:
             gate.release()
 

@@ -280,3 +280,124 @@ def _new_members(
     if len(set(ids)) != len(ids):
         raise click.BadParameter(f"duplicate servers in {ids}")
     return ids
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--group", "groups", multiple=True, help="Back up only this group (repeatable).")
+@cluster_option
+def backup(file: str, groups: tuple[str, ...], cluster_path: str) -> None:
+    """Back up every object of a running cluster into FILE (one tar archive with a manifest and
+    checksums). Each object is read linearizably while clients keep working; the backup is not
+    a snapshot of one instant (docs/operations.md, "Backup and restore")."""
+    from ..backup import backup as run_backup
+
+    cf = load_cluster_file(cluster_path)
+
+    async def go() -> Any:
+        async with _connect(cluster_path) as store:
+            with _Progress("backing up") as advance:
+                return await run_backup(
+                    store,
+                    file,
+                    cluster_name=cf.name,
+                    groups=list(groups) if groups else None,
+                    progress=advance,
+                )
+
+    r = runtime.run(go())
+    console.print(
+        f"backed up {r.objects} objects ({r.bytes} bytes) of {len(r.groups)} groups to {file} "
+        f"in {r.seconds:.1f} s"
+        + (f"; {r.absent} listed keys were deleted meanwhile" if r.absent else "")
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write every archived object, replacing what the cluster holds (default: keep objects "
+    "that already exist and skip them).",
+)
+@click.option("--verify-only", is_flag=True, help="Only check the archive's checksums.")
+@cluster_option
+def restore(file: str, overwrite: bool, verify_only: bool, cluster_path: str) -> None:
+    """Load a backup FILE into a cluster (new or existing). The whole archive is checked first;
+    nothing is written if it is damaged. Objects of the cluster that are not in FILE are kept."""
+    from ..backup import restore as run_restore
+    from ..backup import verify
+
+    if verify_only:
+        manifest, entries = verify(file)
+        console.print(
+            f"{file}: intact; {len(entries)} objects, {manifest.get('bytes')} bytes, "
+            f"created {manifest.get('created')} from cluster {manifest.get('cluster')!r}"
+        )
+        return
+
+    async def go() -> Any:
+        async with _connect(cluster_path) as store:
+            with _Progress("restoring") as advance:
+                return await run_restore(store, file, overwrite=overwrite, progress=advance)
+
+    r = runtime.run(go())
+    console.print(
+        f"restored {r.written} of {r.objects} objects ({r.bytes} bytes) in {r.seconds:.1f} s"
+        + (
+            f"; {r.skipped} already existed and were kept (--overwrite replaces them)"
+            if r.skipped
+            else ""
+        )
+    )
+
+
+class _Progress:
+    """A rich progress bar on a terminal (objects and bytes so far); nothing otherwise."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not err_console.is_terminal:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("objects, {task.fields[size]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.bar.start()
+        task = self.bar.add_task(self.what, total=None, size="0 B")
+
+        def advance(objects: int, nbytes: int, total: int) -> None:
+            self.bar.update(task, completed=objects, total=total, size=_human(nbytes))
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
