@@ -23,7 +23,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -604,7 +604,7 @@ class Store:
         group: str = DEFAULT_GROUP,
         verify: bool = True,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """The keys of ``group`` that start with ``prefix``, in order, page by page (memory
         bounded by a page). ``verify`` (default): read each key and leave out the absent ones,
         as :meth:`list` does; False: every key the servers hold, deleted ones included (a
