@@ -54,9 +54,10 @@ class Configuration(msgspec.Struct, frozen=True):
     delta: int = 0
     epoch: int = 0
     """Position in the configuration chain: 0 for the initial configuration, the predecessor's
-    epoch + 1 for every successor (set by the reconfigurer, checked by every server that stores
-    or accepts a successor). LATEST_CONFIG prefers the newest configuration by it (protocol.md
-    §8.5), never by id."""
+    epoch + 1 for every successor of the cluster's chain (set by the reconfigurer; every server
+    that stores or accepts a successor checks that it is above its predecessor's -- with
+    ``batch`` off one descriptor ends chains of different lengths and may skip epochs).
+    LATEST_CONFIG prefers the newest configuration by it (protocol.md §8.5), never by id."""
 
     @property
     def n(self) -> int:

@@ -486,6 +486,7 @@ async def reconfig(
     discover: bool = True,
     vet: Callable[[Cseq, Configuration], None] | None = None,
     finish_first: bool = True,
+    exact_epoch: bool = False,
 ) -> tuple[Cseq, Configuration]:
     """Install a successor of the chain's last configuration; returns (cseq, decided).
 
@@ -497,6 +498,8 @@ async def reconfig(
     before consensus. ``discover=False``: ``cseq`` was just discovered by the caller.
     ``finish_first=False``: propose on top of a P entry, as the original Ares does (then
     update-config reads several sources; scenario tests of that path use it).
+    A proposal's epoch only ever grows along a chain (servers check it); one that is not above
+    the last configuration's gets last + 1, or, with ``exact_epoch``, is refused.
     """
     if discover:
         cseq = await read_config(net, cseq, group, switches)
@@ -508,7 +511,13 @@ async def reconfig(
         raise ConfigurationError(f"configuration id {proposal.id!r} is already in use")
     nu = len(cseq) - 1
     last = cseq[nu].config
-    if proposal.epoch != last.epoch + 1:
+    if proposal.epoch <= last.epoch:
+        if exact_epoch:
+            # the descriptor is shared with other chains (``batch`` off): one id, one
+            # descriptor, so it cannot be given another epoch here
+            raise ConfigurationError(
+                f"chain {group!r} moved to epoch {last.epoch} concurrently; reconfigure again"
+            )
         proposal = msgspec.structs.replace(proposal, epoch=last.epoch + 1)
     if vet is not None:
         vet(cseq, proposal)
@@ -684,24 +693,41 @@ async def reconfig_objects(
 ) -> dict[str, tuple[Cseq, Configuration]]:
     """``batch`` off (the original Ares): reconfigure every object's own chain -- one consensus
     decision and one state transfer per object, ``concurrency`` objects at a time. Returns, per
-    chain name, its new cseq and the configuration decided for it."""
-    slots = asyncio.Semaphore(concurrency)
+    chain name, its new cseq and the configuration decided for it.
 
-    async def one(key: str) -> tuple[str, tuple[Cseq, Configuration]]:
-        chain = chain_of(group, key, switches)
+    The chains have different lengths (an object created after a reconfiguration starts at the
+    initial configuration), but ``proposal`` is one descriptor, and a configuration id names one
+    descriptor on every server. So every chain is discovered first and the proposal gets one
+    epoch above all their ends: epochs then still grow along each chain, which is what servers
+    check and LATEST_CONFIG relies on (tests/integration/test_reconfig_inproc.py)."""
+    slots = asyncio.Semaphore(concurrency)
+    chains = [chain_of(group, key, switches) for key in keys]
+
+    async def discover(chain: str) -> tuple[str, Cseq]:
+        async with slots:
+            return chain, await read_config(net, cseq_of(chain), chain, switches)
+
+    views = dict(await asyncio.gather(*(discover(c) for c in chains)))
+    top = max((v[-1].config.epoch for v in views.values()), default=0)
+    if proposal.epoch <= top:
+        proposal = msgspec.structs.replace(proposal, epoch=top + 1)
+
+    async def one(chain: str) -> tuple[str, tuple[Cseq, Configuration]]:
         async with slots:
             return chain, await reconfig(
                 net,
-                cseq_of(chain),
+                views[chain],
                 group=chain,
                 proposal=proposal,
                 proposer=proposer,
                 backoff=backoff,
                 switches=switches,
                 vet=vet,
+                discover=False,
+                exact_epoch=True,
             )
 
-    return dict(await asyncio.gather(*(one(k) for k in keys)))
+    return dict(await asyncio.gather(*(one(c) for c in chains)))
 
 
 async def finalize_everywhere(

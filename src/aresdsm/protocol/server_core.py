@@ -574,11 +574,13 @@ def _bad_configuration(c: Configuration) -> ErrorReply | None:
 
 
 def _bad_successor(c: Configuration, successor: Configuration) -> ErrorReply | None:
-    """A successor sits one place after its predecessor in the chain (Configuration.epoch)."""
-    if successor.epoch != c.epoch + 1:
+    """Epochs grow along a chain (Configuration.epoch): in the cluster's chain a successor's is
+    its predecessor's + 1; with ``batch`` off one descriptor ends chains of different lengths,
+    so it is only required to be above each predecessor's."""
+    if successor.epoch <= c.epoch:
         return ErrorReply(
             "bad-request",
-            f"successor {successor.id} of {c.id} must have epoch {c.epoch + 1}, "
+            f"successor {successor.id} of {c.id} must have an epoch above {c.epoch}, "
             f"not {successor.epoch}",
         )
     return None
