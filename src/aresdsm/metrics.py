@@ -217,18 +217,23 @@ class _StateCollector(Collector):
             "Configurations whose object state is garbage-collected here (§8.3, persisted).",
             len(core.collected),
         )
-        position = GaugeMetricFamily(
+        yield _gauge(
             "aresdsm_server_chain_position",
-            "Successor entries this server has recorded for the chain (grows by one per "
-            "reconfiguration it took part in).",
-            labels=["group"],
+            "Epoch (position in the configuration chain, docs/protocol.md §6) of the newest "
+            "configuration this server knows.",
+            max((c.epoch for c in core.configs.values()), default=0),
         )
-        successors: dict[str, int] = {}
-        for g, _cid in core.nextc:
-            successors[g] = successors.get(g, 0) + 1
-        for g, n in sorted(successors.items())[:MAX_INSTANCES_EXPORTED]:
-            position.add_metric([g], n)
-        yield position
+        successors = GaugeMetricFamily(
+            "aresdsm_server_successors",
+            "Successor entries (nextC) this server holds, by status (P pending, F finalized).",
+            labels=["status"],
+        )
+        by_status = {"P": 0, "F": 0}
+        for e in core.nextc.values():
+            by_status[e.status] = by_status.get(e.status, 0) + 1
+        for status, n in sorted(by_status.items()):
+            successors.add_metric([status], n)
+        yield successors
         objects = GaugeMetricFamily(
             "aresdsm_server_objects",
             "Objects held, per (group, configuration).",

@@ -38,6 +38,7 @@ SERVER_METRICS = [
     "aresdsm_server_objects",
     "aresdsm_server_configurations_known",
     "aresdsm_server_chain_position",
+    "aresdsm_server_successors",
     "aresdsm_server_gc_configurations_total",
     "aresdsm_server_reconfig_steps_total",
     "aresdsm_server_ready",
@@ -153,6 +154,7 @@ def test_metrics_move_and_sync_store_is_thread_safe(cluster: LocalCluster) -> No
 
 def test_removed_server_not_ready_gc_counted_status_exit_code(cluster: LocalCluster) -> None:
     lc = cluster
+    position = _samples(_get(lc, "s2", "/metrics")[1])["aresdsm_server_chain_position"]
     with aresdsm.connect_sync(lc.cluster_path) as store:
         store.write("x", b"1")
         last = store.configurations()[-1].config
@@ -169,6 +171,9 @@ def test_removed_server_not_ready_gc_counted_status_exit_code(cluster: LocalClus
     assert s1['aresdsm_server_reconfig_steps_total{status="F"}'] >= 1
     assert s1["aresdsm_server_ready"] == 0
     assert _get(lc, "s4", "/readyz")[0] == 200
+    s2 = _samples(_get(lc, "s2", "/metrics")[1])
+    assert s2["aresdsm_server_chain_position"] == position + 1
+    assert s2['aresdsm_server_successors{status="F"}'] >= 1
 
     ok = _status(lc)
     assert ok.returncode == 0, ok.stdout + ok.stderr
