@@ -552,12 +552,19 @@ class Store:
     async def groups(self, *, timeout_s: float | None = None) -> builtins.list[str]:
         """The groups that hold at least one object, in order: listed from the object keys a
         quorum of each current configuration holds (keys only, never values), so every group
-        with a completed write is listed. Not a snapshot: groups written or emptied meanwhile
-        may or may not appear. With ``batch`` off, from the chains the initial configuration
-        knows."""
+        with a completed write is listed; a group whose keys are all deleted is left out (its
+        keys are read until one is present). Not a snapshot: groups written or emptied
+        meanwhile may or may not appear. With ``batch`` off, from the chains the initial
+        configuration knows. ``timeout_s`` bounds the listing and each check (as in
+        :meth:`list`), not their sum: the work grows with the number of groups."""
+        if self.switches.batch:
+            candidates = await self._group_candidates(timeout_s)
+            return [g for g in candidates if await self.list(group=g, limit=1, timeout_s=timeout_s)]
         async with self._deadline(timeout_s):
-            if not self.switches.batch:
-                return await self._groups_classic()
+            return await self._groups_classic()
+
+    async def _group_candidates(self, timeout_s: float | None) -> builtins.list[str]:
+        async with self._deadline(timeout_s):
             chain = ares.CLUSTER_CHAIN
             found: builtins.list[str] = []
             after = ""

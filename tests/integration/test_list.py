@@ -44,6 +44,10 @@ async def test_list_prefix_pages_deletes_and_a_reconfiguration() -> None:
             assert "empty" in await st.list()
             for k in names[:10]:
                 await st.delete(k)
+            await st.write("gone", b"v", group="emptied")
+            assert "emptied" in await st.groups()
+            await st.delete("gone", group="emptied")
+            assert await st.groups() == ["default", "other"]  # all its keys deleted
             assert await st.list("a/") == names[10:]
             # the servers still hold the tombstones; without the check they are listed
             raw = [k async for k in st.iter_keys("a/", verify=False)]
