@@ -250,6 +250,15 @@ class _StateCollector(Collector):
         for (g, cid), n in list((_value_bytes(core) or {}).items())[:MAX_INSTANCES_EXPORTED]:
             stored.add_metric([g, cid], n)
         yield stored
+        on_disk = GaugeMetricFamily(
+            "aresdsm_storage_bytes",
+            "Bytes of records on disk (values, value files and metadata) per (group, "
+            "configuration), from the storage engine's running totals.",
+            labels=["group", "config"],
+        )
+        for (g, cid), n in list(srv.storage.bytes_by_instance().items())[:MAX_INSTANCES_EXPORTED]:
+            on_disk.add_metric([g, cid], n)
+        yield on_disk
         commits = CounterMetricFamily("aresdsm_storage_commits", "Group commits since start.")
         commits.add_metric([], srv.storage.commits)
         yield commits

@@ -43,6 +43,7 @@ SERVER_METRICS = [
     "aresdsm_server_reconfig_steps_total",
     "aresdsm_server_ready",
     "aresdsm_storage_commits_total",
+    "aresdsm_storage_bytes",
 ]
 
 
@@ -148,6 +149,7 @@ def test_metrics_move_and_sync_store_is_thread_safe(cluster: LocalCluster) -> No
         after, "aresdsm_storage_commit_batch_records_count"
     )
     assert _sum(after, "aresdsm_server_objects") > _sum(before, "aresdsm_server_objects")
+    assert _sum(after, "aresdsm_storage_bytes") > _sum(before, "aresdsm_storage_bytes")
     assert after["aresdsm_server_ready"] == 1
 
     assert _get(lc, "s1", "/healthz") == (200, "ok\n")

@@ -86,6 +86,11 @@ class Storage(ABC):
         """Approximate bytes of state held (metrics)."""
         return 0
 
+    def bytes_by_instance(self) -> dict[tuple[str, str], int]:
+        """Bytes of records per (group, configuration), kept as running totals (metrics; an
+        engine without them returns {}). Safe to call while a commit runs."""
+        return {}
+
     def probe_writable(self) -> None:
         """Raise OSError if the engine could not make a new write durable now (``/healthz``).
         Blocking: called in a worker thread. The default (no files): nothing to check."""

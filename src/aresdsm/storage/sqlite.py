@@ -36,6 +36,8 @@ from ..errors import StorageError
 from .base import Record, Storage, Write
 
 DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
+_SIZE = "LENGTH(meta) + COALESCE(LENGTH(data), 0) + COALESCE(blob_len, 0)"
+"""A record's bytes: metadata, inline value, or the length of its value file."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -69,6 +71,14 @@ class SqliteStorage(Storage):
                 raise StorageError(f"cannot open database {self.path}: {e}") from None
             self._lock = threading.Lock()
             self._remove_orphans()
+            self._bytes: dict[tuple[str, str], int] = {
+                (g, c): int(n)
+                for g, c, n in self._db.execute(
+                    f"SELECT grp, cfg, SUM({_SIZE}) FROM state GROUP BY grp, cfg"
+                )
+            }
+            """Bytes of records per (group, configuration): counted once here, then kept up to
+            date by every commit (metrics read them in O(configurations))."""
         except BaseException:
             self._unlock()
             raise
@@ -106,11 +116,12 @@ class SqliteStorage(Storage):
         with self._lock:
             files = self._write_blob_files(batch)
             garbage: list[str] = []
+            deltas: dict[tuple[str, str], int] = {}
             try:
                 cur = self._db.cursor()
                 cur.execute("BEGIN")
                 for w in batch:
-                    garbage += self._apply(cur, w, files.get(id(w)))
+                    garbage += self._apply(cur, w, files.get(id(w)), deltas)
                 cur.execute("COMMIT")
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
@@ -118,6 +129,12 @@ class SqliteStorage(Storage):
                 for name in files.values():
                     (self.blob_dir / name).unlink(missing_ok=True)
                 raise StorageError(f"commit to {self.path} failed: {e}") from None
+            for inst, d in deltas.items():  # committed: the totals follow
+                left = self._bytes.get(inst, 0) + d
+                if left:
+                    self._bytes[inst] = left
+                else:
+                    self._bytes.pop(inst, None)
         for name in garbage:
             (self.blob_dir / name).unlink(missing_ok=True)
 
@@ -140,13 +157,23 @@ class SqliteStorage(Storage):
             raise StorageError(f"cannot write a value file in {self.blob_dir}: {e}") from None
         return files
 
-    def _apply(self, cur: sqlite3.Cursor, w: Write, blob_file: str | None) -> list[str]:
-        """Apply one write inside the transaction; returns value files it made garbage."""
+    def _apply(
+        self,
+        cur: sqlite3.Cursor,
+        w: Write,
+        blob_file: str | None,
+        deltas: dict[tuple[str, str], int],
+    ) -> list[str]:
+        """Apply one write inside the transaction; returns value files it made garbage and
+        adds the change of bytes per (group, configuration) to ``deltas``."""
+        inst = (w.group, w.config_id)
         if isinstance(w, Record):
             old = cur.execute(
-                "SELECT blob_file FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?",
+                f"SELECT blob_file, {_SIZE} FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?",
                 (w.ns, w.group, w.config_id, w.key),
             ).fetchone()
+            new_size = len(w.meta) + (len(w.data) if w.data is not None else 0)
+            deltas[inst] = deltas.get(inst, 0) + new_size - (old[1] if old is not None else 0)
             data = None if blob_file is not None else w.data
             blob_len = len(w.data) if blob_file is not None and w.data is not None else None
             cur.execute(
@@ -158,13 +185,10 @@ class SqliteStorage(Storage):
         args: tuple[str, ...] = (w.ns, w.group, w.config_id)
         if w.key is not None:
             where, args = where + " AND key=?", (*args, w.key)
-        files = [
-            r[0]
-            for r in cur.execute(f"SELECT blob_file FROM state WHERE {where}", args)
-            if r[0] is not None
-        ]
+        rows = cur.execute(f"SELECT blob_file, {_SIZE} FROM state WHERE {where}", args).fetchall()
+        deltas[inst] = deltas.get(inst, 0) - sum(r[1] for r in rows)
         cur.execute(f"DELETE FROM state WHERE {where}", args)
-        return files
+        return [r[0] for r in rows if r[0] is not None]
 
     # -- misc --------------------------------------------------------------------------------------
 
@@ -177,12 +201,13 @@ class SqliteStorage(Storage):
             probe.unlink(missing_ok=True)
 
     def stored_bytes(self) -> int:
+        """Bytes of all records (values in value files included): O(configurations)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(LENGTH(meta) + COALESCE(LENGTH(data), 0)"
-                " + COALESCE(blob_len, 0)), 0) FROM state"
-            ).fetchone()
-        return int(row[0])
+            return sum(self._bytes.values())
+
+    def bytes_by_instance(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._bytes)
 
     def close(self) -> None:
         with self._lock:
