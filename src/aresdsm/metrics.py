@@ -205,6 +205,16 @@ class _StateCollector(Collector):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], counters.get(key, 0))
             yield c
+        events = CounterMetricFamily(
+            "aresdsm_server_events",
+            "Server events counted by the shell and the core (connections refused, evicted or "
+            "closed idle, frames timed out, bad input, OBSOLETE answers, ...), by name.",
+            labels=["event"],
+        )
+        for name, n in sorted(counters.items()):
+            if name[:1].islower():  # message types are capitalized: requests_total has them
+                events.add_metric([name], n)
+        yield events
         ready, _ = readiness(srv)
         yield _gauge("aresdsm_server_ready", "1 when /readyz would answer 200.", int(ready))
         yield _gauge(
