@@ -57,6 +57,15 @@ class Broken:
     broken_no_requery_after_obsolete: bool = False
     """Phase 1 keeps a successor's answer given before its predecessor said OBSOLETE instead of
     asking it again (§8.3; tests/sim/test_obsolete_race.py)."""
+    broken_cvr_unconditional: bool = False
+    """A coverable write is the naive CoARES one -- query, and if the newest version is the
+    base put the successor unconditionally (§9.1: two writers of one base both win)."""
+    broken_cvr_put_undecided: bool = False
+    """A coverable write puts its value into the DAP before it is decided, so readers may
+    return a version that then loses (§9.1)."""
+    broken_cvr_transfer_ignores_open: bool = False
+    """Update-config moves committed versions only, not the open level a frozen quorum reports
+    (§9.1): a level decided but not yet put is lost and decided again."""
 
     def __repr__(self) -> str:  # only the faults that are on (none: "Broken()")
         on = [f"{f.name}=True" for f in dataclasses.fields(self) if getattr(self, f.name)]
