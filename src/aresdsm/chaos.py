@@ -60,6 +60,7 @@ from .errors import AresError, ConfigurationError, InvariantViolation, ServerErr
 from .faultproxy import ANY, ProxyProcess, Rule
 from .local import LocalCluster
 from .protocol.ops import OpSwitches
+from .testing import broken_switches
 
 NETWORK_FAULTS = ("partition", "one-way", "reconfigurer-partition", "delay", "drop", "handoff")
 PROCESS_FAULTS = ("kill", "pause", "crash-restart")
@@ -218,7 +219,7 @@ class Chaos:
         self.cf: ClusterFile | None = None
         self.group = DEFAULT_GROUP if opts.cluster_file is None else REMOTE_GROUP
         self.keys = [f"k{i}" for i in range(opts.keys)]
-        self.switches = OpSwitches(**{BROKEN[b]: True for b in opts.broken})
+        self.switches = broken_switches(**{BROKEN[b]: True for b in opts.broken})
         self.recorder: HistoryRecorder | None = None
         self.t0 = time.monotonic()
         self.stopping = asyncio.Event()

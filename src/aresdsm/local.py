@@ -69,6 +69,8 @@ class LocalCluster:
     link_delay_ms: float = 0.0
     """One-way delay the relay adds (:mod:`aresdsm.netdelay`); 0: no relay."""
     relay: subprocess.Popen[bytes] | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+    """Server id -> host:port of its metrics/health HTTP endpoint (``--metrics-address``)."""
 
     @property
     def cluster_path(self) -> Path:
@@ -90,6 +92,7 @@ class LocalCluster:
         link_delay_ms: float = 0.0,
         proxied: bool = False,
         server_limits: dict[str, Any] | None = None,
+        metrics: bool = False,
     ) -> LocalCluster:
         """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
         are those of a relay that delays every message by that much each way, in front of the
@@ -135,17 +138,32 @@ class LocalCluster:
             server_limits=dict(server_limits or {}),
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
-        return cls(base, cf, storage=storage, listen=listen, link_delay_ms=link_delay_ms)
+        metric_ports = free_ports(n + spares, host) if metrics else []
+        metrics_at = {s.id: f"{host}:{p}" for s, p in zip(servers, metric_ports, strict=False)}
+        lc = cls(
+            base,
+            cf,
+            storage=storage,
+            listen=listen,
+            link_delay_ms=link_delay_ms,
+            metrics=metrics_at,
+        )
+        if metrics:
+            lc._save_state()
+        return lc
 
     @classmethod
     def open(cls, base_dir: str | Path) -> LocalCluster:
         base = Path(base_dir).resolve()
         cf = load_cluster_file(base / CLUSTER_FILE)
         storage = "sqlite"
+        metrics: dict[str, str] = {}
         state = base / STATE_FILE
         if state.exists():
-            storage = json.loads(state.read_text()).get("storage", "sqlite")
-        return cls(base, cf, storage=storage)
+            saved = json.loads(state.read_text())
+            storage = saved.get("storage", "sqlite")
+            metrics = saved.get("metrics", {})
+        return cls(base, cf, storage=storage, metrics=metrics)
 
     def data_dir(self, server_id: str) -> Path:
         return Path(self.cluster.data_dirs.get(server_id, str(self.base_dir / server_id)))
@@ -198,6 +216,7 @@ class LocalCluster:
             self.storage,
             *(["--listen", self.listen[sid]] if sid in self.listen else []),
             *(["--trace-file", f"{self.trace_file}.{sid}"] if self.trace_file else []),
+            *(["--metrics-address", self.metrics[sid]] if sid in self.metrics else []),
             "--ready-file",
             str(ready),
             *extra,
@@ -268,7 +287,12 @@ class LocalCluster:
             self.relay.terminate()
             self.relay.wait(timeout=timeout_s)
             self.relay = None
-        (self.base_dir / STATE_FILE).unlink(missing_ok=True)
+        if self.metrics:  # keep where the endpoints are, for the next start
+            (self.base_dir / STATE_FILE).write_text(
+                json.dumps({"storage": self.storage, "pids": {}, "metrics": self.metrics})
+            )
+        else:
+            (self.base_dir / STATE_FILE).unlink(missing_ok=True)
 
     def _pids(self) -> dict[str, int]:
         state = self.base_dir / STATE_FILE
@@ -280,7 +304,7 @@ class LocalCluster:
     def _save_state(self) -> None:
         pids = self._pids() | {sid: p.pid for sid, p in self.procs.items() if p.poll() is None}
         (self.base_dir / STATE_FILE).write_text(
-            json.dumps({"storage": self.storage, "pids": pids}, indent=1)
+            json.dumps({"storage": self.storage, "pids": pids, "metrics": self.metrics}, indent=1)
         )
 
     def running(self) -> dict[str, int]:

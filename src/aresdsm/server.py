@@ -37,7 +37,7 @@ import signal
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from . import tracing
 from .config import Configuration
@@ -60,7 +60,11 @@ from .wire.messages import (
     Reply,
     Request,
     Welcome,
+    WriteConfig,
 )
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 log = logging.getLogger("aresdsm.server")
 
@@ -346,6 +350,15 @@ class Server:
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
+        self.metrics: ServerMetrics | None = None
+        """Prometheus metrics (:mod:`aresdsm.metrics`); None (the default) costs nothing."""
+
+    def enable_metrics(self) -> ServerMetrics:
+        from .metrics import ServerMetrics
+
+        if self.metrics is None:
+            self.metrics = ServerMetrics(self)
+        return self.metrics
 
     def _log_damage(self) -> None:
         """Once, at start-up: what the disk lost (the server no longer answers for it)."""
@@ -411,6 +424,12 @@ class Server:
             else:
                 conn.send(env.rid, ErrorReply("shutting-down", "the server failed; it stops"))
             return
+        m = self.metrics
+        started = time.perf_counter() if m is not None else 0.0
+        kind = type(body).__name__
+        if m is not None and isinstance(body, WriteConfig):
+            inst = (body.group, body.config_id)
+            collected, before = len(self.core.collected), self.core.nextc.get(inst)
         span = tracing.start_server_span(body, env.trace, self.server_id)
         try:
             reply, writes = self.core.handle(body)  # type: ignore[arg-type]
@@ -422,6 +441,8 @@ class Server:
             tracing.fail_server_span(span, exc)
             self._fail(exc, bug=True)
             return
+        if m is not None and isinstance(body, WriteConfig):
+            m.state_changed(collected, before, self.core.nextc.get(inst))
         if writes:
             self.storage.submit(writes)
             if not isinstance(body, _DATA_WRITES) and log.isEnabledFor(logging.INFO):
@@ -430,6 +451,8 @@ class Server:
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
+            if m is not None:
+                m.request_done(kind, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
             return
@@ -454,6 +477,8 @@ class Server:
                 return
             conn.write(bufs)  # before request_done: the bytes move from held to the buffer
             conn.request_done(size)
+            if m is not None:
+                m.request_done(kind, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
 
@@ -705,8 +730,14 @@ async def run_server(
     limits: ServerLimits | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     identity: Identity | None = None,
+    metrics_address: tuple[str, int] | None = None,
 ) -> int:
-    """Run a server until SIGTERM/SIGINT; returns the process exit code."""
+    """Run a server until SIGTERM/SIGINT; returns the process exit code.
+
+    ``metrics_address``: (host, port) of the HTTP endpoint serving ``/metrics``, ``/healthz``
+    and ``/readyz`` (:mod:`aresdsm.metrics`); None: no endpoint."""
+    from .metrics import MetricsHttp
+
     log.info("server %s starting (pid %d, data directory %s)", server_id, os.getpid(), data_dir)
     storage = open_storage(storage_kind, data_dir)
     try:
@@ -722,12 +753,18 @@ async def run_server(
     except BaseException:
         storage.close()
         raise
+    http: MetricsHttp | None = None
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
     try:
+        if metrics_address is not None:
+            http = MetricsHttp(server, server.enable_metrics(), *metrics_address)
+            await http.start()
         await server.start()
     except BaseException:
         # release the data directory (and its lock) before the caller reports the error
+        if http is not None:
+            await http.close()
         storage.close()
         raise
     loop = asyncio.get_running_loop()
@@ -736,5 +773,7 @@ async def run_server(
     if ready_file is not None:
         await asyncio.to_thread(_write_private, Path(ready_file), f"{server.port}\n")
     await server.wait_closed()
+    if http is not None:
+        await http.close()
     log.info("server %s stopped%s", server_id, " after a failure" if server.fatal else "")
     return 1 if server.fatal is not None else 0

@@ -23,15 +23,15 @@ import pytest
 from aresdsm.client import Store
 from aresdsm.config import ClientOptions
 from aresdsm.history import value_digest
-from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim.cluster import SimChannel
 from aresdsm.sim.scenario import Message, Scenario
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import PutData
 
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_two_incarnations_of_one_client_name_never_share_a_tag(broken: bool) -> None:
-    switches = OpSwitches(broken_writer_ids_without_incarnation=broken)
+    switches = broken_switches(broken_writer_ids_without_incarnation=broken)
 
     async def script(sc: Scenario) -> None:
         x = sc.client("x")

@@ -11,9 +11,9 @@ import threading
 
 from aresdsm.client import HistoryRecorder
 from aresdsm.history import StrictClock
-from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim import run_simulation
 from aresdsm.sim.scenario import Message, Scenario
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import PutData
 
 
@@ -52,7 +52,7 @@ def test_back_to_back_operations_without_a_gap_are_ordered() -> None:
     """Reads that skip their write-back (test-only switch): a reads the new value from s0 and s1,
     b -- invoked at the very instant a returned -- reads the old one from s1 and s2. That is a
     new/old inversion only if b is ordered after a; with equal stamps it passed as ok."""
-    sw = OpSwitches(broken_skip_write_back=True)
+    sw = broken_switches(broken_skip_write_back=True)
 
     def to(sender: str, *servers: str, kind: type | None = None):  # type: ignore[no-untyped-def]
         def rule(m: Message) -> bool:

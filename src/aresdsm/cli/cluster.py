@@ -30,18 +30,25 @@ def cluster() -> None:
 @click.option(
     "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
 )
-def cluster_start(n: int, spares: int, base_dir: str, storage: str) -> None:
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Give every server a Prometheus /metrics, /healthz and /readyz endpoint.",
+)
+def cluster_start(n: int, spares: int, base_dir: str, storage: str, metrics: bool) -> None:
     """Start a local cluster in the background and write DIR/cluster.toml."""
     from ..local import LocalCluster
 
     if n < 1 or spares < 0:
         raise click.BadParameter("need at least one server and no negative spares")
-    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage)
+    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage, metrics=metrics)
     lc.start_all(detach=True)
     console.print(f"started {n + spares} servers; cluster file: [bold]{lc.cluster_path}[/]")
     for s in lc.cluster.servers:
         member = "member of c0" if lc.cluster.initial.has_member(s.id) else "spare"
         console.print(f"  {s.id}  {s.address}  ({member})  data: {lc.data_dir(s.id)}")
+        if s.id in lc.metrics:
+            console.print(f"      metrics: http://{lc.metrics[s.id]}/metrics")
     console.print(f"try:  ares put hello world --cluster {lc.cluster_path}")
 
 

@@ -37,6 +37,10 @@ from .common import cluster_option, console, err_console, log_options, main
     show_default=True,
     help="Storage engine; 'memory' is NOT durable (tests and protocol benchmarks only).",
 )
+@click.option(
+    "--metrics-address",
+    help="host:port of an HTTP endpoint serving /metrics (Prometheus), /healthz and /readyz.",
+)
 @click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--otlp-endpoint", help="Export spans over OTLP/HTTP (e.g. http://localhost:4318).")
 @click.option("--trace-file", type=click.Path(dir_okay=False), help="Write spans as JSON lines.")
@@ -81,6 +85,7 @@ def server(
     new: str | None,
     listen: str | None,
     storage: str,
+    metrics_address: str | None,
     ready_file: str | None,
     otlp_endpoint: str | None,
     trace_file: str | None,
@@ -106,6 +111,7 @@ def server(
     limits = limits.replace(**limit_options)
     me = cf.server(server_id)
     host, port = parse_address(listen or me.address)
+    metrics = parse_address(metrics_address) if metrics_address else None
     ddir = data_dir or cf.data_dirs.get(server_id)
     if not ddir:
         raise click.UsageError(
@@ -140,6 +146,7 @@ def server(
                 identity=identity,
                 limits=limits,
                 max_frame_bytes=max_frame_bytes or cf.client.max_frame_bytes,
+                metrics_address=metrics,
             )
         )
     sys.exit(code)

@@ -36,7 +36,7 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .. import tracing
 from ..config import ClientOptions, Configuration, ServerInfo
@@ -55,6 +55,9 @@ from ..wire.messages import (
     Request,
     Welcome,
 )
+
+if TYPE_CHECKING:
+    from ..metrics import ClientMetrics
 
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
@@ -450,6 +453,8 @@ class TcpChannel:
         self.rounds = 0
         self.messages = 0
         self.rounds_by_phase: dict[str, int] = {}
+        self.metrics: ClientMetrics | None = None
+        """Round counters and latencies (set by the Store when it has metrics)."""
 
     def peer(self, server: ServerInfo) -> PeerConnection:
         key = (server.address, server.id, server.uid)
@@ -532,8 +537,18 @@ class TcpChannel:
             _expire(rnd, phase, c, 0.0)
         if not fut.done():
             rnd.timer = loop.call_later(timeout, _expire, rnd, phase, c, timeout)
+        m = self.metrics
+        started = time.perf_counter() if m is not None else 0.0
         try:
-            return await fut
+            result = await fut
+        except BaseException as e:
+            if m is not None:
+                m.round(phase, started, e)
+            raise
+        else:
+            if m is not None:
+                m.round(phase, started, None)
+            return result
         finally:
             if rnd.timer is not None:
                 rnd.timer.cancel()

@@ -39,6 +39,7 @@ from ..protocol import ares, coverable
 from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
 from ..tags import TAG0, Tag, writer_id
+from ..testing import broken_switches
 from ..wire.blob import Blob
 from . import stores
 from .adversary import AdversaryOptions, HandoffAdversary
@@ -293,7 +294,7 @@ class _World:
             self.c0 = Configuration("c0", tuple(first))
         for s in self.c0.servers:
             self.cluster.servers[s.id].bootstrap(self.c0)
-        self.switches = OpSwitches(
+        self.switches = broken_switches(
             piggyback=opts.mode == "ares2",
             fast_read=bool(opts.fast_read) and opts.mode == "ares2",
             broken_skip_write_back="skip-write-back" in opts.broken,

@@ -150,7 +150,7 @@ async def store_operation(
             digest = value_digest(value)
         else:
             tag, got = await store.read_tagged(key)
-            digest = value_digest(got)
+            digest = value_digest(got if got is not None else b"")  # absent: the initial b""
     except AresError as e:
         if isinstance(e, InvariantViolation):  # never swallowed: the run fails
             world.failures.append(f"{name}: InvariantViolation: {e}")

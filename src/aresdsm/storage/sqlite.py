@@ -52,6 +52,8 @@ from .base import DamagedRecord, Record, Storage, Write
 DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
 SCHEMA_VERSION = 2
 """1 (implicit, user_version 0): no checksums; 2: meta_sum and data_sum on every row."""
+_SIZE = "LENGTH(meta) + COALESCE(LENGTH(data), 0) + COALESCE(blob_len, 0)"
+"""A record's bytes: metadata, inline value, or the length of its value file."""
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 """A server's state is private to its user: directories 0700, files 0600 (values, the database,
@@ -124,6 +126,14 @@ class SqliteStorage(Storage):
                 ) from None
             self._lock = threading.Lock()
             self._remove_orphans()
+            self._bytes: dict[tuple[str, str], int] = {
+                (g, c): int(n)
+                for g, c, n in self._db.execute(
+                    f"SELECT grp, cfg, SUM({_SIZE}) FROM state GROUP BY grp, cfg"
+                )
+            }
+            """Bytes of records per (group, configuration): counted once here, then kept up to
+            date by every commit (metrics read them in O(configurations))."""
         except BaseException:
             self._unlock()
             raise
@@ -235,11 +245,12 @@ class SqliteStorage(Storage):
         with self._lock:
             files = self._write_blob_files(batch)
             garbage: list[str] = []
+            deltas: dict[tuple[str, str], int] = {}
             try:
                 cur = self._db.cursor()
                 cur.execute("BEGIN")
                 for w in batch:
-                    garbage += self._apply(cur, w, files.get(id(w)))
+                    garbage += self._apply(cur, w, files.get(id(w)), deltas)
                 cur.execute("COMMIT")
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
@@ -247,6 +258,12 @@ class SqliteStorage(Storage):
                 for name in files.values():
                     (self.blob_dir / name).unlink(missing_ok=True)
                 raise StorageError(f"commit to {self.path} failed: {e}") from None
+            for inst, d in deltas.items():  # committed: the totals follow
+                left = self._bytes.get(inst, 0) + d
+                if left:
+                    self._bytes[inst] = left
+                else:
+                    self._bytes.pop(inst, None)
         for name in garbage:
             (self.blob_dir / name).unlink(missing_ok=True)
 
@@ -269,13 +286,23 @@ class SqliteStorage(Storage):
             raise StorageError(f"cannot write a value file in {self.blob_dir}: {e}") from None
         return files
 
-    def _apply(self, cur: sqlite3.Cursor, w: Write, blob_file: str | None) -> list[str]:
-        """Apply one write inside the transaction; returns value files it made garbage."""
+    def _apply(
+        self,
+        cur: sqlite3.Cursor,
+        w: Write,
+        blob_file: str | None,
+        deltas: dict[tuple[str, str], int],
+    ) -> list[str]:
+        """Apply one write inside the transaction; returns value files it made garbage and
+        adds the change of bytes per (group, configuration) to ``deltas``."""
+        inst = (w.group, w.config_id)
         if isinstance(w, Record):
             old = cur.execute(
-                "SELECT blob_file FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?",
+                f"SELECT blob_file, {_SIZE} FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?",
                 (w.ns, w.group, w.config_id, w.key),
             ).fetchone()
+            new_size = len(w.meta) + (len(w.data) if w.data is not None else 0)
+            deltas[inst] = deltas.get(inst, 0) + new_size - (old[1] if old is not None else 0)
             data = None if blob_file is not None else w.data
             blob_len = len(w.data) if blob_file is not None and w.data is not None else None
             meta = bytes(w.meta)
@@ -290,26 +317,29 @@ class SqliteStorage(Storage):
         args: tuple[str, ...] = (w.ns, w.group, w.config_id)
         if w.key is not None:
             where, args = where + " AND key=?", (*args, w.key)
-        files = [
-            r[0]
-            for r in cur.execute(f"SELECT blob_file FROM state WHERE {where}", args)
-            if r[0] is not None
-        ]
+        rows = cur.execute(f"SELECT blob_file, {_SIZE} FROM state WHERE {where}", args).fetchall()
+        deltas[inst] = deltas.get(inst, 0) - sum(r[1] for r in rows)
         cur.execute(f"DELETE FROM state WHERE {where}", args)
-        return files
+        return [r[0] for r in rows if r[0] is not None]
 
     # -- misc --------------------------------------------------------------------------------------
 
-    def stored_bytes(self) -> int:
+    def probe_writable(self) -> None:
+        """Create, fsync and remove a small file next to the database (``/healthz``)."""
+        probe = self.path.parent / f".healthz-{os.getpid()}-{threading.get_ident()}"
         try:
-            with self._lock:
-                row = self._db.execute(
-                    "SELECT COALESCE(SUM(LENGTH(meta) + COALESCE(LENGTH(data), 0)"
-                    " + COALESCE(blob_len, 0)), 0) FROM state"
-                ).fetchone()
-        except sqlite3.Error:
-            return 0  # (metrics only; a damaged database shows in its commits)
-        return int(row[0])
+            _write_durably(probe, b"ok")
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def stored_bytes(self) -> int:
+        """Bytes of all records (values in value files included): O(configurations)."""
+        with self._lock:
+            return sum(self._bytes.values())
+
+    def bytes_by_instance(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._bytes)
 
     def close(self) -> None:
         with self._lock:
