@@ -208,11 +208,10 @@ class Store:
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
-        if client_id is not None and "\x00" in client_id:
-            raise ConfigurationError("a client id must not contain NUL characters")
         self.client_id = client_id or uuid.uuid4().hex[:12]
-        if "\x00" in self.client_id:
-            raise ConfigurationError("client_id must not contain NUL characters")
+        if "\x00" in self.client_id or "\x01" in self.client_id:
+            # NUL: TREAS record keys; U+0001 starts the tombstone mark (tags.TOMBSTONE_MARK)
+            raise ConfigurationError("a client id must not contain NUL or U+0001 characters")
         self.incarnation = incarnation or new_incarnation()
         """Random per Store: the same client name in two processes never shares a tag (§2); the
         simulator passes a seeded one."""
