@@ -1378,6 +1378,11 @@ class SyncStore:
             )
         )
 
+    def probe(self, servers: Iterable[ServerInfo]) -> tuple[ServerInfo, ...]:
+        """Check each server's identity and return them stamped with their incarnation uids
+        (see :meth:`Store.probe`)."""
+        return self._call(self._store.probe(servers))
+
     def finish_reconfiguration(self, *, timeout_s: float | None = None) -> ares.Cseq:
         """Complete a decided but unfinished reconfiguration (see
         :meth:`Store.finish_reconfiguration`)."""
