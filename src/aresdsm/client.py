@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 
@@ -48,6 +48,9 @@ from .protocol.channel import ConfigurationObsolete
 from .tags import Tag, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
+
+if TYPE_CHECKING:
+    from .files import Files, SyncFiles
 
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
@@ -194,6 +197,7 @@ class Store:
         """One relocation in flight per chain; concurrent operations share it."""
         self._background: set[asyncio.Task[bool]] = set()
         self._finalizing = asyncio.Semaphore(MAX_BACKGROUND_FINALIZE)
+        self._files: Files | None = None
 
     async def __aenter__(self) -> Store:
         return self
@@ -553,6 +557,37 @@ class Store:
                     return found
                 # every key of group g sorts before g + "\x01": skip the rest of the last group
                 after = max(page.after, found[-1] + "\x01") if found else page.after
+
+    async def keys(
+        self, prefix: str = "", *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> list[str]:
+        """The keys of ``group`` that start with ``prefix``, in order (keys only, never values;
+        every key with a completed write is listed, like :meth:`groups`)."""
+        _check_group(group)
+        async with self._deadline(timeout_s):
+            if not self.switches.batch:
+                keys = await ares.list_objects(self.channel, self.configuration, group)
+                return sorted(k for k in keys if k.startswith(prefix))
+            chain = ares.CLUSTER_CHAIN
+            head = ares.object_key(group, prefix, self.switches)
+            found: list[str] = []
+            after = ""
+            while True:
+                page = await self._list_page(chain, head, after)
+                found += [ares.split_object_key(k)[1] for k in page.keys]
+                if page.after is None:
+                    return found
+                after = page.after
+
+    @property
+    def files(self) -> Files:
+        """Fragmented files of this store (docs/protocol.md §9.2): :class:`aresdsm.files.Files`.
+        The files layer sits above the client; it is imported when first used."""
+        if self._files is None:
+            from .files import Files
+
+            self._files = Files(cast(Any, self), configuration=lambda g: self.cseq(g)[-1].config.id)
+        return self._files
 
     async def _list_page(self, chain: str, prefix: str, after: str) -> ares.KeysPage:
         async def once() -> ares.KeysPage:
@@ -963,6 +998,13 @@ class SyncStore:
 
     def groups(self, *, timeout_s: float | None = None) -> list[str]:
         return self._runner.run(self._store.groups(timeout_s=timeout_s))
+
+    @property
+    def files(self) -> SyncFiles:
+        """Fragmented files, blocking (:class:`aresdsm.files.SyncFiles`)."""
+        from .files import SyncFiles
+
+        return SyncFiles(self._runner, self._store.files)
 
     def close(self) -> None:
         self._runner.run(self._store.close())
