@@ -390,8 +390,9 @@ class Files:
     ) -> int:
         """Write file ``name`` from bytes, a binary file object or an async iterator of bytes.
         Returns the file's size. Only blocks whose content changed are written. ``params``:
-        chunk sizes for a new file (an existing file keeps its own unless given). ``progress(n)`` is called as bytes
-        pass. Raises FileConflict after ``max_retries`` attempts lost to concurrent writers.
+        chunk sizes for a new file (an existing file keeps its own unless given).
+        ``progress(n)`` is called as bytes pass. Raises FileConflict after ``max_retries``
+        attempts lost to concurrent writers.
 
         A source that can be read only once (a pipe, an async iterator) cannot be retried: a
         conflict then raises FileConflict at once."""
