@@ -250,12 +250,24 @@ def trace() -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw a PNG.")
 def trace_report(files: tuple[str, ...], plot_path: str | None) -> None:
     """Share of each phase in the latency of each kind of operation, per mode."""
-    from ..trace_report import breakdown, load_spans, plot, summarize, table
+    from ..trace_report import (
+        breakdown,
+        file_breakdown,
+        file_table,
+        load_spans,
+        plot,
+        summarize,
+        table,
+    )
 
-    rows = summarize(breakdown(load_spans(files)))
+    spans = load_spans(files)
+    rows = summarize(breakdown(spans))
     if not rows:
         raise click.ClickException("no operation spans ('op') in these files")
     console.print(table(rows))
+    file_rows = file_breakdown(spans)
+    if file_rows:  # fragmented files: chunking, block rounds, linking (docs/protocol.md §9.2)
+        console.print(file_table(file_rows))
     if plot_path:
         plot(rows, plot_path)
         console.print(f"saved {plot_path}")

@@ -464,7 +464,8 @@ class Files:
 
         async def place(chunk: bytes) -> None:
             nonlocal pending, pos
-            h = digest(chunk)
+            with tracing.span("file.chunking"):
+                h = digest(chunk)
             e: tuple[str, int] | None = None
             cands = index.get(h)
             if cands:
@@ -488,11 +489,15 @@ class Files:
                 with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
                     async for piece in read_source(source):
                         size += len(piece)
-                        for c in chunker.feed(piece):
+                        with tracing.span("file.chunking"):
+                            cut = chunker.feed(piece)
+                        for c in cut:
                             await place(c)
                         if progress is not None:
                             progress(len(piece))
-                    for c in chunker.finish():
+                    with tracing.span("file.chunking"):
+                        cut = chunker.finish()
+                    for c in cut:
                         await place(c)
                     if pending is not None:
                         await w.put(pending[0], pending[1], None)
