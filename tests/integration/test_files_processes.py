@@ -130,7 +130,8 @@ async def test_writer_killed_between_blocks_and_link(cluster: LocalCluster) -> N
     async with store(cluster) as s:
         await s.files.write("killed", base, params=P)
         live = set(await s.keys("file-block:killed:"))
-    r = subprocess.run(
+    r = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", WRITER, str(cluster.cluster_path)],
         capture_output=True,
         timeout=120,
