@@ -82,6 +82,7 @@ async def test_reconfiguration_in_the_middle_of_a_file_write(cluster: LocalClust
         data = blob(2_000_000, 3)
         task = asyncio.ensure_future(s.files.write("moving", data, params=P))
         await asyncio.sleep(0.3)
+        assert not task.done()  # the reconfiguration starts in the middle of the write
         c1 = Configuration("c1", servers[2:5])
         assert (await admin.reconfigure(c1)).id == "c1"
         await task
