@@ -29,8 +29,8 @@ import signal
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
