@@ -410,3 +410,25 @@ async def test_marking_keeps_reclaimed_blocks_unreachable() -> None:
 async def test_broken_skip_mark_links_a_reclaimed_block() -> None:
     got = await _adjacent_drops(skip_mark=True)
     assert isinstance(got, FileChanged)
+
+
+async def test_link_without_an_answer_raises_and_leaves_orphans_to_the_collector() -> None:
+    s = FakeStore()
+    f = files(s)
+    await f.write("nolink", b"small", params=SMALL)
+    live = set(s.live_blocks("nolink"))
+
+    async def lose_genesis(key: str) -> None:
+        if key == "file:nolink":
+            s.lost.add(key)  # its servers crash just as the link is written
+
+    s.before_write = lose_genesis
+    with pytest.raises(QuorumUnavailable):
+        await f.write("nolink", blob(20_000))
+    s.before_write = None
+    s.lost.clear()
+    assert await f.read("nolink") == b"small"
+    orphans = set(s.live_blocks("nolink")) - live
+    assert orphans
+    assert await f.collect("nolink", grace_s=0) == len(orphans)
+    assert set(s.live_blocks("nolink")) == live

@@ -604,13 +604,10 @@ class Files:
                 [functools.partial(self._reclaim, name, group, n.id) for n in reclaim],
                 self.max_inflight_blocks,
             )
-            if ambiguous:
-                for r in results:
-                    if isinstance(r, BaseException) and not isinstance(r, OperationError):
-                        raise r
+            if ambiguous:  # a link failed without an answer: the collector decides later
                 await w.leave_for_collector()
-            else:
-                await w.orphans_unlinked(unlinked_new)
+                raise next(r for r in results if isinstance(r, BaseException))
+            await w.orphans_unlinked(unlinked_new)
         return ok_all
 
     async def _mark(self, name: str, group: str, n: _Node) -> None:
@@ -722,7 +719,9 @@ class Files:
                 if tag == base and v is not None:
                     await self._cas(key, v, tag, group)
             reached = {
-                n.id for n in (await self._snapshot(name, group)).nodes if n.id.startswith(a.id)
+                n.id
+                for n in (await self._snapshot(name, group)).nodes
+                if n.id.startswith(a.id + ".")
             }
             k, misses = 0, 0
             while misses <= self.max_inflight_blocks * 2 and (a.blocks == 0 or k < a.blocks):
