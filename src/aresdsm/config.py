@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import ConfigurationError
+from .limits import MAX_CONFIG_ID_BYTES, ServerLimits
 
 DapKind = Literal["abd", "treas"]
 DAP_KINDS: tuple[str, ...] = ("abd", "treas")
@@ -27,7 +28,7 @@ MAX_SERVERS = 255
 """Servers in one configuration at most (a descriptor arrives from the network too)."""
 MAX_TREAS_N = 32
 """ISA-L's Vandermonde Reed–Solomon codes at most 32 elements (coding.MAX_N)."""
-MAX_ID_BYTES = 1024
+MAX_ID_BYTES = MAX_CONFIG_ID_BYTES
 MAX_EPOCH = 2**62
 """Configuration epochs (positions in the chain) a descriptor may carry."""
 MAX_FRAME_BYTES_LIMIT = 1024 * 1024 * 1024
@@ -189,6 +190,9 @@ class ClusterFile(msgspec.Struct, frozen=True):
     name: str = "aresdsm"
     data_dirs: dict[str, str] = {}
     """Local clusters only: server id -> data directory (used by ``ares cluster``)."""
+    server_limits: dict[str, Any] = {}
+    """The ``[server]`` table as given (validated): limits every server of the cluster applies
+    (:class:`aresdsm.limits.ServerLimits`); ``ares server`` options override them."""
 
     def server(self, server_id: str) -> ServerInfo:
         for s in self.servers:
@@ -220,7 +224,7 @@ def _require(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
 
 def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> ClusterFile:
     """Validate a cluster file already parsed from TOML."""
-    known = {"cluster", "servers", "initial", "client"}
+    known = {"cluster", "servers", "initial", "client", "server"}
     unknown = set(data) - known
     if unknown:
         raise ConfigurationError(
@@ -293,8 +297,15 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
         )
     cluster_table = data.get("cluster", {})
     name = cluster_table.get("name", "aresdsm") if isinstance(cluster_table, dict) else "aresdsm"
+    server_table = data.get("server", {})
+    ServerLimits.from_table(server_table, where=f"{source}: [server]")  # validate now
     return ClusterFile(
-        servers=tuple(servers), initial=initial, client=client, name=str(name), data_dirs=data_dirs
+        servers=tuple(servers),
+        initial=initial,
+        client=client,
+        name=str(name),
+        data_dirs=data_dirs,
+        server_limits=dict(server_table),
     )
 
 
@@ -345,4 +356,8 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
         f"max_frame_bytes = {o.max_frame_bytes}",
         "",
     ]
+    if cluster.server_limits:
+        lines.append("[server]")
+        lines += [f"{k} = {v!r}" for k, v in sorted(cluster.server_limits.items())]
+        lines.append("")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import (
     ClientOptions,
@@ -84,6 +85,7 @@ class LocalCluster:
         host: str = "127.0.0.1",
         timeout_s: float = 5.0,
         link_delay_ms: float = 0.0,
+        server_limits: dict[str, Any] | None = None,
     ) -> LocalCluster:
         """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
         are those of a relay that delays every message by that much each way, in front of the
@@ -109,6 +111,7 @@ class LocalCluster:
             client=ClientOptions(timeout_s=timeout_s),
             name="local",
             data_dirs={s.id: str(base / s.id) for s in servers},
+            server_limits=dict(server_limits or {}),
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
         return cls(base, cf, storage=storage, listen=listen, link_delay_ms=link_delay_ms)
@@ -155,7 +158,10 @@ class LocalCluster:
         ddir.mkdir(parents=True, exist_ok=True)
         ready = ddir / "ready"
         ready.unlink(missing_ok=True)
-        log = open(ddir / "server.log", "ab")  # noqa: SIM115 - handed to the child process
+        # 0600 like everything in a data directory (handed to the child process)
+        log = os.fdopen(
+            os.open(ddir / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+        )
         cmd = [
             self.python,
             "-m",
