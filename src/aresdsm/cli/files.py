@@ -179,7 +179,8 @@ def get_file(name: str, local: str, group: str, cluster_path: str) -> None:
         sys.stdout.buffer.flush()
         return
     target = Path(local)
-    total = None  # the size is known only by walking the list: no second pass for a bar    try:
+    total: int | None = None  # the size is known only by walking the list: no second pass for a bar
+    try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
     except OSError as e:
         raise LocalFileError(f"cannot write {local}: {e.strerror}") from None
