@@ -129,46 +129,6 @@ def get_file(name: str, local: str, group: str, cluster_path: str) -> None:
     """Read file NAME into LOCAL (a path, or - for stdout)."""
 
     if local == "-":
-        src: Any = sys.stdin.buffer
-        total = None
-    else:
-        try:
-            src = open(local, "rb")  # noqa: SIM115 (closed below)
-            total = os.fstat(src.fileno()).st_size
-        except OSError as e:
-            raise LocalFileError(f"cannot read {local}: {e.strerror}") from None
-
-    async def go(progress: Callable[[int], None]) -> int:
-        async with _connect(cluster_path) as store:
-            size: int = await store.files.write(
-                name, src, group=group, params=params, progress=progress
-            )
-            return size
-
-    try:
-        with _progress(total, f"put {name}") as progress:
-            size = runtime.run(go(progress))
-    finally:
-        if src is not sys.stdin.buffer:
-            src.close()
-    if err_console.is_terminal:
-        err_console.print(f"wrote {size} bytes to file {escape(name)!r}")
-
-
-@file_group.command("get")
-@click.argument("name")
-@click.argument("local")
-@click.option("--group", default=DEFAULT_GROUP, show_default=True)
-@cluster_option
-def get_file(name: str, local: str, group: str, cluster_path: str) -> None:
-    """Read file NAME into LOCAL (a path, or - for stdout)."""
-
-    async def size_of() -> int:
-        async with _connect(cluster_path) as store:
-            st = await store.files.stat(name, group=group)
-            return int(st.size_bytes)
-
-    if local == "-":
 
         async def to_stdout() -> int:
             async with _connect(cluster_path) as store:
@@ -179,7 +139,7 @@ def get_file(name: str, local: str, group: str, cluster_path: str) -> None:
         sys.stdout.buffer.flush()
         return
     target = Path(local)
-    total: int | None = None  # the size is known only by walking the list: no second pass for a bar
+    total: int | None = None  # the size is known only by walking the list: no second pass
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
     except OSError as e:
