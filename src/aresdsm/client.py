@@ -2,7 +2,8 @@
 
 A :class:`Store` reads and writes named objects with atomic (linearizable) semantics. It holds one
 TCP connection per server and runs any number of operations concurrently; every write gets its own
-writer id (client id + operation number) so concurrent writes of one client never share a tag.
+writer id (client id + random incarnation + operation number) so that no two writes -- of one
+client, or of two processes using one client name -- ever share a tag.
 
 Errors (see :mod:`aresdsm.errors`): :class:`~aresdsm.errors.OperationTimeout` and
 :class:`~aresdsm.errors.QuorumUnavailable` when not enough servers answer -- a write that failed
@@ -41,13 +42,14 @@ from .config import (
     validate_configuration,
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
-from .history import OpKind, OpRecord, value_digest, write_records
+from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
+from .identity import initial_digest
 from .limits import MAX_NAME_BYTES
-from .net.client import TcpChannel, context_without_deadline
+from .net.client import ClusterIdentity, TcpChannel, context_without_deadline
 from .net.client import deadline as net_deadline
 from .protocol import ares, coverable, ops
-from .protocol.channel import ConfigurationObsolete
-from .tags import Tag, writer_id
+from .protocol.channel import ConfigurationObsolete, StoreChannel
+from .tags import Tag, new_incarnation, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
 
@@ -81,7 +83,7 @@ class HistoryRecorder:
 
     def __init__(self, out: IO[bytes], *, clock: Any = time.time) -> None:
         self._out = out
-        self._clock = clock
+        self._clock = StrictClock(clock)  # an op invoked after another returned is later
         self._lock = threading.Lock()
         self._ids = 0
 
@@ -193,17 +195,34 @@ class Store:
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
         cseq_cache: str | Path | None = None,
         known_servers: Iterable[ServerInfo] = (),
+        channel: StoreChannel | None = None,
+        incarnation: str | None = None,
+        cluster_id: str = "",
     ) -> None:
         self.configuration = configuration
+        self.cluster_id = cluster_id
+        """The cluster this client belongs to ("" : only the initial configuration's digest is
+        proven in the handshake -- library use without a cluster file)."""
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
         self.client_id = client_id or uuid.uuid4().hex[:12]
-        self.channel = TcpChannel(self.options)
+        if "\x00" in self.client_id:
+            raise ConfigurationError("client_id must not contain NUL characters")
+        self.incarnation = incarnation or new_incarnation()
+        """Random per Store: the same client name in two processes never shares a tag (§2); the
+        simulator passes a seeded one."""
+        self.channel: StoreChannel = channel or TcpChannel(
+            self.options, hello=ClusterIdentity(cluster_id, initial_digest(configuration))
+        )
         self.recorder = recorder
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
+        self.incarnation = incarnation or uuid.uuid4().hex[:8]
+        """Part of every writer id: a client restarted under the same ``client_id`` counts its
+        operations from 1 again, and must not reuse a tag of its earlier life with another
+        value (tests/sim/test_reused_client_name.py)."""
         self._cseqs: dict[str, ares.Cseq] = {}
         self._hints: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
         """Chains from the disk cache: where to ask, and how far the chain had come. Never used
@@ -239,7 +258,9 @@ class Store:
 
     def _next_writer(self) -> str:
         self._op_seq += 1
-        return writer_id(self.client_id, self._op_seq)
+        if self.switches.broken_writer_ids_without_incarnation:
+            return writer_id(self.client_id, self._op_seq)
+        return writer_id(self.client_id, self._op_seq, self.incarnation)
 
     @property
     def mode(self) -> str:
@@ -447,6 +468,9 @@ class Store:
                     hedge.cancel()
                     await asyncio.gather(hedge, return_exceptions=True)
             return await first
+        except asyncio.CancelledError:
+            first.cancel()  # the caller gave up (its deadline, a crash): so does the attempt
+            raise
         except (QuorumUnavailable, OperationTimeout):
             if not first.done() or first.cancelled():
                 raise
@@ -672,6 +696,7 @@ class Store:
         attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
         with tracing.span("op", attrs):
             async with self._deadline(timeout_s):
+                proposal = await self._stamp_incarnations(proposal, group)  # issue 10
                 await self._probe_members(proposal)
                 if self.switches.batch:
                     return await self._reconfigure(proposal, force)
@@ -792,6 +817,58 @@ class Store:
             if decided.id != proposal.id:
                 result = decided
         return result
+
+    async def probe(self, servers: Iterable[ServerInfo]) -> tuple[ServerInfo, ...]:
+        """Connect to each server (handshake: this cluster, that server id) and return them
+        stamped with the incarnation uid each reports. Raises ConfigurationError naming every
+        server that is unreachable or is not what it should be."""
+        found, bad = await self._probe(tuple(servers))
+        if bad:
+            raise ConfigurationError(
+                f"not every server answers as a member of this cluster ({'; '.join(bad)})"
+            )
+        return found
+
+    async def _probe(
+        self, servers: tuple[ServerInfo, ...]
+    ) -> tuple[tuple[ServerInfo, ...], list[str]]:
+        identify = getattr(self.channel, "identify", None)
+        if identify is None:  # a channel without handshakes (the simulator): nothing to stamp
+            return servers, []
+
+        async def one(s: ServerInfo) -> ServerInfo | str:
+            try:
+                welcome = await identify(s, timeout_s=self.options.connect_timeout_s)
+            except AresError as e:
+                return str(e) if s.id in str(e) else f"{s.id} ({s.address}): {e}"
+            return msgspec.structs.replace(s, uid=welcome.incarnation)
+
+        found = await asyncio.gather(*(one(s) for s in servers))
+        return (
+            tuple(x for x in found if isinstance(x, ServerInfo)),
+            [x for x in found if isinstance(x, str)],
+        )
+
+    async def _stamp_incarnations(self, proposal: Configuration, group: str) -> Configuration:
+        """Name, in the proposal, the incarnation of every new member (issue 10): a server
+        re-created later under the same id then refuses to answer for it. Members of the last
+        configuration this client knows keep what that configuration says (one that is down
+        does not stop the reconfiguration that replaces another)."""
+        current = {s.id: s for e in self.cseq(group) for s in e.config.servers}
+        new = tuple(s for s in proposal.servers if not s.uid and s.id not in current)
+        found, bad = await self._probe(new)
+        if bad:  # (the wording of the member ping that follows, which would refuse it too)
+            raise ConfigurationError(
+                f"refusing {proposal.id}: not every new member answers ({'; '.join(bad)})"
+            )
+        probed = {s.id: s for s in found}
+        probed |= {
+            s.id: current[s.id]
+            for s in proposal.servers
+            if not s.uid and s.id in current and current[s.id].address == s.address
+        }
+        servers = tuple(probed.get(s.id, s) for s in proposal.servers)
+        return msgspec.structs.replace(proposal, servers=servers)
 
     def _finalize_later(self, chain: str, cseq: ares.Cseq, decided: Configuration) -> None:
         """§8.3/§8.5: in the background, the F entry reaches every old server (each reclaims
@@ -1033,6 +1110,7 @@ def connect(
         switches=switches,
         cseq_cache=cseq_cache,
         known_servers=cf.servers,
+        cluster_id=cf.cluster_id,
     )
 
 

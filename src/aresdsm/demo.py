@@ -102,7 +102,12 @@ async def run_demo(
         with open(history_path, "wb") as out:  # noqa: ASYNC230 - small, line-buffered appends
             rec = HistoryRecorder(out)
             stores = [
-                Store(cluster.cluster.initial, options=cluster.cluster.client, recorder=rec)
+                Store(
+                    cluster.cluster.initial,
+                    options=cluster.cluster.client,
+                    recorder=rec,
+                    cluster_id=cluster.cluster.cluster_id,
+                )
                 for _ in range(clients)
             ]
             key_names = [f"key-{i}" for i in range(keys)]
@@ -116,7 +121,11 @@ async def run_demo(
                 )
                 for s in stores
             ]
-            admin = Store(cluster.cluster.initial, options=cluster.cluster.client)
+            admin = Store(
+                cluster.cluster.initial,
+                options=cluster.cluster.client,
+                cluster_id=cluster.cluster.cluster_id,
+            )
 
             def event(text: str) -> None:
                 res.events.append(f"t={time.monotonic() - start:4.1f}s  {text}")

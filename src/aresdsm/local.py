@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .config import (
     ClientOptions,
     ClusterFile,
@@ -30,6 +32,7 @@ from .config import (
     validate_configuration,
 )
 from .errors import AresError
+from .identity import create_identity, new_cluster_id
 
 READY_TIMEOUT_S = 20.0
 STATE_FILE = "cluster.json"
@@ -85,32 +88,50 @@ class LocalCluster:
         host: str = "127.0.0.1",
         timeout_s: float = 5.0,
         link_delay_ms: float = 0.0,
+        proxied: bool = False,
         server_limits: dict[str, Any] | None = None,
     ) -> LocalCluster:
         """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
         are those of a relay that delays every message by that much each way, in front of the
-        servers' real ports: clients then see a network with real latency (benchmarks)."""
+        servers' real ports: clients then see a network with real latency (benchmarks). With
+        ``proxied`` the servers listen on ports of their own too, and the caller puts its own
+        proxy at the cluster file's addresses (``ares chaos``: :mod:`aresdsm.faultproxy`)."""
         base = Path(base_dir).resolve()
         if (base / CLUSTER_FILE).exists():
             raise AresError(
                 f"{base / CLUSTER_FILE} already exists; stop that cluster or pick --dir"
             )
         base.mkdir(parents=True, exist_ok=True)
-        relayed = link_delay_ms > 0
+        relayed = link_delay_ms > 0 or proxied
         ports = free_ports((n + spares) * (2 if relayed else 1), host)
         servers = tuple(
             ServerInfo(f"s{i + 1}", f"{host}:{p}") for i, p in enumerate(ports[: n + spares])
         )
         listen = {s.id: f"{host}:{p}" for s, p in zip(servers, ports[n + spares :], strict=False)}
+        cluster_id = new_cluster_id()
         initial = validate_configuration(
             Configuration("c0", servers[:n], dap=dap, k=k, delta=delta)  # type: ignore[arg-type]
         )
+        if storage == "sqlite":
+            # every server's data directory is created here, once: its incarnation uid goes
+            # into the cluster file, so a server re-created later is refused (issue 10)
+            servers = tuple(
+                msgspec.structs.replace(
+                    s,
+                    uid=create_identity(
+                        base / s.id, cluster_id=cluster_id, server_id=s.id, initial=initial
+                    ).incarnation,
+                )
+                for s in servers
+            )
+            initial = msgspec.structs.replace(initial, servers=servers[:n])
         cf = ClusterFile(
             servers=servers,
             initial=initial,
             client=ClientOptions(timeout_s=timeout_s),
             name="local",
             data_dirs={s.id: str(base / s.id) for s in servers},
+            cluster_id=cluster_id,
             server_limits=dict(server_limits or {}),
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
@@ -139,7 +160,7 @@ class LocalCluster:
 
     def start_all(self, *, detach: bool = False) -> None:
         self.start([s.id for s in self.cluster.servers], detach=detach)
-        if self.listen and self.relay is None:
+        if self.listen and self.link_delay_ms > 0 and self.relay is None:
             self._start_relay()
 
     def _start_relay(self) -> None:
@@ -153,7 +174,7 @@ class LocalCluster:
             self.relay.kill()
             raise AresError("the delaying relay did not start")
 
-    def _spawn(self, sid: str, *, detach: bool) -> None:
+    def _spawn(self, sid: str, *, detach: bool, extra: tuple[str, ...] = ()) -> None:
         ddir = self.data_dir(sid)
         ddir.mkdir(parents=True, exist_ok=True)
         ready = ddir / "ready"
@@ -179,6 +200,7 @@ class LocalCluster:
             *(["--trace-file", f"{self.trace_file}.{sid}"] if self.trace_file else []),
             "--ready-file",
             str(ready),
+            *extra,
         ]
         self.procs[sid] = subprocess.Popen(
             cmd,
@@ -213,8 +235,10 @@ class LocalCluster:
                 _kill_pid(pid, sig)
         self._save_state()
 
-    def restart(self, sid: str) -> None:
-        self._spawn(sid, detach=False)
+    def restart(self, sid: str, *, extra: tuple[str, ...] = ()) -> None:
+        """Start a server again (same port, same data directory); ``extra``: more
+        ``ares server`` arguments (``("--new", "initial")`` after a wiped disk)."""
+        self._spawn(sid, detach=False, extra=extra)
         self._wait_ready(sid)
         self._save_state()
 

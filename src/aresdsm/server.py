@@ -12,6 +12,15 @@ stops without sending the replies that depended on the failed commit, and a rest
 last durable state. So is an exception escaping the core (a bug): the in-memory state it leaves
 may not match what is durable, so nothing more is answered from it.
 
+Handshake (issue 10): a server with an identity (every ``ares server``) serves a connection only
+after its first frame, a :class:`~aresdsm.wire.messages.Hello`, named this cluster, this server,
+the initial configuration this server was created with, the protocol version and -- if the
+client's configuration names one -- this incarnation. It answers :class:`Welcome` with its
+identity, or ``refused`` with one line and closes the connection: nothing is served and nothing
+changes. The handshake is a message exchange on top of the byte stream, so it composes with TLS
+underneath. (In-process servers made without an identity, in tests, answer Hello but do not
+require it.)
+
 Flow control: a connection stops being read while ``max_in_flight`` of its requests wait for a
 commit or while its replies are not being read (the transport's write buffer is above its
 high-water mark), so neither grows without bound.
@@ -33,6 +42,7 @@ from typing import cast
 from . import tracing
 from .config import Configuration
 from .errors import ConfigurationError, FrameError
+from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new_uid, open_data_dir
 from .limits import ServerLimits
 from .protocol.server_core import ServerCore
 from .serverlog import BadInputLog, state_events
@@ -40,7 +50,17 @@ from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
-from .wire.messages import Envelope, ErrorReply, GetStats, PutBatch, PutData, Reply, Request
+from .wire.messages import (
+    Envelope,
+    ErrorReply,
+    GetStats,
+    Hello,
+    PutBatch,
+    PutData,
+    Reply,
+    Request,
+    Welcome,
+)
 
 log = logging.getLogger("aresdsm.server")
 
@@ -88,6 +108,8 @@ class _Conn(asyncio.Protocol):
         self.last_active = 0.0
         self.admitted = False
         self._handling = False
+        self.greeted = server.identity is None
+        """The handshake succeeded (or this server has no identity to check)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -149,11 +171,44 @@ class _Conn(asyncio.Protocol):
                 except FrameError as e:
                     self._reject(e)
                     return
-                srv.handle(self, env)
+                if isinstance(env.body, Hello):
+                    self._greet(env.rid, env.body)
+                elif not self.greeted:
+                    self._refuse(env.rid, "the first message on a connection must be Hello")
+                    return
+                else:
+                    srv.handle(self, env)
             if self.paused:
                 self.update_reading()
         finally:
             self._handling = False
+
+    def _greet(self, rid: int, hello: Hello) -> None:
+        ident = self.server.identity
+        if ident is None:
+            self.greeted = True
+            self.send(rid, Welcome("", self.server.server_id, "", PROTOCOL_VERSION))
+            return
+        problem = handshake_problem(ident, hello)
+        if problem is not None:
+            self._refuse(rid, problem)
+            return
+        self.greeted = True
+        self.send(
+            rid, Welcome(ident.cluster_id, ident.server_id, ident.incarnation, PROTOCOL_VERSION)
+        )
+
+    def _refuse(self, rid: int, message: str) -> None:
+        """One line to the client, then close: nothing was served, nothing changed."""
+        self.server.bump("refused-connections")
+        self.server.refusals.warning(f"refused the handshake of {self.peer}: {message}")
+        self.backlog.clear()
+        self.backlog_bytes = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(
+                self.server.encoder.encode(Envelope(rid, ErrorReply("refused", message)))
+            )
+            self.transport.close()  # (after the buffered reply is written)
 
     def _reject(self, e: FrameError) -> None:
         self.server.bump("bad-frames")
@@ -163,13 +218,13 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def encode(self, rid: int, reply: Reply) -> list[bytes | memoryview]:
+    def encode(self, rid: int, reply: Reply | Welcome) -> list[bytes | memoryview]:
         try:
             return self.server.encoder.encode(Envelope(rid, reply))
         except FrameError as e:  # reply too large (or not encodable): answer with an error
             return self.server.encoder.encode(Envelope(rid, ErrorReply("bad-request", str(e))))
 
-    def send(self, rid: int, reply: Reply) -> None:
+    def send(self, rid: int, reply: Reply | Welcome) -> None:
         self.write(self.encode(rid, reply))
 
     def write(self, bufs: list[bytes | memoryview]) -> None:
@@ -232,8 +287,10 @@ class Server:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_in_flight: int | None = None,
         limits: ServerLimits | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.server_id = server_id
+        self.identity = identity
         self.host = host
         self.port = port
         self.storage = storage
@@ -257,7 +314,11 @@ class Server:
         )
         started = time.perf_counter()
         records = list(storage.load())
-        self.core = ServerCore.recover(server_id, records)
+        self.core = ServerCore.recover(
+            server_id,
+            records,
+            incarnation=identity.incarnation if identity is not None else "",
+        )
         st = self.core.stats()
         log.info(
             "server %s recovered %d records in %.3f s: %d configurations, %d objects "
@@ -272,6 +333,7 @@ class Server:
             len(self.core.collected),
         )
         del records
+        self._log_damage()
         self.connections: set[_Conn] = set()
         self._by_activity: OrderedDict[_Conn, None] = OrderedDict()
         """Admitted connections, least recently active first."""
@@ -284,6 +346,17 @@ class Server:
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
+
+    def _log_damage(self) -> None:
+        """Once, at start-up: what the disk lost (the server no longer answers for it)."""
+        core = self.core
+        lost = [f"object {g}/{c}/{k}" for g, c, k in sorted(core.damaged)]
+        lost += [f"state of {g}/{c}" for g, c in sorted(core.damaged_instances)]
+        lost += [f"configuration {c}" for c in sorted(core.damaged_configs)]
+        for what in lost[:100]:
+            log.error("damaged on disk, not answered for until repaired: %s", what)
+        if len(lost) > 100:
+            log.error("... and %d more damaged items (see `ares status`)", len(lost) - 100)
 
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
@@ -577,6 +650,49 @@ def open_storage(kind: str, data_dir: str | Path) -> Storage:
     raise ValueError(f"unknown storage engine {kind!r}; expected 'sqlite' or 'memory'")
 
 
+def handshake_problem(ident: Identity, hello: Hello) -> str | None:
+    """Why a Hello does not match this server (one line), or None."""
+    if hello.version != PROTOCOL_VERSION:
+        return f"protocol version {hello.version}, this server speaks {PROTOCOL_VERSION}"
+    if hello.cluster_id and hello.cluster_id != ident.cluster_id:
+        return (
+            f"this is server {ident.server_id} of cluster {ident.cluster_id}; the client's "
+            f"cluster file names cluster {hello.cluster_id} (a cluster file of another cluster)"
+        )
+    if hello.server_id != ident.server_id:
+        return f"this is server {ident.server_id}, not {hello.server_id} (wrong address?)"
+    if hello.initial_digest != ident.initial_digest:
+        return (
+            f"server {ident.server_id} was created with another initial configuration than the "
+            "client's cluster file names (an edited or foreign cluster file)"
+        )
+    if hello.incarnation and hello.incarnation != ident.incarnation:
+        return (
+            f"this is incarnation {ident.incarnation} of server {ident.server_id}; the client's "
+            f"configuration names incarnation {hello.incarnation} (the server's data directory "
+            "was re-created: it lost the state that configuration counts on)"
+        )
+    return None
+
+
+def server_identity(
+    *,
+    storage_kind: str,
+    data_dir: str | Path,
+    cluster_id: str,
+    server_id: str,
+    initial: Configuration,
+    new: NewMember | None,
+) -> Identity:
+    """The identity to start with: from the data directory (sqlite), or -- the memory engine
+    keeps nothing over a restart -- a new incarnation at every start."""
+    if storage_kind == "memory":
+        return Identity(cluster_id, server_id, new_uid(), initial_digest(initial))
+    return open_data_dir(
+        data_dir, cluster_id=cluster_id, server_id=server_id, initial=initial, new=new
+    )
+
+
 async def run_server(
     *,
     server_id: str,
@@ -588,18 +704,24 @@ async def run_server(
     ready_file: str | Path | None = None,
     limits: ServerLimits | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    identity: Identity | None = None,
 ) -> int:
     """Run a server until SIGTERM/SIGINT; returns the process exit code."""
     log.info("server %s starting (pid %d, data directory %s)", server_id, os.getpid(), data_dir)
     storage = open_storage(storage_kind, data_dir)
-    server = Server(
-        server_id=server_id,
-        host=host,
-        port=port,
-        storage=storage,
-        limits=limits,
-        max_frame_bytes=max_frame_bytes,
-    )
+    try:
+        server = Server(
+            server_id=server_id,
+            host=host,
+            port=port,
+            storage=storage,
+            limits=limits,
+            max_frame_bytes=max_frame_bytes,
+            identity=identity,
+        )
+    except BaseException:
+        storage.close()
+        raise
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
     try:

@@ -2,11 +2,18 @@
 
 A tag is ``(z, writer)``: an integer and a writer id, ordered lexicographically with ``z`` first.
 The initial tag ``TAG0 = (0, "")`` goes with the empty value. Writer ids must be unique per
-*operation in flight*: a client that runs several writes to one key at once gives each its own
+*write ever made*: a client that runs several writes to one key at once gives each its own
 writer id (:func:`writer_id`), otherwise two writes could pick the same tag for different values.
+Operation numbers restart at 1 in every process, so a client name alone is not enough: two
+processes that use one name (a restarted client, two copies of a script) would write different
+values under one tag. Every client incarnation therefore adds a random incarnation suffix
+(:func:`new_incarnation`) to its name; the writer id ``name~incarnation.op`` stays readable in
+traces and histories.
 """
 
 from __future__ import annotations
+
+import secrets
 
 import msgspec
 
@@ -29,6 +36,15 @@ TAG0 = Tag(0, "")
 """The initial tag, paired with the empty value."""
 
 
-def writer_id(client_id: str, op_seq: int) -> str:
-    """The writer id of operation number ``op_seq`` of client ``client_id`` (unique per write)."""
+def writer_id(client_id: str, op_seq: int, incarnation: str = "") -> str:
+    """The writer id of operation number ``op_seq`` of incarnation ``incarnation`` of client
+    ``client_id``: ``name~incarnation.op`` (unique per write). The simulator, whose client names
+    are unique within a run, may leave the incarnation out."""
+    if incarnation:
+        return f"{client_id}~{incarnation}.{op_seq}"
     return f"{client_id}.{op_seq}"
+
+
+def new_incarnation() -> str:
+    """A random incarnation suffix (64 bits: two incarnations of one name never share one)."""
+    return secrets.token_hex(8)

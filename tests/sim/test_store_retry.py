@@ -72,7 +72,7 @@ def test_store_write_retry_keeps_its_tag(broken: bool) -> None:
         assert [e.config.id for e in store.cseq()] == ["c0", "c1"]
         await sc.run_for(0.01)
 
-        first_attempt = writer_id("w", 1)  # the first attempt's put-data only
+        first_attempt = writer_id("w", 1, store.incarnation)  # the first attempt's put-data only
         sc.hold(
             "w-put",
             lambda m: (

@@ -136,12 +136,24 @@ def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> No
         )
     last = chain[-1].config if chain else cf.initial
     servers = Table(
-        "server", "address", "state", "in last config", "objects", "stored bytes", "requests"
+        "server",
+        "address",
+        "state",
+        "in last config",
+        "objects",
+        "stored bytes",
+        "requests",
+        "damaged",
     )
+    damaged: list[str] = []
     for s, st in zip(servers_known, stats, strict=True):
         member = "yes" if last.has_member(s.id) else ""
         if isinstance(st, str):
-            servers.add_row(s.id, s.address, f"[red]down[/] ({st[:50]})", member, "", "", "")
+            state = "refused" if "refused the connection" in st else "down"
+            why = "" if state == "refused" else f" ({escape(st[:50])})"
+            servers.add_row(s.id, s.address, f"[red]{state}[/]{why}", member, "", "", "", "")
+            if state == "refused":
+                damaged.append(f"{s.id}: {st}")
         else:
             reqs = sum(v for k, v in st.counters.items() if k[0].isupper())
             servers.add_row(
@@ -152,8 +164,12 @@ def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> No
                 str(st.objects),
                 str(st.stored_bytes),
                 str(reqs),
+                f"[red]{st.damaged_count}[/]" if st.damaged_count else "0",
             )
+            damaged += [f"{s.id}: damaged on disk, not answered for: {d}" for d in st.damaged]
     console.print(servers)
+    for line in damaged:
+        console.print(f"[yellow]{escape(line)}[/]")
     if show_storage:
         _storage_table(ares.CLUSTER_CHAIN, [e.config.id for e in chain], servers_known, stats)
 

@@ -522,7 +522,13 @@ async def reconfig(
     if vet is not None:
         vet(cseq, proposal)
     decided = await paxos.propose(
-        net, last, group=group, value=proposal, proposer=proposer, backoff=backoff
+        net,
+        last,
+        group=group,
+        value=proposal,
+        proposer=proposer,
+        backoff=backoff,
+        broken_own_value=switches.broken_paxos_own_value,
     )
     return await _install(net, cseq, nu, decided, group, transfer_concurrency, switches)
 

@@ -69,6 +69,12 @@ class OpSwitches:
     """Test-only: with piggyback off, phase 2 ignores the next its put-data ACKs carry and
     relies on read-config alone, as the original Ares does -- unsafe next to an Ares II
     reconfigurer (tests/sim/test_mixed_modes.py)."""
+    broken_paxos_own_value: bool = False
+    """Test-only: the Paxos proposer ignores the values its PROMISEs report and decides its own
+    (two reconfigurers then decide two successors of one configuration; §10.2)."""
+    broken_writer_ids_without_incarnation: bool = False
+    """Test-only: a Store's writer ids are ``name.op`` without the random incarnation, so two
+    processes using one client name write under one tag (tests/sim/test_reused_client_name.py)."""
     broken_no_requery_after_obsolete: bool = False
     """Test-only: phase 1 keeps a successor's answer given before its predecessor said OBSOLETE
     instead of asking it again (§8.3; tests/sim/test_obsolete_race.py)."""

@@ -38,6 +38,18 @@ class Record(msgspec.Struct, frozen=True):
         return (self.ns, self.group, self.config_id, self.key)
 
 
+class DamagedRecord(msgspec.Struct, frozen=True):
+    """A record whose checksum did not match on recovery (a damaged disk). ``meta`` is the
+    record's meta when that part is intact (only the value is bad), else None."""
+
+    ns: str
+    group: str
+    config_id: str
+    key: str
+    meta: bytes | None
+    reason: str
+
+
 class Delete(msgspec.Struct, frozen=True):
     """Delete one record, or (key=None) every record of (ns, group, config_id)."""
 
@@ -68,8 +80,9 @@ class Storage(ABC):
     # -- engine-specific ---------------------------------------------------------------------
 
     @abstractmethod
-    def load(self) -> Iterable[Record]:
-        """Every record on stable storage (used once, at start-up, to recover)."""
+    def load(self) -> Iterable[Record | DamagedRecord]:
+        """Every record on stable storage (used once, at start-up, to recover); a record whose
+        checksum does not match comes back as a :class:`DamagedRecord`."""
 
     @abstractmethod
     def _commit(self, batch: list[Write]) -> None:
