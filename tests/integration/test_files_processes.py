@@ -15,6 +15,7 @@ import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,12 +81,29 @@ async def test_reconfiguration_in_the_middle_of_a_file_write(cluster: LocalClust
     servers = cluster.cluster.servers
     async with store(cluster) as s, store(cluster) as admin:
         data = blob(2_000_000, 3)
+        real = s.cvr_write
+        calls = 0
+        go_on = asyncio.Event()
+        midway = asyncio.Event()
+
+        async def paced(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 10:  # some blocks written, most not: the reconfiguration starts now
+                midway.set()
+                await go_on.wait()
+            return await real(*args, **kwargs)
+
+        s.cvr_write = paced  # type: ignore[method-assign]
         task = asyncio.ensure_future(s.files.write("moving", data, params=P))
-        await asyncio.sleep(0.3)
-        assert not task.done()  # the reconfiguration starts in the middle of the write
+        await midway.wait()
         c1 = Configuration("c1", servers[2:5])
-        assert (await admin.reconfigure(c1)).id == "c1"
+        reconf = asyncio.ensure_future(admin.reconfigure(c1))
+        await asyncio.sleep(0.05)
+        go_on.set()  # the write goes on while the reconfiguration runs
+        assert (await reconf).id == "c1"
         await task
+        assert calls > 20
         assert await s.files.read("moving") == data
     async with store(cluster) as fresh:
         assert await fresh.files.read("moving") == data
