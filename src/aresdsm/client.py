@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -54,6 +54,9 @@ from .protocol.channel import ConfigurationObsolete, StoreChannel
 from .tags import TAG0, Tag, new_incarnation, tombstone_writer, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
+
+if TYPE_CHECKING:
+    from .files import Files, SyncFiles
 
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
@@ -241,6 +244,7 @@ class Store:
         """One relocation in flight per chain; concurrent operations share it."""
         self._background: set[asyncio.Task[bool]] = set()
         self._finalizing = asyncio.Semaphore(MAX_BACKGROUND_FINALIZE)
+        self._files: Files | None = None
 
     async def __aenter__(self) -> Store:
         return self
@@ -693,6 +697,30 @@ class Store:
 
         found = await asyncio.gather(*(present(k) for k in keys))
         return [k for k, ok in zip(keys, found, strict=True) if ok]
+
+    async def keys(
+        self, prefix: str = "", *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> builtins.list[str]:
+        """The keys of ``group`` that start with ``prefix``, in order (keys only, never values;
+        every key with a completed write is listed, deleted ones too -- :meth:`list` leaves
+        those out). With ``batch`` off every object has a chain of its own: the initial
+        configuration's servers list them (``ListChains``)."""
+        _check_group(group)
+        if self.switches.batch:
+            return [k async for k in self.iter_keys(prefix, group=group, verify=False)]
+        async with self._deadline(timeout_s):
+            keys = await ares.list_objects(self.channel, self.configuration, group)
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    @property
+    def files(self) -> Files:
+        """Fragmented files of this store (docs/protocol.md §9.2): :class:`aresdsm.files.Files`.
+        The files layer sits above the client; it is imported when first used."""
+        if self._files is None:
+            from .files import Files
+
+            self._files = Files(self, configuration=lambda g: self.cseq(g)[-1].config.id)
+        return self._files
 
     async def _list_page(self, chain: str, prefix: str, after: str) -> ares.KeysPage:
         async def once() -> ares.KeysPage:
@@ -1345,6 +1373,12 @@ class SyncStore:
         not a snapshot; each key's presence is linearizable on its own)."""
         return self._call(self._store.list(prefix, group=group, limit=limit, timeout_s=timeout_s))
 
+    def keys(
+        self, prefix: str = "", *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> builtins.list[str]:
+        """Every key of ``group`` with ``prefix``, deleted ones too (see :meth:`Store.keys`)."""
+        return self._call(self._store.keys(prefix, group=group, timeout_s=timeout_s))
+
     def groups(self, *, timeout_s: float | None = None) -> builtins.list[str]:
         """The groups that hold at least one object (see :meth:`Store.groups`)."""
         return self._call(self._store.groups(timeout_s=timeout_s))
@@ -1416,6 +1450,13 @@ class SyncStore:
             finally:
                 self._closed = True
                 self._stop_loop()
+
+    @property
+    def files(self) -> SyncFiles:
+        """Fragmented files, blocking (:class:`aresdsm.files.SyncFiles`)."""
+        from .files import SyncFiles
+
+        return SyncFiles(self._call, self._store.files)
 
     def cvr_write(
         self,
