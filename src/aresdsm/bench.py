@@ -29,6 +29,7 @@ import signal
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -489,3 +490,213 @@ async def _group_bytes(store: Store, cluster: LocalCluster, group: str) -> int:
             or (store.switches.batch and name.startswith(f"{CLUSTER_CHAIN}/"))
         )
     return total
+
+
+# -- fragmented files (issue 12, docs/protocol.md §9.2) ----------------------------------------
+
+
+@dataclass
+class FileBenchResult:
+    """One file benchmark on one cluster: put/get throughput, the client's peak RSS, a small
+    edit, concurrent writers, and the file's reconfiguration in both modes."""
+
+    servers: int
+    dap: str
+    k: int
+    file_bytes: int
+    avg_block_bytes: int
+    blocks: int
+    put_mb_s: float
+    get_mb_s: float
+    client_peak_rss_mb: float
+    edit_blocks_written: int
+    edit_time_share: float
+    """Time of the 1 KiB edit / time of writing the whole file."""
+    disjoint_writers_ok: int
+    same_block_outcomes: dict[str, int]
+    reconfig_ms: dict[str, float] = field(default_factory=dict)
+    reconfig_decisions: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        mb = self.file_bytes / 1e6
+        r = ", ".join(
+            f"{m}: {self.reconfig_ms[m]:.0f} ms / {self.reconfig_decisions[m]} decision(s)"
+            for m in self.reconfig_ms
+        )
+        return (
+            f"file n={self.servers} {self.dap}: {mb:.0f} MB in {self.blocks} blocks: put "
+            f"{self.put_mb_s:.1f} MB/s, get {self.get_mb_s:.1f} MB/s, client peak RSS "
+            f"{self.client_peak_rss_mb:.0f} MB; 1 KiB edit: {self.edit_blocks_written} block "
+            f"writes, {100 * self.edit_time_share:.1f} % of a whole write; disjoint writers ok "
+            f"{self.disjoint_writers_ok}/2; same block {self.same_block_outcomes}; reconfig {r}"
+        )
+
+
+class _Zeros:
+    """A pseudo-random file of ``size`` bytes produced as it is read (the bench never holds
+    the file in memory)."""
+
+    def __init__(self, size: int, seed: int = 1, edit_at: int | None = None) -> None:
+        import random
+
+        self.size = size
+        self.pos = 0
+        self._rng = random.Random(seed)
+        self._edit_at = edit_at
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        data = bytearray(self._rng.randbytes(n))
+        if self._edit_at is not None and self.pos <= self._edit_at < self.pos + n:
+            i = self._edit_at - self.pos
+            data[i : i + 1024] = b"E" * len(data[i : i + 1024])
+        self.pos += n
+        return bytes(data)
+
+
+class _Discard:
+    def write(self, b: bytes) -> int:
+        return len(b)
+
+
+async def run_file_bench(
+    *,
+    n: int,
+    file_bytes: int,
+    avg_block_bytes: int = 1024 * 1024,
+    dap: str = "abd",
+    k: int | None = None,
+    delta: int = 4,
+    storage: str = "sqlite",
+    modes: list[str] | None = None,
+    base_dir: str | Path | None = None,
+    log: Any = print,
+) -> FileBenchResult:
+    """Write and read one file of ``file_bytes``, change 1 KiB in its middle, run two writers
+    on disjoint regions and four on one block, then reconfigure the file in each mode (Ares II:
+    one decision for the whole file; classic: one per block)."""
+    import resource
+
+    from .files import ChunkParams, FileConflict
+
+    params = ChunkParams(
+        min_bytes=max(64, avg_block_bytes // 4),
+        avg_bytes=avg_block_bytes,
+        max_bytes=min(16 * 1024 * 1024, avg_block_bytes * 4),
+    )
+    kk = k if k is not None else max(1, n - 2)
+    with tempfile.TemporaryDirectory(prefix="ares-bench-files-", dir=base_dir) as tmp:
+        cluster = LocalCluster.create(
+            Path(tmp) / "cluster",
+            n=n,
+            spares=n,
+            storage=storage,
+            dap=dap,
+            k=kk,
+            delta=delta,
+            timeout_s=30.0,
+        )
+        await asyncio.to_thread(cluster.start_all)
+        try:
+            cf = cluster.cluster
+            store = Store(cf.initial, options=cf.client)
+            t0 = time.perf_counter()
+            await store.files.write("bench.bin", _Zeros(file_bytes), params=params)
+            put_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            await store.files.read_into("bench.bin", _Discard())
+            get_s = time.perf_counter() - t0
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            st = await store.files.stat("bench.bin")
+            log(
+                f"file: {file_bytes} bytes, {st.blocks} blocks, "
+                f"put {put_s:.2f} s, get {get_s:.2f} s"
+            )
+            before = store.files.blocks_written
+            t0 = time.perf_counter()
+            await store.files.write("bench.bin", _Zeros(file_bytes, edit_at=file_bytes // 2))
+            edit_s = time.perf_counter() - t0
+            edit_blocks = store.files.blocks_written - before
+            # two writers, disjoint regions of one (smaller) file
+            small = min(file_bytes, 8 * avg_block_bytes)
+            await store.files.write("shared.bin", _Zeros(small, seed=2), params=params)
+            others = [Store(cf.initial, options=cf.client) for _ in range(4)]
+            res: Sequence[int | BaseException] = await asyncio.gather(
+                others[0].files.write("shared.bin", _Zeros(small, seed=2, edit_at=small // 8)),
+                others[1].files.write("shared.bin", _Zeros(small, seed=2, edit_at=7 * small // 8)),
+                return_exceptions=True,
+            )
+            disjoint_ok = sum(not isinstance(r, BaseException) for r in res)
+            for o in others:
+                o.files.max_retries = 0
+            res = await asyncio.gather(
+                *(
+                    o.files.write("shared.bin", _Zeros(small, seed=3 + i, edit_at=small // 2))
+                    for i, o in enumerate(others)
+                ),
+                return_exceptions=True,
+            )
+            outcomes: dict[str, int] = {}
+            for r in res:
+                key = "ok" if not isinstance(r, BaseException) else type(r).__name__
+                outcomes[key] = outcomes.get(key, 0) + 1
+            assert all(isinstance(r, int | FileConflict) for r in res), res
+            for o in others:
+                await o.close()
+            await store.close()
+            result = FileBenchResult(
+                n,
+                dap,
+                kk if dap == "treas" else 1,
+                file_bytes,
+                avg_block_bytes,
+                st.blocks,
+                file_bytes / put_s / 1e6,
+                file_bytes / get_s / 1e6,
+                rss_mb,
+                edit_blocks,
+                edit_s / put_s,
+                disjoint_ok,
+                outcomes,
+            )
+            await _bench_file_reconfig(cluster, result, params, modes or ["ares2", "classic"])
+        finally:
+            await asyncio.to_thread(cluster.stop)
+    log(result.line())
+    return result
+
+
+async def _bench_file_reconfig(
+    cluster: LocalCluster, result: FileBenchResult, params: Any, modes: list[str]
+) -> None:
+    """Reconfigure one file of ``result.blocks`` blocks: Ares II moves it with the cluster's
+    one decision; classic Ares reconfigures each block's chain (and the genesis) on its own."""
+    cf = cluster.cluster
+    n = result.servers
+    pools = [cf.servers[:n], cf.servers[n : 2 * n]]
+    for i, mode in enumerate(modes):
+        store = Store(cf.initial, options=cf.client, switches=MODES[mode])
+        name = f"reconf-{mode}.bin"
+        blocks = max(1, result.blocks)
+        await store.files.write(name, _Zeros(blocks * params.avg_bytes, seed=9), params=params)
+        proposal = Configuration(
+            f"file-{mode}-{i}",
+            tuple(pools[1]) if mode == "ares2" else tuple(pools[0][::-1]),
+            dap=cf.initial.dap,
+            k=cf.initial.k,
+            delta=cf.initial.delta,
+        )
+        c0 = store.channel.rounds_by_phase.get("consensus.prepare", 0)
+        t0 = time.perf_counter()
+        if store.switches.batch:
+            await store.reconfigure(proposal, force=True)
+        else:
+            keys = ["file:" + name, *await store.keys(f"file-block:{name}:")]
+            await store.reconfigure(proposal, keys=keys, concurrency=8, force=True)
+        result.reconfig_ms[mode] = (time.perf_counter() - t0) * 1e3
+        result.reconfig_decisions[mode] = (
+            store.channel.rounds_by_phase.get("consensus.prepare", 0) - c0
+        )
+        await store.close()

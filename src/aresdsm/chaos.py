@@ -73,10 +73,13 @@ ABD ⇄ TREAS) and is only done when asked for."""
 REMOTE_DEFAULT_FAULTS = CLIENT_FAULTS
 
 BROKEN = {
-    f.name.removeprefix("broken_").replace("_", "-"): f.name for f in dataclasses.fields(Broken)
+    f.name.removeprefix("broken_").replace("_", "-"): f.name
+    for f in dataclasses.fields(Broken)
+    if f.name.startswith("broken_")
 }
 """Test-only protocol variants (``--broken skip-write-back`` turns on
-``Broken.broken_skip_write_back``) a chaos run should catch; kept out of the help text."""
+``aresdsm.testing.Broken.broken_skip_write_back``) a chaos run should catch; kept out of the
+help text."""
 
 REMOTE_GROUP = "chaos"
 """The group a burn-in on an operator's cluster reads and writes (never their own data)."""

@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -54,6 +54,9 @@ from .protocol.channel import ConfigurationObsolete, StoreChannel
 from .tags import TAG0, Tag, new_incarnation, tombstone_writer, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
+
+if TYPE_CHECKING:
+    from .files import Files, SyncFiles
 
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
@@ -208,10 +211,11 @@ class Store:
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
+        if client_id is not None and "\x00" in client_id:
+            raise ConfigurationError("a client id must not contain NUL characters")
         self.client_id = client_id or uuid.uuid4().hex[:12]
-        if "\x00" in self.client_id or "\x01" in self.client_id:
-            # NUL: TREAS record keys; U+0001 starts the tombstone mark (tags.TOMBSTONE_MARK)
-            raise ConfigurationError("a client id must not contain NUL or U+0001 characters")
+        if "\x00" in self.client_id:
+            raise ConfigurationError("client_id must not contain NUL characters")
         self.incarnation = incarnation or new_incarnation()
         """Random per Store: the same client name in two processes never shares a tag (§2); the
         simulator passes a seeded one."""
@@ -240,6 +244,7 @@ class Store:
         """One relocation in flight per chain; concurrent operations share it."""
         self._background: set[asyncio.Task[bool]] = set()
         self._finalizing = asyncio.Semaphore(MAX_BACKGROUND_FINALIZE)
+        self._files: Files | None = None
 
     async def __aenter__(self) -> Store:
         return self
@@ -692,6 +697,30 @@ class Store:
 
         found = await asyncio.gather(*(present(k) for k in keys))
         return [k for k, ok in zip(keys, found, strict=True) if ok]
+
+    async def keys(
+        self, prefix: str = "", *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> builtins.list[str]:
+        """The keys of ``group`` that start with ``prefix``, in order (keys only, never values;
+        every key with a completed write is listed, deleted ones too -- :meth:`list` leaves
+        those out). With ``batch`` off every object has a chain of its own: the initial
+        configuration's servers list them (``ListChains``)."""
+        _check_group(group)
+        if self.switches.batch:
+            return [k async for k in self.iter_keys(prefix, group=group, verify=False)]
+        async with self._deadline(timeout_s):
+            keys = await ares.list_objects(self.channel, self.configuration, group)
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    @property
+    def files(self) -> Files:
+        """Fragmented files of this store (docs/protocol.md §9.2): :class:`aresdsm.files.Files`.
+        The files layer sits above the client; it is imported when first used."""
+        if self._files is None:
+            from .files import Files
+
+            self._files = Files(self, configuration=lambda g: self.cseq(g)[-1].config.id)
+        return self._files
 
     async def _list_page(self, chain: str, prefix: str, after: str) -> ares.KeysPage:
         async def once() -> ares.KeysPage:
@@ -1344,6 +1373,12 @@ class SyncStore:
         not a snapshot; each key's presence is linearizable on its own)."""
         return self._call(self._store.list(prefix, group=group, limit=limit, timeout_s=timeout_s))
 
+    def keys(
+        self, prefix: str = "", *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> builtins.list[str]:
+        """Every key of ``group`` with ``prefix``, deleted ones too (see :meth:`Store.keys`)."""
+        return self._call(self._store.keys(prefix, group=group, timeout_s=timeout_s))
+
     def groups(self, *, timeout_s: float | None = None) -> builtins.list[str]:
         """The groups that hold at least one object (see :meth:`Store.groups`)."""
         return self._call(self._store.groups(timeout_s=timeout_s))
@@ -1376,6 +1411,11 @@ class SyncStore:
                 timeout_s=timeout_s,
             )
         )
+
+    def probe(self, servers: Iterable[ServerInfo]) -> tuple[ServerInfo, ...]:
+        """Check each server's identity and return them stamped with their incarnation uids
+        (see :meth:`Store.probe`)."""
+        return self._call(self._store.probe(servers))
 
     def finish_reconfiguration(self, *, timeout_s: float | None = None) -> ares.Cseq:
         """Complete a decided but unfinished reconfiguration (see
@@ -1410,6 +1450,13 @@ class SyncStore:
             finally:
                 self._closed = True
                 self._stop_loop()
+
+    @property
+    def files(self) -> SyncFiles:
+        """Fragmented files, blocking (:class:`aresdsm.files.SyncFiles`)."""
+        from .files import SyncFiles
+
+        return SyncFiles(self._call, self._store.files)
 
     def cvr_write(
         self,

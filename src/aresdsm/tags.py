@@ -27,7 +27,7 @@ class Tag(msgspec.Struct, frozen=True, order=True, array_like=True):
     @property
     def deleted(self) -> bool:
         """This version is a tombstone: the object was deleted (:func:`tombstone_writer`)."""
-        return self.writer.startswith(TOMBSTONE_MARK)
+        return self.writer.endswith(TOMBSTONE_MARK)
 
     def successor(self, writer: str) -> Tag:
         """The tag a writer that saw ``self`` as the maximum picks: ``(z + 1, writer)``."""
@@ -40,18 +40,18 @@ class Tag(msgspec.Struct, frozen=True, order=True, array_like=True):
 TAG0 = Tag(0, "")
 """The initial tag, paired with the empty value."""
 
-TOMBSTONE_MARK = "\x01deleted "
-"""Starts the writer id of a delete. A delete is an ordinary write (same two phases, same
-quorums, a tag like any other: atomic with respect to every read and write) of the empty value
-under a writer id that marks the version as a tombstone; a read that returns it reports the
-object as absent. Client ids cannot contain NUL or U+0001, so no real writer id starts with the
-mark. (Not NUL: servers refuse writer ids with NUL -- TREAS record keys end with NUL z NUL writer
--- so a NUL mark made every delete fail with ``bad-request``.)"""
+TOMBSTONE_MARK = "~deleted"
+"""Ends the writer id of a delete. A delete is an ordinary write (same two phases, same quorums,
+a tag like any other: atomic with respect to every read and write) of the empty value under a
+writer id that marks the version as a tombstone; a read that returns it reports the object as
+absent. Every real writer id ends with its operation number (:func:`writer_id`), so none ends
+with the mark. (Not a NUL prefix: servers refuse NUL in writer ids, which TREAS record keys use
+as a separator.)"""
 
 
 def tombstone_writer(writer: str) -> str:
     """The writer id under which a delete is written (``Tag.deleted`` is then true)."""
-    return TOMBSTONE_MARK + writer
+    return writer + TOMBSTONE_MARK
 
 
 def writer_id(client_id: str, op_seq: int, incarnation: str = "") -> str:

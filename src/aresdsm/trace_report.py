@@ -346,3 +346,97 @@ def plot(rows: Sequence[Row], path: str | Path) -> None:
     fig.suptitle("aresdsm: where operation latency goes")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+FILE_PHASES = ("read list", "chunking", "block rounds", "linking", "reclaim", "client")
+"""Phases of a file operation (docs/protocol.md §9.2): reading the current block list, content-
+defined chunking and hashing, the block writes (or reads), marking and linking, reclaiming the
+unlinked blocks, and the rest. Block writes run pipelined with chunking: at every instant the
+time goes to chunking if it runs, else to the latest-started block round."""
+
+_FILE_SPANS = {
+    "file.read-list": "read list",
+    "file.chunking": "chunking",
+    "file.block": "block rounds",
+    "file.link": "linking",
+    "file.reclaim": "reclaim",
+}
+
+
+@dataclass
+class FileRow:
+    kind: str
+    ops: int = 0
+    bytes: int = 0
+    latency_ns: int = 0
+    phases_ns: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FILE_PHASES, 0.0))
+    blocks: int = 0
+
+    def share(self, phase: str) -> float:
+        return self.phases_ns[phase] / self.latency_ns if self.latency_ns else 0.0
+
+
+def file_breakdown(spans: Sequence[Span]) -> list[FileRow]:
+    """One row per kind of file operation (``file-write``, ``file-read``, ``file-delete``)."""
+    children: dict[str, list[Span]] = {}
+    for s in spans:
+        if s.parent_id is not None:
+            children.setdefault(s.parent_id, []).append(s)
+    rows: dict[str, FileRow] = {}
+    for op in spans:
+        kind = str(op.attributes.get("ares.op", ""))
+        if op.name != "op" or not kind.startswith("file-"):
+            continue
+        below = _descendants(op, children)
+        phased = [(s, _FILE_SPANS[s.name]) for s in below if s.name in _FILE_SPANS]
+        if kind == "file-read":  # a read's block reads are the op spans directly below it
+            phased += [(s, "block rounds") for s in children.get(op.span_id, []) if s.name == "op"]
+        result = dict.fromkeys(FILE_PHASES, 0.0)
+        points = {op.start_ns, op.end_ns}
+        for s, _ in phased:
+            points.add(min(max(s.start_ns, op.start_ns), op.end_ns))
+            points.add(min(max(s.end_ns, op.start_ns), op.end_ns))
+        for a, b in itertools.pairwise(sorted(points)):
+            active = [(s, p) for s, p in phased if s.start_ns <= a and s.end_ns >= b]
+            chunking = [x for x in active if x[1] == "chunking"]
+            outer = [x for x in active if x[1] != "chunking" and x[1] != "block rounds"]
+            blocks = [x for x in active if x[1] == "block rounds"]
+            if chunking:
+                result["chunking"] += b - a
+            elif blocks:
+                result["block rounds"] += b - a
+            elif outer:
+                result[max(outer, key=lambda x: x[0].start_ns)[1]] += b - a
+            else:
+                result["client"] += b - a
+        row = rows.setdefault(kind, FileRow(kind))
+        row.ops += 1
+        row.bytes += int(op.attributes.get("ares.bytes", 0) or 0)
+        row.latency_ns += op.duration_ns
+        row.blocks += sum(1 for _, p in phased if p == "block rounds")
+        for p, v in result.items():
+            row.phases_ns[p] += v
+    return [rows[k] for k in sorted(rows)]
+
+
+def file_table(rows: Sequence[FileRow]) -> Any:
+    from rich.table import Table
+
+    t = Table(
+        "",
+        *(r.kind for r in rows),
+        title="file operations by phase",
+        caption="phases add up to 100 % of the file operations' latency",
+    )
+    for c in t.columns[1:]:
+        c.justify = "right"
+    t.add_row("operations", *(str(r.ops) for r in rows))
+    t.add_row("blocks", *(str(r.blocks) for r in rows))
+    t.add_row(
+        "MB/s",
+        *(f"{r.bytes / (r.latency_ns / 1e9) / 1e6:.1f}" if r.latency_ns else "-" for r in rows),
+        end_section=True,
+    )
+    for p in FILE_PHASES:
+        t.add_row(p, *(f"{100 * r.share(p):.1f}%" for r in rows))
+    return t

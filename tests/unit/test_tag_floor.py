@@ -124,8 +124,8 @@ def test_bad_floor_is_refused() -> None:
 
 
 def test_a_tombstone_write_is_accepted() -> None:
-    """Regression: the tombstone mark started with NUL, which servers refuse in writer ids, so
-    every delete failed with bad-request."""
+    """A tombstone's writer id passes the server's checks (a NUL mark, refused in writer ids,
+    once made every delete fail with bad-request)."""
     c = _core({})
     tag = Tag(2, tombstone_writer("a~x.1"))
     reply, writes = c.handle(abd.put_request("g", "c0", "k", tag, Blob(b"")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -142,6 +143,20 @@ def check(history: str, max_steps: int) -> None:
     help="One-way delay added between the client and every server (a relay process).",
 )
 @click.option(
+    "--file-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Instead of the object cells: the fragmented-file benchmark with a file of this many "
+    "MB (put/get MB/s, client peak RSS, a 1 KiB edit, concurrent writers, the file's "
+    "reconfiguration in --modes: one decision in ares2, one per block in classic).",
+)
+@click.option(
+    "--file-avg-kib",
+    type=click.IntRange(1, 4096),
+    default=1024,
+    show_default=True,
+    help="Average block size of --file-mb.",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False),
@@ -175,6 +190,8 @@ def bench(
     reconfig_groups: int,
     relocation: bool,
     link_delay_ms: float,
+    file_mb: float | None,
+    file_avg_kib: int,
     json_out: str,
     attack: bool,
     idle_conns: int,
@@ -212,6 +229,27 @@ def bench(
         _bench_attack(
             servers[0], max(conc), value_size, duration_s, idle_conns, slowloris, storage, out
         )
+        return
+    if file_mb is not None:
+        from ..bench import run_file_bench
+
+        with _tracing_for(trace_file, otlp_endpoint, trace_sample):
+            for n in servers:
+                result = runtime.run(
+                    run_file_bench(
+                        n=n,
+                        file_bytes=int(file_mb * 1e6),
+                        avg_block_bytes=file_avg_kib * 1024,
+                        dap=dap,
+                        k=k,
+                        delta=delta,
+                        storage=storage,
+                        modes=mode_list,
+                        log=console.print,
+                    )
+                )
+                Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+                Path(json_out).write_text(json.dumps(dataclasses.asdict(result), indent=1))
         return
     with _tracing_for(trace_file, otlp_endpoint, trace_sample):
         report = runtime.run(
@@ -267,12 +305,24 @@ def trace() -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw a PNG.")
 def trace_report(files: tuple[str, ...], plot_path: str | None) -> None:
     """Share of each phase in the latency of each kind of operation, per mode."""
-    from ..trace_report import breakdown, load_spans, plot, summarize, table
+    from ..trace_report import (
+        breakdown,
+        file_breakdown,
+        file_table,
+        load_spans,
+        plot,
+        summarize,
+        table,
+    )
 
-    rows = summarize(breakdown(load_spans(files)))
+    spans = load_spans(files)
+    rows = summarize(breakdown(spans))
     if not rows:
         raise click.ClickException("no operation spans ('op') in these files")
     console.print(table(rows))
+    file_rows = file_breakdown(spans)
+    if file_rows:  # fragmented files: chunking, block rounds, linking (docs/protocol.md §9.2)
+        console.print(file_table(file_rows))
     if plot_path:
         plot(rows, plot_path)
         console.print(f"saved {plot_path}")

@@ -1,0 +1,912 @@
+"""Fragmented files (CoBFS) over coverable registers (docs/protocol.md §9.2).
+
+A file is a linked list of blocks from a genesis block whose key derives from the file name
+(in the file's group); every block is a coverable register (§9.1), written with
+``Store.cvr_write`` against the version read. The layer sits above the client: it uses only
+``cvr_write``, ``read_tagged`` and ``keys``.
+
+**Writing** (one *attempt*): walk the current list (block ids, tags, content hashes), then
+stream the new content through content-defined chunking (FastCDC); a chunk whose hash matches
+a current block at or after the matching position keeps that block, any other chunk becomes a
+new block with a fresh id (never reused: ``<attempt id>.<n>``), written at once (bounded
+concurrency) with the id of the entry after it as ``next``. Then, as in Harris's lock-free
+list: every current block the new version drops is *marked* (a coverable write of the block
+itself: it stays readable, and its ``next`` never changes again), and only then is the
+predecessor of each changed run rewritten to point at the run's first new block (or over the
+dropped blocks). New blocks are therefore always written before the pointer that links them, and
+a dropped block is unlinked only from an unmarked predecessor -- the only way a block ever
+becomes unreachable. A ``stale`` answer anywhere ends the attempt; the writer re-reads,
+re-diffs and retries (``max_retries``), then raises :class:`FileConflict`. Writers of
+different parts of one file rewrite different blocks and both succeed.
+
+**Reclaiming**: after a committed unlink the writer replaces the blocks it jumped over with
+tombstones (a coverable write against the marked version: the data is gone from the servers,
+which keep one value per register). A reclaimed block is never referenced by the current list:
+nothing points at a marked block except an unlinked predecessor, and a jump over a marked run
+lands on the run's last ``next``. New blocks of an attempt whose link was refused were never
+reachable and are reclaimed by their writer. A writer that dies between writing blocks and
+linking them leaves its attempt in the file's *journal* register: a later writer (or
+:meth:`Files.collect`) fences it -- marks it aborted before it recorded its links, or rewrites
+each predecessor it meant to link from -- so it can never link, then reclaims every block of
+the attempt the list does not reach.
+
+**Reading** walks the list from the genesis block. A reader that meets a tombstone (or a
+block that is absent) restarts from the genesis block (``max_read_restarts``), so it never
+returns a torn file; a streaming read into a sink that cannot seek back raises
+:class:`FileChanged` instead.
+
+**Consistency**: every block is coverable-linearizable (*fragmented linearizability*): a
+whole-file read returns, for every block, a version that was current at some point during
+the read; concurrent writers of different blocks both take effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import builtins
+import contextlib
+import functools
+import hashlib
+import io
+import secrets
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import tracing
+from ..config import DEFAULT_GROUP
+from ..errors import AresError, ConfigurationError, OperationError
+from ..tags import TAG0, Tag
+from .chunking import StreamChunker, check_params, digest, read_source
+from .codec import (
+    Attempt,
+    ChunkParams,
+    Data,
+    Dead,
+    Genesis,
+    Journal,
+    Value,
+    decode,
+    encode,
+)
+
+GENESIS_PREFIX = "file:"
+BLOCK_PREFIX = "file-block:"
+JOURNAL_PREFIX = "file-journal:"
+MAX_NAME_BYTES = 512
+MAX_INFLIGHT_BLOCKS = 4
+"""Blocks written or read at once by one file operation (the client's memory bound)."""
+MAX_RETRIES = 5
+MAX_READ_RESTARTS = 8
+MAX_CAS_AMBIGUITY = 3
+MAX_JOURNAL_RETRIES = 64
+"""Journal updates are small and commute: retried (with a random back-off) far more often."""
+ORPHAN_GRACE_S = 600.0
+"""A write attempt older than this is presumed dead and collected (safety does not depend on
+it: a collected attempt is fenced and can never link; a live one then retries)."""
+
+
+class FileConflict(OperationError):
+    """Concurrent writers changed the same blocks on every retry; nothing of the last attempt
+    is linked. Re-read and try again."""
+
+
+class FileChanged(OperationError):
+    """The file changed under a streaming read that cannot start again (its sink cannot seek
+    back), or kept changing for ``max_read_restarts`` restarts."""
+
+
+class NoSuchFile(AresError, FileNotFoundError):
+    """No file of that name in that group."""
+
+
+class CvrOutcome(Protocol):
+    ok: bool
+    tag: Tag
+    value: bytes | None
+
+
+class BlockStore(Protocol):
+    """The Store calls the layer uses (aresdsm.client.Store)."""
+
+    async def cvr_write(
+        self, key: str, value: bytes, base: Tag, *, group: str = ..., timeout_s: float | None = ...
+    ) -> Any: ...
+
+    async def read_tagged(
+        self, key: str, *, group: str = ..., timeout_s: float | None = ...
+    ) -> tuple[Tag, bytes | None]: ...
+
+    async def keys(
+        self, prefix: str = ..., *, group: str = ..., timeout_s: float | None = ...
+    ) -> builtins.list[str]: ...
+
+
+def check_name(name: str) -> str:
+    """A file name: non-empty text of at most MAX_NAME_BYTES, no control characters, no
+    empty, ``.`` or ``..`` path segment, no leading or trailing ``/``."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError("a file name must be a non-empty string")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigurationError(f"file name longer than {MAX_NAME_BYTES} bytes")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise ConfigurationError(f"file name {name!r} contains control characters")
+    if any(seg in ("", ".", "..") for seg in name.split("/")):
+        raise ConfigurationError(f"file name {name!r} has an empty, '.' or '..' segment")
+    return name
+
+
+@dataclass(frozen=True)
+class FileStat:
+    name: str
+    group: str
+    size_bytes: int
+    blocks: int
+    version: str
+    """A digest of every block's (id, tag): equal iff no block changed."""
+    params: ChunkParams
+    configuration: str
+    """The configuration the client last saw the file's group in."""
+
+
+@dataclass
+class _Node:
+    id: str
+    tag: Tag
+    next: str | None
+    marked: bool
+    hash: bytes
+    size: int
+
+
+@dataclass
+class _Snapshot:
+    genesis_tag: Tag
+    genesis: Genesis | None
+    nodes: builtins.list[_Node] = field(default_factory=list)
+
+
+class _Restart(Exception):
+    """The walk met a reclaimed or absent block."""
+
+
+class _Stale(Exception):
+    """A coverable write found a newer version: the attempt ends."""
+
+
+def _key(prefix: str, name: str, block: str = "") -> str:
+    return f"{prefix}{name}:{block}" if block else f"{prefix}{name}"
+
+
+class Files:
+    """``store.files``: fragmented files of a Store (async)."""
+
+    def __init__(
+        self,
+        store: BlockStore,
+        *,
+        max_inflight_blocks: int = MAX_INFLIGHT_BLOCKS,
+        max_retries: int = MAX_RETRIES,
+        max_read_restarts: int = MAX_READ_RESTARTS,
+        orphan_grace_s: float = ORPHAN_GRACE_S,
+        configuration: Callable[[str], str] | None = None,
+    ) -> None:
+        if max_inflight_blocks < 1:
+            raise ConfigurationError("max_inflight_blocks must be at least 1")
+        self.store = store
+        self.max_inflight_blocks = max_inflight_blocks
+        self.max_retries = max_retries
+        self.max_read_restarts = max_read_restarts
+        self.orphan_grace_s = orphan_grace_s
+        self._configuration = configuration or (lambda group: "")
+        self.blocks_written = 0
+        """Block registers this object wrote (new, marked, linked, reclaimed): for tests and
+        ``ares bench``."""
+        self.broken_skip_mark = False
+        """Test-only: unlink dropped blocks without marking them first (then a concurrent
+        writer can link a block another reclaims)."""
+
+    # -- registers -------------------------------------------------------------------------------
+
+    async def _get(self, key: str, group: str) -> tuple[Tag, Value | None]:
+        tag, raw = await self.store.read_tagged(key, group=group)
+        if raw is None or (tag == TAG0 and not raw):
+            return tag, None
+        return tag, decode(raw)
+
+    async def _cas(self, key: str, value: Value, base: Tag, group: str) -> tuple[bool, Tag]:
+        """cvr_write ``value`` on ``base``: (True, new tag) or (False, latest tag). An ambiguous
+        outcome (CoverableConflict, a timeout) is settled by reading: our value is there (ok),
+        the base is still the latest (try again), or another version is (stale)."""
+        raw = encode(value)
+        for _ in range(MAX_CAS_AMBIGUITY):
+            self.blocks_written += 1
+            try:
+                res = await self.store.cvr_write(key, raw, base, group=group)
+            except OperationError:
+                tag, now = await self.store.read_tagged(key, group=group)
+                if now == raw and tag != base:
+                    return True, tag
+                if tag == base:
+                    continue
+                return False, tag
+            return bool(res.ok), res.tag
+        raise FileConflict(f"writing {key!r}: the outcome stayed ambiguous; retry")
+
+    # -- walking -----------------------------------------------------------------------------------
+
+    async def _genesis(self, name: str, group: str) -> tuple[Tag, Genesis | None]:
+        tag, v = await self._get(_key(GENESIS_PREFIX, name), group)
+        if v is not None and not isinstance(v, Genesis):
+            raise FileChanged(f"file {name!r}: its genesis register holds no genesis block")
+        return tag, v
+
+    async def _walk(
+        self, name: str, group: str
+    ) -> AsyncIterator[tuple[Tag, Genesis] | tuple[str, Tag, Data]]:
+        """The genesis block, then every block in order (reads pipelined one ahead)."""
+        gtag, g = await self._genesis(name, group)
+        if g is None or not g.exists:
+            raise NoSuchFile(f"no file {name!r} in group {group!r}")
+        yield gtag, g
+        nxt = g.next
+        seen: set[str] = set()
+        while nxt is not None:
+            if nxt in seen:
+                raise _Restart  # a cycle can only be a walk across versions
+            seen.add(nxt)
+            tag, v = await self._get(_key(BLOCK_PREFIX, name, nxt), group)
+            if not isinstance(v, Data):
+                raise _Restart
+            yield nxt, tag, v
+            nxt = v.next
+
+    async def _snapshot(self, name: str, group: str) -> _Snapshot:
+        for _ in range(self.max_read_restarts + 1):
+            snap: _Snapshot | None = None
+            try:
+                async for item in self._walk(name, group):
+                    if len(item) == 2:
+                        snap = _Snapshot(item[0], item[1])
+                    else:
+                        bid, tag, d = item
+                        assert snap is not None
+                        snap.nodes.append(
+                            _Node(bid, tag, d.next, d.marked, digest(d.data), len(d.data))
+                        )
+            except NoSuchFile:
+                gtag, g = await self._genesis(name, group)
+                return _Snapshot(gtag, g)
+            except _Restart:
+                continue
+            assert snap is not None
+            return snap
+        raise FileChanged(f"file {name!r} kept changing while it was read; retry")
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def read_into(self, name: str, sink: Any, *, group: str = DEFAULT_GROUP) -> int:
+        """Stream file ``name`` into ``sink`` (``write(bytes)``); returns the bytes written. If
+        the file changes under the read so that a block was reclaimed, start again from the
+        sink's starting position (or raise FileChanged if the sink cannot seek)."""
+        check_name(name)
+        attrs = {"ares.op": "file-read", "ares.group": group, "ares.object": name}
+        with tracing.span("op", attrs) as span:
+            start = _tell(sink)
+            for _ in range(self.max_read_restarts + 1):
+                total = 0
+                try:
+                    async for item in self._walk(name, group):
+                        if len(item) == 3:
+                            data = item[2].data
+                            r = sink.write(data)
+                            if isinstance(r, Awaitable):
+                                await r
+                            total += len(data)
+                except _Restart:
+                    if start is None:
+                        raise FileChanged(
+                            f"file {name!r} changed during a streaming read into a sink that "
+                            "cannot seek back; read it again"
+                        ) from None
+                    sink.seek(start)
+                    sink.truncate()
+                    continue
+                span.set_attribute("ares.bytes", total)
+                return total
+        raise FileChanged(f"file {name!r} kept changing while it was read; retry")
+
+    async def read(self, name: str, *, group: str = DEFAULT_GROUP) -> bytes:
+        buf = io.BytesIO()
+        await self.read_into(name, buf, group=group)
+        return buf.getvalue()
+
+    async def iter_blocks(self, name: str, *, group: str = DEFAULT_GROUP) -> AsyncIterator[bytes]:
+        """The file's data, block by block (FileChanged if it changes so much under the
+        iteration that a block was reclaimed: bytes already yielded cannot be taken back)."""
+        check_name(name)
+        try:
+            async for item in self._walk(name, group):
+                if len(item) == 3:
+                    yield item[2].data
+        except _Restart:
+            raise FileChanged(f"file {name!r} changed during a streaming read") from None
+
+    # -- stat, list, delete ------------------------------------------------------------------------
+
+    async def stat(self, name: str, *, group: str = DEFAULT_GROUP) -> FileStat:
+        check_name(name)
+        snap = await self._snapshot(name, group)
+        if snap.genesis is None or not snap.genesis.exists:
+            raise NoSuchFile(f"no file {name!r} in group {group!r}")
+        h = hashlib.blake2b(digest_size=8)
+        h.update(f"{snap.genesis_tag}".encode())
+        for n in snap.nodes:
+            h.update(f"|{n.id}@{n.tag}".encode())
+        return FileStat(
+            name,
+            group,
+            sum(n.size for n in snap.nodes),
+            len(snap.nodes),
+            h.hexdigest(),
+            snap.genesis.params,
+            self._configuration(group),
+        )
+
+    async def list(self, prefix: str = "", *, group: str = DEFAULT_GROUP) -> builtins.list[str]:
+        """Names of the files of ``group`` that start with ``prefix`` (deleted ones excluded)."""
+        keys = await self.store.keys(GENESIS_PREFIX + prefix, group=group)
+        names = [k[len(GENESIS_PREFIX) :] for k in keys if k.startswith(GENESIS_PREFIX)]
+        sem = asyncio.Semaphore(self.max_inflight_blocks * 4)
+
+        async def live(n: str) -> bool:
+            async with sem:
+                _, g = await self._genesis(n, group)
+            return g is not None and g.exists
+
+        flags = await asyncio.gather(*(live(n) for n in names))
+        return [n for n, ok in zip(names, flags, strict=True) if ok]
+
+    async def delete(self, name: str, *, group: str = DEFAULT_GROUP) -> None:
+        """Delete the file: every block is unlinked and reclaimed; the genesis register stays
+        (a small ``exists=false`` record), so the name can be written again."""
+        check_name(name)
+        with tracing.span("op", {"ares.op": "file-delete", "ares.group": group}):
+            await self._update(name, None, group, None)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def write(
+        self,
+        name: str,
+        source: Any,
+        *,
+        group: str = DEFAULT_GROUP,
+        params: ChunkParams | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write file ``name`` from bytes, a binary file object or an async iterator of bytes.
+        Returns the file's size. Only blocks whose content changed are written. ``params``:
+        chunk sizes for a new file (an existing file keeps its own unless given).
+        ``progress(n)`` is called as bytes pass. Raises FileConflict after ``max_retries``
+        attempts lost to concurrent writers.
+
+        A source that can be read only once (a pipe, an async iterator) cannot be retried: a
+        conflict then raises FileConflict at once."""
+        check_name(name)
+        if params is not None:
+            check_params(params)
+        attrs: dict[str, Any] = {"ares.op": "file-write", "ares.group": group, "ares.object": name}
+        with tracing.span("op", attrs) as span:
+            written = await self._update(name, source, group, params, progress)
+            span.set_attribute("ares.bytes", written)
+        return written
+
+    async def _update(
+        self,
+        name: str,
+        source: Any,
+        group: str,
+        params: ChunkParams | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        rewind = _tell(source) if source is not None and hasattr(source, "read") else None
+        replayable = source is None or isinstance(source, bytes | bytearray | memoryview)
+        await self._collect_stale(name, group)
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                if not replayable and rewind is None:
+                    break
+                if rewind is not None:
+                    source.seek(rewind)
+                await asyncio.sleep(0.005 * 2**attempt * secrets.randbelow(100) / 100)
+            done, size = await self._attempt(name, source, group, params, progress)
+            if done:
+                return size
+        raise FileConflict(
+            f"file {name!r}: concurrent writers changed the same blocks on every one of "
+            f"{attempt + 1} attempts; nothing of the last attempt is linked"
+        )
+
+    async def _attempt(
+        self,
+        name: str,
+        source: Any,
+        group: str,
+        params: ChunkParams | None,
+        progress: Callable[[int], None] | None,
+    ) -> tuple[bool, int]:
+        with tracing.span("file.read-list", {"ares.object": name}):
+            snap = await self._snapshot(name, group)
+        g = snap.genesis if snap.genesis is not None and snap.genesis.exists else None
+        if source is None and g is None:
+            raise NoSuchFile(f"no file {name!r} in group {group!r}")
+        p = params or (g.params if g is not None else ChunkParams())
+        old = snap.nodes
+        rechunk = g is not None and g.params != p
+        index: dict[bytes, builtins.list[int]] = {}
+        if not rechunk:
+            for i, n in enumerate(old):
+                if not n.marked:
+                    index.setdefault(n.hash, []).append(i)
+        att = Attempt(secrets.token_hex(8), time.time())
+        w = _Writer(self, name, group, att)
+        seq: builtins.list[tuple[str, int]] = []  # ("old", index) | ("new", k)
+        pending: tuple[int, bytes] | None = None
+        pos = 0
+        size = 0
+
+        def entry_id(e: tuple[str, int]) -> str:
+            return old[e[1]].id if e[0] == "old" else f"{att.id}.{e[1]}"
+
+        async def place(chunk: bytes) -> None:
+            nonlocal pending, pos
+            with tracing.span("file.chunking"):
+                h = digest(chunk)
+            e: tuple[str, int] | None = None
+            cands = index.get(h)
+            if cands:
+                j = bisect.bisect_left(cands, pos)
+                if j < len(cands):
+                    e = ("old", cands[j])
+                    pos = cands[j] + 1
+            if e is None:
+                e = ("new", w.count)
+                w.count += 1
+            if pending is not None:
+                await w.put(pending[0], pending[1], entry_id(e))
+                pending = None
+            if e[0] == "new":
+                pending = (e[1], chunk)
+            seq.append(e)
+
+        try:
+            if source is not None:
+                chunker = StreamChunker(p)
+                with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
+                    async for piece in read_source(source):
+                        size += len(piece)
+                        with tracing.span("file.chunking"):
+                            cut = chunker.feed(piece)
+                        for c in cut:
+                            await place(c)
+                        if progress is not None:
+                            progress(len(piece))
+                    with tracing.span("file.chunking"):
+                        cut = chunker.finish()
+                    for c in cut:
+                        await place(c)
+                    if pending is not None:
+                        await w.put(pending[0], pending[1], None)
+                    await w.drain()
+            linked = await self._link(
+                name, group, snap, g, p, old, seq, w, entry_id, exists=source is not None
+            )
+            return linked, size
+        except BaseException:
+            await w.abandon()
+            raise
+
+    async def _link(
+        self,
+        name: str,
+        group: str,
+        snap: _Snapshot,
+        g: Genesis | None,
+        p: ChunkParams,
+        old: builtins.list[_Node],
+        seq: builtins.list[tuple[str, int]],
+        w: _Writer,
+        entry_id: Callable[[tuple[str, int]], str],
+        *,
+        exists: bool,
+    ) -> bool:
+        kept = {e[1] for e in seq if e[0] == "old"}
+        dropped = [i for i in range(len(old)) if i not in kept]
+        # link points: (predecessor index or -1 for genesis, new next, dropped indices jumped)
+        links: builtins.list[tuple[int, str | None, builtins.list[int], builtins.list[int]]] = []
+        prev = -1
+        run_new: builtins.list[int] = []
+        for e in [*seq, ("end", -1)]:
+            if e[0] == "new":
+                run_new.append(e[1])
+                continue
+            target_old = e[1] if e[0] == "old" else len(old)
+            first = (
+                entry_id(("new", run_new[0]))
+                if run_new
+                else (old[e[1]].id if e[0] == "old" else None)
+            )
+            current_next = (
+                snap.genesis.next
+                if prev == -1 and snap.genesis
+                else (old[prev].next if prev >= 0 else None)
+            )
+            jumped = list(range(prev + 1, target_old))
+            need = current_next != first
+            if prev == -1 and (snap.genesis != Genesis(first, p, exists)):
+                need = True
+            if need:
+                links.append((prev, first, jumped, run_new))
+            elif run_new or jumped:  # pragma: no cover - a run always changes its link
+                raise AssertionError("a changed run without a link point")
+            run_new = []
+            if e[0] == "old":
+                prev = e[1]
+        if not links:
+            await w.finish()
+            return True
+        link_pts = tuple(
+            (old[i].id if i >= 0 else "", old[i].tag if i >= 0 else snap.genesis_tag)
+            for i, *_ in links
+        )
+        if not await w.record_links(link_pts):
+            return False
+        with tracing.span("file.link", {"ares.object": name, "ares.links": len(links)}):
+            try:
+                if not self.broken_skip_mark:
+                    await _gather_limited(
+                        [
+                            functools.partial(self._mark, name, group, old[i])
+                            for i in dropped
+                            if not old[i].marked
+                        ],
+                        self.max_inflight_blocks,
+                    )
+            except _Stale:
+                await w.orphans_unlinked(set(range(w.count)))
+                return False
+            results = await asyncio.gather(
+                *(
+                    self._relink(name, group, snap, old, i, first, p, exists)
+                    for i, first, _, _ in links
+                ),
+                return_exceptions=True,
+            )
+        ok_all = True
+        unlinked_new: set[int] = set()
+        ambiguous = False
+        reclaim: builtins.list[_Node] = []
+        for (_, _, jumped, run), r in zip(links, results, strict=True):
+            if r is True:
+                reclaim += [old[i] for i in jumped]
+            elif r is False:
+                ok_all = False
+                unlinked_new.update(run)
+            else:
+                ok_all = False
+                ambiguous = True
+        with tracing.span("file.reclaim", {"ares.object": name, "ares.blocks": len(reclaim)}):
+            await _gather_limited(
+                [functools.partial(self._reclaim, name, group, n.id) for n in reclaim],
+                self.max_inflight_blocks,
+            )
+            if ambiguous:  # a link failed without an answer: the collector decides later
+                await w.leave_for_collector()
+                raise next(r for r in results if isinstance(r, BaseException))
+            await w.orphans_unlinked(unlinked_new)
+        return ok_all
+
+    async def _mark(self, name: str, group: str, n: _Node) -> None:
+        key = _key(BLOCK_PREFIX, name, n.id)
+        tag, v = await self._get(key, group)
+        if tag != n.tag or not isinstance(v, Data):
+            raise _Stale
+        ok, t = await self._cas(key, Data(v.next, v.data, marked=True), tag, group)
+        if not ok:
+            raise _Stale
+        n.tag, n.marked = t, True
+
+    async def _relink(
+        self,
+        name: str,
+        group: str,
+        snap: _Snapshot,
+        old: builtins.list[_Node],
+        i: int,
+        first: str | None,
+        p: ChunkParams,
+        exists: bool,
+    ) -> bool:
+        if i < 0:
+            key = _key(GENESIS_PREFIX, name)
+            new: Value = Genesis(first, p, exists)
+            ok, _ = await self._cas(key, new, snap.genesis_tag, group)
+            return ok
+        n = old[i]
+        key = _key(BLOCK_PREFIX, name, n.id)
+        tag, v = await self._get(key, group)
+        if tag != n.tag or not isinstance(v, Data) or v.marked:
+            return False
+        ok, _ = await self._cas(key, Data(first, v.data), tag, group)
+        return ok
+
+    async def _reclaim(self, name: str, group: str, bid: str) -> None:
+        """Replace an unreachable block by a tombstone (any version but a tombstone)."""
+        key = _key(BLOCK_PREFIX, name, bid)
+        for _ in range(MAX_CAS_AMBIGUITY):
+            tag, v = await self._get(key, group)
+            if v is None or isinstance(v, Dead):
+                return
+            ok, _ = await self._cas(key, Dead(), tag, group)
+            if ok:
+                return
+
+    # -- the journal and orphan collection ---------------------------------------------------------
+
+    async def _journal_update(
+        self, name: str, group: str, change: Callable[[Journal], Journal | None]
+    ) -> Journal | None:
+        """Apply ``change`` to the journal atomically (coverable write, retried on stale).
+        ``change`` returns None to stop without writing."""
+        key = _key(JOURNAL_PREFIX, name)
+        for attempt in range(MAX_JOURNAL_RETRIES):
+            tag, v = await self._get(key, group)
+            j = v if isinstance(v, Journal) else Journal()
+            new = change(j)
+            if new is None:
+                return j
+            ok, _ = await self._cas(key, new, tag, group)
+            if ok:
+                return new
+            await asyncio.sleep(
+                min(0.05, 0.001 * 2 ** min(attempt, 6)) * secrets.randbelow(100) / 100
+            )
+        raise FileConflict(f"file {name!r}: its journal kept changing; retry")
+
+    async def _collect_stale(self, name: str, group: str) -> None:
+        _, v = await self._get(_key(JOURNAL_PREFIX, name), group)
+        if isinstance(v, Journal) and any(
+            time.time() - a.started_s > self.orphan_grace_s for a in v.attempts
+        ):
+            await self.collect(name, group=group)
+
+    async def collect(
+        self, name: str, *, group: str = DEFAULT_GROUP, grace_s: float | None = None
+    ) -> int:
+        """Reclaim the blocks of write attempts older than ``grace_s`` (default
+        orphan_grace_s) that never linked them (a writer that died): fence each attempt so it
+        can never link, then tombstone each of its blocks the list does not reach. Returns the
+        blocks reclaimed."""
+        check_name(name)
+        grace = self.orphan_grace_s if grace_s is None else grace_s
+        now = time.time()
+        j = await self._journal_update(name, group, lambda j: j)
+        assert j is not None
+        reclaimed = 0
+        for found in j.attempts:
+            a = found
+            if now - a.started_s < grace:
+                continue
+            if not a.links and not a.aborted:
+
+                def abort(j: Journal, aid: str = a.id) -> Journal | None:
+                    cur = next((x for x in j.attempts if x.id == aid), None)
+                    if cur is None or cur.links or cur.aborted:
+                        return None
+                    rest = tuple(x for x in j.attempts if x.id != aid)
+                    return Journal((*rest, Attempt(aid, cur.started_s, (), 0, True)))
+
+                j2 = await self._journal_update(name, group, abort)
+                assert j2 is not None
+                a = next((x for x in j2.attempts if x.id == a.id), a)
+            for bid, base in a.links:  # fence: no link of the attempt can succeed any more
+                key = _key(GENESIS_PREFIX, name) if not bid else _key(BLOCK_PREFIX, name, bid)
+                tag, v = await self._get(key, group)
+                if tag == base and v is not None:
+                    await self._cas(key, v, tag, group)
+            reached = {
+                n.id
+                for n in (await self._snapshot(name, group)).nodes
+                if n.id.startswith(a.id + ".")
+            }
+            k, misses = 0, 0
+            while misses <= self.max_inflight_blocks * 2 and (a.blocks == 0 or k < a.blocks):
+                bid = f"{a.id}.{k}"
+                _, v = await self._get(_key(BLOCK_PREFIX, name, bid), group)
+                if v is None:
+                    misses += 1
+                else:
+                    misses = 0
+                    if bid not in reached and not isinstance(v, Dead):
+                        await self._reclaim(name, group, bid)
+                        reclaimed += 1
+                k += 1
+
+            def drop(j: Journal, aid: str = a.id) -> Journal:
+                return Journal(tuple(x for x in j.attempts if x.id != aid))
+
+            await self._journal_update(name, group, drop)
+        return reclaimed
+
+    # -- streaming handles -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self, name: str, mode: str = "rb", *, group: str = DEFAULT_GROUP
+    ) -> AsyncIterator[Any]:
+        """``async with files.open(name) as f: async for piece in f`` (``rb``), or
+        ``async with files.open(name, "wb") as f: await f.write(data)`` (the file is
+        written, streaming, as the bytes arrive; committed when the block ends)."""
+        check_name(name)
+        if mode == "rb":
+            yield self.iter_blocks(name, group=group)
+            return
+        if mode != "wb":
+            raise ConfigurationError(f"mode must be 'rb' or 'wb', not {mode!r}")
+        q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=self.max_inflight_blocks)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            while (piece := await q.get()) is not None:
+                yield piece
+
+        task = asyncio.ensure_future(self.write(name, pieces(), group=group))
+        writer = _StreamWriter(q, task)
+        try:
+            yield writer
+        except BaseException:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        await q.put(None)
+        await task
+
+
+class _StreamWriter:
+    def __init__(self, q: asyncio.Queue[bytes | None], task: asyncio.Future[Any]) -> None:
+        self._q = q
+        self._task = task
+
+    async def write(self, data: bytes) -> int:
+        if self._task.done():
+            self._task.result()
+            raise FileChanged("the file write already ended")
+        await self._q.put(bytes(data))
+        return len(data)
+
+
+class _Writer:
+    """The new blocks of one attempt: written with bounded concurrency, registered in the
+    journal before the first, reclaimed if the attempt never links them."""
+
+    def __init__(self, files: Files, name: str, group: str, att: Attempt) -> None:
+        self.f = files
+        self.name = name
+        self.group = group
+        self.att = att
+        self.count = 0
+        self.written: set[int] = set()
+        self.registered = False
+        self._sem = asyncio.Semaphore(files.max_inflight_blocks)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+
+    def _key(self, k: int) -> str:
+        return _key(BLOCK_PREFIX, self.name, f"{self.att.id}.{k}")
+
+    async def put(self, k: int, data: bytes, nxt: str | None) -> None:
+        if not self.registered:
+            a = self.att
+
+            def add(j: Journal) -> Journal:
+                return Journal((*j.attempts, a))
+
+            await self.f._journal_update(self.name, self.group, add)
+            self.registered = True
+        if self._error is not None:
+            raise self._error
+        await self._sem.acquire()
+
+        async def one() -> None:
+            try:
+                with tracing.span("file.block", {"ares.bytes": len(data)}):
+                    ok, _ = await self.f._cas(self._key(k), Data(nxt, data), TAG0, self.group)
+                if not ok:  # pragma: no cover - ids are fresh
+                    raise FileConflict(f"block id {self.att.id}.{k} was already written")
+                self.written.add(k)
+            except BaseException as e:
+                self._error = self._error or e
+            finally:
+                self._sem.release()
+
+        t = asyncio.ensure_future(one())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        await asyncio.gather(*self._tasks)
+        if self._error is not None:
+            raise self._error
+
+    async def record_links(self, links: tuple[tuple[str, Tag], ...]) -> bool:
+        """Record the link points in the journal (False: a collector aborted the attempt)."""
+        if not self.registered:
+            return True
+        aid = self.att.id
+        refused = False
+
+        def setl(j: Journal) -> Journal | None:
+            nonlocal refused
+            cur = next((x for x in j.attempts if x.id == aid), None)
+            if cur is None or cur.aborted:
+                refused = True
+                return None
+            rest = tuple(x for x in j.attempts if x.id != aid)
+            return Journal((*rest, Attempt(aid, cur.started_s, links, self.count)))
+
+        await self.f._journal_update(self.name, self.group, setl)
+        if refused:  # fenced: these blocks can never be linked
+            await self.orphans_unlinked(set(range(self.count)))
+        return not refused
+
+    async def orphans_unlinked(self, ks: set[int]) -> None:
+        await _gather_limited(
+            [
+                functools.partial(self.f._reclaim, self.name, self.group, f"{self.att.id}.{k}")
+                for k in sorted(ks)
+            ],
+            self.f.max_inflight_blocks,
+        )
+        await self.finish()
+
+    async def finish(self) -> None:
+        if not self.registered:
+            return
+        aid = self.att.id
+
+        def drop(j: Journal) -> Journal:
+            return Journal(tuple(x for x in j.attempts if x.id != aid))
+
+        await self.f._journal_update(self.name, self.group, drop)
+        self.registered = False
+
+    async def leave_for_collector(self) -> None:
+        """An ambiguous link: the collector decides later (after fencing) what is reachable."""
+        self.registered = False
+
+    async def abandon(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _gather_limited(calls: builtins.list[Callable[[], Awaitable[Any]]], limit: int) -> None:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Callable[[], Awaitable[Any]]) -> None:
+        async with sem:
+            await c()
+
+    await asyncio.gather(*(one(c) for c in calls))
+
+
+def _tell(obj: Any) -> int | None:
+    try:
+        if obj.seekable():
+            return int(obj.tell())
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
