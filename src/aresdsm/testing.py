@@ -70,6 +70,10 @@ class Broken:
     broken_paxos_own_value: bool = False
     """The Paxos proposer ignores the values its PROMISEs report and decides its own (two
     reconfigurers then decide two successors of one configuration; §10.2)."""
+    broken_drop_tombstones_without_floor: bool = False
+    """Update-config drops tombstones but sets no tag floor on the new configuration: a later
+    write there can get a tag below the dropped tombstone, which a reader that still sees the
+    old configuration then prefers (§8.4 "Deleted objects"; tests/sim/test_tombstone_floor.py)."""
     broken_writer_ids_without_incarnation: bool = False
     """A Store's writer ids are ``name.op`` without the random incarnation, so two processes
     using one client name write under one tag (tests/sim/test_reused_client_name.py)."""

@@ -120,3 +120,37 @@ async def test_deletes_are_linearizable_through_reconfigurations(tmp_path: Path)
     records = list(read_records(path))
     result = check_history(records)
     assert result.verdict == "ok", result.explain()
+
+
+@pytest.mark.parametrize("dap", ["abd", "treas"])
+async def test_tombstones_are_dropped_by_reconfiguration(tmp_path: Path, dap: str) -> None:
+    """A reconfiguration does not transfer tombstones (docs/protocol.md §8.4 "Deleted objects"):
+    the new configuration's servers hold only the live object. The key written again afterwards
+    is read back by a client whose chain still starts at the old configuration (its writer's
+    tag is above the dropped tombstone: the new configuration's tag floor)."""
+    servers = await _servers(tmp_path, 6)
+    info = tuple(ServerInfo(s.server_id, f"127.0.0.1:{s.port}") for s in servers)
+    c0 = Configuration("c0", info[:3])
+    for s in servers[:3]:
+        await s.bootstrap(c0)
+    admin, old = Store(c0), Store(c0)
+    try:
+        await admin.write("kept", b"v")
+        for _ in range(3):  # the tombstone's tag number is above 1
+            await admin.write("gone", b"x")
+        await admin.delete("gone")
+        assert await old.read("gone") is None  # old's chain: c0 only
+        c1 = Configuration("c1", info[3:6], dap=dap)  # (TREAS [3, 1]: survives one crash)
+        assert (await admin.reconfigure(c1)).id == "c1"
+        stats = await admin.stats(info[3:6])
+        assert all(not isinstance(s, str) and s.objects == 1 for s in stats), stats
+        assert await admin.read("gone") is None
+        await admin.write("gone", b"again")
+        assert await old.read("gone") == b"again"
+        assert await Store(c0).read("gone") == b"again"
+        assert sorted(await admin.list()) == ["gone", "kept"]
+    finally:
+        await admin.close()
+        await old.close()
+        for s in servers:
+            await s.stop()

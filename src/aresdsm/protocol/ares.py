@@ -435,6 +435,8 @@ class _GroupCursor:
         self.after = ""
         self.done = False
         self.page: GroupState = {}
+        self.floor = 0
+        """The highest tag floor a reply reported (§8.4 "Deleted objects")."""
 
     async def fetch(self) -> None:
         phase = "set-next-and-get" if self.set_next is not None else "get-group"
@@ -443,6 +445,7 @@ class _GroupCursor:
             replies = await self.net.round(self.c, request, expect=GroupReply, phase=phase)
         except ConfigurationObsolete as e:
             raise _SourceObsolete(self.index, e.next) from None
+        self.floor = max([self.floor, *(r.floor for _, r in replies)])
         bound: str | None = None
         for _, r in replies:
             if r.more and r.objects and (bound is None or r.objects[-1].key < bound):
@@ -597,6 +600,7 @@ async def _install(
                         transfer_concurrency,
                         plain_older=switches.faults.broken_plain_get_older_sources,
                         ignore_open=switches.faults.broken_cvr_transfer_ignores_open,
+                        no_floor=switches.faults.broken_drop_tombstones_without_floor,
                     )
                 break
             except _SourceObsolete as e:
@@ -817,6 +821,7 @@ async def _update_config(
     concurrency: int,
     plain_older: bool = False,
     ignore_open: bool = False,
+    no_floor: bool = False,
 ) -> None:
     """update-config (§6, §8.2, §8.4): per object the newest pair over all sources, written
     into ``target`` in batches of at most GROUP_PAGE objects and TRANSFER_PAGE_BYTES,
@@ -829,7 +834,13 @@ async def _update_config(
     answers from servers that the write-back of (c_{i+1}, P) had not reached yet and that answered
     the plain get before the write arrived; c_{i+1}'s own reconfigurer may never transfer it, and
     the value is lost (tests/sim/test_older_sources.py). Setting next in the same step as the read
-    gives every older source the §8.2 argument too, at no extra round."""
+    gives every older source the §8.2 argument too, at no extra round.
+
+    Tombstones are not transferred (§8.4 "Deleted objects"): their largest tag number, and the
+    sources' own floors, become the target's floor, set on a quorum of the target by one more
+    round after every batch completed and before the caller finalizes it. Writers in the target
+    then pick tags above every dropped tombstone. ``no_floor`` (test-only,
+    ``broken_drop_tombstones_without_floor``) skips that round."""
     last = len(sources) - 1
     cursors = [
         _GroupCursor(
@@ -861,6 +872,7 @@ async def _update_config(
 
     batch: list[tuple[str, Tag, Blob]] = []
     size = 0
+    floor = 0
     try:
         async with contextlib.aclosing(_merged_pages(cursors)) as pages:
             async for ready in pages:
@@ -870,6 +882,9 @@ async def _update_config(
                     if opened is not None and opened.level > best[0].z:
                         await _inject(net, target, group, key, opened, len(sources))
                     if best[0] == TAG0:
+                        continue
+                    if best[0].deleted:  # dropped: the floor keeps later writes above it
+                        floor = max(floor, best[0].z)
                         continue
                     if batch and (
                         size + len(best[1]) > TRANSFER_PAGE_BYTES or len(batch) >= GROUP_PAGE
@@ -886,3 +901,9 @@ async def _update_config(
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
+    floor = max([floor, *(cur.floor for cur in cursors)])
+    if floor > 0 and not no_floor:
+        try:
+            await dap.put_batch(net, target, group, [], floor=floor)
+        except ConfigurationObsolete as e:
+            raise _SourceObsolete(len(sources), e.next) from None

@@ -54,9 +54,14 @@ async def put_data(
 
 
 async def put_batch(
-    net: Channel, c: Configuration, group: str, items: Sequence[tuple[str, Tag, Blob]]
+    net: Channel,
+    c: Configuration,
+    group: str,
+    items: Sequence[tuple[str, Tag, Blob]],
+    floor: int = 0,
 ) -> None:
-    """put-data of many objects in one round (§8.4); TREAS encodes each value once."""
+    """put-data of many objects in one round (§8.4); TREAS encodes each value once. ``floor``
+    raises the configuration's tag floor (§8.4 "Deleted objects")."""
     if c.dap == "treas":
         coder = treas.coder(c)
         elements = [coder.encode(v.data) for _, _, v in items]
@@ -73,12 +78,16 @@ async def put_batch(
                         items, elements, digests, element_digests, strict=True
                     )
                 ),
+                floor,
             )
 
         await net.round(c, request, expect=Ack, phase="put-data")
         return
     batch = PutBatch(
-        group, c.id, tuple(BatchItem(k, t, v, integrity.digest(v.data)) for k, t, v in items)
+        group,
+        c.id,
+        tuple(BatchItem(k, t, v, integrity.digest(v.data)) for k, t, v in items),
+        floor,
     )
     await net.round(c, batch, expect=Ack, phase="put-data")
 

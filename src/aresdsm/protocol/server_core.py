@@ -25,6 +25,16 @@ lost); in every case by a reconfiguration (the garbage collection of the old con
 the damaged copy). A damaged object still acknowledges put-data: that is safe because a query
 quorum never contains a server that refuses to answer queries.
 
+Tag floor (docs/protocol.md §8.4 "Deleted objects"): reconfiguration drops tombstones instead of
+transferring them and sets, per (group, configuration), a floor F -- the largest tag number of the
+tombstones it dropped -- with a ``PutBatch`` of no items before it finalizes the configuration.
+The server stores F durably before it acknowledges, keeps the larger of the old and the new one,
+and answers get-tag with at least ``(F, "")`` for every object. Every write's tag comes from a
+get-tag quorum, which meets the quorum holding F, so it is above every dropped tombstone, and a
+reader that still sees a tombstone in an older configuration compares it with a larger tag. Data
+replies are unchanged (an object not held is the initial pair, absent to readers): a floor tag
+there would outrank an object transferred with a smaller tag on a server that does not hold it.
+
 Incarnations (issue 10): a configuration may name, with each server, the incarnation uid of its
 data directory. A server refuses (``wrong-incarnation``) every request for a configuration that
 names it with another uid: it is a re-created server that lost the state that configuration's
@@ -100,6 +110,7 @@ from . import abd, coverable, paxos, reconfig_server, treas
 CFG_NS = "cfg"
 GC_NS = "gc"
 FINAL_NS = "final"
+FLOOR_NS = "floor"
 StateKey = tuple[str, str, str]
 """(group, config_id, key)"""
 InstanceKey = tuple[str, str]
@@ -118,6 +129,7 @@ _abd_meta_dec = msgspec.msgpack.Decoder(abd.StoredMeta)
 _cfg_dec = msgspec.msgpack.Decoder(Configuration)
 _next_dec = msgspec.msgpack.Decoder(NextEntry)
 _acc_dec = msgspec.msgpack.Decoder(paxos.AcceptorState)
+_int_dec = msgspec.msgpack.Decoder(int)
 
 Result = tuple[Reply, list[Write]]
 
@@ -148,6 +160,10 @@ class ServerCore:
     objects: dict[InstanceKey, set[str]] = field(default_factory=dict)
     collected: set[InstanceKey] = field(default_factory=set)
     finals: dict[InstanceKey, NextEntry] = field(default_factory=dict)
+    floors: dict[InstanceKey, int] = field(default_factory=dict)
+    """Tag floor per (group, configuration) (docs/protocol.md §8.4 "Deleted objects"): get-tag
+    reports at least ``(floor, "")`` for every object, so writers pick tags above every
+    tombstone update-config dropped. Persisted; never decreases."""
     cvr: dict[StateKey, coverable.KeyState] = field(default_factory=dict)
     """Coverable registers' open levels (docs/protocol.md §9.1): Paxos acceptor state per level."""
     """(group, configuration) this server was told is finalized (§8.5 LATEST_CONFIG)."""
@@ -268,6 +284,8 @@ class ServerCore:
             self.collected.add(inst)
         elif r.ns == FINAL_NS:
             self.finals[inst] = _next_dec.decode(r.meta)
+        elif r.ns == FLOOR_NS:
+            self.floors[inst] = max(self.floors.get(inst, 0), _int_dec.decode(r.meta))
         elif r.ns == coverable.NS:
             st = coverable.decode_state(r.meta)
             if st.levels:
@@ -374,6 +392,9 @@ class ServerCore:
             tag = treas.on_query_tag(self._treas_state(c, skey)).tag
         else:
             tag = abd.on_query_tag(self.registers.get(skey, abd.INITIAL)).tag
+        floor = self.floors.get((req.group, req.config_id), 0)
+        if tag.z < floor:  # §8.4 "Deleted objects": a writer's tag goes above the floor
+            tag = Tag(floor, "")
         return TagReply(tag, nxt), []
 
     def _on_query_data(self, req: QueryData) -> Result:
@@ -419,6 +440,8 @@ class ServerCore:
             return c, []
         if len(req.items) > MAX_KEYS_PAGE:
             return ErrorReply("bad-request", f"a batch holds at most {MAX_KEYS_PAGE} objects"), []
+        if not 0 <= req.floor < MAX_COUNTER:
+            return ErrorReply("bad-request", f"floor {req.floor} out of range"), []
         for item in req.items:
             bad = _bad_item(item.key, item.tag) or _bad_digest(
                 c, item.value, item.digest, item.element_digest
@@ -439,6 +462,10 @@ class ServerCore:
                     item.element_digest,
                 ),
             )
+        inst = (req.group, req.config_id)
+        if req.floor > self.floors.get(inst, 0):  # max(old, new): never decreases
+            self.floors[inst] = req.floor
+            writes.append(Record(FLOOR_NS, req.group, req.config_id, "", _enc.encode(req.floor)))
         return Ack(self._next(req.group, req.config_id)), writes
 
     def _apply_put(self, c: Configuration, req: PutData) -> list[Write]:
@@ -543,7 +570,8 @@ class ServerCore:
             states.append(st)
             size += _state_bytes(st)
         more = len(keys) > len(states)
-        return GroupReply(tuple(states), more, self._next(req.group, req.config_id)), writes
+        floor = self.floors.get(inst, 0)
+        return GroupReply(tuple(states), more, self._next(req.group, req.config_id), floor), writes
 
     def _on_list_keys(self, req: ListKeys) -> Result:
         """Object keys only, by prefix, paged: at most ``limit`` (≤ MAX_KEYS_PAGE) keys and
@@ -740,11 +768,13 @@ class ServerCore:
             self._persisted_lists.discard((group, config_id, key))
             self.damaged.pop((group, config_id, key), None)  # a reconfiguration repaired it
         self.collected.add(inst)
+        self.floors.pop(inst, None)
         self._total_value_bytes -= self._value_bytes.pop(inst, 0)
         return [
             Delete(abd.NS, group, config_id),
             Delete(treas.NS, group, config_id),
             Delete(coverable.NS, group, config_id),
+            Delete(FLOOR_NS, group, config_id),
             Record(GC_NS, group, config_id, "", b""),
         ]
 

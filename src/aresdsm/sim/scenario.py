@@ -33,7 +33,7 @@ from ..errors import CoverableConflict, OperationError
 from ..history import OpRecord, StrictClock, value_digest
 from ..protocol import ares, coverable
 from ..protocol.ops import OpSwitches
-from ..tags import TAG0, Tag, writer_id
+from ..tags import TAG0, Tag, tombstone_writer, writer_id
 from ..wire.blob import Blob
 from ..wire.messages import Reply, Request
 from .cluster import NetworkFaults, SimChannel, SimCluster
@@ -41,6 +41,10 @@ from .loop import run
 
 T = TypeVar("T")
 GROUP = "default"
+DELETED = "deleted"
+"""The value a scenario history records for a delete and for a read that returned a tombstone
+(a tombstone's stored value is empty, like a never-written object's: the checker must tell them
+apart)."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,26 @@ class ScenarioClient:
             self.channel, self.cseq(chain), group=chain, key=okey, switches=self.switches
         )
         self._learn(chain, cseq)
-        self.sc.complete(op, value_digest(res.value.data))
+        self.sc.complete(op, DELETED if res.tag.deleted else value_digest(res.value.data))
         return bytes(res.value.data)
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key``: a tombstone write (docs/protocol.md §8.4 "Deleted objects"), recorded
+        as a write of the value :data:`DELETED`, which a read that returns the tombstone reports."""
+        self.ops += 1
+        op = self.sc.invoke("write", self.name, key, DELETED)
+        chain = ares.chain_of(GROUP, key, self.switches)
+        _tag, cseq = await ares.write(
+            self.channel,
+            self.cseq(chain),
+            group=chain,
+            key=ares.object_key(GROUP, key, self.switches),
+            value=Blob(b""),
+            writer=tombstone_writer(writer_id(self.name, self.ops)),
+            switches=self.switches,
+        )
+        self._learn(chain, cseq)
+        self.sc.complete(op, DELETED)
 
     async def cvr_write(self, key: str, value: bytes, base: Tag) -> coverable.CvrOutcome:
         """A coverable write (docs/protocol.md §9.1), recorded for the coverable checker

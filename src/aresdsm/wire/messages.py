@@ -83,6 +83,9 @@ class PutBatch(_Msg, frozen=True, tag="putb"):
     group: str
     config_id: str
     items: tuple[BatchItem, ...]
+    floor: int = 0
+    """Raise the configuration's tag floor to this (docs/protocol.md §8.4 "Deleted objects"):
+    update-config's last round, after every batch and before finalize-config."""
 
 
 class QueryList(_Msg, frozen=True, tag="qlist"):
@@ -407,6 +410,9 @@ class GroupReply(_Msg, frozen=True, tag="groupr"):
     objects: tuple[ObjectState, ...]
     more: bool
     next: NextEntry | None = None
+    floor: int = 0
+    """The configuration's tag floor on this server (§8.4 "Deleted objects"): carried into the
+    next configuration's floor."""
 
 
 class Obsolete(_Msg, frozen=True, tag="obs"):
