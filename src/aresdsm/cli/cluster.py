@@ -1,0 +1,64 @@
+"""``ares cluster start|stop``: a cluster of server processes on this machine."""
+
+from __future__ import annotations
+
+import click
+
+from .common import DEFAULT_DIR, console, main
+
+
+@main.group()
+def cluster() -> None:
+    """Run a cluster of server processes on this machine."""
+
+
+@cluster.command("start")
+@click.option(
+    "-n",
+    "--servers",
+    "n",
+    default=3,
+    show_default=True,
+    help="Servers in the initial configuration.",
+)
+@click.option(
+    "--spares", default=0, show_default=True, help="Extra servers not in any configuration yet."
+)
+@click.option(
+    "--dir", "base_dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
+)
+def cluster_start(n: int, spares: int, base_dir: str, storage: str) -> None:
+    """Start a local cluster in the background and write DIR/cluster.toml."""
+    from ..local import LocalCluster
+
+    if n < 1 or spares < 0:
+        raise click.BadParameter("need at least one server and no negative spares")
+    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage)
+    lc.start_all(detach=True)
+    console.print(f"started {n + spares} servers; cluster file: [bold]{lc.cluster_path}[/]")
+    for s in lc.cluster.servers:
+        member = "member of c0" if lc.cluster.initial.has_member(s.id) else "spare"
+        console.print(f"  {s.id}  {s.address}  ({member})  data: {lc.data_dir(s.id)}")
+    console.print(f"try:  ares put hello world --cluster {lc.cluster_path}")
+
+
+@cluster.command("stop")
+@click.option(
+    "--dir", "base_dir", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False)
+)
+@click.option("--purge", is_flag=True, help="Also delete the data directory.")
+def cluster_stop(base_dir: str, purge: bool) -> None:
+    """Stop the local cluster in DIR (SIGTERM, then SIGKILL after 10 s)."""
+    from ..local import LocalCluster
+
+    lc = LocalCluster.open(base_dir)
+    lc.stop()
+    console.print(f"stopped the cluster in {lc.base_dir}")
+    if purge:
+        import shutil
+
+        shutil.rmtree(lc.base_dir)
+        console.print(f"deleted {lc.base_dir}")

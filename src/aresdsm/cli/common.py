@@ -1,0 +1,96 @@
+"""Shared pieces of the ``ares`` command line: the root group, consoles, common options.
+
+The command line is a thin layer over the library (click + rich); one module per command group
+(architecture.md): :mod:`.server`, :mod:`.cluster`, :mod:`.data`, :mod:`.tools`, :mod:`.certs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import AresError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DEFAULT_DIR = "./ares-data"
+
+
+def _default_cluster() -> str:
+    return os.environ.get("ARES_CLUSTER", str(Path(DEFAULT_DIR) / "cluster.toml"))
+
+
+cluster_option = click.option(
+    "--cluster",
+    "cluster_path",
+    default=_default_cluster,
+    show_default="$ARES_CLUSTER or ./ares-data/cluster.toml",
+    help="Cluster file (TOML) naming the servers and the initial configuration.",
+)
+
+
+def _connect(cluster_path: str, **kwargs: Any) -> Any:
+    """A Store that keeps the configuration chains it learns next to the cluster file."""
+    from ..client import connect
+
+    return connect(cluster_path, cseq_cache=chain_cache_path(cluster_path), **kwargs)
+
+
+def chain_cache_path(cluster_path: str) -> Path:
+    return Path(cluster_path).with_name(Path(cluster_path).name + ".chains.json")
+
+
+def trace_options(f: Any) -> Any:
+    """--trace FILE / --otlp-endpoint / --trace-sample for commands that run clients."""
+    f = click.option("--trace-sample", type=float, help="Sampling ratio of new traces.")(f)
+    f = click.option(
+        "--otlp-endpoint", help="Also export spans over OTLP/HTTP, e.g. http://localhost:4318."
+    )(f)
+    return click.option(
+        "--trace",
+        "trace_file",
+        type=click.Path(dir_okay=False),
+        help="Write spans (JSON lines) to FILE; servers started here write FILE.<server id>.",
+    )(f)
+
+
+def _tracing_for(
+    trace_file: str | None, otlp_endpoint: str | None, trace_sample: float | None
+) -> Any:
+    from .. import tracing
+
+    if otlp_endpoint:  # inherited by the server processes started from here
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+    if trace_sample is not None:
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = str(trace_sample)
+    return tracing.traced_process(
+        "ares-client", otlp_endpoint=otlp_endpoint, trace_file=trace_file, sample_ratio=trace_sample
+    )
+
+
+class AresGroup(click.Group):
+    """Turns aresdsm errors into a one-line message and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AresError as e:  # (escaped: messages name TOML tables like [client])
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+            sys.exit(1)
+
+
+@click.group(cls=AresGroup)
+@click.version_option(package_name="aresdsm")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """aresdsm: Ares II, an atomic, reconfigurable distributed shared memory."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

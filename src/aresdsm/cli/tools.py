@@ -1,0 +1,242 @@
+"""``ares demo|check|bench|trace``: demonstrations, checks and measurements."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .. import runtime
+from .common import _tracing_for, console, main, trace_options
+
+
+@main.command()
+@click.option("--servers", default=3, show_default=True)
+@click.option("--clients", default=4, show_default=True)
+@click.option("--duration-s", default=9.0, show_default=True, help="Length of the workload.")
+@click.option("--no-crash", is_flag=True, help="Do not kill and restart a server.")
+@click.option("--no-reconfig", is_flag=True, help="Do not reconfigure ABD -> TREAS.")
+@click.option(
+    "--keep", type=click.Path(file_okay=False), help="Keep cluster data and history here."
+)
+@trace_options
+def demo(
+    servers: int,
+    clients: int,
+    duration_s: float,
+    no_crash: bool,
+    no_reconfig: bool,
+    keep: str | None,
+    trace_file: str | None,
+    otlp_endpoint: str | None,
+    trace_sample: float | None,
+) -> None:
+    """Local cluster + workload through a crash, a restart and a live reconfiguration (ABD on 3
+    servers -> TREAS on 5), then a linearizability check of the recorded history."""
+    from ..demo import run_demo
+
+    if servers < 3 and not no_crash:
+        raise click.BadParameter("a crash needs at least 3 servers (or pass --no-crash)")
+    with _tracing_for(trace_file, otlp_endpoint, trace_sample):
+        res = runtime.run(
+            run_demo(
+                servers=servers,
+                clients=clients,
+                duration_s=duration_s,
+                crash=not no_crash,
+                reconfigure=not no_reconfig,
+                base_dir=keep,
+                trace_file=str(Path(trace_file).resolve()) if trace_file else None,
+                log=lambda m: console.print(f"[dim]{m}[/]"),
+            )
+        )
+    lat = sorted(res.latencies_s)
+    p50 = lat[len(lat) // 2] * 1e3 if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3 if lat else float("nan")
+    table = Table(title="ares demo", show_header=False)
+    table.add_row("servers / clients", f"{servers} / {clients}")
+    table.add_row("operations ok", f"{res.ops_ok} ({res.writes_ok} writes, {res.reads_ok} reads)")
+    table.add_row(
+        "operations failed",
+        f"{res.ops_failed} (during the crash; failed writes may or may not count)",
+    )
+    table.add_row(
+        "throughput", f"{res.ops_ok / res.duration_s:.0f} ops/s" if res.duration_s else "-"
+    )
+    table.add_row("latency p50 / p99", f"{p50:.2f} ms / {p99:.2f} ms")
+    for ev in res.events:
+        table.add_row("event", ev)
+    colour = "green" if res.verdict == "ok" else "red"
+    table.add_row("linearizable", f"[bold {colour}]{res.verdict}[/]")
+    if res.history_path:
+        table.add_row("history", res.history_path)
+    console.print(table)
+    if res.verdict != "ok":
+        console.print(res.explanation)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("history", type=click.Path(exists=True, dir_okay=False))
+@click.option("--max-steps", default=1_000_000, show_default=True, help="Search bound per key.")
+def check(history: str, max_steps: int) -> None:
+    """Check a recorded history (JSON lines) for linearizability, per key."""
+    from ..check import check_file
+
+    try:
+        result = check_file(history, max_steps=max_steps)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    console.print(
+        result.explain() if result.verdict != "ok" else f"[green]ok[/]: {history} is linearizable"
+    )
+    sys.exit({"ok": 0, "violation": 1}.get(result.verdict, 2))
+
+
+@main.command()
+@click.option("--servers", "servers_s", default="3,5", show_default=True, help="Cluster sizes.")
+@click.option("--concurrency", "conc_s", default="1,64", show_default=True, help="Ops in flight.")
+@click.option("--kinds", default="write,read", show_default=True)
+@click.option("--modes", default="ares2", show_default=True, help="ares2 and/or classic.")
+@click.option("--dap", type=click.Choice(["abd", "treas"]), default="abd", show_default=True)
+@click.option("--k", type=int, help="TREAS code dimension (default n - 2).")
+@click.option("--delta", type=int, default=4, show_default=True, help="TREAS delta.")
+@click.option("--value-size", default=1024, show_default=True, help="Value size in bytes.")
+@click.option("--duration-s", default=3.0, show_default=True, help="Per cell.")
+@click.option(
+    "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
+)
+@click.option("--fast-read/--no-fast-read", default=True, show_default=True, help="§8.6 reads.")
+@click.option(
+    "--reconfig-objects", type=int, default=0, help="Also time reconfiguring this many objects."
+)
+@click.option("--reconfigs", type=int, default=6, show_default=True)
+@click.option(
+    "--reconfig-concurrency",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Objects reconfigured at once with one chain per object (classic).",
+)
+@click.option(
+    "--link-delay-ms",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="One-way delay added between the client and every server (a relay process).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default="bench-results/bench.json",
+    show_default=True,
+)
+@trace_options
+def bench(
+    servers_s: str,
+    conc_s: str,
+    kinds: str,
+    modes: str,
+    dap: str,
+    k: int | None,
+    delta: int,
+    value_size: int,
+    duration_s: float,
+    storage: str,
+    fast_read: bool,
+    reconfig_objects: int,
+    reconfigs: int,
+    reconfig_concurrency: int,
+    link_delay_ms: float,
+    json_out: str,
+    trace_file: str | None,
+    otlp_endpoint: str | None,
+    trace_sample: float | None,
+) -> None:
+    """Measure throughput, latency and round trips on a local cluster of real processes."""
+    from ..bench import MODES, run_bench
+
+    try:
+        servers = [int(x) for x in servers_s.split(",")]
+        conc = [int(x) for x in conc_s.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            "--servers and --concurrency take comma-separated integers"
+        ) from None
+    kind_list = [x.strip() for x in kinds.split(",")]
+    mode_list = [x.strip() for x in modes.split(",")]
+    if not set(kind_list) <= {"read", "write"}:
+        raise click.BadParameter("--kinds takes read and/or write")
+    if not set(mode_list) <= set(MODES):
+        raise click.BadParameter(f"--modes takes {' and/or '.join(MODES)}")
+    if any(n < 1 for n in servers) or any(c < 1 for c in conc) or value_size < 0:
+        raise click.BadParameter("sizes and concurrency must be positive")
+    if duration_s <= 0 or reconfig_objects < 0 or reconfigs < 1 or reconfig_concurrency < 1:
+        raise click.BadParameter("duration and reconfiguration counts must be positive")
+    if link_delay_ms < 0:
+        raise click.BadParameter("--link-delay-ms must not be negative")
+    with _tracing_for(trace_file, otlp_endpoint, trace_sample):
+        report = runtime.run(
+            run_bench(
+                servers=servers,
+                concurrency=conc,
+                kinds=kind_list,
+                modes=mode_list,
+                dap=dap,
+                k=k,
+                delta=delta,
+                value_bytes=value_size,
+                duration_s=duration_s,
+                storage=storage,
+                fast_read=fast_read,
+                reconfig_objects=reconfig_objects,
+                reconfigs=reconfigs,
+                reconfig_concurrency=reconfig_concurrency,
+                link_delay_ms=link_delay_ms,
+                trace_file=str(Path(trace_file).resolve()) if trace_file else None,
+                log=console.print,
+            )
+        )
+    Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
+    table = Table("N", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs")
+    for c in report.cells:
+        table.add_row(
+            str(c.servers),
+            c.mode,
+            c.dap,
+            str(c.concurrency),
+            c.kind,
+            f"{c.ops_per_s:.0f}",
+            f"{c.p50_ms:.3f}",
+            f"{c.p99_ms:.3f}",
+            f"{c.rounds_per_op:.2f}",
+            f"{c.messages_per_op:.2f}",
+        )
+    console.print(table)
+    console.print(f"machine: {report.machine}; saved {json_out}")
+
+
+@main.group()
+def trace() -> None:
+    """Tracing tools (spans written with --trace / --trace-file)."""
+
+
+@trace.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw a PNG.")
+def trace_report(files: tuple[str, ...], plot_path: str | None) -> None:
+    """Share of each phase in the latency of each kind of operation, per mode."""
+    from ..trace_report import breakdown, load_spans, plot, summarize, table
+
+    rows = summarize(breakdown(load_spans(files)))
+    if not rows:
+        raise click.ClickException("no operation spans ('op') in these files")
+    console.print(table(rows))
+    if plot_path:
+        plot(rows, plot_path)
+        console.print(f"saved {plot_path}")
