@@ -15,6 +15,7 @@ Optionally every operation is recorded (:class:`HistoryRecorder`) for ``ares che
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import threading
@@ -145,6 +146,10 @@ class Store:
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self.channel = TcpChannel(self.options)
         self.recorder = recorder
+        if not self.channel.may_install and switches.write_back_final:
+            # without the admin role a client may not finalize (docs/protocol.md §13): it
+            # writes discovered F entries back as P
+            switches = dataclasses.replace(switches, write_back_final=False)
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0

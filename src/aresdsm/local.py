@@ -4,6 +4,10 @@ Each server is a separate ``python -m aresdsm server`` process with its own data
 started the way a user starts one. :class:`LocalCluster` picks free loopback ports, writes the
 cluster file, starts the processes, waits until each has written its ready file, and can
 SIGKILL and restart a server (same port, same data directory) to exercise recovery.
+
+Secure by default (docs/security.md): a new cluster gets a CA in ``<dir>/certs``, a certificate
+per server, and client certificates for the roles ``admin`` (the one the cluster file names),
+``write`` and ``read`` (:meth:`LocalCluster.client_options`); ``insecure=True`` runs plaintext.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from .config import (
     ClientOptions,
     ClusterFile,
     Configuration,
     ServerInfo,
+    TlsFiles,
     dump_cluster_file,
     load_cluster_file,
     validate_configuration,
@@ -33,6 +40,9 @@ from .errors import AresError
 READY_TIMEOUT_S = 20.0
 STATE_FILE = "cluster.json"
 CLUSTER_FILE = "cluster.toml"
+CERTS_DIR = "certs"
+CLIENT_ROLES = ("admin", "write", "read")
+"""Client certificates a new local cluster gets, one per role, named after the role."""
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -84,6 +94,7 @@ class LocalCluster:
         host: str = "127.0.0.1",
         timeout_s: float = 5.0,
         link_delay_ms: float = 0.0,
+        insecure: bool = False,
     ) -> LocalCluster:
         """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
         are those of a relay that delays every message by that much each way, in front of the
@@ -103,12 +114,20 @@ class LocalCluster:
         initial = validate_configuration(
             Configuration("c0", servers[:n], dap=dap, k=k, delta=delta)  # type: ignore[arg-type]
         )
+        client = ClientOptions(timeout_s=timeout_s)
+        server_tls: dict[str, TlsFiles] = {}
+        deny_file: str | None = None
+        if not insecure:
+            client, server_tls, deny_file = _make_certs(base / CERTS_DIR, servers, client)
         cf = ClusterFile(
             servers=servers,
             initial=initial,
-            client=ClientOptions(timeout_s=timeout_s),
+            client=client,
             name="local",
             data_dirs={s.id: str(base / s.id) for s in servers},
+            server_tls=server_tls,
+            deny_file=deny_file,
+            insecure=insecure,
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
         return cls(base, cf, storage=storage, listen=listen, link_delay_ms=link_delay_ms)
@@ -122,6 +141,20 @@ class LocalCluster:
         if state.exists():
             storage = json.loads(state.read_text()).get("storage", "sqlite")
         return cls(base, cf, storage=storage)
+
+    def client_options(self, role: str = "admin") -> ClientOptions:
+        """The cluster file's client options with the identity of the ``role`` client
+        certificate (plaintext clusters: unchanged)."""
+        tls = self.cluster.client.tls
+        if tls is None:
+            return self.cluster.client
+        certs = Path(tls.cert).parent
+        return msgspec.structs.replace(
+            self.cluster.client,
+            tls=TlsFiles(
+                tls.ca, str(certs / f"client-{role}.pem"), str(certs / f"client-{role}.key")
+            ),
+        )
 
     def data_dir(self, server_id: str) -> Path:
         return Path(self.cluster.data_dirs.get(server_id, str(self.base_dir / server_id)))
@@ -255,6 +288,28 @@ class LocalCluster:
 
     def running(self) -> dict[str, int]:
         return self._pids() | {sid: p.pid for sid, p in self.procs.items() if p.poll() is None}
+
+
+def _make_certs(
+    certs: Path, servers: tuple[ServerInfo, ...], client: ClientOptions
+) -> tuple[ClientOptions, dict[str, TlsFiles], str]:
+    """A CA, one certificate per server and one client certificate per role in ``certs``."""
+    from .security import certs as issue
+
+    ca = issue.create_ca(certs, "aresdsm local")
+    server_tls: dict[str, TlsFiles] = {}
+    for s in servers:
+        host, _ = s.host_port()
+        got = issue.issue_server(certs, s.id, hosts=(host,))
+        server_tls[s.id] = TlsFiles(str(ca.cert), str(got.cert), str(got.key))
+    for role in CLIENT_ROLES:
+        issue.issue_client(certs, role, role)
+    admin = TlsFiles(str(ca.cert), str(certs / "client-admin.pem"), str(certs / "client-admin.key"))
+    deny = certs / "denied.txt"
+    deny.write_text(
+        "# revoked certificates: one serial (hex) or client name / server id per line\n"
+    )
+    return msgspec.structs.replace(client, tls=admin), server_tls, str(deny)
 
 
 def _alive(pid: int) -> bool:

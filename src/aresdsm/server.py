@@ -15,22 +15,43 @@ may not match what is durable, so nothing more is answered from it.
 Flow control: a connection stops being read while ``max_in_flight`` of its requests wait for a
 commit or while its replies are not being read (the transport's write buffer is above its
 high-water mark), so neither grows without bound.
+
+Security (docs/protocol.md §13, docs/security.md) lives here, in the shell, not in the core:
+with a TLS context every connection is mutual TLS 1.3 (a client without a certificate the
+cluster CA signed never gets past the handshake); the client certificate's role decides, per
+request, whether it is handed to the core (:func:`~aresdsm.security.roles.required_role`) or
+answered ``unauthorized`` (logged once per connection); certificates on the deny list are
+refused, and their open connections closed when the list changes; admin operations are written
+to the audit log. Without TLS (``--insecure``) every request is allowed, and only loopback
+clients are accepted unless ``allow_remote_plaintext`` (Redis's protected mode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import ssl
 from collections import deque
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from . import tracing
-from .config import Configuration
+from .config import Configuration, TlsFiles
 from .errors import ConfigurationError, FrameError
 from .protocol.server_core import ServerCore
+from .security.audit import AuditLog
+from .security.roles import is_admin_operation, required_role
+from .security.tls import (
+    HANDSHAKE_TIMEOUT_S,
+    DenyList,
+    PeerIdentity,
+    peer_identity,
+    role_level,
+    server_context,
+)
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
@@ -40,6 +61,29 @@ from .wire.messages import Envelope, ErrorReply, GetStats, Reply, Request
 log = logging.getLogger("aresdsm.server")
 
 _REQUEST_TYPES: tuple[type, ...] = Request.__args__
+ADMIN_LEVEL = role_level("admin")
+DENY_CHECK_INTERVAL_S = 1.0
+"""How often a server looks at its deny list for connections to close."""
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+def is_loopback(peer: Any) -> bool:
+    """Whether a peer address (``peername``) is on the loopback network (IPv4-mapped too)."""
+    if not isinstance(peer, tuple) or not peer:
+        return isinstance(peer, str)  # a Unix socket path: local by construction
+    try:
+        ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class _Conn(asyncio.Protocol):
@@ -65,11 +109,47 @@ class _Conn(asyncio.Protocol):
         """The transport's write buffer is above its high-water mark."""
         self.backlog: deque[bytes] = deque()
         self._handling = False
+        self.identity: PeerIdentity | None = None
+        """The client certificate's identity (None: plaintext)."""
+        self.level = 0
+        """The connection's role level (:func:`~aresdsm.security.tls.role_level`)."""
+        self.peer = "?"
+        self.refusal_logged = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.server.connections.add(self)
-        self.server.bump("connections")
+        srv = self.server
+        peer = transport.get_extra_info("peername")
+        self.peer = _peer_text(peer)
+        if srv.tls is not None:
+            self.identity = peer_identity(transport)
+            if self.identity is None:  # (CERT_REQUIRED: the handshake already refused it)
+                srv.bump("refused-no-certificate")
+                self.transport.abort()
+                return
+            if srv.deny.denies(self.identity):
+                srv.bump("refused-denied")
+                log.warning(
+                    "refused %s from %s: on the deny list", self.identity.describe(), self.peer
+                )
+                self.transport.abort()
+                return
+            self.level = role_level(self.identity.role)
+        else:
+            if not srv.allow_remote_plaintext and not is_loopback(peer):
+                srv.bump("refused-remote-plaintext")
+                if srv.core.counters["refused-remote-plaintext"] in (1, 10, 100, 1000, 10000):
+                    log.warning(
+                        "refused a plaintext connection from %s (protected mode: an insecure "
+                        "server accepts loopback clients only; %d refused so far)",
+                        self.peer,
+                        srv.core.counters["refused-remote-plaintext"],
+                    )
+                self.transport.abort()
+                return
+            self.level = ADMIN_LEVEL  # plaintext: no authentication, nothing to check
+        srv.connections.add(self)
+        srv.bump("connections")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -160,8 +240,19 @@ class Server:
         storage: Storage,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_in_flight: int = 4096,
+        tls: ssl.SSLContext | None = None,
+        deny: DenyList | None = None,
+        audit: AuditLog | None = None,
+        allow_remote_plaintext: bool = False,
     ) -> None:
         self.server_id = server_id
+        self.tls = tls
+        """Mutual TLS (a server context that requires client certificates); None: plaintext."""
+        self.deny = deny or DenyList(None)
+        self.audit = audit
+        self.allow_remote_plaintext = allow_remote_plaintext
+        """Plaintext only: accept clients that are not on the loopback network."""
+        self._deny_task: asyncio.Task[None] | None = None
         self.host = host
         self.port = port
         self.storage = storage
@@ -178,6 +269,48 @@ class Server:
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
 
+    def _refuse(self, conn: _Conn, rid: int, body: Request, need: str) -> None:
+        """``unauthorized``: the connection's role is below what ``body`` needs (§13)."""
+        self.bump("unauthorized")
+        who = conn.identity.describe() if conn.identity is not None else "plaintext client"
+        if not conn.refusal_logged:  # once per connection: a client cannot flood the log
+            conn.refusal_logged = True
+            log.warning(
+                "unauthorized: %s from %s sent %s, which needs role %s (further refusals on "
+                "this connection are counted, not logged)",
+                who,
+                conn.peer,
+                type(body).__name__,
+                need,
+            )
+            if self.audit is not None:
+                self.audit.record(who=who, peer=conn.peer, req=body, outcome="unauthorized")
+        have = conn.identity.role if conn.identity is not None else None
+        conn.send(
+            rid,
+            ErrorReply(
+                "unauthorized",
+                f"{type(body).__name__} needs role {need}; this client's role is {have or 'none'}",
+            ),
+        )
+
+    async def _watch_deny_list(self) -> None:
+        """Close the open connections of certificates added to the deny list (no restart)."""
+        seen = self.deny.entries()
+        while True:
+            await asyncio.sleep(DENY_CHECK_INTERVAL_S)
+            now = self.deny.entries()
+            if now == seen:
+                continue
+            seen = now
+            for c in list(self.connections):
+                if c.identity is not None and self.deny.denies(c.identity) and c.transport:
+                    log.warning(
+                        "closing the connection of %s: now on the deny list", c.identity.describe()
+                    )
+                    self.bump("closed-denied")
+                    c.transport.abort()
+
     async def bootstrap(self, initial: Configuration) -> None:
         """Know the initial configuration (persisted, so a restart does not need it again)."""
         writes = self.core.install_config(initial)
@@ -188,7 +321,13 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         try:
-            self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port)
+            self._server = await loop.create_server(
+                lambda: _Conn(self),
+                self.host,
+                self.port,
+                ssl=self.tls,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self.tls is not None else None,
+            )
         except OSError as e:  # port in use, unresolvable host, ...: one line, not a traceback
             host = f"[{self.host}]" if ":" in self.host else self.host
             raise ConfigurationError(
@@ -196,15 +335,26 @@ class Server:
             ) from None
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        log.info("server %s listening on %s:%d", self.server_id, self.host, self.port)
+        if self.deny.path is not None:
+            self._deny_task = loop.create_task(self._watch_deny_list())
+        mode = "mutual TLS" if self.tls is not None else "PLAINTEXT (insecure)"
+        log.info("server %s listening on %s:%d, %s", self.server_id, self.host, self.port, mode)
 
     def handle(self, conn: _Conn, env: Envelope) -> None:
-        body = env.body
-        if not isinstance(body, _REQUEST_TYPES):
+        if not isinstance(env.body, _REQUEST_TYPES):
             self.bump("bad-requests")
-            conn.send(env.rid, ErrorReply("bad-request", f"{type(body).__name__} is not a request"))
+            conn.send(
+                env.rid, ErrorReply("bad-request", f"{type(env.body).__name__} is not a request")
+            )
+            return
+        body = cast(Request, env.body)
+        need = required_role(body, self.core)
+        if conn.level < role_level(need):
+            self._refuse(conn, env.rid, body, need)
             return
         if isinstance(body, GetStats):
+            if self.audit is not None:
+                self._audit(conn, body, "Stats")
             conn.send(env.rid, self.core.stats(self.storage.stored_bytes()))
             return
         if self.fatal is not None or self.storage.failed is not None:
@@ -218,7 +368,7 @@ class Server:
             return
         span = tracing.start_server_span(body, env.trace, self.server_id)
         try:
-            reply, writes = self.core.handle(body)  # type: ignore[arg-type]
+            reply, writes = self.core.handle(body)
         except Exception as exc:
             # The core answers every bad request with an error reply, so an exception is a bug
             # (an InvariantViolation or worse). It may have changed the in-memory state without
@@ -227,6 +377,8 @@ class Server:
             tracing.fail_server_span(span, exc)
             self._fail(exc, bug=True)
             return
+        if self.audit is not None and is_admin_operation(body):
+            self._audit(conn, body, _outcome(reply))
         if writes:
             self.storage.submit(writes)
         barrier = self.storage.barrier()
@@ -256,6 +408,11 @@ class Server:
 
         barrier.add_done_callback(durable)
 
+    def _audit(self, conn: _Conn, body: Request, outcome: str) -> None:
+        assert self.audit is not None
+        who = conn.identity.describe() if conn.identity is not None else "plaintext client"
+        self.audit.record(who=who, peer=conn.peer, req=body, outcome=outcome)
+
     def _fail(self, exc: BaseException, *, bug: bool = False) -> None:
         if self.fatal is None:
             self.fatal = exc
@@ -266,6 +423,9 @@ class Server:
             asyncio.get_running_loop().create_task(self.stop())
 
     async def stop(self) -> None:
+        if self._deny_task is not None:
+            self._deny_task.cancel()
+            self._deny_task = None
         if self._server is not None:
             self._server.close()
         for c in list(self.connections):
@@ -278,12 +438,21 @@ class Server:
                 await self._server.wait_closed()
             self._server = None
         self.storage.close()
+        if self.audit is not None:
+            self.audit.close()
         if self._stopped is not None:
             self._stopped.set()
 
     async def wait_closed(self) -> None:
         assert self._stopped is not None
         await self._stopped.wait()
+
+
+def _outcome(reply: Any) -> str:
+    """How the audit log names a reply: its type, or the error code."""
+    if isinstance(reply, ErrorReply):
+        return f"error {reply.code}"
+    return type(reply).__name__
 
 
 def open_storage(kind: str, data_dir: str | Path) -> Storage:
@@ -303,10 +472,26 @@ async def run_server(
     storage_kind: str = "sqlite",
     initial: Configuration | None = None,
     ready_file: str | Path | None = None,
+    tls: TlsFiles | None = None,
+    deny_file: str | Path | None = None,
+    audit_log: str | Path | None = None,
+    allow_remote_plaintext: bool = False,
 ) -> int:
-    """Run a server until SIGTERM/SIGINT; returns the process exit code."""
+    """Run a server until SIGTERM/SIGINT; returns the process exit code. ``tls``: this server's
+    identity (mutual TLS); None runs plaintext (the caller asked for --insecure). The audit log
+    goes to ``audit_log``, default ``<data_dir>/audit.log``."""
+    context = server_context(tls) if tls is not None else None
     storage = open_storage(storage_kind, data_dir)
-    server = Server(server_id=server_id, host=host, port=port, storage=storage)
+    server = Server(
+        server_id=server_id,
+        host=host,
+        port=port,
+        storage=storage,
+        tls=context,
+        deny=DenyList(deny_file),
+        audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
+        allow_remote_plaintext=allow_remote_plaintext,
+    )
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
     try:

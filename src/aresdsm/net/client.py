@@ -13,6 +13,13 @@ round is over (:meth:`PeerConnection.cancel`) leaves the queue, and the queue ho
 A server's replies are trusted only as far as the frame format: ``max_in_flight`` counts the
 request ids written and not yet answered, so a duplicate or unsolicited reply changes nothing.
 
+With TLS (``options.tls``, docs/protocol.md §13) every connection is mutual TLS 1.3: the
+server's chain is verified against the cluster CA during the handshake, and before any request
+is written the certificate must name the server id the configuration names for that address; a
+server that presents another identity is treated like one that cannot be reached (its requests
+fail, the next attempt backs off). The client presents its own certificate; its role decides
+whether it sends InstallConfig to a server that does not know a configuration (admin only).
+
 A round (:meth:`TcpChannel.round`) registers one callback per server and resolves a single future
 when a quorum answered, when a quorum has become impossible (QuorumUnavailable), or at its deadline
 (OperationTimeout). Late replies of finished rounds are dropped.
@@ -21,19 +28,24 @@ when a quorum answered, when a quorum has become impossible (QuorumUnavailable),
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import logging
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from .. import tracing
-from ..config import ClientOptions, Configuration, ServerInfo
+from ..config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from ..errors import FrameError, OperationError, OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol.channel import ConfigurationObsolete, RequestFor
+from ..security.tls import check_server_identity, client_context, own_identity, role_level
 from ..wire.codec import Decoder, Encoder, FrameBuffer
 from ..wire.messages import Envelope, ErrorReply, InstallConfig, Obsolete, Reply, Request
 
+log = logging.getLogger("aresdsm.net")
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
 
@@ -54,8 +66,11 @@ class PeerConnection(asyncio.Protocol):
         initial_backoff_s: float = 0.05,
         max_backoff_s: float = 1.0,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.server = server
+        self.tls = tls
+        """Client TLS context (mutual TLS; the server id is checked on connect); None: plain."""
         self.options = options
         self._encoder = encoder
         self._decoder = decoder
@@ -151,10 +166,18 @@ class PeerConnection(asyncio.Protocol):
         host, port = self.server.host_port()
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: self, host, port),
-                timeout=self.options.connect_timeout_s,
-            )
+            if self.tls is None:
+                connecting = loop.create_connection(lambda: self, host, port)
+            else:  # the server id is checked in connection_made, not the host name
+                connecting = loop.create_connection(
+                    lambda: self,
+                    host,
+                    port,
+                    ssl=self.tls,
+                    server_hostname="",
+                    ssl_handshake_timeout=self.options.connect_timeout_s,
+                )
+            await asyncio.wait_for(connecting, timeout=self.options.connect_timeout_s)
         except (OSError, TimeoutError) as e:
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
@@ -168,6 +191,19 @@ class PeerConnection(asyncio.Protocol):
         if self._closed:
             transport.close()
             return
+        if self.tls is not None:
+            wrong = check_server_identity(transport, self.server.id)
+            if wrong is not None:  # nothing is written to an impostor
+                cast(asyncio.Transport, transport).abort()
+                log.warning("refusing server at %s: %s", self.server.address, wrong)
+                self._retry_at = time.monotonic() + self._backoff_s
+                self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
+                self._fail_waiting(
+                    ConnectionError(
+                        f"refusing server {self.server.id} ({self.server.address}): {wrong}"
+                    )
+                )
+                return
         self._transport = cast(asyncio.Transport, transport)
         self._frames = FrameBuffer(max_frame_bytes=self.options.max_frame_bytes)
         self._backoff_s = self._initial_backoff_s
@@ -279,6 +315,11 @@ class TcpChannel:
 
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
+        self.tls = _context(options.tls) if options.tls is not None else None
+        self.role = own_identity(options.tls).role if options.tls is not None else "admin"
+        """This client's role (from its certificate; plaintext: unchecked, so admin)."""
+        self.may_install = role_level(self.role) >= role_level("admin")
+        """Whether to send InstallConfig to a server that does not know a configuration."""
         self._encoder = Encoder(max_frame_bytes=options.max_frame_bytes)
         self._decoder = Decoder()
         self._peers: dict[str, PeerConnection] = {}
@@ -291,7 +332,11 @@ class TcpChannel:
         p = self._peers.get(server.address)
         if p is None:
             p = PeerConnection(
-                server, options=self.options, encoder=self._encoder, decoder=self._decoder
+                server,
+                options=self.options,
+                encoder=self._encoder,
+                decoder=self._decoder,
+                tls=self.tls,
             )
             self._peers[server.address] = p
         return p
@@ -367,6 +412,7 @@ class TcpChannel:
             if (
                 isinstance(reply, ErrorReply)
                 and reply.code == "unknown-config"
+                and self.may_install
                 and not retried
                 and not rnd.fut.done()
             ):
@@ -431,6 +477,12 @@ class TcpChannel:
             p.close()
         self._peers.clear()
         await asyncio.sleep(0)
+
+
+@functools.lru_cache(maxsize=16)
+def _context(files: TlsFiles) -> ssl.SSLContext:
+    """One client context per identity (loading certificates costs milliseconds)."""
+    return client_context(files)
 
 
 def _round_attributes(c: Configuration, need: int) -> dict[str, Any]:

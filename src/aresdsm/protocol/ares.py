@@ -188,7 +188,10 @@ async def read_config(
                 return cseq
             cseq = with_entry(cseq, i + 1, e)
             if not switches.broken_no_config_write_back:  # an F entry collects, with gc (§8.3)
-                await put_config(net, cseq[i].config, group, _entry(cseq, i + 1), gc=switches.gc)
+                back = _entry(cseq, i + 1)
+                if back.status == "F" and not switches.write_back_final:
+                    back = NextEntry(back.config, "P")  # (the right to finalize is an admin's)
+                await put_config(net, cseq[i].config, group, back, gc=switches.gc)
             i += 1
 
 

@@ -42,6 +42,11 @@ class OpSwitches:
     batch: bool = True
     """One configuration chain per group, reconfigured with one consensus decision and a paged
     transfer (§8.4); off: every object has a chain of its own, as in the original Ares."""
+    write_back_final: bool = True
+    """Discovery (read-config, §6) writes an F successor it found back as F, with garbage
+    collection (§8.3). Off: back as P -- enough for every later discovery, and the only
+    configuration write-back a client without the admin role may send (docs/protocol.md §13);
+    the old configuration is then collected by the next admin that finalizes or discovers."""
     broken_skip_write_back: bool = False
     """Test-only: reads never write back (the checker must catch it)."""
     broken_no_query_before_write: bool = False

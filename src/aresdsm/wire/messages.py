@@ -287,6 +287,7 @@ ErrorCode = Literal[
     "storage",  # the durable store failed; nothing was applied
     "shutting-down",
     "invariant",  # the request would break a protocol invariant; refused, nothing applied
+    "unauthorized",  # the connection's role may not send this request (docs/protocol.md §13)
 ]
 
 

@@ -1,0 +1,98 @@
+"""Least privilege per message (docs/protocol.md §13 "Roles"; docs/security.md).
+
+A client's role comes from its certificate (:mod:`.tls`): ``read`` < ``write`` < ``admin``, each
+allowed everything the ones before it are. The server shell (:meth:`aresdsm.server.Server.handle`)
+asks :func:`required_role` for every request and answers ``unauthorized`` when the connection's
+role is below it; the protocol core never sees the request.
+
+What ordinary clients must still send -- and are allowed exactly that:
+
+* reads: QueryTag, QueryData, QueryList, ReadConfig, LatestConfig, Ping (``read``);
+* a reader's **write-back** of a value (phase 2 of a read, §4): PutData. Until the writer's MAC
+  of §13 exists a server cannot tell a write-back from a forged new value, so a ``read`` client's
+  PutData is accepted only when it adds nothing the server does not hold already
+  (:meth:`~aresdsm.protocol.server_core.ServerCore.holds_tag`) -- otherwise it needs ``write``.
+  A read-only client whose read must bring a lagging server up to date is refused by that
+  server; the read still completes when a quorum holds the value, else fails (never a wrong
+  answer);
+* a **write-back of a discovered configuration entry** (read-config §6, the piggyback §8.1):
+  WriteConfig with a **P** entry (``read``). An F entry, with or without garbage collection,
+  needs ``admin``: finalizing (and deleting the old configuration's data) is the reconfigurer's
+  step. Clients without ``admin`` write discovered F entries back as P entries
+  (:attr:`~aresdsm.protocol.ops.OpSwitches.write_back_final` off), which is enough for discovery;
+* **InstallConfig** needs ``admin``: a server that answers ``unknown-config`` counts, for a
+  client without ``admin``, as one that does not answer (like a crashed one); allowing it would
+  let a reader squat configuration ids on servers. Clients without ``admin`` do not send it.
+
+Everything else -- consensus (Prepare, Accept), state transfer (GetGroup, SET_NEXT_AND_GET,
+PutBatch), Finalized, group enumeration (ListChains), GetStats -- needs ``admin``. A message type
+missing from the table needs ``admin`` (deny by default).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..tags import Tag
+from ..wire.messages import (
+    Accept,
+    Finalized,
+    GetGroup,
+    GetStats,
+    InstallConfig,
+    LatestConfig,
+    ListChains,
+    Ping,
+    Prepare,
+    PutBatch,
+    PutData,
+    QueryData,
+    QueryList,
+    QueryTag,
+    ReadConfig,
+    Request,
+    WriteConfig,
+)
+
+
+class TagHolder(Protocol):
+    def holds_tag(self, group: str, config_id: str, key: str, tag: Tag) -> bool: ...
+
+
+REQUIRED: dict[type, str] = {
+    Ping: "read",
+    QueryTag: "read",
+    QueryData: "read",
+    QueryList: "read",
+    ReadConfig: "read",
+    LatestConfig: "read",
+    PutData: "write",  # "read" for a write-back that adds nothing new: see required_role
+    WriteConfig: "admin",  # "read" for a P entry (discovery write-back): see required_role
+    Prepare: "admin",
+    Accept: "admin",
+    GetGroup: "admin",
+    PutBatch: "admin",
+    InstallConfig: "admin",
+    Finalized: "admin",
+    ListChains: "admin",
+    GetStats: "admin",
+}
+"""The role each request type needs at least (before the per-message refinements)."""
+
+
+def required_role(req: Request, core: TagHolder) -> str:
+    """The least role that may send ``req`` to a server whose state is ``core``."""
+    if isinstance(req, WriteConfig):
+        return "read" if req.entry.status == "P" else "admin"
+    if isinstance(req, PutData):
+        held = core.holds_tag(req.group, req.config_id, req.key, req.tag)
+        return "read" if held else "write"
+    return REQUIRED.get(type(req), "admin")
+
+
+def is_admin_operation(req: Request) -> bool:
+    """Requests the audit log records: every one that needs ``admin`` by its type, and
+    WriteConfig with an F entry (finalize, garbage collection)."""
+    if isinstance(req, WriteConfig):
+        return req.entry.status == "F"
+    return REQUIRED.get(type(req), "admin") == "admin"
