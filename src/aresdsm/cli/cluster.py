@@ -30,18 +30,35 @@ def cluster() -> None:
 @click.option(
     "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
 )
-def cluster_start(n: int, spares: int, base_dir: str, storage: str) -> None:
-    """Start a local cluster in the background and write DIR/cluster.toml."""
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext: no certificates, no authentication (loopback clients only).",
+)
+def cluster_start(n: int, spares: int, base_dir: str, storage: str, insecure: bool) -> None:
+    """Start a local cluster in the background and write DIR/cluster.toml.
+
+    Secure by default: a cluster CA, a certificate per server and client certificates for the
+    roles admin, write and read are created in DIR/certs; the cluster file uses the admin one
+    (see ares certs)."""
     from ..local import LocalCluster
 
     if n < 1 or spares < 0:
         raise click.BadParameter("need at least one server and no negative spares")
-    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage)
+    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage, insecure=insecure)
     lc.start_all(detach=True)
     console.print(f"started {n + spares} servers; cluster file: [bold]{lc.cluster_path}[/]")
     for s in lc.cluster.servers:
         member = "member of c0" if lc.cluster.initial.has_member(s.id) else "spare"
         console.print(f"  {s.id}  {s.address}  ({member})  data: {lc.data_dir(s.id)}")
+    tls = lc.cluster.client.tls
+    if tls is None:
+        console.print("[yellow]plaintext (--insecure):[/] no encryption, no authentication")
+    else:
+        console.print(
+            f"mutual TLS: CA {tls.ca}; this cluster file uses the [bold]admin[/] client "
+            "certificate (write and read ones are next to it; ares certs issues more)"
+        )
     console.print(f"try:  ares put hello world --cluster {lc.cluster_path}")
 
 

@@ -49,6 +49,8 @@ log = logging.getLogger("aresdsm.net")
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
 
+CLOSE_TIMEOUT_S = 1.0
+"""How long closing a client waits for its connections to be gone before aborting them."""
 DEFAULT_MAX_QUEUED_REQUESTS = 65536
 """Requests that may wait for one connection (to be established, or for max_in_flight)."""
 
@@ -88,6 +90,8 @@ class PeerConnection(asyncio.Protocol):
         self._backoff_s = initial_backoff_s
         self._retry_at = 0.0
         self._closed = False
+        self._closing: asyncio.Transport | None = None
+        self._lost: asyncio.Future[None] | None = None
         self.requests_sent = 0
         self.bytes_sent = 0
 
@@ -219,6 +223,8 @@ class PeerConnection(asyncio.Protocol):
                 cb(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         self._transport = None
         self._outstanding.clear()
         err = ConnectionError(
@@ -265,8 +271,21 @@ class PeerConnection(asyncio.Protocol):
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._transport is not None:
+            self._closing = self._transport
+            self._lost = asyncio.get_running_loop().create_future()
             self._transport.close()
         self._fail_waiting(ConnectionError("client closed"))
+
+    async def wait_closed(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Wait until the connection closed by :meth:`close` is gone (a TLS connection says
+        goodbye first: close_notify); abort it after ``timeout_s``."""
+        if self._lost is None or self._closing is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost), timeout_s)
+        except TimeoutError:
+            self._closing.abort()
+            await asyncio.sleep(0)
 
 
 class _Round:
@@ -473,9 +492,11 @@ class TcpChannel:
         return reply
 
     async def close(self) -> None:
-        for p in self._peers.values():
+        peers = list(self._peers.values())
+        for p in peers:
             p.close()
         self._peers.clear()
+        await asyncio.gather(*(p.wait_closed() for p in peers))
         await asyncio.sleep(0)
 
 
