@@ -340,7 +340,7 @@ def parse_cluster(
         if "deny_file" in tls_table:
             deny_file = _path(_require(tls_table, "deny_file", str, where), base_dir)
         server_tls = {sid: TlsFiles(ca, c, k) for sid, (c, k) in server_files.items()}
-        if insecure:
+        if file_insecure:
             raise ConfigurationError(
                 f"{source}: [tls] and [cluster] insecure = true exclude each other"
             )

@@ -244,8 +244,11 @@ class Server:
         deny: DenyList | None = None,
         audit: AuditLog | None = None,
         allow_remote_plaintext: bool = False,
+        broken_skip_authorization: bool = False,
     ) -> None:
         self.server_id = server_id
+        self.broken_skip_authorization = broken_skip_authorization
+        """Test-only: every connection may send everything (the attacks of issue 13 succeed)."""
         self.tls = tls
         """Mutual TLS (a server context that requires client certificates); None: plaintext."""
         self.deny = deny or DenyList(None)
@@ -349,7 +352,7 @@ class Server:
             return
         body = cast(Request, env.body)
         need = required_role(body, self.core)
-        if conn.level < role_level(need):
+        if conn.level < role_level(need) and not self.broken_skip_authorization:
             self._refuse(conn, env.rid, body, need)
             return
         if isinstance(body, GetStats):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .. import runtime
@@ -106,8 +107,12 @@ def status(group: str, show_storage: bool, cluster_path: str) -> None:
     )
     for s, st in zip(cf.servers, stats, strict=True):
         member = "yes" if last.has_member(s.id) else ""
-        if isinstance(st, str):
-            servers.add_row(s.id, s.address, f"[red]down[/] ({st[:50]})", member, "", "", "")
+        if isinstance(st, str) and "unauthorized" in st:  # up, but stats are for admins (§13)
+            servers.add_row(s.id, s.address, "[yellow]unauthorized[/]", member, "", "", "")
+        elif isinstance(st, str):
+            servers.add_row(
+                s.id, s.address, f"[red]down[/] ({escape(st[:50])})", member, "", "", ""
+            )
         else:
             reqs = sum(v for k, v in st.counters.items() if k[0].isupper())
             servers.add_row(
@@ -120,6 +125,8 @@ def status(group: str, show_storage: bool, cluster_path: str) -> None:
                 str(reqs),
             )
     console.print(servers)
+    if any(isinstance(st, str) and "unauthorized" in st for st in stats):
+        console.print("[yellow]unauthorized:[/] server statistics need the admin role")
     if show_storage:
         _storage_table(group, [e.config.id for e in chain], cf.servers, stats)
 

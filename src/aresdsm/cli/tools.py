@@ -22,6 +22,7 @@ from .common import _tracing_for, console, main, trace_options
 @click.option(
     "--keep", type=click.Path(file_okay=False), help="Keep cluster data and history here."
 )
+@click.option("--insecure", is_flag=True, help="Plaintext cluster (default: mutual TLS).")
 @trace_options
 def demo(
     servers: int,
@@ -30,6 +31,7 @@ def demo(
     no_crash: bool,
     no_reconfig: bool,
     keep: str | None,
+    insecure: bool,
     trace_file: str | None,
     otlp_endpoint: str | None,
     trace_sample: float | None,
@@ -51,6 +53,7 @@ def demo(
                 base_dir=keep,
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=lambda m: console.print(f"[dim]{m}[/]"),
+                insecure=insecure,
             )
         )
     lat = sorted(res.latencies_s)
@@ -128,6 +131,12 @@ def check(history: str, max_steps: int) -> None:
     show_default=True,
     help="One-way delay added between the client and every server (a relay process).",
 )
+@click.option("--insecure", is_flag=True, help="Plaintext clusters (default: mutual TLS).")
+@click.option(
+    "--tls-cost",
+    is_flag=True,
+    help="Run every cell with TLS and with --insecure; print the throughput ratio.",
+)
 @click.option(
     "--json",
     "json_out",
@@ -152,6 +161,8 @@ def bench(
     reconfigs: int,
     reconfig_concurrency: int,
     link_delay_ms: float,
+    insecure: bool,
+    tls_cost: bool,
     json_out: str,
     trace_file: str | None,
     otlp_endpoint: str | None,
@@ -179,6 +190,9 @@ def bench(
         raise click.BadParameter("duration and reconfiguration counts must be positive")
     if link_delay_ms < 0:
         raise click.BadParameter("--link-delay-ms must not be negative")
+    if insecure and tls_cost:
+        raise click.UsageError("--tls-cost already runs both; drop --insecure")
+    security = ("tls", "insecure") if tls_cost else ("insecure",) if insecure else ("tls",)
     with _tracing_for(trace_file, otlp_endpoint, trace_sample):
         report = runtime.run(
             run_bench(
@@ -199,14 +213,18 @@ def bench(
                 link_delay_ms=link_delay_ms,
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=console.print,
+                security=security,
             )
         )
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
-    table = Table("N", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs")
+    table = Table(
+        "N", "security", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs"
+    )
     for c in report.cells:
         table.add_row(
             str(c.servers),
+            c.security,
             c.mode,
             c.dap,
             str(c.concurrency),
@@ -218,6 +236,20 @@ def bench(
             f"{c.messages_per_op:.2f}",
         )
     console.print(table)
+    ratios = report.tls_ratios()
+    if ratios:
+        cost = Table("N", "mode", "C", "op", "TLS ops/s", "plaintext ops/s", "TLS / plaintext")
+        for t, p, r in ratios:
+            cost.add_row(
+                str(t.servers),
+                t.mode,
+                str(t.concurrency),
+                t.kind,
+                f"{t.ops_per_s:.0f}",
+                f"{p.ops_per_s:.0f}",
+                f"{r:.2f}",
+            )
+        console.print(cost)
     console.print(f"machine: {report.machine}; saved {json_out}")
 
 
