@@ -115,6 +115,9 @@ class _Conn(asyncio.Protocol):
         """The connection's role level (:func:`~aresdsm.security.tls.role_level`)."""
         self.peer = "?"
         self.refusal_logged = False
+        self.tls_out: list[Any] = []
+        """TLS: reply buffers written in this loop iteration, sent as one write (flush_tls)."""
+        self.tls_flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -195,11 +198,24 @@ class _Conn(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         try:
-            self.transport.writelines(self.server.encoder.encode(Envelope(rid, reply)))
+            bufs = self.server.encoder.encode(Envelope(rid, reply))
         except FrameError as e:  # reply too large (or not encodable): answer with an error
-            self.transport.writelines(
-                self.server.encoder.encode(Envelope(rid, ErrorReply("bad-request", str(e))))
-            )
+            bufs = self.server.encoder.encode(Envelope(rid, ErrorReply("bad-request", str(e))))
+        if self.server.tls is None:
+            self.transport.writelines(bufs)
+            return
+        # TLS: every write is at least one encrypted record; the replies of one loop iteration
+        # (a group commit answers many at once) go out together, in as few records as fit
+        self.tls_out.extend(bufs)
+        if not self.tls_flush_scheduled:
+            self.tls_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush_tls)
+
+    def flush_tls(self) -> None:
+        self.tls_flush_scheduled = False
+        out, self.tls_out = self.tls_out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
 
     def update_reading(self) -> None:
         """Pause or resume reading to match both limits (the only place that does either)."""

@@ -90,6 +90,8 @@ class PeerConnection(asyncio.Protocol):
         self._backoff_s = initial_backoff_s
         self._retry_at = 0.0
         self._closed = False
+        self._tls_out: list[Any] = []
+        self._tls_flush_scheduled = False
         self._closing: asyncio.Transport | None = None
         self._lost: asyncio.Future[None] | None = None
         self.requests_sent = 0
@@ -143,7 +145,21 @@ class PeerConnection(asyncio.Protocol):
             return
         self._outstanding.add(rid)
         self.requests_sent += 1
-        self._transport.writelines(bufs)
+        if self.tls is None:
+            self._transport.writelines(bufs)
+            return
+        # TLS: every write is at least one encrypted record; the requests of one loop iteration
+        # go out together, in as few records as fit
+        self._tls_out.extend(bufs)
+        if not self._tls_flush_scheduled:
+            self._tls_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_tls)
+
+    def _flush_tls(self) -> None:
+        self._tls_flush_scheduled = False
+        out, self._tls_out = self._tls_out, []
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(out))
 
     def _pump(self) -> None:
         while (
@@ -227,6 +243,7 @@ class PeerConnection(asyncio.Protocol):
             self._lost.set_result(None)
         self._transport = None
         self._outstanding.clear()
+        self._tls_out.clear()  # (their requests fail below)
         err = ConnectionError(
             f"connection to server {self.server.id} lost" + (f": {exc}" if exc else "")
         )
