@@ -73,6 +73,9 @@ class SimOptions:
     fault_interval_s: float | None = None
     """Mean virtual time between two fault actions (crash, restart, partition, heal)."""
     real_codec: bool = False
+    clients_finalize: bool = True
+    """Whether data clients write discovered F entries back as F (admin clients); False: as P,
+    as clients without the admin role do (docs/security.md). Reconfigurers always finalize."""
     # test-only broken variants (never on unless a test asks)
     broken: tuple[str, ...] = ()
 
@@ -235,6 +238,10 @@ class _World:
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
+        self.client_switches = dataclasses.replace(
+            self.switches, write_back_final=opts.clients_finalize
+        )
+        """Data clients' switches (reconfigurers use ``switches``)."""
         self.channel_switches = ChannelSwitches(
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
@@ -330,11 +337,13 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
                     key=key,
                     value=Blob(value),
                     writer=writer_id(name, n),
-                    switches=world.switches,
+                    switches=world.client_switches,
                 )
                 digest = value_digest(value)
             else:
-                res, cseq = await ares.read(ch, cseq, group=chain, key=key, switches=world.switches)
+                res, cseq = await ares.read(
+                    ch, cseq, group=chain, key=key, switches=world.client_switches
+                )
                 tag, digest = res.tag, value_digest(res.value.data)
             world.learn(name, chain, cseq)
             world.history[rec_index] = msgspec.structs.replace(
