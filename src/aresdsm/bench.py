@@ -4,7 +4,7 @@ For every cell of the matrix (servers N, mode, concurrency C, operation kind) it
 of C operations in flight from one client process for a fixed time, and reports ops/s, latency
 percentiles, and the messages and rounds each operation cost -- counted by the client's channel,
 so "2 round trips per write" is measured, not assumed. Modes are Ares II (default) and classic
-(the original Ares, protocol.md §6) on the same cluster in the same run, so their ratio is
+(the original Ares, docs/protocol.md §6) on the same cluster in the same run, so their ratio is
 reported directly. Before each cluster's cells it measures the transport floor: the round-trip
 time of a no-op Ping to one server; every latency is also printed as a multiple of that floor.
 
@@ -85,7 +85,7 @@ class ReconfigResult:
     consensus_per_reconfig: float
     group_bytes: list[int] = field(default_factory=list)
     """Bytes of the group's object state on all servers: after the writes, then after each
-    reconfiguration (and its background finalize) -- protocol.md §8.3's storage claim."""
+    reconfiguration (and its background finalize) -- docs/protocol.md §8.3's storage claim."""
 
     @property
     def storage_ratio(self) -> float:

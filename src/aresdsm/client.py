@@ -79,7 +79,7 @@ class HistoryRecorder:
 
 
 async def _random_backoff(attempt: int) -> None:
-    """Paxos retry back-off (protocol.md §5): random, growing, capped at about a second."""
+    """Paxos retry back-off (docs/protocol.md §5): random, growing, capped at about a second."""
     await asyncio.sleep(random.uniform(0, min(1.0, 0.005 * 2**attempt)))
 
 
@@ -89,7 +89,7 @@ class _CseqCache(msgspec.Struct):
 
 
 def load_cseq_cache(path: Path | None, initial: Configuration) -> dict[str, ares.Cseq]:
-    """Chains learned earlier (protocol.md §8.5: clients may cache their cseq on disk).
+    """Chains learned earlier (docs/protocol.md §8.5: clients may cache their cseq on disk).
 
     A missing, unreadable or foreign cache (another initial configuration descriptor) is
     ignored: the client then discovers the chain from the initial configuration again. A cache
@@ -331,7 +331,7 @@ class Store:
         return res
 
     async def configurations(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
-        """Discover and return the group's configuration chain (protocol.md §6 read-config)."""
+        """Discover and return the group's configuration chain (docs/protocol.md §6 read-config)."""
         await self._check_cached(group)
         cseq = await ares.read_config(self.channel, self.cseq(group), group, self.switches)
         self._learn(group, cseq)
@@ -561,7 +561,7 @@ def connect(
     """A :class:`Store` for the cluster described by a cluster file (path or parsed).
 
     ``cseq_cache``: a file where the client keeps the configuration chains it learned, so that
-    it still finds the data after the initial servers are gone (protocol.md §8.5).
+    it still finds the data after the initial servers are gone (docs/protocol.md §8.5).
     """
     cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
     return Store(

@@ -1,4 +1,4 @@
-"""Erasure coding behind one small interface (protocol.md §4.2): encode to n, decode from any k.
+"""Erasure coding behind one small interface (docs/protocol.md §4.2): encode n, decode from any k.
 
 :class:`ErasureCoder` uses pyeclib's ``isa_l_rs_vand`` (Reed–Solomon over Intel ISA-L, bundled in
 the pyeclib wheel): an MDS code, so any k of the n elements rebuild the value. Each element is

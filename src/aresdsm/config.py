@@ -1,4 +1,4 @@
-"""Configurations and the cluster file (protocol.md §2, §3).
+"""Configurations and the cluster file (docs/protocol.md §2, §3).
 
 A :class:`Configuration` is an immutable descriptor: a unique id, an ordered list of servers,
 the data access primitive (DAP) and its parameters. Quorum arithmetic lives here too, as small
@@ -43,7 +43,7 @@ class ServerInfo(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Configuration(msgspec.Struct, frozen=True):
-    """An immutable configuration descriptor (protocol.md §3). Ids are never reused."""
+    """An immutable configuration descriptor (docs/protocol.md §3). Ids are never reused."""
 
     id: str
     servers: tuple[ServerInfo, ...]
@@ -61,7 +61,7 @@ class Configuration(msgspec.Struct, frozen=True):
 
     @property
     def majority(self) -> int:
-        """Paxos always uses majorities of the configuration's servers (protocol.md §5)."""
+        """Paxos always uses majorities of the configuration's servers (docs/protocol.md §5)."""
         return self.n // 2 + 1
 
     @property
@@ -88,7 +88,7 @@ class Configuration(msgspec.Struct, frozen=True):
 
 
 def quorum_size(dap: str, n: int, k: int = 1) -> int:
-    """Quorum size of a configuration (protocol.md §3)."""
+    """Quorum size of a configuration (docs/protocol.md §3)."""
     if dap == "abd":
         return n // 2 + 1
     if dap == "treas":
@@ -115,7 +115,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def validate_configuration(c: Configuration) -> Configuration:
-    """Check a descriptor (protocol.md §3); return it unchanged or raise ConfigurationError."""
+    """Check a descriptor (docs/protocol.md §3); return it unchanged or raise ConfigurationError."""
     if not c.id:
         raise ConfigurationError("configuration id must not be empty")
     if len(c.id.encode()) > MAX_ID_BYTES:

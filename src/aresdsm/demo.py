@@ -6,7 +6,7 @@ Starts real server processes (3 in the initial ABD configuration, 2 spares), run
 and write a few hot keys with unique values, SIGKILLs one server, restarts it, then reconfigures
 the cluster from ABD on 3 servers to TREAS on all 5 (k=3) while the clients keep going. At the end
 it reads every key once more and checks the whole recorded history for linearizability
-(protocol.md §10 invariant 1; acknowledged writes surviving the crash and the reconfiguration,
+(docs/protocol.md §10 invariant 1; acknowledged writes surviving the crash and the reconfiguration,
 invariant 8, is part of that check: a lost write would make a later read return an older value).
 """
 

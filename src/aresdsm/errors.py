@@ -1,6 +1,6 @@
 """The exception tree of aresdsm.
 
-Three kinds of failure (architecture.md principle 7):
+Three kinds of failure (docs/architecture.md principle 7):
 
 * bad input from the network is never raised to a caller of the server; the server answers with
   an error reply or closes the connection and counts it (:class:`FrameError` is what the decoder
@@ -11,7 +11,7 @@ Three kinds of failure (architecture.md principle 7):
 ::
 
     AresError
-    ├── ConfigurationError          invalid cluster file / configuration descriptor (protocol.md §3)
+    ├── ConfigurationError          invalid cluster file / configuration (docs/protocol.md §3)
     ├── OperationError              an operation could not complete
     │   ├── OperationTimeout        no quorum answered within timeout_s
     │   ├── QuorumUnavailable       too many servers refused or are unreachable for a quorum
@@ -20,7 +20,7 @@ Three kinds of failure (architecture.md principle 7):
     │   └── ServerError             a server answered with an error reply
     ├── FrameError                  malformed bytes from the network (wire format)
     ├── StorageError                the durable store failed
-    └── InvariantViolation          a protocol invariant (protocol.md §10) does not hold: a bug
+    └── InvariantViolation          a protocol invariant (docs/protocol.md §10) does not hold: a bug
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class AresError(Exception):
 
 
 class ConfigurationError(AresError):
-    """A cluster file, configuration descriptor or option is invalid (protocol.md §3)."""
+    """A cluster file, configuration descriptor or option is invalid (docs/protocol.md §3)."""
 
 
 class OperationError(AresError):

@@ -1,4 +1,4 @@
-"""Tags: the version numbers of atomic registers (protocol.md §2).
+"""Tags: the version numbers of atomic registers (docs/protocol.md §2).
 
 A tag is ``(z, writer)``: an integer and a writer id, ordered lexicographically with ``z`` first.
 The initial tag ``TAG0 = (0, "")`` goes with the empty value. Writer ids must be unique per

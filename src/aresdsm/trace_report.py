@@ -1,4 +1,4 @@
-"""``ares trace report``: where an operation's latency goes, phase by phase (protocol.md §12).
+"""``ares trace report``: where an operation's latency goes, phase by phase (docs/protocol.md §12).
 
 Reads JSON-lines span files (``--trace`` of clients, ``--trace-file`` of servers), takes every
 client ``op`` span as one operation, and splits its duration over the phases of its child spans

@@ -1,4 +1,4 @@
-"""Distributed tracing with OpenTelemetry (protocol.md §12; architecture principle 9).
+"""Distributed tracing with OpenTelemetry (docs/protocol.md §12; architecture principle 9).
 
 Off by default and then free: :func:`span` returns one shared no-op context manager and
 :func:`inject` returns ``None`` after a single flag test, and nothing of OpenTelemetry is

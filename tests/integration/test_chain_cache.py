@@ -1,4 +1,4 @@
-"""The client's chain cache on disk (protocol.md §8.5). Found in review: it was trusted on the
+"""The client's chain cache on disk (docs/protocol.md §8.5). Found in review: it was trusted on the
 initial configuration's *id* alone (default "c0" in every cluster file), so a cache left over from
 an earlier deployment of the same cluster file (servers re-created empty at the same addresses)
 made the client skip the real chain -- it installed a cached configuration these servers never

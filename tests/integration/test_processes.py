@@ -1,4 +1,4 @@
-"""Real server processes, killed with SIGKILL and restarted (architecture.md principle 6)."""
+"""Real server processes, killed with SIGKILL and restarted (docs/architecture.md principle 6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Real server processes reconfigured under load: ABD on 3 -> TREAS on 5 (k=3) -> ABD on 3 other
-servers, then the original servers stopped (issue acceptance; protocol.md §6, §8)."""
+servers, then the original servers stopped (issue acceptance; docs/protocol.md §6, §8)."""
 
 from __future__ import annotations
 

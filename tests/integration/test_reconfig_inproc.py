@@ -1,5 +1,5 @@
 """Reconfiguration with real TCP and in-process servers: ABD -> TREAS -> other servers, while
-clients keep reading and writing (protocol.md §6, §8.1, §8.2). Both modes: Ares II and classic."""
+clients keep reading and writing (docs/protocol.md §6, §8.1, §8.2), Ares II and classic."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tracing (protocol.md §12): spans from real server processes and a client reach an OTLP/HTTP
+"""Tracing (docs/protocol.md §12): spans from real server processes and a client reach an OTLP/HTTP
 receiver (protobuf decoded with opentelemetry-proto) and form one tree per operation, across
 processes, with the phase names and attributes of §12. The report is tested on hand-made traces
 in tests/unit/test_trace_report.py."""

@@ -1,4 +1,4 @@
-"""Garbage collection of obsolete configurations (protocol.md §8.3): storage stays flat over many
+"""Garbage collection of obsolete configurations (docs/protocol.md §8.3): storage stays flat over
 reconfigurations with ``gc``, and grows linearly without it; obsolete configurations answer
 OBSOLETE and clients move on."""
 

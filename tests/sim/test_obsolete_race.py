@@ -1,4 +1,4 @@
-"""A configuration that turns OBSOLETE (protocol.md §8.3) while an operation reads it and its
+"""A configuration that turns OBSOLETE (docs/protocol.md §8.3) while an operation reads it and its
 successor in parallel: the successor holds everything only from the moment the configuration was
 finalized, so an answer it gave before may miss a write that completed long ago. The successor
 must be read again *after* the OBSOLETE answer -- by reads and writes (§8.1 phase 1) and by

@@ -1,6 +1,6 @@
 """update-config must read the older configurations c_μ..c_{ν−1} with SET_NEXT_AND_GET too, not
-with the plain get-data protocol.md §8.2 allows ("Configurations μ..ν−1 already have a successor,
-so a plain get-data is enough there"). Found in review; with the spec's plain get (test-only
+with the plain get-data an earlier rule allowed ("Configurations μ..ν−1 already have a successor,
+so a plain get-data is enough there"). Found in review; with that plain get (test-only
 switch ``broken_plain_get_older_sources``) the checker reports the lost write.
 
 A plain get is not enough when the successor of such a configuration is still P: its own

@@ -1,4 +1,4 @@
-"""Round trips per operation, counted on the wire (protocol.md §11): exact in steady state."""
+"""Round trips per operation, counted on the wire (docs/protocol.md §11): exact in steady state."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ BATCHED_CLASSIC = OpSwitches(piggyback=False, fast_read=False, gc=False)
     ids=["ares2", "classic-rounds-batched", "classic"],
 )
 def test_reconfiguring_1000_objects(switches: OpSwitches, decisions: int, rounds: int) -> None:
-    """protocol.md §8.4 and §11: one consensus decision for a whole group with ``batch``, one
+    """docs/protocol.md §8.4 and §11: one consensus decision for a whole group with ``batch``, one
     per object without."""
 
     async def script(sc: Scenario) -> None:

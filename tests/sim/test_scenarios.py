@@ -24,7 +24,7 @@ def to(sender: str, *servers: str, kind: type | None = None):  # type: ignore[no
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_section_8_2_hand_off_counterexample(broken: bool) -> None:
-    """protocol.md §8.2, step by step: with put-config and get-data split (the rule off), a write
+    """docs/protocol.md §8.2, step by step: put-config and get-data split (the rule off), a write
     that completed with only ⊥ answers is lost by the reconfiguration; with SET_NEXT_AND_GET,
     never."""
     switches = OpSwitches(broken_split_handoff=broken)
@@ -57,7 +57,7 @@ def test_section_8_2_hand_off_counterexample(broken: bool) -> None:
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_classic_discovery_needs_its_write_back(broken: bool) -> None:
-    """protocol.md §6/§7.2: a successor found on a minority must be written back before use."""
+    """docs/protocol.md §6/§7.2: a successor found on a minority must be written back before use."""
     switches = OpSwitches(piggyback=False, fast_read=False, broken_no_config_write_back=broken)
 
     async def script(sc: Scenario) -> None:

@@ -1,4 +1,4 @@
-"""The simulator over many seeds (protocol.md §10), and the broken variants it must catch."""
+"""The simulator over many seeds (docs/protocol.md §10), and the broken variants it must catch."""
 
 from __future__ import annotations
 

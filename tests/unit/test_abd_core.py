@@ -1,4 +1,4 @@
-"""The pure ABD server rules (protocol.md §4.1) and the server core's dispatch."""
+"""The pure ABD server rules (docs/protocol.md §4.1) and the server core's dispatch."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_put_data_stores_only_newer_tags() -> None:
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from("abc")), max_size=30))
 def test_server_tags_never_decrease(puts: list[tuple[int, str]]) -> None:
-    """protocol.md §10 invariant 5, for any order of PUT_DATA."""
+    """docs/protocol.md §10 invariant 5, for any order of PUT_DATA."""
     c = core()
     last = TAG0
     for z, w in puts:

@@ -1,4 +1,4 @@
-"""The linearizability checker on hand-built histories (protocol.md §10 invariant 1)."""
+"""The linearizability checker on hand-built histories (docs/protocol.md §10 invariant 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The client's view of a chain after it relocated (protocol.md §8.5): an operation that started
+"""A client's view of a chain after it relocated (docs/protocol.md §8.5): an operation that started
 before the relocation comes back with a view that ends before the adopted configuration; that
 is not a divergence (found in review: it was reported as an InvariantViolation after the
 operation had taken effect)."""

@@ -1,4 +1,4 @@
-"""Erasure coding and the TREAS rules (protocol.md §4.2)."""
+"""Erasure coding and the TREAS rules (docs/protocol.md §4.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Paged group reads (protocol.md §8.4): pages bounded by count and by bytes, in key order; the
+"""Paged group reads (docs/protocol.md §8.4): pages bounded by count and by bytes, in key order; the
 chain enumeration used with ``batch`` off; garbage collection on F entries (§8.3)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Paxos acceptor rules and proposer (protocol.md §5), named after the rules they check."""
+"""Paxos acceptor rules and proposer (docs/protocol.md §5), named after the rules they check."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_accept_at_or_above_promise_and_report_it_in_later_promises() -> None:
 
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 4), st.sampled_from("pq")), max_size=25))
 def test_promised_never_decreases_and_covers_accepted(ops: list[tuple[bool, int, str]]) -> None:
-    """protocol.md §10 invariant 4."""
+    """docs/protocol.md §10 invariant 4."""
     s = paxos.INITIAL
     for is_prepare, r, who in ops:
         msg_b = Ballot(r, who)

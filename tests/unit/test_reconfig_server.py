@@ -1,4 +1,4 @@
-"""Server rules of the reconfiguration service (protocol.md §6)."""
+"""Server rules of the reconfiguration service (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ares trace report`` on hand-made traces (protocol.md §12): the phase shares add up to the
+"""``ares trace report`` on hand-made traces (docs/protocol.md §12): the phase shares add up to the
 operation latency, storage wait and network are read from the servers' spans, and classic Ares
 shows a discovery share that Ares II does not have."""
 

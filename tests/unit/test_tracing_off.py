@@ -1,4 +1,4 @@
-"""Tracing off costs nothing: OpenTelemetry is not even imported (protocol.md §12)."""
+"""Tracing off costs nothing: OpenTelemetry is not even imported (docs/protocol.md §12)."""
 
 from __future__ import annotations
 

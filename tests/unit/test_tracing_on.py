@@ -1,4 +1,4 @@
-"""Tracing on, in one process (protocol.md §12): span attributes set by ``tracing`` itself
+"""Tracing on, in one process (docs/protocol.md §12): span attributes set by ``tracing`` itself
 (outcome, configurations traversed), server spans from a carried W3C context, sampling, the
 JSON-lines file, and the standard OTEL_* variables."""
 

@@ -1,4 +1,4 @@
-"""Linearizability checker (protocol.md §10 invariant 1), after porcupine.
+"""Linearizability checker (docs/protocol.md §10 invariant 1), after porcupine.
 
 Histories are split per object (linearizability is local: a history is linearizable iff each
 object's is), and each object's history is checked against a sequential model:

@@ -1,4 +1,4 @@
-"""Operations as the checker sees them, and the sequential models (protocol.md §9.1, §10.1).
+"""Operations as the checker sees them, and the sequential models (docs/protocol.md §9.1, §10.1).
 
 An :class:`Op` is an interval ``[invoke, complete]`` on one object; ``complete = inf`` means the
 operation may or may not have taken effect (it failed, timed out, or its client crashed). Its
@@ -6,7 +6,7 @@ effect is given by a sequential model:
 
 * :class:`RegisterModel` -- a read/write register whose initial value is the empty value.
   ``write`` sets the value; ``read`` must return the current one.
-* :class:`CoverableModel` -- the coverable (versioned) register of protocol.md §9.1, whose state
+* :class:`CoverableModel` -- the coverable (versioned) register, docs/protocol.md §9.1, whose state
   is ``(tag, value)``: a successful ``cvr-write`` names the tag it overwrites and installs a new
   one; a ``stale`` answer reports the latest pair and changes nothing; ``read`` returns the pair.
 """

@@ -440,7 +440,7 @@ class TcpChannel:
         trace: dict[str, str] | None,
     ) -> Callback:
         """Deliver replies to the round; a server that does not know ``c`` yet (it joined
-        empty, protocol.md §3) is sent the descriptor and the request again, once."""
+        empty, docs/protocol.md §3) is sent the descriptor and the request again, once."""
         retried = False
 
         def on_reply(reply: Reply | BaseException) -> None:

@@ -1,12 +1,12 @@
-"""ABD: the replication data access primitive (protocol.md §4.1).
+"""ABD: the replication data access primitive (docs/protocol.md §4.1).
 
 Server side (pure): per (group, configuration, object) a register ``(tag, value)``, initially
 ``(TAG0, b"")``.  QUERY_TAG replies the tag, QUERY_DATA the pair, PUT_DATA(t, v) stores the pair
-if ``t`` is newer -- so a server's tag never decreases (protocol.md §10 invariant 5) -- and ACKs.
+if ``t`` is newer -- so a server's tag never decreases (docs/protocol.md §10.5) -- and ACKs.
 
 Client side (over the injected :class:`~aresdsm.protocol.channel.Channel`): each action is one
 round to the configuration's servers, completing on ``q = floor(n/2) + 1`` replies. Any two
-majorities intersect, which gives the DAP properties C1 and C2 of protocol.md §4.
+majorities intersect, which gives the DAP properties C1 and C2 of docs/protocol.md §4.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def on_put_data(reg: Register, msg: PutData) -> tuple[Register | None, Ack]:
 
 # --- client actions --------------------------------------------------------------------------
 # Each returns, besides its result, the strongest nextC entry its quorum of replies carried
-# (protocol.md §8.1): ⊥ < P < F. Classic Ares ignores it; Ares II follows it.
+# (docs/protocol.md §8.1): ⊥ < P < F. Classic Ares ignores it; Ares II follows it.
 
 
 def strongest(entries: Iterable[NextEntry | None]) -> NextEntry | None:
@@ -76,7 +76,7 @@ async def get_data(
     net: Channel, c: Configuration, group: str, key: str, *, need: int | None = None
 ) -> tuple[Tag, Blob, bool, NextEntry | None]:
     """The max (tag, value), whether every reply carried that same tag (the read may then skip
-    its write-back, protocol.md §8.6), and the strongest next entry."""
+    its write-back, docs/protocol.md §8.6), and the strongest next entry."""
     replies = await net.round(
         c, QueryData(group, c.id, key), expect=DataReply, phase="get-data", need=need
     )

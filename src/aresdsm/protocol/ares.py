@@ -1,8 +1,8 @@
-"""Reads, writes and reconfiguration over a group's configuration sequence (protocol.md §6, §8).
+"""Reads, writes and reconfiguration over a configuration sequence (docs/protocol.md §6, §8).
 
 A client keeps, per group, ``cseq``: its view of the group's configuration chain, a tuple of
 ``(configuration, status)`` with status P (pending) or F (finalized); entry 0 is the initial
-configuration, F. μ is the index of the last F entry, ν of the last entry (protocol.md §2).
+configuration, F. μ is the index of the last F entry, ν of the last entry (docs/protocol.md §2).
 
 Two modes, side by side on the same servers:
 
@@ -609,7 +609,7 @@ async def _update_config(
     batches in flight.
 
     Every source is read with SET_NEXT_AND_GET: the last one with (target, P), each older c_i
-    with (c_{i+1}, P). The spec (§8.2) reads c_μ..c_{ν−1} with a plain get-data, "they already
+    with (c_{i+1}, P). An earlier rule read c_μ..c_{ν−1} with a plain get-data, "they already
     have a successor" -- but while c_{i+1} is still P, a write can complete on c_i with only ⊥
     answers from servers that the write-back of (c_{i+1}, P) had not reached yet and that answered
     the plain get before the write arrived; c_{i+1}'s own reconfigurer may never transfer it, and

@@ -1,4 +1,4 @@
-"""The injected interface between client algorithms and the network (architecture.md principle 2).
+"""The injected interface between client algorithms and network (docs/architecture.md principle 2).
 
 A :class:`Channel` runs one *round*: send a request to every server of a configuration and wait
 for a quorum of successful replies of the expected type. The real implementation
@@ -18,7 +18,7 @@ R = TypeVar("R", bound=Reply)
 
 
 class ConfigurationObsolete(Exception):
-    """A server answered OBSOLETE (protocol.md §8.3): the configuration's successor ``next`` is
+    """A server answered OBSOLETE (docs/protocol.md §8.3): the configuration's successor ``next`` is
     finalized and holds everything; the round is abandoned and the caller moves on to it."""
 
     def __init__(self, next_entry: NextEntry) -> None:

@@ -1,4 +1,4 @@
-"""The DAP interface (protocol.md §4): get-tag, get-data, put-data on one configuration.
+"""The DAP interface (docs/protocol.md §4): get-tag, get-data, put-data on one configuration.
 
 Dispatches to ABD (§4.1) or TREAS (§4.2) by the configuration's ``dap``. Both satisfy C1 and C2,
 which is all the reconfiguration layer (§6, §8) relies on. Every action also returns the

@@ -1,12 +1,12 @@
-"""Read and write over one (static) configuration (protocol.md §4, ABD in §4.1).
+"""Read and write over one (static) configuration (docs/protocol.md §4, ABD in §4.1).
 
 ``write(v)``: get-tag from a quorum, pick ``(max.z + 1, writer)``, put-data to a quorum: 2 rounds.
 ``read()``: get-data from a quorum, then put-data of the pair it returns (the write-back that
 makes later reads see at least this value), 2 rounds; with ``fast_read`` the write-back is skipped
-when every reply of the quorum already carried the returned tag (protocol.md §8.6): that quorum
+when every reply of the quorum already carried the returned tag (docs/protocol.md §8.6): that quorum
 then plays the write-back quorum's role, and the read takes 1 round.
 
-Reconfiguration (protocol.md §6, §8) replaces the single configuration by a configuration
+Reconfiguration (docs/protocol.md §6, §8) replaces the single configuration by a configuration
 sequence; these functions are the per-configuration steps it builds on.
 """
 
@@ -26,7 +26,7 @@ class ReadResult:
     tag: Tag
     value: Blob
     wrote_back: bool
-    """False when the read returned after its query round (protocol.md §8.6)."""
+    """False when the read returned after its query round (docs/protocol.md §8.6)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class OpSwitches:
     """Protocol switches; test-only ones are named ``broken_*`` and are never on in production."""
 
     piggyback: bool = True
-    """Ares II (protocol.md §8.1): configuration knowledge rides on data replies."""
+    """Ares II (docs/protocol.md §8.1): configuration knowledge rides on data replies."""
     fast_read: bool = True
     """One-round reads when the query quorum already agrees (§8.6); needs piggyback."""
     gc: bool = True
@@ -65,7 +65,7 @@ class OpSwitches:
     broken_decode_below_k: bool = False
     """Test-only: TREAS reads decode tags held by fewer than k servers (§4.2)."""
     broken_plain_get_older_sources: bool = False
-    """Test-only: update-config reads c_μ..c_{ν−1} with a plain get-data, as protocol.md §8.2
+    """Test-only: update-config reads c_μ..c_{ν−1} with a plain get-data, as docs/protocol.md §8.2
     says, instead of SET_NEXT_AND_GET (tests/sim/test_older_sources.py shows the lost write)."""
     broken_retry_write_with_new_tag: bool = False
     """Test-only: the client retries a failed write from scratch, under a new tag, instead of
@@ -81,7 +81,7 @@ class OpSwitches:
 
 DEFAULT_SWITCHES = OpSwitches()
 CLASSIC = OpSwitches(piggyback=False, fast_read=False, gc=False, batch=False)
-"""The original Ares (protocol.md §6), for comparison: every Ares II switch off."""
+"""The original Ares (docs/protocol.md §6), for comparison: every Ares II switch off."""
 
 
 async def write(

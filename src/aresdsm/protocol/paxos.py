@@ -1,7 +1,7 @@
-"""Single-decree Paxos, one instance per (group, configuration) (protocol.md §5).
+"""Single-decree Paxos, one instance per (group, configuration) (docs/protocol.md §5).
 
 The value decided by the instance of ``(g, c)`` is the successor configuration of ``c`` in group
-``g``; this is what makes every configuration have at most one successor (protocol.md §7.1,
+``g``; this is what makes every configuration have at most one successor (docs/protocol.md §7.1,
 §10 invariant 2). Acceptors are the servers of ``c``; quorums are always majorities of ``c``'s
 servers, whatever ``c``'s DAP is.
 

@@ -1,4 +1,4 @@
-"""Server rules of the reconfiguration service (protocol.md §6), pure.
+"""Server rules of the reconfiguration service (docs/protocol.md §6), pure.
 
 ``nextC[g][c]`` is ⊥ (absent), ``(c', P)`` or ``(c', F)``. READ_CONFIG reports it; WRITE_CONFIG
 stores the entry unless an F entry is already stored -- a server never downgrades F (§10

@@ -1,15 +1,15 @@
-"""The pure server: requests in, (reply, writes to persist) out (architecture.md principle 1).
+"""The pure server: requests in, (reply, writes to persist) out (docs/architecture.md principle 1).
 
 :class:`ServerCore` holds one server's protocol state in memory and dispatches each request to the
-pure rule of its role: ABD (protocol.md §4.1), TREAS (§4.2), the Paxos acceptor (§5) and the
+pure rule of its role: ABD (docs/protocol.md §4.1), TREAS (§4.2), the Paxos acceptor (§5) and the
 reconfiguration service (§6). It does no I/O, reads no clock and draws no random number: the
 process shell (:mod:`aresdsm.server`) and the simulator (:mod:`aresdsm.sim`) both drive it,
 persist the returned writes, and release the reply only once they -- and everything applied
-before -- are durable (persist before reply, protocol.md §1 "Durability").
+before -- are durable (persist before reply, docs/protocol.md §1 "Durability").
 
 Every data request names (group, configuration, object); the server answers ``unknown-config``
 for a configuration it does not know and ``not-member`` for one it is not part of, and never
-creates state for either. A server may start knowing no configuration at all (protocol.md §3,
+creates state for either. A server may start knowing no configuration at all (docs/protocol.md §3,
 "servers joining"): it learns one from InstallConfig, which clients send when a server answers
 ``unknown-config``.
 """
@@ -91,9 +91,9 @@ class ServerSwitches:
     """Test-only switches that break the server on purpose (the simulator must catch each)."""
 
     broken_forget_promises: bool = False
-    """Paxos acceptor promises are not persisted: a restart forgets them (protocol.md §5)."""
+    """Paxos acceptor promises are not persisted: a restart forgets them (docs/protocol.md §5)."""
     broken_forget_accepts: bool = False
-    """Paxos acceptor accepts are not persisted: a restart forgets them (protocol.md §5)."""
+    """Paxos acceptor accepts are not persisted: a restart forgets them (docs/protocol.md §5)."""
     broken_gc_on_pending: bool = False
     """Garbage-collect a configuration when its successor is P instead of F (§8.3)."""
 

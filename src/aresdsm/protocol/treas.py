@@ -1,4 +1,4 @@
-"""TREAS: the erasure-coded data access primitive (protocol.md §4.2).
+"""TREAS: the erasure-coded data access primitive (docs/protocol.md §4.2).
 
 Server i of an [n, k] configuration keeps, per object, a list of ``(tag, element_i or ⊥)``,
 initially ``[(TAG0, Φ_i(b""))]``. QUERY_TAG reports the max tag, QUERY_LIST the whole list.

@@ -1,7 +1,7 @@
-"""The deterministic cluster simulator (architecture.md principle 5), shipped for users too.
+"""The deterministic cluster simulator (docs/architecture.md principle 5), shipped for users too.
 
 * :func:`run_simulation` -- one seeded run of a whole cluster in virtual time, checked
-  (linearizability, protocol.md §10 invariants); :class:`SimOptions` describes its shape.
+  (linearizability, docs/protocol.md §10 invariants); :class:`SimOptions` describes its shape.
 * :class:`Scenario` -- scripted schedules (hold, release, crash, restart) for precise
   interleavings such as the §8.2 counterexample.
 * ``ares sim --seeds N`` -- many seeds from the command line (:mod:`.command`).

@@ -13,7 +13,7 @@
   ``QuorumUnavailable`` when a quorum became impossible, ``OperationTimeout`` at the deadline --
   plus retransmission of unanswered requests (TCP retransmits for the real one).
 
-Invariants of protocol.md §10 that a single server can break are checked at every step
+Invariants of docs/protocol.md §10 that a single server can break are checked at every step
 (:class:`InvariantMonitor`): 3 (nextC never leaves F), 4 (a promise never decreases, also across
 restarts), 5 (ABD tags never decrease on stable storage; TREAS keeps at most δ+1 elements).
 """
@@ -66,7 +66,7 @@ class NetworkFaults:
 
 
 class InvariantFailure(AssertionError):
-    """A protocol invariant (protocol.md §10) does not hold in a simulated run."""
+    """A protocol invariant (docs/protocol.md §10) does not hold in a simulated run."""
 
 
 @dataclass

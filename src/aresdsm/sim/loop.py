@@ -1,4 +1,4 @@
-"""An asyncio event loop on virtual time (architecture.md principle 5).
+"""An asyncio event loop on virtual time (docs/architecture.md principle 5).
 
 The loop is a normal ``SelectorEventLoop`` whose clock is a number the loop itself advances: its
 selector never waits, it moves time forward to the next timer. Everything the real client

@@ -1,4 +1,4 @@
-"""Scripted scenarios: exact schedules for the interleavings that matter (protocol.md §8.2).
+"""Scripted scenarios: exact schedules for the interleavings that matter (docs/protocol.md §8.2).
 
 A :class:`Scenario` is a simulated cluster with no random faults: messages arrive after a fixed
 small delay unless a *hold* rule matches them, in which case they wait until the script releases

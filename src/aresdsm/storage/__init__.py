@@ -1,4 +1,4 @@
-"""Storage engines behind one interface (architecture.md principle 4)."""
+"""Storage engines behind one interface (docs/architecture.md principle 4)."""
 
 from .base import Delete, Record, Storage, Write
 from .memory import MemoryStorage

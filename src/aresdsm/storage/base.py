@@ -2,10 +2,10 @@
 
 Server state is a set of records keyed by ``(ns, group, config_id, key)``: ``ns`` names the
 protocol role that owns the record (``"abd"``, ``"cfg"``, later ``"treas"``, ``"paxos"``,
-``"next"``), the rest is protocol.md §2's keying. A record has a small ``meta`` (MessagePack the
-role encodes) and an optional ``data`` blob (the value or coded element).
+``"next"``), the rest as in docs/protocol.md §2. A record has a small ``meta`` (MessagePack
+the role encodes) and an optional ``data`` blob (the value or coded element).
 
-Persist before reply (architecture.md principle 4): the server applies a change to its in-memory
+Persist before reply (docs/architecture.md principle 4): a server applies a change to its in-memory
 state, :meth:`Storage.submit` queues the record writes and returns a future that completes when
 they are on stable storage; every reply waits for :meth:`Storage.barrier` -- the durability of
 everything applied before it -- so a server never reports (let alone acknowledges) state that a

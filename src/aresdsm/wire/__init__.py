@@ -1,4 +1,4 @@
-"""Wire format: messages, blobs and the frame codec (architecture.md principle 3)."""
+"""Wire format: messages, blobs and the frame codec (docs/architecture.md principle 3)."""
 
 from .blob import EMPTY, Blob
 from .codec import DEFAULT_MAX_FRAME_BYTES, FORMAT_VERSION, Decoder, Encoder, FrameBuffer

@@ -1,9 +1,9 @@
-"""Wire messages (architecture.md principle 3): typed, frozen msgspec structs, one tagged union.
+"""Wire messages (docs/architecture.md principle 3): typed, frozen msgspec structs, one union.
 
 Every data request names ``(group, config_id, key)`` so that server state is keyed the same way
-from the first release on (protocol.md §2): the group's configuration chain, the configuration,
-the object. The DAP messages are those of protocol.md §4.1 (ABD); later protocol roles add their
-own structs to :data:`Message`.
+from the first release on (docs/protocol.md §2): the group's configuration chain, the configuration,
+the object. The DAP messages are those of docs/protocol.md §4.1 (ABD); later protocol roles add
+their own structs to :data:`Message`.
 
 Replies to a request are one of the reply structs or :class:`ErrorReply`. An error reply is never
 a partial answer: a client treats it like a missing reply (it does not count towards a quorum).
@@ -34,7 +34,7 @@ class Ping(_Msg, frozen=True, tag="ping"):
 
 
 class QueryTag(_Msg, frozen=True, tag="qtag"):
-    """ABD get-tag (protocol.md §4.1): reply with the stored tag."""
+    """ABD get-tag (docs/protocol.md §4.1): reply with the stored tag."""
 
     group: str
     config_id: str
@@ -42,7 +42,7 @@ class QueryTag(_Msg, frozen=True, tag="qtag"):
 
 
 class QueryData(_Msg, frozen=True, tag="qdata"):
-    """ABD get-data (protocol.md §4.1): reply with the stored (tag, value)."""
+    """ABD get-data (docs/protocol.md §4.1): reply with the stored (tag, value)."""
 
     group: str
     config_id: str
@@ -50,7 +50,7 @@ class QueryData(_Msg, frozen=True, tag="qdata"):
 
 
 class PutData(_Msg, frozen=True, tag="put"):
-    """put-data: ABD (protocol.md §4.1) stores (tag, value) if tag is newer; TREAS (§4.2) adds
+    """put-data: ABD (docs/protocol.md §4.1) stores (tag, value) if tag is newer; TREAS (§4.2) adds
     (tag, coded element) to its list (``value`` is then this server's element); then ACK."""
 
     group: str
@@ -67,7 +67,7 @@ class BatchItem(msgspec.Struct, frozen=True, array_like=True):
 
 
 class PutBatch(_Msg, frozen=True, tag="putb"):
-    """put-data of many objects of one group at once (protocol.md §8.4): reconfiguration's
+    """put-data of many objects of one group at once (docs/protocol.md §8.4): reconfiguration's
     state transfer in pages. For TREAS each server's items carry its own coded elements."""
 
     group: str
@@ -76,7 +76,7 @@ class PutBatch(_Msg, frozen=True, tag="putb"):
 
 
 class QueryList(_Msg, frozen=True, tag="qlist"):
-    """TREAS get-data (protocol.md §4.2): reply with the whole list of (tag, element or None)."""
+    """TREAS get-data (docs/protocol.md §4.2): reply with the list of (tag, element or None)."""
 
     group: str
     config_id: str
@@ -84,39 +84,39 @@ class QueryList(_Msg, frozen=True, tag="qlist"):
 
 
 class Ballot(msgspec.Struct, frozen=True, order=True, array_like=True):
-    """A Paxos ballot ``(round, proposer)``, compared lexicographically (protocol.md §5)."""
+    """A Paxos ballot ``(round, proposer)``, compared lexicographically (docs/protocol.md §5)."""
 
     round: int
     proposer: str
 
 
 class NextEntry(msgspec.Struct, frozen=True, array_like=True):
-    """``nextC[g][c]``: the successor of a configuration and its status, P or F (protocol.md §2)."""
+    """``nextC[c]``: a configuration's successor and its status, P or F (docs/protocol.md §2)."""
 
     config: Configuration
     status: Literal["P", "F"]
 
 
 class ReadConfig(_Msg, frozen=True, tag="rcfg"):
-    """READ_CONFIG (protocol.md §6): reply with ``nextC[group][config_id]``."""
+    """READ_CONFIG (docs/protocol.md §6): reply with ``nextC[group][config_id]``."""
 
     group: str
     config_id: str
 
 
 class WriteConfig(_Msg, frozen=True, tag="wcfg"):
-    """WRITE_CONFIG (protocol.md §6): store the entry unless an F entry is already stored."""
+    """WRITE_CONFIG (docs/protocol.md §6): store the entry unless an F entry is already stored."""
 
     group: str
     config_id: str
     entry: NextEntry
     gc: bool = True
     """With an F entry: delete the configuration's object state in the same durable step
-    (protocol.md §8.3 garbage collection). Classic Ares sends False."""
+    (docs/protocol.md §8.3 garbage collection). Classic Ares sends False."""
 
 
 class Prepare(_Msg, frozen=True, tag="prep"):
-    """Paxos phase 1a for the instance (group, config_id) (protocol.md §5)."""
+    """Paxos phase 1a for the instance (group, config_id) (docs/protocol.md §5)."""
 
     group: str
     config_id: str
@@ -141,7 +141,7 @@ class InstallConfig(_Msg, frozen=True, tag="inst"):
 class GetGroup(_Msg, frozen=True, tag="group"):
     """The DAP state of every object the server holds for (group, config_id), paged by key.
 
-    With ``set_next``: SET_NEXT_AND_GET (protocol.md §8.2, §8.4) -- in one atomic step the server
+    With ``set_next``: SET_NEXT_AND_GET (docs/protocol.md §8.2, §8.4) -- in one atomic step it
     first stores ``set_next`` as nextC (unless it holds F), durably, then answers. The
     reconfigurer uses the answers both as its put-config and as its get-data on the last
     configuration.
@@ -160,7 +160,7 @@ class GetGroup(_Msg, frozen=True, tag="group"):
 class ListChains(_Msg, frozen=True, tag="chains"):
     """The names of the configuration chains (groups) this server holds anything for -- object
     state, nextC or acceptor state -- that start with ``prefix``, in order, after ``after``.
-    With ``batch`` off every object has a chain of its own (protocol.md §8.4); a reconfigurer
+    With ``batch`` off every object has a chain of its own (docs/protocol.md §8.4); a reconfigurer
     enumerates a group's objects with this."""
 
     prefix: str
@@ -177,7 +177,7 @@ class Finalized(_Msg, frozen=True, tag="fin"):
 
 
 class LatestConfig(_Msg, frozen=True, tag="latest"):
-    """LATEST_CONFIG (protocol.md §8.5): the newest finalized configuration of ``group`` this
+    """LATEST_CONFIG (docs/protocol.md §8.5): the newest finalized configuration of ``group`` this
     server knows of, for clients whose chain leads only to decommissioned servers."""
 
     group: str
@@ -198,7 +198,7 @@ class TagReply(_Msg, frozen=True, tag="tag"):
     tag: Tag
     next: NextEntry | None = None
     """The server's nextC for the request's (group, configuration), read in the same step
-    (protocol.md §8.1 piggyback); likewise on every data reply."""
+    (docs/protocol.md §8.1 piggyback); likewise on every data reply."""
 
 
 class DataReply(_Msg, frozen=True, tag="data"):
@@ -276,7 +276,7 @@ class Stats(_Msg, frozen=True, tag="statsr"):
     objects: int
     stored_bytes: int
     bytes_by_config: dict[str, int] = {}
-    """"group/config" -> bytes of object state held for it (protocol.md §8.3 measurements)."""
+    """"group/config" -> bytes of object state held for it (docs/protocol.md §8.3 measurements)."""
 
 
 ErrorCode = Literal[
