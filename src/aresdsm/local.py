@@ -152,7 +152,10 @@ class LocalCluster:
         return msgspec.structs.replace(
             self.cluster.client,
             tls=TlsFiles(
-                tls.ca, str(certs / f"client-{role}.pem"), str(certs / f"client-{role}.key")
+                tls.ca,
+                str(certs / f"client-{role}.pem"),
+                str(certs / f"client-{role}.key"),
+                tls.admin_key if role == "admin" else None,  # (admins and servers only)
             ),
         )
 
@@ -297,14 +300,17 @@ def _make_certs(
     from .security import certs as issue
 
     ca = issue.create_ca(certs, "aresdsm local")
+    mac_key = str(certs / issue.ADMIN_MAC_KEY)
     server_tls: dict[str, TlsFiles] = {}
     for s in servers:
         host, _ = s.host_port()
         got = issue.issue_server(certs, s.id, hosts=(host,))
-        server_tls[s.id] = TlsFiles(str(ca.cert), str(got.cert), str(got.key))
+        server_tls[s.id] = TlsFiles(str(ca.cert), str(got.cert), str(got.key), mac_key)
     for role in CLIENT_ROLES:
         issue.issue_client(certs, role, role)
-    admin = TlsFiles(str(ca.cert), str(certs / "client-admin.pem"), str(certs / "client-admin.key"))
+    admin = TlsFiles(
+        str(ca.cert), str(certs / "client-admin.pem"), str(certs / "client-admin.key"), mac_key
+    )
     deny = certs / "denied.txt"
     deny.write_text(
         "# revoked certificates: one serial (hex) or client name / server id per line\n"

@@ -43,6 +43,7 @@ from .config import Configuration, TlsFiles
 from .errors import ConfigurationError, FrameError
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
+from .security.macs import load_key
 from .security.roles import is_admin_operation, required_role
 from .security.tls import (
     HANDSHAKE_TIMEOUT_S,
@@ -261,8 +262,11 @@ class Server:
         audit: AuditLog | None = None,
         allow_remote_plaintext: bool = False,
         broken_skip_authorization: bool = False,
+        admin_key: bytes | None = None,
     ) -> None:
         self.server_id = server_id
+        self.admin_key = admin_key
+        """The cluster's admin MAC key: P entries written back by non-admins must carry its MAC."""
         self.broken_skip_authorization = broken_skip_authorization
         """Test-only: every connection may send everything (the attacks of issue 13 succeed)."""
         self.tls = tls
@@ -367,7 +371,7 @@ class Server:
             )
             return
         body = cast(Request, env.body)
-        need = required_role(body, self.core)
+        need = required_role(body, self.core, self.admin_key)
         if conn.level < role_level(need) and not self.broken_skip_authorization:
             self._refuse(conn, env.rid, body, need)
             return
@@ -508,6 +512,7 @@ async def run_server(
         storage=storage,
         tls=context,
         deny=DenyList(deny_file),
+        admin_key=load_key(tls.admin_key) if tls is not None and tls.admin_key else None,
         audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
         allow_remote_plaintext=allow_remote_plaintext,
     )

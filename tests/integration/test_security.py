@@ -25,8 +25,9 @@ from aresdsm.client import Store
 from aresdsm.config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from aresdsm.errors import OperationError, QuorumUnavailable, ServerError
 from aresdsm.net.client import TcpChannel
-from aresdsm.security import certs
+from aresdsm.security import certs, macs
 from aresdsm.security.audit import AuditLog
+from aresdsm.security.macs import load_key
 from aresdsm.security.tls import DenyList, server_context
 from aresdsm.server import Server
 from aresdsm.storage import SqliteStorage
@@ -38,11 +39,13 @@ from aresdsm.wire.messages import (
     GetGroup,
     GroupReply,
     NextEntry,
+    NextReply,
     Ping,
     Pong,
     Prepare,
     PutData,
     QueryData,
+    ReadConfig,
     WriteConfig,
 )
 
@@ -58,9 +61,18 @@ class Pki:
             str(self.ca), str(self.dir / f"server-{sid}.pem"), str(self.dir / f"server-{sid}.key")
         )
 
+    @property
+    def admin_key(self) -> Path:
+        return self.dir / certs.ADMIN_MAC_KEY
+
     def client(self, name: str, *, other_ca: bool = False) -> TlsFiles:
         d = self.other_ca_dir if other_ca else self.dir
-        return TlsFiles(str(self.ca), str(d / f"client-{name}.pem"), str(d / f"client-{name}.key"))
+        return TlsFiles(
+            str(self.ca),
+            str(d / f"client-{name}.pem"),
+            str(d / f"client-{name}.key"),
+            str(self.admin_key) if name == "admin" and not other_ca else None,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +122,7 @@ async def _start(
             storage=SqliteStorage(tmp / sid / "state.sqlite3"),
             tls=server_context(files),
             audit=AuditLog(tmp / sid / "audit.log", sid),
+            admin_key=load_key(pki.admin_key),
             **kw,  # type: ignore[arg-type]
         )
         await s.start()
@@ -324,7 +337,8 @@ async def test_admin_reconfigures_and_readers_follow(
     cluster: Cluster, tmp_path: Path, pki: Pki
 ) -> None:
     """The roles allow what ordinary clients need: after a reconfiguration a read-only client
-    discovers the chain (writing P entries back) and reads from the new configuration."""
+    discovers the chain -- writing the entries back as P, with the admin MAC the servers gave
+    it (it holds no key) -- and reads from the new configuration."""
     async with cluster.store("write") as w:
         await w.write("k", b"before")
     async with cluster.store("admin") as a:
@@ -332,20 +346,53 @@ async def test_admin_reconfigures_and_readers_follow(
         assert (await a.reconfigure(c1)).id == "c1"
         await a.settle()
     async with cluster.store("read") as r:
-        assert not r.switches.write_back_final
+        assert not r.switches.write_back_final and r.channel.admin_key is None
         assert await r.read("k") == b"before"
         assert [e.config.id for e in await r.configurations()] == ["c0", "c1"]
-    assert cluster.servers[0].core.counters.get("unauthorized", 0) == 0
+    assert all(s.core.counters.get("unauthorized", 0) == 0 for s in cluster.servers)
+    entries = [s.core.nextc.get(("default", "c0")) for s in cluster.servers]
+    assert all(e is None or e.mac for e in entries) and any(entries)  # stored with its MAC
+
+    # a reader's channel puts the MAC it was told back on the entries it writes back (the
+    # protocol's chain view does not keep MACs); without having seen it, the server refuses
+    info = cluster.c0.servers[0]
+    unsigned = WriteConfig("default", "c0", NextEntry(c1, "P"))
+    ch = TcpChannel(cluster.options("read"))
+    try:
+        with pytest.raises(ServerError, match="unauthorized"):
+            await ch.request(info, unsigned)
+        told = await ch.request(info, ReadConfig("default", "c0"))
+        assert isinstance(told, NextReply) and told.next is not None and told.next.mac
+        assert isinstance(await ch.request(info, unsigned), Ack)
+    finally:
+        await ch.close()
 
 
-async def test_reader_may_write_back_a_pending_entry(cluster: Cluster) -> None:
+async def test_reader_may_write_back_a_decided_entry_but_not_invent_one(cluster: Cluster) -> None:
+    """Propagate, never invent (docs/protocol.md §13): a P entry from a non-admin needs the
+    admin MAC it was decided with; a forged successor (no MAC, a wrong one, or a MAC of another
+    successor) is refused before it reaches the core."""
     c1 = Configuration("c1", cluster.c0.servers[:2])
+    evil = Configuration("evil", cluster.c0.servers[:1])
+    key = load_key(cluster.pki.admin_key)
+    info = cluster.c0.servers[0]
+    good = macs.entry_mac(key, "default", "c0", c1)
+    forged = [
+        NextEntry(evil, "P"),
+        NextEntry(evil, "P", b"\x00" * 32),
+        NextEntry(evil, "P", good),  # c1's MAC on another successor
+        NextEntry(c1, "P", macs.entry_mac(key, "default", "other", c1)),  # another predecessor
+    ]
+    for entry in forged:
+        for role in ("read", "write"):
+            with pytest.raises(ServerError, match="unauthorized"):
+                await _ask(cluster.options(role), info, WriteConfig("default", "c0", entry))
+    assert not cluster.servers[0].core.nextc
     reply = await _ask(
-        cluster.options("read"),
-        cluster.c0.servers[0],
-        WriteConfig("default", "c0", NextEntry(c1, "P"), gc=True),
+        cluster.options("read"), info, WriteConfig("default", "c0", NextEntry(c1, "P", good))
     )
     assert isinstance(reply, Ack)
+    assert cluster.servers[0].core.nextc[("default", "c0")] == NextEntry(c1, "P", good)
 
 
 # -- revocation and audit -------------------------------------------------------------------------

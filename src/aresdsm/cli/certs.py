@@ -61,10 +61,14 @@ def certs() -> None:
 )
 def certs_init(ca_dir: str, name: str, force: bool) -> None:
     """Create a new cluster CA in CA_DIR (ca.pem, ca.key 0600)."""
-    from ..security.certs import create_ca
+    from ..security.certs import ADMIN_MAC_KEY, create_ca
 
     got = create_ca(ca_dir, name, force=force)
     console.print(f"CA {got.cert} (key {got.key}, serial {got.serial})")
+    console.print(
+        f"admin MAC key {Path(ca_dir) / ADMIN_MAC_KEY}: for servers and admin clients only "
+        "([tls] admin_key)"
+    )
 
 
 @certs.command("server")

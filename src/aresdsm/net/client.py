@@ -37,18 +37,33 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import msgspec
+
 from .. import tracing
 from ..config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from ..errors import FrameError, OperationError, OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol.channel import ConfigurationObsolete, RequestFor
+from ..security.macs import entry_mac, load_key
 from ..security.tls import check_server_identity, client_context, own_identity, role_level
 from ..wire.codec import Decoder, Encoder, FrameBuffer
-from ..wire.messages import Envelope, ErrorReply, InstallConfig, Obsolete, Reply, Request
+from ..wire.messages import (
+    Envelope,
+    ErrorReply,
+    GetGroup,
+    InstallConfig,
+    NextEntry,
+    Obsolete,
+    Reply,
+    Request,
+    WriteConfig,
+)
 
 log = logging.getLogger("aresdsm.net")
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
 
+MAX_REMEMBERED_MACS = 4096
+"""Admin MACs of configuration entries a client keeps for its write-backs (oldest dropped)."""
 CLOSE_TIMEOUT_S = 1.0
 """How long closing a client waits for its connections to be gone before aborting them."""
 DEFAULT_MAX_QUEUED_REQUESTS = 65536
@@ -356,6 +371,15 @@ class TcpChannel:
         """This client's role (from its certificate; plaintext: unchecked, so admin)."""
         self.may_install = role_level(self.role) >= role_level("admin")
         """Whether to send InstallConfig to a server that does not know a configuration."""
+        tls = options.tls
+        self.admin_key = (
+            load_key(tls.admin_key)
+            if tls is not None and tls.admin_key and self.may_install
+            else None
+        )
+        """Admins sign the configuration entries they send (security.macs)."""
+        self._macs: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        """(group, predecessor, successor) -> the admin MAC replies carried, for write-backs."""
         self._encoder = Encoder(max_frame_bytes=options.max_frame_bytes)
         self._decoder = Decoder()
         self._peers: dict[str, PeerConnection] = {}
@@ -410,7 +434,7 @@ class TcpChannel:
         self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
         sent: list[tuple[PeerConnection, int]] = []
         for i, server in enumerate(c.servers):
-            req = request(i, server) if callable(request) else request
+            req = self._seal(request(i, server) if callable(request) else request)
             rid = next(self._rids)
             peer = self.peer(server)
             sent.append((peer, rid))
@@ -445,6 +469,7 @@ class TcpChannel:
 
         def on_reply(reply: Reply | BaseException) -> None:
             nonlocal retried
+            self._learn(req, reply)
             if (
                 isinstance(reply, ErrorReply)
                 and reply.code == "unknown-config"
@@ -482,6 +507,7 @@ class TcpChannel:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
         def done(reply: Reply | BaseException) -> None:
+            self._learn(req, reply)
             if fut.done():
                 return
             if isinstance(reply, BaseException):
@@ -489,6 +515,7 @@ class TcpChannel:
             else:
                 fut.set_result(reply)
 
+        req = self._seal(req)
         rid = next(self._rids)
         peer = self.peer(server)
         peer.send(rid, req, done, trace)
@@ -507,6 +534,38 @@ class TcpChannel:
         if isinstance(reply, ErrorReply):
             raise ServerError(reply.code, reply.message, server_id=server.id)
         return reply
+
+    # -- admin MACs of configuration entries (security.macs) -------------------------------------
+
+    def _learn(self, req: Request, reply: Reply | BaseException) -> None:
+        """Remember the admin MAC a reply's successor entry carries."""
+        nxt = getattr(reply, "next", None)
+        if isinstance(nxt, NextEntry) and nxt.mac:
+            group, cid = getattr(req, "group", None), getattr(req, "config_id", None)
+            if isinstance(group, str) and isinstance(cid, str):
+                self._macs[(group, cid, nxt.config.id)] = nxt.mac
+                if len(self._macs) > MAX_REMEMBERED_MACS:
+                    self._macs.popitem(last=False)
+
+    def _sealed(self, group: str, config_id: str, entry: NextEntry) -> NextEntry:
+        if entry.mac:
+            return entry
+        if self.admin_key is not None:
+            mac = entry_mac(self.admin_key, group, config_id, entry.config)
+        else:
+            mac = self._macs.get((group, config_id, entry.config.id), b"")
+        return msgspec.structs.replace(entry, mac=mac) if mac else entry
+
+    def _seal(self, req: Request) -> Request:
+        """An admin signs the entries it sends; another client puts back the MAC the entry came
+        with (the protocol's chain view does not keep MACs)."""
+        if isinstance(req, WriteConfig):
+            entry = self._sealed(req.group, req.config_id, req.entry)
+            return req if entry is req.entry else msgspec.structs.replace(req, entry=entry)
+        if isinstance(req, GetGroup) and req.set_next is not None:
+            entry = self._sealed(req.group, req.config_id, req.set_next)
+            return req if entry is req.set_next else msgspec.structs.replace(req, set_next=entry)
+        return req
 
     async def close(self) -> None:
         peers = list(self._peers.values())

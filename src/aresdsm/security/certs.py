@@ -3,7 +3,8 @@
 The ``cryptography`` library makes the keys and X.509 certificates: ECDSA P-256 keys (fast TLS
 1.3 handshakes), SHA-256 signatures. Identities are subjectAltName URIs (:mod:`.tls`):
 
-* the CA: ``CN=<cluster> CA``, basicConstraints CA, keyCertSign; ``ca.pem``, ``ca.key``;
+* the CA: ``CN=<cluster> CA``, basicConstraints CA, keyCertSign; ``ca.pem``, ``ca.key``; and,
+  made with it, the cluster's admin MAC key ``admin-mac.key`` (:mod:`.macs`);
 * a server: ``ares:server=<id>`` (plus the id as common name and, when it is a valid host name,
   a DNS name; the listen host as an IP or DNS name, for operators' tools), extendedKeyUsage
   serverAuth; ``server-<id>.pem/.key``;
@@ -29,8 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import ConfigurationError
+from .macs import create_key
 from .tls import ROLE_URI, ROLES, client_uri, server_uri
 
+ADMIN_MAC_KEY = "admin-mac.key"
+"""The admin MAC key (:mod:`.macs`) made next to a new CA: for servers and admins only."""
 CA_DAYS = 3650
 CERT_DAYS = 825
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*$")
@@ -115,6 +119,8 @@ def create_ca(directory: str | Path, cluster_name: str, *, force: bool = False) 
     )
     _write_key(d / "ca.key", key)
     _write_cert(d / "ca.pem", cert)
+    (d / ADMIN_MAC_KEY).unlink(missing_ok=True)  # (a new CA: a new admin key)
+    create_key(d / ADMIN_MAC_KEY)
     return Issued(d / "ca.pem", d / "ca.key", _serial_hex(serial))
 
 

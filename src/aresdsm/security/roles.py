@@ -16,10 +16,12 @@ What ordinary clients must still send -- and are allowed exactly that:
   server; the read still completes when a quorum holds the value, else fails (never a wrong
   answer);
 * a **write-back of a discovered configuration entry** (read-config §6, the piggyback §8.1):
-  WriteConfig with a **P** entry (``read``). An F entry, with or without garbage collection,
-  needs ``admin``: finalizing (and deleting the old configuration's data) is the reconfigurer's
-  step. Clients without ``admin`` write discovered F entries back as P entries
-  (:attr:`~aresdsm.protocol.ops.OpSwitches.write_back_final` off), which is enough for discovery;
+  WriteConfig with a **P** entry (``read``) -- when the server holds the cluster's admin key,
+  only with the admin MAC the entry was decided with (:mod:`.macs`: propagate, never invent).
+  An F entry, with or without garbage collection, needs ``admin``: finalizing (and deleting
+  the old configuration's data) is the reconfigurer's step. Clients without ``admin`` write
+  discovered F entries back as P entries (``OpSwitches.write_back_final`` off), which is
+  enough for discovery;
 * **InstallConfig** needs ``admin``: a server that answers ``unknown-config`` counts, for a
   client without ``admin``, as one that does not answer (like a crashed one); allowing it would
   let a reader squat configuration ids on servers. Clients without ``admin`` do not send it.
@@ -53,6 +55,7 @@ from ..wire.messages import (
     Request,
     WriteConfig,
 )
+from . import macs
 
 
 class TagHolder(Protocol):
@@ -80,10 +83,18 @@ REQUIRED: dict[type, str] = {
 """The role each request type needs at least (before the per-message refinements)."""
 
 
-def required_role(req: Request, core: TagHolder) -> str:
-    """The least role that may send ``req`` to a server whose state is ``core``."""
+def required_role(req: Request, core: TagHolder, admin_key: bytes | None = None) -> str:
+    """The least role that may send ``req`` to a server whose state is ``core``. With the
+    cluster's ``admin_key`` a P entry needs a valid admin MAC to be written back by anyone but
+    an admin (:mod:`.macs`)."""
     if isinstance(req, WriteConfig):
-        return "read" if req.entry.status == "P" else "admin"
+        if req.entry.status != "P":
+            return "admin"
+        if admin_key is None or macs.valid(
+            admin_key, req.group, req.config_id, req.entry.config, req.entry.mac
+        ):
+            return "read"
+        return "admin"
     if isinstance(req, PutData):
         held = core.holds_tag(req.group, req.config_id, req.key, req.tag)
         return "read" if held else "write"

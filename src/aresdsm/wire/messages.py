@@ -95,6 +95,11 @@ class NextEntry(msgspec.Struct, frozen=True, array_like=True):
 
     config: Configuration
     status: Literal["P", "F"]
+    mac: bytes = b""
+    """Admin MAC over (group, predecessor id, successor): proof that an admin -- the one who ran
+    the consensus that decided it -- vouches for this successor (docs/protocol.md §13). Stored
+    and forwarded with the entry, so a client without the admin key can write it back; empty
+    where the cluster has no admin key."""
 
 
 class ReadConfig(_Msg, frozen=True, tag="rcfg"):
