@@ -44,7 +44,7 @@ from .errors import ConfigurationError, FrameError
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
 from .security.macs import load_key
-from .security.roles import is_admin_operation, required_role
+from .security.roles import is_admin_operation, refusal
 from .security.tls import (
     HANDSHAKE_TIMEOUT_S,
     DenyList,
@@ -371,8 +371,8 @@ class Server:
             )
             return
         body = cast(Request, env.body)
-        need = required_role(body, self.core, self.admin_key)
-        if conn.level < role_level(need) and not self.broken_skip_authorization:
+        need = refusal(body, self.core, conn.level, self.admin_key)
+        if need is not None and not self.broken_skip_authorization:
             self._refuse(conn, env.rid, body, need)
             return
         if isinstance(body, GetStats):

@@ -10,7 +10,7 @@ import pytest
 
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.protocol.server_core import ServerCore
-from aresdsm.security.roles import REQUIRED, required_role
+from aresdsm.security.roles import REQUIRED, ROLE_LEVELS, refusal, required_role
 from aresdsm.security.tls import DenyList, PeerIdentity, identity_of, role_level
 from aresdsm.server import Server, _Conn, is_loopback
 from aresdsm.storage.memory import MemoryStorage
@@ -48,6 +48,13 @@ def test_required_roles() -> None:
     assert required_role(InstallConfig(c0), core) == "admin"
     assert required_role(GetStats(), core) == "admin"
     assert role_level("read") < role_level("write") < role_level("admin")
+    assert {r: role_level(r) for r in ("read", "write", "admin")} == ROLE_LEVELS
+    new_tag = PutData("g", "c0", "k", Tag(6, "w"), Blob(b"v"))
+    assert refusal(new_tag, core, role_level("read"), None) == "write"
+    assert refusal(new_tag, core, role_level("write"), None) is None
+    assert refusal(GetStats(), core, role_level("write"), None) == "admin"
+    assert refusal(GetStats(), core, role_level("admin"), None) is None
+    assert refusal(QueryData("g", "c0", "k"), core, 0, None) == "read"
     assert role_level(None) == role_level("root") == 0
 
 

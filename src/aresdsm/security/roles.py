@@ -101,6 +101,24 @@ def required_role(req: Request, core: TagHolder, admin_key: bytes | None = None)
     return REQUIRED.get(type(req), "admin")
 
 
+_WRITE, _ADMIN = 2, 3  # (tls.role_level of "write" and "admin")
+
+
+def refusal(req: Request, core: TagHolder, level: int, admin_key: bytes | None) -> str | None:
+    """None if a connection of role ``level`` may send ``req``; else the role it needs. The
+    checks that look at server state (PutData's tag, a P entry's MAC) run only for connections
+    they could refuse: an admin's request costs one comparison."""
+    if level >= _ADMIN:
+        return None
+    if isinstance(req, PutData) and level >= _WRITE:
+        return None
+    need = required_role(req, core, admin_key)
+    return None if level >= ROLE_LEVELS[need] else need
+
+
+ROLE_LEVELS = {"read": 1, "write": _WRITE, "admin": _ADMIN}
+
+
 def is_admin_operation(req: Request) -> bool:
     """Requests the audit log records: every one that needs ``admin`` by its type, and
     WriteConfig with an F entry (finalize, garbage collection)."""
