@@ -229,6 +229,16 @@ async def test_server_presenting_another_id_gets_no_request(tmp_path: Path, pki:
                 Ping(),
             )
         assert "Ping" not in server.core.counters
+        # the check can fail: without it the impostor gets the request
+        ch = TcpChannel(ClientOptions(tls=pki.client("admin")))
+        ch.broken_skip_server_id_check = True
+        try:
+            assert isinstance(
+                await ch.request(ServerInfo("s1", f"127.0.0.1:{server.port}"), Ping()), Pong
+            )
+        finally:
+            await ch.close()
+        assert server.core.counters["Ping"] == 1
         # the id it does hold is accepted
         reply = await _ask(
             ClientOptions(tls=pki.client("admin")),
