@@ -66,3 +66,24 @@ def test_plaintext_needs_insecure(tmp_path: Path) -> None:
     assert r.returncode == 1 and b"no [tls] table" in r.stderr, r.stderr.decode()
     r = ares("server", "--id", "s1", "--cluster", str(f), "--data-dir", "d", cwd=tmp_path)
     assert r.returncode == 1 and b"no [tls] table" in r.stderr, r.stderr.decode()
+
+
+def test_certs_init_and_server_and_a_server_without_its_certificate(tmp_path: Path) -> None:
+    r = ares("certs", "init", "--ca-dir", "ca", "--name", "prod", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "ca" / "ca.pem").exists() and (tmp_path / "ca" / "admin-mac.key").exists()
+    r = ares("certs", "init", "--ca-dir", "ca", cwd=tmp_path)
+    assert r.returncode == 1 and b"already exists" in r.stderr  # never overwritten silently
+    r = ares("certs", "server", "s1", "--host", "10.0.0.11", "--ca-dir", "ca", cwd=tmp_path)
+    assert r.returncode == 0 and b"serial" in r.stdout, r.stderr.decode()
+    r = ares("certs", "client", "x", "--role", "root", "--ca-dir", "ca", cwd=tmp_path)
+    assert r.returncode == 2  # click refuses the unknown role
+    f = tmp_path / "c.toml"
+    f.write_text(
+        '[tls]\nca = "ca/ca.pem"\ncert = "ca/server-s1.pem"\nkey = "ca/server-s1.key"\n'
+        '[[servers]]\nid = "s1"\naddress = "127.0.0.1:1"\n'
+        'cert = "ca/server-s1.pem"\nkey = "ca/server-s1.key"\n'
+        '[[servers]]\nid = "s2"\naddress = "127.0.0.1:2"\n[initial]\nservers = ["s1"]\n'
+    )
+    r = ares("server", "--id", "s2", "--cluster", str(f), "--data-dir", "d", cwd=tmp_path)
+    assert r.returncode != 0 and b"no cert/key for server 's2'" in r.stderr, r.stderr.decode()
