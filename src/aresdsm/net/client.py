@@ -369,7 +369,7 @@ class TcpChannel:
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self.tls = _context(options.tls) if options.tls is not None else None
-        self.role = own_identity(options.tls).role if options.tls is not None else "admin"
+        self.role = _own_role(options.tls) if options.tls is not None else "admin"
         """This client's role (from its certificate; plaintext: unchecked, so admin)."""
         self.may_install = role_level(self.role) >= role_level("admin")
         """Whether to send InstallConfig to a server that does not know a configuration."""
@@ -585,6 +585,11 @@ class TcpChannel:
 def _context(files: TlsFiles) -> ssl.SSLContext:
     """One client context per identity (loading certificates costs milliseconds)."""
     return client_context(files)
+
+
+@functools.lru_cache(maxsize=16)
+def _own_role(files: TlsFiles) -> str | None:
+    return own_identity(files).role
 
 
 def _round_attributes(c: Configuration, need: int) -> dict[str, Any]:
