@@ -87,3 +87,19 @@ def test_certs_init_and_server_and_a_server_without_its_certificate(tmp_path: Pa
     )
     r = ares("server", "--id", "s2", "--cluster", str(f), "--data-dir", "d", cwd=tmp_path)
     assert r.returncode != 0 and b"no cert/key for server 's2'" in r.stderr, r.stderr.decode()
+
+
+def test_insecure_cluster_on_request(tmp_path: Path) -> None:
+    r = ares("cluster", "start", "-n", "1", "--insecure", "--dir", "data", cwd=tmp_path)
+    assert r.returncode == 0 and b"plaintext" in r.stdout, r.stderr.decode()
+    try:
+        cluster = str(tmp_path / "data" / "cluster.toml")
+        assert "insecure = true" in Path(cluster).read_text()
+        assert not (tmp_path / "data" / "certs").exists()
+        assert ares("put", "k", "v", "--cluster", cluster, cwd=tmp_path).returncode == 0
+        r = ares("get", "k", "--cluster", cluster, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout == b"v"
+    finally:
+        assert ares("cluster", "stop", "--dir", "data", cwd=tmp_path).returncode == 0
+    log = (tmp_path / "data" / "s1" / "server.log").read_text()
+    assert "plaintext" in log.lower()
