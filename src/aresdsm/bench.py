@@ -12,9 +12,15 @@ Clusters run mutual TLS 1.3 (docs/security.md) unless ``--insecure``; ``--tls-co
 cell on a TLS cluster and on a plaintext one and reports the ratio of their throughputs
 (:meth:`BenchReport.tls_ratios`): the price of security, measured on the same run.
 
-``--reconfig-objects M`` adds a reconfiguration benchmark: M objects are written, then the group
-is reconfigured back and forth between two disjoint server sets, timing each reconfiguration and
-counting its rounds and consensus decisions.
+``--reconfig-objects M`` adds a reconfiguration benchmark: M objects are written (spread over
+``--reconfig-groups G`` groups), then the cluster is reconfigured back and forth between two
+disjoint server sets, timing each reconfiguration and counting its rounds and consensus
+decisions. In Ares II one reconfiguration moves every object of every group (docs/protocol.md §8.4),
+so 10,000 objects in 100 groups should cost about what 10,000 in one group cost.
+
+``--relocation`` adds issue 11's figure: a new client's first operation after the initial servers
+were retired by a reconfiguration and then paused (SIGSTOP: they accept connections and never
+answer), and then stopped -- against ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import dataclasses
 import os
 import platform
+import signal
 import statistics
 import tempfile
 import time
@@ -33,7 +40,7 @@ from typing import Any
 from .client import Store
 from .config import Configuration
 from .local import LocalCluster
-from .protocol.ares import OBJECT_CHAIN
+from .protocol.ares import CLUSTER_CHAIN, OBJECT_CHAIN
 from .protocol.ops import CLASSIC, OpSwitches
 from .runtime import loop_name
 
@@ -103,10 +110,29 @@ class ReconfigResult:
 
 
 @dataclass
+class RelocationResult:
+    servers: int
+    timeout_s: float
+    paused_first_op_s: float
+    """A new client's first read after the initial servers were retired and paused."""
+    stopped_first_op_s: float
+    """The same after they were stopped."""
+
+    def line(self) -> str:
+        return (
+            f"N={self.servers} new client's first read, initial servers retired: paused"
+            f" {self.paused_first_op_s * 1e3:.0f} ms"
+            f" ({self.paused_first_op_s / self.timeout_s:.2f} x timeout_s={self.timeout_s:g}),"
+            f" stopped {self.stopped_first_op_s * 1e3:.1f} ms"
+        )
+
+
+@dataclass
 class BenchReport:
     machine: dict[str, Any] = field(default_factory=dict)
     cells: list[CellResult] = field(default_factory=list)
     reconfigs: list[ReconfigResult] = field(default_factory=list)
+    relocations: list[RelocationResult] = field(default_factory=list)
 
     def tls_ratios(self) -> list[tuple[CellResult, CellResult, float]]:
         """(TLS cell, plaintext cell, TLS ops/s over plaintext ops/s) for every cell measured
@@ -128,6 +154,7 @@ class BenchReport:
             "machine": self.machine,
             "cells": [asdict(c) for c in self.cells],
             "reconfigs": [asdict(r) for r in self.reconfigs],
+            "relocations": [asdict(r) for r in self.relocations],
             "tls_ratios": [
                 {
                     "servers": t.servers,
@@ -260,6 +287,8 @@ async def run_bench(
     reconfig_objects: int = 0,
     reconfigs: int = 6,
     reconfig_concurrency: int = 1,
+    reconfig_groups: int = 1,
+    relocation: bool = False,
     link_delay_ms: float = 0.0,
     base_dir: str | Path | None = None,
     trace_file: str | None = None,
@@ -312,12 +341,54 @@ async def run_bench(
                             value_bytes=value_bytes,
                             count=reconfigs,
                             concurrency=reconfig_concurrency,
+                            groups=reconfig_groups,
                         )
                         report.reconfigs.append(result)
                         log(result.line())
             finally:
                 await asyncio.to_thread(cluster.stop)
+        if relocation:
+            with tempfile.TemporaryDirectory(prefix="ares-bench-", dir=base_dir) as tmp:
+                cluster = LocalCluster.create(
+                    Path(tmp) / "cluster", n=n, spares=n, storage=storage, timeout_s=2.0
+                )
+                await asyncio.to_thread(cluster.start_all)
+                try:
+                    moved = await _bench_relocation(cluster, n=n)
+                finally:
+                    await asyncio.to_thread(cluster.stop)
+                report.relocations.append(moved)
+                log(moved.line())
     return report
+
+
+async def _bench_relocation(cluster: LocalCluster, *, n: int) -> RelocationResult:
+    """Issue 11's figure: retire the initial servers by a reconfiguration, pause them, time a new
+    client's first read; then stop them and time it again."""
+    cf = cluster.cluster
+    async with Store(cf.initial, options=cf.client) as admin:
+        await admin.write("k", b"v")
+        await admin.reconfigure(Configuration("c1", cf.servers[n : 2 * n]), force=True)
+        await admin.settle(timeout_s=10.0)
+    pids = [cluster.procs[s.id].pid for s in cf.initial.servers]
+
+    async def first_read() -> float:
+        async with Store(cf.initial, options=cf.client, known_servers=cf.servers) as st:
+            t0 = time.perf_counter()
+            await st.read("k")
+            return time.perf_counter() - t0
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        paused = await first_read()
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    for s in cf.initial.servers:
+        await asyncio.to_thread(cluster.kill, s.id)
+    stopped = await first_read()
+    return RelocationResult(n, cf.client.timeout_s, paused, stopped)
 
 
 async def _bench_cluster(
@@ -379,14 +450,20 @@ async def _bench_reconfig(
     value_bytes: int,
     count: int,
     concurrency: int,
+    groups: int = 1,
 ) -> ReconfigResult:
-    """Reconfigure a group of ``objects`` objects back and forth between two server sets."""
+    """Reconfigure ``objects`` objects (in ``groups`` groups) back and forth between two server
+    sets. With ``batch`` off (classic) every object is reconfigured on its own."""
     group = f"reconf-{mode}"
+    names = [group] if groups <= 1 else [f"{group}-{g}" for g in range(groups)]
     store = Store(cluster.cluster.initial, options=cluster.cluster.client, switches=MODES[mode])
     value = b"r" * value_bytes
     for i in range(0, objects, 64):
         await asyncio.gather(
-            *(store.write(f"obj-{j}", value, group=group) for j in range(i, min(objects, i + 64)))
+            *(
+                store.write(f"obj-{j}", value, group=names[j % len(names)])
+                for j in range(i, min(objects, i + 64))
+            )
         )
     pools = [cluster.cluster.servers[:n], cluster.cluster.servers[n : 2 * n]]
     base = cluster.cluster.initial
@@ -399,7 +476,11 @@ async def _bench_reconfig(
             f"{group}-{i + 1}", tuple(pools[(i + 1) % 2]), dap=base.dap, k=base.k, delta=base.delta
         )
         t0 = time.perf_counter()
-        await store.reconfigure(proposal, group=group, concurrency=concurrency)
+        if store.switches.batch:  # one reconfiguration moves every group
+            await store.reconfigure(proposal, force=True)
+        else:  # the original Ares: every object of every group on its own chain
+            for name in names:
+                await store.reconfigure(proposal, group=name, concurrency=concurrency, force=True)
         times.append(time.perf_counter() - t0)
         # not timed; Stats are single requests, not rounds, so the round count is unchanged
         group_bytes.append(await _group_bytes(store, cluster, group))
@@ -422,8 +503,10 @@ async def _bench_reconfig(
 
 
 async def _group_bytes(store: Store, cluster: LocalCluster, group: str) -> int:
-    """The group's object bytes on every server (with ``batch`` off, its objects' chains), once
-    the background finalize of the last reconfiguration is done."""
+    """The object bytes of the group's chain on every server -- in Ares II the cluster's one
+    chain (every group, the benchmark's own objects included); with ``batch`` off, the chains
+    of the group's objects -- once the background finalize of the last reconfiguration is
+    done."""
     await store.settle()
     total = 0
     for st in await store.stats(cluster.cluster.servers):
@@ -433,5 +516,6 @@ async def _group_bytes(store: Store, cluster: LocalCluster, group: str) -> int:
             b
             for name, b in st.bytes_by_config.items()
             if name.startswith((f"{group}/", f"{group}{OBJECT_CHAIN}"))
+            or (store.switches.batch and name.startswith(f"{CLUSTER_CHAIN}/"))
         )
     return total

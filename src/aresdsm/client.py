@@ -15,13 +15,15 @@ Optionally every operation is recorded (:class:`HistoryRecorder`) for ``ares che
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import math
 import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -40,11 +42,13 @@ from .config import (
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
 from .history import OpKind, OpRecord, value_digest, write_records
-from .net.client import TcpChannel
+from .net.client import TcpChannel, context_without_deadline
+from .net.client import deadline as net_deadline
 from .protocol import ares, ops
+from .protocol.channel import ConfigurationObsolete
 from .tags import Tag, writer_id
 from .wire.blob import Blob
-from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Stats
+from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
 
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
@@ -53,6 +57,18 @@ FRAME_SLACK_BYTES = 64 * 1024
 """Room for a reply's header and coding padding next to its values."""
 MAX_BACKGROUND_FINALIZE = 16
 """Chains finalized in the background at once (many with ``batch`` off)."""
+CLOSE_WAIT_S = 1.0
+"""close() waits at most this long for background work (finalize everywhere, §8.3), then
+abandons it (safe: finalize-config already completed on a quorum)."""
+HEDGE_SHARE = 0.2
+"""An operation still running after min(connect_timeout_s, HEDGE_SHARE * timeout_s) starts a
+relocation next to it (§8.5): paused retired servers never answer, and a new client must not
+spend its whole deadline waiting for them."""
+MAX_RELOCATIONS = 3
+"""Relocations one operation follows (the chain may move on while it relocates)."""
+RECONFIG_TIMEOUT_FACTOR = 12
+"""reconfigure() and finish_reconfiguration() default to this many times timeout_s: a transfer
+takes a round per page of objects (§8.4)."""
 
 
 class HistoryRecorder:
@@ -92,9 +108,9 @@ def load_cseq_cache(path: Path | None, initial: Configuration) -> dict[str, ares
     """Chains learned earlier (docs/protocol.md §8.5: clients may cache their cseq on disk).
 
     A missing, unreadable or foreign cache (another initial configuration descriptor) is
-    ignored: the client then discovers the chain from the initial configuration again. A cache
-    from another deployment of the same cluster file is caught on first use
-    (:meth:`Store._check_cached`).
+    ignored. What is read is only a *hint* -- which servers to ask, and how far the chain had
+    come: no cached entry is used before a server confirmed it (:meth:`Store._relocate`), so a
+    cache left by an earlier deployment at the same addresses is never followed.
     """
     if path is None or not path.exists():
         return {}
@@ -119,14 +135,36 @@ def save_cseq_cache(path: Path, initial: Configuration, cseqs: dict[str, ares.Cs
 def _check_key(key: str, group: str) -> None:
     if not isinstance(key, str) or not key:
         raise ConfigurationError("object key must be a non-empty string")
-    if "\x00" in key or "\x00" in group:
+    _check_group(group)
+    if "\x00" in key:
         raise ConfigurationError("object keys and groups must not contain NUL characters")
-    if len(key.encode()) > MAX_KEY_BYTES or len(group.encode()) > MAX_KEY_BYTES:
+    if len(key.encode()) > MAX_KEY_BYTES:
         raise ConfigurationError(f"object key and group are limited to {MAX_KEY_BYTES} bytes")
 
 
+def _check_group(group: str) -> None:
+    if not isinstance(group, str) or not group:
+        raise ConfigurationError("group must be a non-empty string")
+    if "\x00" in group:
+        raise ConfigurationError("object keys and groups must not contain NUL characters")
+    if len(group.encode()) > MAX_KEY_BYTES:
+        raise ConfigurationError(f"object key and group are limited to {MAX_KEY_BYTES} bytes")
+
+
+def _check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not (
+        isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0
+    ):
+        raise ConfigurationError(f"timeout_s must be a positive number of seconds, not {timeout_s}")
+
+
 class Store:
-    """An atomic object store client. Use :func:`connect`."""
+    """An atomic object store client. Use :func:`connect`.
+
+    Every public call accepts ``timeout_s``: the deadline of the whole call (default: the
+    cluster file's ``[client] timeout_s``), retries and relocation included. In Ares II every
+    object of every group follows the cluster's one configuration chain (docs/protocol.md §2, §8.4).
+    """
 
     def __init__(
         self,
@@ -153,9 +191,12 @@ class Store:
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
-        self._cseqs: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
-        self._unchecked: set[str] = set(self._cseqs)
-        """Chains from the disk cache not yet checked against the initial configuration."""
+        self._cseqs: dict[str, ares.Cseq] = {}
+        self._hints: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
+        """Chains from the disk cache: where to ask, and how far the chain had come. Never used
+        as a chain before a server confirmed it (issue: a cache from another deployment)."""
+        self._relocating: dict[str, asyncio.Task[None]] = {}
+        """One relocation in flight per chain; concurrent operations share it."""
         self._background: set[asyncio.Task[bool]] = set()
         self._finalizing = asyncio.Semaphore(MAX_BACKGROUND_FINALIZE)
 
@@ -167,12 +208,18 @@ class Store:
     ) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        await self.settle()
+    async def close(self, *, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Close the connections. Background work (finalizing old configurations everywhere,
+        §8.3) gets at most ``wait_s`` seconds, then it is abandoned -- safely: a quorum already
+        holds every finalize, the rest only reclaims storage and tells late clients the way."""
+        await self.settle(timeout_s=wait_s)
+        for task in list(self._background) + list(self._relocating.values()):
+            task.cancel()
+        await asyncio.gather(*self._background, *self._relocating.values(), return_exceptions=True)
         await self.channel.close()
         if self.cseq_cache is not None:
             try:
-                save_cseq_cache(self.cseq_cache, self.configuration, self._cseqs)
+                save_cseq_cache(self.cseq_cache, self.configuration, {**self._hints, **self._cseqs})
             except OSError as e:
                 log.warning("cannot save the configuration chain cache %s: %s", self.cseq_cache, e)
 
@@ -184,40 +231,31 @@ class Store:
     def mode(self) -> str:
         return "ares2" if self.switches.piggyback else "classic"
 
-    def cseq(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
-        """This client's current view of the group's configuration chain."""
-        return self._cseqs.get(group) or ares.initial_cseq(self.configuration)
-
-    async def _check_cached(self, chain: str) -> None:
-        """Before a chain from the disk cache is used: if the initial configuration answers,
-        its successor must be the cached one. A cache left by another deployment of the same
-        cluster file (servers re-created empty at the same addresses) names configurations
-        these servers never decided; using it would install them and read and write in a world
-        of its own. Dropped, the chain is discovered from the initial configuration again. If
-        the initial servers do not answer, the cache is what the client has (§8.5)."""
-        if chain not in self._unchecked:
-            return
-        self._unchecked.discard(chain)
-        cached = self._cseqs.get(chain)
-        if cached is None or len(cached) < 2 or cached[0].config != self.configuration:
-            return
-        try:
-            found = await ares.read_next_config(self.channel, self.configuration, chain)
-        except (QuorumUnavailable, OperationTimeout):
-            return
-        if found is None or found.config != cached[1].config:
-            log.warning(
-                "the cached chain of %r does not match the servers (another deployment?): "
-                "discarding it",
-                chain,
+    def _chain(self, group: str, key: str | None) -> str:
+        """The chain a call works on: the cluster's (Ares II), or one object's (``batch`` off)."""
+        if self.switches.batch:
+            return ares.CLUSTER_CHAIN
+        if key is None:
+            raise ConfigurationError(
+                "with batch off (classic) every object has a chain of its own: name a key"
             )
-            del self._cseqs[chain]
+        return ares.chain_of(group, key, self.switches)
+
+    def cseq(self, group: str = DEFAULT_GROUP, key: str | None = None) -> ares.Cseq:
+        """This client's current view of the configuration chain (the cluster's in Ares II;
+        the object ``key``'s with ``batch`` off). A chain name is accepted too."""
+        if self.switches.batch:
+            return self._view(ares.CLUSTER_CHAIN)
+        return self._view(group if key is None else ares.chain_of(group, key, self.switches))
+
+    def _view(self, chain: str) -> ares.Cseq:
+        return self._cseqs.get(chain) or ares.initial_cseq(self.configuration)
 
     def _check_fits(self, chain: str, size: int) -> None:
         """Refuse a value whose reads could not fit a frame in the configuration it goes to:
         a TREAS server answers a read with up to δ+1 coded elements of ⌈|v|/k⌉ bytes (§4.2).
         Accepted, such a write would leave the object unreadable for good."""
-        c = self.cseq(chain)[-1].config
+        c = self._view(chain)[-1].config
         per_reply = size if c.dap == "abd" else (c.delta + 1) * -(-size // c.k)
         limit = self.options.max_frame_bytes - FRAME_SLACK_BYTES
         if per_reply > limit:
@@ -229,89 +267,233 @@ class Store:
                 f"must fit max_frame_bytes={self.options.max_frame_bytes}"
             )
 
-    def _learn(self, group: str, cseq: ares.Cseq) -> None:
+    def _learn(self, chain: str, cseq: ares.Cseq) -> None:
+        mine = self._view(chain)
         try:
-            self._cseqs[group] = ares.merge(self.cseq(group), cseq)
+            self._cseqs[chain] = ares.merge(mine, cseq)
         except ares.DisjointChains:
-            # an operation that started before relocate() adopted a later configuration
-            # (§8.5) comes back with a view ending before it: the adopted view is the later one
-            if self.cseq(group)[0].config.id == self.configuration.id:
-                self._cseqs[group] = cseq
+            # views with no configuration in common: one was adopted from LATEST_CONFIG (§8.5)
+            # beyond the end of the other; keep the later one (by position in the chain)
+            if cseq[-1].config.epoch > mine[-1].config.epoch:
+                self._cseqs[chain] = cseq
 
-    async def _with_recovery(self, group: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` (a read: it has no effect of its own to repeat); if the configurations
-        this client knows no longer answer, ask every known server for the newest finalized
-        configuration (§8.5), adopt it, and retry once. Writes: :meth:`_write_op`."""
-        try:
-            return await op()
-        except (QuorumUnavailable, OperationTimeout):
-            if not await self.relocate(group):
-                raise
-        return await op()
+    # -- deadlines, relocation -------------------------------------------------------------------
 
-    async def relocate(self, group: str = DEFAULT_GROUP) -> bool:
-        """LATEST_CONFIG (§8.5): adopt the newest F configuration any reachable server knows
-        and discover onwards from it. Returns whether the client moved."""
-        servers = {s.id: s for s in self.known_servers}
-        for e in self.cseq(group):
-            servers.update({s.id: s for s in e.config.servers})
-        found: dict[str, NextEntry] = {}
-        for server in servers.values():
+    @contextlib.asynccontextmanager
+    async def _deadline(self, timeout_s: float | None) -> AsyncIterator[None]:
+        """One deadline for a whole call: every round ends by it, and the call is cut off at
+        it (OperationTimeout)."""
+        _check_timeout(timeout_s)
+        total = self.options.timeout_s if timeout_s is None else float(timeout_s)
+        with net_deadline(total) as at:
             try:
-                reply = await self.channel.request(
-                    server, LatestConfig(group), timeout_s=self.options.connect_timeout_s
+                async with asyncio.timeout_at(at):
+                    yield
+            except TimeoutError:
+                raise OperationTimeout(
+                    f"the operation did not complete within timeout_s={total:g}"
+                ) from None
+
+    def _ask_servers(self, chain: str) -> list[ServerInfo]:
+        """Every server this client knows of: the cluster file's, and those of every
+        configuration it has seen or cached (one per address)."""
+        out: dict[str, ServerInfo] = {s.address: s for s in self.known_servers}
+        for cseq in (self._hints.get(chain, ()), self._view(chain)):
+            for e in cseq:
+                out.update({s.address: s for s in e.config.servers})
+        return list(out.values())
+
+    async def relocate(self, group: str = DEFAULT_GROUP, *, timeout_s: float | None = None) -> bool:
+        """LATEST_CONFIG (§8.5): ask every known server, in parallel, for the newest finalized
+        configuration it knows, adopt the newest by position in the chain, and discover onwards
+        from it. Concurrent callers share one relocation. Returns whether the chain's last
+        configuration is now a later one than when the call started."""
+        chain = group if not self.switches.batch else ares.CLUSTER_CHAIN
+        async with self._deadline(timeout_s):
+            return await self._relocate_from(chain, self._view(chain)[-1].config)
+
+    async def _relocate_from(self, chain: str, seen: Configuration) -> bool:
+        """Relocate unless a concurrent relocation already moved the chain past ``seen`` (the
+        last configuration of the view the caller's failed attempt used). True if it moved."""
+        if self._view(chain)[-1].config.epoch <= seen.epoch:
+            task = self._relocating.get(chain)
+            if task is None or task.done():
+                task = asyncio.get_running_loop().create_task(self._relocate(chain))
+                self._relocating[chain] = task
+            await asyncio.shield(task)
+        return self._view(chain)[-1].config.epoch > seen.epoch
+
+    async def _relocate(self, chain: str, hint_epoch: int = 0) -> None:
+        """Ask all known servers for LATEST_CONFIG at once. An answer at least ``hint_epoch``
+        and beyond what this client has is followed at once (discovery from it, which also
+        checks that its quorum answers); lesser answers are tried, newest first, once every
+        server answered or ``connect_timeout_s`` passed -- a paused server never delays more."""
+        have = self._view(chain)[-1].config.epoch
+        want = max(have + 1, hint_epoch)
+        asks = {
+            asyncio.ensure_future(
+                self.channel.request(
+                    s, LatestConfig(chain), timeout_s=self.options.connect_timeout_s
                 )
-            except AresError:
-                continue
-            if isinstance(reply, NextReply) and reply.next is not None:
-                found[reply.next.config.id] = reply.next
-        known = {e.config.id for e in self.cseq(group)}
-        for entry in found.values():
-            if entry.config.id in known and entry.config.id == self.cseq(group)[-1].config.id:
-                continue
+            )
+            for s in self._ask_servers(chain)
+        }
+        later: dict[str, NextEntry] = {}
+        tried: set[str] = set()
+
+        async def follow(entry: NextEntry) -> bool:
+            tried.add(entry.config.id)
             try:
-                cseq = await ares.read_config(self.channel, ares.adopt(entry), group, self.switches)
-            except (QuorumUnavailable, OperationTimeout):
-                continue
-            self._cseqs[group] = cseq
+                cseq = await ares.read_config(self.channel, ares.adopt(entry), chain, self.switches)
+            except (QuorumUnavailable, OperationTimeout, ConfigurationObsolete):
+                return False
+            self._learn(chain, self._with_history(chain, cseq))
             return True
-        return False
+
+        try:
+            pending = asks
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    reply = t.result() if not t.exception() else None
+                    if not isinstance(reply, NextReply) or reply.next is None:
+                        continue
+                    e = reply.next
+                    if e.status != "F" or e.config.epoch <= have or e.config.id in tried:
+                        continue
+                    if e.config.epoch >= want:
+                        if await follow(e):
+                            return
+                    else:
+                        later[e.config.id] = e
+            for e in sorted(later.values(), key=lambda x: -x.config.epoch):
+                if await follow(e):
+                    return
+        finally:
+            for t in asks:
+                t.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
+
+    def _with_history(self, chain: str, adopted: ares.Cseq) -> ares.Cseq:
+        """An adopted view with the configurations before it, when the cache holds the very
+        configuration a server confirmed (descriptors are unique): the cache is then this
+        cluster's, and its earlier entries are history -- never used for data (operations start
+        at the last finalized entry), but reconfiguration checks server ids against them."""
+        hint = self._hints.get(chain, ())
+        for i, e in enumerate(hint):
+            if e.config == adopted[0].config:
+                older = tuple(ares.CseqEntry(x.config, "F") for x in hint[:i])
+                return (*older, *adopted)
+        return adopted
+
+    async def _confirm_cache(self, chain: str) -> None:
+        """Before the first operation on a chain the disk cache knows beyond the initial
+        configuration: relocate with the cache as a hint (which servers, how far). Only what a
+        server confirms is used; without a confirmation the client starts from the initial
+        configuration, as a new client does (issue 10 item 5)."""
+        hint = self._hints.get(chain)
+        if hint is None or chain in self._cseqs:
+            return
+        if len(hint) < 2 and hint[-1].config == self.configuration:
+            return
+        await self._relocate_from_hint(chain, max(e.config.epoch for e in hint if e.status == "F"))
+
+    async def _relocate_from_hint(self, chain: str, hint_epoch: int) -> None:
+        task = self._relocating.get(chain)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._relocate(chain, hint_epoch))
+            self._relocating[chain] = task
+        await asyncio.shield(task)
+        self._cseqs.setdefault(chain, ares.initial_cseq(self.configuration))
+
+    async def _with_recovery(
+        self, chain: str, attempt: Callable[[], Awaitable[T]], retry: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Run ``attempt`` on the chain as this client knows it. If it fails for want of a
+        quorum -- or is still running after a short while (``hedge``: retired servers that are
+        paused answer nothing, and waiting for them would cost the whole deadline) -- relocate
+        (§8.5; shared with concurrent operations) and, if the chain moved, run ``retry`` on it:
+        the same call, or for a write that chose its tag, the write finished with that tag."""
+        await self._confirm_cache(chain)
+        seen = self._view(chain)[-1].config
+        first = asyncio.ensure_future(attempt())
+        try:
+            done, _ = await asyncio.wait({first}, timeout=self._hedge_s())
+            if not done:
+                hedge = asyncio.ensure_future(self._relocate_from(chain, seen))
+                try:
+                    both: set[asyncio.Task[Any]] = {first, hedge}
+                    done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+                    moved = first not in done and hedge.exception() is None and hedge.result()
+                    if moved:
+                        first.cancel()  # the chain moved on: retry there
+                        await asyncio.gather(first, return_exceptions=True)
+                        return await self._retry_after_move(chain, retry)
+                finally:
+                    hedge.cancel()
+                    await asyncio.gather(hedge, return_exceptions=True)
+            return await first
+        except (QuorumUnavailable, OperationTimeout):
+            if not first.done() or first.cancelled():
+                raise
+            if not await self._relocate_from(chain, seen):
+                raise
+        return await self._retry_after_move(chain, retry)
+
+    async def _retry_after_move(self, chain: str, retry: Callable[[], Awaitable[T]]) -> T:
+        for _ in range(MAX_RELOCATIONS):
+            seen = self._view(chain)[-1].config
+            try:
+                return await retry()
+            except (QuorumUnavailable, OperationTimeout):
+                if not await self._relocate_from(chain, seen):
+                    raise
+        return await retry()
+
+    def _hedge_s(self) -> float:
+        return min(self.options.connect_timeout_s, HEDGE_SHARE * self.options.timeout_s)
+
+    # -- reads and writes --------------------------------------------------------------------------
 
     async def _write_op(self, group: str, key: str, value: Blob) -> Tag:
-        """A write, retried once after the client relocated (§8.5) -- with the tag the first
-        attempt chose, if it got that far: its put-data may already have taken effect."""
+        """A write, retried after the client relocated (§8.5) -- with the tag the first attempt
+        chose, if it got that far: its put-data may already have taken effect."""
         chain = ares.chain_of(group, key, self.switches)
+        okey = ares.object_key(group, key, self.switches)
         chosen: list[Tag] = []
-        try:
-            return await self._write_once(chain, key, value, chosen.append)
-        except (QuorumUnavailable, OperationTimeout):
-            if not await self.relocate(chain):
-                raise
-        if not chosen or self.switches.broken_retry_write_with_new_tag:
-            return await self._write_once(chain, key, value, chosen.append)
-        cseq = await ares.finish_write(
-            self.channel,
-            self.cseq(chain),
-            group=chain,
-            key=key,
-            tag=chosen[0],
-            value=value,
-            switches=self.switches,
+
+        async def again() -> Tag:
+            if not chosen or self.switches.broken_retry_write_with_new_tag:
+                return await self._write_once(chain, okey, value, chosen.append)
+            cseq = await ares.finish_write(
+                self.channel,
+                self._view(chain),
+                group=chain,
+                key=okey,
+                tag=chosen[0],
+                value=value,
+                switches=self.switches,
+            )
+            self._learn(chain, cseq)
+            return chosen[0]
+
+        return await self._with_recovery(
+            chain, lambda: self._write_once(chain, okey, value, chosen.append), again
         )
-        self._learn(chain, cseq)
-        return chosen[0]
 
     async def _read_op(self, group: str, key: str) -> ops.ReadResult:
         chain = ares.chain_of(group, key, self.switches)
-        return await self._with_recovery(chain, lambda: self._read_once(chain, key))
+        okey = ares.object_key(group, key, self.switches)
+        return await self._with_recovery(
+            chain, lambda: self._read_once(chain, okey), lambda: self._read_once(chain, okey)
+        )
 
     async def _write_once(
         self, chain: str, key: str, value: Blob, on_tag: Callable[[Tag], None]
     ) -> Tag:
-        await self._check_cached(chain)
         tag, cseq = await ares.write(
             self.channel,
-            self.cseq(chain),
+            self._view(chain),
             group=chain,
             key=key,
             value=value,
@@ -323,19 +505,89 @@ class Store:
         return tag
 
     async def _read_once(self, chain: str, key: str) -> ops.ReadResult:
-        await self._check_cached(chain)
         res, cseq = await ares.read(
-            self.channel, self.cseq(chain), group=chain, key=key, switches=self.switches
+            self.channel, self._view(chain), group=chain, key=key, switches=self.switches
         )
         self._learn(chain, cseq)
         return res
 
-    async def configurations(self, group: str = DEFAULT_GROUP) -> ares.Cseq:
-        """Discover and return the group's configuration chain (docs/protocol.md §6 read-config)."""
-        await self._check_cached(group)
-        cseq = await ares.read_config(self.channel, self.cseq(group), group, self.switches)
-        self._learn(group, cseq)
-        return self.cseq(group)
+    # -- configuration chain -----------------------------------------------------------------------
+
+    async def configurations(
+        self, group: str = DEFAULT_GROUP, *, key: str | None = None, timeout_s: float | None = None
+    ) -> ares.Cseq:
+        """Discover and return the configuration chain (docs/protocol.md §6 read-config): the
+        cluster's (Ares II; ``group`` is then irrelevant), or object ``key``'s with ``batch``
+        off. Found from any reachable server when the configurations known lead nowhere."""
+        chain = group if key is None and not self.switches.batch else self._chain(group, key)
+        async with self._deadline(timeout_s):
+            return await self._discover(chain)
+
+    async def _discover(self, chain: str) -> ares.Cseq:
+        def learn(cseq: ares.Cseq) -> None:
+            self._learn(chain, cseq)
+
+        async def once() -> ares.Cseq:
+            cseq = await ares.read_config(
+                self.channel, self._view(chain), chain, self.switches, progress=learn
+            )
+            self._learn(chain, cseq)
+            return self._view(chain)
+
+        return await self._with_recovery(chain, once, once)
+
+    async def groups(self, *, timeout_s: float | None = None) -> list[str]:
+        """The groups that hold at least one object, in order: listed from the object keys a
+        quorum of each current configuration holds (keys only, never values), so every group
+        with a completed write is listed. Not a snapshot: groups written or emptied meanwhile
+        may or may not appear. With ``batch`` off, from the chains the initial configuration
+        knows."""
+        async with self._deadline(timeout_s):
+            if not self.switches.batch:
+                return await self._groups_classic()
+            chain = ares.CLUSTER_CHAIN
+            found: list[str] = []
+            after = ""
+            while True:
+                page = await self._list_page(chain, "", after)
+                for k in page.keys:
+                    g, _ = ares.split_object_key(k)
+                    if not found or found[-1] != g:
+                        found.append(g)
+                if page.after is None:
+                    return found
+                # every key of group g sorts before g + "\x01": skip the rest of the last group
+                after = max(page.after, found[-1] + "\x01") if found else page.after
+
+    async def _list_page(self, chain: str, prefix: str, after: str) -> ares.KeysPage:
+        async def once() -> ares.KeysPage:
+            page, cseq = await ares.list_keys(
+                self.channel,
+                self._view(chain),
+                chain,
+                prefix=prefix,
+                after=after,
+                switches=self.switches,
+            )
+            self._learn(chain, cseq)
+            return page
+
+        return await self._with_recovery(chain, once, once)
+
+    async def _groups_classic(self) -> list[str]:
+        found: list[str] = []
+        after = ""
+        while True:
+            page = await ares.list_chains(self.channel, self.configuration, "", after)
+            for name in page.keys:
+                if ares.OBJECT_CHAIN not in name:
+                    continue  # the cluster's chain (Ares II clients share the servers)
+                g, _ = ares.split_object_key(name)
+                if not found or found[-1] != g:
+                    found.append(g)
+            if page.after is None:
+                return found
+            after = max(page.after, found[-1] + "\x01") if found else page.after
 
     async def reconfigure(
         self,
@@ -344,51 +596,141 @@ class Store:
         group: str = DEFAULT_GROUP,
         keys: Iterable[str] | None = None,
         concurrency: int = 1,
+        force: bool = False,
+        timeout_s: float | None = None,
     ) -> Configuration:
-        """Install ``proposal`` as the successor of the group's last configuration.
+        """Install ``proposal`` as the successor of the last configuration of the cluster's
+        chain: one consensus decision moves every object of every group (§8.4).
 
         Returns the configuration consensus decided: ``proposal`` or, if another reconfigurer
         won, theirs (the caller may retry on top of it).
 
+        Refused before consensus (ConfigurationError), because each would wedge the cluster or
+        weaken it: a new member that does not answer a ping; unless ``force``, a server id that
+        was in an earlier configuration but not in the last one (ids are never reused; force
+        only for a server whose data directory is intact), and a proposal that survives no
+        crash, or fewer crashes than the configuration it replaces. The history checked is the
+        chain this client knows: from the initial configuration, or what a server confirmed.
+        A decided but unfinished successor at the end of the chain is completed first
+        (:meth:`finish_reconfiguration`). ``timeout_s`` bounds the whole call (default: the
+        client's timeout_s, times RECONFIG_TIMEOUT_FACTOR: a transfer takes many rounds).
+
         With the ``batch`` switch off (the original Ares) every object has a chain of its own:
-        each of ``keys`` (default: every object of the group the initial configuration knows)
-        is reconfigured on its own, ``concurrency`` at a time (1: one after the other, as a
-        well-formed client of the original runs them), and the result is ``proposal`` only if
-        it was decided for every object.
+        each of ``keys`` (default: every object of ``group`` the initial configuration knows)
+        is reconfigured on its own, ``concurrency`` at a time, and the result is ``proposal``
+        only if it was decided for every object.
         """
         validate_configuration(proposal)
+        _check_timeout(timeout_s)
+        if timeout_s is None:
+            timeout_s = self.options.timeout_s * RECONFIG_TIMEOUT_FACTOR
         attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
         with tracing.span("op", attrs):
-            if self.switches.batch:
-                return await self._reconfigure(proposal, group)
-            return await self._reconfigure_each(proposal, group, keys, concurrency)
+            async with self._deadline(timeout_s):
+                await self._probe_members(proposal)
+                if self.switches.batch:
+                    return await self._reconfigure(proposal, force)
+                return await self._reconfigure_each(proposal, group, keys, concurrency, force)
 
-    async def _reconfigure(self, proposal: Configuration, group: str) -> Configuration:
-        await self._check_cached(group)
+    async def _probe_members(self, proposal: Configuration) -> None:
+        """Every member of the proposal must answer before consensus can make it the cluster's
+        configuration: a decided configuration whose servers do not exist wedges every client
+        until they appear (issue: a spare where nothing listens)."""
+
+        async def ping(server: ServerInfo) -> str | None:
+            try:
+                reply = await self.channel.request(
+                    server, Ping(), timeout_s=self.options.connect_timeout_s
+                )
+            except AresError as e:
+                return f"{server.id}: {e}"
+            return None if isinstance(reply, Pong) else f"{server.id}: {type(reply).__name__}"
+
+        with tracing.span("probe-members", {"ares.proposal": proposal.id}):
+            errors = [e for e in await asyncio.gather(*map(ping, proposal.servers)) if e]
+        if errors:
+            raise ConfigurationError(
+                f"refusing {proposal.id}: not every new member answers ({'; '.join(errors)})"
+            )
+
+    def _vet(self, force: bool) -> Callable[[ares.Cseq, Configuration], None]:
+        def vet(cseq: ares.Cseq, proposal: Configuration) -> None:
+            current = cseq[-1].config
+            gone = set().union(*(set(e.config.server_ids) for e in cseq[:-1]))
+            gone -= set(current.server_ids)
+            reused = sorted(gone & set(proposal.server_ids))
+            if reused and not force:
+                raise ConfigurationError(
+                    f"refusing {proposal.id}: server id(s) {', '.join(reused)} left the cluster "
+                    "in an earlier configuration; server ids are never reused (give the server a "
+                    "new id and an empty data directory; force=True / --force only if its data "
+                    "directory is the intact one it left with)"
+                )
+            if force:
+                return
+            f_new, f_old = proposal.crashes_tolerated, current.crashes_tolerated
+            if f_new == 0 or f_new < f_old:
+                raise ConfigurationError(
+                    f"refusing {proposal.id}: it survives {f_new} crash(es) "
+                    f"(quorum {proposal.quorum_size} of {proposal.n}), {current.id} survives "
+                    f"{f_old}; pass force=True (ares reconfig --force) to accept that"
+                )
+
+        return vet
+
+    async def _reconfigure(self, proposal: Configuration, force: bool) -> Configuration:
+        chain = ares.CLUSTER_CHAIN
+        await self._discover(chain)
         cseq, decided = await ares.reconfig(
             self.channel,
-            self.cseq(group),
-            group=group,
+            self._view(chain),
+            group=chain,
             proposal=proposal,
             proposer=self._next_writer(),
             backoff=_random_backoff,
             switches=self.switches,
+            discover=False,
+            vet=self._vet(force),
         )
-        self._learn(group, cseq)
-        self._finalize_later(group, cseq, decided)
+        self._learn(chain, cseq)
+        self._finalize_later(chain, cseq, decided)
         return decided
 
+    async def finish_reconfiguration(self, *, timeout_s: float | None = None) -> ares.Cseq:
+        """Complete a reconfiguration that consensus decided but whose reconfigurer stopped
+        before finalizing it (the chain ends with a P entry; ``ares status`` shows it): move the
+        state into it and finalize it. Needs a quorum of its servers. Returns the chain."""
+        _check_timeout(timeout_s)
+        if timeout_s is None:
+            timeout_s = self.options.timeout_s * RECONFIG_TIMEOUT_FACTOR
+        chain = ares.CLUSTER_CHAIN if self.switches.batch else None
+        if chain is None:
+            raise ConfigurationError("finish_reconfiguration works on the cluster's chain")
+        async with self._deadline(timeout_s):
+            cseq = await self._discover(chain)
+            if cseq[-1].status == "P":
+                cseq = await ares.finish_pending(
+                    self.channel, cseq, group=chain, switches=self.switches
+                )
+                self._learn(chain, cseq)
+                self._finalize_later(chain, cseq, cseq[-1].config)
+        return self._view(chain)
+
     async def _reconfigure_each(
-        self, proposal: Configuration, group: str, keys: Iterable[str] | None, concurrency: int
+        self,
+        proposal: Configuration,
+        group: str,
+        keys: Iterable[str] | None,
+        concurrency: int,
+        force: bool,
     ) -> Configuration:
         if keys is None:
             keys = await ares.list_objects(self.channel, self.configuration, group)
         keys = sorted(set(keys))
-        for key in keys:
-            await self._check_cached(ares.chain_of(group, key, self.switches))
+        vet = self._vet(force)
         done = await ares.reconfig_objects(
             self.channel,
-            self.cseq,
+            self._view,
             group=group,
             keys=keys,
             proposal=proposal,
@@ -396,6 +738,7 @@ class Store:
             backoff=_random_backoff,
             concurrency=concurrency,
             switches=self.switches,
+            vet=vet,
         )
         result = proposal
         for chain, (cseq, decided) in done.items():
@@ -407,7 +750,9 @@ class Store:
 
     def _finalize_later(self, chain: str, cseq: ares.Cseq, decided: Configuration) -> None:
         """§8.3/§8.5: in the background, the F entry reaches every old server (each reclaims
-        its storage) and the new servers learn that their configuration is final."""
+        its storage) and the new servers learn that their configuration is final. Runs under
+        no caller's deadline (its own rounds have timeout_s each); close() waits for it at most
+        CLOSE_WAIT_S."""
         if len(cseq) < 2 or cseq[-1].config.id != decided.id:
             return
 
@@ -421,34 +766,52 @@ class Store:
                     gc=self.switches.gc,
                 )
 
-        task = asyncio.get_running_loop().create_task(finalize())
+        task = asyncio.get_running_loop().create_task(
+            finalize(), context=context_without_deadline()
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def settle(self) -> None:
-        """Wait for background work (finalizing old configurations everywhere) to finish."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+    async def settle(self, *, timeout_s: float | None = None) -> bool:
+        """Wait for background work (finalizing old configurations everywhere) to finish, at
+        most ``timeout_s`` (default: no bound). Returns whether it all finished."""
+        if not self._background:
+            return True
+        _done, pending = await asyncio.wait(set(self._background), timeout=timeout_s)
+        return not pending
 
-    async def write(self, key: str, value: bytes, *, group: str = DEFAULT_GROUP) -> Tag:
+    async def write(
+        self, key: str, value: bytes, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> Tag:
         """Write ``value`` to object ``key`` atomically; returns the tag it was written with."""
         _check_key(key, group)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
         self._check_fits(ares.chain_of(group, key, self.switches), len(value))
-        coro = self._write_op(group, key, Blob(bytes(value)))
+        coro = self._deadlined(self._write_op(group, key, Blob(bytes(value))), timeout_s)
         return await self._recorded("write", key, group, coro, written=bytes(value))
 
-    async def read_tagged(self, key: str, *, group: str = DEFAULT_GROUP) -> tuple[Tag, bytes]:
+    async def read_tagged(
+        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> tuple[Tag, bytes]:
         """Read object ``key``: its value and the tag it was written with."""
         _check_key(key, group)
-        coro = self._read_op(group, key)
+        coro = self._deadlined(self._read_op(group, key), timeout_s)
         res = await self._recorded("read", key, group, coro)
         return res.tag, bytes(res.value.data)
 
-    async def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes:
+    async def read(
+        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> bytes:
         """Read object ``key`` atomically (``b""`` if it was never written)."""
-        return (await self.read_tagged(key, group=group))[1]
+        return (await self.read_tagged(key, group=group, timeout_s=timeout_s))[1]
+
+    async def _deadlined(self, coro: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
+        try:
+            async with self._deadline(timeout_s):
+                return await coro
+        finally:
+            coro.close()  # never started (bad timeout_s): no "never awaited" warning
 
     async def _recorded(
         self,
@@ -531,17 +894,20 @@ class Store:
 
     async def stats(self, servers: Iterable[ServerInfo] | None = None) -> list[Stats | str]:
         """Each server's counters (or the error that server gave); default: the initial
-        configuration's servers."""
-        out: list[Stats | str] = []
-        for s in servers if servers is not None else self.configuration.servers:
+        configuration's servers. Asked in parallel: a paused server costs connect_timeout_s
+        once, not once per server."""
+
+        async def one(s: ServerInfo) -> Stats | str:
             try:
                 r = await self.channel.request(
                     s, GetStats(), timeout_s=self.options.connect_timeout_s
                 )
-                out.append(r if isinstance(r, Stats) else f"unexpected reply {type(r).__name__}")
+                return r if isinstance(r, Stats) else f"unexpected reply {type(r).__name__}"
             except Exception as e:
-                out.append(f"{type(e).__name__}: {e}")
-        return out
+                return f"{type(e).__name__}: {e}"
+
+        chosen = servers if servers is not None else self.configuration.servers
+        return list(await asyncio.gather(*(one(s) for s in chosen)))
 
     async def ping(self, server_index: int = 0, payload: bytes | None = None) -> None:
         """One round trip to one server (measures the transport floor)."""
@@ -590,11 +956,18 @@ class SyncStore:
     ) -> None:
         self.close()
 
-    def write(self, key: str, value: bytes, *, group: str = DEFAULT_GROUP) -> Tag:
-        return self._runner.run(self._store.write(key, value, group=group))
+    def write(
+        self, key: str, value: bytes, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> Tag:
+        return self._runner.run(self._store.write(key, value, group=group, timeout_s=timeout_s))
 
-    def read(self, key: str, *, group: str = DEFAULT_GROUP) -> bytes:
-        return self._runner.run(self._store.read(key, group=group))
+    def read(
+        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> bytes:
+        return self._runner.run(self._store.read(key, group=group, timeout_s=timeout_s))
+
+    def groups(self, *, timeout_s: float | None = None) -> list[str]:
+        return self._runner.run(self._store.groups(timeout_s=timeout_s))
 
     def close(self) -> None:
         self._runner.run(self._store.close())

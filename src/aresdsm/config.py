@@ -28,6 +28,8 @@ MAX_SERVERS = 255
 MAX_TREAS_N = 32
 """ISA-L's Vandermonde Reed–Solomon codes at most 32 elements (coding.MAX_N)."""
 MAX_ID_BYTES = 1024
+MAX_EPOCH = 2**62
+"""Configuration epochs (positions in the chain) a descriptor may carry."""
 MAX_FRAME_BYTES_LIMIT = 1024 * 1024 * 1024
 DEFAULT_GROUP = "default"
 
@@ -50,6 +52,12 @@ class Configuration(msgspec.Struct, frozen=True):
     dap: DapKind = "abd"
     k: int = 1
     delta: int = 0
+    epoch: int = 0
+    """Position in the configuration chain: 0 for the initial configuration, the predecessor's
+    epoch + 1 for every successor of the cluster's chain (set by the reconfigurer; every server
+    that stores or accepts a successor checks that it is above its predecessor's -- with
+    ``batch`` off one descriptor ends chains of different lengths and may skip epochs).
+    LATEST_CONFIG prefers the newest configuration by it (protocol.md §8.5), never by id."""
 
     @property
     def n(self) -> int:
@@ -77,6 +85,11 @@ class Configuration(msgspec.Struct, frozen=True):
 
     def has_member(self, server_id: str) -> bool:
         return any(s.id == server_id for s in self.servers)
+
+    @property
+    def crashes_tolerated(self) -> int:
+        """Servers that may crash while the configuration stays live: n - quorum (§3)."""
+        return self.n - self.quorum_size
 
     def describe(self) -> str:
         """One line: ``c1 treas(n=5, k=3, delta=4) s1,s2,s3,s4,s5``."""
@@ -122,6 +135,8 @@ def validate_configuration(c: Configuration) -> Configuration:
         raise ConfigurationError(f"configuration id is limited to {MAX_ID_BYTES} bytes")
     if c.n < 1:
         raise ConfigurationError(f"configuration {c.id}: needs at least one server")
+    if not isinstance(c.epoch, int) or not 0 <= c.epoch < MAX_EPOCH:
+        raise ConfigurationError(f"configuration {c.id}: epoch out of range: {c.epoch}")
     if c.n > MAX_SERVERS:
         raise ConfigurationError(f"configuration {c.id}: at most {MAX_SERVERS} servers, got {c.n}")
     ids = [s.id for s in c.servers]

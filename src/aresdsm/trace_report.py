@@ -48,6 +48,8 @@ _ROUND_PHASES = {
     "read-next-config": "discovery",
     "put-config": "discovery",
     "request.LatestConfig": "discovery",
+    "list-keys": "get-tag/get-data",
+    "probe-members": "discovery",
     "get-tag": "get-tag/get-data",
     "get-data": "get-tag/get-data",
     "put-data": "put-data",

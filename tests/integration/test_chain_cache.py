@@ -69,3 +69,51 @@ async def test_a_cache_from_another_deployment_is_not_followed(tmp_path: Path) -
     finally:
         for s in servers:
             await s.stop()
+
+
+async def test_an_adopted_cache_from_another_deployment_is_not_followed(tmp_path: Path) -> None:
+    """Issue 10 item 5: the cache check returned early when the cached chain did not start at
+    the initial configuration -- a client that once relocated through LATEST_CONFIG (§8.5) cached
+    [c1-a] alone -- so such a cache from an earlier deployment was trusted, and the client read
+    b"" after a completed write. Now no cached entry is used before a server confirmed it."""
+    ports = free_ports(6)
+    info = tuple(ServerInfo(f"s{i + 1}", f"127.0.0.1:{p}") for i, p in enumerate(ports))
+    c0 = Configuration("c0", info[:3])
+    cache = tmp_path / "cluster.toml.chains.json"
+    opts = ClientOptions(timeout_s=2.0)
+
+    # incarnation A: the data moves to s4..s6; the initial servers go; x relocates and caches
+    servers = await _start(ports)
+    for s in servers[:3]:
+        await s.bootstrap(c0)
+    admin = Store(c0, options=opts)
+    await admin.write("k", b"old")
+    assert (await admin.reconfigure(Configuration("c1-a", info[3:]))).id == "c1-a"
+    await admin.settle()
+    await admin.close()
+    for s in servers[:3]:
+        await s.stop()
+    x = Store(c0, options=opts, cseq_cache=cache, known_servers=info)
+    assert await x.read("k") == b"old"
+    assert [e.config.id for e in x.cseq()] == ["c1-a"]  # adopted: does not start at c0
+    await x.close()
+    for s in servers[3:]:
+        await s.stop()
+
+    # incarnation B: fresh servers, same addresses, same cluster file
+    servers = await _start(ports)
+    try:
+        for s in servers[:3]:
+            await s.bootstrap(c0)
+        y = Store(c0, options=opts)
+        await y.write("k", b"new")
+        await y.close()
+
+        x2 = Store(c0, options=opts, cseq_cache=cache, known_servers=info)
+        got = await x2.read("k")
+        chain = [e.config.id for e in x2.cseq()]
+        await x2.close()
+        assert got == b"new", f"read {got!r} after 'new' was written; chain used: {chain}"
+    finally:
+        for s in servers:
+            await s.stop()

@@ -106,3 +106,29 @@ async def test_live_reconfiguration_abd_to_treas_to_new_servers(
     path.write_bytes(out.getvalue())
     result = check_history(read_records(path))
     assert result.verdict == "ok", result.explain()
+
+
+async def test_classic_objects_created_between_reconfigurations_stay_reconfigurable(
+    tmp_path: Path,
+) -> None:
+    """With ``batch`` off every object has a chain of its own, and an object created after a
+    reconfiguration starts at c0: chains of different lengths end in one proposal. The
+    proposal's epoch once followed each chain (one id, two descriptors), and the third
+    reconfiguration was refused by every server ("successor c3 of c2 must have epoch 3")."""
+    servers = await _servers(tmp_path, 5)
+    info = _info(servers)
+    c0 = Configuration("c0", info[:3])
+    for s in servers[:3]:
+        await s.bootstrap(c0)
+    async with Store(c0, switches=CLASSIC, known_servers=info) as store:
+        await store.write("a", b"1")
+        await store.reconfigure(Configuration("c1", info[:3]))
+        await store.write("b", b"2")  # b's chain starts at c0
+        await store.reconfigure(Configuration("c2", info[1:4]), force=True)
+        await store.reconfigure(Configuration("c3", info[2:5]), force=True)
+        assert (await store.read("a"), await store.read("b")) == (b"1", b"2")
+        for key in "ab":
+            chain = await store.configurations(ares.chain_of("default", key, CLASSIC))
+            assert chain[-1].config.id == "c3"
+    for s in servers:
+        await s.stop()

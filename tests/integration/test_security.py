@@ -25,6 +25,8 @@ from aresdsm.client import Store
 from aresdsm.config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from aresdsm.errors import OperationError, QuorumUnavailable, ServerError
 from aresdsm.net.client import TcpChannel
+from aresdsm.protocol import ares
+from aresdsm.protocol.ops import DEFAULT_SWITCHES
 from aresdsm.security import certs, macs
 from aresdsm.security.audit import AuditLog
 from aresdsm.security.macs import load_key
@@ -48,6 +50,11 @@ from aresdsm.wire.messages import (
     ReadConfig,
     WriteConfig,
 )
+
+CHAIN = ares.CLUSTER_CHAIN
+"""Every object follows the cluster's one chain; on the wire its name is the ``group`` field."""
+KEY = ares.object_key("default", "k", DEFAULT_SWITCHES)
+"""Object "k" of group "default" inside that chain."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ async def test_plaintext_connection_gets_nothing_from_a_tls_server(cluster: Clus
     from aresdsm.wire import Encoder, Envelope
 
     frame = b"".join(
-        bytes(b) for b in Encoder().encode(Envelope(1, GetGroup("default", "c0", "", 100)))
+        bytes(b) for b in Encoder().encode(Envelope(1, GetGroup(CHAIN, "c0", "", 100)))
     )
     reply = await ask(cluster.servers[0].port, frame)
     assert reply is None  # not a TLS handshake: closed, nothing read, nothing answered
@@ -176,7 +183,7 @@ async def test_client_without_certificate_is_refused_before_any_request(cluster:
     reader, writer = await asyncio.open_connection("127.0.0.1", cluster.servers[0].port, ssl=ctx)
     from aresdsm.wire import Encoder, Envelope
 
-    for b in Encoder().encode(Envelope(1, QueryData("default", "c0", "k"))):
+    for b in Encoder().encode(Envelope(1, QueryData(CHAIN, "c0", KEY))):
         writer.write(bytes(b))
     with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
         await asyncio.wait_for(reader.readexactly(4), 3.0)
@@ -264,7 +271,7 @@ async def test_reader_cannot_put_a_new_tag(cluster: Cluster) -> None:
     async with cluster.store("write") as w:
         await w.write("k", b"good")
     info = cluster.c0.servers[0]
-    evil = PutData("default", "c0", "k", Tag(2**62 - 1, "x"), Blob(b"evil"))
+    evil = PutData(CHAIN, "c0", KEY, Tag(2**62 - 1, "x"), Blob(b"evil"))
     with pytest.raises(ServerError) as e:
         await _ask(cluster.options("read"), info, evil)
     assert e.value.code == "unauthorized"
@@ -277,9 +284,7 @@ async def test_reader_write_back_of_a_held_value_is_accepted(cluster: Cluster) -
     async with cluster.store("write") as w:
         tag = await w.write("k", b"v")
     info = cluster.c0.servers[0]
-    reply = await _ask(
-        cluster.options("read"), info, PutData("default", "c0", "k", tag, Blob(b"v"))
-    )
+    reply = await _ask(cluster.options("read"), info, PutData(CHAIN, "c0", KEY, tag, Blob(b"v")))
     assert isinstance(reply, Ack)
 
 
@@ -289,7 +294,7 @@ async def test_broken_skip_authorization_lets_the_attack_through(tmp_path: Path,
     try:
         c0 = Configuration("c0", (ServerInfo("s1", f"127.0.0.1:{server.port}"),))
         await server.bootstrap(c0)
-        evil = PutData("default", "c0", "k", Tag(2**62 - 1, "x"), Blob(b"evil"))
+        evil = PutData(CHAIN, "c0", KEY, Tag(2**62 - 1, "x"), Blob(b"evil"))
         reply = await _ask(ClientOptions(tls=pki.client("read")), c0.servers[0], evil)
         assert isinstance(reply, Ack)
     finally:
@@ -302,9 +307,9 @@ async def test_only_admins_read_whole_groups(cluster: Cluster) -> None:
     info = cluster.c0.servers[0]
     for role in ("read", "write"):
         with pytest.raises(ServerError, match="unauthorized"):
-            await _ask(cluster.options(role), info, GetGroup("default", "c0", "", 100))
-    reply = await _ask(cluster.options("admin"), info, GetGroup("default", "c0", "", 100))
-    assert isinstance(reply, GroupReply) and [o.key for o in reply.objects] == ["k"]
+            await _ask(cluster.options(role), info, GetGroup(CHAIN, "c0", "", 100))
+    reply = await _ask(cluster.options("admin"), info, GetGroup(CHAIN, "c0", "", 100))
+    assert isinstance(reply, GroupReply) and [o.key for o in reply.objects] == [KEY]
 
 
 async def test_non_admin_cannot_finalize_and_collect(cluster: Cluster) -> None:
@@ -318,9 +323,9 @@ async def test_non_admin_cannot_finalize_and_collect(cluster: Cluster) -> None:
                 await _ask(
                     cluster.options(role),
                     info,
-                    WriteConfig("default", "c0", NextEntry(evil, "F"), gc=True),
+                    WriteConfig(CHAIN, "c0", NextEntry(evil, "F"), gc=True),
                 )
-    assert all(("default", "c0") not in s.core.collected for s in cluster.servers)
+    assert all((CHAIN, "c0") not in s.core.collected for s in cluster.servers)
     async with cluster.store("read") as r:
         assert await r.read("k") == b"keep me"
 
@@ -331,14 +336,14 @@ async def test_non_admin_cannot_reconfigure(cluster: Cluster, tmp_path: Path, pk
         await w.write("k", b"v")
         evil = Configuration("evil", cluster.c0.servers[:1])
         with pytest.raises(OperationError, match="unauthorized"):
-            await w.reconfigure(evil)
+            await w.reconfigure(evil, force=True)
     assert all(not s.core.acceptors for s in cluster.servers)
     assert all(not s.core.nextc for s in cluster.servers)
     with pytest.raises(ServerError, match="unauthorized"):
         await _ask(
             cluster.options("write"),
             cluster.c0.servers[0],
-            Prepare("default", "c0", Ballot(2**62 - 1, "x")),
+            Prepare(CHAIN, "c0", Ballot(2**62 - 1, "x")),
         )
     assert all(not s.core.acceptors for s in cluster.servers)
 
@@ -353,25 +358,26 @@ async def test_admin_reconfigures_and_readers_follow(
         await w.write("k", b"before")
     async with cluster.store("admin") as a:
         c1 = Configuration("c1", cluster.c0.servers[:2])
-        assert (await a.reconfigure(c1)).id == "c1"
+        decided = await a.reconfigure(c1, force=True)
+        assert decided.id == "c1"
         await a.settle()
     async with cluster.store("read") as r:
         assert not r.switches.write_back_final and r.channel.admin_key is None
         assert await r.read("k") == b"before"
         assert [e.config.id for e in await r.configurations()] == ["c0", "c1"]
     assert all(s.core.counters.get("unauthorized", 0) == 0 for s in cluster.servers)
-    entries = [s.core.nextc.get(("default", "c0")) for s in cluster.servers]
+    entries = [s.core.nextc.get((CHAIN, "c0")) for s in cluster.servers]
     assert all(e is None or e.mac for e in entries) and any(entries)  # stored with its MAC
 
     # a reader's channel puts the MAC it was told back on the entries it writes back (the
     # protocol's chain view does not keep MACs); without having seen it, the server refuses
     info = cluster.c0.servers[0]
-    unsigned = WriteConfig("default", "c0", NextEntry(c1, "P"))
+    unsigned = WriteConfig(CHAIN, "c0", NextEntry(decided, "P"))
     ch = TcpChannel(cluster.options("read"))
     try:
         with pytest.raises(ServerError, match="unauthorized"):
             await ch.request(info, unsigned)
-        told = await ch.request(info, ReadConfig("default", "c0"))
+        told = await ch.request(info, ReadConfig(CHAIN, "c0"))
         assert isinstance(told, NextReply) and told.next is not None and told.next.mac
         assert isinstance(await ch.request(info, unsigned), Ack)
     finally:
@@ -382,27 +388,27 @@ async def test_reader_may_write_back_a_decided_entry_but_not_invent_one(cluster:
     """Propagate, never invent (docs/protocol.md §13): a P entry from a non-admin needs the
     admin MAC it was decided with; a forged successor (no MAC, a wrong one, or a MAC of another
     successor) is refused before it reaches the core."""
-    c1 = Configuration("c1", cluster.c0.servers[:2])
-    evil = Configuration("evil", cluster.c0.servers[:1])
+    c1 = Configuration("c1", cluster.c0.servers[:2], epoch=1)
+    evil = Configuration("evil", cluster.c0.servers[:1], epoch=1)
     key = load_key(cluster.pki.admin_key)
     info = cluster.c0.servers[0]
-    good = macs.entry_mac(key, "default", "c0", c1)
+    good = macs.entry_mac(key, CHAIN, "c0", c1)
     forged = [
         NextEntry(evil, "P"),
         NextEntry(evil, "P", b"\x00" * 32),
         NextEntry(evil, "P", good),  # c1's MAC on another successor
-        NextEntry(c1, "P", macs.entry_mac(key, "default", "other", c1)),  # another predecessor
+        NextEntry(c1, "P", macs.entry_mac(key, CHAIN, "other", c1)),  # another predecessor
     ]
     for entry in forged:
         for role in ("read", "write"):
             with pytest.raises(ServerError, match="unauthorized"):
-                await _ask(cluster.options(role), info, WriteConfig("default", "c0", entry))
+                await _ask(cluster.options(role), info, WriteConfig(CHAIN, "c0", entry))
     assert not cluster.servers[0].core.nextc
     reply = await _ask(
-        cluster.options("read"), info, WriteConfig("default", "c0", NextEntry(c1, "P", good))
+        cluster.options("read"), info, WriteConfig(CHAIN, "c0", NextEntry(c1, "P", good))
     )
     assert isinstance(reply, Ack)
-    assert cluster.servers[0].core.nextc[("default", "c0")] == NextEntry(c1, "P", good)
+    assert cluster.servers[0].core.nextc[(CHAIN, "c0")] == NextEntry(c1, "P", good)
 
 
 # -- revocation and audit -------------------------------------------------------------------------
@@ -434,9 +440,9 @@ async def test_deny_list_refuses_and_closes(tmp_path: Path, pki: Pki) -> None:
 
 async def test_audit_log_records_admin_operations_and_refusals(cluster: Cluster) -> None:
     async with cluster.store("admin") as a:
-        await a.reconfigure(Configuration("c1", cluster.c0.servers[:2]))
+        await a.reconfigure(Configuration("c1", cluster.c0.servers[:2]), force=True)
     with pytest.raises(ServerError):
-        await _ask(cluster.options("read"), cluster.c0.servers[0], GetGroup("default", "c0", "", 1))
+        await _ask(cluster.options("read"), cluster.c0.servers[0], GetGroup(CHAIN, "c0", "", 1))
     lines = [json.loads(x) for x in (cluster.tmp / "s1" / "audit.log").read_text().splitlines()]
     ops = {e["op"] for e in lines}
     assert {"Prepare", "Accept", "GetGroup"} <= ops

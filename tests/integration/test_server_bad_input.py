@@ -18,6 +18,7 @@ from frames import ask, frame
 from aresdsm.client import Store
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.errors import FrameError
+from aresdsm.protocol.ares import CLUSTER_CHAIN
 from aresdsm.server import Server
 from aresdsm.storage import MemoryStorage
 from aresdsm.tags import Tag
@@ -132,7 +133,7 @@ async def test_unread_replies_are_bounded() -> None:
         async with Store(cfg) as store:
             await store.write("big", b"x" * (1 << 20))
         reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
-        q = Encoder().encode_bytes(Envelope(1, QueryData("default", "c0", "big")))
+        q = Encoder().encode_bytes(Envelope(1, QueryData(CLUSTER_CHAIN, "c0", "default\x00big")))
         writer.write(q * 300)
         await writer.drain()
         await asyncio.sleep(1.0)

@@ -7,6 +7,7 @@ import struct
 
 from aresdsm.client import Store
 from aresdsm.config import Configuration
+from aresdsm.protocol.ares import CLUSTER_CHAIN
 from aresdsm.server import Server
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob, Encoder, Envelope
@@ -59,7 +60,8 @@ async def test_garbage_oversized_and_wrong_messages(
     # and the server still serves, with nothing lost
     assert await store.read("k") == b"before"
     await store.write("k", b"after")
-    answer = await _raw(s1.port, enc.encode_bytes(Envelope(7, QueryTag("default", "c0", "k"))))
+    query = QueryTag(CLUSTER_CHAIN, "c0", "default\x00k")  # the chain, group NUL key
+    answer = await _raw(s1.port, enc.encode_bytes(Envelope(7, query)))
     env = Decoder().decode_frame(answer, max_frame_bytes=1 << 20)
     assert isinstance(env.body, TagReply) and env.body.tag.z == 2
     await store.close()

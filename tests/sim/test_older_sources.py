@@ -90,7 +90,9 @@ def test_plain_get_on_pending_predecessor_loses_completed_write(broken: bool) ->
                 and m.server == "s0"
             ),
         )
-        decided = await r2.reconfig(Configuration("c2", tuple(sc.pool[0:3])))
+        # (proposing on top of the pending c1, as the original Ares does: a client of this
+        # project completes c1 first, which reads c0 as the last source, SET_NEXT_AND_GET)
+        decided = await r2.reconfig(Configuration("c2", tuple(sc.pool[0:3])), finish_first=False)
         assert decided.id == "c2"
         assert r2.cseq()[-1].status == "F"
 
@@ -180,7 +182,8 @@ def test_retry_after_a_failed_reconfiguration_loses_a_slow_write(broken: bool) -
                 and m.server == "s0"
             ),
         )
-        assert (await r.reconfig(Configuration("c2", tuple(sc.pool[0:3])))).id == "c2"
+        c2 = Configuration("c2", tuple(sc.pool[0:3]))  # on top of the pending c1 (original Ares)
+        assert (await r.reconfig(c2, finish_first=False)).id == "c2"
 
         sc.release("w-put-s2")  # s2 never heard of c1: ACK ⊥, the write completes
         await write

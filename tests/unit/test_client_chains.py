@@ -13,22 +13,25 @@ from aresdsm.errors import InvariantViolation
 from aresdsm.protocol import ares
 
 S = tuple(ServerInfo(f"s{i}", f"127.0.0.1:{7000 + i}") for i in range(3))
-C0, C1, C5, X = (Configuration(cid, S) for cid in ("c0", "c1", "c5", "x"))
+C0, C1, C5, X = (
+    Configuration(cid, S, epoch=e) for cid, e in (("c0", 0), ("c1", 1), ("c5", 5), ("x", 1))
+)
+G = ares.CLUSTER_CHAIN
 
 
 async def test_an_adopted_view_survives_an_older_disjoint_one() -> None:
     store = Store(C0)
     adopted = (ares.CseqEntry(C5, "F"),)
-    store._learn("g", adopted)  # what relocate() leaves: later than anything known
-    assert store.cseq("g") == adopted
-    store._learn("g", (ares.CseqEntry(C0, "F"), ares.CseqEntry(C1, "F")))  # an older operation
-    assert store.cseq("g") == adopted
+    store._learn(G, adopted)  # what relocate() leaves: later than anything known
+    assert store.cseq() == adopted
+    store._learn(G, (ares.CseqEntry(C0, "F"), ares.CseqEntry(C1, "F")))  # an older operation
+    assert store.cseq() == adopted
     await store.close()
 
 
 async def test_real_divergence_still_raises() -> None:
     store = Store(C0)
-    store._learn("g", (ares.CseqEntry(C0, "F"), ares.CseqEntry(C1, "F")))
+    store._learn(G, (ares.CseqEntry(C0, "F"), ares.CseqEntry(C1, "F")))
     with pytest.raises(InvariantViolation):
-        store._learn("g", (ares.CseqEntry(C0, "F"), ares.CseqEntry(X, "F")))
+        store._learn(G, (ares.CseqEntry(C0, "F"), ares.CseqEntry(X, "F")))
     await store.close()

@@ -80,7 +80,7 @@ def test_an_f_entry_stored_without_gc_is_collected_by_a_later_gc_write() -> None
     """§8.3: a discovery write-back may store (c1, F) without gc; finalize_everywhere's
     WriteConfig(F, gc) later must still collect (it changes nothing else)."""
     core = _core_with({"a": b"1"})
-    c1 = Configuration("c1", (ServerInfo("s4", "h:4"),))
+    c1 = Configuration("c1", (ServerInfo("s4", "h:4"),), epoch=1)
     _, writes = core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=False))
     assert not _obsolete_after(core) and len(writes) == 1
     _, writes = core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=True))
@@ -91,7 +91,7 @@ def test_set_next_and_get_never_collects_and_reports_the_state() -> None:
     """SET_NEXT_AND_GET on a server holding F but not yet collected answers with the state
     (a P entry never downgrades F, and the read must not empty what it reports)."""
     core = _core_with({"a": b"1"})
-    c1 = Configuration("c1", (ServerInfo("s4", "h:4"),))
+    c1 = Configuration("c1", (ServerInfo("s4", "h:4"),), epoch=1)
     core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=False))
     reply, _ = core.handle(GetGroup("g", "c0", "", 10, NextEntry(c1, "P")))
     assert isinstance(reply, GroupReply) and [o.key for o in reply.objects] == ["a"]

@@ -21,7 +21,7 @@ from aresdsm.wire.messages import Accept, Accepted, Ballot, Prepare
 
 def test_forgotten_accept_is_reported_after_restart() -> None:
     c0 = Configuration("c0", (ServerInfo("s0", "h:1"), ServerInfo("s1", "h:2")))
-    c1 = Configuration("c1", (ServerInfo("s1", "h:2"),))
+    c1 = Configuration("c1", (ServerInfo("s1", "h:2"),), epoch=1)
     mon = InvariantMonitor()
     core = ServerCore("s0")
     core.install_config(c0)

@@ -44,6 +44,13 @@ def _connect(cluster_path: str, **kwargs: Any) -> Any:
     return connect(cluster_path, cseq_cache=chain_cache_path(cluster_path), **kwargs)
 
 
+timeout_option = click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Deadline of the whole command's operation (default: [client] timeout_s).",
+)
+
+
 def chain_cache_path(cluster_path: str) -> Path:
     return Path(cluster_path).with_name(Path(cluster_path).name + ".chains.json")
 

@@ -1,4 +1,5 @@
-"""``ares put|get|status|reconfig``: the data and the configuration chain of a group."""
+"""``ares put|get|status|groups|reconfig``: the data, its groups and the cluster's configuration
+chain (docs/protocol.md §2, §6, §8.4)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from rich.table import Table
 from .. import runtime
 from ..config import DEFAULT_GROUP, Configuration, load_cluster_file, validate_configuration
 from ..errors import AresError
-from .common import _connect, cluster_option, console, err_console, main
+from .common import _connect, cluster_option, console, err_console, main, timeout_option
 
 
 @main.command()
@@ -29,8 +30,16 @@ from .common import _connect, cluster_option, console, err_console, main
     help="Read the value from a file.",
 )
 @click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@timeout_option
 @cluster_option
-def put(key: str, value: str | None, path: str | None, group: str, cluster_path: str) -> None:
+def put(
+    key: str,
+    value: str | None,
+    path: str | None,
+    group: str,
+    timeout_s: float | None,
+    cluster_path: str,
+) -> None:
     """Write VALUE (or the contents of --file) to object KEY."""
     if (value is None) == (path is None):
         raise click.UsageError("give exactly one of VALUE or --file")
@@ -38,7 +47,7 @@ def put(key: str, value: str | None, path: str | None, group: str, cluster_path:
 
     async def go() -> Any:
         async with _connect(cluster_path) as store:
-            return await store.write(key, data, group=group)
+            return await store.write(key, data, group=group, timeout_s=timeout_s)
 
     tag = runtime.run(go())
     console.print(f"wrote {len(data)} bytes to {key!r} (tag {tag})")
@@ -49,13 +58,21 @@ def put(key: str, value: str | None, path: str | None, group: str, cluster_path:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the value to a file.")
 @click.option("--group", default=DEFAULT_GROUP, show_default=True)
 @click.option("--tag", "show_tag", is_flag=True, help="Also print the value's tag on stderr.")
+@timeout_option
 @cluster_option
-def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: str) -> None:
+def get(
+    key: str,
+    output: str | None,
+    group: str,
+    show_tag: bool,
+    timeout_s: float | None,
+    cluster_path: str,
+) -> None:
     """Read object KEY and print its value (raw bytes) or save it with -o."""
 
     async def go() -> Any:
         async with _connect(cluster_path) as store:
-            return await store.read_tagged(key, group=group)
+            return await store.read_tagged(key, group=group, timeout_s=timeout_s)
 
     tag, data = runtime.run(go())
     if show_tag:
@@ -74,38 +91,54 @@ def get(key: str, output: str | None, group: str, show_tag: bool, cluster_path: 
 
 
 @main.command()
-@click.option("--group", default=DEFAULT_GROUP, show_default=True)
 @click.option("--storage", "show_storage", is_flag=True, help="Bytes held per configuration.")
+@timeout_option
 @cluster_option
-def status(group: str, show_storage: bool, cluster_path: str) -> None:
-    """Show the group's configuration chain and every server's state and counters."""
+def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> None:
+    """Show the cluster's configuration chain and every server's state and counters."""
+    from ..protocol import ares
+
     cf = load_cluster_file(cluster_path)
 
     async def go() -> Any:
         async with _connect(cluster_path) as store:
             try:
-                chain = await store.configurations(group)
+                chain = await store.configurations(timeout_s=timeout_s)
                 error = ""
             except AresError as e:
-                chain, error = store.cseq(group), str(e)
-            return chain, error, await store.stats(cf.servers)
+                chain, error = store.cseq(), str(e)
+            known = {s.id: s for s in cf.servers}
+            for entry in chain:
+                known.update({s.id: s for s in entry.config.servers})
+            return chain, error, list(known.values()), await store.stats(list(known.values()))
 
-    chain, error, stats = runtime.run(go())
+    chain, error, servers_known, stats = runtime.run(go())
     table = Table(
-        "#", "configuration", "status", "dap", "quorum", "servers", title=f"group {group!r}"
+        "#", "configuration", "status", "dap", "quorum", "servers", title="configuration chain"
     )
-    for i, e in enumerate(chain):
+    for e in chain:
         c = e.config
         dap = f"treas [n={c.n}, k={c.k}, δ={c.delta}]" if c.dap == "treas" else f"abd [n={c.n}]"
-        table.add_row(str(i), c.id, e.status, dap, str(c.quorum_size), ",".join(c.server_ids))
+        table.add_row(str(c.epoch), c.id, e.status, dap, str(c.quorum_size), ",".join(c.server_ids))
     console.print(table)
     if error:
         console.print(f"[yellow]discovery stopped:[/] {error}")
+    down = {s.id for s, st in zip(servers_known, stats, strict=True) if isinstance(st, str)}
+    if chain and chain[-1].status == "P":
+        c = chain[-1].config
+        missing = [i for i in c.server_ids if i in down]
+        console.print(
+            f"[yellow]pending:[/] {c.id} was decided but its transfer did not finish "
+            f"(its reconfigurer stopped, or its servers did not answer); "
+            f"{c.n - len(missing)} of its {c.n} servers answer, it needs {c.quorum_size}"
+            + (f" (down: {', '.join(missing)})" if missing else "")
+            + ". Complete it with: ares reconfig --finish"
+        )
     last = chain[-1].config if chain else cf.initial
     servers = Table(
         "server", "address", "state", "in last config", "objects", "stored bytes", "requests"
     )
-    for s, st in zip(cf.servers, stats, strict=True):
+    for s, st in zip(servers_known, stats, strict=True):
         member = "yes" if last.has_member(s.id) else ""
         if isinstance(st, str) and "unauthorized" in st:  # up, but stats are for admins (§13)
             servers.add_row(s.id, s.address, "[yellow]unauthorized[/]", member, "", "", "")
@@ -128,12 +161,26 @@ def status(group: str, show_storage: bool, cluster_path: str) -> None:
     if any(isinstance(st, str) and "unauthorized" in st for st in stats):
         console.print("[yellow]unauthorized:[/] server statistics need the admin role")
     if show_storage:
-        _storage_table(group, [e.config.id for e in chain], cf.servers, stats)
+        _storage_table(ares.CLUSTER_CHAIN, [e.config.id for e in chain], servers_known, stats)
+
+
+@main.command()
+@timeout_option
+@cluster_option
+def groups(timeout_s: float | None, cluster_path: str) -> None:
+    """List the groups that hold objects (one per line; not a snapshot)."""
+
+    async def go() -> Any:
+        async with _connect(cluster_path) as store:
+            return await store.groups(timeout_s=timeout_s)
+
+    for g in runtime.run(go()):
+        console.print(escape(g))
 
 
 def _storage_table(group: str, config_ids: list[str], servers: Any, stats: list[Any]) -> None:
-    """Stored bytes per (server, configuration of the group): §8.3 made measurable."""
-    table = Table("server", *config_ids, "total", title=f"stored object bytes, group {group!r}")
+    """Stored bytes per (server, configuration of the chain): §8.3 made measurable."""
+    table = Table("server", *config_ids, "total", title="stored object bytes")
     totals = dict.fromkeys(config_ids, 0)
     for s, st in zip(servers, stats, strict=True):
         if isinstance(st, str):
@@ -147,7 +194,6 @@ def _storage_table(group: str, config_ids: list[str], servers: Any, stats: list[
 
 
 @main.command()
-@click.option("--group", default=DEFAULT_GROUP, show_default=True)
 @click.option(
     "--servers", "servers_s", help="The new configuration's servers (ids), comma separated."
 )
@@ -157,44 +203,66 @@ def _storage_table(group: str, config_ids: list[str], servers: Any, stats: list[
 @click.option("--k", type=int, help="TREAS code dimension (default: current, or n - 2).")
 @click.option("--delta", type=int, help="TREAS concurrency bound (default: current, or 4).")
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Accept a configuration that survives no crash, or fewer than the current one.",
+)
+@click.option(
+    "--finish",
+    is_flag=True,
+    help="Only complete a decided but unfinished reconfiguration (see ares status).",
+)
+@click.option(
     "--classic",
     is_flag=True,
-    help="Run the original Ares rounds (discovery, separate put-config) on the group's chain.",
+    help="Run the original Ares rounds (discovery, separate put-config) on the cluster's chain.",
 )
+@timeout_option
 @cluster_option
 def reconfig(
-    group: str,
     servers_s: str | None,
     add_s: str | None,
     remove_s: str | None,
     dap: str | None,
     k: int | None,
     delta: int | None,
+    force: bool,
+    finish: bool,
     classic: bool,
+    timeout_s: float | None,
     cluster_path: str,
 ) -> None:
-    """Replace the group's configuration: new servers and/or another DAP, while clients run."""
+    """Replace the cluster's configuration: new servers and/or another DAP, while clients run.
+    One reconfiguration moves every object of every group."""
     import uuid
 
     from ..protocol.ops import CLASSIC, DEFAULT_SWITCHES
 
-    # the objects `ares put` wrote follow the group's chain (batch on): so does --classic
+    # the objects `ares put` wrote follow the cluster's chain (batch on): so does --classic
     classic_switches = dataclasses.replace(CLASSIC, batch=True)
 
     if servers_s is not None and (add_s or remove_s):
         raise click.UsageError("give --servers, or --add/--remove, not both")
+    if finish and (servers_s or add_s or remove_s or dap or k is not None or delta is not None):
+        raise click.UsageError("--finish takes no new configuration")
     cf = load_cluster_file(cluster_path)
 
     async def go() -> Any:
         switches = classic_switches if classic else DEFAULT_SWITCHES
         async with _connect(cluster_path, switches=switches) as st:
-            chain = await st.configurations(group)
+            t0 = time.perf_counter()
+            if finish:
+                chain = await st.finish_reconfiguration(timeout_s=timeout_s)
+                return chain[-1].config, None, None, time.perf_counter() - t0, st.channel.rounds
+            chain = await st.configurations(timeout_s=timeout_s)
+            if chain[-1].status == "P":
+                chain = await st.finish_reconfiguration(timeout_s=timeout_s)
             current = chain[-1].config
             ids = _new_members(current.server_ids, servers_s, add_s, remove_s)
             members = tuple(cf.server(i) for i in ids)
             kind = dap or current.dap
             proposal = Configuration(
-                id=f"c{len(chain)}-{uuid.uuid4().hex[:6]}",
+                id=f"c{current.epoch + 1}-{uuid.uuid4().hex[:6]}",
                 servers=members,
                 dap=kind,  # type: ignore[arg-type]
                 k=k
@@ -205,11 +273,13 @@ def reconfig(
                 else (current.delta if current.dap == "treas" else 4),
             )
             validate_configuration(proposal)
-            t0 = time.perf_counter()
-            decided = await st.reconfigure(proposal, group=group)
+            decided = await st.reconfigure(proposal, force=force, timeout_s=timeout_s)
             return current, proposal, decided, time.perf_counter() - t0, st.channel.rounds
 
     current, proposal, decided, took, rounds = runtime.run(go())
+    if proposal is None:
+        console.print(f"{current.describe()} is final  ({took * 1e3:.0f} ms, {rounds} rounds)")
+        return
     if decided.id != proposal.id:
         console.print(f"[yellow]another reconfiguration won:[/] {decided.describe()}")
         sys.exit(1)

@@ -125,6 +125,19 @@ def check(history: str, max_steps: int) -> None:
     help="Objects reconfigured at once with one chain per object (classic).",
 )
 @click.option(
+    "--reconfig-groups",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Spread the --reconfig-objects over this many groups.",
+)
+@click.option(
+    "--relocation",
+    is_flag=True,
+    help="Also time a new client's first read after the initial servers were retired and "
+    "paused, then stopped.",
+)
+@click.option(
     "--link-delay-ms",
     type=float,
     default=0.0,
@@ -160,6 +173,8 @@ def bench(
     reconfig_objects: int,
     reconfigs: int,
     reconfig_concurrency: int,
+    reconfig_groups: int,
+    relocation: bool,
     link_delay_ms: float,
     insecure: bool,
     tls_cost: bool,
@@ -186,6 +201,8 @@ def bench(
         raise click.BadParameter(f"--modes takes {' and/or '.join(MODES)}")
     if any(n < 1 for n in servers) or any(c < 1 for c in conc) or value_size < 0:
         raise click.BadParameter("sizes and concurrency must be positive")
+    if reconfig_groups < 1:
+        raise click.BadParameter("--reconfig-groups must be positive")
     if duration_s <= 0 or reconfig_objects < 0 or reconfigs < 1 or reconfig_concurrency < 1:
         raise click.BadParameter("duration and reconfiguration counts must be positive")
     if link_delay_ms < 0:
@@ -210,6 +227,8 @@ def bench(
                 reconfig_objects=reconfig_objects,
                 reconfigs=reconfigs,
                 reconfig_concurrency=reconfig_concurrency,
+                reconfig_groups=reconfig_groups,
+                relocation=relocation,
                 link_delay_ms=link_delay_ms,
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=console.print,

@@ -28,13 +28,15 @@ when a quorum answered, when a quorum has become impossible (QuorumUnavailable),
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import itertools
 import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -68,6 +70,42 @@ CLOSE_TIMEOUT_S = 1.0
 """How long closing a client waits for its connections to be gone before aborting them."""
 DEFAULT_MAX_QUEUED_REQUESTS = 65536
 """Requests that may wait for one connection (to be established, or for max_in_flight)."""
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "aresdsm_deadline", default=None
+)
+"""The deadline (event-loop time) of the operation the current task works for: every round and
+request ends by it, whatever its own timeout (the whole operation has one deadline)."""
+
+
+@contextlib.contextmanager
+def deadline(timeout_s: float) -> Iterator[float]:
+    """Run the block's rounds and requests under one deadline ``timeout_s`` from now (or the
+    enclosing one, if earlier). Yields the deadline (loop time). Tasks created inside inherit it."""
+    now = asyncio.get_running_loop().time()
+    outer = _DEADLINE.get()
+    at = now + timeout_s if outer is None else min(outer, now + timeout_s)
+    token = _DEADLINE.set(at)
+    try:
+        yield at
+    finally:
+        _DEADLINE.reset(token)
+
+
+def context_without_deadline() -> contextvars.Context:
+    """A copy of the current context (trace context included) under no operation's deadline:
+    for background work started by an operation that must outlive it."""
+    ctx = contextvars.copy_context()
+    ctx.run(_DEADLINE.set, None)
+    return ctx
+
+
+def remaining_s(default_s: float) -> float:
+    """Time left until the current deadline, or ``default_s`` when none is set (at most that)."""
+    at = _DEADLINE.get()
+    if at is None:
+        return default_s
+    return min(default_s, at - asyncio.get_running_loop().time())
 
 
 class PeerConnection(asyncio.Protocol):
@@ -447,7 +485,9 @@ class TcpChannel:
             peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent, trace), trace)
             if fut.done():
                 break
-        timeout = self.options.timeout_s if timeout_s is None else timeout_s
+        timeout = remaining_s(self.options.timeout_s if timeout_s is None else timeout_s)
+        if timeout <= 0 and not fut.done():
+            _expire(rnd, phase, c, 0.0)
         if not fut.done():
             rnd.timer = loop.call_later(timeout, _expire, rnd, phase, c, timeout)
         try:
@@ -521,13 +561,14 @@ class TcpChannel:
                 fut.set_result(reply)
 
         req = self._seal(req)
+        timeout = remaining_s(self.options.timeout_s if timeout_s is None else timeout_s)
+        if timeout <= 0:
+            raise OperationTimeout(f"no time left to ask server {server.id}")
         rid = next(self._rids)
         peer = self.peer(server)
         peer.send(rid, req, done, trace)
         try:
-            reply = await asyncio.wait_for(
-                fut, self.options.timeout_s if timeout_s is None else timeout_s
-            )
+            reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise OperationTimeout(
                 f"server {server.id} did not answer within the timeout"
@@ -614,7 +655,7 @@ def _expire(rnd: _Round, phase: str, c: Configuration, timeout_s: float) -> None
         rnd.fut.set_exception(
             OperationTimeout(
                 f"{phase} on configuration {c.id}: {len(rnd.answers)} of the {rnd.need} replies "
-                f"needed arrived within timeout_s={timeout_s}"
+                f"needed arrived within {timeout_s:.3g} s (the operation's deadline)"
                 + (f" (errors: {'; '.join(rnd.errors)})" if rnd.errors else "")
             )
         )

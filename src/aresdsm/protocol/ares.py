@@ -47,7 +47,9 @@ from ..wire.messages import (
     Finalized,
     GetGroup,
     GroupReply,
+    KeysReply,
     ListChains,
+    ListKeys,
     NextEntry,
     NextReply,
     ObjectState,
@@ -76,15 +78,35 @@ Cseq = tuple[CseqEntry, ...]
 
 
 OBJECT_CHAIN = "\x00"
-"""Separates group and key in the name of an object's own chain (``batch`` off). Keys and groups
-never contain NUL (the client refuses them), so the name is unambiguous."""
+"""Separates group and key: in the composite object key of Ares II (``group\x00key`` inside the
+cluster's chain) and in the name of an object's own chain (``batch`` off). Keys and groups never
+contain NUL (the client refuses them), so both are unambiguous."""
+CLUSTER_CHAIN = "cluster"
+"""The one configuration chain of a cluster in Ares II (docs/protocol.md §2, §8.4): every object of
+every group follows it, so one reconfiguration moves them all and a new group or key starts in
+the current configuration. On the wire it is the ``group`` field of every message (the field
+keeps its name; it names the chain)."""
 
 
 def chain_of(group: str, key: str, switches: OpSwitches) -> str:
-    """The configuration chain that object ``key`` of ``group`` follows: the group's (§8.4,
-    ``batch``) or, with ``batch`` off, one of its own, as in the original Ares. Server state is
-    keyed by (chain, configuration, object) either way."""
-    return group if switches.batch else f"{group}{OBJECT_CHAIN}{key}"
+    """The configuration chain that object ``key`` of ``group`` follows: the cluster's
+    (§8.4, ``batch``) or, with ``batch`` off, one of its own, as in the original Ares. Server
+    state is keyed by (chain, configuration, object key) either way."""
+    return CLUSTER_CHAIN if switches.batch else f"{group}{OBJECT_CHAIN}{key}"
+
+
+def object_key(group: str, key: str, switches: OpSwitches) -> str:
+    """The object's key inside its chain: ``group\x00key`` in the cluster's chain (groups are
+    namespaces of it), the plain key in an object's own chain (``batch`` off)."""
+    return f"{group}{OBJECT_CHAIN}{key}" if switches.batch else key
+
+
+def split_object_key(name: str) -> tuple[str, str]:
+    """(group, key) of a composite object key of the cluster's chain."""
+    group, sep, key = name.partition(OBJECT_CHAIN)
+    if not sep:
+        raise InvariantViolation(f"object key {name!r} names no group")
+    return group, key
 
 
 def initial_cseq(c0: Configuration) -> Cseq:
@@ -177,9 +199,15 @@ async def put_config(
 
 
 async def read_config(
-    net: Channel, cseq: Cseq, group: str, switches: OpSwitches = DEFAULT_SWITCHES
+    net: Channel,
+    cseq: Cseq,
+    group: str,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+    progress: Callable[[Cseq], None] | None = None,
 ) -> Cseq:
-    """Discovery: walk the chain from μ, writing every successor found back to a quorum."""
+    """Discovery: walk the chain from μ, writing every successor found back to a quorum.
+    ``progress`` hears the chain after each successor's write-back (so a caller keeps what was
+    found when a later hop fails, e.g. at a pending configuration whose servers are down)."""
     with tracing.span("read-config"):
         i = mu(cseq)
         while True:
@@ -192,6 +220,8 @@ async def read_config(
                 if back.status == "F" and not switches.write_back_final:
                     back = NextEntry(back.config, "P")  # (the right to finalize is an admin's)
                 await put_config(net, cseq[i].config, group, back, gc=switches.gc)
+            if progress is not None:
+                progress(cseq)
             i += 1
 
 
@@ -447,19 +477,85 @@ async def reconfig(
     backoff: paxos.Backoff,
     transfer_concurrency: int = 4,
     switches: OpSwitches = DEFAULT_SWITCHES,
+    discover: bool = True,
+    vet: Callable[[Cseq, Configuration], None] | None = None,
+    finish_first: bool = True,
+    exact_epoch: bool = False,
 ) -> tuple[Cseq, Configuration]:
-    """Install a successor of the group's last configuration; returns (cseq, decided).
+    """Install a successor of the chain's last configuration; returns (cseq, decided).
 
-    ``decided`` is the configuration consensus chose, which may be another reconfigurer's.
+    ``decided`` is the configuration consensus chose, which may be another reconfigurer's. A
+    chain that ends with a decided but unfinished successor (P) is completed first
+    (:func:`finish_pending`), so the proposal always follows a finalized configuration. The
+    proposal gets the epoch of its place in the chain (the last configuration's + 1).
+    ``vet(cseq, proposal)`` may refuse the proposal (raise) once the chain's end is known,
+    before consensus. ``discover=False``: ``cseq`` was just discovered by the caller.
+    ``finish_first=False``: propose on top of a P entry, as the original Ares does (then
+    update-config reads several sources; scenario tests of that path use it).
+    A proposal's epoch only ever grows along a chain (servers check it); one that is not above
+    the last configuration's gets last + 1, or, with ``exact_epoch``, is refused.
     """
-    cseq = await read_config(net, cseq, group, switches)
+    if discover:
+        cseq = await read_config(net, cseq, group, switches)
+    if cseq[-1].status == "P" and finish_first:
+        cseq = await finish_pending(
+            net, cseq, group=group, transfer_concurrency=transfer_concurrency, switches=switches
+        )
     if any(e.config.id == proposal.id for e in cseq):
         raise ConfigurationError(f"configuration id {proposal.id!r} is already in use")
     nu = len(cseq) - 1
     last = cseq[nu].config
+    if proposal.epoch <= last.epoch:
+        if exact_epoch:
+            # the descriptor is shared with other chains (``batch`` off): one id, one
+            # descriptor, so it cannot be given another epoch here
+            raise ConfigurationError(
+                f"chain {group!r} moved to epoch {last.epoch} concurrently; reconfigure again"
+            )
+        proposal = msgspec.structs.replace(proposal, epoch=last.epoch + 1)
+    if vet is not None:
+        vet(cseq, proposal)
     decided = await paxos.propose(
         net, last, group=group, value=proposal, proposer=proposer, backoff=backoff
     )
+    return await _install(net, cseq, nu, decided, group, transfer_concurrency, switches)
+
+
+async def finish_pending(
+    net: Channel,
+    cseq: Cseq,
+    *,
+    group: str,
+    transfer_concurrency: int = 4,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> Cseq:
+    """Complete the transfer into, and finalize, the chain's last configuration when it is only
+    P: consensus decided it, but its reconfigurer stopped before finalize-config (it crashed, or
+    the new servers were down). Any client may do it: the steps are those of the reconfigurer
+    after consensus (§6 update-config and finalize-config), each idempotent, and concurrent
+    finishers of one successor are safe as concurrent reconfigurers are (§8.2, §8.3). Needs a
+    quorum of the pending configuration's servers."""
+    if len(cseq) < 2 or cseq[-1].status != "P":
+        return cseq
+    with tracing.span("finish-pending", {"ares.config": cseq[-1].config.id}):
+        cseq, _ = await _install(
+            net, cseq, len(cseq) - 2, cseq[-1].config, group, transfer_concurrency, switches
+        )
+    return cseq
+
+
+async def _install(
+    net: Channel,
+    cseq: Cseq,
+    nu: int,
+    decided: Configuration,
+    group: str,
+    transfer_concurrency: int,
+    switches: OpSwitches,
+) -> tuple[Cseq, Configuration]:
+    """After consensus decided ``decided`` as the successor of ``cseq[nu]``: update-config
+    (§6, §8.2, §8.4) and finalize-config."""
+    last = cseq[nu].config
     pending = NextEntry(decided, "P")
     cseq = with_entry(cseq, nu + 1, pending)
     split = not switches.piggyback or switches.broken_split_handoff
@@ -500,6 +596,66 @@ async def reconfig(
     return cseq, decided
 
 
+class KeysPage(msgspec.Struct, frozen=True):
+    """One page of a key listing (:func:`list_keys`): keys in order, and where the next page
+    starts (None: this was the last)."""
+
+    keys: tuple[str, ...]
+    after: str | None
+
+
+async def list_keys(
+    net: Channel,
+    cseq: Cseq,
+    group: str,
+    *,
+    prefix: str = "",
+    after: str = "",
+    limit: int = GROUP_PAGE,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> tuple[KeysPage, Cseq]:
+    """One page of the object keys that start with ``prefix`` and sort after ``after``, held in
+    the chain's current configurations μ..ν (and any successor the replies reveal), keys only.
+
+    Every object whose write completed is listed: it is on a quorum of some configuration
+    μ..ν or of a successor (§7.2, §7.3), and every quorum intersects the one answering here.
+    Objects being created or transferred meanwhile may or may not be listed: a listing is not a
+    snapshot. A page covers keys up to the smallest last key of any server that has more, so
+    each key of it was reported by a full quorum of every configuration.
+    """
+
+    async def query(c: Configuration) -> tuple[tuple[list[str], str | None], NextEntry | None]:
+        replies = await net.round(
+            c, ListKeys(group, c.id, prefix, after, limit), expect=KeysReply, phase="list-keys"
+        )
+        bound: str | None = None
+        for _, r in replies:
+            if r.more and r.keys and (bound is None or r.keys[-1] < bound):
+                bound = r.keys[-1]
+        keys = [k for _, r in replies for k in r.keys if bound is None or k <= bound]
+        return (keys, bound), strongest(r.next for _, r in replies)
+
+    results, cseq, _ = await _query_all(net, cseq, group, query, switches)
+    bounds = [b for _, b in results if b is not None]
+    limit_key = min(bounds) if bounds else None
+    found = sorted({k for ks, _ in results for k in ks if limit_key is None or k <= limit_key})
+    return KeysPage(tuple(found), limit_key), cseq
+
+
+async def list_chains(net: Channel, c: Configuration, prefix: str, after: str) -> KeysPage:
+    """One page of the chain names with ``prefix`` after ``after`` that a quorum of ``c``
+    holds anything for (with ``batch`` off every object has a chain of its own)."""
+    replies = await net.round(
+        c, ListChains(prefix, after, GROUP_PAGE), expect=ChainsReply, phase="list-chains"
+    )
+    bound: str | None = None
+    for _, r in replies:
+        if r.more and r.names and (bound is None or r.names[-1] < bound):
+            bound = r.names[-1]
+    names = sorted({n for _, r in replies for n in r.names if bound is None or n <= bound})
+    return KeysPage(tuple(names), bound)
+
+
 async def list_objects(net: Channel, c0: Configuration, group: str) -> list[str]:
     """With ``batch`` off: the objects of ``group``, each with a chain of its own, as a quorum of
     the initial configuration ``c0`` knows them. Every such chain starts at ``c0``, and a quorum
@@ -509,18 +665,11 @@ async def list_objects(net: Channel, c0: Configuration, group: str) -> list[str]
     found: list[str] = []
     after = prefix
     while True:
-        replies = await net.round(
-            c0, ListChains(prefix, after, GROUP_PAGE), expect=ChainsReply, phase="list-chains"
-        )
-        bound: str | None = None
-        for _, r in replies:
-            if r.more and r.names and (bound is None or r.names[-1] < bound):
-                bound = r.names[-1]
-        names = {n for _, r in replies for n in r.names if bound is None or n <= bound}
-        found += [n[len(prefix) :] for n in sorted(names)]
-        if bound is None:
+        page = await list_chains(net, c0, prefix, after)
+        found += [n[len(prefix) :] for n in page.keys]
+        if page.after is None:
             return found
-        after = bound
+        after = page.after
 
 
 async def reconfig_objects(
@@ -534,26 +683,45 @@ async def reconfig_objects(
     backoff: paxos.Backoff,
     concurrency: int = 8,
     switches: OpSwitches = DEFAULT_SWITCHES,
+    vet: Callable[[Cseq, Configuration], None] | None = None,
 ) -> dict[str, tuple[Cseq, Configuration]]:
     """``batch`` off (the original Ares): reconfigure every object's own chain -- one consensus
     decision and one state transfer per object, ``concurrency`` objects at a time. Returns, per
-    chain name, its new cseq and the configuration decided for it."""
-    slots = asyncio.Semaphore(concurrency)
+    chain name, its new cseq and the configuration decided for it.
 
-    async def one(key: str) -> tuple[str, tuple[Cseq, Configuration]]:
-        chain = chain_of(group, key, switches)
+    The chains have different lengths (an object created after a reconfiguration starts at the
+    initial configuration), but ``proposal`` is one descriptor, and a configuration id names one
+    descriptor on every server. So every chain is discovered first and the proposal gets one
+    epoch above all their ends: epochs then still grow along each chain, which is what servers
+    check and LATEST_CONFIG relies on (tests/integration/test_reconfig_inproc.py)."""
+    slots = asyncio.Semaphore(concurrency)
+    chains = [chain_of(group, key, switches) for key in keys]
+
+    async def discover(chain: str) -> tuple[str, Cseq]:
+        async with slots:
+            return chain, await read_config(net, cseq_of(chain), chain, switches)
+
+    views = dict(await asyncio.gather(*(discover(c) for c in chains)))
+    top = max((v[-1].config.epoch for v in views.values()), default=0)
+    if proposal.epoch <= top:
+        proposal = msgspec.structs.replace(proposal, epoch=top + 1)
+
+    async def one(chain: str) -> tuple[str, tuple[Cseq, Configuration]]:
         async with slots:
             return chain, await reconfig(
                 net,
-                cseq_of(chain),
+                views[chain],
                 group=chain,
                 proposal=proposal,
                 proposer=proposer,
                 backoff=backoff,
                 switches=switches,
+                vet=vet,
+                discover=False,
+                exact_epoch=True,
             )
 
-    return dict(await asyncio.gather(*(one(k) for k in keys)))
+    return dict(await asyncio.gather(*(one(c) for c in chains)))
 
 
 async def finalize_everywhere(

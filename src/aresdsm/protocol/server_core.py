@@ -40,9 +40,11 @@ from ..wire.messages import (
     GetStats,
     GroupReply,
     InstallConfig,
+    KeysReply,
     LatestConfig,
     ListChains,
     ListEntry,
+    ListKeys,
     ListReply,
     NextEntry,
     NextReply,
@@ -73,6 +75,8 @@ StateKey = tuple[str, str, str]
 InstanceKey = tuple[str, str]
 """(group, config_id)"""
 MAX_KEYS_PAGE = 10_000
+MAX_LIST_BYTES = 1024 * 1024
+"""Characters of keys in one KeysReply at most (at least one key per page)."""
 MAX_PAGE_BYTES = 32 * 1024 * 1024
 """Values in one GroupReply page at most (one object more than this never: a page holds at
 least one object, and one object fits the 64 MiB frame limit)."""
@@ -353,6 +357,31 @@ class ServerCore:
         more = len(keys) > len(states)
         return GroupReply(tuple(states), more, self._next(req.group, req.config_id)), writes
 
+    def _on_list_keys(self, req: ListKeys) -> Result:
+        """Object keys only, by prefix, paged: at most ``limit`` (≤ MAX_KEYS_PAGE) keys and
+        about MAX_LIST_BYTES of them; O(log n) to find the page start (bisection over the
+        cached sorted keys)."""
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
+            return c, []
+        limit = max(1, min(req.limit, MAX_KEYS_PAGE))
+        ordered = self._ordered_keys((req.group, req.config_id))
+        if req.prefix > req.after:
+            i = bisect.bisect_left(ordered, req.prefix)
+        else:
+            i = bisect.bisect_right(ordered, req.after)
+        keys: list[str] = []
+        size = 0
+        more = False
+        while i < len(ordered) and ordered[i].startswith(req.prefix):
+            if len(keys) >= limit or (keys and size + len(ordered[i]) > MAX_LIST_BYTES):
+                more = True
+                break
+            keys.append(ordered[i])
+            size += len(ordered[i])
+            i += 1
+        return KeysReply(tuple(keys), more, self._next(req.group, req.config_id)), []
+
     def _on_list_chains(self, req: ListChains) -> Result:
         """The chains (groups) this server holds anything for, by prefix, paged (§8.4 with
         ``batch`` off: one chain per object)."""
@@ -398,7 +427,7 @@ class ServerCore:
         c = self._config(req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
-        bad = _bad_configuration(req.entry.config)
+        bad = _bad_configuration(req.entry.config) or _bad_successor(c, req.entry.config)
         if bad is not None:
             return bad, []
         inst = (req.group, req.config_id)
@@ -457,7 +486,7 @@ class ServerCore:
             return c, []
         if not 0 <= req.ballot.round < MAX_COUNTER:
             return ErrorReply("bad-request", f"ballot round out of range: {req.ballot}"), []
-        bad = _bad_configuration(req.value)
+        bad = _bad_configuration(req.value) or _bad_successor(c, req.value)
         if bad is not None:
             return bad, []
         inst = (req.group, req.config_id)
@@ -470,12 +499,15 @@ class ServerCore:
         return reply, [Record(paxos.NS, req.group, req.config_id, "", _enc.encode(new))]
 
     def _on_latest_config(self, req: LatestConfig) -> Result:
-        """§8.5: the end of the F-chain this server knows for the group (any F entry is safe to
-        adopt; the client follows nextC from there)."""
-        succ = {c: e for (g, c), e in self.nextc.items() if g == req.group and e.status == "F"}
-        known = list(succ.values()) + [e for (g, _), e in self.finals.items() if g == req.group]
-        ends = {e.config.id: e for e in known if e.config.id not in succ}
-        best = min(ends.values(), key=lambda e: e.config.id) if ends else None
+        """§8.5: the newest finalized configuration this server knows for the chain, by its
+        position (epoch) in the chain, never by its id (any F entry is safe to adopt; the client
+        follows nextC from there). Linear in the entries held for all chains: a few per
+        reconfiguration (one chain per cluster in Ares II)."""
+        best: NextEntry | None = None
+        for (g, _), e in [*self.nextc.items(), *self.finals.items()]:
+            newer = best is None or e.config.epoch > best.config.epoch
+            if g == req.group and e.status == "F" and newer:
+                best = e
         return NextReply(best), []
 
     def _on_finalized(self, req: Finalized) -> Result:
@@ -539,8 +571,8 @@ successor still encodes (an extreme value must not make a key or an instance unw
 
 
 def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
-    if "\x00" in key:
-        return ErrorReply("bad-request", "object keys must not contain NUL")
+    if key.count("\x00") > 1:  # Ares II keys are group NUL key (docs/protocol.md §2)
+        return ErrorReply("bad-request", "object keys hold at most one NUL (group and key)")
     if not 0 <= tag.z < MAX_COUNTER:
         return ErrorReply("bad-request", f"tag number out of range: {tag.z}")
     return None
@@ -552,6 +584,19 @@ def _bad_configuration(c: Configuration) -> ErrorReply | None:
         validate_configuration(c)
     except ConfigurationError as e:
         return ErrorReply("bad-request", str(e))
+    return None
+
+
+def _bad_successor(c: Configuration, successor: Configuration) -> ErrorReply | None:
+    """Epochs grow along a chain (Configuration.epoch): in the cluster's chain a successor's is
+    its predecessor's + 1; with ``batch`` off one descriptor ends chains of different lengths,
+    so it is only required to be above each predecessor's."""
+    if successor.epoch <= c.epoch:
+        return ErrorReply(
+            "bad-request",
+            f"successor {successor.id} of {c.id} must have an epoch above {c.epoch}, "
+            f"not {successor.epoch}",
+        )
     return None
 
 
@@ -573,6 +618,7 @@ _HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {
     PutBatch: ServerCore._on_put_batch,
     GetGroup: ServerCore._on_get_group,
     ListChains: ServerCore._on_list_chains,
+    ListKeys: ServerCore._on_list_keys,
     ReadConfig: ServerCore._on_read_config,
     WriteConfig: ServerCore._on_write_config,
     Prepare: ServerCore._on_prepare,

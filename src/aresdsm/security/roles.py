@@ -7,7 +7,9 @@ role is below it; the protocol core never sees the request.
 
 What ordinary clients must still send -- and are allowed exactly that:
 
-* reads: QueryTag, QueryData, QueryList, ReadConfig, LatestConfig, Ping (``read``);
+* reads: QueryTag, QueryData, QueryList, ReadConfig, LatestConfig, Ping, and ListKeys -- the
+  object keys of a group, never values (``Store.groups()``, listings): a reader may read every
+  object anyway (``read``);
 * a reader's **write-back** of a value (phase 2 of a read, §4): PutData. Until the writer's MAC
   of §13 exists a server cannot tell a write-back from a forged new value, so a ``read`` client's
   PutData is accepted only when it adds nothing the server does not hold already
@@ -44,6 +46,7 @@ from ..wire.messages import (
     InstallConfig,
     LatestConfig,
     ListChains,
+    ListKeys,
     Ping,
     Prepare,
     PutBatch,
@@ -69,6 +72,7 @@ REQUIRED: dict[type, str] = {
     QueryList: "read",
     ReadConfig: "read",
     LatestConfig: "read",
+    ListKeys: "read",  # object keys, never values: a reader may read every object anyway
     PutData: "write",  # "read" for a write-back that adds nothing new: see required_role
     WriteConfig: "admin",  # "read" for a P entry (discovery write-back): see required_role
     Prepare: "admin",

@@ -334,15 +334,16 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
                     ch,
                     cseq,
                     group=chain,
-                    key=key,
+                    key=ares.object_key(GROUP, key, world.switches),
                     value=Blob(value),
                     writer=writer_id(name, n),
                     switches=world.client_switches,
                 )
                 digest = value_digest(value)
             else:
+                okey = ares.object_key(GROUP, key, world.switches)
                 res, cseq = await ares.read(
-                    ch, cseq, group=chain, key=key, switches=world.client_switches
+                    ch, cseq, group=chain, key=okey, switches=world.client_switches
                 )
                 tag, digest = res.tag, value_digest(res.value.data)
             world.learn(name, chain, cseq)
@@ -390,14 +391,14 @@ async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -
             if world.switches.batch:
                 cseq, decided = await ares.reconfig(
                     ch,
-                    world.cseq(name, GROUP),
-                    group=GROUP,
+                    world.cseq(name, ares.CLUSTER_CHAIN),
+                    group=ares.CLUSTER_CHAIN,
                     proposal=proposal,
                     proposer=f"{name}.{n}",
                     backoff=backoff,
                     switches=world.switches,
                 )
-                world.learn(name, GROUP, cseq)
+                world.learn(name, ares.CLUSTER_CHAIN, cseq)
             else:  # the original Ares: every object's chain on its own
                 done = await ares.reconfig_objects(
                     ch,
@@ -523,8 +524,9 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
         start = world.loop.time()
         try:
             chain = ares.chain_of(GROUP, key, world.switches)
+            okey = ares.object_key(GROUP, key, world.switches)
             res, _ = await ares.read(
-                ch, world.longest(chain), group=chain, key=key, switches=world.switches
+                ch, world.longest(chain), group=chain, key=okey, switches=world.switches
             )
         except AresError as e:
             world.failures.append(f"final read of {key} failed after healing: {e}")

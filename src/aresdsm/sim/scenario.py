@@ -89,7 +89,7 @@ class ScenarioClient:
         self.cseqs: dict[str, ares.Cseq] = {}
         self.ops = 0
 
-    def cseq(self, chain: str = GROUP) -> ares.Cseq:
+    def cseq(self, chain: str = ares.CLUSTER_CHAIN) -> ares.Cseq:
         return self.cseqs.get(chain) or ares.initial_cseq(self.sc.c0)
 
     def _learn(self, chain: str, cseq: ares.Cseq) -> None:
@@ -103,7 +103,7 @@ class ScenarioClient:
             self.channel,
             self.cseq(chain),
             group=chain,
-            key=key,
+            key=ares.object_key(GROUP, key, self.switches),
             value=Blob(value),
             writer=writer_id(self.name, self.ops),
             switches=self.switches,
@@ -114,14 +114,17 @@ class ScenarioClient:
     async def read(self, key: str) -> bytes:
         op = self.sc.invoke("read", self.name, key, None)
         chain = ares.chain_of(GROUP, key, self.switches)
+        okey = ares.object_key(GROUP, key, self.switches)
         res, cseq = await ares.read(
-            self.channel, self.cseq(chain), group=chain, key=key, switches=self.switches
+            self.channel, self.cseq(chain), group=chain, key=okey, switches=self.switches
         )
         self._learn(chain, cseq)
         self.sc.complete(op, value_digest(res.value.data))
         return bytes(res.value.data)
 
-    async def reconfig(self, proposal: Configuration) -> Configuration:
+    async def reconfig(
+        self, proposal: Configuration, *, finish_first: bool = True
+    ) -> Configuration:
         """Reconfigure the group; with ``batch`` off, every object the initial configuration
         knows, one by one (returns the configuration decided for the last of them)."""
 
@@ -148,13 +151,14 @@ class ScenarioClient:
         cseq, decided = await ares.reconfig(
             self.channel,
             self.cseq(),
-            group=GROUP,
+            group=ares.CLUSTER_CHAIN,
             proposal=proposal,
             proposer=self.name,
             backoff=backoff,
             switches=self.switches,
+            finish_first=finish_first,
         )
-        self._learn(GROUP, cseq)
+        self._learn(ares.CLUSTER_CHAIN, cseq)
         return decided
 
 

@@ -1,9 +1,12 @@
 """Wire messages (docs/architecture.md principle 3): typed, frozen msgspec structs, one union.
 
-Every data request names ``(group, config_id, key)`` so that server state is keyed the same way
-from the first release on (docs/protocol.md §2): the group's configuration chain, the configuration,
-the object. The DAP messages are those of docs/protocol.md §4.1 (ABD); later protocol roles add
-their own structs to :data:`Message`.
+Every data request names ``(group, config_id, key)``: the configuration *chain*, the
+configuration, the object. The field is called ``group`` for history; it names the chain. In
+Ares II a cluster has one chain (``protocol.ares.CLUSTER_CHAIN``) and the object key is the
+composite ``group\x00key`` (groups are namespaces, docs/protocol.md §2, §8.4); with ``batch`` off
+every object has a chain of its own, named ``group\x00key``, and the key is the plain key.
+The DAP messages are those of docs/protocol.md §4.1 (ABD); later protocol roles add their
+own structs to :data:`Message`.
 
 Replies to a request are one of the reply structs or :class:`ErrorReply`. An error reply is never
 a partial answer: a client treats it like a missing reply (it does not count towards a quorum).
@@ -173,6 +176,20 @@ class ListChains(_Msg, frozen=True, tag="chains"):
     limit: int
 
 
+class ListKeys(_Msg, frozen=True, tag="keys"):
+    """The object keys (never values) the server holds for (group, config_id) that start with
+    ``prefix`` and sort after ``after``, in order, at most ``limit`` (and a byte budget) of them.
+    ``group`` names the configuration chain (in Ares II the cluster's one chain, whose object keys
+    are ``group\x00key``, docs/protocol.md §2); clients list groups and keys with it. Answered by
+    KeysReply, or OBSOLETE for a garbage-collected configuration (§8.3)."""
+
+    group: str
+    config_id: str
+    prefix: str
+    after: str
+    limit: int
+
+
 class Finalized(_Msg, frozen=True, tag="fin"):
     """Tells the servers of a newly finalized configuration that it is F (so that they can answer
     LATEST_CONFIG once the old servers are gone, §8.5). Sent after finalize-config."""
@@ -262,6 +279,13 @@ class ChainsReply(_Msg, frozen=True, tag="chainsr"):
     more: bool
 
 
+class KeysReply(_Msg, frozen=True, tag="keysr"):
+    keys: tuple[str, ...]
+    more: bool
+    """More keys match after the last one given."""
+    next: NextEntry | None = None
+
+
 class GroupReply(_Msg, frozen=True, tag="groupr"):
     objects: tuple[ObjectState, ...]
     more: bool
@@ -315,6 +339,7 @@ Request = (
     | InstallConfig
     | GetGroup
     | ListChains
+    | ListKeys
     | LatestConfig
     | Finalized
     | GetStats
@@ -331,6 +356,7 @@ Reply = (
     | Nack
     | GroupReply
     | ChainsReply
+    | KeysReply
     | Obsolete
     | Stats
     | ErrorReply
