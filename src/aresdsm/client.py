@@ -42,6 +42,7 @@ from .config import (
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
 from .history import OpKind, OpRecord, value_digest, write_records
+from .limits import MAX_NAME_BYTES
 from .net.client import TcpChannel, context_without_deadline
 from .net.client import deadline as net_deadline
 from .protocol import ares, ops
@@ -52,7 +53,8 @@ from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, P
 
 T = TypeVar("T")
 log = logging.getLogger("aresdsm.client")
-MAX_KEY_BYTES = 1024
+MAX_KEY_BYTES = MAX_NAME_BYTES
+"""An object key or group name (the server checks its own limits too: aresdsm.limits)."""
 FRAME_SLACK_BYTES = 64 * 1024
 """Room for a reply's header and coding padding next to its values."""
 MAX_BACKGROUND_FINALIZE = 16

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import ConfigurationError
+from .limits import MAX_CONFIG_ID_BYTES, ServerLimits
 
 DapKind = Literal["abd", "treas"]
 DAP_KINDS: tuple[str, ...] = ("abd", "treas")
@@ -27,7 +28,7 @@ MAX_SERVERS = 255
 """Servers in one configuration at most (a descriptor arrives from the network too)."""
 MAX_TREAS_N = 32
 """ISA-L's Vandermonde Reed–Solomon codes at most 32 elements (coding.MAX_N)."""
-MAX_ID_BYTES = 1024
+MAX_ID_BYTES = MAX_CONFIG_ID_BYTES
 MAX_EPOCH = 2**62
 """Configuration epochs (positions in the chain) a descriptor may carry."""
 MAX_FRAME_BYTES_LIMIT = 1024 * 1024 * 1024
@@ -209,6 +210,9 @@ class ClusterFile(msgspec.Struct, frozen=True):
     """Revoked certificates: one serial number (hex) or identity per line (docs/security.md)."""
     insecure: bool = False
     """``[cluster] insecure = true``: plaintext, no authentication (explicit opt-in)."""
+    server_limits: dict[str, Any] = {}
+    """The ``[server]`` table as given (validated): limits every server of the cluster applies
+    (:class:`aresdsm.limits.ServerLimits`); ``ares server`` options override them."""
 
     def server(self, server_id: str) -> ServerInfo:
         for s in self.servers:
@@ -248,7 +252,7 @@ def parse_cluster(
     """Validate a cluster file already parsed from TOML. Relative TLS paths are resolved
     against ``base_dir`` (the cluster file's directory). A file without a ``[tls]`` table needs
     ``insecure = true`` in ``[cluster]``, or ``insecure`` here (``--insecure``)."""
-    known = {"cluster", "servers", "initial", "client", "tls"}
+    known = {"cluster", "servers", "initial", "client", "server", "tls"}
     unknown = set(data) - known
     if unknown:
         raise ConfigurationError(
@@ -377,6 +381,8 @@ def parse_cluster(
             "encryption; create certificates (ares cluster start, ares certs) or set "
             "insecure = true in [cluster] to run plaintext on purpose"
         )
+    server_table = data.get("server", {})
+    ServerLimits.from_table(server_table, where=f"{source}: [server]")  # validate now
     return ClusterFile(
         servers=tuple(servers),
         initial=initial,
@@ -386,6 +392,7 @@ def parse_cluster(
         server_tls=server_tls,
         deny_file=deny_file,
         insecure=tls_table is None,
+        server_limits=dict(server_table),
     )
 
 
@@ -463,4 +470,8 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
         f"max_frame_bytes = {o.max_frame_bytes}",
         "",
     ]
+    if cluster.server_limits:
+        lines.append("[server]")
+        lines += [f"{k} = {v!r}" for k, v in sorted(cluster.server_limits.items())]
+        lines.append("")
     return "\n".join(lines)

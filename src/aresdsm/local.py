@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -95,6 +96,7 @@ class LocalCluster:
         timeout_s: float = 5.0,
         link_delay_ms: float = 0.0,
         insecure: bool = False,
+        server_limits: dict[str, Any] | None = None,
     ) -> LocalCluster:
         """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
         are those of a relay that delays every message by that much each way, in front of the
@@ -128,6 +130,7 @@ class LocalCluster:
             server_tls=server_tls,
             deny_file=deny_file,
             insecure=insecure,
+            server_limits=dict(server_limits or {}),
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
         return cls(base, cf, storage=storage, listen=listen, link_delay_ms=link_delay_ms)
@@ -191,7 +194,10 @@ class LocalCluster:
         ddir.mkdir(parents=True, exist_ok=True)
         ready = ddir / "ready"
         ready.unlink(missing_ok=True)
-        log = open(ddir / "server.log", "ab")  # noqa: SIM115 - handed to the child process
+        # 0600 like everything in a data directory (handed to the child process)
+        log = os.fdopen(
+            os.open(ddir / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+        )
         cmd = [
             self.python,
             "-m",

@@ -31,16 +31,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
+import os
 import signal
 import ssl
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, cast
 
 from . import tracing
 from .config import Configuration, TlsFiles
 from .errors import ConfigurationError, FrameError
+from .limits import ServerLimits
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
 from .security.macs import load_key
@@ -53,11 +57,12 @@ from .security.tls import (
     role_level,
     server_context,
 )
+from .serverlog import BadInputLog, state_events
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
-from .wire.messages import Envelope, ErrorReply, GetStats, Reply, Request
+from .wire.messages import Envelope, ErrorReply, GetStats, PutBatch, PutData, Reply, Request
 
 log = logging.getLogger("aresdsm.server")
 
@@ -87,34 +92,55 @@ def is_loopback(peer: Any) -> bool:
     return ip.is_loopback
 
 
+_DATA_WRITES = (PutData, PutBatch)
+"""Requests whose writes are object state only (no reconfiguration step to log)."""
+
+
 class _Conn(asyncio.Protocol):
     """One client connection.
 
-    Reading is paused while either of two limits is reached: ``max_in_flight`` requests waiting
-    for a commit, or the transport's write buffer above its high-water mark (``pause_writing``:
-    the client does not read its replies). Both feed one decision, :meth:`update_reading`, so
-    that the end of one condition never resumes reading while the other still holds. While
-    paused, frames already received wait in ``backlog`` undecoded: one received chunk can hold
-    thousands of small requests, each of which may have a large reply.
+    Requests are handled while none of these holds (:meth:`update_reading` decides, the only
+    place that pauses or resumes): ``max_in_flight`` requests wait for a commit; the replies held
+    for the connection (encoded, waiting for their commit or in the transport's write buffer)
+    exceed ``max_conn_reply_bytes`` -- counted here, so the bound is the same on uvloop and on the
+    stdlib loop; the transport's write buffer is above its high-water mark (``pause_writing``: the
+    client does not read its replies). Reading is paused while requests are not handled, and also
+    while complete requests waiting in ``backlog`` exceed ``max_conn_request_bytes``. Frames
+    received while paused wait in ``backlog`` undecoded: one received chunk can hold thousands of
+    small requests, each of which may have a large reply.
     """
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.frames = FrameBuffer(max_frame_bytes=server.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        """The peer's IP address (connection limits are per address)."""
         self.pending = 0
         """Requests handled whose reply waits for a commit."""
         self.paused = False
-        """Reading is paused (and the backlog is not being handled)."""
+        """Reading is paused."""
+        self.blocked = False
+        """Requests are not being handled (the backlog waits)."""
         self.writing_paused = False
         """The transport's write buffer is above its high-water mark."""
         self.backlog: deque[bytes] = deque()
+        self.backlog_bytes = 0
+        self.reply_bytes = 0
+        """Bytes of encoded replies waiting for their commit."""
+        self.partial = 0
+        """Bytes of the incomplete frame counted in the server's total (0 if exempt)."""
+        self.frame_started: float | None = None
+        """When the first byte of the incomplete frame arrived (None: no incomplete frame)."""
+        self.last_active = 0.0
+        self.admitted = False
         self._handling = False
         self.identity: PeerIdentity | None = None
         """The client certificate's identity (None: plaintext)."""
         self.level = 0
         """The connection's role level (:func:`~aresdsm.security.tls.role_level`)."""
-        self.peer = "?"
+        self.peer_text = "?"
+        """``ip:port``, for the log and the audit log."""
         self.refusal_logged = False
         self.tls_out: list[Any] = []
         """TLS: reply buffers written in this loop iteration, sent as one write (flush_tls)."""
@@ -124,7 +150,9 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         srv = self.server
         peer = transport.get_extra_info("peername")
-        self.peer = _peer_text(peer)
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0])
+        self.peer_text = _peer_text(peer)
         if srv.tls is not None:
             self.identity = peer_identity(transport)
             if self.identity is None:  # (CERT_REQUIRED: the handshake already refused it)
@@ -133,8 +161,8 @@ class _Conn(asyncio.Protocol):
                 return
             if srv.deny.denies(self.identity):
                 srv.bump("refused-denied")
-                log.warning(
-                    "refused %s from %s: on the deny list", self.identity.describe(), self.peer
+                srv.refusals.warning(
+                    f"refused {self.identity.describe()} from {self.peer_text}: on the deny list"
                 )
                 self.transport.abort()
                 return
@@ -142,30 +170,48 @@ class _Conn(asyncio.Protocol):
         else:
             if not srv.allow_remote_plaintext and not is_loopback(peer):
                 srv.bump("refused-remote-plaintext")
-                if srv.core.counters["refused-remote-plaintext"] in (1, 10, 100, 1000, 10000):
-                    log.warning(
-                        "refused a plaintext connection from %s (protected mode: an insecure "
-                        "server accepts loopback clients only; %d refused so far)",
-                        self.peer,
-                        srv.core.counters["refused-remote-plaintext"],
-                    )
+                srv.refusals.warning(
+                    f"refused a plaintext connection from {self.peer_text} (protected mode: an "
+                    "insecure server accepts loopback clients only)"
+                )
                 self.transport.abort()
                 return
             self.level = ADMIN_LEVEL  # plaintext: no authentication, nothing to check
-        srv.connections.add(self)
-        srv.bump("connections")
+        limit = srv.limits.max_conn_reply_bytes
+        self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        srv.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.server.forget(self)
         self.transport = None
         self.backlog.clear()
+        self.backlog_bytes = 0
+
+    def idle(self) -> bool:
+        """Nothing in progress: no request waiting, no reply held, no partial frame."""
+        t = self.transport
+        return (
+            self.pending == 0
+            and not self.backlog
+            and self.frame_started is None
+            and (t is None or t.get_write_buffer_size() == 0)
+        )
 
     def data_received(self, data: bytes) -> None:
+        srv = self.server
+        srv.touch(self)
         try:
-            self.backlog.extend(self.frames.feed(data))
+            bodies = self.frames.feed(data)
         except FrameError as e:
             self._reject(e)
             return
+        for body in bodies:
+            self.backlog.append(body)
+            self.backlog_bytes += len(body)
+        if not srv.track_partial(self, bool(bodies)):
+            return
+        if self.backlog_bytes >= srv.limits.max_conn_request_bytes:
+            self.update_reading()
         self._handle_backlog()
 
     def _handle_backlog(self) -> None:
@@ -174,34 +220,46 @@ class _Conn(asyncio.Protocol):
         self._handling = True
         try:
             srv = self.server
-            while self.backlog and not self.paused:
+            while self.backlog and not self.blocked:
                 if self.transport is None or self.transport.is_closing():
                     self.backlog.clear()
+                    self.backlog_bytes = 0
                     return
                 body = self.backlog.popleft()
+                self.backlog_bytes -= len(body)
                 try:
                     env = srv.decoder.decode_body(body)
                 except FrameError as e:
                     self._reject(e)
                     return
                 srv.handle(self, env)
+            if self.paused:
+                self.update_reading()
         finally:
             self._handling = False
 
     def _reject(self, e: FrameError) -> None:
         self.server.bump("bad-frames")
-        log.warning("closing connection after bad input: %s", e)
+        self.server.bad_input.warning(f"closing connection from {self.peer} after bad input", e)
         self.backlog.clear()
+        self.backlog_bytes = 0
         if self.transport is not None:
             self.transport.close()
 
+    def encode(self, rid: int, reply: Reply) -> list[bytes | memoryview]:
+        try:
+            return self.server.encoder.encode(Envelope(rid, reply))
+        except FrameError as e:  # reply too large (or not encodable): answer with an error
+            return self.server.encoder.encode(Envelope(rid, ErrorReply("bad-request", str(e))))
+
     def send(self, rid: int, reply: Reply) -> None:
+        self.write(self.encode(rid, reply))
+
+    def write(self, bufs: list[bytes | memoryview]) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        try:
-            bufs = self.server.encoder.encode(Envelope(rid, reply))
-        except FrameError as e:  # reply too large (or not encodable): answer with an error
-            bufs = self.server.encoder.encode(Envelope(rid, ErrorReply("bad-request", str(e))))
+        if not self.writing_paused:  # replies move: the connection is active
+            self.server.touch(self)
         if self.server.tls is None:
             self.transport.writelines(bufs)
             return
@@ -219,21 +277,33 @@ class _Conn(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def update_reading(self) -> None:
-        """Pause or resume reading to match both limits (the only place that does either)."""
+        """Pause or resume handling and reading to match every limit (the only place that
+        does either)."""
         if self.transport is None or self.transport.is_closing():
             return
-        want_paused = self.writing_paused or self.pending >= self.server.max_in_flight
+        limits = self.server.limits
+        held = self.reply_bytes + self.transport.get_write_buffer_size()
+        self.blocked = (
+            self.writing_paused
+            or self.pending >= self.server.max_in_flight
+            or held >= limits.max_conn_reply_bytes
+        )
+        want_paused = self.blocked or self.backlog_bytes >= limits.max_conn_request_bytes
         if want_paused and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         elif not want_paused and self.paused:
             self.paused = False
+            if self.frame_started is not None:  # its sender could not send while we paused
+                self.frame_started = self.server.now()
             self.transport.resume_reading()
+        if not self.blocked and self.backlog:
             self._handle_backlog()
 
-    def request_done(self) -> None:
+    def request_done(self, reply_bytes: int = 0) -> None:
         self.pending -= 1
-        if self.paused:
+        self.reply_bytes -= reply_bytes
+        if self.paused or self.blocked:
             self.update_reading()
 
     def pause_writing(self) -> None:
@@ -242,6 +312,7 @@ class _Conn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.server.touch(self)
         self.update_reading()
 
 
@@ -256,13 +327,14 @@ class Server:
         port: int,
         storage: Storage,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        max_in_flight: int = 4096,
         tls: ssl.SSLContext | None = None,
         deny: DenyList | None = None,
         audit: AuditLog | None = None,
         allow_remote_plaintext: bool = False,
         broken_skip_authorization: bool = False,
         admin_key: bytes | None = None,
+        max_in_flight: int | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.server_id = server_id
         self.admin_key = admin_key
@@ -279,12 +351,50 @@ class Server:
         self.host = host
         self.port = port
         self.storage = storage
+        self.limits = limits if limits is not None else ServerLimits()
         self.max_frame_bytes = max_frame_bytes
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = max_in_flight or self.limits.max_in_flight
         self.encoder = Encoder(max_frame_bytes=max_frame_bytes)
         self.decoder = Decoder()
-        self.core = ServerCore.recover(server_id, list(storage.load()))
+        self.bad_input = BadInputLog(
+            log,
+            per_s=self.limits.log_bad_input_per_s,
+            burst=self.limits.log_bad_input_burst,
+            max_chars=self.limits.log_input_prefix_chars,
+        )
+        self.refusals = BadInputLog(  # refused and closed connections: INFO, bounded
+            log,
+            per_s=self.limits.log_bad_input_per_s,
+            burst=self.limits.log_bad_input_burst,
+            max_chars=self.limits.log_input_prefix_chars,
+            level=logging.INFO,
+        )
+        started = time.perf_counter()
+        records = list(storage.load())
+        self.core = ServerCore.recover(server_id, records)
+        st = self.core.stats()
+        log.info(
+            "server %s recovered %d records in %.3f s: %d configurations, %d objects "
+            "(%d value bytes), %d consensus instances, %d collected",
+            server_id,
+            len(records),
+            time.perf_counter() - started,
+            len(self.core.configs),
+            st.objects,
+            st.stored_bytes,
+            len(self.core.acceptors),
+            len(self.core.collected),
+        )
+        del records
         self.connections: set[_Conn] = set()
+        self._by_activity: OrderedDict[_Conn, None] = OrderedDict()
+        """Admitted connections, least recently active first."""
+        self._by_address: dict[str, OrderedDict[_Conn, None]] = {}
+        self._partials: dict[_Conn, None] = {}
+        """Connections with an incomplete frame (their deadlines are checked by the sweeper)."""
+        self.partial_bytes = 0
+        """Bytes of incomplete frames above ``small_frame_bytes``, all connections together."""
+        self._sweeper: asyncio.TimerHandle | None = None
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
@@ -292,7 +402,7 @@ class Server:
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
 
-    def _refuse(self, conn: _Conn, rid: int, body: Request, need: str) -> None:
+    def _unauthorized(self, conn: _Conn, rid: int, body: Request, need: str) -> None:
         """``unauthorized``: the connection's role is below what ``body`` needs (§13)."""
         self.bump("unauthorized")
         who = conn.identity.describe() if conn.identity is not None else "plaintext client"
@@ -307,7 +417,7 @@ class Server:
                 need,
             )
             if self.audit is not None:
-                self.audit.record(who=who, peer=conn.peer, req=body, outcome="unauthorized")
+                self.audit.record(who=who, peer=conn.peer_text, req=body, outcome="unauthorized")
         have = conn.identity.role if conn.identity is not None else None
         conn.send(
             rid,
@@ -339,6 +449,9 @@ class Server:
         writes = self.core.install_config(initial)
         if writes:
             await self.storage.submit(writes)
+            log.info(
+                "server %s: installed the initial configuration %s", self.server_id, initial.id
+            )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -360,8 +473,17 @@ class Server:
         self.port = sock.getsockname()[1]
         if self.deny.path is not None:
             self._deny_task = loop.create_task(self._watch_deny_list())
-        mode = "mutual TLS" if self.tls is not None else "PLAINTEXT (insecure)"
-        log.info("server %s listening on %s:%d, %s", self.server_id, self.host, self.port, mode)
+        log.info(
+            "server %s listening on %s:%d, %s (%s, max %d connections, %d per address)",
+            self.server_id,
+            self.host,
+            self.port,
+            "mutual TLS" if self.tls is not None else "PLAINTEXT (insecure)",
+            type(loop).__module__.split(".")[0],
+            self.limits.max_connections,
+            self.limits.max_connections_per_address,
+        )
+        self._schedule_sweep()
 
     def handle(self, conn: _Conn, env: Envelope) -> None:
         if not isinstance(env.body, _REQUEST_TYPES):
@@ -373,12 +495,12 @@ class Server:
         body = cast(Request, env.body)
         need = refusal(body, self.core, conn.level, self.admin_key)
         if need is not None and not self.broken_skip_authorization:
-            self._refuse(conn, env.rid, body, need)
+            self._unauthorized(conn, env.rid, body, need)
             return
-        if isinstance(body, GetStats):
+        if isinstance(body, GetStats):  # O(1): running totals of the core, no storage scan
             if self.audit is not None:
                 self._audit(conn, body, "Stats")
-            conn.send(env.rid, self.core.stats(self.storage.stored_bytes()))
+            conn.send(env.rid, self.core.stats())
             return
         if self.fatal is not None or self.storage.failed is not None:
             # fail-stop: the in-memory state may hold what never became durable; answer
@@ -404,6 +526,9 @@ class Server:
             self._audit(conn, body, _outcome(reply))
         if writes:
             self.storage.submit(writes)
+            if not isinstance(body, _DATA_WRITES) and log.isEnabledFor(logging.INFO):
+                for level, event in state_events(writes):
+                    log.log(level, "server %s: %s", self.server_id, event)
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
@@ -411,21 +536,26 @@ class Server:
                 tracing.end_server_span(span, reply)
             return
         wait = tracing.start_child("storage-wait", span)
-        conn.pending += 1
-        if conn.pending >= self.max_in_flight and conn.transport is not None:
-            conn.update_reading()
         rid = env.rid
+        # encoded now: its size counts against the connection's reply budget while it waits
+        bufs = conn.encode(rid, reply)
+        size = sum(len(b) for b in bufs)
+        conn.pending += 1
+        conn.reply_bytes += size
+        if conn.transport is not None:
+            conn.update_reading()
 
         def durable(fut: asyncio.Future[None]) -> None:
-            conn.request_done()
             if wait is not None:
                 wait.end()
             if fut.cancelled() or fut.exception() is not None:
+                conn.request_done(size)
                 exc = fut.exception() or RuntimeError("commit cancelled")
                 tracing.fail_server_span(span, exc)
                 self._fail(exc)
                 return
-            conn.send(rid, reply)
+            conn.write(bufs)  # before request_done: the bytes move from held to the buffer
+            conn.request_done(size)
             if span is not None:
                 tracing.end_server_span(span, reply)
 
@@ -434,7 +564,151 @@ class Server:
     def _audit(self, conn: _Conn, body: Request, outcome: str) -> None:
         assert self.audit is not None
         who = conn.identity.describe() if conn.identity is not None else "plaintext client"
-        self.audit.record(who=who, peer=conn.peer, req=body, outcome=outcome)
+        self.audit.record(who=who, peer=conn.peer_text, req=body, outcome=outcome)
+
+    # -- connection limits (aresdsm.limits) -----------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def admit(self, conn: _Conn) -> None:
+        """Admit a new connection within ``max_connections`` and the per-address limit: at a
+        limit, the connection of that scope idle longest (if idle at least
+        ``evict_idle_after_s``) is closed to make room, else the new one is refused."""
+        limits = self.limits
+        now = self.now()
+        peers = self._by_address.get(conn.peer)
+        if (
+            peers is not None
+            and len(peers) >= limits.max_connections_per_address
+            and not self._evict(peers, now, f"address {conn.peer}")
+        ):
+            self._refuse(conn, f"{len(peers)} connections from this address")
+            return
+        if len(self._by_activity) >= limits.max_connections and not self._evict(
+            self._by_activity, now, "server"
+        ):
+            self._refuse(conn, f"{len(self._by_activity)} connections open")
+            return
+        conn.admitted = True
+        conn.last_active = now
+        self.connections.add(conn)
+        self._by_activity[conn] = None
+        self._by_address.setdefault(conn.peer, OrderedDict())[conn] = None
+        self.bump("connections")
+
+    def _evict(self, scope: OrderedDict[_Conn, None], now: float, what: str) -> bool:
+        for victim in itertools.islice(scope, 8):  # least recently active first
+            if now - victim.last_active < self.limits.evict_idle_after_s:
+                return False
+            if victim.idle():
+                self.bump("connections-evicted")
+                self.refusals.warning(
+                    f"connection limit of the {what} reached: closing the connection from "
+                    f"{victim.peer} idle for {now - victim.last_active:.1f} s"
+                )
+                self._drop(victim)
+                return True
+        return False
+
+    def _refuse(self, conn: _Conn, why: str) -> None:
+        self.bump("connections-refused")
+        self.refusals.warning(f"refused a connection from {conn.peer}: {why}")
+        if conn.transport is not None:
+            conn.transport.abort()
+
+    def _drop(self, conn: _Conn) -> None:
+        """Close a connection now and stop counting it."""
+        self.forget(conn)
+        if conn.transport is not None:
+            conn.transport.abort()
+
+    def forget(self, conn: _Conn) -> None:
+        if not conn.admitted:
+            return
+        conn.admitted = False
+        self.connections.discard(conn)
+        self._by_activity.pop(conn, None)
+        peers = self._by_address.get(conn.peer)
+        if peers is not None:
+            peers.pop(conn, None)
+            if not peers:
+                del self._by_address[conn.peer]
+        self.partial_bytes -= conn.partial
+        conn.partial = 0
+        conn.frame_started = None
+        self._partials.pop(conn, None)
+
+    def touch(self, conn: _Conn) -> None:
+        if conn.admitted:
+            conn.last_active = self.now()
+            self._by_activity.move_to_end(conn)
+            self._by_address[conn.peer].move_to_end(conn)
+
+    def track_partial(self, conn: _Conn, completed: bool) -> bool:
+        """Account the connection's incomplete frame after received bytes were split into
+        frames; False (and the connection closed) if the server-wide budget is exceeded."""
+        buffered = conn.frames.buffered
+        if not buffered:
+            if conn.frame_started is not None:
+                conn.frame_started = None
+                self._partials.pop(conn, None)
+        elif conn.frame_started is None or completed:  # a new frame began
+            conn.frame_started = self.now()
+            self._partials[conn] = None
+        counted = buffered if buffered > self.limits.small_frame_bytes else 0
+        self.partial_bytes += counted - conn.partial
+        conn.partial = counted
+        if counted and self.partial_bytes > self.limits.max_partial_frame_bytes_total:
+            self.bump("frames-over-budget")
+            self.refusals.warning(
+                f"closing the connection from {conn.peer}: incomplete frames hold "
+                f"{self.partial_bytes} bytes, over max_partial_frame_bytes_total="
+                f"{self.limits.max_partial_frame_bytes_total}"
+            )
+            self._drop(conn)
+            return False
+        return True
+
+    def _schedule_sweep(self) -> None:
+        limits = self.limits
+        tick_s = max(0.05, min(1.0, limits.idle_timeout_s / 4, limits.frame_timeout_s / 4))
+        self._sweeper = asyncio.get_running_loop().call_later(tick_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for ``idle_timeout_s`` and those whose incomplete frame is
+        older than ``frame_timeout_s`` (not counting time their reading was paused by us)."""
+        now = self.now()
+        limits = self.limits
+        for conn in list(itertools.islice(self._by_activity, 1000)):
+            if now - conn.last_active < limits.idle_timeout_s:
+                break
+            if conn.idle():
+                self.bump("connections-idle-closed")
+                log.debug("closing the connection from %s: idle", conn.peer)
+                self._drop(conn)
+            elif conn.writing_paused:  # its replies have not moved for idle_timeout_s
+                self.bump("connections-stalled-closed")
+                self.refusals.warning(
+                    f"closing the connection from {conn.peer}: it has not read its replies "
+                    f"for {limits.idle_timeout_s} s"
+                )
+                self._drop(conn)
+            else:
+                self.touch(conn)  # busy (waiting for us): not idle
+        for conn in list(self._partials):
+            started = conn.frame_started
+            if started is None:
+                self._partials.pop(conn, None)
+            elif not conn.paused and now - started > limits.frame_timeout_s:
+                self.bump("frames-timed-out")
+                self.refusals.warning(
+                    f"closing the connection from {conn.peer}: a frame of "
+                    f"{conn.frames.buffered} bytes so far not complete within "
+                    f"frame_timeout_s={limits.frame_timeout_s}"
+                )
+                self._drop(conn)
+        self._schedule_sweep()
 
     def _fail(self, exc: BaseException, *, bug: bool = False) -> None:
         if self.fatal is None:
@@ -449,6 +723,9 @@ class Server:
         if self._deny_task is not None:
             self._deny_task.cancel()
             self._deny_task = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for c in list(self.connections):
@@ -478,6 +755,12 @@ def _outcome(reply: Any) -> str:
     return type(reply).__name__
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def open_storage(kind: str, data_dir: str | Path) -> Storage:
     if kind == "memory":
         return MemoryStorage()
@@ -499,11 +782,14 @@ async def run_server(
     deny_file: str | Path | None = None,
     audit_log: str | Path | None = None,
     allow_remote_plaintext: bool = False,
+    limits: ServerLimits | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> int:
     """Run a server until SIGTERM/SIGINT; returns the process exit code. ``tls``: this server's
     identity (mutual TLS); None runs plaintext (the caller asked for --insecure). The audit log
     goes to ``audit_log``, default ``<data_dir>/audit.log``."""
     context = server_context(tls) if tls is not None else None
+    log.info("server %s starting (pid %d, data directory %s)", server_id, os.getpid(), data_dir)
     storage = open_storage(storage_kind, data_dir)
     server = Server(
         server_id=server_id,
@@ -515,6 +801,8 @@ async def run_server(
         admin_key=load_key(tls.admin_key) if tls is not None and tls.admin_key else None,
         audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
         allow_remote_plaintext=allow_remote_plaintext,
+        limits=limits,
+        max_frame_bytes=max_frame_bytes,
     )
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
@@ -528,6 +816,7 @@ async def run_server(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))
     if ready_file is not None:
-        await asyncio.to_thread(Path(ready_file).write_text, f"{server.port}\n")
+        await asyncio.to_thread(_write_private, Path(ready_file), f"{server.port}\n")
     await server.wait_closed()
+    log.info("server %s stopped%s", server_id, " after a failure" if server.fatal else "")
     return 1 if server.fatal is not None else 0

@@ -50,8 +50,20 @@ class _Transport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
     def writelines(self, bufs: list[Any]) -> None:
         self.written.append(b"".join(bytes(b) for b in bufs))
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
 
 def _conn(max_in_flight: int) -> tuple[Server, _Conn, _Transport]:

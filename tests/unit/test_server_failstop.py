@@ -36,9 +36,12 @@ class _FailingStorage(MemoryStorage):
 
 
 class _Conn:
+    """The part of server._Conn that Server.handle uses; records what is sent."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[int, Any]] = []
         self.pending = 0
+        self.reply_bytes = 0
         self.paused = False
         self.transport = None
         self.level = 3  # a plaintext (insecure) connection: every request allowed
@@ -48,8 +51,15 @@ class _Conn:
     def send(self, rid: int, reply: Any) -> None:
         self.sent.append((rid, reply))
 
-    def request_done(self) -> None:
+    def encode(self, rid: int, reply: Any) -> list[Any]:
+        return [(rid, reply)]  # (len 2: a stand-in for the encoded size)
+
+    def write(self, bufs: list[Any]) -> None:
+        self.sent.extend(bufs)
+
+    def request_done(self, reply_bytes: int = 0) -> None:
         self.pending -= 1
+        self.reply_bytes -= reply_bytes
 
 
 def test_requests_after_a_failed_commit_get_no_answer_from_undurable_state() -> None:

@@ -6,20 +6,22 @@ The command line is a thin layer over the library (click + rich); one module per
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
+from .. import serverlog
 from ..errors import AresError
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: an error stays one line even when stderr is a file or a pipe (no wrapping at 80)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULT_DIR = "./ares-data"
 
@@ -94,10 +96,38 @@ class AresGroup(click.Group):
             sys.exit(1)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def log_options(default_level: str) -> Callable[[_F], _F]:
+    """--log-level / --log-format (on ``ares`` itself and on ``ares server``)."""
+
+    def deco(f: _F) -> _F:
+        f = click.option(
+            "--log-format",
+            type=click.Choice(serverlog.FORMATS),
+            default=None,
+            help="Log lines as text or as one JSON object per line (default: text).",
+        )(f)
+        f = click.option(
+            "--log-level",
+            type=click.Choice(serverlog.LEVELS, case_sensitive=False),
+            default=None,
+            help=f"Least severe level logged (default: {default_level}).",
+        )(f)
+        return f
+
+    return deco
+
+
 @click.group(cls=AresGroup)
 @click.version_option(package_name="aresdsm")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@log_options("warning")
+def main(verbose: int, log_level: str | None, log_format: str | None) -> None:
     """aresdsm: Ares II, an atomic, reconfigurable distributed shared memory."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if log_level is None and verbose:
+        log_level = ("info", "debug")[min(verbose, 2) - 1]
+    # what was asked for explicitly; `ares server` has a default of its own (info)
+    click.get_current_context().obj = {"log_level": log_level, "log_format": log_format}
+    serverlog.configure(log_level or "warning", log_format or "text")

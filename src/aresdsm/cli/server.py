@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .. import runtime
-from ..config import load_cluster_file, parse_address
-from .common import DEFAULT_DIR, cluster_option, err_console, main
+from .. import runtime, serverlog
+from ..config import MAX_FRAME_BYTES_LIMIT, load_cluster_file, parse_address
+from .common import DEFAULT_DIR, cluster_option, err_console, log_options, main
 
 
 @main.command()
@@ -28,6 +29,39 @@ from .common import DEFAULT_DIR, cluster_option, err_console, main
 @click.option("--otlp-endpoint", help="Export spans over OTLP/HTTP (e.g. http://localhost:4318).")
 @click.option("--trace-file", type=click.Path(dir_okay=False), help="Write spans as JSON lines.")
 @click.option("--trace-sample", type=float, help="Sampling ratio of new traces (default 1.0).")
+@log_options("info")
+@click.option(
+    "--max-frame-bytes",
+    type=click.IntRange(1024, MAX_FRAME_BYTES_LIMIT),
+    help="Largest frame accepted or sent (default: [client] max_frame_bytes of the cluster file).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    help="Default: RLIMIT_NOFILE - 256 (at most 10,000).",
+)
+@click.option("--max-connections-per-address", type=click.IntRange(1), help="Default: 1024.")
+@click.option("--idle-timeout-s", type=click.FloatRange(min=0, min_open=True), help="Default 300.")
+@click.option(
+    "--frame-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Deadline for a whole frame once its first byte arrived. Default: 60.",
+)
+@click.option(
+    "--max-partial-frame-bytes-total",
+    type=click.IntRange(1),
+    help="Incomplete frames held for all connections together. Default: 256 MiB.",
+)
+@click.option(
+    "--max-conn-request-bytes",
+    type=click.IntRange(1),
+    help="Requests waiting per connection before reading pauses. Default: 8 MiB.",
+)
+@click.option(
+    "--max-conn-reply-bytes",
+    type=click.IntRange(1),
+    help="Replies held per connection before reading pauses. Default: 8 MiB.",
+)
 @click.option(
     "--insecure",
     is_flag=True,
@@ -58,12 +92,25 @@ def server(
     insecure: bool,
     allow_remote_plaintext: bool,
     audit_log: str | None,
+    log_level: str | None,
+    log_format: str | None,
+    max_frame_bytes: int | None,
+    **limit_options: Any,
 ) -> None:
-    """Run one server until SIGTERM (mutual TLS with the [tls] identity of the cluster file)."""
+    """Run one server until SIGTERM (mutual TLS with the [tls] identity of the cluster file).
+
+    Limits come from the [server] table of the cluster file; the options here override it
+    (docs/operations.md lists every limit and its default)."""
     from .. import tracing
+    from ..limits import ServerLimits
     from ..server import run_server
 
+    parent = click.get_current_context().obj or {}
+    level = log_level or parent.get("log_level") or "info"
+    serverlog.configure(level, log_format or parent.get("log_format") or "text")
     cf = load_cluster_file(cluster_path, insecure=insecure)
+    limits = ServerLimits.from_table(cf.server_limits, where=f"{cluster_path}: [server]")
+    limits = limits.replace(**limit_options)
     me = cf.server(server_id)
     tls = cf.server_tls.get(server_id)
     if tls is None and not cf.insecure:
@@ -101,6 +148,8 @@ def server(
                 deny_file=cf.deny_file,
                 audit_log=audit_log,
                 allow_remote_plaintext=allow_remote_plaintext,
+                limits=limits,
+                max_frame_bytes=max_frame_bytes or cf.client.max_frame_bytes,
             )
         )
     sys.exit(code)

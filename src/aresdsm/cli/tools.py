@@ -157,6 +157,14 @@ def check(history: str, max_steps: int) -> None:
     default="bench-results/bench.json",
     show_default=True,
 )
+@click.option(
+    "--attack",
+    is_flag=True,
+    help="Measure one client's write throughput with and without an attacker process holding "
+    "--idle-conns idle and --slowloris slowloris connections to every server (issue 13).",
+)
+@click.option("--idle-conns", type=click.IntRange(0), default=5000, show_default=True)
+@click.option("--slowloris", type=click.IntRange(0), default=32, show_default=True)
 @trace_options
 def bench(
     servers_s: str,
@@ -179,6 +187,9 @@ def bench(
     insecure: bool,
     tls_cost: bool,
     json_out: str,
+    attack: bool,
+    idle_conns: int,
+    slowloris: int,
     trace_file: str | None,
     otlp_endpoint: str | None,
     trace_sample: float | None,
@@ -207,6 +218,12 @@ def bench(
         raise click.BadParameter("duration and reconfiguration counts must be positive")
     if link_delay_ms < 0:
         raise click.BadParameter("--link-delay-ms must not be negative")
+    if attack:
+        out = str(Path(json_out).with_name("attack.json"))
+        _bench_attack(
+            servers[0], max(conc), value_size, duration_s, idle_conns, slowloris, storage, out
+        )
+        return
     if insecure and tls_cost:
         raise click.UsageError("--tls-cost already runs both; drop --insecure")
     security = ("tls", "insecure") if tls_cost else ("insecure",) if insecure else ("tls",)
@@ -291,3 +308,32 @@ def trace_report(files: tuple[str, ...], plot_path: str | None) -> None:
     if plot_path:
         plot(rows, plot_path)
         console.print(f"saved {plot_path}")
+
+
+def _bench_attack(
+    n: int,
+    concurrency: int,
+    value_size: int,
+    duration_s: float,
+    idle: int,
+    slowloris: int,
+    storage: str,
+    json_out: str,
+) -> None:
+    from ..bench_attack import result_json, run_attack_bench
+
+    result = runtime.run(
+        run_attack_bench(
+            servers=n,
+            concurrency=concurrency,
+            value_bytes=value_size,
+            duration_s=duration_s,
+            idle=idle,
+            slowloris=slowloris,
+            storage=storage,
+            log=console.print,
+        )
+    )
+    Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_out).write_text(json.dumps(result_json(result), indent=1))
+    console.print(result.line())

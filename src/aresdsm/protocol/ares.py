@@ -39,6 +39,7 @@ import msgspec
 from .. import tracing
 from ..config import Configuration
 from ..errors import ConfigurationError, InvariantViolation, OperationError
+from ..limits import MAX_COUNTER
 from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -333,6 +334,11 @@ async def write(
     else:
         tags, cseq, _ = await _query_all(net, cseq, group, query, switches)
         tag = max(tags).successor(writer)
+        if tag.z >= MAX_COUNTER:  # no server would accept it: say why, once
+            raise OperationError(
+                f"the object's tag space is exhausted: its tag number is {tag.z - 1}, the "
+                f"largest a server accepts (only a writer with credentials can write such a tag)"
+            )
     if on_tag is not None:
         on_tag(tag)
     cseq = await _propagate(net, cseq, group, key, tag, value, switches)

@@ -25,6 +25,7 @@ import msgspec
 
 from ..config import Configuration
 from ..errors import ConsensusFailed
+from ..limits import MAX_COUNTER
 from ..wire.messages import Accept, Accepted, Ballot, Nack, Prepare, Promise
 from .channel import Channel
 
@@ -78,6 +79,12 @@ async def propose(
     rnd = 0
     last_error = "no attempt"
     for attempt in range(1, max_attempts + 1):
+        if rnd + 1 >= MAX_COUNTER:  # no acceptor would take it: say why
+            raise ConsensusFailed(
+                f"consensus on the successor of {c.id} (group {group!r}): ballot rounds are "
+                f"exhausted (an acceptor promised round {rnd}, the largest a server accepts; "
+                "only an admin can send such a ballot)"
+            )
         ballot = Ballot(rnd + 1, proposer)
         ok, promises, refusals = await _phase(
             net, c, Prepare(group, c.id, ballot), "consensus.prepare"

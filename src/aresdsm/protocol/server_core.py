@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,13 @@ import msgspec
 
 from ..config import Configuration, validate_configuration
 from ..errors import ConfigurationError, StorageError
+from ..limits import (
+    MAX_CONFIG_ID_BYTES,
+    MAX_COUNTER,
+    MAX_GROUP_BYTES,
+    MAX_KEY_FIELD_BYTES,
+    name_too_long,
+)
 from ..storage.base import Delete, Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
@@ -121,6 +129,10 @@ class ServerCore:
     """Configurations whose object state was garbage-collected (§8.3); persisted."""
     counters: dict[str, int] = field(default_factory=dict)
     switches: ServerSwitches = field(default_factory=ServerSwitches)
+    _value_bytes: dict[InstanceKey, int] = field(default_factory=dict)
+    """Bytes of values (ABD) and coded elements (TREAS) held per instance: running totals kept
+    on every change, so GetStats costs O(1) in the number of objects."""
+    _total_value_bytes: int = 0
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -149,14 +161,14 @@ class ServerCore:
             self.configs[cfg.id] = cfg
         elif r.ns == abd.NS:
             value = Blob(bytes(r.data) if r.data is not None else b"")
-            self.registers[(r.group, r.config_id, r.key)] = abd.Register(
-                _tag_dec.decode(r.meta), value
+            self._set_register(
+                (r.group, r.config_id, r.key), abd.Register(_tag_dec.decode(r.meta), value)
             )
             self._add_object(inst, r.key)
         elif r.ns == treas.NS:
             key, entry = treas.decode_entry(r.meta, r.data)
             skey = (r.group, r.config_id, key)
-            self.lists[skey] = tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag))
+            self._set_list(skey, tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag)))
             self._persisted_lists.add(skey)
             self._add_object(inst, key)
         elif r.ns == reconfig_server.NS:
@@ -180,6 +192,10 @@ class ServerCore:
     def handle(self, req: Request) -> Result:
         kind = type(req).__name__
         self.counters[kind] = self.counters.get(kind, 0) + 1
+        bad = _bad_names(req)
+        if bad is not None:
+            self.counters["bad-requests"] = self.counters.get("bad-requests", 0) + 1
+            return bad, []
         handler = _HANDLERS.get(type(req))
         if handler is None:  # pragma: no cover - every Request type has a handler
             return ErrorReply("bad-request", f"unexpected message {kind}"), []
@@ -306,7 +322,7 @@ class ServerCore:
             new_list, _ = treas.on_put_data(old, req, c.delta)
             if new_list is None:
                 return []
-            self.lists[skey] = new_list
+            self._set_list(skey, new_list)
             self._add_object((req.group, req.config_id), req.key)
             if skey not in self._persisted_lists:  # the initial entry was never written yet
                 old = ()
@@ -319,7 +335,7 @@ class ServerCore:
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
-        self.registers[skey] = new
+        self._set_register(skey, new)
         self._add_object((req.group, req.config_id), req.key)
         meta = _enc.encode(new.tag)
         return [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
@@ -393,6 +409,22 @@ class ServerCore:
         )
         return ChainsReply(tuple(found[:limit]), len(found) > limit), []
 
+    def _set_register(self, skey: StateKey, reg: abd.Register) -> None:
+        old = self.registers.get(skey)
+        self._count_bytes(skey, len(reg.value) - (len(old.value) if old is not None else 0))
+        self.registers[skey] = reg
+
+    def _set_list(self, skey: StateKey, st: treas.TreasState) -> None:
+        old = self.lists.get(skey)
+        delta = treas.stored_bytes(st) - (treas.stored_bytes(old) if old is not None else 0)
+        self._count_bytes(skey, delta)
+        self.lists[skey] = st
+
+    def _count_bytes(self, skey: StateKey, delta: int) -> None:
+        inst = (skey[0], skey[1])
+        self._value_bytes[inst] = self._value_bytes.get(inst, 0) + delta
+        self._total_value_bytes += delta
+
     def _add_object(self, inst: InstanceKey, key: str) -> None:
         keys = self.objects.setdefault(inst, set())
         if key not in keys:
@@ -459,6 +491,7 @@ class ServerCore:
             self.lists.pop((group, config_id, key), None)
             self._persisted_lists.discard((group, config_id, key))
         self.collected.add(inst)
+        self._total_value_bytes -= self._value_bytes.pop(inst, 0)
         return [
             Delete(abd.NS, group, config_id),
             Delete(treas.NS, group, config_id),
@@ -549,13 +582,14 @@ class ServerCore:
         return self.stats(), []
 
     def stats(self, stored_bytes: int | None = None) -> Stats:
-        by_config: dict[str, int] = {}
-        for (g, c, _), reg in self.registers.items():
-            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + len(reg.value)
-        for (g, c, _), st in self.lists.items():
-            by_config[f"{g}/{c}"] = by_config.get(f"{g}/{c}", 0) + treas.stored_bytes(st)
+        """Counters and sizes from running totals: O(1) in the number of objects (at most
+        :data:`MAX_STATS_CONFIGS` entries in ``by_config``)."""
+        by_config = {
+            f"{g}/{c}": n
+            for (g, c), n in itertools.islice(self._value_bytes.items(), MAX_STATS_CONFIGS)
+        }
         if stored_bytes is None:
-            stored_bytes = sum(by_config.values())
+            stored_bytes = self._total_value_bytes
         return Stats(
             self.server_id,
             dict(self.counters),
@@ -565,9 +599,8 @@ class ServerCore:
         )
 
 
-MAX_COUNTER = 2**62
-"""Tag numbers and ballot rounds a server accepts: far beyond any real count, and their
-successor still encodes (an extreme value must not make a key or an instance unwritable)."""
+MAX_STATS_CONFIGS = 1024
+"""Instances (group, configuration) listed in a Stats reply's ``by_config``."""
 
 
 def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
@@ -575,6 +608,32 @@ def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
         return ErrorReply("bad-request", "object keys hold at most one NUL (group and key)")
     if not 0 <= tag.z < MAX_COUNTER:
         return ErrorReply("bad-request", f"tag number out of range: {tag.z}")
+    return None
+
+
+_NAME_FIELDS = (
+    ("group", "group name", MAX_GROUP_BYTES),
+    ("config_id", "configuration id", MAX_CONFIG_ID_BYTES),
+    ("key", "object key", MAX_KEY_FIELD_BYTES),
+    ("after", "'after' bound", MAX_KEY_FIELD_BYTES),
+    ("prefix", "prefix", MAX_KEY_FIELD_BYTES),
+)
+
+
+def _bad_names(req: Request) -> ErrorReply | None:
+    """Names from the network within their limits (aresdsm.limits), whatever the client checked:
+    a 33 MiB key would make every state-transfer page that holds it larger than a frame."""
+    for name, what, max_bytes in _NAME_FIELDS:
+        value = getattr(req, name, None)
+        if isinstance(value, str):
+            reason = name_too_long(what, value, max_bytes)
+            if reason is not None:
+                return ErrorReply("bad-request", reason)
+    if isinstance(req, PutBatch):
+        for item in req.items:
+            reason = name_too_long("object key", item.key, MAX_KEY_FIELD_BYTES)
+            if reason is not None:
+                return ErrorReply("bad-request", reason)
     return None
 
 

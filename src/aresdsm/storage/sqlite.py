@@ -6,6 +6,8 @@ write-ahead log at every commit, so a committed transaction survives power loss.
 is used from one worker thread at a time (commits are sequential), opened with
 ``check_same_thread=False`` for that reason.
 
+State is private: the directory of the database and its ``blobs/`` are 0700, every file 0600.
+
 Values of ``blob_threshold_bytes`` (64 KiB) or more are not put in SQLite: through its 4 KiB
 pages a 4 MiB value costs ~45 ms to commit here, written to a file of its own ~13 ms (measured:
 docs/design.md, "Storage engine"). Such a value is written to ``blobs/<unique>.blob`` and fsynced,
@@ -36,6 +38,20 @@ from ..errors import StorageError
 from .base import Record, Storage, Write
 
 DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+"""A server's state is private to its user: directories 0700, files 0600 (values, the database,
+its journal files and the lock), whatever the umask."""
+_SIDE = ("-wal", "-shm", "-journal")
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) as 0700, and narrow it to 0700 if it exists."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != DIR_MODE:
+        with contextlib.suppress(PermissionError):  # not ours (e.g. a shared parent): leave it
+            os.chmod(path, DIR_MODE)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -58,7 +74,13 @@ class SqliteStorage(Storage):
         self._lock_fd = _lock_exclusively(self.lock_path)
         try:
             try:
-                self.blob_dir.mkdir(parents=True, exist_ok=True)
+                private_dir(self.blob_dir)
+                # created (or narrowed) 0600 before SQLite opens it: SQLite gives the -wal and
+                # -shm files it creates the mode of the database file
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+                for f in (self.path, *(self.path.with_name(self.path.name + x) for x in _SIDE)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.chmod(f, FILE_MODE)
                 self._db = sqlite3.connect(
                     str(self.path), isolation_level=None, check_same_thread=False
                 )
@@ -192,8 +214,8 @@ class SqliteStorage(Storage):
 def _lock_exclusively(lock_path: Path) -> int:
     """Open and flock ``lock_path`` (creating its directory); the descriptor holds the lock."""
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(lock_path.parent)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     except OSError as e:
         raise StorageError(f"cannot open lock file {lock_path}: {e}") from None
     try:
@@ -225,7 +247,7 @@ def _read_pid(fd: int) -> str:
 
 
 def _write_durably(path: Path, data: bytes | memoryview) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         view = memoryview(data)
         while view:

@@ -172,6 +172,11 @@ class FrameBuffer:
         self._buf = bytearray()
         self._need: int | None = None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as a complete frame (an incomplete frame)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete frame body. Raises FrameError if too big."""
         self._buf += data
