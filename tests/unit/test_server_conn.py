@@ -44,9 +44,6 @@ class _Transport:
     def is_closing(self) -> bool:
         return self.closed
 
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 4242) if name == "peername" else None
-
     def close(self) -> None:
         self.closed = True
 
