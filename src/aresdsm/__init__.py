@@ -8,13 +8,14 @@ Quick use::
         assert await store.read("greeting") == b"hello"
 """
 
-from .client import HistoryRecorder, Store, SyncStore, connect, connect_sync
+from .client import CvrResult, HistoryRecorder, Store, SyncStore, connect, connect_sync
 from .config import ClusterFile, Configuration, ServerInfo, load_cluster_file
 from .errors import (
     AresError,
     ConcurrencyExceeded,
     ConfigurationError,
     ConsensusFailed,
+    CoverableConflict,
     FrameError,
     InvariantViolation,
     OperationError,
@@ -38,6 +39,8 @@ __all__ = [
     "Configuration",
     "ConfigurationError",
     "ConsensusFailed",
+    "CoverableConflict",
+    "CvrResult",
     "FrameError",
     "HistoryRecorder",
     "InvariantViolation",

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -45,7 +46,7 @@ from .history import OpKind, OpRecord, value_digest, write_records
 from .limits import MAX_NAME_BYTES
 from .net.client import TcpChannel, context_without_deadline
 from .net.client import deadline as net_deadline
-from .protocol import ares, ops
+from .protocol import ares, coverable, ops
 from .protocol.channel import ConfigurationObsolete
 from .tags import Tag, writer_id
 from .wire.blob import Blob
@@ -158,6 +159,18 @@ def _check_timeout(timeout_s: float | None) -> None:
         isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0
     ):
         raise ConfigurationError(f"timeout_s must be a positive number of seconds, not {timeout_s}")
+
+
+@dataclass(frozen=True)
+class CvrResult:
+    """The answer of :meth:`Store.cvr_write` (docs/protocol.md §9.1)."""
+
+    ok: bool
+    """True: the value was installed under ``tag``; False: stale, nothing installed."""
+    tag: Tag
+    """The installed version (ok) or the newest one (stale)."""
+    value: bytes | None
+    """The installed value (ok) or the newest one (stale; None: the object is absent)."""
 
 
 class Store:
@@ -793,6 +806,56 @@ class Store:
         coro = self._deadlined(self._write_op(group, key, Blob(bytes(value))), timeout_s)
         return await self._recorded("write", key, group, coro, written=bytes(value))
 
+    async def cvr_write(
+        self,
+        key: str,
+        value: bytes,
+        base: Tag,
+        *,
+        group: str = DEFAULT_GROUP,
+        timeout_s: float | None = None,
+    ) -> CvrResult:
+        """Coverable write (docs/protocol.md §9.1): install ``value`` as the successor of version
+        ``base`` (TAG0 for a never-written object) if ``base`` is the newest version.
+
+        Returns ``CvrResult(ok=True, tag, value)`` when installed, ``CvrResult(ok=False, tag,
+        value)`` with the newest version when ``base`` is not (stale; nothing installed). Raises
+        :class:`~aresdsm.errors.CoverableConflict` when the write may or may not have taken
+        effect (read again, retry on what was read). A coverable object is written only with
+        ``cvr_write``, never with :meth:`write` (§9.1)."""
+        _check_key(key, group)
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
+        if not isinstance(base, Tag):
+            raise ConfigurationError(f"base must be a Tag, not {type(base).__name__}")
+        chain = ares.chain_of(group, key, self.switches)
+        self._check_fits(chain, len(value))
+        if len(value) > self.options.max_frame_bytes - FRAME_SLACK_BYTES:
+            # its accept carries the whole value, also to a TREAS server (§9.1)
+            raise ConfigurationError(
+                f"a coverable value of {len(value)} bytes does not fit "
+                f"max_frame_bytes={self.options.max_frame_bytes}"
+            )
+        okey = ares.object_key(group, key, self.switches)
+
+        async def op() -> CvrResult:
+            out, cseq = await coverable.cvr_write(
+                self.channel,
+                self._view(chain),
+                group=chain,
+                key=okey,
+                value=Blob(bytes(value)),
+                base=base,
+                writer=self._next_writer(),
+                backoff=_random_backoff,
+                switches=self.switches,
+            )
+            self._learn(chain, cseq)
+            v = None if out.value is None else bytes(out.value.data)
+            return CvrResult(out.ok, out.tag, v)
+
+        return await self._deadlined(op(), timeout_s)
+
     async def read_tagged(
         self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
     ) -> tuple[Tag, bytes]:
@@ -970,6 +1033,24 @@ class SyncStore:
 
     def groups(self, *, timeout_s: float | None = None) -> list[str]:
         return self._runner.run(self._store.groups(timeout_s=timeout_s))
+
+    def cvr_write(
+        self,
+        key: str,
+        value: bytes,
+        base: Tag,
+        *,
+        group: str = DEFAULT_GROUP,
+        timeout_s: float | None = None,
+    ) -> CvrResult:
+        return self._runner.run(
+            self._store.cvr_write(key, value, base, group=group, timeout_s=timeout_s)
+        )
+
+    def read_tagged(
+        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> tuple[Tag, bytes]:
+        return self._runner.run(self._store.read_tagged(key, group=group, timeout_s=timeout_s))
 
     def close(self) -> None:
         self._runner.run(self._store.close())

@@ -17,6 +17,7 @@ Three kinds of failure (docs/architecture.md principle 7):
     │   ├── QuorumUnavailable       too many servers refused or are unreachable for a quorum
     │   ├── ConsensusFailed         Paxos did not decide within its bounded retries (§5)
     │   ├── ConcurrencyExceeded     a TREAS read overlapped more than delta writes (§4.2)
+    │   ├── CoverableConflict       a coverable write's outcome is unknown (§9.1)
     │   └── ServerError             a server answered with an error reply
     ├── FrameError                  malformed bytes from the network (wire format)
     ├── StorageError                the durable store failed
@@ -55,6 +56,17 @@ class ConsensusFailed(OperationError):
 
 class ConcurrencyExceeded(OperationError):
     """A TREAS read overlapped more than delta concurrent writes, on every retry (§4.2)."""
+
+
+class CoverableConflict(OperationError):
+    """A coverable write (docs/protocol.md §9.1) may or may not have taken effect: its value may
+    have been accepted and its outcome could not be learned in bounded time (contention, a
+    failure). Read the object again, then retry on the version read. ``tag`` is the version the
+    write installs if it did take effect."""
+
+    def __init__(self, message: str, *, tag: object = None) -> None:
+        super().__init__(message)
+        self.tag = tag
 
 
 class ServerError(OperationError):

@@ -7,6 +7,7 @@ import pytest
 from aresdsm.config import Configuration
 from aresdsm.protocol.ops import CLASSIC, OpSwitches
 from aresdsm.sim.scenario import Scenario
+from aresdsm.tags import TAG0
 from aresdsm.wire.messages import PutData
 
 
@@ -85,3 +86,31 @@ def test_reconfiguring_1000_objects(switches: OpSwitches, decisions: int, rounds
             assert await admin.read(f"obj-{i}") == b"x" * 16
 
     Scenario.play(servers=6, initial=3, script=script)
+
+
+@pytest.mark.parametrize(
+    ("switches", "ok_rounds", "stale_rounds"),
+    [(OpSwitches(), 3, 2), (CLASSIC, 5, 6)],
+    ids=["ares2", "classic"],
+)
+def test_coverable_write_rounds(switches: OpSwitches, ok_rounds: int, stale_rounds: int) -> None:
+    """docs/protocol.md §9.1: an ok coverable write is prepare, accept, put (classic: + the
+    discovery before and after); a stale one is prepare and a read (classic: discovery, prepare,
+    and a classic read of 4)."""
+
+    async def script(sc: Scenario) -> None:
+        a = sc.client("a", switches)
+        b = sc.client("b", switches)
+        first = await a.cvr_write("k", b"v0", TAG0)
+        await b.read("k")  # b's chain view is known: steady state
+        tag = first.tag
+        for i in range(3):
+            before = a.channel.rounds
+            out = await a.cvr_write("k", f"v{i}".encode(), tag)
+            assert out.ok and a.channel.rounds - before == ok_rounds
+            before = b.channel.rounds
+            stale = await b.cvr_write("k", b"late", tag)
+            assert not stale.ok and b.channel.rounds - before == stale_rounds
+            tag = out.tag
+
+    Scenario.play(servers=3, script=script)

@@ -69,6 +69,9 @@ class _Transport:
     def abort(self) -> None:
         self.aborted = True
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
     def is_closing(self) -> bool:
         return self.aborted
 

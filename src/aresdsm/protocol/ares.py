@@ -45,6 +45,9 @@ from ..wire.blob import Blob
 from ..wire.messages import (
     Ack,
     ChainsReply,
+    CvrAccepted,
+    CvrInject,
+    CvrOpen,
     Finalized,
     GetGroup,
     GroupReply,
@@ -581,6 +584,7 @@ async def _install(
                         group,
                         transfer_concurrency,
                         plain_older=switches.broken_plain_get_older_sources,
+                        ignore_open=switches.broken_cvr_transfer_ignores_open,
                     )
                 break
             except _SourceObsolete as e:
@@ -762,6 +766,30 @@ async def finalize_everywhere(
     return False
 
 
+def _open_level(reports: list[tuple[Configuration, ObjectReports]]) -> CvrOpen | None:
+    """A coverable object's open level as the transfer carries it (docs/protocol.md §9.1): of the
+    accepts the frozen quorums reported, the highest level's at the highest ballot. A value
+    decided at that level is the highest-ballot accept of every quorum (Paxos)."""
+    best: CvrOpen | None = None
+    for _, states in reports:
+        for _, st in states:
+            o = None if st is None else st.cvr
+            if o is not None and (best is None or (o.level, o.ballot) > (best.level, best.ballot)):
+                best = o
+    return best
+
+
+async def _inject(
+    net: Channel, target: Configuration, group: str, key: str, o: CvrOpen, n_sources: int
+) -> None:
+    """Carry an open coverable level into the target as an accept at its old ballot (§9.1)."""
+    request = CvrInject(group, target.id, key, o.level, o.ballot, o.tag, o.value)
+    try:
+        await net.round(target, request, expect=CvrAccepted, phase="cvr.transfer")
+    except ConfigurationObsolete as e:  # the target is finalized and collected already
+        raise _SourceObsolete(n_sources, e.next) from None
+
+
 def _older_source_next(successor: Configuration, plain: bool) -> NextEntry | None:
     """What an older source's read sets (a P entry never downgrades an F one); None with the
     test-only ``broken_plain_get_older_sources``."""
@@ -776,6 +804,7 @@ async def _update_config(
     group: str,
     concurrency: int,
     plain_older: bool = False,
+    ignore_open: bool = False,
 ) -> None:
     """update-config (§6, §8.2, §8.4): per object the newest pair over all sources, written
     into ``target`` in batches of at most GROUP_PAGE objects and TRANSFER_PAGE_BYTES,
@@ -825,6 +854,9 @@ async def _update_config(
             async for ready in pages:
                 for key, reports in ready:
                     best = max((dap.newest(c, st) for c, st in reports), key=lambda p: p[0])
+                    opened = None if ignore_open else _open_level(reports)
+                    if opened is not None and opened.level > best[0].z:
+                        await _inject(net, target, group, key, opened, len(sources))
                     if best[0] == TAG0:
                         continue
                     if batch and (

@@ -77,6 +77,15 @@ class OpSwitches:
     broken_no_requery_after_obsolete: bool = False
     """Test-only: phase 1 keeps a successor's answer given before its predecessor said OBSOLETE
     instead of asking it again (§8.3; tests/sim/test_obsolete_race.py)."""
+    broken_cvr_unconditional: bool = False
+    """Test-only: a coverable write is the naive CoARES one -- query, and if the newest version
+    is the base put the successor unconditionally (§9.1: two writers of one base both win)."""
+    broken_cvr_put_undecided: bool = False
+    """Test-only: a coverable write puts its value into the DAP before it is decided, so
+    readers may return a version that then loses (§9.1)."""
+    broken_cvr_transfer_ignores_open: bool = False
+    """Test-only: update-config moves committed versions only, not the open level a frozen
+    quorum reports (§9.1): a level decided but not yet put is lost and decided again."""
 
 
 DEFAULT_SWITCHES = OpSwitches()

@@ -21,7 +21,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -41,6 +41,10 @@ from ..wire.messages import (
     Accept,
     Ack,
     ChainsReply,
+    CvrAccept,
+    CvrInject,
+    CvrNack,
+    CvrPrepare,
     DataReply,
     ErrorReply,
     Finalized,
@@ -73,7 +77,7 @@ from ..wire.messages import (
     TagReply,
     WriteConfig,
 )
-from . import abd, paxos, reconfig_server, treas
+from . import abd, coverable, paxos, reconfig_server, treas
 
 CFG_NS = "cfg"
 GC_NS = "gc"
@@ -108,6 +112,9 @@ class ServerSwitches:
     """Paxos acceptor accepts are not persisted: a restart forgets them (docs/protocol.md §5)."""
     broken_gc_on_pending: bool = False
     """Garbage-collect a configuration when its successor is P instead of F (§8.3)."""
+    broken_cvr_no_freeze: bool = False
+    """Coverable acceptors keep promising and accepting after the configuration got a
+    successor, so a level can be decided after the transfer read it (§9.1)."""
 
 
 @dataclass
@@ -121,6 +128,8 @@ class ServerCore:
     objects: dict[InstanceKey, set[str]] = field(default_factory=dict)
     collected: set[InstanceKey] = field(default_factory=set)
     finals: dict[InstanceKey, NextEntry] = field(default_factory=dict)
+    cvr: dict[StateKey, coverable.KeyState] = field(default_factory=dict)
+    """Coverable registers' open levels (docs/protocol.md §9.1): Paxos acceptor state per level."""
     """(group, configuration) this server was told is finalized (§8.5 LATEST_CONFIG)."""
     _ordered: dict[InstanceKey, list[str]] = field(default_factory=dict)
     """Sorted keys of ``objects`` per instance, a cache for paged group reads."""
@@ -179,6 +188,11 @@ class ServerCore:
             self.collected.add(inst)
         elif r.ns == FINAL_NS:
             self.finals[inst] = _next_dec.decode(r.meta)
+        elif r.ns == coverable.NS:
+            st = coverable.decode_state(r.meta)
+            if st.levels:
+                self.cvr[(r.group, r.config_id, r.key)] = st
+                self._add_object(inst, r.key)
 
     def install_config(self, c: Configuration) -> list[Write]:
         """Learn a configuration (the initial one at bootstrap). Returns the writes to persist."""
@@ -331,14 +345,31 @@ class ServerCore:
             for entry in treas.changed_entries(old, new_list):
                 rkey, meta, data = treas.encode_entry(req.key, entry)
                 writes.append(Record(treas.NS, req.group, req.config_id, rkey, meta, data))
-            return writes
+            return writes + self._prune_cvr(c, skey)
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
         self._set_register(skey, new)
         self._add_object((req.group, req.config_id), req.key)
         meta = _enc.encode(new.tag)
-        return [Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)]
+        record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
+        return [record, *self._prune_cvr(c, skey)]
+
+    def _prune_cvr(self, c: Configuration, skey: StateKey) -> list[Write]:
+        """A coverable object's levels up to its new committed version are decided and put:
+        drop their acceptor state (and its values) now, not at the next coverable request."""
+        held = self.cvr.get(skey)
+        if held is None:
+            return []
+        new = coverable.pruned(held, self._committed(c, skey))
+        if new is held:
+            return []
+        if new.levels:
+            self.cvr[skey] = new
+        else:
+            del self.cvr[skey]
+        group, config_id, key = skey
+        return [Record(coverable.NS, group, config_id, key, coverable.encode_state(new))]
 
     def _on_get_group(self, req: GetGroup) -> Result:
         """Paged DAP state of a group; with ``set_next``, SET_NEXT_AND_GET (§8.2): nextC is
@@ -441,11 +472,79 @@ class ServerCore:
 
     def _object_state(self, c: Configuration, group: str, key: str) -> ObjectState:
         skey = (group, c.id, key)
+        open_ = coverable.highest_open(self.cvr.get(skey), self._committed(c, skey))
         if c.dap == "treas":
             st = self._treas_state(c, skey)
-            return ObjectState(key, max(e.tag for e in st), None, st)
+            return ObjectState(key, max(e.tag for e in st), None, st, open_)
         reg = self.registers.get(skey, abd.INITIAL)
-        return ObjectState(key, reg.tag, reg.value)
+        return ObjectState(key, reg.tag, reg.value, cvr=open_)
+
+    # -- coverable register (docs/protocol.md §9.1) -----------------------------------------------
+
+    def _committed(self, c: Configuration, skey: StateKey) -> Tag:
+        """The newest version of the object put here (the DAP's state: only decided versions
+        of a coverable object are ever put)."""
+        if c.dap == "treas":
+            return max(e.tag for e in self._treas_state(c, skey))
+        return self.registers.get(skey, abd.INITIAL).tag
+
+    def _cvr_step(
+        self,
+        req: CvrPrepare | CvrAccept | CvrInject,
+        rule: Callable[[coverable.KeyState, Tag], tuple[coverable.KeyState | None, Reply]],
+        *,
+        freeze: bool,
+    ) -> Result:
+        c = self._data_config(req.group, req.config_id)
+        if not isinstance(c, Configuration):
+            return c, []
+        bad = _bad_item(req.key, Tag(max(0, req.level), ""))
+        if bad is not None:
+            return bad, []
+        if not 0 < req.level < MAX_COUNTER or not 0 <= req.ballot.round < MAX_COUNTER:
+            return ErrorReply("bad-request", f"level or ballot out of range: {req.level}"), []
+        skey = (req.group, req.config_id, req.key)
+        committed = self._committed(c, skey)
+        nxt = self._next(req.group, req.config_id)
+        if freeze and nxt is not None and not self.switches.broken_cvr_no_freeze:
+            # the configuration has a successor: its transfer reads (or read) these acceptors,
+            # so no level may be decided here any more (docs/protocol.md §9.1, freeze)
+            return CvrNack(None, committed, nxt), []
+        held = coverable.pruned(self.cvr.get(skey), committed)
+        new, reply = rule(held, committed)
+        if isinstance(reply, ErrorReply):
+            return reply, []
+        reply = coverable.with_next(reply, nxt)
+        if new is None:
+            return reply, []
+        if new.levels:
+            self.cvr[skey] = new
+            self._add_object((req.group, req.config_id), req.key)
+        else:  # (an empty record rather than a Delete: deletes are garbage collection's, §8.3)
+            self.cvr.pop(skey, None)
+        meta = coverable.encode_state(new)
+        return reply, [Record(coverable.NS, req.group, req.config_id, req.key, meta)]
+
+    def _on_cvr_prepare(self, req: CvrPrepare) -> Result:
+        return self._cvr_step(req, lambda st, com: coverable.on_prepare(st, com, req), freeze=True)
+
+    def _on_cvr_accept(self, req: CvrAccept) -> Result:
+        bad = _bad_item(req.key, req.tag)
+        if bad is not None:
+            return bad, []
+        if req.tag.z != req.level:
+            return ErrorReply("bad-request", "a coverable version's tag is its level"), []
+        req = _own_value(req)
+        return self._cvr_step(req, lambda st, com: coverable.on_accept(st, com, req), freeze=True)
+
+    def _on_cvr_inject(self, req: CvrInject) -> Result:
+        bad = _bad_item(req.key, req.tag)
+        if bad is not None:
+            return bad, []
+        if req.tag.z != req.level:
+            return ErrorReply("bad-request", "a coverable version's tag is its level"), []
+        req = _own_value(req)
+        return self._cvr_step(req, lambda st, com: coverable.on_inject(st, com, req), freeze=False)
 
     # -- reconfiguration service and consensus ---------------------------------------------------
 
@@ -487,6 +586,7 @@ class ServerCore:
         group, config_id = inst
         self._ordered.pop(inst, None)
         for key in self.objects.pop(inst, set()):
+            self.cvr.pop((group, config_id, key), None)
             self.registers.pop((group, config_id, key), None)
             self.lists.pop((group, config_id, key), None)
             self._persisted_lists.discard((group, config_id, key))
@@ -495,6 +595,7 @@ class ServerCore:
         return [
             Delete(abd.NS, group, config_id),
             Delete(treas.NS, group, config_id),
+            Delete(coverable.NS, group, config_id),
             Record(GC_NS, group, config_id, "", b""),
         ]
 
@@ -660,9 +761,20 @@ def _bad_successor(c: Configuration, successor: Configuration) -> ErrorReply | N
 
 
 def _state_bytes(st: ObjectState) -> int:
+    open_ = len(st.cvr.value) if st.cvr is not None else 0
     if st.value is not None:
-        return len(st.value)
-    return sum(len(e.element) for e in st.entries if e.element is not None)
+        return len(st.value) + open_
+    return sum(len(e.element) for e in st.entries if e.element is not None) + open_
+
+
+_CvrValued = TypeVar("_CvrValued", CvrAccept, CvrInject)
+
+
+def _own_value(req: _CvrValued) -> _CvrValued:
+    """A received value is a view of its whole frame: keep a copy of its own bytes only."""
+    if isinstance(req.value.data, memoryview):
+        return msgspec.structs.replace(req, value=Blob(bytes(req.value.data)))
+    return req
 
 
 def _by_tag(e: ListEntry) -> Tag:
@@ -685,6 +797,9 @@ _HANDLERS: dict[type, Callable[[ServerCore, Any], Result]] = {
     InstallConfig: ServerCore._on_install_config,
     LatestConfig: ServerCore._on_latest_config,
     Finalized: ServerCore._on_finalized,
+    CvrPrepare: ServerCore._on_cvr_prepare,
+    CvrAccept: ServerCore._on_cvr_accept,
+    CvrInject: ServerCore._on_cvr_inject,
     Ping: ServerCore._on_ping,
     GetStats: ServerCore._on_stats,
 }

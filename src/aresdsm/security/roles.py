@@ -28,9 +28,10 @@ What ordinary clients must still send -- and are allowed exactly that:
   client without ``admin``, as one that does not answer (like a crashed one); allowing it would
   let a reader squat configuration ids on servers. Clients without ``admin`` do not send it.
 
-Everything else -- consensus (Prepare, Accept), state transfer (GetGroup, SET_NEXT_AND_GET,
-PutBatch), Finalized, group enumeration (ListChains), GetStats -- needs ``admin``. A message type
-missing from the table needs ``admin`` (deny by default).
+Coverable writes (CvrPrepare, CvrAccept, §9.1) need ``write``. Everything else -- consensus
+(Prepare, Accept), state transfer (GetGroup, SET_NEXT_AND_GET, PutBatch, CvrInject), Finalized,
+group enumeration (ListChains), GetStats -- needs ``admin``. A message type missing from the
+table needs ``admin`` (deny by default).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from typing import Protocol
 from ..tags import Tag
 from ..wire.messages import (
     Accept,
+    CvrAccept,
+    CvrInject,
+    CvrPrepare,
     Finalized,
     GetGroup,
     GetStats,
@@ -74,6 +78,9 @@ REQUIRED: dict[type, str] = {
     LatestConfig: "read",
     ListKeys: "read",  # object keys, never values: a reader may read every object anyway
     PutData: "write",  # "read" for a write-back that adds nothing new: see required_role
+    CvrPrepare: "write",  # a coverable write (docs/protocol.md §9.1): writers only
+    CvrAccept: "write",
+    CvrInject: "admin",  # state transfer of an open level
     WriteConfig: "admin",  # "read" for a P entry (discovery write-back): see required_role
     Prepare: "admin",
     Accept: "admin",

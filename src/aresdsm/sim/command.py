@@ -65,6 +65,7 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
 @click.option("--mode", type=click.Choice(["ares2", "classic"]))
 @click.option("--treas/--no-treas", default=None)
 @click.option("--fast-read/--no-fast-read", default=None)
+@click.option("--coverable/--no-coverable", default=None, help="Mix in coverable objects (§9.1).")
 @click.option("--loss", type=float)
 @click.option("--duplicate", type=float)
 @click.option("--fsync-max-s", type=float)

@@ -28,14 +28,15 @@ from typing import Any
 
 import msgspec
 
-from ..check import CheckResult, check_history
+from ..check import CheckResult, CoverableModel, Op, check_history, check_operations
+from ..check.search import Verdict
 from ..config import Configuration, ServerInfo
 from ..errors import AresError, InvariantViolation
 from ..history import OpRecord, value_digest
-from ..protocol import ares
+from ..protocol import ares, coverable
 from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
-from ..tags import Tag, writer_id
+from ..tags import TAG0, Tag, writer_id
 from ..wire.blob import Blob
 from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
@@ -76,6 +77,9 @@ class SimOptions:
     clients_finalize: bool = True
     """Whether data clients write discovered F entries back as F (admin clients); False: as P,
     as clients without the admin role do (docs/security.md). Reconfigurers always finalize."""
+    coverable: bool | None = None
+    """Whether coverable objects (docs/protocol.md §9.1) are mixed in: their own keys, written
+    only with cvr_write by clients of their own, checked against the coverable model."""
     # test-only broken variants (never on unless a test asks)
     broken: tuple[str, ...] = ()
 
@@ -110,6 +114,10 @@ class SimOptions:
             fault_interval_s=self.fault_interval_s
             if self.fault_interval_s is not None
             else rng.choice([0.003, 0.01, 0.03]),
+            coverable=self.coverable
+            if self.coverable is not None
+            else random.Random(f"coverable-{self.seed}").random() < 0.5,  # own draw: the
+            # other options of a seed stay what they were before coverable objects existed
         )
 
     def command(self) -> str:
@@ -147,7 +155,14 @@ BROKEN_VARIANTS = (
     "split-handoff",
     "no-requery-after-obsolete",
     "forgets-accepts",
+    "cvr-unconditional",
+    "cvr-put-undecided",
+    "cvr-transfer-ignores-open",
+    "cvr-no-freeze",
 )
+CVR_KEYS = ("v0", "v1")
+"""Coverable objects of a run: keys of their own (a plain write's tag would sit between two
+agreed versions, docs/protocol.md §9.1), so plain clients never touch them."""
 
 
 @dataclass
@@ -206,6 +221,7 @@ class _World:
                 broken_forget_promises="forgetful-acceptor" in opts.broken,
                 broken_forget_accepts="forgets-accepts" in opts.broken,
                 broken_gc_on_pending="gc-on-pending" in opts.broken,
+                broken_cvr_no_freeze="cvr-no-freeze" in opts.broken,
             ),
         )
         for srv in self.cluster.servers.values():
@@ -235,6 +251,9 @@ class _World:
             broken_fast_read_short="fast-read-short" in opts.broken,
             broken_split_handoff="split-handoff" in opts.broken,
             broken_no_requery_after_obsolete="no-requery-after-obsolete" in opts.broken,
+            broken_cvr_unconditional="cvr-unconditional" in opts.broken,
+            broken_cvr_put_undecided="cvr-put-undecided" in opts.broken,
+            broken_cvr_transfer_ignores_open="cvr-transfer-ignores-open" in opts.broken,
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
@@ -246,6 +265,8 @@ class _World:
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
         self.history: list[OpRecord] = []
+        self.cvr_ops: dict[str, list[Op]] = {k: [] for k in CVR_KEYS}
+        """Coverable operations per object, for the coverable model (§9.1)."""
         self.chains: list[ares.Cseq] = []
         self.decided: dict[tuple[str, str], str] = {}
         self.failures: list[str] = []
@@ -365,6 +386,96 @@ async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
         await asyncio.sleep(rng.uniform(0, 0.002))
 
 
+def _cvr_record(world: _World, key: str, op: Op) -> int:
+    ops = world.cvr_ops[key]
+    ops.append(dataclasses.replace(op, op_id=len(ops) + 1))
+    return len(ops) - 1
+
+
+async def _cvr_client(world: _World, name: str, ops: int) -> None:
+    """Coverable reads and writes (docs/protocol.md §9.1) on CVR_KEYS: each write names as its
+    base the version this client last saw of the object (so writers collide on bases)."""
+    rng = random.Random(f"{world.opts.seed}-{name}")
+    ch = world.channel(name)
+    seen: dict[str, Tag] = {}
+
+    async def backoff(attempt: int) -> None:
+        await asyncio.sleep(rng.uniform(0, 0.002 * 2**attempt))
+
+    for n in range(1, ops + 1):
+        key = rng.choice(CVR_KEYS)
+        chain = ares.chain_of(GROUP, key, world.switches)
+        okey = ares.object_key(GROUP, key, world.switches)
+        start = world.loop.time()
+        if rng.random() < 0.35:
+            try:
+                res, cseq = await ares.read(
+                    ch, world.cseq(name, chain), group=chain, key=okey, switches=world.switches
+                )
+            except AresError:
+                await asyncio.sleep(rng.uniform(0.001, 0.01))
+                continue
+            world.learn(name, chain, cseq)
+            seen[key] = res.tag
+            op = Op(0, "read", start, world.loop.time(), bytes(res.value.data), res.tag)
+            _cvr_record(world, key, dataclasses.replace(op, client=name))
+            continue
+        base = seen.get(key, TAG0)
+        value = f"{name}-{n}".encode()
+        writer = writer_id(name, n)
+        # recorded pending first: a failed or crashed write may or may not take effect
+        at = _cvr_record(
+            world,
+            key,
+            Op(
+                0, "cvr-ok", start, value=value, tag=Tag(base.z + 1, writer), base=base, client=name
+            ),
+        )
+        try:
+            out, cseq = await coverable.cvr_write(
+                ch,
+                world.cseq(name, chain),
+                group=chain,
+                key=okey,
+                value=Blob(value),
+                base=base,
+                writer=writer,
+                backoff=backoff,
+                switches=world.switches,
+            )
+        except AresError:
+            seen.pop(key, None)
+            await asyncio.sleep(rng.uniform(0.001, 0.01))
+            continue
+        world.learn(name, chain, cseq)
+        seen[key] = out.tag
+        got = b"" if out.value is None else bytes(out.value.data)
+        world.cvr_ops[key][at] = dataclasses.replace(
+            world.cvr_ops[key][at],
+            kind="cvr-ok" if out.ok else "cvr-stale",
+            complete=world.loop.time(),
+            value=got,
+            tag=out.tag,
+        )
+        await asyncio.sleep(rng.uniform(0, 0.002))
+
+
+def _check_cvr(world: _World, plain: CheckResult) -> CheckResult:
+    """The plain history's result with every coverable object's (§9.1) added."""
+    model: Any = CoverableModel(TAG0, b"")
+    extra = tuple(
+        check_operations(f"cvr/{k}", ops, model=model)
+        for k, ops in sorted(world.cvr_ops.items())
+        if ops
+    )
+    keys = plain.keys + extra
+    verdicts = {k.verdict for k in keys}
+    verdict: Verdict = (
+        "violation" if "violation" in verdicts else "unknown" if "unknown" in verdicts else "ok"
+    )
+    return CheckResult(verdict, keys)
+
+
 def _proposal(world: _World) -> Configuration:
     rng = world.rng
     size = rng.randint(min(3, len(world.pool)), len(world.pool))
@@ -470,8 +581,14 @@ async def _main(opts: SimOptions) -> SimResult:
         asyncio.ensure_future(_client(world, f"c{i}", per_client, keys))
         for i in range(opts.clients)
     ]
+    all_keys = keys + list(CVR_KEYS) if opts.coverable else keys  # (classic: chains per key)
+    if opts.coverable:
+        clients += [
+            asyncio.ensure_future(_cvr_client(world, f"v{i}", max(4, per_client // 2)))
+            for i in range(2)
+        ]
     reconfs = [
-        asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, keys))
+        asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, all_keys))
         for i in range(opts.reconfigurers or 1)
     ]
     stop = asyncio.Event()
@@ -493,7 +610,7 @@ async def _main(opts: SimOptions) -> SimResult:
     return SimResult(
         options=opts,
         history=world.history,
-        check=check_history(world.history),
+        check=_check_cvr(world, check_history(world.history)),
         invariant_failures=world.failures + world.cluster.monitor.failures,
         trace_hash=hashlib.sha256("\n".join(events).encode()).hexdigest(),
         messages=sum(c.messages for c in world.channels),
@@ -514,6 +631,7 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
             srv.restart()
     world.down.clear()
     ch = world.channel("final")
+    await _final_cvr_reads(world, ch)
     acked: dict[str, Tag] = {}
     for r in world.history:
         if r.kind == "write" and r.outcome == "ok" and r.tag is not None:
@@ -548,6 +666,24 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
             world.failures.append(
                 f"§10.8: acknowledged write {acked[key]} of {key} lost (final read {res.tag})"
             )
+
+
+async def _final_cvr_reads(world: _World, ch: SimChannel) -> None:
+    for key in CVR_KEYS:
+        if not world.cvr_ops[key]:
+            continue
+        start = world.loop.time()
+        chain = ares.chain_of(GROUP, key, world.switches)
+        okey = ares.object_key(GROUP, key, world.switches)
+        try:
+            res, _ = await ares.read(
+                ch, world.longest(chain), group=chain, key=okey, switches=world.switches
+            )
+        except AresError as e:
+            world.failures.append(f"final read of {key} failed after healing: {e}")
+            continue
+        op = Op(0, "read", start, world.loop.time(), bytes(res.value.data), res.tag)
+        _cvr_record(world, key, dataclasses.replace(op, client="final"))
 
 
 def run_simulation(seed: int, **overrides: Any) -> SimResult:

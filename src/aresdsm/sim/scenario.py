@@ -19,6 +19,7 @@ history with the linearizability checker::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -26,12 +27,13 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..check import CheckResult, check_history
+from ..check import CheckResult, CoverableModel, KeyResult, Op, check_history, check_operations
 from ..config import Configuration, ServerInfo
+from ..errors import CoverableConflict, OperationError
 from ..history import OpRecord, value_digest
-from ..protocol import ares
+from ..protocol import ares, coverable
 from ..protocol.ops import OpSwitches
-from ..tags import writer_id
+from ..tags import TAG0, Tag, writer_id
 from ..wire.blob import Blob
 from ..wire.messages import Reply, Request
 from .cluster import NetworkFaults, SimChannel, SimCluster
@@ -122,6 +124,55 @@ class ScenarioClient:
         self.sc.complete(op, value_digest(res.value.data))
         return bytes(res.value.data)
 
+    async def cvr_write(self, key: str, value: bytes, base: Tag) -> coverable.CvrOutcome:
+        """A coverable write (docs/protocol.md §9.1), recorded for the coverable checker
+        (:meth:`Scenario.check_cvr`); a failed one is recorded pending (it may have taken
+        effect), a stale one with the version it reported."""
+        self.ops += 1
+        writer = writer_id(self.name, self.ops)
+        chain = ares.chain_of(GROUP, key, self.switches)
+        invoke = self.sc.now()
+
+        async def backoff(attempt: int) -> None:
+            await asyncio.sleep(0.002 * attempt)
+
+        try:
+            out, cseq = await coverable.cvr_write(
+                self.channel,
+                self.cseq(chain),
+                group=chain,
+                key=ares.object_key(GROUP, key, self.switches),
+                value=Blob(value),
+                base=base,
+                writer=writer,
+                backoff=backoff,
+                switches=self.switches,
+            )
+        except (CoverableConflict, OperationError):
+            own = Tag(base.z + 1, writer)
+            self.sc.record_cvr(key, Op(0, "cvr-ok", invoke, value=value, tag=own, base=base))
+            raise
+        self._learn(chain, cseq)
+        got = b"" if out.value is None else bytes(out.value.data)
+        kind = "cvr-ok" if out.ok else "cvr-stale"
+        op = Op(0, kind, invoke, self.sc.now(), value=got, tag=out.tag, base=base)
+        self.sc.record_cvr(key, op, client=self.name)
+        return out
+
+    async def read_tagged(self, key: str) -> tuple[Tag, bytes]:
+        """A read of a coverable object, recorded for :meth:`Scenario.check_cvr`."""
+        invoke = self.sc.now()
+        chain = ares.chain_of(GROUP, key, self.switches)
+        okey = ares.object_key(GROUP, key, self.switches)
+        res, cseq = await ares.read(
+            self.channel, self.cseq(chain), group=chain, key=okey, switches=self.switches
+        )
+        self._learn(chain, cseq)
+        value = bytes(res.value.data)
+        op = Op(0, "read", invoke, self.sc.now(), value=value, tag=res.tag)
+        self.sc.record_cvr(key, op, client=self.name)
+        return res.tag, value
+
     async def reconfig(
         self, proposal: Configuration, *, finish_first: bool = True
     ) -> Configuration:
@@ -165,7 +216,14 @@ class ScenarioClient:
 class Scenario:
     """One scripted run. Use :meth:`play`."""
 
-    def __init__(self, *, servers: int, initial: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        *,
+        servers: int,
+        initial: int,
+        loop: asyncio.AbstractEventLoop,
+        dap: str = "abd",
+    ) -> None:
         self.timeout_s = 10.0
         self.loop = loop
         pool = [ServerInfo(f"s{i}", f"10.0.0.{i}:7000") for i in range(servers)]
@@ -174,10 +232,15 @@ class Scenario:
             delay_min_s=0.001, delay_max_s=0.001, fsync_min_s=0.0001, fsync_max_s=0.0001
         )
         self.cluster = ScriptedCluster(rng=random.Random(0), loop=loop, servers=pool, faults=faults)
-        self.c0 = Configuration("c0", tuple(pool[:initial]))
+        if dap == "treas":  # [n, n - 2] code, delta 2 (docs/protocol.md §4.2)
+            self.c0 = Configuration("c0", tuple(pool[:initial]), "treas", k=initial - 2, delta=2)
+        else:
+            self.c0 = Configuration("c0", tuple(pool[:initial]))
         for s in self.c0.servers:
             self.cluster.servers[s.id].bootstrap(self.c0)
         self.history: list[OpRecord] = []
+        self.cvr_ops: dict[str, list[Op]] = {}
+        """Coverable operations per object (checked with :meth:`check_cvr`)."""
 
     # -- script API ---------------------------------------------------------------------------
 
@@ -236,13 +299,30 @@ class Scenario:
     def check(self) -> CheckResult:
         return check_history(self.history)
 
+    def record_cvr(self, key: str, op: Op, *, client: str = "") -> None:
+        ops = self.cvr_ops.setdefault(key, [])
+        ops.append(dataclasses.replace(op, op_id=len(ops) + 1, client=client or op.client))
+
+    def check_cvr(self, key: str) -> KeyResult:
+        """Check object ``key``'s coverable history against the sequential spec of
+        docs/protocol.md §9.1 (pending writes may or may not have taken effect)."""
+        model: Any = CoverableModel(TAG0, b"")
+        return check_operations(key, self.cvr_ops.get(key, []), model=model)
+
     @staticmethod
     def play(
-        *, servers: int, script: Callable[[Scenario], Awaitable[None]], initial: int | None = None
+        *,
+        servers: int,
+        script: Callable[[Scenario], Awaitable[None]],
+        initial: int | None = None,
+        dap: str = "abd",
     ) -> Scenario:
         async def main() -> Scenario:
             sc = Scenario(
-                servers=servers, initial=initial or servers, loop=asyncio.get_running_loop()
+                servers=servers,
+                initial=initial or servers,
+                loop=asyncio.get_running_loop(),
+                dap=dap,
             )
             await script(sc)
             return sc

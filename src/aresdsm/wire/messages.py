@@ -205,6 +205,52 @@ class LatestConfig(_Msg, frozen=True, tag="latest"):
     group: str
 
 
+class CvrBallot(msgspec.Struct, frozen=True, order=True, array_like=True):
+    """A coverable-register ballot ``(epoch, round, proposer)`` (docs/protocol.md §9.1). The
+    epoch of the configuration it was issued in comes first, so every ballot issued in a
+    successor configuration beats every one carried over from its predecessor by the transfer."""
+
+    epoch: int
+    round: int
+    proposer: str
+
+
+class CvrPrepare(_Msg, frozen=True, tag="cprep"):
+    """Coverable register, phase 1 of the Paxos instance deciding version ``level`` of ``key``
+    (docs/protocol.md §9.1). Answered by CvrPromise or CvrNack (carrying the committed tag)."""
+
+    group: str
+    config_id: str
+    key: str
+    level: int
+    ballot: CvrBallot
+
+
+class CvrAccept(_Msg, frozen=True, tag="cacc"):
+    """Coverable register, phase 2: accept (tag, value) as version ``level`` at ``ballot``."""
+
+    group: str
+    config_id: str
+    key: str
+    level: int
+    ballot: CvrBallot
+    tag: Tag
+    value: Blob
+
+
+class CvrInject(_Msg, frozen=True, tag="cinj"):
+    """State transfer of an open level (docs/protocol.md §9.1): the value the predecessor's
+    frozen acceptors may have decided, carried as an accepted value at its (older) ballot."""
+
+    group: str
+    config_id: str
+    key: str
+    level: int
+    ballot: CvrBallot
+    tag: Tag
+    value: Blob
+
+
 class GetStats(_Msg, frozen=True, tag="stats"):
     """Ask a server for its counters and storage figures."""
 
@@ -265,13 +311,50 @@ class Nack(_Msg, frozen=True, tag="nack"):
     promised: Ballot
 
 
+class CvrOpen(msgspec.Struct, frozen=True, array_like=True):
+    """A coverable object's highest open level on one server: the value accepted there, at
+    which ballot (docs/protocol.md §9.1); reported by SET_NEXT_AND_GET for the transfer."""
+
+    level: int
+    ballot: CvrBallot
+    tag: Tag
+    value: Blob
+
+
 class ObjectState(msgspec.Struct, frozen=True, array_like=True):
-    """One object's DAP state: ABD (tag, value) or TREAS list entries."""
+    """One object's DAP state: ABD (tag, value) or TREAS list entries; for a coverable object
+    with an accepted but uncommitted version also that (``cvr``)."""
 
     key: str
     tag: Tag
     value: Blob | None = None
     entries: tuple[ListEntry, ...] = ()
+    cvr: CvrOpen | None = None
+
+
+class CvrPromise(_Msg, frozen=True, tag="cprom"):
+    """The promise of CvrPrepare, with the server's committed tag of the key and the value it
+    accepted at the level (if any)."""
+
+    ballot: CvrBallot
+    committed: Tag
+    accepted: CvrOpen | None = None
+    next: NextEntry | None = None
+
+
+class CvrAccepted(_Msg, frozen=True, tag="cacd"):
+    ballot: CvrBallot
+    committed: Tag
+    next: NextEntry | None = None
+
+
+class CvrNack(_Msg, frozen=True, tag="cnack"):
+    """Refusal: a higher promise (``promised``), the level is committed here already
+    (``committed``.z >= level), or the configuration has a successor (``next``: frozen)."""
+
+    promised: CvrBallot | None
+    committed: Tag
+    next: NextEntry | None = None
 
 
 class ChainsReply(_Msg, frozen=True, tag="chainsr"):
@@ -342,6 +425,9 @@ Request = (
     | ListKeys
     | LatestConfig
     | Finalized
+    | CvrPrepare
+    | CvrAccept
+    | CvrInject
     | GetStats
 )
 Reply = (
@@ -358,6 +444,9 @@ Reply = (
     | ChainsReply
     | KeysReply
     | Obsolete
+    | CvrPromise
+    | CvrAccepted
+    | CvrNack
     | Stats
     | ErrorReply
 )
