@@ -339,6 +339,8 @@ def parse_cluster(
     file_insecure = cluster_table.get("insecure", False)
     if not isinstance(file_insecure, bool):
         raise ConfigurationError(f"{source}: [cluster]: 'insecure' must be true or false")
+    server_table = data.get("server", {})
+    ServerLimits.from_table(server_table, where=f"{source}: [server]")  # validate now
     tls_table = data.get("tls")
     server_tls: dict[str, TlsFiles] = {}
     deny_file: str | None = None
@@ -381,8 +383,6 @@ def parse_cluster(
             "encryption; create certificates (ares cluster start, ares certs) or set "
             "insecure = true in [cluster] to run plaintext on purpose"
         )
-    server_table = data.get("server", {})
-    ServerLimits.from_table(server_table, where=f"{source}: [server]")  # validate now
     return ClusterFile(
         servers=tuple(servers),
         initial=initial,
