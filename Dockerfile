@@ -2,7 +2,7 @@
 # index). See docs/deploying.md, "Running a server in a container".
 #
 #   docker build -t aresdsm:0.1.0 .
-#   docker run -d -p 7400:7400 -v /etc/ares/cluster.toml:/etc/ares/cluster.toml:ro \
+#   docker run -d -p 7400:7400 -p 9400:9400 -v /etc/ares/cluster.toml:/etc/ares/cluster.toml:ro \
 #       -v ares-s1-data:/var/lib/ares aresdsm:0.1.0 --id s1
 #
 # The base is pinned to Python 3.11 on Debian bookworm; for reproducible builds pin it by digest
@@ -28,11 +28,15 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/ares --shell /usr/sbin/nolo
 USER ares
 WORKDIR /var/lib/ares
 VOLUME ["/var/lib/ares"]
-EXPOSE 7400
+# 7400: the aresdsm protocol; 9400: Prometheus /metrics, /healthz, /readyz
+EXPOSE 7400 9400
+HEALTHCHECK --interval=30s --timeout=10s --retries=3 \
+    CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:9400/healthz', timeout=8)"
 
 # SIGTERM (docker stop) makes the server finish its storage commits and exit 0.
 STOPSIGNAL SIGTERM
 # Each container adds its server id: `docker run ... aresdsm:0.1.0 --id s1`. The cluster file is
 # mounted at /etc/ares/cluster.toml; its address for this server is the host's published one.
 ENTRYPOINT ["ares", "-v", "server", "--cluster", "/etc/ares/cluster.toml", \
-            "--data-dir", "/var/lib/ares", "--listen", "0.0.0.0:7400"]
+            "--data-dir", "/var/lib/ares", "--listen", "0.0.0.0:7400", \
+            "--metrics-address", "0.0.0.0:9400"]

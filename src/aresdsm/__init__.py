@@ -9,7 +9,7 @@ Quick use::
 """
 
 from .client import CvrResult, HistoryRecorder, Store, SyncStore, connect, connect_sync
-from .config import ClusterFile, Configuration, ServerInfo, load_cluster_file
+from .config import ClientOptions, ClusterFile, Configuration, ServerInfo, load_cluster_file
 from .errors import (
     AresError,
     ConcurrencyExceeded,
@@ -24,6 +24,7 @@ from .errors import (
     ServerError,
     StorageError,
 )
+from .metrics import ClientMetrics
 from .protocol.ops import CLASSIC, DEFAULT_SWITCHES, OpSwitches
 from .tags import TAG0, Tag
 
@@ -34,6 +35,8 @@ __all__ = [
     "DEFAULT_SWITCHES",
     "TAG0",
     "AresError",
+    "ClientMetrics",
+    "ClientOptions",
     "ClusterFile",
     "ConcurrencyExceeded",
     "Configuration",

@@ -411,7 +411,12 @@ async def _bench_cluster(
     for mode in modes:
         base = MODES[mode]
         switches = dataclasses.replace(base, fast_read=base.fast_read and fast_read)
-        store = Store(initial, options=cluster.cluster.client, switches=switches)
+        store = Store(
+            initial,
+            options=cluster.cluster.client,
+            switches=switches,
+            cluster_id=cluster.cluster.cluster_id,
+        )
         if not floor:
             floor = await measure_floor(store)
             log(f"N={n} {security}: transport floor (ping RTT p50) {floor * 1e3:.3f} ms")
@@ -456,7 +461,12 @@ async def _bench_reconfig(
     sets. With ``batch`` off (classic) every object is reconfigured on its own."""
     group = f"reconf-{mode}"
     names = [group] if groups <= 1 else [f"{group}-{g}" for g in range(groups)]
-    store = Store(cluster.cluster.initial, options=cluster.cluster.client, switches=MODES[mode])
+    store = Store(
+        cluster.cluster.initial,
+        options=cluster.cluster.client,
+        switches=MODES[mode],
+        cluster_id=cluster.cluster.cluster_id,
+    )
     value = b"r" * value_bytes
     for i in range(0, objects, 64):
         await asyncio.gather(

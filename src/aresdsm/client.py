@@ -2,7 +2,8 @@
 
 A :class:`Store` reads and writes named objects with atomic (linearizable) semantics. It holds one
 TCP connection per server and runs any number of operations concurrently; every write gets its own
-writer id (client id + operation number) so concurrent writes of one client never share a tag.
+writer id (client id + random incarnation + operation number) so that no two writes -- of one
+client, or of two processes using one client name -- ever share a tag.
 
 Errors (see :mod:`aresdsm.errors`): :class:`~aresdsm.errors.OperationTimeout` and
 :class:`~aresdsm.errors.QuorumUnavailable` when not enough servers answer -- a write that failed
@@ -15,6 +16,7 @@ Optionally every operation is recorded (:class:`HistoryRecorder`) for ``ares che
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import logging
@@ -23,7 +25,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,13 +44,15 @@ from .config import (
     validate_configuration,
 )
 from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
-from .history import OpKind, OpRecord, value_digest, write_records
+from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
+from .identity import initial_digest
 from .limits import MAX_NAME_BYTES
-from .net.client import TcpChannel, context_without_deadline
+from .metrics import ClientMetrics
+from .net.client import ClusterIdentity, TcpChannel, context_without_deadline
 from .net.client import deadline as net_deadline
 from .protocol import ares, coverable, ops
-from .protocol.channel import ConfigurationObsolete
-from .tags import Tag, writer_id
+from .protocol.channel import ConfigurationObsolete, StoreChannel
+from .tags import TAG0, Tag, new_incarnation, tombstone_writer, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
 
@@ -58,6 +62,8 @@ MAX_KEY_BYTES = MAX_NAME_BYTES
 """An object key or group name (the server checks its own limits too: aresdsm.limits)."""
 FRAME_SLACK_BYTES = 64 * 1024
 """Room for a reply's header and coding padding next to its values."""
+LIST_READS_IN_FLIGHT = 16
+"""Reads a listing runs at once to check which listed keys are present."""
 MAX_BACKGROUND_FINALIZE = 16
 """Chains finalized in the background at once (many with ``batch`` off)."""
 CLOSE_WAIT_S = 1.0
@@ -79,7 +85,7 @@ class HistoryRecorder:
 
     def __init__(self, out: IO[bytes], *, clock: Any = time.time) -> None:
         self._out = out
-        self._clock = clock
+        self._clock = StrictClock(clock)  # an op invoked after another returned is later
         self._lock = threading.Lock()
         self._ids = 0
 
@@ -191,13 +197,36 @@ class Store:
         switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
         cseq_cache: str | Path | None = None,
         known_servers: Iterable[ServerInfo] = (),
+        channel: StoreChannel | None = None,
+        incarnation: str | None = None,
+        cluster_id: str = "",
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self.configuration = configuration
+        self.cluster_id = cluster_id
+        """The cluster this client belongs to ("" : only the initial configuration's digest is
+        proven in the handshake -- library use without a cluster file)."""
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
+        if client_id is not None and "\x00" in client_id:
+            raise ConfigurationError("a client id must not contain NUL characters")
         self.client_id = client_id or uuid.uuid4().hex[:12]
-        self.channel = TcpChannel(self.options)
+        if "\x00" in self.client_id:
+            raise ConfigurationError("client_id must not contain NUL characters")
+        self.incarnation = incarnation or new_incarnation()
+        """Random per Store: the same client name in two processes never shares a tag (§2); the
+        simulator passes a seeded one."""
+        self.metrics = metrics
+        """Counters and histograms (:class:`~aresdsm.metrics.ClientMetrics`); None: off, free."""
+        if channel is None:
+            tcp = TcpChannel(
+                self.options, hello=ClusterIdentity(cluster_id, initial_digest(configuration))
+            )
+            tcp.metrics = metrics
+            tcp.faults = switches.faults
+            channel = tcp
+        self.channel: StoreChannel = channel
         self.recorder = recorder
         if not self.channel.may_install and switches.write_back_final:
             # without the admin role a client may not finalize (docs/protocol.md §13): it
@@ -206,6 +235,10 @@ class Store:
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
+        self.incarnation = incarnation or uuid.uuid4().hex[:8]
+        """Part of every writer id: a client restarted under the same ``client_id`` counts its
+        operations from 1 again, and must not reuse a tag of its earlier life with another
+        value (tests/sim/test_reused_client_name.py)."""
         self._cseqs: dict[str, ares.Cseq] = {}
         self._hints: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
         """Chains from the disk cache: where to ask, and how far the chain had come. Never used
@@ -240,7 +273,9 @@ class Store:
 
     def _next_writer(self) -> str:
         self._op_seq += 1
-        return writer_id(self.client_id, self._op_seq)
+        if self.switches.faults.broken_writer_ids_without_incarnation:
+            return writer_id(self.client_id, self._op_seq)
+        return writer_id(self.client_id, self._op_seq, self.incarnation)
 
     @property
     def mode(self) -> str:
@@ -309,7 +344,7 @@ class Store:
                     f"the operation did not complete within timeout_s={total:g}"
                 ) from None
 
-    def _ask_servers(self, chain: str) -> list[ServerInfo]:
+    def _ask_servers(self, chain: str) -> builtins.list[ServerInfo]:
         """Every server this client knows of: the cluster file's, and those of every
         configuration it has seen or cached (one per address)."""
         out: dict[str, ServerInfo] = {s.address: s for s in self.known_servers}
@@ -363,6 +398,8 @@ class Store:
             except (QuorumUnavailable, OperationTimeout, ConfigurationObsolete):
                 return False
             self._learn(chain, self._with_history(chain, cseq))
+            if self.metrics is not None:
+                self.metrics.relocations.inc()
             return True
 
         try:
@@ -448,6 +485,9 @@ class Store:
                     hedge.cancel()
                     await asyncio.gather(hedge, return_exceptions=True)
             return await first
+        except asyncio.CancelledError:
+            first.cancel()  # the caller gave up (its deadline, a crash): so does the attempt
+            raise
         except (QuorumUnavailable, OperationTimeout):
             if not first.done() or first.cancelled():
                 raise
@@ -470,16 +510,16 @@ class Store:
 
     # -- reads and writes --------------------------------------------------------------------------
 
-    async def _write_op(self, group: str, key: str, value: Blob) -> Tag:
+    async def _write_op(self, group: str, key: str, value: Blob, *, delete: bool = False) -> Tag:
         """A write, retried after the client relocated (§8.5) -- with the tag the first attempt
         chose, if it got that far: its put-data may already have taken effect."""
         chain = ares.chain_of(group, key, self.switches)
         okey = ares.object_key(group, key, self.switches)
-        chosen: list[Tag] = []
+        chosen: builtins.list[Tag] = []
 
         async def again() -> Tag:
-            if not chosen or self.switches.broken_retry_write_with_new_tag:
-                return await self._write_once(chain, okey, value, chosen.append)
+            if not chosen or self.switches.faults.broken_retry_write_with_new_tag:
+                return await self._write_once(chain, okey, value, chosen.append, delete)
             cseq = await ares.finish_write(
                 self.channel,
                 self._view(chain),
@@ -493,7 +533,7 @@ class Store:
             return chosen[0]
 
         return await self._with_recovery(
-            chain, lambda: self._write_once(chain, okey, value, chosen.append), again
+            chain, lambda: self._write_once(chain, okey, value, chosen.append, delete), again
         )
 
     async def _read_op(self, group: str, key: str) -> ops.ReadResult:
@@ -504,15 +544,21 @@ class Store:
         )
 
     async def _write_once(
-        self, chain: str, key: str, value: Blob, on_tag: Callable[[Tag], None]
+        self,
+        chain: str,
+        key: str,
+        value: Blob,
+        on_tag: Callable[[Tag], None],
+        delete: bool = False,
     ) -> Tag:
+        writer = self._next_writer()
         tag, cseq = await ares.write(
             self.channel,
             self._view(chain),
             group=chain,
             key=key,
             value=value,
-            writer=self._next_writer(),
+            writer=tombstone_writer(writer) if delete else writer,
             switches=self.switches,
             on_tag=on_tag,
         )
@@ -551,17 +597,24 @@ class Store:
 
         return await self._with_recovery(chain, once, once)
 
-    async def groups(self, *, timeout_s: float | None = None) -> list[str]:
+    async def groups(self, *, timeout_s: float | None = None) -> builtins.list[str]:
         """The groups that hold at least one object, in order: listed from the object keys a
         quorum of each current configuration holds (keys only, never values), so every group
-        with a completed write is listed. Not a snapshot: groups written or emptied meanwhile
-        may or may not appear. With ``batch`` off, from the chains the initial configuration
-        knows."""
+        with a completed write is listed; a group whose keys are all deleted is left out (its
+        keys are read until one is present). Not a snapshot: groups written or emptied
+        meanwhile may or may not appear. With ``batch`` off, from the chains the initial
+        configuration knows. ``timeout_s`` bounds the listing and each check (as in
+        :meth:`list`), not their sum: the work grows with the number of groups."""
+        if self.switches.batch:
+            candidates = await self._group_candidates(timeout_s)
+            return [g for g in candidates if await self.list(group=g, limit=1, timeout_s=timeout_s)]
         async with self._deadline(timeout_s):
-            if not self.switches.batch:
-                return await self._groups_classic()
+            return await self._groups_classic()
+
+    async def _group_candidates(self, timeout_s: float | None) -> builtins.list[str]:
+        async with self._deadline(timeout_s):
             chain = ares.CLUSTER_CHAIN
-            found: list[str] = []
+            found: builtins.list[str] = []
             after = ""
             while True:
                 page = await self._list_page(chain, "", after)
@@ -573,6 +626,79 @@ class Store:
                     return found
                 # every key of group g sorts before g + "\x01": skip the rest of the last group
                 after = max(page.after, found[-1] + "\x01") if found else page.after
+
+    async def list(
+        self,
+        prefix: str = "",
+        *,
+        group: str = DEFAULT_GROUP,
+        limit: int | None = None,
+        timeout_s: float | None = None,
+    ) -> builtins.list[str]:
+        """The keys of ``group`` that start with ``prefix``, in order (at most ``limit``).
+
+        Not a snapshot: the servers report the keys a quorum of the current configuration
+        holds (keys only), and each is then read (:meth:`read_tagged`, a few at a time) so that
+        keys deleted are left out. Each key's presence is linearizable on its own: a listed key
+        was present at some moment of the listing, and a key written before the listing began
+        and not deleted since is listed; keys written or deleted during it may or may not be.
+        ``timeout_s`` bounds each page and each read (default: the client's)."""
+        out: builtins.list[str] = []
+        keys = self.iter_keys(prefix, group=group, timeout_s=timeout_s)
+        async with contextlib.aclosing(keys):  # closed at once when the limit stops it early
+            async for key in keys:
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(key)
+        return out
+
+    async def iter_keys(
+        self,
+        prefix: str = "",
+        *,
+        group: str = DEFAULT_GROUP,
+        verify: bool = True,
+        timeout_s: float | None = None,
+    ) -> AsyncGenerator[str, None]:
+        """The keys of ``group`` that start with ``prefix``, in order, page by page (memory
+        bounded by a page). ``verify`` (default): read each key and leave out the absent ones,
+        as :meth:`list` does; False: every key the servers hold, deleted ones included (a
+        backup reads each key anyway)."""
+        _check_group(group)
+        if "\x00" in prefix:
+            raise ConfigurationError("a key prefix must not contain NUL characters")
+        if not self.switches.batch:
+            raise ConfigurationError(
+                "listing keys needs the cluster's chain (batch on); with batch off every object "
+                "has a chain of its own"
+            )
+        chain = ares.CLUSTER_CHAIN
+        full = ares.object_key(group, prefix, self.switches)
+        after = ""
+        while True:
+            async with self._deadline(timeout_s):
+                page = await self._list_page(chain, full, after)
+            keys = [ares.split_object_key(k)[1] for k in page.keys if k.startswith(full)]
+            if verify:
+                keys = await self._present(keys, group, timeout_s)
+            for k in keys:
+                yield k
+            if page.after is None:
+                return
+            after = page.after
+
+    async def _present(
+        self, keys: builtins.list[str], group: str, timeout_s: float | None
+    ) -> builtins.list[str]:
+        gate = asyncio.Semaphore(LIST_READS_IN_FLIGHT)
+
+        async def present(key: str) -> bool:
+            async with gate:
+                _, value = await self.read_tagged(key, group=group, timeout_s=timeout_s)
+                return value is not None
+
+        found = await asyncio.gather(*(present(k) for k in keys))
+        return [k for k, ok in zip(keys, found, strict=True) if ok]
 
     async def _list_page(self, chain: str, prefix: str, after: str) -> ares.KeysPage:
         async def once() -> ares.KeysPage:
@@ -589,8 +715,8 @@ class Store:
 
         return await self._with_recovery(chain, once, once)
 
-    async def _groups_classic(self) -> list[str]:
-        found: list[str] = []
+    async def _groups_classic(self) -> builtins.list[str]:
+        found: builtins.list[str] = []
         after = ""
         while True:
             page = await ares.list_chains(self.channel, self.configuration, "", after)
@@ -641,11 +767,39 @@ class Store:
             timeout_s = self.options.timeout_s * RECONFIG_TIMEOUT_FACTOR
         attrs = {"ares.op": "reconfig", "ares.group": group, "ares.mode": self.mode}
         with tracing.span("op", attrs):
-            async with self._deadline(timeout_s):
-                await self._probe_members(proposal)
-                if self.switches.batch:
-                    return await self._reconfigure(proposal, force)
-                return await self._reconfigure_each(proposal, group, keys, concurrency, force)
+            return await self._measured(
+                "reconfig",
+                self._reconfigure_all(proposal, group, keys, concurrency, force, timeout_s),
+            )
+
+    async def _reconfigure_all(
+        self,
+        proposal: Configuration,
+        group: str,
+        keys: Iterable[str] | None,
+        concurrency: int,
+        force: bool,
+        timeout_s: float,
+    ) -> Configuration:
+        async with self._deadline(timeout_s):
+            proposal = await self._stamp_incarnations(proposal, group)  # issue 10
+            await self._probe_members(proposal)
+            if self.switches.batch:
+                return await self._reconfigure(proposal, force)
+            return await self._reconfigure_each(proposal, group, keys, concurrency, force)
+
+    async def _measured(self, op: str, coro: Coroutine[Any, Any, T]) -> T:
+        m = self.metrics
+        if m is None:
+            return await coro
+        started = time.perf_counter()
+        try:
+            result = await coro
+        except BaseException as e:
+            m.operation(op, started, e)
+            raise
+        m.operation(op, started, None)
+        return result
 
     async def _probe_members(self, proposal: Configuration) -> None:
         """Every member of the proposal must answer before consensus can make it the cluster's
@@ -763,6 +917,58 @@ class Store:
                 result = decided
         return result
 
+    async def probe(self, servers: Iterable[ServerInfo]) -> tuple[ServerInfo, ...]:
+        """Connect to each server (handshake: this cluster, that server id) and return them
+        stamped with the incarnation uid each reports. Raises ConfigurationError naming every
+        server that is unreachable or is not what it should be."""
+        found, bad = await self._probe(tuple(servers))
+        if bad:
+            raise ConfigurationError(
+                f"not every server answers as a member of this cluster ({'; '.join(bad)})"
+            )
+        return found
+
+    async def _probe(
+        self, servers: tuple[ServerInfo, ...]
+    ) -> tuple[tuple[ServerInfo, ...], builtins.list[str]]:
+        identify = getattr(self.channel, "identify", None)
+        if identify is None:  # a channel without handshakes (the simulator): nothing to stamp
+            return servers, []
+
+        async def one(s: ServerInfo) -> ServerInfo | str:
+            try:
+                welcome = await identify(s, timeout_s=self.options.connect_timeout_s)
+            except AresError as e:
+                return str(e) if s.id in str(e) else f"{s.id} ({s.address}): {e}"
+            return msgspec.structs.replace(s, uid=welcome.incarnation)
+
+        found = await asyncio.gather(*(one(s) for s in servers))
+        return (
+            tuple(x for x in found if isinstance(x, ServerInfo)),
+            [x for x in found if isinstance(x, str)],
+        )
+
+    async def _stamp_incarnations(self, proposal: Configuration, group: str) -> Configuration:
+        """Name, in the proposal, the incarnation of every new member (issue 10): a server
+        re-created later under the same id then refuses to answer for it. Members of the last
+        configuration this client knows keep what that configuration says (one that is down
+        does not stop the reconfiguration that replaces another)."""
+        current = {s.id: s for e in self.cseq(group) for s in e.config.servers}
+        new = tuple(s for s in proposal.servers if not s.uid and s.id not in current)
+        found, bad = await self._probe(new)
+        if bad:  # (the wording of the member ping that follows, which would refuse it too)
+            raise ConfigurationError(
+                f"refusing {proposal.id}: not every new member answers ({'; '.join(bad)})"
+            )
+        probed = {s.id: s for s in found}
+        probed |= {
+            s.id: current[s.id]
+            for s in proposal.servers
+            if not s.uid and s.id in current and current[s.id].address == s.address
+        }
+        servers = tuple(probed.get(s.id, s) for s in proposal.servers)
+        return msgspec.structs.replace(proposal, servers=servers)
+
     def _finalize_later(self, chain: str, cseq: ares.Cseq, decided: Configuration) -> None:
         """§8.3/§8.5: in the background, the F entry reaches every old server (each reclaims
         its storage) and the new servers learn that their configuration is final. Runs under
@@ -805,6 +1011,20 @@ class Store:
         self._check_fits(ares.chain_of(group, key, self.switches), len(value))
         coro = self._deadlined(self._write_op(group, key, Blob(bytes(value))), timeout_s)
         return await self._recorded("write", key, group, coro, written=bytes(value))
+
+    async def delete(
+        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> Tag:
+        """Delete object ``key`` atomically; returns the tag of the deletion.
+
+        A delete is a write of a tombstone (:data:`aresdsm.tags.TOMBSTONE_MARK`): it is ordered
+        with every read and write of the key exactly as a write is, and a read that follows it
+        returns None until the key is written again. Deleting an absent key is allowed (it
+        writes a tombstone). Like a write, a delete that failed with OperationTimeout or
+        QuorumUnavailable may or may not have taken effect."""
+        _check_key(key, group)
+        coro = self._deadlined(self._write_op(group, key, Blob(b""), delete=True), timeout_s)
+        return await self._recorded("write", key, group, coro, written=b"", op="delete")
 
     async def cvr_write(
         self,
@@ -858,17 +1078,21 @@ class Store:
 
     async def read_tagged(
         self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
-    ) -> tuple[Tag, bytes]:
-        """Read object ``key``: its value and the tag it was written with."""
+    ) -> tuple[Tag, bytes | None]:
+        """Read object ``key``: the tag of the version read and its value; the value is None if
+        the key was never written (the tag is then ``TAG0``) or was deleted (``tag.deleted``)."""
         _check_key(key, group)
         coro = self._deadlined(self._read_op(group, key), timeout_s)
         res = await self._recorded("read", key, group, coro)
+        if res.tag == TAG0 or res.tag.deleted:
+            return res.tag, None
         return res.tag, bytes(res.value.data)
 
     async def read(
         self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
-    ) -> bytes:
-        """Read object ``key`` atomically (``b""`` if it was never written)."""
+    ) -> bytes | None:
+        """Read object ``key`` atomically: its value, or None if the key was never written or
+        was deleted (distinct from ``b""``, the value of a key written empty)."""
         return (await self.read_tagged(key, group=group, timeout_s=timeout_s))[1]
 
     async def _deadlined(self, coro: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
@@ -886,10 +1110,15 @@ class Store:
         coro: Coroutine[Any, Any, T],
         *,
         written: bytes | None = None,
+        op: str | None = None,
     ) -> T:
+        """Trace, measure and record one operation. ``kind`` is what the history records (a
+        delete is a write of the empty value to the register model), ``op`` what metrics and
+        spans call it (default: ``kind``)."""
+        op = op or kind
         if tracing.enabled():
             attrs: dict[str, Any] = {
-                "ares.op": kind,
+                "ares.op": op,
                 "ares.group": group,
                 "ares.object": key,
                 "ares.mode": self.mode,
@@ -897,11 +1126,13 @@ class Store:
             if written is not None:
                 attrs["ares.bytes"] = len(written)
             with tracing.span("op", attrs) as span:
-                result = await self._record(kind, key, group, coro, written=written)
+                result = await self._measured(
+                    op, self._record(kind, key, group, coro, written=written)
+                )
                 if isinstance(result, ops.ReadResult):
                     span.set_attribute("ares.bytes", len(result.value.data))
                 return result
-        return await self._record(kind, key, group, coro, written=written)
+        return await self._measured(op, self._record(kind, key, group, coro, written=written))
 
     async def _record(
         self,
@@ -957,7 +1188,9 @@ class Store:
         )
         return result
 
-    async def stats(self, servers: Iterable[ServerInfo] | None = None) -> list[Stats | str]:
+    async def stats(
+        self, servers: Iterable[ServerInfo] | None = None
+    ) -> builtins.list[Stats | str]:
         """Each server's counters (or the error that server gave); default: the initial
         configuration's servers. Asked in parallel: a paused server costs connect_timeout_s
         once, not once per server."""
@@ -988,11 +1221,17 @@ def connect(
     options: ClientOptions | None = None,
     switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
     cseq_cache: str | Path | None = None,
+    metrics: ClientMetrics | None = None,
 ) -> Store:
     """A :class:`Store` for the cluster described by a cluster file (path or parsed).
 
-    ``cseq_cache``: a file where the client keeps the configuration chains it learned, so that
-    it still finds the data after the initial servers are gone (docs/protocol.md §8.5).
+    ``client_id``: a name for this client (default: random); writer ids derive from it.
+    ``recorder``: record every operation for ``ares check``. ``options``: the ``[client]``
+    table's settings (default: the cluster file's). ``switches``: protocol switches (default:
+    Ares II). ``cseq_cache``: a file where the client keeps the configuration chains it learned,
+    so that it still finds the data after the initial servers are gone (docs/protocol.md §8.5).
+    ``metrics``: a :class:`~aresdsm.metrics.ClientMetrics` to count and time operations and
+    rounds (default: none, no cost).
     """
     cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
     return Store(
@@ -1003,15 +1242,70 @@ def connect(
         switches=switches,
         cseq_cache=cseq_cache,
         known_servers=cf.servers,
+        cluster_id=cf.cluster_id,
+        metrics=metrics,
     )
 
 
 class SyncStore:
-    """A blocking wrapper for scripts: ``with aresdsm.connect_sync("cluster.toml") as s: ...``."""
+    """A blocking, thread-safe client: ``with aresdsm.connect_sync("cluster.toml") as s: ...``.
 
-    def __init__(self, store: Store) -> None:
-        self._runner = asyncio.Runner()
-        self._store = store
+    It runs one :class:`Store` on a private event loop in a background thread; every method
+    submits its operation to that loop (``asyncio.run_coroutine_threadsafe``) and waits for the
+    result. Any number of threads may share one SyncStore: their operations run concurrently,
+    exactly as concurrent operations of one async :class:`Store` do (each is linearizable on its
+    own). Errors are the Store's (:mod:`aresdsm.errors`). Close it (or use ``with``) to stop the
+    thread; a SyncStore must not be used from inside a coroutine running on its own loop.
+    """
+
+    def __init__(self, make_store: Callable[[], Store], *, use_uvloop: bool = True) -> None:
+        loop: asyncio.AbstractEventLoop | None = None
+        if use_uvloop:
+            try:
+                import uvloop
+            except ImportError:
+                pass
+            else:
+                loop = uvloop.new_event_loop()
+        self._loop = loop if loop is not None else asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="aresdsm-sync-store", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+        async def build() -> Store:
+            return make_store()
+
+        try:
+            self._store: Store = self._call(build())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise ConfigurationError("this SyncStore is closed")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise ConfigurationError("a SyncStore cannot be called from its own event loop")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def store(self) -> Store:
+        """The underlying async :class:`Store` (use it only through this object's methods)."""
+        return self._store
+
+    @property
+    def metrics(self) -> ClientMetrics | None:
+        """The client's metrics (see :func:`connect_sync`), or None."""
+        return self._store.metrics
 
     def __enter__(self) -> SyncStore:
         return self
@@ -1024,15 +1318,109 @@ class SyncStore:
     def write(
         self, key: str, value: bytes, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
     ) -> Tag:
-        return self._runner.run(self._store.write(key, value, group=group, timeout_s=timeout_s))
+        """Write ``value`` to object ``key`` atomically; returns the tag it was written with."""
+        return self._call(self._store.write(key, value, group=group, timeout_s=timeout_s))
 
     def read(
         self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
-    ) -> bytes:
-        return self._runner.run(self._store.read(key, group=group, timeout_s=timeout_s))
+    ) -> bytes | None:
+        """Read object ``key`` atomically: its value, or None if never written or deleted."""
+        return self._call(self._store.read(key, group=group, timeout_s=timeout_s))
 
-    def groups(self, *, timeout_s: float | None = None) -> list[str]:
-        return self._runner.run(self._store.groups(timeout_s=timeout_s))
+    def read_tagged(
+        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> tuple[Tag, bytes | None]:
+        """Read object ``key``: the tag of the version read and its value (None: absent)."""
+        return self._call(self._store.read_tagged(key, group=group, timeout_s=timeout_s))
+
+    def delete(
+        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
+    ) -> Tag:
+        """Delete object ``key`` atomically (a tombstone write, see :meth:`Store.delete`)."""
+        return self._call(self._store.delete(key, group=group, timeout_s=timeout_s))
+
+    def list(
+        self,
+        prefix: str = "",
+        *,
+        group: str = DEFAULT_GROUP,
+        limit: int | None = None,
+        timeout_s: float | None = None,
+    ) -> builtins.list[str]:
+        """The keys of ``group`` that start with ``prefix``, in order (see :meth:`Store.list`:
+        not a snapshot; each key's presence is linearizable on its own)."""
+        return self._call(self._store.list(prefix, group=group, limit=limit, timeout_s=timeout_s))
+
+    def groups(self, *, timeout_s: float | None = None) -> builtins.list[str]:
+        """The groups that hold at least one object (see :meth:`Store.groups`)."""
+        return self._call(self._store.groups(timeout_s=timeout_s))
+
+    def configurations(
+        self, group: str = DEFAULT_GROUP, *, key: str | None = None, timeout_s: float | None = None
+    ) -> ares.Cseq:
+        """Discover and return the configuration chain (see :meth:`Store.configurations`)."""
+        return self._call(self._store.configurations(group, key=key, timeout_s=timeout_s))
+
+    def reconfigure(
+        self,
+        proposal: Configuration,
+        *,
+        group: str = DEFAULT_GROUP,
+        keys: Iterable[str] | None = None,
+        concurrency: int = 1,
+        force: bool = False,
+        timeout_s: float | None = None,
+    ) -> Configuration:
+        """Install ``proposal`` as the successor of the last configuration; returns the
+        configuration consensus decided (see :meth:`Store.reconfigure`)."""
+        return self._call(
+            self._store.reconfigure(
+                proposal,
+                group=group,
+                keys=keys,
+                concurrency=concurrency,
+                force=force,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def finish_reconfiguration(self, *, timeout_s: float | None = None) -> ares.Cseq:
+        """Complete a decided but unfinished reconfiguration (see
+        :meth:`Store.finish_reconfiguration`)."""
+        return self._call(self._store.finish_reconfiguration(timeout_s=timeout_s))
+
+    def relocate(self, group: str = DEFAULT_GROUP, *, timeout_s: float | None = None) -> bool:
+        """Adopt the newest finalized configuration any known server reports (§8.5)."""
+        return self._call(self._store.relocate(group, timeout_s=timeout_s))
+
+    def stats(self, servers: Iterable[ServerInfo] | None = None) -> builtins.list[Stats | str]:
+        """Each server's counters, or the error that server gave (see :meth:`Store.stats`)."""
+        return self._call(self._store.stats(servers))
+
+    def probe(self, servers: Iterable[ServerInfo]) -> tuple[ServerInfo, ...]:
+        """The servers stamped with the incarnation uid each reports (see :meth:`Store.probe`)."""
+        return self._call(self._store.probe(servers))
+
+    def ping(self, server_index: int = 0, payload: bytes | None = None) -> None:
+        """One round trip to one server."""
+        self._call(self._store.ping(server_index, payload))
+
+    def settle(self, *, timeout_s: float | None = None) -> bool:
+        """Wait for background work (finalizing old configurations everywhere) to finish, at
+        most ``timeout_s``; returns whether it all finished."""
+        return self._call(self._store.settle(timeout_s=timeout_s))
+
+    def close(self, *, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Close the connections (background work gets at most ``wait_s``) and stop the
+        thread. Idempotent; safe to call from any thread but the SyncStore's own."""
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                self._call(self._store.close(wait_s=wait_s))
+            finally:
+                self._closed = True
+                self._stop_loop()
 
     def cvr_write(
         self,
@@ -1043,19 +1431,43 @@ class SyncStore:
         group: str = DEFAULT_GROUP,
         timeout_s: float | None = None,
     ) -> CvrResult:
-        return self._runner.run(
-            self._store.cvr_write(key, value, base, group=group, timeout_s=timeout_s)
-        )
+        """Coverable write of ``value`` as the successor of version ``base`` (see
+        :meth:`Store.cvr_write`)."""
+        return self._call(self._store.cvr_write(key, value, base, group=group, timeout_s=timeout_s))
 
-    def read_tagged(
-        self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
-    ) -> tuple[Tag, bytes]:
-        return self._runner.run(self._store.read_tagged(key, group=group, timeout_s=timeout_s))
-
-    def close(self) -> None:
-        self._runner.run(self._store.close())
-        self._runner.close()
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
-def connect_sync(cluster: str | Path | ClusterFile, **kwargs: Any) -> SyncStore:
-    return SyncStore(connect(cluster, **kwargs))
+def connect_sync(
+    cluster: str | Path | ClusterFile,
+    *,
+    client_id: str | None = None,
+    recorder: HistoryRecorder | None = None,
+    options: ClientOptions | None = None,
+    switches: ops.OpSwitches = ops.DEFAULT_SWITCHES,
+    cseq_cache: str | Path | None = None,
+    metrics: ClientMetrics | None = None,
+    use_uvloop: bool = True,
+) -> SyncStore:
+    """A blocking, thread-safe :class:`SyncStore` for the cluster a cluster file describes.
+
+    The keyword arguments are :func:`connect`'s; ``use_uvloop``: run the private event loop on
+    uvloop when it is installed.
+    """
+    cf = cluster if isinstance(cluster, ClusterFile) else load_cluster_file(cluster)
+    return SyncStore(
+        lambda: connect(
+            cf,
+            client_id=client_id,
+            recorder=recorder,
+            options=options,
+            switches=switches,
+            cseq_cache=cseq_cache,
+            metrics=metrics,
+        ),
+        use_uvloop=use_uvloop,
+    )

@@ -12,6 +12,7 @@ is half-applied.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from pathlib import Path
@@ -36,10 +37,12 @@ DEFAULT_GROUP = "default"
 
 
 class ServerInfo(msgspec.Struct, frozen=True, array_like=True):
-    """One server: a stable id and a ``host:port`` address."""
+    """One server: a stable id and a ``host:port`` address; optionally the incarnation uid of
+    its data directory (a configuration that names it is answered only by that incarnation)."""
 
     id: str
     address: str
+    uid: str = ""
 
     def host_port(self) -> tuple[str, int]:
         return parse_address(self.address)
@@ -147,9 +150,10 @@ def validate_configuration(c: Configuration) -> Configuration:
     if len(set(addresses)) != len(addresses):
         raise ConfigurationError(f"configuration {c.id}: duplicate server addresses in {addresses}")
     for s in c.servers:
-        if not s.id or len(s.id.encode()) > MAX_ID_BYTES:
+        if not s.id or len(s.id.encode()) > MAX_ID_BYTES or len(s.uid.encode()) > MAX_ID_BYTES:
             raise ConfigurationError(
-                f"configuration {c.id}: server ids must have 1..{MAX_ID_BYTES} bytes"
+                f"configuration {c.id}: server ids must have 1..{MAX_ID_BYTES} bytes "
+                f"(uids at most {MAX_ID_BYTES})"
             )
         parse_address(s.address)
     if c.dap not in DAP_KINDS:
@@ -193,6 +197,9 @@ class ClientOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_frame_bytes: int = 64 * 1024 * 1024
     tls: TlsFiles | None = None
     """Mutual TLS with this identity; None: plaintext (only with ``insecure = true``)."""
+    source_host: str | None = None
+    """Local address the client's connections leave from (multi-homed hosts; ``ares chaos``
+    gives every client a loopback address of its own so its proxy can tell the clients apart)."""
 
 
 class ClusterFile(msgspec.Struct, frozen=True):
@@ -203,7 +210,7 @@ class ClusterFile(msgspec.Struct, frozen=True):
     client: ClientOptions = ClientOptions()
     name: str = "aresdsm"
     data_dirs: dict[str, str] = {}
-    """Local clusters only: server id -> data directory (used by ``ares cluster``)."""
+    """Server id -> data directory (``ares server`` uses it when --data-dir is not given)."""
     server_tls: dict[str, TlsFiles] = {}
     """Server id -> the server's TLS identity (its ``cert`` and ``key``, the ``[tls]`` CA)."""
     deny_file: str | None = None
@@ -213,6 +220,8 @@ class ClusterFile(msgspec.Struct, frozen=True):
     server_limits: dict[str, Any] = {}
     """The ``[server]`` table as given (validated): limits every server of the cluster applies
     (:class:`aresdsm.limits.ServerLimits`); ``ares server`` options override them."""
+    cluster_id: str = ""
+    """Made when the cluster is created (``[cluster] id``); every connection checks it."""
 
     def server(self, server_id: str) -> ServerInfo:
         for s in self.servers:
@@ -268,7 +277,7 @@ def parse_cluster(
         where = f"{source}: [[servers]] entry {i + 1}"
         if not isinstance(entry, dict):
             raise ConfigurationError(f"{where}: must be a table")
-        extra = set(entry) - {"id", "address", "data_dir", "cert", "key"}
+        extra = set(entry) - {"id", "address", "data_dir", "uid", "cert", "key"}
         if extra:
             raise ConfigurationError(f"{where}: unknown key(s) {sorted(extra)}")
         sid = _require(entry, "id", str, where)
@@ -277,7 +286,10 @@ def parse_cluster(
             parse_address(address)
         except ConfigurationError as e:
             raise ConfigurationError(f"{where}: {e}") from None
-        servers.append(ServerInfo(sid, address))
+        uid = str(_require(entry, "uid", str, where)) if "uid" in entry else ""
+        if len(uid.encode()) > MAX_ID_BYTES:
+            raise ConfigurationError(f"{where}: 'uid' is limited to {MAX_ID_BYTES} bytes")
+        servers.append(ServerInfo(sid, address, uid))
         if "data_dir" in entry:
             data_dirs[sid] = str(_require(entry, "data_dir", str, where))
         if "cert" in entry or "key" in entry:
@@ -329,16 +341,30 @@ def parse_cluster(
             f"{source}: [client]: max_frame_bytes must be in 1024..{MAX_FRAME_BYTES_LIMIT}, "
             f"got {client.max_frame_bytes}"
         )
+    if client.source_host is not None:
+        try:
+            ipaddress.ip_address(client.source_host)
+        except ValueError:
+            raise ConfigurationError(
+                f"{source}: [client]: source_host must be an IP address, got {client.source_host!r}"
+            ) from None
     cluster_table = data.get("cluster", {})
     if not isinstance(cluster_table, dict):
         raise ConfigurationError(f"{source}: [cluster] must be a table")
-    extra = set(cluster_table) - {"name", "insecure"}
+    extra = set(cluster_table) - {"name", "id", "insecure"}
     if extra:
         raise ConfigurationError(f"{source}: [cluster]: unknown key(s) {sorted(extra)}")
     name = cluster_table.get("name", "aresdsm")
     file_insecure = cluster_table.get("insecure", False)
     if not isinstance(file_insecure, bool):
         raise ConfigurationError(f"{source}: [cluster]: 'insecure' must be true or false")
+    cluster_id = (
+        _require(cluster_table, "id", str, f"{source}: [cluster]")
+        if "id" in (cluster_table)
+        else ""
+    )
+    if len(cluster_id.encode()) > MAX_ID_BYTES:
+        raise ConfigurationError(f"{source}: [cluster]: 'id' is limited to {MAX_ID_BYTES} bytes")
     server_table = data.get("server", {})
     ServerLimits.from_table(server_table, where=f"{source}: [server]")  # validate now
     tls_table = data.get("tls")
@@ -392,6 +418,7 @@ def parse_cluster(
         server_tls=server_tls,
         deny_file=deny_file,
         insecure=tls_table is None,
+        cluster_id=cluster_id,
         server_limits=dict(server_table),
     )
 
@@ -427,6 +454,8 @@ def _toml_str(s: str) -> str:
 def dump_cluster_file(cluster: ClusterFile) -> str:
     """Render a cluster file as TOML (the inverse of :func:`parse_cluster`)."""
     lines = ["[cluster]", f"name = {_toml_str(cluster.name)}"]
+    if cluster.cluster_id:
+        lines.append(f"id = {_toml_str(cluster.cluster_id)}")
     if cluster.insecure:
         lines.append("insecure = true  # plaintext, no authentication: loopback only")
     lines.append("")
@@ -445,6 +474,8 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
         lines.append("")
     for s in cluster.servers:
         lines += ["[[servers]]", f"id = {_toml_str(s.id)}", f"address = {_toml_str(s.address)}"]
+        if s.uid:
+            lines.append(f"uid = {_toml_str(s.uid)}")
         if s.id in cluster.data_dirs:
             lines.append(f"data_dir = {_toml_str(cluster.data_dirs[s.id])}")
         if s.id in cluster.server_tls:
@@ -468,6 +499,7 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
         f"connect_timeout_s = {o.connect_timeout_s!r}",
         f"max_in_flight = {o.max_in_flight}",
         f"max_frame_bytes = {o.max_frame_bytes}",
+        *([f"source_host = {_toml_str(o.source_host)}"] if o.source_host else []),
         "",
     ]
     if cluster.server_limits:

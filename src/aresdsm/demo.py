@@ -109,7 +109,10 @@ async def run_demo(
             # the reconfigurer an admin one
             stores = [
                 Store(
-                    cluster.cluster.initial, options=cluster.client_options("write"), recorder=rec
+                    cluster.cluster.initial,
+                    options=cluster.client_options("write"),
+                    recorder=rec,
+                    cluster_id=cluster.cluster.cluster_id,
                 )
                 for _ in range(clients)
             ]
@@ -124,7 +127,11 @@ async def run_demo(
                 )
                 for s in stores
             ]
-            admin = Store(cluster.cluster.initial, options=cluster.client_options("admin"))
+            admin = Store(
+                cluster.cluster.initial,
+                options=cluster.client_options("admin"),
+                cluster_id=cluster.cluster.cluster_id,
+            )
 
             def event(text: str) -> None:
                 res.events.append(f"t={time.monotonic() - start:4.1f}s  {text}")

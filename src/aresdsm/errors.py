@@ -58,6 +58,11 @@ class ConcurrencyExceeded(OperationError):
     """A TREAS read overlapped more than delta concurrent writes, on every retry (§4.2)."""
 
 
+class IntegrityError(OperationError):
+    """Values did not match the writer's digest on every retry (a corrupt copy is never
+    returned; docs/protocol.md §4)."""
+
+
 class CoverableConflict(OperationError):
     """A coverable write (docs/protocol.md §9.1) may or may not have taken effect: its value may
     have been accepted and its outcome could not be learned in bounded time (contention, a

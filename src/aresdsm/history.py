@@ -4,6 +4,12 @@ One :class:`OpRecord` per client operation, written as one JSON line. Values are
 digests (:func:`value_digest`), so histories stay small whatever the value size; the initial value
 of every register is the empty byte string, whose digest is :data:`EMPTY_DIGEST`.
 
+Real-time order is strict: the checker counts two operations as ordered only when one's
+completion time is *smaller* than the other's invocation time (equal times are concurrent, the
+safe reading of times from different clocks). A recorder therefore stamps every event with a
+:class:`StrictClock`, so that an operation invoked after another returned -- as the recorder saw
+them, e.g. ``await op1(); await op2()`` at one virtual instant -- gets a strictly later time.
+
 ``outcome`` is ``"ok"`` (returned), ``"fail"`` (raised; for a write this means it *may* have
 taken effect, exactly like a timeout) or ``"pending"`` (never returned: client crashed). The
 checker treats writes that are not ``ok`` as "may or may not have happened", and ignores reads
@@ -14,7 +20,9 @@ that are not ``ok``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
 
@@ -30,6 +38,27 @@ def value_digest(value: bytes | bytearray | memoryview) -> str:
 
 
 EMPTY_DIGEST = value_digest(b"")
+
+
+class StrictClock:
+    """Strictly increasing time stamps from a clock that may stand still or repeat a value.
+
+    Each stamp is ``max(clock(), the previous stamp's next float)``: events get stamps in the
+    order the recorder saw them, never equal ones, and never more than a few ulps (with a real
+    clock: far below a microsecond) away from the clock. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            now = float(self._clock())
+            if now <= self._last:
+                now = math.nextafter(self._last, math.inf)
+            self._last = now
+            return now
 
 
 class OpRecord(msgspec.Struct, frozen=True, omit_defaults=True):

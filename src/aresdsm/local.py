@@ -37,6 +37,7 @@ from .config import (
     validate_configuration,
 )
 from .errors import AresError
+from .identity import create_identity, new_cluster_id
 
 READY_TIMEOUT_S = 20.0
 STATE_FILE = "cluster.json"
@@ -76,6 +77,8 @@ class LocalCluster:
     link_delay_ms: float = 0.0
     """One-way delay the relay adds (:mod:`aresdsm.netdelay`); 0: no relay."""
     relay: subprocess.Popen[bytes] | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+    """Server id -> host:port of its metrics/health HTTP endpoint (``--metrics-address``)."""
 
     @property
     def cluster_path(self) -> Path:
@@ -96,23 +99,28 @@ class LocalCluster:
         timeout_s: float = 5.0,
         link_delay_ms: float = 0.0,
         insecure: bool = False,
+        proxied: bool = False,
         server_limits: dict[str, Any] | None = None,
+        metrics: bool = False,
     ) -> LocalCluster:
         """A new cluster (not started). With ``link_delay_ms`` the addresses in the cluster file
         are those of a relay that delays every message by that much each way, in front of the
-        servers' real ports: clients then see a network with real latency (benchmarks)."""
+        servers' real ports: clients then see a network with real latency (benchmarks). With
+        ``proxied`` the servers listen on ports of their own too, and the caller puts its own
+        proxy at the cluster file's addresses (``ares chaos``: :mod:`aresdsm.faultproxy`)."""
         base = Path(base_dir).resolve()
         if (base / CLUSTER_FILE).exists():
             raise AresError(
                 f"{base / CLUSTER_FILE} already exists; stop that cluster or pick --dir"
             )
         base.mkdir(parents=True, exist_ok=True)
-        relayed = link_delay_ms > 0
+        relayed = link_delay_ms > 0 or proxied
         ports = free_ports((n + spares) * (2 if relayed else 1), host)
         servers = tuple(
             ServerInfo(f"s{i + 1}", f"{host}:{p}") for i, p in enumerate(ports[: n + spares])
         )
         listen = {s.id: f"{host}:{p}" for s, p in zip(servers, ports[n + spares :], strict=False)}
+        cluster_id = new_cluster_id()
         initial = validate_configuration(
             Configuration("c0", servers[:n], dap=dap, k=k, delta=delta)  # type: ignore[arg-type]
         )
@@ -121,6 +129,19 @@ class LocalCluster:
         deny_file: str | None = None
         if not insecure:
             client, server_tls, deny_file = _make_certs(base / CERTS_DIR, servers, client)
+        if storage == "sqlite":
+            # every server's data directory is created here, once: its incarnation uid goes
+            # into the cluster file, so a server re-created later is refused (issue 10)
+            servers = tuple(
+                msgspec.structs.replace(
+                    s,
+                    uid=create_identity(
+                        base / s.id, cluster_id=cluster_id, server_id=s.id, initial=initial
+                    ).incarnation,
+                )
+                for s in servers
+            )
+            initial = msgspec.structs.replace(initial, servers=servers[:n])
         cf = ClusterFile(
             servers=servers,
             initial=initial,
@@ -130,20 +151,36 @@ class LocalCluster:
             server_tls=server_tls,
             deny_file=deny_file,
             insecure=insecure,
+            cluster_id=cluster_id,
             server_limits=dict(server_limits or {}),
         )
         base.joinpath(CLUSTER_FILE).write_text(dump_cluster_file(cf))
-        return cls(base, cf, storage=storage, listen=listen, link_delay_ms=link_delay_ms)
+        metric_ports = free_ports(n + spares, host) if metrics else []
+        metrics_at = {s.id: f"{host}:{p}" for s, p in zip(servers, metric_ports, strict=False)}
+        lc = cls(
+            base,
+            cf,
+            storage=storage,
+            listen=listen,
+            link_delay_ms=link_delay_ms,
+            metrics=metrics_at,
+        )
+        if metrics:
+            lc._save_state()
+        return lc
 
     @classmethod
     def open(cls, base_dir: str | Path) -> LocalCluster:
         base = Path(base_dir).resolve()
         cf = load_cluster_file(base / CLUSTER_FILE)
         storage = "sqlite"
+        metrics: dict[str, str] = {}
         state = base / STATE_FILE
         if state.exists():
-            storage = json.loads(state.read_text()).get("storage", "sqlite")
-        return cls(base, cf, storage=storage)
+            saved = json.loads(state.read_text())
+            storage = saved.get("storage", "sqlite")
+            metrics = saved.get("metrics", {})
+        return cls(base, cf, storage=storage, metrics=metrics)
 
     def client_options(self, role: str = "admin") -> ClientOptions:
         """The cluster file's client options with the identity of the ``role`` client
@@ -175,7 +212,7 @@ class LocalCluster:
 
     def start_all(self, *, detach: bool = False) -> None:
         self.start([s.id for s in self.cluster.servers], detach=detach)
-        if self.listen and self.relay is None:
+        if self.listen and self.link_delay_ms > 0 and self.relay is None:
             self._start_relay()
 
     def _start_relay(self) -> None:
@@ -189,7 +226,7 @@ class LocalCluster:
             self.relay.kill()
             raise AresError("the delaying relay did not start")
 
-    def _spawn(self, sid: str, *, detach: bool) -> None:
+    def _spawn(self, sid: str, *, detach: bool, extra: tuple[str, ...] = ()) -> None:
         ddir = self.data_dir(sid)
         ddir.mkdir(parents=True, exist_ok=True)
         ready = ddir / "ready"
@@ -213,8 +250,10 @@ class LocalCluster:
             self.storage,
             *(["--listen", self.listen[sid]] if sid in self.listen else []),
             *(["--trace-file", f"{self.trace_file}.{sid}"] if self.trace_file else []),
+            *(["--metrics-address", self.metrics[sid]] if sid in self.metrics else []),
             "--ready-file",
             str(ready),
+            *extra,
         ]
         self.procs[sid] = subprocess.Popen(
             cmd,
@@ -249,8 +288,10 @@ class LocalCluster:
                 _kill_pid(pid, sig)
         self._save_state()
 
-    def restart(self, sid: str) -> None:
-        self._spawn(sid, detach=False)
+    def restart(self, sid: str, *, extra: tuple[str, ...] = ()) -> None:
+        """Start a server again (same port, same data directory); ``extra``: more
+        ``ares server`` arguments (``("--new", "initial")`` after a wiped disk)."""
+        self._spawn(sid, detach=False, extra=extra)
         self._wait_ready(sid)
         self._save_state()
 
@@ -280,7 +321,12 @@ class LocalCluster:
             self.relay.terminate()
             self.relay.wait(timeout=timeout_s)
             self.relay = None
-        (self.base_dir / STATE_FILE).unlink(missing_ok=True)
+        if self.metrics:  # keep where the endpoints are, for the next start
+            (self.base_dir / STATE_FILE).write_text(
+                json.dumps({"storage": self.storage, "pids": {}, "metrics": self.metrics})
+            )
+        else:
+            (self.base_dir / STATE_FILE).unlink(missing_ok=True)
 
     def _pids(self) -> dict[str, int]:
         state = self.base_dir / STATE_FILE
@@ -292,7 +338,7 @@ class LocalCluster:
     def _save_state(self) -> None:
         pids = self._pids() | {sid: p.pid for sid, p in self.procs.items() if p.poll() is None}
         (self.base_dir / STATE_FILE).write_text(
-            json.dumps({"storage": self.storage, "pids": pids}, indent=1)
+            json.dumps({"storage": self.storage, "pids": pids, "metrics": self.metrics}, indent=1)
         )
 
     def running(self) -> dict[str, int]:

@@ -12,6 +12,15 @@ stops without sending the replies that depended on the failed commit, and a rest
 last durable state. So is an exception escaping the core (a bug): the in-memory state it leaves
 may not match what is durable, so nothing more is answered from it.
 
+Handshake (issue 10): a server with an identity (every ``ares server``) serves a connection only
+after its first frame, a :class:`~aresdsm.wire.messages.Hello`, named this cluster, this server,
+the initial configuration this server was created with, the protocol version and -- if the
+client's configuration names one -- this incarnation. It answers :class:`Welcome` with its
+identity, or ``refused`` with one line and closes the connection: nothing is served and nothing
+changes. The handshake is a message exchange on top of the byte stream, so it composes with TLS
+underneath. (In-process servers made without an identity, in tests, answer Hello but do not
+require it.)
+
 Flow control: a connection stops being read while ``max_in_flight`` of its requests wait for a
 commit or while its replies are not being read (the transport's write buffer is above its
 high-water mark), so neither grows without bound.
@@ -39,11 +48,12 @@ import ssl
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import tracing
 from .config import Configuration, TlsFiles
 from .errors import ConfigurationError, FrameError
+from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new_uid, open_data_dir
 from .limits import ServerLimits
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
@@ -62,7 +72,21 @@ from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
-from .wire.messages import Envelope, ErrorReply, GetStats, PutBatch, PutData, Reply, Request
+from .wire.messages import (
+    Envelope,
+    ErrorReply,
+    GetStats,
+    Hello,
+    PutBatch,
+    PutData,
+    Reply,
+    Request,
+    Welcome,
+    WriteConfig,
+)
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 log = logging.getLogger("aresdsm.server")
 
@@ -145,6 +169,8 @@ class _Conn(asyncio.Protocol):
         self.tls_out: list[Any] = []
         """TLS: reply buffers written in this loop iteration, sent as one write (flush_tls)."""
         self.tls_flush_scheduled = False
+        self.greeted = server.identity is None
+        """The handshake succeeded (or this server has no identity to check)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -232,11 +258,44 @@ class _Conn(asyncio.Protocol):
                 except FrameError as e:
                     self._reject(e)
                     return
-                srv.handle(self, env)
+                if isinstance(env.body, Hello):
+                    self._greet(env.rid, env.body)
+                elif not self.greeted:
+                    self._refuse(env.rid, "the first message on a connection must be Hello")
+                    return
+                else:
+                    srv.handle(self, env)
             if self.paused:
                 self.update_reading()
         finally:
             self._handling = False
+
+    def _greet(self, rid: int, hello: Hello) -> None:
+        ident = self.server.identity
+        if ident is None:
+            self.greeted = True
+            self.send(rid, Welcome("", self.server.server_id, "", PROTOCOL_VERSION))
+            return
+        problem = handshake_problem(ident, hello)
+        if problem is not None:
+            self._refuse(rid, problem)
+            return
+        self.greeted = True
+        self.send(
+            rid, Welcome(ident.cluster_id, ident.server_id, ident.incarnation, PROTOCOL_VERSION)
+        )
+
+    def _refuse(self, rid: int, message: str) -> None:
+        """One line to the client, then close: nothing was served, nothing changed."""
+        self.server.bump("refused-connections")
+        self.server.refusals.warning(f"refused the handshake of {self.peer}: {message}")
+        self.backlog.clear()
+        self.backlog_bytes = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(
+                self.server.encoder.encode(Envelope(rid, ErrorReply("refused", message)))
+            )
+            self.transport.close()  # (after the buffered reply is written)
 
     def _reject(self, e: FrameError) -> None:
         self.server.bump("bad-frames")
@@ -246,13 +305,13 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def encode(self, rid: int, reply: Reply) -> list[bytes | memoryview]:
+    def encode(self, rid: int, reply: Reply | Welcome) -> list[bytes | memoryview]:
         try:
             return self.server.encoder.encode(Envelope(rid, reply))
         except FrameError as e:  # reply too large (or not encodable): answer with an error
             return self.server.encoder.encode(Envelope(rid, ErrorReply("bad-request", str(e))))
 
-    def send(self, rid: int, reply: Reply) -> None:
+    def send(self, rid: int, reply: Reply | Welcome) -> None:
         self.write(self.encode(rid, reply))
 
     def write(self, bufs: list[bytes | memoryview]) -> None:
@@ -335,6 +394,7 @@ class Server:
         admin_key: bytes | None = None,
         max_in_flight: int | None = None,
         limits: ServerLimits | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.server_id = server_id
         self.admin_key = admin_key
@@ -348,6 +408,7 @@ class Server:
         self.allow_remote_plaintext = allow_remote_plaintext
         """Plaintext only: accept clients that are not on the loopback network."""
         self._deny_task: asyncio.Task[None] | None = None
+        self.identity = identity
         self.host = host
         self.port = port
         self.storage = storage
@@ -371,7 +432,11 @@ class Server:
         )
         started = time.perf_counter()
         records = list(storage.load())
-        self.core = ServerCore.recover(server_id, records)
+        self.core = ServerCore.recover(
+            server_id,
+            records,
+            incarnation=identity.incarnation if identity is not None else "",
+        )
         st = self.core.stats()
         log.info(
             "server %s recovered %d records in %.3f s: %d configurations, %d objects "
@@ -386,6 +451,7 @@ class Server:
             len(self.core.collected),
         )
         del records
+        self._log_damage()
         self.connections: set[_Conn] = set()
         self._by_activity: OrderedDict[_Conn, None] = OrderedDict()
         """Admitted connections, least recently active first."""
@@ -398,6 +464,26 @@ class Server:
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
+        self.metrics: ServerMetrics | None = None
+        """Prometheus metrics (:mod:`aresdsm.metrics`); None (the default) costs nothing."""
+
+    def enable_metrics(self) -> ServerMetrics:
+        from .metrics import ServerMetrics
+
+        if self.metrics is None:
+            self.metrics = ServerMetrics(self)
+        return self.metrics
+
+    def _log_damage(self) -> None:
+        """Once, at start-up: what the disk lost (the server no longer answers for it)."""
+        core = self.core
+        lost = [f"object {g}/{c}/{k}" for g, c, k in sorted(core.damaged)]
+        lost += [f"state of {g}/{c}" for g, c in sorted(core.damaged_instances)]
+        lost += [f"configuration {c}" for c in sorted(core.damaged_configs)]
+        for what in lost[:100]:
+            log.error("damaged on disk, not answered for until repaired: %s", what)
+        if len(lost) > 100:
+            log.error("... and %d more damaged items (see `ares status`)", len(lost) - 100)
 
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
@@ -511,6 +597,12 @@ class Server:
             else:
                 conn.send(env.rid, ErrorReply("shutting-down", "the server failed; it stops"))
             return
+        m = self.metrics
+        started = time.perf_counter() if m is not None else 0.0
+        kind = type(body).__name__
+        if m is not None and isinstance(body, WriteConfig):
+            inst = (body.group, body.config_id)
+            collected, before = len(self.core.collected), self.core.nextc.get(inst)
         span = tracing.start_server_span(body, env.trace, self.server_id)
         try:
             reply, writes = self.core.handle(body)
@@ -522,6 +614,8 @@ class Server:
             tracing.fail_server_span(span, exc)
             self._fail(exc, bug=True)
             return
+        if m is not None and isinstance(body, WriteConfig):
+            m.state_changed(collected, before, self.core.nextc.get(inst))
         if self.audit is not None and is_admin_operation(body):
             self._audit(conn, body, _outcome(reply))
         if writes:
@@ -532,6 +626,8 @@ class Server:
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
+            if m is not None:
+                m.request_done(kind, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
             return
@@ -556,6 +652,8 @@ class Server:
                 return
             conn.write(bufs)  # before request_done: the bytes move from held to the buffer
             conn.request_done(size)
+            if m is not None:
+                m.request_done(kind, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
 
@@ -769,6 +867,49 @@ def open_storage(kind: str, data_dir: str | Path) -> Storage:
     raise ValueError(f"unknown storage engine {kind!r}; expected 'sqlite' or 'memory'")
 
 
+def handshake_problem(ident: Identity, hello: Hello) -> str | None:
+    """Why a Hello does not match this server (one line), or None."""
+    if hello.version != PROTOCOL_VERSION:
+        return f"protocol version {hello.version}, this server speaks {PROTOCOL_VERSION}"
+    if hello.cluster_id and hello.cluster_id != ident.cluster_id:
+        return (
+            f"this is server {ident.server_id} of cluster {ident.cluster_id}; the client's "
+            f"cluster file names cluster {hello.cluster_id} (a cluster file of another cluster)"
+        )
+    if hello.server_id != ident.server_id:
+        return f"this is server {ident.server_id}, not {hello.server_id} (wrong address?)"
+    if hello.initial_digest != ident.initial_digest:
+        return (
+            f"server {ident.server_id} was created with another initial configuration than the "
+            "client's cluster file names (an edited or foreign cluster file)"
+        )
+    if hello.incarnation and hello.incarnation != ident.incarnation:
+        return (
+            f"this is incarnation {ident.incarnation} of server {ident.server_id}; the client's "
+            f"configuration names incarnation {hello.incarnation} (the server's data directory "
+            "was re-created: it lost the state that configuration counts on)"
+        )
+    return None
+
+
+def server_identity(
+    *,
+    storage_kind: str,
+    data_dir: str | Path,
+    cluster_id: str,
+    server_id: str,
+    initial: Configuration,
+    new: NewMember | None,
+) -> Identity:
+    """The identity to start with: from the data directory (sqlite), or -- the memory engine
+    keeps nothing over a restart -- a new incarnation at every start."""
+    if storage_kind == "memory":
+        return Identity(cluster_id, server_id, new_uid(), initial_digest(initial))
+    return open_data_dir(
+        data_dir, cluster_id=cluster_id, server_id=server_id, initial=initial, new=new
+    )
+
+
 async def run_server(
     *,
     server_id: str,
@@ -784,32 +925,50 @@ async def run_server(
     allow_remote_plaintext: bool = False,
     limits: ServerLimits | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    identity: Identity | None = None,
+    metrics_address: tuple[str, int] | None = None,
 ) -> int:
     """Run a server until SIGTERM/SIGINT; returns the process exit code. ``tls``: this server's
     identity (mutual TLS); None runs plaintext (the caller asked for --insecure). The audit log
-    goes to ``audit_log``, default ``<data_dir>/audit.log``."""
+    goes to ``audit_log``, default ``<data_dir>/audit.log``.
+
+    ``metrics_address``: (host, port) of the HTTP endpoint serving ``/metrics``, ``/healthz``
+    and ``/readyz`` (:mod:`aresdsm.metrics`); None: no endpoint."""
+    from .metrics import MetricsHttp
+
     context = server_context(tls) if tls is not None else None
     log.info("server %s starting (pid %d, data directory %s)", server_id, os.getpid(), data_dir)
     storage = open_storage(storage_kind, data_dir)
-    server = Server(
-        server_id=server_id,
-        host=host,
-        port=port,
-        storage=storage,
-        tls=context,
-        deny=DenyList(deny_file),
-        admin_key=load_key(tls.admin_key) if tls is not None and tls.admin_key else None,
-        audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
-        allow_remote_plaintext=allow_remote_plaintext,
-        limits=limits,
-        max_frame_bytes=max_frame_bytes,
-    )
+    try:
+        server = Server(
+            server_id=server_id,
+            host=host,
+            port=port,
+            storage=storage,
+            tls=context,
+            deny=DenyList(deny_file),
+            admin_key=load_key(tls.admin_key) if tls is not None and tls.admin_key else None,
+            audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
+            allow_remote_plaintext=allow_remote_plaintext,
+            limits=limits,
+            max_frame_bytes=max_frame_bytes,
+            identity=identity,
+        )
+    except BaseException:
+        storage.close()
+        raise
+    http: MetricsHttp | None = None
     if initial is not None and initial.has_member(server_id):
         await server.bootstrap(initial)
     try:
+        if metrics_address is not None:
+            http = MetricsHttp(server, server.enable_metrics(), *metrics_address)
+            await http.start()
         await server.start()
     except BaseException:
         # release the data directory (and its lock) before the caller reports the error
+        if http is not None:
+            await http.close()
         storage.close()
         raise
     loop = asyncio.get_running_loop()
@@ -818,5 +977,7 @@ async def run_server(
     if ready_file is not None:
         await asyncio.to_thread(_write_private, Path(ready_file), f"{server.port}\n")
     await server.wait_closed()
+    if http is not None:
+        await http.close()
     log.info("server %s stopped%s", server_id, " after a failure" if server.fatal else "")
     return 1 if server.fatal is not None else 0

@@ -40,8 +40,21 @@ def test_cluster_put_get_status_stop(tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stdout == b"hello world"
         r = ares("get", "blob", "-o", str(tmp_path / "out.bin"), "--cluster", cluster, cwd=tmp_path)
         assert r.returncode == 0 and (tmp_path / "out.bin").read_bytes() == blob.read_bytes()
+        # absent (issue 15): exit code 2 and a message, distinct from an empty value
         r = ares("get", "never-written", "--cluster", cluster, cwd=tmp_path)
+        assert r.returncode == 2 and r.stdout == b"", r.stderr.decode()
+        assert b"not found" in r.stderr and b"never written" in r.stderr
+        assert ares("put", "empty", "", "--cluster", cluster, cwd=tmp_path).returncode == 0
+        r = ares("get", "empty", "--cluster", cluster, cwd=tmp_path)
         assert r.returncode == 0 and r.stdout == b""
+        r = ares("rm", "empty", "greeting", "--cluster", cluster, cwd=tmp_path)
+        assert r.returncode == 0 and b"deleted 'greeting'" in r.stdout, r.stderr.decode()
+        for key in ("empty", "greeting"):
+            r = ares("get", key, "--cluster", cluster, cwd=tmp_path)
+            assert r.returncode == 2 and b"(deleted)" in r.stderr, r.stderr.decode()
+        assert ares("put", "greeting", "again", "--cluster", cluster, cwd=tmp_path).returncode == 0
+        r = ares("get", "greeting", "--cluster", cluster, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout == b"again"
         r = ares("status", "--cluster", cluster, cwd=tmp_path)
         assert r.returncode == 0 and r.stdout.decode().count(" up ") == 3, r.stdout.decode()
     finally:
@@ -49,6 +62,7 @@ def test_cluster_put_get_status_stop(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr.decode()
     r = ares("get", "greeting", "--cluster", cluster, cwd=tmp_path)
     assert r.returncode == 1 and b"error:" in r.stderr
+    assert b"not found" not in r.stderr  # unreachable is not absent
 
 
 def test_bad_command_lines_get_clear_messages(tmp_path: Path) -> None:

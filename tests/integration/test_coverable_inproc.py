@@ -51,7 +51,9 @@ async def _writer(
             except OperationError:
                 await asyncio.sleep(0.01)
                 continue
-            ops.append(Op(len(ops) + 1, "read", start, loop.time(), value, tag, client=name))
+            # an absent object reads as None; the model's initial value is b""
+            got = value if value is not None else b""
+            ops.append(Op(len(ops) + 1, "read", start, loop.time(), got, tag, client=name))
             base = tag
             continue
         value = f"{name}-{n}".encode()
@@ -98,7 +100,7 @@ async def test_concurrent_cvr_writers_with_a_reconfiguration(
     stop.set()
     wins = sum(await asyncio.gather(*tasks))
     final = await stores[0].read_tagged("k")
-    ops.append(Op(len(ops) + 1, "read", loop.time(), loop.time(), final[1], final[0]))
+    ops.append(Op(len(ops) + 1, "read", loop.time(), loop.time(), final[1] or b"", final[0]))
     for s in stores:
         await s.close()
     for s in servers:

@@ -27,6 +27,7 @@ from frames import ask
 
 from aresdsm.client import Store
 from aresdsm.config import Configuration, ServerInfo
+from aresdsm.integrity import digest
 from aresdsm.limits import MAX_GROUP_BYTES, MAX_KEY_FIELD_BYTES, ServerLimits
 from aresdsm.protocol.ares import CLUSTER_CHAIN as CHAIN
 from aresdsm.server import Server
@@ -98,7 +99,7 @@ async def test_huge_keys_and_group_names_are_refused_by_the_server() -> None:
         enc = Encoder()
 
         async def put(group: str, key: str) -> object:
-            env = Envelope(1, PutData(group, "c0", key, Tag(1, "x"), Blob(b"v")))
+            env = Envelope(1, PutData(group, "c0", key, Tag(1, "x"), Blob(b"v"), digest(b"v")))
             reply = await ask(s.port, enc.encode_bytes(env))
             assert reply is not None
             return reply.body
@@ -298,7 +299,14 @@ async def test_largest_legal_tag_and_ballot_fail_clearly_and_stay_contained(
     cfg, servers = inproc_cluster
     enc = Encoder()
     for s in servers:
-        evil = PutData(CHAIN, cfg.id, "default\x00p", Tag(MAX_COUNTER - 1, "x"), Blob(b"evil"))
+        evil = PutData(
+            CHAIN,
+            cfg.id,
+            "default\x00p",
+            Tag(MAX_COUNTER - 1, "x"),
+            Blob(b"evil"),
+            digest(b"evil"),
+        )
         assert (await ask(s.port, enc.encode_bytes(Envelope(1, evil)))) is not None
         prep = Prepare(CHAIN, cfg.id, Ballot(MAX_COUNTER - 1, "x"))
         assert (await ask(s.port, enc.encode_bytes(Envelope(2, prep)))) is not None

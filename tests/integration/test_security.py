@@ -24,6 +24,7 @@ from frames import ask
 from aresdsm.client import Store
 from aresdsm.config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from aresdsm.errors import OperationError, QuorumUnavailable, ServerError
+from aresdsm.integrity import digest
 from aresdsm.net.client import TcpChannel
 from aresdsm.protocol import ares
 from aresdsm.protocol.ops import DEFAULT_SWITCHES
@@ -34,6 +35,7 @@ from aresdsm.security.tls import DenyList, server_context
 from aresdsm.server import Server
 from aresdsm.storage import SqliteStorage
 from aresdsm.tags import Tag
+from aresdsm.testing import Broken
 from aresdsm.wire.blob import Blob
 from aresdsm.wire.messages import (
     Ack,
@@ -238,7 +240,7 @@ async def test_server_presenting_another_id_gets_no_request(tmp_path: Path, pki:
         assert "Ping" not in server.core.counters
         # the check can fail: without it the impostor gets the request
         ch = TcpChannel(ClientOptions(tls=pki.client("admin")))
-        ch.broken_skip_server_id_check = True
+        ch.faults = Broken(broken_skip_server_id_check=True)
         try:
             assert isinstance(
                 await ch.request(ServerInfo("s1", f"127.0.0.1:{server.port}"), Ping()), Pong
@@ -271,7 +273,7 @@ async def test_reader_cannot_put_a_new_tag(cluster: Cluster) -> None:
     async with cluster.store("write") as w:
         await w.write("k", b"good")
     info = cluster.c0.servers[0]
-    evil = PutData(CHAIN, "c0", KEY, Tag(2**62 - 1, "x"), Blob(b"evil"))
+    evil = PutData(CHAIN, "c0", KEY, Tag(2**62 - 1, "x"), Blob(b"evil"), digest(b"evil"))
     with pytest.raises(ServerError) as e:
         await _ask(cluster.options("read"), info, evil)
     assert e.value.code == "unauthorized"
@@ -284,7 +286,9 @@ async def test_reader_write_back_of_a_held_value_is_accepted(cluster: Cluster) -
     async with cluster.store("write") as w:
         tag = await w.write("k", b"v")
     info = cluster.c0.servers[0]
-    reply = await _ask(cluster.options("read"), info, PutData(CHAIN, "c0", KEY, tag, Blob(b"v")))
+    reply = await _ask(
+        cluster.options("read"), info, PutData(CHAIN, "c0", KEY, tag, Blob(b"v"), digest(b"v"))
+    )
     assert isinstance(reply, Ack)
 
 
@@ -294,7 +298,7 @@ async def test_broken_skip_authorization_lets_the_attack_through(tmp_path: Path,
     try:
         c0 = Configuration("c0", (ServerInfo("s1", f"127.0.0.1:{server.port}"),))
         await server.bootstrap(c0)
-        evil = PutData(CHAIN, "c0", KEY, Tag(2**62 - 1, "x"), Blob(b"evil"))
+        evil = PutData(CHAIN, "c0", KEY, Tag(2**62 - 1, "x"), Blob(b"evil"), digest(b"evil"))
         reply = await _ask(ClientOptions(tls=pki.client("read")), c0.servers[0], evil)
         assert isinstance(reply, Ack)
     finally:

@@ -12,6 +12,7 @@ from frames import ask
 from aresdsm.client import Store
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.errors import AresError, ConfigurationError
+from aresdsm.integrity import digest
 from aresdsm.protocol.server_core import MAX_KEYS_PAGE
 from aresdsm.server import Server
 from aresdsm.storage import MemoryStorage
@@ -38,8 +39,8 @@ async def test_stored_values_do_not_pin_their_frame(
     cfg, servers = inproc_cluster
     s1 = servers[0]
     items = (
-        BatchItem("small", Tag(1, "w"), Blob(b"x")),
-        BatchItem("big", Tag(1, "w"), Blob(b"b" * (4 << 20))),
+        BatchItem("small", Tag(1, "w"), Blob(b"x"), digest(b"x")),
+        BatchItem("big", Tag(1, "w"), Blob(b"b" * (4 << 20)), digest(b"b" * (4 << 20))),
     )
     reply = await ask(
         s1.port, Encoder().encode_bytes(Envelope(1, PutBatch("default", cfg.id, items)))

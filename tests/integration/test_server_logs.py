@@ -66,7 +66,7 @@ def test_json_log_format_of_a_server_process(tmp_path: Path) -> None:
             "--cluster",
             str(lc.cluster_path),
             "--data-dir",
-            str(tmp_path / "s1"),
+            str(lc.data_dir("s1")),  # (created with its identity by LocalCluster.create)
             "--log-format",
             "json",
             "--ready-file",

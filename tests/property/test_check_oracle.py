@@ -108,3 +108,32 @@ def test_coverable_search_agrees_with_brute_force(ops: list[Op]) -> None:
     model = CoverableModel("t0", "val-t0")
     expected = brute_force(ops, model)
     assert (search(ops, model) == "ok") == expected
+
+
+def _witness_is_a_closed_violation(ops: list[Op]) -> None:
+    result = check_operations("k", ops, initial_value=INIT)
+    if result.verdict != "violation":
+        return
+    witness = list(result.witness)
+    ids = {o.op_id for o in witness}
+    assert ids <= {o.op_id for o in ops}
+    # the witness itself admits no linearization (brute force)...
+    assert not brute_force(witness, RegisterModel(INIT))
+    # ...and keeps, for every read, a write of its value if the history has one
+    written = {o.value for o in ops if o.kind == "write"}
+    kept = {o.value for o in witness if o.kind == "write"}
+    for o in witness:
+        if o.kind == "read" and o.value != INIT and o.value in written:
+            assert o.value in kept, (o, witness)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(register_histories(unique=True))
+def test_shrunk_witness_keeps_the_writes_its_reads_depend_on(ops: list[Op]) -> None:
+    _witness_is_a_closed_violation(ops)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(register_histories(unique=False))
+def test_shrunk_witness_keeps_the_writes_general_search(ops: list[Op]) -> None:
+    _witness_is_a_closed_violation(ops)

@@ -17,6 +17,7 @@ from aresdsm.protocol.ops import CLASSIC, OpSwitches
 from aresdsm.protocol.server_core import ServerSwitches
 from aresdsm.sim.scenario import Scenario
 from aresdsm.tags import TAG0
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import CvrAccept, CvrPrepare, GetGroup, PutData, QueryData
 
 MODES = {"ares2": OpSwitches(), "classic": CLASSIC}
@@ -48,7 +49,7 @@ def test_two_writers_one_base(mode: str) -> None:
 
 def test_naive_unconditional_write_is_caught() -> None:
     """The naive CoARES write (query, then put the successor): both writers of one base win."""
-    sw = OpSwitches(broken_cvr_unconditional=True)
+    sw = broken_switches(broken_cvr_unconditional=True)
     outs = []
 
     async def script(sc: Scenario) -> None:
@@ -67,7 +68,7 @@ def test_naive_unconditional_write_is_caught() -> None:
 def test_reader_never_returns_an_undecided_value(broken: bool) -> None:
     """z prepares first; a outvotes it and decides (1, a) on s1 s2. With the broken switch z's
     value was put on s0 before it was decided: a reader of {s0, s1} returns it after a's ok."""
-    sw = OpSwitches(broken_cvr_put_undecided=broken)
+    sw = broken_switches(broken_cvr_put_undecided=broken)
 
     async def script(sc: Scenario) -> None:
         z, a, r = sc.client("z", sw), sc.client("a", sw), sc.client("r", sw)
@@ -108,7 +109,7 @@ def test_reconfiguration_in_the_middle_of_a_cvr_write(variant: str, caught: bool
     and c0's acceptors must be frozen once they know c1 (else a decides after the transfer:
     variant no_freeze holds a's accepts until the transfer has read c0, without GC)."""
     late = variant in ("no_freeze", "correct_late_accept")
-    sw = OpSwitches(
+    sw = broken_switches(
         broken_cvr_transfer_ignores_open=variant == "transfer_ignores_open",
         gc=not late,  # with GC, c0 answers OBSOLETE: no freeze needed after it
     )

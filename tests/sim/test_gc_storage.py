@@ -11,6 +11,7 @@ import pytest
 from aresdsm.config import Configuration
 from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim.scenario import Scenario
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import PutData
 
 OBJECTS = 100
@@ -62,7 +63,7 @@ def test_a_late_client_is_redirected_by_obsolete_answers() -> None:
     with the broken switch it would finish its write on the obsolete configuration."""
 
     for broken in (False, True):
-        switches = OpSwitches(broken_finish_on_obsolete=broken)
+        switches = broken_switches(broken_finish_on_obsolete=broken)
 
         async def script(sc: Scenario, switches: OpSwitches = switches) -> None:
             admin = sc.client("admin", switches)

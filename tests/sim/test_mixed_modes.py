@@ -26,8 +26,8 @@ from __future__ import annotations
 import pytest
 
 from aresdsm.config import Configuration
-from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim.scenario import Scenario
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import GetGroup, PutData, ReadConfig
 
 
@@ -37,7 +37,7 @@ from aresdsm.wire.messages import GetGroup, PutData, ReadConfig
 def test_classic_writer_next_to_an_ares2_reconfigurer(reconfigurer: str, broken: bool) -> None:
     """With a classic reconfigurer (separate put-config first) even the original writer is
     safe; with an Ares II one, only the writer that follows its ACKs' next."""
-    classic_on_group_chain = OpSwitches(
+    classic_on_group_chain = broken_switches(
         piggyback=False, fast_read=False, broken_classic_ignores_ack_next=broken
     )
     reads: list[bytes] = []

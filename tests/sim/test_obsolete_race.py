@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from aresdsm.config import Configuration
-from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim.scenario import Message, Scenario
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import GetGroup, PutBatch, QueryData
 
 
@@ -24,7 +24,7 @@ def _to_c0(sender: str, kind: type) -> object:
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_read_asks_the_successor_again_after_an_obsolete_answer(broken: bool) -> None:
-    switches = OpSwitches(broken_no_requery_after_obsolete=broken)
+    switches = broken_switches(broken_no_requery_after_obsolete=broken)
 
     async def script(sc: Scenario) -> None:
         a, b, r1 = sc.client("a", switches), sc.client("b", switches), sc.client("r1", switches)

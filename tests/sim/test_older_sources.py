@@ -33,14 +33,14 @@ from __future__ import annotations
 import pytest
 
 from aresdsm.config import Configuration
-from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim.scenario import Scenario
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import GetGroup, PutBatch, PutData, WriteConfig
 
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_plain_get_on_pending_predecessor_loses_completed_write(broken: bool) -> None:
-    switches = OpSwitches(broken_plain_get_older_sources=broken)
+    switches = broken_switches(broken_plain_get_older_sources=broken)
     reads: list[bytes] = []
 
     async def script(sc: Scenario) -> None:
@@ -129,7 +129,7 @@ def test_retry_after_a_failed_reconfiguration_loses_a_slow_write(broken: bool) -
     the first SET_NEXT_AND_GET and reaches s2 only now completes with {s0: ⊥, s2: ⊥} and is
     missing from c2, which is finalized."""
 
-    switches = OpSwitches(broken_plain_get_older_sources=broken)
+    switches = broken_switches(broken_plain_get_older_sources=broken)
     reads: list[bytes] = []
 
     async def script(sc: Scenario) -> None:

@@ -8,6 +8,7 @@ import pytest
 from aresdsm.config import Configuration
 from aresdsm.protocol.ops import CLASSIC, OpSwitches
 from aresdsm.sim.scenario import Message, Scenario
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import GetGroup, PutData, ReadConfig, WriteConfig
 
 
@@ -27,7 +28,7 @@ def test_section_8_2_hand_off_counterexample(broken: bool) -> None:
     """docs/protocol.md §8.2, step by step: put-config and get-data split (the rule off), a write
     that completed with only ⊥ answers is lost by the reconfiguration; with SET_NEXT_AND_GET,
     never."""
-    switches = OpSwitches(broken_split_handoff=broken)
+    switches = broken_switches(broken_split_handoff=broken)
 
     async def script(sc: Scenario) -> None:
         w = sc.client("w", switches)
@@ -58,7 +59,7 @@ def test_section_8_2_hand_off_counterexample(broken: bool) -> None:
 @pytest.mark.parametrize("broken", [False, True])
 def test_classic_discovery_needs_its_write_back(broken: bool) -> None:
     """docs/protocol.md §6/§7.2: a successor found on a minority must be written back before use."""
-    switches = OpSwitches(piggyback=False, fast_read=False, broken_no_config_write_back=broken)
+    switches = broken_switches(piggyback=False, fast_read=False, broken_no_config_write_back=broken)
 
     async def script(sc: Scenario) -> None:
         rc = sc.client("rc", switches)
@@ -87,7 +88,7 @@ def test_classic_discovery_needs_its_write_back(broken: bool) -> None:
 def test_reads_must_write_back(broken: bool, switches: OpSwitches) -> None:
     """ABD (§4.1): a read that returns a value seen on a minority without writing it back lets a
     later read return an older value (new/old inversion)."""
-    sw = OpSwitches(
+    sw = broken_switches(
         piggyback=switches.piggyback, fast_read=switches.fast_read, broken_skip_write_back=broken
     )
 

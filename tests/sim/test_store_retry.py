@@ -28,10 +28,10 @@ from aresdsm.client import Store
 from aresdsm.config import ClientOptions, Configuration, ServerInfo
 from aresdsm.errors import OperationTimeout
 from aresdsm.history import value_digest
-from aresdsm.protocol.ops import OpSwitches
 from aresdsm.sim.cluster import SimChannel
 from aresdsm.sim.scenario import Scenario
 from aresdsm.tags import writer_id
+from aresdsm.testing import broken_switches
 from aresdsm.wire.messages import PutData, Reply, Request
 
 
@@ -59,7 +59,7 @@ class _SimStoreChannel(SimChannel):
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_store_write_retry_keeps_its_tag(broken: bool) -> None:
-    switches = OpSwitches(broken_retry_write_with_new_tag=broken)
+    switches = broken_switches(broken_retry_write_with_new_tag=broken)
 
     async def script(sc: Scenario) -> None:
         a, r, x, y = sc.client("a"), sc.client("r"), sc.client("x"), sc.client("y")
@@ -72,7 +72,7 @@ def test_store_write_retry_keeps_its_tag(broken: bool) -> None:
         assert [e.config.id for e in store.cseq()] == ["c0", "c1"]
         await sc.run_for(0.01)
 
-        first_attempt = writer_id("w", 1)  # the first attempt's put-data only
+        first_attempt = writer_id("w", 1, store.incarnation)  # the first attempt's put-data only
         sc.hold(
             "w-put",
             lambda m: (

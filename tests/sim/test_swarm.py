@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from aresdsm.sim import run_simulation
+from aresdsm.sim import BROKEN_VARIANTS, run_simulation
 
-CI_SEEDS = 320
+CI_SEEDS = 160
 CHUNK = 40
 
 
@@ -37,11 +37,13 @@ def test_coverable_swarm(mode: str) -> None:
     assert outcomes == {"cvr/v0", "cvr/v1"}
 
 
-@pytest.mark.parametrize("first", range(0, 300, 100))
+@pytest.mark.parametrize("first", range(0, 100, 50))
 @pytest.mark.parametrize("mode", ["ares2", "classic"])
 def test_each_mode_swarm(mode: str, first: int) -> None:
-    """300 seeds per mode (Ares II, and the original Ares) under the same fault model."""
-    for seed in range(10_000 + first, 10_000 + first + 100):
+    """100 seeds per mode (Ares II, and the original Ares) under the same fault model (each seed
+    is heavier than it was: the hand-off adversary, the Store, SQLite; `ares sim --seeds 10000`
+    is the long run)."""
+    for seed in range(10_000 + first, 10_000 + first + 50):
         r = run_simulation(seed, mode=mode)
         assert r.ok, r.explain()
 
@@ -74,6 +76,10 @@ def test_same_seed_same_trace_and_different_seeds_differ() -> None:
     assert a.trace_hash == b.trace_hash
     assert a.history == b.history
     assert a.trace_hash != c.trace_hash
+    # Store runs too (the Store's Paxos back-off draws from the global generator, which each run
+    # seeds; seed 0 with this shape replayed differently before)
+    shape: dict[str, Any] = {"store": True, "reconfigurers": 2, "reconfigs": 3}
+    assert run_simulation(0, **shape).trace_hash == run_simulation(0, **shape).trace_hash
 
 
 def test_failing_runs_print_a_replay_command() -> None:
@@ -86,43 +92,75 @@ def test_failing_runs_print_a_replay_command() -> None:
     assert again.trace_hash == r.trace_hash
 
 
-BROKEN: list[tuple[str, dict[str, Any], int]] = [
-    # (variant, workload shape, seed budget)
-    ("skip-write-back", {}, 400),
-    ("ack-before-durable", {"reconfigs": 0}, 400),
-    ("ack-before-durable", {}, 100),
-    ("no-query-before-write", {}, 20),
-    ("quorum-minus-one", {}, 20),
-    ("skip-update-config", {}, 50),
-    ("forgetful-acceptor", {}, 50),
-    ("forgets-accepts", {}, 50),
-    ("decode-below-k", {"treas": True}, 100),
-    ("gc-on-pending", {}, 50),
-    ("fast-read-short", {}, 50),
-    # needs two reconfigurations in flight and a client between them: rare (5 in 3,000 seeds of
-    # this shape; the first at seed 1028); tests/sim/test_obsolete_race.py scripts it exactly
-    (
-        "no-requery-after-obsolete",
-        {"mode": "ares2", "reconfigurers": 2, "reconfigs": 3},
-        3000,
-    ),
-    # coverable registers (§9.1); tests/sim/test_coverable.py scripts each exactly, also
-    # cvr-transfer-ignores-open and cvr-no-freeze, which need a coverable write decided but not
-    # put across a reconfiguration: the swarm did not meet that in 100 seeds
-    ("cvr-unconditional", {"coverable": True}, 20),
-    ("cvr-put-undecided", {"coverable": True}, 100),
+# Every broken variant, found by the plain swarm (no scripted schedule) within 300 seeds: the
+# seeds known to find each (docs/testing.md has the table; re-measure with
+# `ares sim --seeds 300 --broken VARIANT [shape]` when the simulator changes). HANDOFF is the
+# shape with the most hand-offs per run: Ares II, 2 reconfigurers x 3, one key.
+HANDOFF: dict[str, Any] = {"mode": "ares2", "reconfigurers": 2, "reconfigs": 3, "keys": 1}
+CAUGHT: list[tuple[str, dict[str, Any], list[int]]] = [
+    ("skip-write-back", {}, [2]),
+    ("ack-before-durable", {}, [41]),
+    ("no-query-before-write", {}, [0]),
+    ("quorum-minus-one", {}, [2]),
+    ("skip-update-config", {}, [1]),
+    ("forgetful-acceptor", {}, [7]),
+    ("forgets-accepts", {}, [1]),
+    ("decode-below-k", {}, [23]),
+    ("gc-on-pending", {}, [1]),
+    ("fast-read-short", {}, [2]),
+    ("paxos-own-value", {}, [19]),
+    ("finish-on-obsolete", {}, [148]),
+    ("no-config-write-back", {"mode": "classic"}, [301]),
+    ("split-handoff", HANDOFF, [179]),
+    ("cvr-unconditional", {"coverable": True}, [0]),
+    ("cvr-put-undecided", {"coverable": True}, [6]),
 ]
+NOT_FOUND_BY_THE_SWARM = {
+    "cvr-transfer-ignores-open",  # tests/sim/test_coverable.py scripts these two
+    "cvr-no-freeze",
+    "classic-ignores-ack-next",
+    "no-requery-after-obsolete",
+    "plain-get-older-sources",
+    "retry-write-with-new-tag",
+}
+"""Variants the swarm did not find at the last measurement (docs/testing.md: the budgets tried):
+each is caught by its scripted scenario (tests/sim/test_mixed_modes.py,
+test_obsolete_race.py, test_older_sources.py, test_store_retry.py)."""
 
 
 @pytest.mark.parametrize(
-    ("variant", "shape", "budget"), BROKEN, ids=[f"{v}-{len(s)}" for v, s, _ in BROKEN]
+    ("variant", "shape", "seeds"), CAUGHT, ids=[f"{v}-{len(s)}" for v, s, _ in CAUGHT]
 )
-def test_broken_variant_is_caught(variant: str, shape: dict[str, Any], budget: int) -> None:
-    for seed in range(budget):
+def test_broken_variant_is_caught_by_its_seeds(
+    variant: str, shape: dict[str, Any], seeds: list[int]
+) -> None:
+    for seed in seeds:
         r = run_simulation(seed, broken=(variant,), **shape)
-        if not r.ok:
-            # the correct protocol passes the very same seed and shape
-            good = run_simulation(seed, **shape)
-            assert good.ok, good.explain()
-            return
-    pytest.fail(f"broken variant {variant} not caught in {budget} seeds")
+        assert not r.ok, f"--broken {variant} seed {seed} {shape} no longer caught"
+        # the correct protocol passes the very same seed and shape
+        good = run_simulation(seed, **shape)
+        assert good.ok, good.explain()
+
+
+def test_every_broken_variant_has_ci_seeds() -> None:
+    assert {v for v, _, _ in CAUGHT} | NOT_FOUND_BY_THE_SWARM == set(BROKEN_VARIANTS)
+
+
+def test_store_swarm_relocates_restarts_and_pages() -> None:
+    """Seeds with the real Store: relocation after the old servers are shut down, restarts
+    under a reused name, and a group of 300+ keys transferred over several pages."""
+    seen: dict[str, int] = {}
+    for seed in range(24):
+        r = run_simulation(seed, store=True, retire=True, restarts=True, reconfigs=2)
+        assert r.ok, r.explain()
+        text = "\n".join(r.events)
+        for what in ("retired", "LatestConfig", "restarting under the same name"):
+            seen[what] = seen.get(what, 0) + (what in text)
+    assert all(n > 0 for n in seen.values()), seen
+    calm = {"crashes": False, "partitions": False, "client_crashes": False, "adversary": False}
+    r = run_simulation(5, store=True, bulk_keys=320, reconfigs=1, mode="ares2", keys=2, **calm)
+    assert r.ok, r.explain()
+    assert r.reconfigs_done >= 1
+    assert sum(1 for h in r.history if h.key.startswith("bulk") and h.client == "final") == 320
+    pages = sum(1 for e in r.events if "GetGroup" in e and "deliver r" in e)
+    assert pages > (r.options.initial_servers or 0)  # some source server sent several pages

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aresdsm import integrity
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.protocol import abd
 from aresdsm.protocol.server_core import ServerCore
@@ -19,7 +20,6 @@ from aresdsm.wire.messages import (
     GetStats,
     Ping,
     Pong,
-    PutData,
     QueryData,
     QueryTag,
     Stats,
@@ -40,16 +40,18 @@ def core() -> ServerCore:
 def test_initial_register_is_tag0_and_empty() -> None:
     c = core()
     assert c.handle(QueryTag("g", "c0", "k"))[0] == TagReply(TAG0)
-    assert c.handle(QueryData("g", "c0", "k"))[0] == DataReply(TAG0, Blob(b""))
+    assert c.handle(QueryData("g", "c0", "k"))[0] == DataReply(
+        TAG0, Blob(b""), None, integrity.EMPTY_DIGEST
+    )
 
 
 def test_put_data_stores_only_newer_tags() -> None:
     reg = abd.INITIAL
-    new, ack = abd.on_put_data(reg, PutData("g", "c0", "k", Tag(2, "a"), Blob(b"v2")))
-    assert ack == Ack() and new == abd.Register(Tag(2, "a"), Blob(b"v2"))
-    older, ack = abd.on_put_data(new, PutData("g", "c0", "k", Tag(1, "z"), Blob(b"v1")))
+    new, ack = abd.on_put_data(reg, abd.put_request("g", "c0", "k", Tag(2, "a"), Blob(b"v2")))
+    assert ack == Ack() and new == abd.Register(Tag(2, "a"), Blob(b"v2"), integrity.digest(b"v2"))
+    older, ack = abd.on_put_data(new, abd.put_request("g", "c0", "k", Tag(1, "z"), Blob(b"v1")))
     assert older is None and ack == Ack()  # acknowledged, not applied
-    same, _ = abd.on_put_data(new, PutData("g", "c0", "k", Tag(2, "a"), Blob(b"v2")))
+    same, _ = abd.on_put_data(new, abd.put_request("g", "c0", "k", Tag(2, "a"), Blob(b"v2")))
     assert same is None  # duplicates are harmless
 
 
@@ -59,7 +61,7 @@ def test_server_tags_never_decrease(puts: list[tuple[int, str]]) -> None:
     c = core()
     last = TAG0
     for z, w in puts:
-        c.handle(PutData("g", "c0", "k", Tag(z, w), Blob(f"{z}{w}".encode())))
+        c.handle(abd.put_request("g", "c0", "k", Tag(z, w), Blob(f"{z}{w}".encode())))
         reply, _ = c.handle(QueryTag("g", "c0", "k"))
         assert isinstance(reply, TagReply)
         assert reply.tag >= last
@@ -69,7 +71,7 @@ def test_server_tags_never_decrease(puts: list[tuple[int, str]]) -> None:
 
 def test_state_is_keyed_by_group_configuration_and_object() -> None:
     c = core()
-    c.handle(PutData("g1", "c0", "k", Tag(1, "a"), Blob(b"x")))
+    c.handle(abd.put_request("g1", "c0", "k", Tag(1, "a"), Blob(b"x")))
     assert c.handle(QueryTag("g2", "c0", "k"))[0] == TagReply(TAG0)
     assert c.handle(QueryTag("g1", "c0", "other"))[0] == TagReply(TAG0)
     assert c.handle(QueryTag("g1", "c0", "k"))[0] == TagReply(Tag(1, "a"))
@@ -77,7 +79,7 @@ def test_state_is_keyed_by_group_configuration_and_object() -> None:
 
 def test_unknown_configuration_and_non_member_are_refused_without_state() -> None:
     c = core()
-    reply, writes = c.handle(PutData("g", "nope", "k", Tag(1, "a"), Blob(b"x")))
+    reply, writes = c.handle(abd.put_request("g", "nope", "k", Tag(1, "a"), Blob(b"x")))
     assert isinstance(reply, ErrorReply) and reply.code == "unknown-config" and not writes
     other = Configuration("c9", (ServerInfo("s7", "h:7"),))
     c.install_config(other)
@@ -90,19 +92,21 @@ def test_writes_to_persist_and_recovery() -> None:
     c = ServerCore("s1")
     records: dict[tuple[str, str, str, str], Record] = {}
     apply_batch(records, c.install_config(CFG))
-    _, writes = c.handle(PutData("g", "c0", "k", Tag(3, "w"), Blob(b"value")))
+    _, writes = c.handle(abd.put_request("g", "c0", "k", Tag(3, "w"), Blob(b"value")))
     assert len(writes) == 1
     apply_batch(records, writes)
-    _, no_writes = c.handle(PutData("g", "c0", "k", Tag(1, "w"), Blob(b"old")))
+    _, no_writes = c.handle(abd.put_request("g", "c0", "k", Tag(1, "w"), Blob(b"old")))
     assert no_writes == []
     again = ServerCore.recover("s1", list(records.values()))
     assert again.configs == {"c0": CFG}
-    assert again.handle(QueryData("g", "c0", "k"))[0] == DataReply(Tag(3, "w"), Blob(b"value"))
+    assert again.handle(QueryData("g", "c0", "k"))[0] == DataReply(
+        Tag(3, "w"), Blob(b"value"), None, integrity.digest(b"value")
+    )
 
 
 def test_ping_and_stats() -> None:
     c = core()
     assert c.handle(Ping(Blob(b"p")))[0] == Pong(Blob(b"p"))
-    c.handle(PutData("g", "c0", "k", Tag(1, "a"), Blob(b"abc")))
+    c.handle(abd.put_request("g", "c0", "k", Tag(1, "a"), Blob(b"abc")))
     st_reply, _ = c.handle(GetStats())
     assert isinstance(st_reply, Stats) and st_reply.objects == 1 and st_reply.stored_bytes == 3

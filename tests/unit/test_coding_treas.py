@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aresdsm import integrity
 from aresdsm.coding import DecodeError, ErasureCoder
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.errors import ConcurrencyExceeded
@@ -48,7 +49,7 @@ C = Configuration("c", tuple(ServerInfo(f"s{i}", f"h:{i}") for i in range(5)), "
 
 
 def put(tag: Tag, element: bytes = b"e") -> PutData:
-    return PutData("g", "c", "k", tag, Blob(element))
+    return treas.put_request("g", "c", "k", tag, element, integrity.digest(b"value"))
 
 
 def test_list_keeps_at_most_delta_plus_one_elements_but_every_tag() -> None:
@@ -97,7 +98,13 @@ def lists_for(
     out = []
     for i in range(C.quorum_size):
         entries = [
-            ListEntry(t, Blob(enc[t][i]) if i in holders[t] else None) for t in sorted(values)
+            ListEntry(
+                t,
+                Blob(enc[t][i]) if i in holders[t] else None,
+                integrity.digest(enc[t][i]) if i in holders[t] else b"",
+                integrity.digest(values[t]),
+            )
+            for t in sorted(values)
         ]
         out.append((i, tuple(entries)))
     return out
@@ -139,13 +146,13 @@ class CoreChannel:
             core.install_config(C)
         self.down: set[int] = set()
 
-    async def round(self, c, request, *, expect, phase, need=None):  # type: ignore[no-untyped-def]
+    async def round(self, c, request, *, expect, phase, need=None, accept=None):  # type: ignore[no-untyped-def]
         out = []
         for i, s in enumerate(c.servers):
             if i in self.down:
                 continue
             reply, _ = self.cores[i].handle(request(i, s) if callable(request) else request)
-            if isinstance(reply, expect):
+            if isinstance(reply, expect) and (accept is None or accept(reply)):
                 out.append((s, reply))
             if len(out) == (need or c.quorum_size):
                 return out
@@ -179,12 +186,17 @@ def test_reads_that_overlap_too_many_writes_fail_naming_delta() -> None:
     for z in range(1, 4):
         elements = coder.encode(f"v{z}".encode())
         for i in range(5):
-            ch.cores[i].handle(PutData("g", "c", "k", Tag(z, "w"), Blob(elements[i])))
+            ch.cores[i].handle(
+                treas.put_request(
+                    "g", "c", "k", Tag(z, "w"), elements[i], integrity.digest(f"v{z}".encode())
+                )
+            )
     # drop elements so the newest tag (3) has elements on fewer than k servers
     for i in (0, 1, 2):
         skey = ("g", "c", "k")
         ch.cores[i].lists[skey] = tuple(
-            ListEntry(e.tag, None if e.tag.z == 3 else e.element) for e in ch.cores[i].lists[skey]
+            ListEntry(e.tag, None, b"", e.value_digest) if e.tag.z == 3 else e
+            for e in ch.cores[i].lists[skey]
         )
 
     async def go() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aresdsm.config import Configuration, ServerInfo
+from aresdsm.protocol import abd
 from aresdsm.protocol.server_core import ServerCore, ServerSwitches
 from aresdsm.storage.base import Record
 from aresdsm.tags import TAG0, Tag
@@ -20,7 +21,6 @@ from aresdsm.wire.messages import (
     GroupReply,
     NextEntry,
     Obsolete,
-    PutData,
     WriteConfig,
 )
 
@@ -72,7 +72,7 @@ def test_a_committed_level_is_refused_and_forgotten() -> None:
     s = core()
     s.handle(prepare(1, b(1)))
     s.handle(accept(1, b(1), "a.1", b"A"))
-    _, writes = s.handle(PutData(G, "c0", K, Tag(1, "a.1"), Blob(b"A")))
+    _, writes = s.handle(abd.put_request(G, "c0", K, Tag(1, "a.1"), Blob(b"A")))
     assert (G, "c0", K) not in s.cvr  # the put dropped the decided level (and its value)
     assert any(isinstance(w, Record) and w.ns == "cvr" for w in writes)
     reply, _ = s.handle(prepare(1, b(5, "z")))

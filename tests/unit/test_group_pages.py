@@ -4,6 +4,7 @@ chain enumeration used with ``batch`` off; garbage collection on F entries (§8.
 from __future__ import annotations
 
 from aresdsm.config import Configuration, ServerInfo
+from aresdsm.protocol import abd
 from aresdsm.protocol.server_core import ServerCore
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob
@@ -14,7 +15,6 @@ from aresdsm.wire.messages import (
     ListChains,
     NextEntry,
     Obsolete,
-    PutData,
     WriteConfig,
 )
 
@@ -27,7 +27,7 @@ def _core_with(objects: dict[str, bytes], group: str = "g") -> ServerCore:
     core = ServerCore("s1")
     core.install_config(CFG)
     for key, value in objects.items():
-        core.handle(PutData(group, "c0", key, Tag(1, "w"), Blob(value)))
+        core.handle(abd.put_request(group, "c0", key, Tag(1, "w"), Blob(value)))
     return core
 
 
@@ -63,8 +63,8 @@ def test_pages_are_bounded_by_bytes_but_hold_at_least_one_object() -> None:
 def test_list_chains_by_prefix_in_order_and_paged() -> None:
     core = _core_with({"a": b"1"}, group="g\x00a")
     for key in ("c", "b"):
-        core.handle(PutData(f"g\x00{key}", "c0", key, Tag(1, "w"), Blob(b"1")))
-    core.handle(PutData("other", "c0", "x", Tag(1, "w"), Blob(b"1")))
+        core.handle(abd.put_request(f"g\x00{key}", "c0", key, Tag(1, "w"), Blob(b"1")))
+    core.handle(abd.put_request("other", "c0", "x", Tag(1, "w"), Blob(b"1")))
     reply, _ = core.handle(ListChains("g\x00", "", 2))
     assert reply == ChainsReply(("g\x00a", "g\x00b"), True)
     reply, _ = core.handle(ListChains("g\x00", "g\x00b", 2))

@@ -27,7 +27,7 @@ from aresdsm.config import (
 )
 from aresdsm.errors import ConfigurationError
 from aresdsm.limits import MAX_KEY_FIELD_BYTES, MAX_NAME_BYTES, ServerLimits, name_too_long
-from aresdsm.protocol import treas
+from aresdsm.protocol import abd, treas
 from aresdsm.protocol.server_core import ServerCore
 from aresdsm.serverlog import BadInputLog, JsonFormatter, configure, quote, state_events
 from aresdsm.storage import SqliteStorage
@@ -35,7 +35,7 @@ from aresdsm.storage.base import Record, RecordKey
 from aresdsm.storage.memory import apply_batch
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob
-from aresdsm.wire.messages import NextEntry, PutData, WriteConfig
+from aresdsm.wire.messages import NextEntry, WriteConfig
 
 
 def test_defaults_are_valid_and_named_with_units() -> None:
@@ -161,7 +161,7 @@ def test_reconfiguration_steps_are_named_from_the_writes() -> None:
     c1 = Configuration("c1", (ServerInfo("s1", "127.0.0.1:1"),), epoch=1)
     writes = core.install_config(c0)
     _, w2 = core.handle(WriteConfig("g", "c0", NextEntry(c1, "F"), gc=True))
-    _, w3 = core.handle(PutData("g", "c0", "k", Tag(1, "w"), Blob(b"v")))
+    _, w3 = core.handle(abd.put_request("g", "c0", "k", Tag(1, "w"), Blob(b"v")))
     events = [text for _, text in state_events([*writes, *w2, *w3])]
     assert events == [
         "installed configuration c0",
@@ -208,7 +208,9 @@ def test_running_totals_match_a_recount(ops: list[tuple[str, str, str, int, int]
         if op == "gc":
             _, writes = core.handle(WriteConfig(group, cfg.id, NextEntry(configs[0], "F"), gc=True))
         else:
-            _, writes = core.handle(PutData(group, cfg.id, key, Tag(z, "w"), Blob(b"x" * size)))
+            _, writes = core.handle(
+                abd.put_request(group, cfg.id, key, Tag(z, "w"), Blob(b"x" * size))
+            )
         apply_batch(disk, writes)
         total, by = _recount(core)
         stats = core.stats()

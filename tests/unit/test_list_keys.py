@@ -7,6 +7,7 @@ predecessor."""
 from __future__ import annotations
 
 from aresdsm.config import Configuration, ServerInfo
+from aresdsm.protocol import abd
 from aresdsm.protocol.server_core import MAX_KEYS_PAGE, ServerCore
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob
@@ -21,7 +22,6 @@ from aresdsm.wire.messages import (
     NextEntry,
     NextReply,
     Obsolete,
-    PutData,
     WriteConfig,
 )
 
@@ -33,7 +33,7 @@ def _core(keys: list[str]) -> ServerCore:
     core = ServerCore("s1")
     core.install_config(C0)
     for k in keys:
-        core.handle(PutData("cluster", "c0", k, Tag(1, "w"), Blob(b"value")))
+        core.handle(abd.put_request("cluster", "c0", k, Tag(1, "w"), Blob(b"value")))
     return core
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import pytest
 
@@ -37,6 +37,7 @@ class LocalChannel:
         expect: type[R],
         phase: str,
         need: int | None = None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         need = c.quorum_size if need is None else need
         self.rounds.append(phase)
@@ -49,9 +50,9 @@ class LocalChannel:
                 continue
             req = request(c.servers.index(s), s) if callable(request) else request
             reply, _ = self.cores[s.id].handle(req)
-            if isinstance(reply, expect):
+            if isinstance(reply, expect) and (accept is None or accept(reply)):
                 out.append((s, reply))
-            elif isinstance(reply, ErrorReply):
+            elif isinstance(reply, ErrorReply | expect):
                 failed += 1
             if len(out) == need:
                 return out

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from aresdsm.config import Configuration, ServerInfo
+from aresdsm.integrity import digest
 from aresdsm.protocol.server_core import ServerCore
 from aresdsm.security.roles import REQUIRED, ROLE_LEVELS, refusal, required_role
 from aresdsm.security.tls import DenyList, PeerIdentity, identity_of, role_level
@@ -36,12 +37,24 @@ def test_required_roles() -> None:
     c0 = Configuration("c0", (ServerInfo("s1", "127.0.0.1:1"),))
     core = ServerCore("s1")
     core.install_config(c0)
-    core.handle(PutData("g", "c0", "k", Tag(5, "w"), Blob(b"v")))
+    core.handle(PutData("g", "c0", "k", Tag(5, "w"), Blob(b"v"), digest(b"v")))
     assert required_role(QueryData("g", "c0", "k"), core) == "read"
-    assert required_role(PutData("g", "c0", "k", Tag(5, "w"), Blob(b"v")), core) == "read"
-    assert required_role(PutData("g", "c0", "k", Tag(4, "w"), Blob(b"v")), core) == "read"
-    assert required_role(PutData("g", "c0", "k", Tag(6, "w"), Blob(b"v")), core) == "write"
-    assert required_role(PutData("g", "c0", "other", Tag(1, "w"), Blob(b"v")), core) == "write"
+    assert (
+        required_role(PutData("g", "c0", "k", Tag(5, "w"), Blob(b"v"), digest(b"v")), core)
+        == "read"
+    )
+    assert (
+        required_role(PutData("g", "c0", "k", Tag(4, "w"), Blob(b"v"), digest(b"v")), core)
+        == "read"
+    )
+    assert (
+        required_role(PutData("g", "c0", "k", Tag(6, "w"), Blob(b"v"), digest(b"v")), core)
+        == "write"
+    )
+    assert (
+        required_role(PutData("g", "c0", "other", Tag(1, "w"), Blob(b"v"), digest(b"v")), core)
+        == "write"
+    )
     p = WriteConfig("g", "c0", NextEntry(c0, "P"), gc=True)
     assert required_role(p, core) == "read"
     assert required_role(WriteConfig("g", "c0", NextEntry(c0, "F"), gc=False), core) == "admin"
@@ -49,7 +62,7 @@ def test_required_roles() -> None:
     assert required_role(GetStats(), core) == "admin"
     assert role_level("read") < role_level("write") < role_level("admin")
     assert {r: role_level(r) for r in ("read", "write", "admin")} == ROLE_LEVELS
-    new_tag = PutData("g", "c0", "k", Tag(6, "w"), Blob(b"v"))
+    new_tag = PutData("g", "c0", "k", Tag(6, "w"), Blob(b"v"), digest(b"v"))
     assert refusal(new_tag, core, role_level("read"), None) == "write"
     assert refusal(new_tag, core, role_level("write"), None) is None
     assert refusal(GetStats(), core, role_level("write"), None) == "admin"

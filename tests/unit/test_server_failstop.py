@@ -12,12 +12,13 @@ import asyncio
 from typing import Any
 
 from aresdsm.config import Configuration, ServerInfo
+from aresdsm.protocol import abd
 from aresdsm.server import Server
 from aresdsm.storage.base import Write
 from aresdsm.storage.memory import MemoryStorage
 from aresdsm.tags import Tag
 from aresdsm.wire.blob import Blob
-from aresdsm.wire.messages import Ack, DataReply, Envelope, PutData, QueryData
+from aresdsm.wire.messages import Ack, DataReply, Envelope, QueryData
 
 
 class _FailingStorage(MemoryStorage):
@@ -76,11 +77,13 @@ def test_requests_after_a_failed_commit_get_no_answer_from_undurable_state() -> 
             fail(exc)
             # frames that were already read in this loop iteration (another connection's
             # data_received runs before the stop() task's first step)
-            server.handle(conn, Envelope(2, PutData("g", "c0", "k", Tag(2, "w"), Blob(b"v2"))))
+            server.handle(
+                conn, Envelope(2, abd.put_request("g", "c0", "k", Tag(2, "w"), Blob(b"v2")))
+            )
             server.handle(conn, Envelope(3, QueryData("g", "c0", "k")))
 
         server._fail = fail_then_more_frames  # type: ignore[method-assign]
-        server.handle(conn, Envelope(1, PutData("g", "c0", "k", Tag(1, "w"), Blob(b"v1"))))
+        server.handle(conn, Envelope(1, abd.put_request("g", "c0", "k", Tag(1, "w"), Blob(b"v1"))))
         await asyncio.sleep(0.05)  # commit 2 fails: no reply to 1 (correct), stop() runs
         durable = list(storage.load())
         return conn.sent, durable

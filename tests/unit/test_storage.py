@@ -104,3 +104,38 @@ def test_large_values_live_in_durable_files_and_follow_their_rows(tmp_path: Path
     asyncio.run(delete())
     assert list(again.blob_dir.iterdir()) == []
     again.close()
+
+
+def _recount(st: SqliteStorage) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for r in st.load():
+        n = len(r.meta) + (len(r.data) if r.data is not None else 0)
+        out[(r.group, r.config_id)] = out.get((r.group, r.config_id), 0) + n
+    return {k: v for k, v in out.items() if v}
+
+
+def test_sqlite_bytes_per_instance_are_running_totals(tmp_path: Path) -> None:
+    """The metrics' bytes per (group, configuration) follow every commit without a scan and
+    match a recount, after replacements, large values, deletes of one record and of a whole
+    configuration, and after a reopen."""
+    path = tmp_path / "db.sqlite3"
+    st = SqliteStorage(path, blob_threshold_bytes=100)
+
+    async def go() -> None:
+        await st.submit(
+            [Record("abd", "g", "c0", f"k{i}", b"m" * i, b"v" * (i * 30)) for i in range(8)]
+        )
+        await st.submit([Record("abd", "g", "c0", "k1", b"mm", b"w" * 500)])  # replace: file
+        await st.submit(
+            [Record("abd", "g", "c1", "k1", b"t", b"x" * 7), Delete("abd", "g", "c0", "k2")]
+        )
+        assert st.bytes_by_instance() == _recount(st)
+        await st.submit([Delete("abd", "g", "c0")])
+
+    asyncio.run(go())
+    assert st.bytes_by_instance() == _recount(st) == {("g", "c1"): 8}
+    assert st.stored_bytes() == 8
+    st.close()
+    again = SqliteStorage(path)
+    assert again.bytes_by_instance() == {("g", "c1"): 8}
+    again.close()

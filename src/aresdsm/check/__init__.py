@@ -140,7 +140,10 @@ def _violation(
     key: str, ops: Sequence[Op], conflict: Conflict, model: Model[object], max_steps: int
 ) -> KeyResult:
     involved = set(conflict.op_ids)
-    witness = [o for o in ops if o.op_id in involved]
+    read_values = {o.value for o in ops if o.op_id in involved and o.kind == "read"}
+    witness = [
+        o for o in ops if o.op_id in involved or (o.kind == "write" and o.value in read_values)
+    ]
     if search(witness, model, max_steps=max_steps) != "violation":
         witness = _shrink(list(ops), model, max_steps)
     else:
@@ -149,17 +152,33 @@ def _violation(
 
 
 def _shrink(ops: list[Op], model: Model[object], max_steps: int) -> list[Op]:
-    """Drop operations one by one while the rest stays non-linearizable (bounded)."""
+    """Drop operations while the rest stays non-linearizable (bounded), keeping the witness
+    closed under "a read depends on the writes of its value": a write goes only together with
+    the reads of its value (unless another write of that value stays), so that an explanation
+    never shows a read without the write it read from (w(a), w(b), r->a, r->b keeps all four,
+    not a lone read of a value nobody wrote)."""
     if len(ops) > MAX_SHRINK_OPS:
         return ops
     i = 0
     while i < len(ops):
-        trial = ops[:i] + ops[i + 1 :]
+        drop = _with_dependents(ops, ops[i])
+        trial = [o for o in ops if o.op_id not in drop]
         if search(trial, model, max_steps=max_steps // 10 or 1) == "violation":
             ops = trial
+            i = 0 if len(drop) > 1 else i  # dependents may sit before i
         else:
             i += 1
     return ops
+
+
+def _with_dependents(ops: list[Op], op: Op) -> set[int]:
+    """``op`` and what cannot stay without it: for the last write of a value, the reads of
+    that value (register histories; other kinds have no such dependency here)."""
+    if op.kind != "write":
+        return {op.op_id}
+    if any(o.kind == "write" and o.value == op.value and o.op_id != op.op_id for o in ops):
+        return {op.op_id}
+    return {op.op_id} | {o.op_id for o in ops if o.kind == "read" and o.value == op.value}
 
 
 def check_history(records: Iterable[OpRecord], *, max_steps: int = 1_000_000) -> CheckResult:

@@ -35,7 +35,14 @@ def cluster() -> None:
     is_flag=True,
     help="Plaintext: no certificates, no authentication (loopback clients only).",
 )
-def cluster_start(n: int, spares: int, base_dir: str, storage: str, insecure: bool) -> None:
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Give every server a Prometheus /metrics, /healthz and /readyz endpoint.",
+)
+def cluster_start(
+    n: int, spares: int, base_dir: str, storage: str, insecure: bool, metrics: bool
+) -> None:
     """Start a local cluster in the background and write DIR/cluster.toml.
 
     Secure by default: a cluster CA, a certificate per server and client certificates for the
@@ -45,12 +52,16 @@ def cluster_start(n: int, spares: int, base_dir: str, storage: str, insecure: bo
 
     if n < 1 or spares < 0:
         raise click.BadParameter("need at least one server and no negative spares")
-    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage, insecure=insecure)
+    lc = LocalCluster.create(
+        base_dir, n=n, spares=spares, storage=storage, insecure=insecure, metrics=metrics
+    )
     lc.start_all(detach=True)
     console.print(f"started {n + spares} servers; cluster file: [bold]{lc.cluster_path}[/]")
     for s in lc.cluster.servers:
         member = "member of c0" if lc.cluster.initial.has_member(s.id) else "spare"
         console.print(f"  {s.id}  {s.address}  ({member})  data: {lc.data_dir(s.id)}")
+        if s.id in lc.metrics:
+            console.print(f"      metrics: http://{lc.metrics[s.id]}/metrics")
     tls = lc.cluster.client.tls
     if tls is None:
         console.print("[yellow]plaintext (--insecure):[/] no encryption, no authentication")

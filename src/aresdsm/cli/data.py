@@ -68,7 +68,9 @@ def get(
     timeout_s: float | None,
     cluster_path: str,
 ) -> None:
-    """Read object KEY and print its value (raw bytes) or save it with -o."""
+    """Read object KEY and print its value (raw bytes) or save it with -o.
+
+    Exit code 2 (and a message on stderr) if KEY does not exist: never written, or deleted."""
 
     async def go() -> Any:
         async with _connect(cluster_path) as store:
@@ -77,6 +79,10 @@ def get(
     tag, data = runtime.run(go())
     if show_tag:
         err_console.print(f"tag {tag}")
+    if data is None:
+        why = "deleted" if tag.deleted else "never written"
+        err_console.print(f"[bold red]not found:[/] no object {escape(repr(key))} ({why})")
+        sys.exit(2)
     if output:
         try:
             Path(output).write_bytes(data)
@@ -88,6 +94,22 @@ def get(
         if sys.stdout.isatty():
             sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
+
+
+@main.command()
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@timeout_option
+@cluster_option
+def rm(keys: tuple[str, ...], group: str, timeout_s: float | None, cluster_path: str) -> None:
+    """Delete objects KEYS (each atomically: a tombstone write; later reads find nothing)."""
+
+    async def go() -> Any:
+        async with _connect(cluster_path) as store:
+            return [await store.delete(k, group=group, timeout_s=timeout_s) for k in keys]
+
+    for k, tag in zip(keys, runtime.run(go()), strict=True):
+        console.print(f"deleted {k!r} (tag {tag.z})")
 
 
 @main.command()
@@ -135,17 +157,35 @@ def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> No
             + ". Complete it with: ares reconfig --finish"
         )
     last = chain[-1].config if chain else cf.initial
+    ever = {sid for e in chain for sid in e.config.server_ids}
+    gone = [s.id for s in servers_known if s.id in ever and not last.has_member(s.id)]
     servers = Table(
-        "server", "address", "state", "in last config", "objects", "stored bytes", "requests"
+        "server",
+        "address",
+        "state",
+        "in last config",
+        "objects",
+        "stored bytes",
+        "requests",
+        "damaged",
     )
+    damaged: list[str] = []
+    for col in servers.columns:  # addresses and numbers whole, folded if narrow
+        col.overflow = "fold"
+    reasons: list[str] = []
     for s, st in zip(servers_known, stats, strict=True):
+        if s.id in gone:  # left every configuration still in use: not part of the cluster
+            continue
         member = "yes" if last.has_member(s.id) else ""
         if isinstance(st, str) and "unauthorized" in st:  # up, but stats are for admins (§13)
-            servers.add_row(s.id, s.address, "[yellow]unauthorized[/]", member, "", "", "")
+            servers.add_row(s.id, s.address, "[yellow]unauthorized[/]", member, "", "", "", "")
         elif isinstance(st, str):
-            servers.add_row(
-                s.id, s.address, f"[red]down[/] ({escape(st[:50])})", member, "", "", ""
-            )
+            state = "refused" if "refused the connection" in st else "down"
+            servers.add_row(s.id, s.address, f"[red]{state}[/]", member, "", "", "", "")
+            if state == "refused":
+                damaged.append(f"{s.id}: {st}")
+            else:
+                reasons.append(f"{s.id} ({s.address}): {st}")
         else:
             reqs = sum(v for k, v in st.counters.items() if k[0].isupper())
             servers.add_row(
@@ -156,12 +196,56 @@ def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> No
                 str(st.objects),
                 str(st.stored_bytes),
                 str(reqs),
+                f"[red]{st.damaged_count}[/]" if st.damaged_count else "0",
             )
+            damaged += [f"{s.id}: damaged on disk, not answered for: {d}" for d in st.damaged]
     console.print(servers)
     if any(isinstance(st, str) and "unauthorized" in st for st in stats):
         console.print("[yellow]unauthorized:[/] server statistics need the admin role")
+    for line in damaged:
+        console.print(f"[yellow]{escape(line)}[/]")
+    for r in reasons:  # whole, one line each, whatever the terminal's width
+        console.print(f"[red]down:[/] {escape(r)}", soft_wrap=True)
+    if gone:
+        console.print(
+            f"[dim]not shown: {', '.join(gone)} (left the cluster: in no configuration since "
+            f"{last.id})[/]",
+            soft_wrap=True,
+        )
     if show_storage:
         _storage_table(ares.CLUSTER_CHAIN, [e.config.id for e in chain], servers_known, stats)
+    live = sum(
+        1
+        for s, st in zip(servers_known, stats, strict=True)
+        if last.has_member(s.id) and (not isinstance(st, str) or "unauthorized" in st)
+    )
+    if live < last.quorum_size:
+        err_console.print(
+            f"[bold red]no live quorum:[/] {live} of the {last.n} servers of the last "
+            f"configuration {last.id} answer; a quorum needs {last.quorum_size}",
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("prefix", default="")
+@click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Print at most this many keys.")
+@timeout_option
+@cluster_option
+def ls(
+    prefix: str, group: str, limit: int | None, timeout_s: float | None, cluster_path: str
+) -> None:
+    """List the keys of a group that start with PREFIX, one per line, in order. Not a snapshot:
+    each key's presence is linearizable on its own (docs/operations.md, "Deleting and listing")."""
+
+    async def collect() -> list[str]:
+        async with _connect(cluster_path) as store:
+            return list(await store.list(prefix, group=group, limit=limit, timeout_s=timeout_s))
+
+    for key in runtime.run(collect()):
+        console.print(escape(key), soft_wrap=True)
 
 
 @main.command()
@@ -307,3 +391,124 @@ def _new_members(
     if len(set(ids)) != len(ids):
         raise click.BadParameter(f"duplicate servers in {ids}")
     return ids
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--group", "groups", multiple=True, help="Back up only this group (repeatable).")
+@cluster_option
+def backup(file: str, groups: tuple[str, ...], cluster_path: str) -> None:
+    """Back up every object of a running cluster into FILE (one tar archive with a manifest and
+    checksums). Each object is read linearizably while clients keep working; the backup is not
+    a snapshot of one instant (docs/operations.md, "Backup and restore")."""
+    from ..backup import backup as run_backup
+
+    cf = load_cluster_file(cluster_path)
+
+    async def go() -> Any:
+        async with _connect(cluster_path) as store:
+            with _Progress("backing up") as advance:
+                return await run_backup(
+                    store,
+                    file,
+                    cluster_name=cf.name,
+                    groups=list(groups) if groups else None,
+                    progress=advance,
+                )
+
+    r = runtime.run(go())
+    console.print(
+        f"backed up {r.objects} objects ({r.bytes} bytes) of {len(r.groups)} groups to {file} "
+        f"in {r.seconds:.1f} s"
+        + (f"; {r.absent} listed keys were deleted meanwhile" if r.absent else "")
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write every archived object, replacing what the cluster holds (default: keep objects "
+    "that already exist and skip them).",
+)
+@click.option("--verify-only", is_flag=True, help="Only check the archive's checksums.")
+@cluster_option
+def restore(file: str, overwrite: bool, verify_only: bool, cluster_path: str) -> None:
+    """Load a backup FILE into a cluster (new or existing). The whole archive is checked first;
+    nothing is written if it is damaged. Objects of the cluster that are not in FILE are kept."""
+    from ..backup import restore as run_restore
+    from ..backup import verify
+
+    if verify_only:
+        manifest, entries = verify(file)
+        console.print(
+            f"{file}: intact; {len(entries)} objects, {manifest.get('bytes')} bytes, "
+            f"created {manifest.get('created')} from cluster {manifest.get('cluster')!r}"
+        )
+        return
+
+    async def go() -> Any:
+        async with _connect(cluster_path) as store:
+            with _Progress("restoring") as advance:
+                return await run_restore(store, file, overwrite=overwrite, progress=advance)
+
+    r = runtime.run(go())
+    console.print(
+        f"restored {r.written} of {r.objects} objects ({r.bytes} bytes) in {r.seconds:.1f} s"
+        + (
+            f"; {r.skipped} already existed and were kept (--overwrite replaces them)"
+            if r.skipped
+            else ""
+        )
+    )
+
+
+class _Progress:
+    """A rich progress bar on a terminal (objects and bytes so far); nothing otherwise."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not err_console.is_terminal:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("objects, {task.fields[size]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.bar.start()
+        task = self.bar.add_task(self.what, total=None, size="0 B")
+
+        def advance(objects: int, nbytes: int, total: int) -> None:
+            self.bar.update(task, completed=objects, total=total, size=_human(nbytes))
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

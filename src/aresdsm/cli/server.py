@@ -1,4 +1,4 @@
-"""``ares server``: run one server process."""
+"""``ares server``: run one server process; ``ares init``: give a cluster file its cluster id."""
 
 from __future__ import annotations
 
@@ -10,13 +10,25 @@ import click
 
 from .. import runtime, serverlog
 from ..config import MAX_FRAME_BYTES_LIMIT, load_cluster_file, parse_address
-from .common import DEFAULT_DIR, cluster_option, err_console, log_options, main
+from .common import cluster_option, console, err_console, log_options, main
 
 
 @main.command()
 @click.option("--id", "server_id", required=True, help="This server's id, as in the cluster file.")
 @cluster_option
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where state is kept.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Where state is kept (default: data_dir of this server in the cluster file).",
+)
+@click.option(
+    "--new",
+    "new",
+    type=click.Choice(["initial", "join"]),
+    help="Create this server's state in an empty data directory: 'initial' for a member of the "
+    "initial configuration, 'join' for a server added later by reconfiguration. Only once per "
+    "server id.",
+)
 @click.option("--listen", help="host:port to listen on (default: the address in the cluster file).")
 @click.option(
     "--storage",
@@ -24,6 +36,10 @@ from .common import DEFAULT_DIR, cluster_option, err_console, log_options, main
     default="sqlite",
     show_default=True,
     help="Storage engine; 'memory' is NOT durable (tests and protocol benchmarks only).",
+)
+@click.option(
+    "--metrics-address",
+    help="host:port of an HTTP endpoint serving /metrics (Prometheus), /healthz and /readyz.",
 )
 @click.option("--ready-file", type=click.Path(dir_okay=False), hidden=True)
 @click.option("--otlp-endpoint", help="Export spans over OTLP/HTTP (e.g. http://localhost:4318).")
@@ -83,8 +99,10 @@ def server(
     server_id: str,
     cluster_path: str,
     data_dir: str | None,
+    new: str | None,
     listen: str | None,
     storage: str,
+    metrics_address: str | None,
     ready_file: str | None,
     otlp_endpoint: str | None,
     trace_file: str | None,
@@ -103,7 +121,7 @@ def server(
     (docs/operations.md lists every limit and its default)."""
     from .. import tracing
     from ..limits import ServerLimits
-    from ..server import run_server
+    from ..server import run_server, server_identity
 
     parent = click.get_current_context().obj or {}
     level = log_level or parent.get("log_level") or "info"
@@ -126,9 +144,23 @@ def server(
     elif allow_remote_plaintext:
         raise click.UsageError("--allow-remote-plaintext applies to --insecure servers only")
     host, port = parse_address(listen or me.address)
-    ddir = data_dir or cf.data_dirs.get(server_id) or str(Path(DEFAULT_DIR) / server_id)
+    metrics = parse_address(metrics_address) if metrics_address else None
+    ddir = data_dir or cf.data_dirs.get(server_id)
+    if not ddir:
+        raise click.UsageError(
+            f"no data directory for {server_id}: give --data-dir, or data_dir in its "
+            "[[servers]] entry of the cluster file"
+        )
     if storage == "memory":
         err_console.print("[yellow]warning:[/] storage 'memory' is not durable")
+    identity = server_identity(
+        storage_kind=storage,
+        data_dir=ddir,
+        cluster_id=cf.cluster_id,
+        server_id=server_id,
+        initial=cf.initial,
+        new=new,  # type: ignore[arg-type]
+    )
     with tracing.traced_process(
         f"ares-server-{server_id}",
         otlp_endpoint=otlp_endpoint,
@@ -148,8 +180,42 @@ def server(
                 deny_file=cf.deny_file,
                 audit_log=audit_log,
                 allow_remote_plaintext=allow_remote_plaintext,
+                identity=identity,
                 limits=limits,
                 max_frame_bytes=max_frame_bytes or cf.client.max_frame_bytes,
+                metrics_address=metrics,
             )
         )
     sys.exit(code)
+
+
+@main.command()
+@cluster_option
+def init(cluster_path: str) -> None:
+    """Give a hand-made cluster file its cluster id ([cluster] id), once, at creation.
+
+    Every server is created from the file with `ares server --new initial|join`, and every
+    client connection proves it belongs to this cluster. Copy the file to every machine after
+    this step; never run it again for a running cluster.
+    """
+    from ..identity import new_cluster_id
+
+    path = Path(cluster_path)
+    cf = load_cluster_file(path)
+    if cf.cluster_id:
+        raise click.ClickException(f"{path} already has cluster id {cf.cluster_id}")
+    cid = new_cluster_id()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip() == "[cluster]":
+            lines.insert(i + 1, f'id = "{cid}"\n')
+            break
+    else:
+        lines.insert(0, f'[cluster]\nid = "{cid}"\n\n')
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    if load_cluster_file(tmp).cluster_id != cid:  # (a [cluster] line inside a string?)
+        tmp.unlink()
+        raise click.ClickException(f"could not add the cluster id to {path}; add it by hand")
+    tmp.replace(path)
+    console.print(f"cluster id {cid} written to {path}")

@@ -10,6 +10,15 @@ round's deadline) rather than fail, so a restarted server is picked up again. A 
 round is over (:meth:`PeerConnection.cancel`) leaves the queue, and the queue holds at most
 ``max_queued_requests``: a server that accepts connections but never answers cannot make it grow.
 
+Handshake (issue 10): when the channel knows its cluster (``hello``), the first frame on every new
+connection is a :class:`~aresdsm.wire.messages.Hello` naming the cluster, the server expected at
+that address (and its incarnation uid, when the configuration names one) and the initial
+configuration's digest; requests wait until the server's :class:`Welcome` matched. A refusal, or
+a Welcome that does not match, fails the waiting requests with a one-line error (a round counts
+it like a missing reply), closes the connection and backs off like a failed connect. Connections
+are kept per (address, server id, uid): a configuration that names another incarnation at the
+same address gets a connection that checks it.
+
 A server's replies are trusted only as far as the frame format: ``max_in_flight`` counts the
 request ids written and not yet answered, so a duplicate or unsolicited reply changes nothing.
 
@@ -37,28 +46,36 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 
 from .. import tracing
 from ..config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from ..errors import FrameError, OperationError, OperationTimeout, QuorumUnavailable, ServerError
+from ..identity import PROTOCOL_VERSION
 from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..security.macs import entry_mac, load_key
 from ..security.tls import check_server_identity, client_context, own_identity, role_level
+from ..testing import NO_FAULTS, Broken
 from ..wire.codec import Decoder, Encoder, FrameBuffer
 from ..wire.messages import (
     Envelope,
     ErrorReply,
     GetGroup,
+    Hello,
     InstallConfig,
     NextEntry,
     Obsolete,
+    Ping,
     Reply,
     Request,
+    Welcome,
     WriteConfig,
 )
+
+if TYPE_CHECKING:
+    from ..metrics import ClientMetrics
 
 log = logging.getLogger("aresdsm.net")
 R = TypeVar("R", bound=Reply)
@@ -70,6 +87,26 @@ CLOSE_TIMEOUT_S = 1.0
 """How long closing a client waits for its connections to be gone before aborting them."""
 DEFAULT_MAX_QUEUED_REQUESTS = 65536
 """Requests that may wait for one connection (to be established, or for max_in_flight)."""
+HELLO_RID = 0
+"""Request id of the handshake (requests are numbered from 1)."""
+
+
+class ClusterIdentity(tuple[str, str]):
+    """(cluster id, initial-configuration digest) a client proves in every handshake."""
+
+    __slots__ = ()
+
+    def __new__(cls, cluster_id: str, initial_digest: str) -> ClusterIdentity:
+        return super().__new__(cls, (cluster_id, initial_digest))
+
+    @property
+    def cluster_id(self) -> str:
+        return self[0]
+
+    @property
+    def initial_digest(self) -> str:
+        return self[1]
+
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "aresdsm_deadline", default=None
@@ -122,13 +159,21 @@ class PeerConnection(asyncio.Protocol):
         max_backoff_s: float = 1.0,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
         tls: ssl.SSLContext | None = None,
+        hello: Hello | None = None,
+        faults: Broken = NO_FAULTS,
     ) -> None:
         self.server = server
         self.tls = tls
         """Client TLS context (mutual TLS; the server id is checked on connect); None: plain."""
-        self.broken_skip_server_id_check = False
-        """Test-only: talk to any server the CA vouched for, whatever id it has."""
+        self.faults = faults
+        """Test-only faults (``broken_skip_server_id_check``: talk to any server the CA vouched
+        for, whatever id it has)."""
         self.options = options
+        self.hello = hello
+        self._ready = False
+        """The current connection passed the handshake (or there is none to do)."""
+        self.welcome: Welcome | None = None
+        """The server's identity from the last handshake."""
         self._encoder = encoder
         self._decoder = decoder
         self._frames = FrameBuffer(max_frame_bytes=options.max_frame_bytes)
@@ -165,7 +210,11 @@ class PeerConnection(asyncio.Protocol):
         if self._closed:
             cb(ConnectionError(f"connection to {self.server.id} is closed"))
             return
-        if self._transport is not None and self.in_flight < self.options.max_in_flight:
+        if (
+            self._transport is not None
+            and self._ready
+            and self.in_flight < self.options.max_in_flight
+        ):
             self._callbacks[rid] = cb
             self._write(rid, req, trace)
             return
@@ -220,6 +269,7 @@ class PeerConnection(asyncio.Protocol):
         while (
             self._waiting
             and self._transport is not None
+            and self._ready
             and self.in_flight < self.options.max_in_flight
         ):
             rid, (req, trace) = self._waiting.popitem(last=False)
@@ -241,9 +291,12 @@ class PeerConnection(asyncio.Protocol):
         host, port = self.server.host_port()
         loop = asyncio.get_running_loop()
         try:
+            # TLS first (the server id is checked in connection_made, not the host name), then
+            # the Hello handshake over it
+            local_addr = (src, 0) if (src := self.options.source_host) else None
             if self.tls is None:
-                connecting = loop.create_connection(lambda: self, host, port)
-            else:  # the server id is checked in connection_made, not the host name
+                connecting = loop.create_connection(lambda: self, host, port, local_addr=local_addr)
+            else:
                 connecting = loop.create_connection(
                     lambda: self,
                     host,
@@ -251,6 +304,7 @@ class PeerConnection(asyncio.Protocol):
                     ssl=self.tls,
                     server_hostname="",
                     ssl_handshake_timeout=self.options.connect_timeout_s,
+                    local_addr=local_addr,
                 )
             await asyncio.wait_for(connecting, timeout=self.options.connect_timeout_s)
         except (OSError, TimeoutError) as e:
@@ -266,7 +320,7 @@ class PeerConnection(asyncio.Protocol):
         if self._closed:
             transport.close()
             return
-        if self.tls is not None and not self.broken_skip_server_id_check:
+        if self.tls is not None and not self.faults.broken_skip_server_id_check:
             wrong = check_server_identity(transport, self.server.id)
             if wrong is not None:  # nothing is written to an impostor
                 cast(asyncio.Transport, transport).abort()
@@ -281,10 +335,61 @@ class PeerConnection(asyncio.Protocol):
                 return
         self._transport = cast(asyncio.Transport, transport)
         self._frames = FrameBuffer(max_frame_bytes=self.options.max_frame_bytes)
+        self._outstanding.clear()
+        if self.hello is None:
+            self._ready = True
+            self._backoff_s = self._initial_backoff_s
+            self._retry_at = 0.0
+            self._pump()
+            return
+        self._ready = False
+        try:
+            self._transport.writelines(self._encoder.encode(Envelope(HELLO_RID, self.hello)))
+        except FrameError as e:  # (ids too long to encode: refuse like the server would)
+            self._refused(str(e))
+
+    def _on_handshake(self, env: Envelope) -> None:
+        body = env.body
+        if env.rid != HELLO_RID:
+            self._refused("the server answered before the handshake")
+            return
+        if isinstance(body, ErrorReply):
+            self._refused(body.message)
+            return
+        if not isinstance(body, Welcome):
+            self._refused(f"unexpected {type(body).__name__} in the handshake")
+            return
+        hello = self.hello
+        assert hello is not None
+        if body.server_id != self.server.id:
+            self._refused(f"it is server {body.server_id}, not {self.server.id}")
+            return
+        if hello.cluster_id and body.cluster_id and body.cluster_id != hello.cluster_id:
+            self._refused(f"it belongs to cluster {body.cluster_id}, not {hello.cluster_id}")
+            return
+        if self.server.uid and body.incarnation != self.server.uid:
+            self._refused(
+                f"it is incarnation {body.incarnation or '(none)'}, the configuration names "
+                f"{self.server.uid} (its data directory was re-created)"
+            )
+            return
+        self.welcome = body
+        self._ready = True
         self._backoff_s = self._initial_backoff_s
         self._retry_at = 0.0
-        self._outstanding.clear()
         self._pump()
+
+    def _refused(self, why: str) -> None:
+        """The handshake failed: fail what waits (one line), close, back off."""
+        self._retry_at = time.monotonic() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
+        if self._transport is not None:
+            self._transport.close()
+        self._fail_waiting(
+            ConnectionError(
+                f"server {self.server.id} ({self.server.address}) refused the connection: {why}"
+            )
+        )
 
     def _fail_waiting(self, exc: BaseException) -> None:
         waiting, self._waiting = self._waiting, OrderedDict()
@@ -297,6 +402,7 @@ class PeerConnection(asyncio.Protocol):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self._transport = None
+        self._ready = False
         self._outstanding.clear()
         self._tls_out.clear()  # (their requests fail below)
         err = ConnectionError(
@@ -319,6 +425,11 @@ class PeerConnection(asyncio.Protocol):
             bodies = self._frames.feed(data)
             for body in bodies:
                 env = self._decoder.decode_body(body)
+                if not self._ready:
+                    if self._transport is None:
+                        return
+                    self._on_handshake(env)
+                    continue
                 if env.rid not in self._outstanding:
                     continue  # a duplicate or unsolicited reply: nothing asked for it
                 self._outstanding.discard(env.rid)
@@ -363,13 +474,21 @@ class PeerConnection(asyncio.Protocol):
 class _Round:
     """Collects the replies of one round; resolves one future."""
 
-    __slots__ = ("answers", "errors", "expect", "fut", "n", "need", "pending", "timer")
+    __slots__ = ("accept", "answers", "errors", "expect", "fut", "n", "need", "pending", "timer")
 
-    def __init__(self, fut: asyncio.Future[Any], need: int, n: int, expect: type) -> None:
+    def __init__(
+        self,
+        fut: asyncio.Future[Any],
+        need: int,
+        n: int,
+        expect: type,
+        accept: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.fut = fut
         self.need = need
         self.n = n
         self.expect = expect
+        self.accept = accept
         self.answers: list[tuple[ServerInfo, Reply]] = []
         self.errors: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -377,16 +496,19 @@ class _Round:
     def on_reply(self, server: ServerInfo, reply: Reply | BaseException) -> None:
         if self.fut.done():
             return
-        if isinstance(reply, self.expect):
+        if isinstance(reply, self.expect) and self.accept is not None and not self.accept(reply):
+            # a value that does not match its digest: counted like a missing reply
+            self.errors.append(f"{server.id}: corrupt reply (value does not match its digest)")
+        elif isinstance(reply, self.expect):
             assert not isinstance(reply, BaseException)
             self.answers.append((server, reply))
             if len(self.answers) >= self.need:
                 self.fut.set_result(self.answers)
             return
-        if isinstance(reply, Obsolete):
+        elif isinstance(reply, Obsolete):
             self.fut.set_exception(ConfigurationObsolete(reply.next))
             return
-        if isinstance(reply, ErrorReply):
+        elif isinstance(reply, ErrorReply):
             self.errors.append(f"{server.id}: {reply.code}: {reply.message}")
         elif isinstance(reply, BaseException):
             self.errors.append(f"{server.id}: {reply}")
@@ -404,7 +526,7 @@ class _Round:
 class TcpChannel:
     """The real :class:`~aresdsm.protocol.channel.Channel` over TCP connections."""
 
-    def __init__(self, options: ClientOptions) -> None:
+    def __init__(self, options: ClientOptions, *, hello: ClusterIdentity | None = None) -> None:
         self.options = options
         self.tls = _context(options.tls) if options.tls is not None else None
         self.role = _own_role(options.tls) if options.tls is not None else "admin"
@@ -420,29 +542,52 @@ class TcpChannel:
         """Admins sign the configuration entries they send (security.macs)."""
         self._macs: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         """(group, predecessor, successor) -> the admin MAC replies carried, for write-backs."""
-        self.broken_skip_server_id_check = False
-        """Test-only: connections do not check the server id in the certificate."""
+        self.faults: Broken = NO_FAULTS
+        """Test-only faults of its connections (``broken_skip_server_id_check``)."""
+        self.hello = hello
+        """What every connection proves in its handshake; None: no handshake (raw tools)."""
         self._encoder = Encoder(max_frame_bytes=options.max_frame_bytes)
         self._decoder = Decoder()
-        self._peers: dict[str, PeerConnection] = {}
+        self._peers: dict[tuple[str, str, str], PeerConnection] = {}
         self._rids = itertools.count(1)
         self.rounds = 0
         self.messages = 0
         self.rounds_by_phase: dict[str, int] = {}
+        self.metrics: ClientMetrics | None = None
+        """Round counters and latencies (set by the Store when it has metrics)."""
 
     def peer(self, server: ServerInfo) -> PeerConnection:
-        p = self._peers.get(server.address)
+        key = (server.address, server.id, server.uid)
+        p = self._peers.get(key)
         if p is None:
+            hello = None
+            if self.hello is not None:
+                hello = Hello(
+                    self.hello.cluster_id,
+                    server.id,
+                    self.hello.initial_digest,
+                    PROTOCOL_VERSION,
+                    server.uid,
+                )
             p = PeerConnection(
                 server,
                 options=self.options,
                 encoder=self._encoder,
                 decoder=self._decoder,
                 tls=self.tls,
+                hello=hello,
+                faults=self.faults,
             )
-            p.broken_skip_server_id_check = self.broken_skip_server_id_check
-            self._peers[server.address] = p
+            self._peers[key] = p
         return p
+
+    async def identify(self, server: ServerInfo, *, timeout_s: float | None = None) -> Welcome:
+        """Connect to ``server`` (handshake included) and return its identity."""
+        await self.request(server, Ping(), timeout_s=timeout_s)
+        welcome = self.peer(server).welcome
+        if welcome is None:  # no handshake on this channel: nothing to report
+            return Welcome("", server.id, "", PROTOCOL_VERSION)
+        return welcome
 
     async def round(
         self,
@@ -453,12 +598,15 @@ class TcpChannel:
         phase: str,
         need: int | None = None,
         timeout_s: float | None = None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         need = c.quorum_size if need is None else need
         if not tracing.enabled():
-            return await self._round(c, request, expect, phase, need, timeout_s, None)
+            return await self._round(c, request, expect, phase, need, timeout_s, None, accept)
         with tracing.span(phase, _round_attributes(c, need)):  # sets ares.outcome
-            return await self._round(c, request, expect, phase, need, timeout_s, tracing.inject())
+            return await self._round(
+                c, request, expect, phase, need, timeout_s, tracing.inject(), accept
+            )
 
     async def _round(
         self,
@@ -469,10 +617,11 @@ class TcpChannel:
         need: int,
         timeout_s: float | None,
         trace: dict[str, str] | None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[tuple[ServerInfo, R]]] = loop.create_future()
-        rnd = _Round(fut, need, c.n, expect)
+        rnd = _Round(fut, need, c.n, expect, accept)
         self.rounds += 1
         self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
         sent: list[tuple[PeerConnection, int]] = []
@@ -490,8 +639,18 @@ class TcpChannel:
             _expire(rnd, phase, c, 0.0)
         if not fut.done():
             rnd.timer = loop.call_later(timeout, _expire, rnd, phase, c, timeout)
+        m = self.metrics
+        started = time.perf_counter() if m is not None else 0.0
         try:
-            return await fut
+            result = await fut
+        except BaseException as e:
+            if m is not None:
+                m.round(phase, started, e)
+            raise
+        else:
+            if m is not None:
+                m.round(phase, started, None)
+            return result
         finally:
             if rnd.timer is not None:
                 rnd.timer.cancel()

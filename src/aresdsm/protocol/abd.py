@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from .. import integrity
 from ..config import Configuration
 from ..tags import TAG0, Tag
 from ..wire.blob import EMPTY, Blob
@@ -27,9 +28,18 @@ NS = "abd"
 class Register(msgspec.Struct, frozen=True):
     tag: Tag
     value: Blob
+    digest: bytes = integrity.EMPTY_DIGEST
+    """The writer's digest of ``value`` (checked on receipt, kept, sent with the value)."""
 
 
 INITIAL = Register(TAG0, EMPTY)
+
+
+class StoredMeta(msgspec.Struct, frozen=True, array_like=True):
+    """The meta of a stored ABD record: the tag and the value's digest."""
+
+    tag: Tag
+    digest: bytes
 
 
 # --- server rules (pure) -------------------------------------------------------------------
@@ -40,14 +50,25 @@ def on_query_tag(reg: Register) -> TagReply:
 
 
 def on_query_data(reg: Register) -> DataReply:
-    return DataReply(reg.tag, reg.value)
+    return DataReply(reg.tag, reg.value, None, reg.digest)
 
 
 def on_put_data(reg: Register, msg: PutData) -> tuple[Register | None, Ack]:
-    """Returns the new register (None: unchanged) and the ACK."""
+    """Returns the new register (None: unchanged) and the ACK. The caller checked the value
+    against ``msg.digest``."""
     if msg.tag > reg.tag:
-        return Register(msg.tag, msg.value), Ack()
+        return Register(msg.tag, msg.value, msg.digest), Ack()
     return None, Ack()
+
+
+def put_request(group: str, config_id: str, key: str, tag: Tag, value: Blob) -> PutData:
+    """PUT_DATA(t, v) with the writer's digest of the value attached."""
+    return PutData(group, config_id, key, tag, value, integrity.digest(value.data))
+
+
+def intact(reply: DataReply) -> bool:
+    """A reply whose value matches the writer's digest (others count as missing replies)."""
+    return integrity.matches(reply.value.data, reply.digest)
 
 
 # --- client actions --------------------------------------------------------------------------
@@ -78,7 +99,12 @@ async def get_data(
     """The max (tag, value), whether every reply carried that same tag (the read may then skip
     its write-back, docs/protocol.md §8.6), and the strongest next entry."""
     replies = await net.round(
-        c, QueryData(group, c.id, key), expect=DataReply, phase="get-data", need=need
+        c,
+        QueryData(group, c.id, key),
+        expect=DataReply,
+        phase="get-data",
+        need=need,
+        accept=intact,
     )
     best = max((r for _, r in replies), key=lambda r: r.tag)
     unanimous = all(r.tag == best.tag for _, r in replies)
@@ -88,7 +114,6 @@ async def get_data(
 async def put_data(
     net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
 ) -> NextEntry | None:
-    replies = await net.round(
-        c, PutData(group, c.id, key, tag, value), expect=Ack, phase="put-data"
-    )
+    req = put_request(group, c.id, key, tag, value)
+    replies = await net.round(c, req, expect=Ack, phase="put-data")
     return strongest(r.next for _, r in replies)

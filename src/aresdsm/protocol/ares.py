@@ -219,7 +219,7 @@ async def read_config(
             if e is None:
                 return cseq
             cseq = with_entry(cseq, i + 1, e)
-            if not switches.broken_no_config_write_back:  # an F entry collects, with gc (§8.3)
+            if not switches.faults.broken_no_config_write_back:  # an F entry collects, gc (§8.3)
                 back = _entry(cseq, i + 1)
                 if back.status == "F" and not switches.write_back_final:
                     back = NextEntry(back.config, "P")  # (the right to finalize is an admin's)
@@ -238,7 +238,7 @@ async def _follow(
     """A reply of configuration ``index`` revealed ``nxt``: write a P entry back (as read-config
     does, §8.1) if it is new to us, and record it."""
     is_new = index + 1 >= len(cseq)
-    if is_new and nxt.status == "P" and not switches.broken_no_config_write_back:
+    if is_new and nxt.status == "P" and not switches.faults.broken_no_config_write_back:
         await put_config(net, cseq[index].config, group, nxt)
     return with_entry(cseq, index + 1, nxt)
 
@@ -275,7 +275,7 @@ async def _query_all(
             if nxt is not None:
                 revealed = True
                 cseq = await _follow(net, cseq, group, i, nxt, switches)
-            if obsolete and i + 1 < grown and not switches.broken_no_requery_after_obsolete:
+            if obsolete and i + 1 < grown and not switches.faults.broken_no_requery_after_obsolete:
                 # the successor holds everything of c only since c was finalized: an answer
                 # it gave before that (in parallel with c's) may miss a completed write, so
                 # ask it again, now (tests/sim/test_obsolete_race.py)
@@ -293,11 +293,13 @@ async def _propagate(
         try:
             nxt = await dap.put_data(net, cseq[nu].config, group, key, tag=tag, value=value)
         except ConfigurationObsolete as e:  # never finish phase 2 on an obsolete configuration
-            if switches.broken_finish_on_obsolete:
+            if switches.faults.broken_finish_on_obsolete:
                 return cseq
             cseq = await _follow(net, cseq, group, nu, e.next, switches)
             continue
-        if nxt is not None and (switches.piggyback or not switches.broken_classic_ignores_ack_next):
+        if nxt is not None and (
+            switches.piggyback or not switches.faults.broken_classic_ignores_ack_next
+        ):
             # a successor: put the value into it too. Classic Ares would only look with its
             # read-config below -- sound against a reconfigurer whose put-config completed
             # before its get-data, not against an Ares II one whose SET_NEXT_AND_GET does both at
@@ -332,7 +334,7 @@ async def write(
         tag, nxt = await dap.get_tag(net, c, group, key)
         return tag, (nxt if switches.piggyback else None)
 
-    if switches.broken_no_query_before_write:
+    if switches.faults.broken_no_query_before_write:
         tag = Tag(1, writer)
     else:
         tags, cseq, _ = await _query_all(net, cseq, group, query, switches)
@@ -380,16 +382,21 @@ async def read(
         cseq = await read_config(net, cseq, group, switches)
 
     async def query(c: Configuration) -> tuple[tuple[Tag, Blob, bool], NextEntry | None]:
-        short = c.quorum_size - 1 if switches.broken_fast_read_short else None
+        short = c.quorum_size - 1 if switches.faults.broken_fast_read_short else None
         tag, value, unanimous, nxt = await dap.get_data(
-            net, c, group, key, broken_decode_below_k=switches.broken_decode_below_k, need=short
+            net,
+            c,
+            group,
+            key,
+            broken_decode_below_k=switches.faults.broken_decode_below_k,
+            need=short,
         )
         return (tag, value, unanimous), (nxt if switches.piggyback else None)
 
     results, cseq, revealed = await _query_all(net, cseq, group, query, switches)
     tag, value, unanimous = max(results, key=lambda r: r[0])
     one_round = switches.piggyback and switches.fast_read and len(results) == 1 and unanimous
-    if (one_round and not revealed) or switches.broken_skip_write_back:
+    if (one_round and not revealed) or switches.faults.broken_skip_write_back:
         return ReadResult(tag, value, wrote_back=False), cseq
     cseq = await _propagate(net, cseq, group, key, tag, value, switches)
     return ReadResult(tag, value, wrote_back=True), cseq
@@ -525,7 +532,13 @@ async def reconfig(
     if vet is not None:
         vet(cseq, proposal)
     decided = await paxos.propose(
-        net, last, group=group, value=proposal, proposer=proposer, backoff=backoff
+        net,
+        last,
+        group=group,
+        value=proposal,
+        proposer=proposer,
+        backoff=backoff,
+        broken_own_value=switches.faults.broken_paxos_own_value,
     )
     return await _install(net, cseq, nu, decided, group, transfer_concurrency, switches)
 
@@ -567,10 +580,10 @@ async def _install(
     last = cseq[nu].config
     pending = NextEntry(decided, "P")
     cseq = with_entry(cseq, nu + 1, pending)
-    split = not switches.piggyback or switches.broken_split_handoff
+    split = not switches.piggyback or switches.faults.broken_split_handoff
     if split:
         await put_config(net, last, group, pending)
-    if not switches.broken_skip_update_config:
+    if not switches.faults.broken_skip_update_config:
         while True:
             first = mu(cseq)
             sources = [e.config for e in cseq[first : nu + 1]]
@@ -579,12 +592,12 @@ async def _install(
                     await _update_config(
                         net,
                         sources,
-                        None if switches.broken_split_handoff else pending,
+                        None if switches.faults.broken_split_handoff else pending,
                         decided,
                         group,
                         transfer_concurrency,
-                        plain_older=switches.broken_plain_get_older_sources,
-                        ignore_open=switches.broken_cvr_transfer_ignores_open,
+                        plain_older=switches.faults.broken_plain_get_older_sources,
+                        ignore_open=switches.faults.broken_cvr_transfer_ignores_open,
                     )
                 break
             except _SourceObsolete as e:

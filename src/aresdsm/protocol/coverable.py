@@ -252,7 +252,7 @@ async def cvr_write(
     cannot take effect (only accepted values are ever adopted). ConfigurationError: ``base`` is
     newer than every version a quorum holds (it was never a version of the object).
     """
-    if switches.broken_cvr_unconditional:
+    if switches.faults.broken_cvr_unconditional:
         return await _unconditional(net, cseq, group, key, value, base, writer, switches)
     level = base.z + 1
     own = Tag(level, writer)
@@ -315,7 +315,7 @@ async def cvr_write(
             accepted = [r.accepted for r in answers if isinstance(r, CvrPromise) and r.accepted]
             chosen = max(accepted, key=lambda o: o.ballot, default=None)
             tag, v = (own, value) if chosen is None else (chosen.tag, chosen.value)
-            if switches.broken_cvr_put_undecided and tag == own:
+            if switches.faults.broken_cvr_put_undecided and tag == own:
                 # test-only: the value becomes readable before it is decided
                 cseq = await ares._propagate(net, cseq, group, key, tag, v, switches)
             if tag == own:

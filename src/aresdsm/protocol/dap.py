@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .. import integrity
 from ..config import Configuration, ServerInfo
-from ..errors import ConcurrencyExceeded
+from ..errors import ConcurrencyExceeded, IntegrityError
 from ..tags import TAG0, Tag
 from ..wire.blob import EMPTY, Blob
 from ..wire.messages import Ack, BatchItem, NextEntry, ObjectState, PutBatch
@@ -59,20 +60,26 @@ async def put_batch(
     if c.dap == "treas":
         coder = treas.coder(c)
         elements = [coder.encode(v.data) for _, _, v in items]
+        digests = [integrity.digest(v.data) for _, _, v in items]
+        element_digests = [[integrity.digest(e) for e in els] for els in elements]
 
         def request(i: int, _s: ServerInfo) -> PutBatch:
             return PutBatch(
                 group,
                 c.id,
                 tuple(
-                    BatchItem(key, tag, Blob(els[i]))
-                    for (key, tag, _), els in zip(items, elements, strict=True)
+                    BatchItem(key, tag, Blob(els[i]), d, eds[i])
+                    for (key, tag, _), els, d, eds in zip(
+                        items, elements, digests, element_digests, strict=True
+                    )
                 ),
             )
 
         await net.round(c, request, expect=Ack, phase="put-data")
         return
-    batch = PutBatch(group, c.id, tuple(BatchItem(k, t, v) for k, t, v in items))
+    batch = PutBatch(
+        group, c.id, tuple(BatchItem(k, t, v, integrity.digest(v.data)) for k, t, v in items)
+    )
     await net.round(c, batch, expect=Ack, phase="put-data")
 
 
@@ -87,6 +94,13 @@ def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) 
         lists = [
             (i, st.entries if st is not None else treas.initial_state(c, i)) for i, st in reports
         ]
+        for _, entries in lists:
+            for e in entries:
+                if e.element is not None and not integrity.matches(e.element.data, e.digest):
+                    raise IntegrityError(
+                        f"a coded element of configuration {c.id} does not match its digest; "
+                        "retry the reconfiguration"
+                    )
         found = treas.newest_decodable(c, lists)
         if found is None:
             raise ConcurrencyExceeded(
@@ -97,5 +111,11 @@ def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) 
     best: tuple[Tag, Blob] = (TAG0, EMPTY)
     for _, st in reports:
         if st is not None and st.tag > best[0]:
-            best = (st.tag, st.value if st.value is not None else EMPTY)
+            value = st.value if st.value is not None else EMPTY
+            if not integrity.matches(value.data, st.digest):
+                raise IntegrityError(
+                    f"a value of configuration {c.id} does not match its digest; "
+                    "retry the reconfiguration"
+                )
+            best = (st.tag, value)
     return best

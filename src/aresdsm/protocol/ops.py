@@ -12,10 +12,11 @@ sequence; these functions are the per-configuration steps it builds on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import Configuration
 from ..tags import Tag
+from ..testing import NO_FAULTS, Broken
 from ..wire.blob import Blob
 from . import abd
 from .channel import Channel
@@ -31,7 +32,8 @@ class ReadResult:
 
 @dataclass(frozen=True, slots=True)
 class OpSwitches:
-    """Protocol switches; test-only ones are named ``broken_*`` and are never on in production."""
+    """Protocol switches: the Ares II changes, each of which can be turned off for comparison
+    (:data:`CLASSIC` turns them all off)."""
 
     piggyback: bool = True
     """Ares II (docs/protocol.md §8.1): configuration knowledge rides on data replies."""
@@ -47,45 +49,8 @@ class OpSwitches:
     collection (§8.3). Off: back as P -- enough for every later discovery, and the only
     configuration write-back a client without the admin role may send (docs/protocol.md §13);
     the old configuration is then collected by the next admin that finalizes or discovers."""
-    broken_skip_write_back: bool = False
-    """Test-only: reads never write back (the checker must catch it)."""
-    broken_no_query_before_write: bool = False
-    """Test-only: a writer picks (1, id) without asking for the max tag (must be caught)."""
-    broken_skip_update_config: bool = False
-    """Test-only: reconfiguration moves no state into the new configuration."""
-    broken_no_config_write_back: bool = False
-    """Test-only: discovery does not write found successors back (read-config, §6)."""
-    broken_split_handoff: bool = False
-    """Test-only: reconfiguration sends put-config and then a separate get-data on the last
-    configuration instead of SET_NEXT_AND_GET -- the §8.2 counterexample with piggyback."""
-    broken_finish_on_obsolete: bool = False
-    """Test-only: phase 2 treats an OBSOLETE answer as done instead of moving on (§8.3)."""
-    broken_fast_read_short: bool = False
-    """Test-only: the one-round read's query completes one reply short of a quorum (§8.6)."""
-    broken_decode_below_k: bool = False
-    """Test-only: TREAS reads decode tags held by fewer than k servers (§4.2)."""
-    broken_plain_get_older_sources: bool = False
-    """Test-only: update-config reads c_μ..c_{ν−1} with a plain get-data, as docs/protocol.md §8.2
-    says, instead of SET_NEXT_AND_GET (tests/sim/test_older_sources.py shows the lost write)."""
-    broken_retry_write_with_new_tag: bool = False
-    """Test-only: the client retries a failed write from scratch, under a new tag, instead of
-    finishing it with its own (tests/sim/test_store_retry.py)."""
-    broken_classic_ignores_ack_next: bool = False
-    """Test-only: with piggyback off, phase 2 ignores the next its put-data ACKs carry and
-    relies on read-config alone, as the original Ares does -- unsafe next to an Ares II
-    reconfigurer (tests/sim/test_mixed_modes.py)."""
-    broken_no_requery_after_obsolete: bool = False
-    """Test-only: phase 1 keeps a successor's answer given before its predecessor said OBSOLETE
-    instead of asking it again (§8.3; tests/sim/test_obsolete_race.py)."""
-    broken_cvr_unconditional: bool = False
-    """Test-only: a coverable write is the naive CoARES one -- query, and if the newest version
-    is the base put the successor unconditionally (§9.1: two writers of one base both win)."""
-    broken_cvr_put_undecided: bool = False
-    """Test-only: a coverable write puts its value into the DAP before it is decided, so
-    readers may return a version that then loses (§9.1)."""
-    broken_cvr_transfer_ignores_open: bool = False
-    """Test-only: update-config moves committed versions only, not the open level a frozen
-    quorum reports (§9.1): a level decided but not yet put is lost and decided again."""
+    faults: Broken = field(default=NO_FAULTS, repr=False)
+    """Test-only protocol faults (:mod:`aresdsm.testing`); none unless a test sets them."""
 
 
 DEFAULT_SWITCHES = OpSwitches()
@@ -103,7 +68,7 @@ async def write(
     writer: str,
     switches: OpSwitches = DEFAULT_SWITCHES,
 ) -> Tag:
-    if switches.broken_no_query_before_write:
+    if switches.faults.broken_no_query_before_write:
         tag = Tag(1, writer)
     else:
         tag = (await abd.get_tag(net, c, group, key))[0].successor(writer)
@@ -120,7 +85,7 @@ async def read(
     switches: OpSwitches = DEFAULT_SWITCHES,
 ) -> ReadResult:
     tag, value, unanimous, _ = await abd.get_data(net, c, group, key)
-    if (switches.fast_read and unanimous) or switches.broken_skip_write_back:
+    if (switches.fast_read and unanimous) or switches.faults.broken_skip_write_back:
         return ReadResult(tag, value, wrote_back=False)
     await abd.put_data(net, c, group, key, tag=tag, value=value)
     return ReadResult(tag, value, wrote_back=True)

@@ -74,6 +74,7 @@ async def propose(
     proposer: str,
     backoff: Backoff,
     max_attempts: int = 8,
+    broken_own_value: bool = False,
 ) -> Configuration:
     """Run the instance (group, c) until a value is decided; return the decided value."""
     rnd = 0
@@ -90,7 +91,11 @@ async def propose(
             net, c, Prepare(group, c.id, ballot), "consensus.prepare"
         )
         if ok:
-            chosen = _adopt([p for p in promises if isinstance(p, Promise)], value)
+            chosen = (
+                value
+                if broken_own_value  # test-only: not Paxos any more (§10.2 must catch it)
+                else _adopt([p for p in promises if isinstance(p, Promise)], value)
+            )
             ok, _, refusals = await _phase(
                 net, c, Accept(group, c.id, ballot, chosen), "consensus.accept"
             )

@@ -12,6 +12,23 @@ for a configuration it does not know and ``not-member`` for one it is not part o
 creates state for either. A server may start knowing no configuration at all (docs/protocol.md §3,
 "servers joining"): it learns one from InstallConfig, which clients send when a server answers
 ``unknown-config``.
+
+Integrity (issue 10; docs/protocol.md §4): a put-data whose value (TREAS: element) does not match
+the writer's digest is refused with ``corrupt`` and changes nothing; the digest is stored with the
+value and sent with it. A record that the storage engine found corrupt at recovery
+(:class:`~aresdsm.storage.base.DamagedRecord`) marks what it belonged to as *damaged*: an
+object, a (group, configuration) instance (its nextC, Paxos or GC record) or a configuration.
+The server answers ``damaged`` for it -- a client counts that like a missing reply, so quorums
+form from healthy copies -- until it is repaired: for an object whose lost tag is known, by a
+put-data with a newer tag (the server then holds exactly what it would hold had nothing been
+lost); in every case by a reconfiguration (the garbage collection of the old configuration drops
+the damaged copy). A damaged object still acknowledges put-data: that is safe because a query
+quorum never contains a server that refuses to answer queries.
+
+Incarnations (issue 10): a configuration may name, with each server, the incarnation uid of its
+data directory. A server refuses (``wrong-incarnation``) every request for a configuration that
+names it with another uid: it is a re-created server that lost the state that configuration's
+quorums counted on.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .. import integrity
 from ..config import Configuration, validate_configuration
 from ..errors import ConfigurationError, StorageError
 from ..limits import (
@@ -34,7 +52,7 @@ from ..limits import (
     MAX_KEY_FIELD_BYTES,
     name_too_long,
 )
-from ..storage.base import Delete, Record, Write
+from ..storage.base import DamagedRecord, Delete, Record, Write
 from ..tags import Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -92,9 +110,11 @@ MAX_LIST_BYTES = 1024 * 1024
 MAX_PAGE_BYTES = 32 * 1024 * 1024
 """Values in one GroupReply page at most (one object more than this never: a page holds at
 least one object, and one object fits the 64 MiB frame limit)."""
+MAX_DAMAGED_LISTED = 100
+"""Damaged objects named in a Stats reply at most (the count is always exact)."""
 
 _enc = msgspec.msgpack.Encoder()
-_tag_dec = msgspec.msgpack.Decoder(Tag)
+_abd_meta_dec = msgspec.msgpack.Decoder(abd.StoredMeta)
 _cfg_dec = msgspec.msgpack.Decoder(Configuration)
 _next_dec = msgspec.msgpack.Decoder(NextEntry)
 _acc_dec = msgspec.msgpack.Decoder(paxos.AcceptorState)
@@ -142,6 +162,15 @@ class ServerCore:
     """Bytes of values (ABD) and coded elements (TREAS) held per instance: running totals kept
     on every change, so GetStats costs O(1) in the number of objects."""
     _total_value_bytes: int = 0
+    incarnation: str = ""
+    """This server's incarnation uid (its data directory's); "" in the simulator: no check."""
+    damaged: dict[StateKey, Tag | None] = field(default_factory=dict)
+    """Objects whose stored copy was corrupt: the highest tag it may have held (None: unknown,
+    only a reconfiguration repairs it)."""
+    damaged_instances: set[InstanceKey] = field(default_factory=set)
+    """(group, configuration) whose nextC, Paxos or GC record was corrupt: nothing answered."""
+    damaged_configs: set[str] = field(default_factory=set)
+    """Configurations whose descriptor record was corrupt: nothing answered for them."""
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -149,19 +178,69 @@ class ServerCore:
     def recover(
         cls,
         server_id: str,
-        records: list[Record] | tuple[Record, ...],
+        records: list[Record | DamagedRecord] | tuple[Record | DamagedRecord, ...],
         *,
         switches: ServerSwitches | None = None,
+        incarnation: str = "",
     ) -> ServerCore:
-        core = cls(server_id, switches=switches or ServerSwitches())
+        core = cls(server_id, switches=switches or ServerSwitches(), incarnation=incarnation)
+        damaged = [r for r in records if isinstance(r, DamagedRecord)]
         for r in records:
+            if isinstance(r, DamagedRecord):
+                continue
             try:
                 core._restore(r)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
                 raise StorageError(
                     f"corrupt record {r.ns}/{r.group}/{r.config_id}/{r.key}: {e}"
                 ) from None
+        for d in damaged:
+            core._mark_damaged(d)
         return core
+
+    def _mark_damaged(self, d: DamagedRecord) -> None:
+        """A record failed its checksum at recovery: stop answering for what it belonged to."""
+        self.counters["damaged-records"] = self.counters.get("damaged-records", 0) + 1
+        inst = (d.group, d.config_id)
+        if d.ns == abd.NS:
+            lost: Tag | None = None
+            if d.meta is not None:
+                try:
+                    lost = _abd_meta_dec.decode(d.meta).tag
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    lost = None
+            skey = (d.group, d.config_id, d.key)
+            self.damaged[skey] = lost
+            # the register keeps the lost tag (never lower): a newer put-data repairs it
+            self._set_register(
+                skey, abd.Register(lost if lost is not None else _UNKNOWN_TAG, Blob(b""), b"")
+            )
+            self._add_object(inst, d.key)
+        elif d.ns == treas.NS:
+            # the record key names the object and the tag: `key NUL z NUL writer` (the key may
+            # itself hold a NUL -- group NUL key on the cluster chain -- the writer never does)
+            parts = d.key.rsplit("\x00", 2)
+            key = parts[0]
+            lost = Tag(int(parts[1]), parts[2]) if len(parts) == 3 and parts[1].isdigit() else None
+            skey = (d.group, d.config_id, key)
+            if lost is None or (skey in self.damaged and self.damaged[skey] is None):
+                self.damaged[skey] = None
+            else:
+                prev = self.damaged.get(skey)
+                self.damaged[skey] = lost if prev is None else max(prev, lost)
+            if lost is not None:
+                # keep the tag (an entry without element, as after δ+1 newer writes)
+                entry = ListEntry(lost, None)
+                rest_entries = tuple(e for e in self.lists.get(skey, ()) if e.tag != lost)
+                self._set_list(skey, tuple(sorted((*rest_entries, entry), key=_by_tag)))
+                self._persisted_lists.add(skey)
+            self._add_object(inst, key)
+        elif d.ns == CFG_NS:
+            self.damaged_configs.add(d.config_id)
+        elif d.ns == FINAL_NS:
+            pass  # only a hint for LATEST_CONFIG (§8.5): answering with less is safe
+        else:  # nextC, Paxos acceptor state, GC marker: the instance's protocol state is lost
+            self.damaged_instances.add(inst)
 
     def _restore(self, r: Record) -> None:
         inst = (r.group, r.config_id)
@@ -170,8 +249,9 @@ class ServerCore:
             self.configs[cfg.id] = cfg
         elif r.ns == abd.NS:
             value = Blob(bytes(r.data) if r.data is not None else b"")
+            meta = _abd_meta_dec.decode(r.meta)
             self._set_register(
-                (r.group, r.config_id, r.key), abd.Register(_tag_dec.decode(r.meta), value)
+                (r.group, r.config_id, r.key), abd.Register(meta.tag, value, meta.digest)
             )
             self._add_object(inst, r.key)
         elif r.ns == treas.NS:
@@ -217,6 +297,8 @@ class ServerCore:
         return result
 
     def _config(self, config_id: str) -> Configuration | ErrorReply:
+        if config_id in self.damaged_configs:
+            return self._damaged_reply(f"configuration {config_id!r}")
         c = self.configs.get(config_id)
         if c is None:
             self.counters["unknown-config"] = self.counters.get("unknown-config", 0) + 1
@@ -229,7 +311,32 @@ class ServerCore:
                 "not-member",
                 f"server {self.server_id} is not a member of configuration {config_id!r}",
             )
+        wrong = self._wrong_incarnation(c)
+        if wrong is not None:
+            return wrong
         return c
+
+    def _wrong_incarnation(self, c: Configuration) -> ErrorReply | None:
+        """The configuration names this server with another incarnation uid: this server was
+        re-created (its disk wiped or replaced) and lacks the state c's quorums counted on."""
+        if not self.incarnation:
+            return None
+        for s in c.servers:
+            if s.id == self.server_id and s.uid and s.uid != self.incarnation:
+                self.counters["wrong-incarnation"] = self.counters.get("wrong-incarnation", 0) + 1
+                return ErrorReply(
+                    "wrong-incarnation",
+                    f"configuration {c.id} names incarnation {s.uid} of server {self.server_id}; "
+                    f"this is incarnation {self.incarnation} (its data directory was re-created): "
+                    "it does not answer for that configuration",
+                )
+        return None
+
+    def _damaged_reply(self, what: str) -> ErrorReply:
+        self.counters["damaged-refused"] = self.counters.get("damaged-refused", 0) + 1
+        return ErrorReply(
+            "damaged", f"server {self.server_id}: {what} is damaged on its disk; ask others"
+        )
 
     # -- data access primitives ------------------------------------------------------------------
 
@@ -245,6 +352,8 @@ class ServerCore:
         c = self._config(config_id)
         if isinstance(c, ErrorReply):
             return c
+        if (group, config_id) in self.damaged_instances:
+            return self._damaged_reply(f"the state of {group}/{config_id}")
         if (group, config_id) in self.collected:
             self.counters["obsolete"] = self.counters.get("obsolete", 0) + 1
             return Obsolete(self.nextc[(group, config_id)])
@@ -272,6 +381,8 @@ class ServerCore:
         if not isinstance(c, Configuration):
             return c, []
         skey = (req.group, req.config_id, req.key)
+        if skey in self.damaged:
+            return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
         nxt = self._next(req.group, req.config_id)
         if c.dap == "treas":
             tag = treas.on_query_tag(self._treas_state(c, skey)).tag
@@ -285,8 +396,11 @@ class ServerCore:
             return c, []
         if c.dap != "abd":
             return ErrorReply("bad-request", f"QueryData on {c.dap} configuration {c.id}"), []
-        reg = self.registers.get((req.group, req.config_id, req.key), abd.INITIAL)
-        return DataReply(reg.tag, reg.value, self._next(req.group, req.config_id)), []
+        skey = (req.group, req.config_id, req.key)
+        if skey in self.damaged:
+            return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
+        reg = self.registers.get(skey, abd.INITIAL)
+        return DataReply(reg.tag, reg.value, self._next(req.group, req.config_id), reg.digest), []
 
     def _on_query_list(self, req: QueryList) -> Result:
         c = self._data_config(req.group, req.config_id)
@@ -294,14 +408,19 @@ class ServerCore:
             return c, []
         if c.dap != "treas":
             return ErrorReply("bad-request", f"QueryList on {c.dap} configuration {c.id}"), []
-        st = self._treas_state(c, (req.group, req.config_id, req.key))
+        skey = (req.group, req.config_id, req.key)
+        if skey in self.damaged:
+            return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
+        st = self._treas_state(c, skey)
         return ListReply(st, self._next(req.group, req.config_id)), []
 
     def _on_put_data(self, req: PutData) -> Result:
         c = self._data_config(req.group, req.config_id)
         if not isinstance(c, Configuration):
             return c, []
-        bad = _bad_item(req.key, req.tag)
+        bad = _bad_item(req.key, req.tag) or _bad_digest(
+            c, req.value, req.digest, req.element_digest
+        )
         if bad is not None:
             return bad, []
         writes = self._apply_put(c, req)
@@ -315,13 +434,24 @@ class ServerCore:
         if len(req.items) > MAX_KEYS_PAGE:
             return ErrorReply("bad-request", f"a batch holds at most {MAX_KEYS_PAGE} objects"), []
         for item in req.items:
-            bad = _bad_item(item.key, item.tag)
+            bad = _bad_item(item.key, item.tag) or _bad_digest(
+                c, item.value, item.digest, item.element_digest
+            )
             if bad is not None:
                 return bad, []
         writes: list[Write] = []
         for item in req.items:
             writes += self._apply_put(
-                c, PutData(req.group, req.config_id, item.key, item.tag, item.value)
+                c,
+                PutData(
+                    req.group,
+                    req.config_id,
+                    item.key,
+                    item.tag,
+                    item.value,
+                    item.digest,
+                    item.element_digest,
+                ),
             )
         return Ack(self._next(req.group, req.config_id)), writes
 
@@ -329,8 +459,25 @@ class ServerCore:
         """The DAP's put-data rule on this server's state; the records to persist."""
         if isinstance(req.value.data, memoryview):
             # a received value is a view of its whole frame: a copy keeps only its own bytes
-            req = PutData(req.group, req.config_id, req.key, req.tag, Blob(bytes(req.value.data)))
+            req = PutData(
+                req.group,
+                req.config_id,
+                req.key,
+                req.tag,
+                Blob(bytes(req.value.data)),
+                req.digest,
+                req.element_digest,
+            )
         skey = (req.group, req.config_id, req.key)
+        if skey in self.damaged:
+            lost = self.damaged[skey]
+            if lost is None or not req.tag > max(lost, self._max_tag(c, skey)):
+                return []  # acknowledged, not applied: safe, no query quorum holds this server
+            del self.damaged[skey]  # repaired: what it now holds is newer than all it lost
+            self.counters["damaged-repaired"] = self.counters.get("damaged-repaired", 0) + 1
+            repaired = True
+        else:
+            repaired = False
         if c.dap == "treas":
             old = self._treas_state(c, skey)
             new_list, _ = treas.on_put_data(old, req, c.delta)
@@ -338,8 +485,8 @@ class ServerCore:
                 return []
             self._set_list(skey, new_list)
             self._add_object((req.group, req.config_id), req.key)
-            if skey not in self._persisted_lists:  # the initial entry was never written yet
-                old = ()
+            if skey not in self._persisted_lists or repaired:
+                old = ()  # the initial entry was never written yet / rewrite a damaged entry
                 self._persisted_lists.add(skey)
             writes: list[Write] = []
             for entry in treas.changed_entries(old, new_list):
@@ -351,7 +498,7 @@ class ServerCore:
             return []
         self._set_register(skey, new)
         self._add_object((req.group, req.config_id), req.key)
-        meta = _enc.encode(new.tag)
+        meta = _enc.encode(abd.StoredMeta(new.tag, new.digest))
         record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
         return [record, *self._prune_cvr(c, skey)]
 
@@ -371,12 +518,20 @@ class ServerCore:
         group, config_id, key = skey
         return [Record(coverable.NS, group, config_id, key, coverable.encode_state(new))]
 
+    def _max_tag(self, c: Configuration, skey: StateKey) -> Tag:
+        if c.dap == "treas":
+            return max(e.tag for e in self._treas_state(c, skey))
+        return self.registers.get(skey, abd.INITIAL).tag
+
     def _on_get_group(self, req: GetGroup) -> Result:
         """Paged DAP state of a group; with ``set_next``, SET_NEXT_AND_GET (§8.2): nextC is
         stored first, in the same step, so every state reported is as of after it."""
         c = self._data_config(req.group, req.config_id)
         if not isinstance(c, Configuration):
             return c, []
+        if any(k[:2] == (req.group, req.config_id) for k in self.damaged):
+            # refused whole, before set_next is stored: an error reply changes nothing
+            return self._damaged_reply(f"an object of {req.group}/{req.config_id}"), []
         writes: list[Write] = []
         if req.set_next is not None:
             bad = _bad_configuration(req.set_next.config)
@@ -477,7 +632,7 @@ class ServerCore:
             st = self._treas_state(c, skey)
             return ObjectState(key, max(e.tag for e in st), None, st, open_)
         reg = self.registers.get(skey, abd.INITIAL)
-        return ObjectState(key, reg.tag, reg.value, cvr=open_)
+        return ObjectState(key, reg.tag, reg.value, cvr=open_, digest=reg.digest)
 
     # -- coverable register (docs/protocol.md §9.1) -----------------------------------------------
 
@@ -548,14 +703,21 @@ class ServerCore:
 
     # -- reconfiguration service and consensus ---------------------------------------------------
 
+    def _instance_config(self, group: str, config_id: str) -> Configuration | ErrorReply:
+        """The configuration of a reconfiguration-service or Paxos request (not refused when
+        garbage-collected: nextC and acceptor state outlive the data)."""
+        if (group, config_id) in self.damaged_instances:
+            return self._damaged_reply(f"the state of {group}/{config_id}")
+        return self._config(config_id)
+
     def _on_read_config(self, req: ReadConfig) -> Result:
-        c = self._config(req.config_id)
+        c = self._instance_config(req.group, req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
         return reconfig_server.on_read_config(self.nextc.get((req.group, req.config_id))), []
 
     def _on_write_config(self, req: WriteConfig) -> Result:
-        c = self._config(req.config_id)
+        c = self._instance_config(req.group, req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
         bad = _bad_configuration(req.entry.config) or _bad_successor(c, req.entry.config)
@@ -590,6 +752,7 @@ class ServerCore:
             self.registers.pop((group, config_id, key), None)
             self.lists.pop((group, config_id, key), None)
             self._persisted_lists.discard((group, config_id, key))
+            self.damaged.pop((group, config_id, key), None)  # a reconfiguration repaired it
         self.collected.add(inst)
         self._total_value_bytes -= self._value_bytes.pop(inst, 0)
         return [
@@ -600,7 +763,7 @@ class ServerCore:
         ]
 
     def _on_prepare(self, req: Prepare) -> Result:
-        c = self._config(req.config_id)
+        c = self._instance_config(req.group, req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
         if not 0 <= req.ballot.round < MAX_COUNTER:
@@ -615,7 +778,7 @@ class ServerCore:
         return reply, [Record(paxos.NS, req.group, req.config_id, "", _enc.encode(new))]
 
     def _on_accept(self, req: Accept) -> Result:
-        c = self._config(req.config_id)
+        c = self._instance_config(req.group, req.config_id)
         if isinstance(c, ErrorReply):
             return c, []
         if not 0 <= req.ballot.round < MAX_COUNTER:
@@ -640,7 +803,8 @@ class ServerCore:
         best: NextEntry | None = None
         for (g, _), e in [*self.nextc.items(), *self.finals.items()]:
             newer = best is None or e.config.epoch > best.config.epoch
-            if g == req.group and e.status == "F" and newer:
+            damaged = (g, _) in self.damaged_instances
+            if g == req.group and e.status == "F" and newer and not damaged:
                 best = e
         return NextReply(best), []
 
@@ -652,6 +816,9 @@ class ServerCore:
             return bad, []
         if not req.entry.config.has_member(self.server_id):
             return ErrorReply("not-member", f"{self.server_id} is not in {req.entry.config.id}"), []
+        wrong = self._wrong_incarnation(req.entry.config)
+        if wrong is not None:
+            return wrong, []
         inst = (req.group, req.entry.config.id)
         if inst in self.finals:
             return Ack(), []
@@ -667,6 +834,11 @@ class ServerCore:
             return ErrorReply(
                 "not-member", f"server {self.server_id} is not in configuration {req.config.id}"
             ), []
+        wrong = self._wrong_incarnation(req.config)
+        if wrong is not None:
+            return wrong, []
+        if req.config.id in self.damaged_configs:
+            return self._damaged_reply(f"configuration {req.config.id!r}"), []
         known = self.configs.get(req.config.id)
         if known is not None and known != req.config:
             return ErrorReply(
@@ -691,15 +863,21 @@ class ServerCore:
         }
         if stored_bytes is None:
             stored_bytes = self._total_value_bytes
+        damaged = [_readable(g, c, k) for g, c, k in sorted(self.damaged)]
+        damaged += [_readable(g, c) for g, c in sorted(self.damaged_instances)]
+        damaged += [f"configuration {c}" for c in sorted(self.damaged_configs)]
         return Stats(
             self.server_id,
             dict(self.counters),
             len(self.registers) + len(self.lists),
             stored_bytes,
             by_config,
+            tuple(damaged[:MAX_DAMAGED_LISTED]),
+            len(damaged),
         )
 
 
+_UNKNOWN_TAG = Tag(0, "")
 MAX_STATS_CONFIGS = 1024
 """Instances (group, configuration) listed in a Stats reply's ``by_config``."""
 
@@ -709,7 +887,27 @@ def _bad_item(key: str, tag: Tag) -> ErrorReply | None:
         return ErrorReply("bad-request", "object keys hold at most one NUL (group and key)")
     if not 0 <= tag.z < MAX_COUNTER:
         return ErrorReply("bad-request", f"tag number out of range: {tag.z}")
+    if "\x00" in tag.writer:  # (TREAS record keys end with NUL z NUL writer)
+        return ErrorReply("bad-request", "writer ids must not contain NUL")
     return None
+
+
+def _readable(*parts: str) -> str:
+    """chain/config/key for people: the NUL that joins a group and a key shows as '/'."""
+    return "/".join(p.replace("\x00", "/") for p in parts)
+
+
+def _bad_digest(
+    c: Configuration, value: Blob, digest: bytes, element_digest: bytes
+) -> ErrorReply | None:
+    """A put-data's value (TREAS: this server's element) must match the writer's digest."""
+    if c.dap == "treas":
+        ok = integrity.matches(value.data, element_digest) and len(digest) == integrity.DIGEST_BYTES
+    else:
+        ok = integrity.matches(value.data, digest)
+    if ok:
+        return None
+    return ErrorReply("corrupt", "the value does not match the writer's digest; nothing stored")
 
 
 _NAME_FIELDS = (

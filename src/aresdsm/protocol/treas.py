@@ -20,9 +20,10 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
+from .. import integrity
 from ..coding import ErasureCoder
 from ..config import Configuration
-from ..errors import ConcurrencyExceeded
+from ..errors import ConcurrencyExceeded, IntegrityError
 from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -48,7 +49,8 @@ def coder(c: Configuration) -> ErasureCoder:
 
 
 def initial_state(c: Configuration, index: int) -> TreasState:
-    return (ListEntry(TAG0, Blob(coder(c).encode(b"")[index])),)
+    element = coder(c).encode(b"")[index]
+    return (ListEntry(TAG0, Blob(element), integrity.digest(element), integrity.EMPTY_DIGEST),)
 
 
 # --- server rules (pure) -------------------------------------------------------------------
@@ -66,10 +68,11 @@ def on_put_data(st: TreasState, msg: PutData, delta: int) -> tuple[TreasState | 
     """Add (tag, element) if the tag is new; keep at most delta+1 elements. None: unchanged."""
     if any(e.tag == msg.tag for e in st):
         return None, Ack()
-    entries = sorted([*st, ListEntry(msg.tag, msg.value)], key=lambda e: e.tag)
+    added = ListEntry(msg.tag, msg.value, msg.element_digest, msg.digest)
+    entries = sorted([*st, added], key=lambda e: e.tag)
     with_elements = [i for i, e in enumerate(entries) if e.element is not None]
     for i in with_elements[: max(0, len(with_elements) - (delta + 1))]:
-        entries[i] = ListEntry(entries[i].tag, None)
+        entries[i] = ListEntry(entries[i].tag, None, b"", entries[i].value_digest)
     return tuple(entries), Ack()
 
 
@@ -79,6 +82,9 @@ class ElementMeta(msgspec.Struct, frozen=True, array_like=True):
     key: str
     tag: Tag
     has_element: bool
+    digest: bytes = b""
+    """The writer's digest of the element."""
+    value_digest: bytes = b""
 
 
 _meta_enc = msgspec.msgpack.Encoder()
@@ -99,7 +105,9 @@ def changed_entries(old: TreasState, new: TreasState) -> list[ListEntry]:
 
 def encode_entry(key: str, entry: ListEntry) -> tuple[str, bytes, bytes | memoryview | None]:
     """(record key, meta, data) of one entry."""
-    meta = _meta_enc.encode(ElementMeta(key, entry.tag, entry.element is not None))
+    meta = _meta_enc.encode(
+        ElementMeta(key, entry.tag, entry.element is not None, entry.digest, entry.value_digest)
+    )
     data = entry.element.data if entry.element is not None else None
     return element_record_key(key, entry.tag), meta, data
 
@@ -107,7 +115,30 @@ def encode_entry(key: str, entry: ListEntry) -> tuple[str, bytes, bytes | memory
 def decode_entry(meta: bytes, data: bytes | memoryview | None) -> tuple[str, ListEntry]:
     m = _meta_dec.decode(meta)
     element = Blob(bytes(data)) if m.has_element and data is not None else None
-    return m.key, ListEntry(m.tag, element)
+    return m.key, ListEntry(
+        m.tag, element, m.digest if element is not None else b"", m.value_digest
+    )
+
+
+def decode_meta(meta: bytes) -> ElementMeta:
+    return _meta_dec.decode(meta)
+
+
+def put_request(
+    group: str, config_id: str, key: str, tag: Tag, element: bytes, value_digest: bytes
+) -> PutData:
+    """PUT_DATA(t, e_i) with the writer's digests of the value and of the element attached."""
+    return PutData(
+        group, config_id, key, tag, Blob(element), value_digest, integrity.digest(element)
+    )
+
+
+def intact(reply: ListReply) -> bool:
+    """Every element of a reply matches the writer's digest of it (checked before decoding;
+    a reply with a bad element counts as a missing reply)."""
+    return all(
+        integrity.matches(e.element.data, e.digest) for e in reply.entries if e.element is not None
+    )
 
 
 def stored_bytes(st: TreasState) -> int:
@@ -126,7 +157,9 @@ def newest_decodable(
     """The §4.2 decode rule over a quorum of (server index, list) pairs.
 
     Returns (tag, value, unanimous) -- unanimous: every list holds that tag with its element
-    (the one-round read condition of §8.6) -- or None when max T* != max Tdec.
+    (the one-round read condition of §8.6) -- or None when max T* != max Tdec. Raises
+    IntegrityError when the decoded value does not match the writer's digest of it (the
+    elements were checked before: a writer bug or a corrupt digest, never returned).
     """
     need = 1 if broken_decode_below_k else c.k
     seen: dict[Tag, int] = {}
@@ -145,6 +178,12 @@ def newest_decodable(
         value = b"".join(bytes(b.data) for b in els.values())  # garbage on purpose (test-only)
     else:
         value = coder(c).decode({i: b.data for i, b in els.items()})
+        wanted = {e.value_digest for _, st in lists for e in st if e.tag == t_dec}
+        if len(wanted) != 1 or not integrity.matches(value, next(iter(wanted))):
+            raise IntegrityError(
+                f"the value of tag {t_dec} decoded on configuration {c.id} does not match the "
+                "writer's digest"
+            )
     unanimous = len(els) == len(lists)
     return t_dec, Blob(value), unanimous
 
@@ -169,14 +208,26 @@ async def get_data(
     broken_decode_below_k: bool = False,
     need: int | None = None,
 ) -> tuple[Tag, Blob, bool, NextEntry | None]:
+    corrupt: IntegrityError | None = None
     for _ in range(max_attempts):
         replies = await net.round(
-            c, QueryList(group, c.id, key), expect=ListReply, phase="get-data", need=need
+            c,
+            QueryList(group, c.id, key),
+            expect=ListReply,
+            phase="get-data",
+            need=need,
+            accept=None if broken_decode_below_k else intact,
         )
         lists = [(c.index_of(s.id), r.entries) for s, r in replies]
-        found = newest_decodable(c, lists, broken_decode_below_k=broken_decode_below_k)
+        try:
+            found = newest_decodable(c, lists, broken_decode_below_k=broken_decode_below_k)
+        except IntegrityError as e:
+            corrupt = e
+            continue
         if found is not None:
             return (*found, strongest(r.next for _, r in replies))
+    if corrupt is not None:
+        raise corrupt
     raise ConcurrencyExceeded(
         f"read of {key!r} on configuration {c.id} overlapped more than delta={c.delta} "
         f"concurrent writes {max_attempts} times in a row; retry, or reconfigure with a "
@@ -188,9 +239,10 @@ async def put_data(
     net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
 ) -> NextEntry | None:
     elements = coder(c).encode(value.data)
+    value_digest = integrity.digest(value.data)
     replies = await net.round(
         c,
-        lambda i, _s: PutData(group, c.id, key, tag, Blob(elements[i])),
+        lambda i, _s: put_request(group, c.id, key, tag, elements[i], value_digest),
         expect=Ack,
         phase="put-data",
     )

@@ -24,17 +24,19 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from ..config import Configuration, ServerInfo
-from ..errors import OperationTimeout, QuorumUnavailable
+from ..errors import OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol import abd, reconfig_server
 from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..protocol.server_core import ServerCore, ServerSwitches
 from ..storage.base import Delete, Record, RecordKey, Write
 from ..storage.memory import apply_batch
+from ..storage.sqlite import SqliteStorage
 from ..tags import Tag
 from ..wire.codec import Decoder, Encoder
 from ..wire.messages import (
@@ -63,6 +65,24 @@ class NetworkFaults:
     duplicate: float = 0.0
     fsync_min_s: float = 0.0001
     fsync_max_s: float = 0.001
+    tail_alpha: float | None = None
+    """Heavy-tailed delays: a delay is multiplied by a Pareto(alpha) draw (>= 1; alpha near 1
+    gives a very long tail), capped at ``tail_max_s``. None: uniform delays only."""
+    tail_max_s: float = 0.3
+    park_partitioned: bool = False
+    """A message crossing a partition waits for the heal (a stalled TCP connection) instead of
+    being lost."""
+    park_max: int = 5000
+    """At most this many parked messages; more are lost."""
+
+
+Interceptor = Callable[[str, str, int, Request, Callable[[Reply], None]], bool]
+"""Sees every request a client sends (sender, server, rid, request, reply callback) before the
+network does; True means it took the message (to deliver it later with
+:meth:`SimCluster.transmit`, or never)."""
+
+DeliveryObserver = Callable[[str, str, Request], None]
+"""Called with (sender, server, request) whenever a request reaches a live server."""
 
 
 class InvariantFailure(AssertionError):
@@ -87,9 +107,14 @@ class InvariantMonitor:
         default_factory=dict
     )
     """The highest (ballot, value) each acceptor reported ACCEPTED."""
+    accepted_by: dict[tuple[str, str, Ballot], set[str]] = field(default_factory=dict)
+    """(group, configuration, ballot) -> the acceptors that reported ACCEPTED for it."""
+    chosen: dict[tuple[str, str], tuple[Ballot, Configuration]] = field(default_factory=dict)
+    """(group, configuration) -> a (ballot, value) a majority of its acceptors accepted."""
 
     def fail(self, message: str) -> None:
-        self.failures.append(message)
+        if message not in self.failures[-20:]:  # the same refusal repeats on retransmissions
+            self.failures.append(message)
 
     def after_handle(self, server: str, core: ServerCore) -> None:
         """Invariants 3, 4 and 5 (TREAS part) on the live state of one incarnation."""
@@ -115,7 +140,15 @@ class InvariantMonitor:
             if st.promised is not None:
                 self.live_promised[key] = st.promised
 
-    def on_reply(self, server: str, req: Request, reply: Reply) -> None:
+    def on_reply(
+        self, server: str, req: Request, reply: Reply, config: Configuration | None = None
+    ) -> None:
+        """Every reply that leaves ``server`` (``config``: the configuration the request names,
+        when the server knows it)."""
+        if isinstance(reply, ErrorReply) and reply.code == "invariant":
+            # a server refused a request because it would break an invariant: some other
+            # component already broke one (e.g. two successors decided for one configuration)
+            self.fail(f"server {server} refused {type(req).__name__}: invariant: {reply.message}")
         if isinstance(reply, Promise) and isinstance(req, Prepare):
             self._gave(server, req.group, req.config_id, reply.ballot)
         elif isinstance(reply, Accepted) and isinstance(req, Accept):
@@ -124,6 +157,23 @@ class InvariantMonitor:
             prev_accept = self.replied_accepts.get(key)
             if prev_accept is None or req.ballot > prev_accept[0]:
                 self.replied_accepts[key] = (req.ballot, req.value)
+            if config is not None:
+                self._chosen(server, req, config)
+
+    def _chosen(self, server: str, req: Accept, config: Configuration) -> None:
+        """§10.2 over the acceptors: once a majority of an instance's acceptors accepted a
+        (ballot, value), that value is chosen; no other value may ever be chosen there."""
+        who = self.accepted_by.setdefault((req.group, req.config_id, req.ballot), set())
+        who.add(server)
+        if len(who) < config.majority:
+            return
+        instance = (req.group, req.config_id)
+        prev = self.chosen.setdefault(instance, (req.ballot, req.value))
+        if prev[1] != req.value:
+            self.fail(
+                f"§10.2: Paxos instance {req.group}/{req.config_id} chose two values: "
+                f"{prev[1].id} at ballot {prev[0]} and {req.value.id} at ballot {req.ballot}"
+            )
 
     def _gave(self, server: str, group: str, config_id: str, ballot: Ballot) -> None:
         key = (server, group, config_id)
@@ -182,11 +232,22 @@ class InvariantMonitor:
 
 
 def _tag_of(r: Record) -> Tag:
-    return msgspec.msgpack.decode(r.meta, type=Tag)
+    return msgspec.msgpack.decode(r.meta, type=abd.StoredMeta).tag
 
 
 def _next_of(r: Record) -> NextEntry:
     return msgspec.msgpack.decode(r.meta, type=NextEntry)
+
+
+def _fingerprint(r: Any) -> tuple[str, str, str, str, bytes, bytes | None]:
+    return (
+        r.ns,
+        r.group,
+        r.config_id,
+        r.key,
+        bytes(r.meta),
+        None if r.data is None else bytes(r.data),
+    )
 
 
 class SimDisk:
@@ -210,6 +271,15 @@ class SimServer:
         self.epoch = 0
         self.waiters: list[tuple[int, Callable[[], None]]] = []
         self.broken_ack_before_durable = False
+        self.engine_path: Path | None = None
+        self.engine: SqliteStorage | None = None
+        """The real SQLite engine, when the run uses it: every simulated commit is also
+        committed to it (the virtual commit time is its durable point), and a restart recovers
+        from what the engine loads -- checked against the in-memory model of the disk."""
+
+    def use_sqlite(self, path: Path) -> None:
+        self.engine_path = path
+        self.engine = SqliteStorage(path)
 
     @property
     def up(self) -> bool:
@@ -217,7 +287,10 @@ class SimServer:
 
     def bootstrap(self, c: Configuration) -> None:
         assert self.core is not None
-        apply_batch(self.disk.durable, self.core.install_config(c))
+        writes = self.core.install_config(c)
+        apply_batch(self.disk.durable, writes)
+        if self.engine is not None:
+            self.engine._commit(writes)  # synchronous: the sim's own durable point
 
     def deliver(self, req: Request, respond: Callable[[Reply], None]) -> None:
         core = self.core
@@ -227,8 +300,10 @@ class SimServer:
         monitor = self.sim.monitor
         monitor.after_handle(self.info.id, core)
 
+        config = core.configs.get(getattr(req, "config_id", ""))
+
         def send(reply: Reply) -> None:
-            monitor.on_reply(self.info.id, req, reply)
+            monitor.on_reply(self.info.id, req, reply, config)
             respond(reply)
 
         if writes:
@@ -255,6 +330,8 @@ class SimServer:
         if epoch != self.epoch:
             return  # crashed during the fsync: the batch is lost
         apply_batch(self.disk.durable, batch)
+        if self.engine is not None:
+            self.engine._commit(batch)  # synchronous: the sim's own durable point
         assert self.core is not None
         self.sim.monitor.after_commit(self.info.id, batch, self.core.configs)
         self.disk.durable_seq = upto
@@ -274,12 +351,23 @@ class SimServer:
         self.disk.committing = False
         self.disk.applied = self.disk.durable_seq = 0
         self.waiters = []
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
         self.sim.log(f"crash {self.info.id}")
 
     def restart(self) -> None:
-        self.core = ServerCore.recover(
-            self.info.id, list(self.disk.durable.values()), switches=self.switches
-        )
+        records: list[Any] = list(self.disk.durable.values())
+        if self.engine_path is not None:
+            self.engine = SqliteStorage(self.engine_path)
+            loaded = list(self.engine.load())
+            if sorted(map(_fingerprint, loaded)) != sorted(map(_fingerprint, records)):
+                self.sim.monitor.fail(
+                    f"server {self.info.id}: the SQLite engine recovered other records than "
+                    "were durable"
+                )
+            records = loaded
+        self.core = ServerCore.recover(self.info.id, records, switches=self.switches)
         self.sim.monitor.after_restart(self.info.id, self.core)
         self.sim.log(f"restart {self.info.id}")
 
@@ -303,7 +391,11 @@ class SimCluster:
         self.monitor = InvariantMonitor()
         sw = server_switches or ServerSwitches()
         self.servers = {s.id: SimServer(self, s, sw) for s in servers}
-        self.blocked: set[tuple[str, str]] = set()  # (from, to) pairs that lose every message
+        self.blocked: set[tuple[str, str]] = set()  # (from, to) pairs cut off
+        self.parked: list[tuple[str, str, Callable[[], None]]] = []
+        """Messages waiting for a partition to heal (``faults.park_partitioned``)."""
+        self.interceptors: list[Interceptor] = []
+        self.observers: list[DeliveryObserver] = []
         self.real_codec = real_codec
         self._encoder = Encoder()
         self._decoder = Decoder()
@@ -313,15 +405,32 @@ class SimCluster:
     def log(self, text: str) -> None:
         self.events.append(f"{self.loop.time():.9f} {text}")
 
-    def _transit(self, src: str, dst: str) -> list[float]:
-        """Delivery delays of one message: [] if lost, two if duplicated."""
+    def _delay(self) -> float:
         f = self.faults
-        if (src, dst) in self.blocked or self.rng.random() < f.loss:
-            return []
-        delays = [self.rng.uniform(f.delay_min_s, f.delay_max_s)]
+        d = self.rng.uniform(f.delay_min_s, f.delay_max_s)
+        if f.tail_alpha is not None:
+            d = min(f.tail_max_s, d * self.rng.paretovariate(f.tail_alpha))
+        return d
+
+    def _route(self, src: str, dst: str, deliver: Callable[[], None]) -> None:
+        """Send one message: lost, parked behind a partition, or delivered (maybe twice)."""
+        f = self.faults
+        if (src, dst) in self.blocked:
+            if f.park_partitioned and len(self.parked) < f.park_max:
+                self.parked.append((src, dst, deliver))
+            return
+        if self.rng.random() < f.loss:
+            return
+        self.loop.call_later(self._delay(), deliver)
         if self.rng.random() < f.duplicate:
-            delays.append(self.rng.uniform(f.delay_min_s, f.delay_max_s) * 2)
-        return delays
+            self.loop.call_later(self._delay() * 2, deliver)
+
+    def heal(self) -> None:
+        """End every partition; parked messages go on their way (with fresh delays)."""
+        self.blocked.clear()
+        parked, self.parked = self.parked, []
+        for src, dst, deliver in parked:
+            self._route(src, dst, deliver)
 
     def _codec(self, rid: int, body: Any) -> Any:
         if not self.real_codec:
@@ -333,9 +442,17 @@ class SimCluster:
         self, client: str, server: str, rid: int, req: Request, on_reply: Callable[[Reply], None]
     ) -> None:
         self.messages += 1
+        for intercept in self.interceptors:
+            if intercept(client, server, rid, req, on_reply):
+                return
+        self.transmit(client, server, rid, req, on_reply)
+
+    def transmit(
+        self, client: str, server: str, rid: int, req: Request, on_reply: Callable[[Reply], None]
+    ) -> None:
+        """Put a request on the network (no interceptor sees it)."""
         target = self.servers.get(server)
-        for delay in self._transit(client, server):
-            self.loop.call_later(delay, self._arrive, client, target, rid, req, on_reply)
+        self._route(client, server, lambda: self._arrive(client, target, rid, req, on_reply))
 
     def _arrive(
         self,
@@ -350,12 +467,14 @@ class SimCluster:
         self.log(f"deliver {client}->{target.info.id} #{rid} {type(req).__name__}")
         body = self._codec(rid, req)
         epoch = target.epoch
+        for observe in self.observers:
+            observe(client, target.info.id, req)
 
         def respond(reply: Reply) -> None:
             if target.epoch != epoch:
                 return
-            for delay in self._transit(target.info.id, client):
-                self.loop.call_later(delay, on_reply, self._codec(rid, reply))
+            body = self._codec(rid, reply)
+            self._route(target.info.id, client, lambda: on_reply(body))
 
         target.deliver(body, respond)
 
@@ -386,6 +505,8 @@ class SimChannel:
         self.rounds = 0
         self.messages = 0
         self.rounds_by_phase: dict[str, int] = {}
+        self.may_install = True
+        """The simulator has no roles (sim options ``clients_finalize`` picks the switch)."""
         self._rid = 0
 
     def _next_rid(self) -> int:
@@ -400,6 +521,7 @@ class SimChannel:
         expect: type[R],
         phase: str,
         need: int | None = None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> list[tuple[ServerInfo, R]]:
         need = c.quorum_size if need is None else need
         if self.switches.broken_quorum_minus_one and need > 1:
@@ -436,8 +558,10 @@ class SimChannel:
                 if isinstance(reply, Obsolete):
                     fut.set_exception(ConfigurationObsolete(reply.next))
                     return
-                if isinstance(reply, expect):
+                if isinstance(reply, expect) and (accept is None or accept(reply)):
                     answers[server.id] = (server, reply)
+                elif isinstance(reply, expect):
+                    failed[server.id] = f"{server.id}: corrupt reply"
                 elif isinstance(reply, ErrorReply):
                     failed[server.id] = f"{server.id}: {reply.code}"
                 else:
@@ -467,6 +591,28 @@ class SimChannel:
         finally:
             for t in timers:
                 t.cancel()
+
+    async def request(
+        self, server: ServerInfo, req: Request, *, timeout_s: float | None = None
+    ) -> Reply:
+        """One request to one server (the Store's LATEST_CONFIG); no retransmission."""
+        fut: asyncio.Future[Reply] = self.cluster.loop.create_future()
+
+        def done(reply: Reply) -> None:
+            if not fut.done():
+                fut.set_result(reply)
+
+        self._send(server.id, req, done)
+        try:
+            reply = await asyncio.wait_for(fut, timeout_s or self.timeout_s)
+        except TimeoutError:
+            raise OperationTimeout(f"{server.id} did not answer") from None
+        if isinstance(reply, ErrorReply):
+            raise ServerError(reply.code, reply.message, server_id=server.id)
+        return reply
+
+    async def close(self) -> None:
+        """Nothing to close: the simulated network has no connections."""
 
     def _send(self, server: str, req: Request, on_reply: Callable[[Reply], None]) -> None:
         self.messages += 1

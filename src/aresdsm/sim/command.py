@@ -70,9 +70,25 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
 @click.option("--duplicate", type=float)
 @click.option("--fsync-max-s", type=float)
 @click.option("--fault-interval-s", type=float)
-@click.option("--crashes/--no-crashes", default=True)
-@click.option("--partitions/--no-partitions", default=True)
-@click.option("--client-crashes/--no-client-crashes", default=True)
+@click.option("--crashes/--no-crashes", default=None, help="Server crashes (default: per seed).")
+@click.option("--partitions/--no-partitions", default=None)
+@click.option("--client-crashes/--no-client-crashes", default=None)
+@click.option("--park/--no-park", default=None, help="Partitions delay messages until healed.")
+@click.option("--heavy-tail/--no-heavy-tail", default=None, help="Pareto message delays.")
+@click.option(
+    "--adversary/--no-adversary",
+    default=None,
+    help="Hold hand-off messages on chosen servers until a later finalization.",
+)
+@click.option("--long-holds/--no-long-holds", default=None, help="Hold a few messages 30-600 ms.")
+@click.option("--store/--no-store", default=None, help="Clients are real Stores.")
+@click.option("--mixed/--no-mixed", default=None, help="Every other client has piggyback off.")
+@click.option(
+    "--retire/--no-retire", default=None, help="Shut down old servers after reconfiguring."
+)
+@click.option("--restarts/--no-restarts", default=None, help="Store clients restart, same name.")
+@click.option("--bulk-keys", type=int, help="Write this many more keys first (Ares II).")
+@click.option("--sqlite/--no-sqlite", default=None, help="Servers also use the SQLite engine.")
 @click.option("--real-codec", is_flag=True, help="Send every message through the wire codec.")
 @click.option(
     "--clients-finalize/--no-clients-finalize",

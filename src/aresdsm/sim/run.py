@@ -23,7 +23,9 @@ import dataclasses
 import hashlib
 import itertools
 import random
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,12 +34,15 @@ from ..check import CheckResult, CoverableModel, Op, check_history, check_operat
 from ..check.search import Verdict
 from ..config import Configuration, ServerInfo
 from ..errors import AresError, InvariantViolation
-from ..history import OpRecord, value_digest
+from ..history import OpRecord, StrictClock, value_digest
 from ..protocol import ares, coverable
 from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
 from ..tags import TAG0, Tag, writer_id
+from ..testing import broken_switches
 from ..wire.blob import Blob
+from . import stores
+from .adversary import AdversaryOptions, HandoffAdversary
 from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
 
@@ -65,9 +70,31 @@ class SimOptions:
     mode: str | None = None
     """'ares2' or 'classic'."""
     fast_read: bool | None = None
-    crashes: bool = True
-    partitions: bool = True
-    client_crashes: bool = True
+    crashes: bool | None = None
+    partitions: bool | None = None
+    client_crashes: bool | None = None
+    park: bool | None = None
+    """Messages crossing a partition wait for the heal instead of being lost."""
+    heavy_tail: bool | None = None
+    """Message delays drawn from a heavy-tailed (Pareto) distribution, up to 300 ms."""
+    adversary: bool | None = None
+    """The hand-off adversary (:mod:`.adversary`): chosen PUT_DATA, SET_NEXT_AND_GET,
+    WRITE_CONFIG, PUT_BATCH requests held on chosen servers until a later finalization."""
+    long_holds: bool | None = None
+    """A few requests held for 30--600 ms."""
+    store: bool | None = None
+    """Clients and reconfigurers are real Stores (:mod:`.stores`)."""
+    mixed: bool | None = None
+    """Every other client runs with piggyback off (classic rounds on the group's chain)."""
+    retire: bool | None = None
+    """Store runs: when the reconfigurers are done, the servers outside the newest
+    configuration are shut down for good (clients must relocate, §8.5)."""
+    restarts: bool | None = None
+    """Store runs: a client crashes once and restarts under the same name."""
+    bulk_keys: int | None = None
+    """Ares II runs: this many more keys are written before the workload (0: none)."""
+    sqlite: bool | None = None
+    """Servers keep their durable state in the real SQLite engine too (recovered from it)."""
     loss: float | None = None
     duplicate: float | None = None
     fsync_max_s: float | None = None
@@ -114,6 +141,24 @@ class SimOptions:
             fault_interval_s=self.fault_interval_s
             if self.fault_interval_s is not None
             else rng.choice([0.003, 0.01, 0.03]),
+            # swarm testing: which fault kinds are on is drawn per seed too
+            crashes=self.crashes if self.crashes is not None else rng.random() < 0.8,
+            partitions=self.partitions if self.partitions is not None else rng.random() < 0.8,
+            client_crashes=self.client_crashes
+            if self.client_crashes is not None
+            else rng.random() < 0.8,
+            park=self.park if self.park is not None else rng.random() < 0.5,
+            heavy_tail=self.heavy_tail if self.heavy_tail is not None else rng.random() < 0.4,
+            adversary=self.adversary if self.adversary is not None else rng.random() < 0.6,
+            long_holds=self.long_holds if self.long_holds is not None else rng.random() < 0.3,
+            store=self.store if self.store is not None else rng.random() < 0.35,
+            mixed=self.mixed if self.mixed is not None else rng.random() < 0.25,
+            retire=self.retire if self.retire is not None else rng.random() < 0.5,
+            restarts=self.restarts if self.restarts is not None else rng.random() < 0.5,
+            bulk_keys=self.bulk_keys
+            if self.bulk_keys is not None
+            else (rng.randint(300, 400) if rng.random() < 0.1 else 0),
+            sqlite=self.sqlite if self.sqlite is not None else rng.random() < 0.1,
             coverable=self.coverable
             if self.coverable is not None
             else random.Random(f"coverable-{self.seed}").random() < 0.5,  # own draw: the
@@ -155,6 +200,10 @@ BROKEN_VARIANTS = (
     "split-handoff",
     "no-requery-after-obsolete",
     "forgets-accepts",
+    "plain-get-older-sources",
+    "paxos-own-value",
+    "retry-write-with-new-tag",
+    "classic-ignores-ack-next",
     "cvr-unconditional",
     "cvr-put-undecided",
     "cvr-transfer-ignores-open",
@@ -198,7 +247,11 @@ class _World:
     """Everything one run shares: cluster, chain bookkeeping, history."""
 
     def __init__(
-        self, opts: SimOptions, rng: random.Random, loop: asyncio.AbstractEventLoop
+        self,
+        opts: SimOptions,
+        rng: random.Random,
+        loop: asyncio.AbstractEventLoop,
+        sqlite_dir: Path | None = None,
     ) -> None:
         assert opts.servers is not None and opts.initial_servers is not None
         self.opts = opts
@@ -210,6 +263,8 @@ class _World:
             loss=opts.loss or 0.0,
             duplicate=opts.duplicate or 0.0,
             fsync_max_s=opts.fsync_max_s or 0.001,
+            tail_alpha=rng.choice([1.1, 1.5, 2.0]) if opts.heavy_tail else None,
+            park_partitioned=bool(opts.park),
         )
         self.cluster = SimCluster(
             rng=rng,
@@ -224,8 +279,11 @@ class _World:
                 broken_cvr_no_freeze="cvr-no-freeze" in opts.broken,
             ),
         )
-        for srv in self.cluster.servers.values():
+        for sid, srv in self.cluster.servers.items():
             srv.broken_ack_before_durable = "ack-before-durable" in opts.broken
+            if sqlite_dir is not None:
+                (sqlite_dir / sid).mkdir()
+                srv.use_sqlite(sqlite_dir / sid / "state.db")
         first = pool[: opts.initial_servers]
         if opts.treas and rng.random() < 0.5:
             self.c0 = Configuration(
@@ -239,7 +297,7 @@ class _World:
             self.c0 = Configuration("c0", tuple(first))
         for s in self.c0.servers:
             self.cluster.servers[s.id].bootstrap(self.c0)
-        self.switches = OpSwitches(
+        self.switches = broken_switches(
             piggyback=opts.mode == "ares2",
             fast_read=bool(opts.fast_read) and opts.mode == "ares2",
             broken_skip_write_back="skip-write-back" in opts.broken,
@@ -251,6 +309,10 @@ class _World:
             broken_fast_read_short="fast-read-short" in opts.broken,
             broken_split_handoff="split-handoff" in opts.broken,
             broken_no_requery_after_obsolete="no-requery-after-obsolete" in opts.broken,
+            broken_plain_get_older_sources="plain-get-older-sources" in opts.broken,
+            broken_paxos_own_value="paxos-own-value" in opts.broken,
+            broken_retry_write_with_new_tag="retry-write-with-new-tag" in opts.broken,
+            broken_classic_ignores_ack_next="classic-ignores-ack-next" in opts.broken,
             broken_cvr_unconditional="cvr-unconditional" in opts.broken,
             broken_cvr_put_undecided="cvr-put-undecided" in opts.broken,
             broken_cvr_transfer_ignores_open="cvr-transfer-ignores-open" in opts.broken,
@@ -264,7 +326,16 @@ class _World:
         self.channel_switches = ChannelSwitches(
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
+        self.group = GROUP
+        self.incarnations: dict[str, int] = {}
+        """Store client name -> how many times it was started (restarts reuse the name)."""
+        self.retired: set[str] = set()
+        self.reconfig_failed = False
+        """Servers shut down for good (``retire``)."""
         self.history: list[OpRecord] = []
+        self.stamp = StrictClock(loop.time)
+        """History times: strictly increasing (an operation invoked after another returned is
+        ordered after it, also at one virtual instant)."""
         self.cvr_ops: dict[str, list[Op]] = {k: [] for k in CVR_KEYS}
         """Coverable operations per object, for the coverable model (§9.1)."""
         self.chains: list[ares.Cseq] = []
@@ -278,9 +349,29 @@ class _World:
         self.reconfigs_done = 0
         self.down: set[str] = set()
         self.partitioned: set[str] = set()
+        arng = random.Random(f"adversary-{opts.seed}")
+        handoffs = bool(opts.adversary and opts.reconfigs)  # no hand-off, no hand-off adversary
+        self.adversary = HandoffAdversary(
+            self.cluster,
+            arng,
+            AdversaryOptions(
+                handoff_client=arng.choice([0.05, 0.2, 0.5]) if handoffs else 0.0,
+                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) if handoffs else 0.0,
+                after_finals=arng.choice([(1,), (1, 2), (1, 2, 3)]),
+                extra_max_s=arng.choice([0.002, 0.02, 0.1]),
+                long_hold=arng.choice([0.005, 0.02]) if opts.long_holds else 0.0,
+                focus=handoffs and arng.random() < 0.7,
+                focus_chance=arng.choice([0.5, 0.8, 1.0]),
+            ),
+            is_reconfigurer=lambda name: name.startswith("r"),
+        )
+        self.adversary.focus_on(self.c0)
 
-    def channel(self, client: str) -> SimChannel:
-        ch = SimChannel(self.cluster, client, switches=self.channel_switches)
+    def proposal(self) -> Configuration:
+        return _proposal(self)
+
+    def channel(self, client: str, *, timeout_s: float = 1.0) -> SimChannel:
+        ch = SimChannel(self.cluster, client, timeout_s=timeout_s, switches=self.channel_switches)
         self.channels.append(ch)
         return ch
 
@@ -290,6 +381,8 @@ class _World:
     def learn(self, client: str, chain: str, cseq: ares.Cseq) -> None:
         try:
             self.cseqs[(client, chain)] = ares.merge(self.cseq(client, chain), cseq)
+        except ares.DisjointChains:  # adopted from LATEST_CONFIG (§8.5) beyond the old view
+            self.cseqs[(client, chain)] = cseq
         except InvariantViolation as e:
             self.failures.append(f"§10.2: {e}")
         for a, b in itertools.pairwise(cseq):
@@ -319,71 +412,88 @@ class _World:
     def may_fail(self, server: str) -> bool:
         down = self.down | {server}
         for c in self.live_configs():
+            if self.retired & set(c.server_ids):
+                continue  # a configuration shut down: its clients relocate (§8.5)
             if sum(1 for s in c.server_ids if s in down) > c.n - c.quorum_size:
                 return False
         return True
 
 
-async def _client(world: _World, name: str, ops: int, keys: list[str]) -> None:
+async def _client(world: _World, name: str, index: int, ops: int, keys: list[str]) -> None:
     opts = world.opts
     rng = random.Random(world.rng.random())
     ch = world.channel(name)
+    switches = stores.client_switches(world, index)
     for n in range(1, ops + 1):
         key = rng.choice(keys)
-        chain = ares.chain_of(GROUP, key, world.switches)
-        cseq = world.cseq(name, chain)
-        start = world.loop.time()
-        op_id = len(world.history) + 1
         is_write = rng.random() < (opts.write_ratio or 0.5)
         size = rng.randint(0, opts.value_max_bytes or 16)
-        value = f"{name}-{n}|".encode() + b"x" * size
-        # recorded as pending first: a client crash leaves it so
-        rec_index = len(world.history)
-        world.history.append(
-            OpRecord(
-                op_id,
-                name,
-                "write" if is_write else "read",
-                key,
-                start,
-                value=value_digest(value) if is_write else None,
-            )
-        )
-        try:
-            if is_write:
-                tag, cseq = await ares.write(
-                    ch,
-                    cseq,
-                    group=chain,
-                    key=ares.object_key(GROUP, key, world.switches),
-                    value=Blob(value),
-                    writer=writer_id(name, n),
-                    switches=world.client_switches,
-                )
-                digest = value_digest(value)
-            else:
-                okey = ares.object_key(GROUP, key, world.switches)
-                res, cseq = await ares.read(
-                    ch, cseq, group=chain, key=okey, switches=world.client_switches
-                )
-                tag, digest = res.tag, value_digest(res.value.data)
-            world.learn(name, chain, cseq)
-            world.history[rec_index] = msgspec.structs.replace(
-                world.history[rec_index],
-                complete_s=world.loop.time(),
-                value=digest,
-                outcome="ok",
-                tag=(tag.z, tag.writer),
-            )
-        except AresError as e:
-            world.history[rec_index] = msgspec.structs.replace(
-                world.history[rec_index],
-                complete_s=world.loop.time(),
-                outcome="fail",
-                error=type(e).__name__,
-            )
+        value = f"{name}-{n}|".encode() + b"x" * size if is_write else None
+        if not await _operation(world, ch, name, key, value, writer_id(name, n), switches):
             await asyncio.sleep(rng.uniform(0.001, 0.01))
         await asyncio.sleep(rng.uniform(0, 0.002))
+
+
+async def _operation(
+    world: _World,
+    ch: SimChannel,
+    name: str,
+    key: str,
+    value: bytes | None,
+    writer: str,
+    switches: OpSwitches,
+) -> bool:
+    """One recorded read (``value`` None) or write; returns whether it returned ok."""
+    chain = ares.chain_of(GROUP, key, switches)
+    okey = ares.object_key(GROUP, key, switches)
+    cseq = world.cseq(name, chain)
+    is_write = value is not None
+    # recorded as pending first: a client crash leaves it so
+    rec_index = len(world.history)
+    world.history.append(
+        OpRecord(
+            rec_index + 1,
+            name,
+            "write" if is_write else "read",
+            key,
+            world.stamp(),
+            value=value_digest(value) if value is not None else None,
+        )
+    )
+    try:
+        if value is not None:
+            tag, cseq = await ares.write(
+                ch,
+                cseq,
+                group=chain,
+                key=okey,
+                value=Blob(value),
+                writer=writer,
+                switches=switches,
+            )
+            digest = value_digest(value)
+        else:
+            res, cseq = await ares.read(ch, cseq, group=chain, key=okey, switches=switches)
+            tag, digest = res.tag, value_digest(res.value.data)
+        world.learn(name, chain, cseq)
+        world.history[rec_index] = msgspec.structs.replace(
+            world.history[rec_index],
+            complete_s=world.stamp(),
+            value=digest,
+            outcome="ok",
+            tag=(tag.z, tag.writer),
+        )
+        return True
+    except AresError as e:
+        if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+            world.failures.append(f"{name}: InvariantViolation: {e}")
+        world.history[rec_index] = msgspec.structs.replace(
+            world.history[rec_index],
+            complete_s=world.stamp(),
+            outcome="fail",
+            error=type(e).__name__,
+        )
+        return False
 
 
 def _cvr_record(world: _World, key: str, op: Op) -> int:
@@ -406,18 +516,20 @@ async def _cvr_client(world: _World, name: str, ops: int) -> None:
         key = rng.choice(CVR_KEYS)
         chain = ares.chain_of(GROUP, key, world.switches)
         okey = ares.object_key(GROUP, key, world.switches)
-        start = world.loop.time()
+        start = world.stamp()
         if rng.random() < 0.35:
             try:
                 res, cseq = await ares.read(
                     ch, world.cseq(name, chain), group=chain, key=okey, switches=world.switches
                 )
-            except AresError:
+            except AresError as e:
+                if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                    world.failures.append(f"{name}: InvariantViolation: {e}")
                 await asyncio.sleep(rng.uniform(0.001, 0.01))
                 continue
             world.learn(name, chain, cseq)
             seen[key] = res.tag
-            op = Op(0, "read", start, world.loop.time(), bytes(res.value.data), res.tag)
+            op = Op(0, "read", start, world.stamp(), bytes(res.value.data), res.tag)
             _cvr_record(world, key, dataclasses.replace(op, client=name))
             continue
         base = seen.get(key, TAG0)
@@ -443,7 +555,9 @@ async def _cvr_client(world: _World, name: str, ops: int) -> None:
                 backoff=backoff,
                 switches=world.switches,
             )
-        except AresError:
+        except AresError as e:
+            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                world.failures.append(f"{name}: InvariantViolation: {e}")
             seen.pop(key, None)
             await asyncio.sleep(rng.uniform(0.001, 0.01))
             continue
@@ -453,7 +567,7 @@ async def _cvr_client(world: _World, name: str, ops: int) -> None:
         world.cvr_ops[key][at] = dataclasses.replace(
             world.cvr_ops[key][at],
             kind="cvr-ok" if out.ok else "cvr-stale",
-            complete=world.loop.time(),
+            complete=world.stamp(),
             value=got,
             tag=out.tag,
         )
@@ -527,7 +641,14 @@ async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -
                 decided = proposal
             world.reconfigs_done += 1
             world.cluster.log(f"{name} installed {decided.id}")
+            # an operator checks a key through the chain it just extended (a client that
+            # starts at the newest finalized configuration)
+            await asyncio.sleep(rng.uniform(0, 0.05))
+            plain = [k for k in keys if k not in CVR_KEYS]  # coverable objects: their own model
+            await _operation(world, ch, name, rng.choice(plain), None, "", world.switches)
         except AresError as e:
+            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                world.failures.append(f"reconfigurer {name}: InvariantViolation: {e}")
             world.cluster.log(f"{name} reconfig failed: {type(e).__name__}")
 
 
@@ -538,20 +659,22 @@ async def _faults(world: _World, stop: asyncio.Event) -> None:
     mean = opts.fault_interval_s or 0.01
     while not stop.is_set():
         await asyncio.sleep(rng.uniform(0.2 * mean, 1.8 * mean))
-        crashed = sorted(s for s in world.down if not world.cluster.servers[s].up)
+        crashed = sorted(
+            s for s in world.down if not world.cluster.servers[s].up and s not in world.retired
+        )
         if crashed and rng.random() < 0.5:
             sid = rng.choice(crashed)
             world.cluster.servers[sid].restart()
             world.down.discard(sid)
             continue
         if world.partitioned and rng.random() < 0.5:
-            world.cluster.blocked.clear()
+            world.cluster.heal()
             world.down -= world.partitioned
             world.partitioned.clear()
             world.cluster.log("heal partitions")
             continue
         sid = rng.choice(servers)
-        if sid in world.down or not world.may_fail(sid):
+        if sid in world.down or sid in world.retired or not world.may_fail(sid):
             continue
         if opts.crashes and rng.random() < 0.5:
             if sid in world.partitioned:
@@ -570,27 +693,56 @@ async def _faults(world: _World, stop: asyncio.Event) -> None:
             world.cluster.log(f"partition {sid} {'both ways' if symmetric else 'inbound'}")
 
 
-async def _main(opts: SimOptions) -> SimResult:
+async def _main(opts: SimOptions, sqlite_dir: Path | None) -> SimResult:
     loop = asyncio.get_running_loop()
     rng = random.Random(opts.seed)
-    world = _World(opts, rng, loop)
+    world = _World(opts, rng, loop, sqlite_dir)
+    try:
+        return await _play(world)
+    finally:
+        for srv in world.cluster.servers.values():
+            if srv.engine is not None:
+                srv.engine.close()
+                srv.engine = None
+
+
+async def _play(world: _World) -> SimResult:
+    opts, rng, loop = world.opts, world.rng, world.loop
     assert opts.clients is not None and opts.ops is not None and opts.keys is not None
     keys = [f"k{i}" for i in range(opts.keys)]
     per_client = max(1, opts.ops // opts.clients)
-    clients = [
-        asyncio.ensure_future(_client(world, f"c{i}", per_client, keys))
-        for i in range(opts.clients)
-    ]
     all_keys = keys + list(CVR_KEYS) if opts.coverable else keys  # (classic: chains per key)
+    bulk = [f"bulk{i:04d}" for i in range(opts.bulk_keys or 0)] if world.switches.batch else []
+    if bulk:
+        await stores.load(world, bulk)
+    if opts.store:
+        clients = [
+            asyncio.ensure_future(stores.store_client(world, f"c{i}", i, per_client, keys))
+            for i in range(opts.clients)
+        ]
+        reconfs = [
+            asyncio.ensure_future(
+                stores.store_reconfigurer(world, f"r{i}", opts.reconfigs or 0, all_keys)
+            )
+            for i in range(opts.reconfigurers or 1)
+        ]
+    else:
+        clients = [
+            asyncio.ensure_future(_client(world, f"c{i}", i, per_client, keys))
+            for i in range(opts.clients)
+        ]
+        reconfs = [
+            asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, all_keys))
+            for i in range(opts.reconfigurers or 1)
+        ]
     if opts.coverable:
         clients += [
             asyncio.ensure_future(_cvr_client(world, f"v{i}", max(4, per_client // 2)))
             for i in range(2)
         ]
-    reconfs = [
-        asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, all_keys))
-        for i in range(opts.reconfigurers or 1)
-    ]
+    retired = asyncio.Event()
+    if opts.store and opts.retire and world.switches.batch and opts.reconfigs:
+        clients.append(asyncio.ensure_future(stores.late_client(world, keys, retired)))
     stop = asyncio.Event()
     faults = asyncio.ensure_future(_faults(world, stop))
     if opts.client_crashes and opts.clients > 1 and rng.random() < 0.5:
@@ -599,13 +751,18 @@ async def _main(opts: SimOptions) -> SimResult:
     if opts.client_crashes and opts.reconfigs and rng.random() < 0.3:
         victim = reconfs[rng.randrange(len(reconfs))]  # a reconfigurer dies mid-way
         loop.call_later(rng.uniform(0.001, 0.05), victim.cancel)
-    outcomes = await asyncio.gather(*clients, *reconfs, return_exceptions=True)
+    outcomes = await asyncio.gather(*reconfs, return_exceptions=True)
+    clean = not any(isinstance(o, BaseException) for o in outcomes) and not world.reconfig_failed
+    if opts.store and opts.retire and world.switches.batch and clean:
+        _retire(world)  # (a half-done reconfiguration may have left a successor in use)
+    retired.set()
+    outcomes += await asyncio.gather(*clients, return_exceptions=True)
     for o in outcomes:  # a crashed client is cancelled; anything else is a bug: raise it
         if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError):
             raise o
     stop.set()
     await faults
-    await _heal_and_verify(world, keys)
+    await _heal_and_verify(world, keys + bulk)
     events = world.cluster.events
     return SimResult(
         options=opts,
@@ -623,11 +780,30 @@ async def _main(opts: SimOptions) -> SimResult:
     )
 
 
+def _retire(world: _World) -> None:
+    """Shut down for good every server outside the newest configuration (once it is final):
+    the old configurations' servers are gone; clients still pointing at them must relocate."""
+    newest = world.longest(ares.CLUSTER_CHAIN)
+    if newest[-1].status != "F":
+        return
+    keep = set(newest[-1].config.server_ids)
+    for sid, srv in sorted(world.cluster.servers.items()):
+        if sid in keep:
+            continue
+        if srv.up:
+            srv.crash()
+        world.retired.add(sid)
+        world.down.discard(sid)
+        world.partitioned.discard(sid)
+    world.cluster.log(f"retired {sorted(world.retired)}; newest {newest[-1].config.id}")
+
+
 async def _heal_and_verify(world: _World, keys: list[str]) -> None:
     """Heal all faults, restart crashed servers, read every key; acknowledged writes survive."""
-    world.cluster.blocked.clear()
-    for srv in world.cluster.servers.values():
-        if not srv.up:
+    world.cluster.heal()
+    world.adversary.release_all()
+    for sid, srv in world.cluster.servers.items():
+        if not srv.up and sid not in world.retired:
             srv.restart()
     world.down.clear()
     ch = world.channel("final")
@@ -639,7 +815,7 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
             if r.key not in acked or t > acked[r.key]:
                 acked[r.key] = t
     for key in keys:
-        start = world.loop.time()
+        start = world.stamp()
         try:
             chain = ares.chain_of(GROUP, key, world.switches)
             okey = ares.object_key(GROUP, key, world.switches)
@@ -656,7 +832,7 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
                 "read",
                 key,
                 start,
-                world.loop.time(),
+                world.stamp(),
                 value=value_digest(res.value.data),
                 outcome="ok",
                 tag=(res.tag.z, res.tag.writer),
@@ -689,4 +865,17 @@ async def _final_cvr_reads(world: _World, ch: SimChannel) -> None:
 def run_simulation(seed: int, **overrides: Any) -> SimResult:
     """Run one seed (options not given are drawn from it) and check it."""
     opts = SimOptions(seed=seed, **overrides).resolved()
-    return run(_main(opts))
+    # the Store's Paxos back-off draws from the global generator: seeded for the run (and put
+    # back afterwards), so that a seed replays exactly in Store runs too
+    state = random.getstate()
+    random.seed(f"global-{seed}")
+    try:
+        if not opts.sqlite:
+            return run(_main(opts, None))
+        shm = Path("/dev/shm")  # the engine's fsync is not the durable point: keep it cheap
+        with tempfile.TemporaryDirectory(
+            prefix="ares-sim-", dir=shm if shm.is_dir() else None
+        ) as d:
+            return run(_main(opts, Path(d)))
+    finally:
+        random.setstate(state)

@@ -30,7 +30,7 @@ import msgspec
 from ..check import CheckResult, CoverableModel, KeyResult, Op, check_history, check_operations
 from ..config import Configuration, ServerInfo
 from ..errors import CoverableConflict, OperationError
-from ..history import OpRecord, value_digest
+from ..history import OpRecord, StrictClock, value_digest
 from ..protocol import ares, coverable
 from ..protocol.ops import OpSwitches
 from ..tags import TAG0, Tag, writer_id
@@ -239,6 +239,8 @@ class Scenario:
         for s in self.c0.servers:
             self.cluster.servers[s.id].bootstrap(self.c0)
         self.history: list[OpRecord] = []
+        self.stamp = StrictClock(loop.time)
+        """History times: an operation invoked after another returned is strictly later."""
         self.cvr_ops: dict[str, list[Op]] = {}
         """Coverable operations per object (checked with :meth:`check_cvr`)."""
 
@@ -284,7 +286,7 @@ class Scenario:
             "client": client,
             "kind": kind,
             "key": key,
-            "invoke_s": self.now(),
+            "invoke_s": self.stamp(),
             "value": digest,
             "outcome": "pending",
         }
@@ -293,7 +295,7 @@ class Scenario:
 
     def complete(self, index: int, digest: str) -> None:
         self.history[index] = msgspec.structs.replace(
-            self.history[index], complete_s=self.now(), value=digest, outcome="ok"
+            self.history[index], complete_s=self.stamp(), value=digest, outcome="ok"
         )
 
     def check(self) -> CheckResult:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -36,6 +37,18 @@ class Record(msgspec.Struct, frozen=True):
     @property
     def record_key(self) -> RecordKey:
         return (self.ns, self.group, self.config_id, self.key)
+
+
+class DamagedRecord(msgspec.Struct, frozen=True):
+    """A record whose checksum did not match on recovery (a damaged disk). ``meta`` is the
+    record's meta when that part is intact (only the value is bad), else None."""
+
+    ns: str
+    group: str
+    config_id: str
+    key: str
+    meta: bytes | None
+    reason: str
 
 
 class Delete(msgspec.Struct, frozen=True):
@@ -64,12 +77,15 @@ class Storage(ABC):
         """Set by the first failed commit; the store accepts nothing after it."""
         self._failed_future: asyncio.Future[None] | None = None
         """The failed commit's future, returned by submit() and barrier() from then on."""
+        self.on_commit: Callable[[int, float], None] | None = None
+        """Metrics hook: called after each durable commit with (records, seconds)."""
 
     # -- engine-specific ---------------------------------------------------------------------
 
     @abstractmethod
-    def load(self) -> Iterable[Record]:
-        """Every record on stable storage (used once, at start-up, to recover)."""
+    def load(self) -> Iterable[Record | DamagedRecord]:
+        """Every record on stable storage (used once, at start-up, to recover); a record whose
+        checksum does not match comes back as a :class:`DamagedRecord`."""
 
     @abstractmethod
     def _commit(self, batch: list[Write]) -> None:
@@ -82,6 +98,16 @@ class Storage(ABC):
     def stored_bytes(self) -> int:
         """Approximate bytes of state held (metrics)."""
         return 0
+
+    def bytes_by_instance(self) -> dict[tuple[str, str], int]:
+        """Bytes of records per (group, configuration), kept as running totals (metrics; an
+        engine without them returns {}). Safe to call while a commit runs."""
+        return {}
+
+    def probe_writable(self) -> None:
+        """Raise OSError if the engine could not make a new write durable now (``/healthz``).
+        Blocking: called in a worker thread. The default (no files): nothing to check."""
+        return
 
     # -- group commit --------------------------------------------------------------------------
 
@@ -113,6 +139,7 @@ class Storage(ABC):
             batch, fut = self._open_batch, self._open_future
             self._open_batch, self._open_future = [], None
             self._inflight_future = fut
+            started = time.perf_counter()
             try:
                 await self._run_commit(batch)
             except Exception as e:  # the server treats this as fatal (fail-stop)
@@ -123,6 +150,8 @@ class Storage(ABC):
                 return
             self.commits += 1
             self.records_written += len(batch)
+            if self.on_commit is not None:
+                self.on_commit(len(batch), time.perf_counter() - started)
             if not fut.done():
                 fut.set_result(None)
 

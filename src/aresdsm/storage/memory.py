@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Record, RecordKey, Storage, Write
+from .base import DamagedRecord, Record, RecordKey, Storage, Write
 
 
 class MemoryStorage(Storage):
@@ -16,7 +16,7 @@ class MemoryStorage(Storage):
         super().__init__()
         self.records: dict[RecordKey, Record] = {}
 
-    def load(self) -> Iterable[Record]:
+    def load(self) -> Iterable[Record | DamagedRecord]:
         return list(self.records.values())
 
     def _commit(self, batch: list[Write]) -> None:

@@ -15,6 +15,17 @@ the directory is fsynced, and only then does the transaction that references the
 so a committed row never points to a file that is not durable. Files of replaced or deleted rows
 are removed after the commit; files a crash left unreferenced are removed at start-up.
 
+Checksums (issue 10): every row carries a CRC-32 of its identity, its meta and the name and length
+of its value file (``meta_sum``) and a CRC-32 of its value (``data_sum``), inline or in a value
+file. :meth:`SqliteStorage.load` checks both and returns a row that fails as a
+:class:`~aresdsm.storage.base.DamagedRecord` (meta intact or not), which the server turns into a
+damaged object it no longer answers for; a truncated or missing value file is caught the same
+way. At open, ``PRAGMA integrity_check`` checks the database's own structure -- its pages, and
+that the primary-key index matches the rows, so a flipped byte in a row's key columns cannot make
+a record silently belong to another object; a database that fails it, or that SQLite cannot read
+at all, is a one-line :class:`~aresdsm.errors.StorageError`, never a traceback. The schema has a
+version (``PRAGMA user_version``); a database without checksums is refused.
+
 One engine per database at a time: the constructor takes an exclusive ``flock`` on
 ``<database>.lock`` before touching anything else, and holds it until :meth:`close` (the kernel
 releases it if the process dies). Without it, a second server started on a data directory in use
@@ -31,13 +42,18 @@ import os
 import sqlite3
 import threading
 import uuid
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import StorageError
-from .base import Record, Storage, Write
+from .base import DamagedRecord, Record, Storage, Write
 
 DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
+SCHEMA_VERSION = 2
+"""1 (implicit, user_version 0): no checksums; 2: meta_sum and data_sum on every row."""
+_SIZE = "LENGTH(meta) + COALESCE(LENGTH(data), 0) + COALESCE(blob_len, 0)"
+"""A record's bytes: metadata, inline value, or the length of its value file."""
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 """A server's state is private to its user: directories 0700, files 0600 (values, the database,
@@ -57,9 +73,25 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
     ns TEXT NOT NULL, grp TEXT NOT NULL, cfg TEXT NOT NULL, key TEXT NOT NULL,
     meta BLOB NOT NULL, data BLOB, blob_file TEXT, blob_len INTEGER,
+    meta_sum INTEGER NOT NULL, data_sum INTEGER,
     PRIMARY KEY (ns, grp, cfg, key)
 );
 """
+
+
+def meta_checksum(
+    ns: str, grp: str, cfg: str, key: str, meta: bytes, blob_file: str | None, blob_len: int | None
+) -> int:
+    """CRC-32 over a row's identity, meta and value-file reference (length-prefixed fields)."""
+    crc = 0
+    for part in (ns, grp, cfg, key, blob_file or "", str(blob_len if blob_len is not None else "")):
+        b = part.encode()
+        crc = zlib.crc32(len(b).to_bytes(4, "big") + b, crc)
+    return zlib.crc32(meta, crc)
+
+
+def data_checksum(data: bytes | memoryview) -> int:
+    return zlib.crc32(data)
 
 
 class SqliteStorage(Storage):
@@ -86,38 +118,123 @@ class SqliteStorage(Storage):
                 )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
-                self._db.execute(_SCHEMA)
+                self._check_schema()
             except (OSError, sqlite3.Error) as e:
-                raise StorageError(f"cannot open database {self.path}: {e}") from None
+                raise StorageError(
+                    f"cannot open database {self.path}: {e} (a damaged database: restore the "
+                    "server's disk, or replace the server by reconfiguration)"
+                ) from None
             self._lock = threading.Lock()
             self._remove_orphans()
+            self._bytes: dict[tuple[str, str], int] = {
+                (g, c): int(n)
+                for g, c, n in self._db.execute(
+                    f"SELECT grp, cfg, SUM({_SIZE}) FROM state GROUP BY grp, cfg"
+                )
+            }
+            """Bytes of records per (group, configuration): counted once here, then kept up to
+            date by every commit (metrics read them in O(configurations))."""
         except BaseException:
             self._unlock()
             raise
 
+    def _check_schema(self) -> None:
+        """Create the schema in a new database; check the version and the structure of an
+        existing one (raises sqlite3.Error or StorageError)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        has_table = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='state'"
+        ).fetchone()
+        if has_table is None:
+            self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return
+        if version != SCHEMA_VERSION:
+            raise StorageError(
+                f"database {self.path} has schema version {version}, this aresdsm writes "
+                f"{SCHEMA_VERSION} (records with checksums): it was made by another version"
+            )
+        problems = [r[0] for r in self._db.execute("PRAGMA integrity_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise StorageError(
+                f"database {self.path} is damaged ({'; '.join(problems)[:300]}): restore the "
+                "server's disk, or replace the server by reconfiguration"
+            )
+
     # -- reading ---------------------------------------------------------------------------------
 
-    def load(self) -> Iterable[Record]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT ns, grp, cfg, key, meta, data, blob_file FROM state"
-            ).fetchall()
-        out = []
-        for ns, g, c, k, meta, inline, blob_file in rows:
-            data = inline
-            if blob_file is not None:
-                try:
-                    data = (self.blob_dir / blob_file).read_bytes()
-                except OSError as e:
-                    raise StorageError(f"value file {blob_file} of {g}/{c}/{k}: {e}") from None
-            out.append(Record(ns, g, c, k, bytes(meta), None if data is None else bytes(data)))
+    def load(self) -> Iterable[Record | DamagedRecord]:
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT ns, grp, cfg, key, meta, data, blob_file, blob_len, meta_sum, data_sum"
+                    " FROM state"
+                ).fetchall()
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot read database {self.path}: {e}") from None
+        out: list[Record | DamagedRecord] = []
+        for ns, g, c, k, meta, inline, blob_file, blob_len, meta_sum, data_sum in rows:
+            out.append(
+                self._check_row(ns, g, c, k, meta, inline, blob_file, blob_len, meta_sum, data_sum)
+            )
         return out
 
+    def _check_row(
+        self,
+        ns: object,
+        g: object,
+        c: object,
+        k: object,
+        meta: object,
+        inline: object,
+        blob_file: object,
+        blob_len: object,
+        meta_sum: object,
+        data_sum: object,
+    ) -> Record | DamagedRecord:
+        """One row as a Record, or a DamagedRecord saying what failed its checksum."""
+        if not all(isinstance(x, str) for x in (ns, g, c, k)):
+            raise StorageError(f"database {self.path} is damaged: a row's key is not text")
+        assert isinstance(ns, str) and isinstance(g, str) and isinstance(c, str)
+        assert isinstance(k, str)
+        meta_ok = (
+            isinstance(meta, bytes)
+            and (blob_file is None or isinstance(blob_file, str))
+            and (blob_len is None or isinstance(blob_len, int))
+            and isinstance(meta_sum, int)
+            and meta_checksum(ns, g, c, k, meta, blob_file, blob_len) == meta_sum
+        )
+        if not meta_ok:
+            return DamagedRecord(ns, g, c, k, None, "record checksum mismatch")
+        assert isinstance(meta, bytes)
+        data: bytes | None
+        if isinstance(blob_file, str):
+            try:
+                data = (self.blob_dir / blob_file).read_bytes()
+            except OSError as e:
+                return DamagedRecord(ns, g, c, k, meta, f"value file {blob_file}: {e.strerror}")
+            if len(data) != blob_len:
+                return DamagedRecord(
+                    ns, g, c, k, meta, f"value file {blob_file} has {len(data)} of {blob_len} bytes"
+                )
+        elif inline is None or isinstance(inline, bytes):
+            data = inline
+        else:
+            return DamagedRecord(ns, g, c, k, meta, "value is not a blob")
+        if data is not None and data_sum != data_checksum(data):
+            return DamagedRecord(ns, g, c, k, meta, "value checksum mismatch")
+        if data is None and data_sum is not None:
+            return DamagedRecord(ns, g, c, k, meta, "value missing")
+        return Record(ns, g, c, k, meta, data)
+
     def _remove_orphans(self) -> None:
-        referenced = {
-            r[0]
-            for r in self._db.execute("SELECT blob_file FROM state WHERE blob_file IS NOT NULL")
-        }
+        try:
+            referenced = {
+                r[0]
+                for r in self._db.execute("SELECT blob_file FROM state WHERE blob_file IS NOT NULL")
+            }
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot read database {self.path}: {e}") from None
         for f in self.blob_dir.iterdir():
             if f.name not in referenced:
                 f.unlink(missing_ok=True)
@@ -128,11 +245,12 @@ class SqliteStorage(Storage):
         with self._lock:
             files = self._write_blob_files(batch)
             garbage: list[str] = []
+            deltas: dict[tuple[str, str], int] = {}
             try:
                 cur = self._db.cursor()
                 cur.execute("BEGIN")
                 for w in batch:
-                    garbage += self._apply(cur, w, files.get(id(w)))
+                    garbage += self._apply(cur, w, files.get(id(w)), deltas)
                 cur.execute("COMMIT")
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
@@ -140,6 +258,12 @@ class SqliteStorage(Storage):
                 for name in files.values():
                     (self.blob_dir / name).unlink(missing_ok=True)
                 raise StorageError(f"commit to {self.path} failed: {e}") from None
+            for inst, d in deltas.items():  # committed: the totals follow
+                left = self._bytes.get(inst, 0) + d
+                if left:
+                    self._bytes[inst] = left
+                else:
+                    self._bytes.pop(inst, None)
         for name in garbage:
             (self.blob_dir / name).unlink(missing_ok=True)
 
@@ -162,41 +286,60 @@ class SqliteStorage(Storage):
             raise StorageError(f"cannot write a value file in {self.blob_dir}: {e}") from None
         return files
 
-    def _apply(self, cur: sqlite3.Cursor, w: Write, blob_file: str | None) -> list[str]:
-        """Apply one write inside the transaction; returns value files it made garbage."""
+    def _apply(
+        self,
+        cur: sqlite3.Cursor,
+        w: Write,
+        blob_file: str | None,
+        deltas: dict[tuple[str, str], int],
+    ) -> list[str]:
+        """Apply one write inside the transaction; returns value files it made garbage and
+        adds the change of bytes per (group, configuration) to ``deltas``."""
+        inst = (w.group, w.config_id)
         if isinstance(w, Record):
             old = cur.execute(
-                "SELECT blob_file FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?",
+                f"SELECT blob_file, {_SIZE} FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?",
                 (w.ns, w.group, w.config_id, w.key),
             ).fetchone()
+            new_size = len(w.meta) + (len(w.data) if w.data is not None else 0)
+            deltas[inst] = deltas.get(inst, 0) + new_size - (old[1] if old is not None else 0)
             data = None if blob_file is not None else w.data
             blob_len = len(w.data) if blob_file is not None and w.data is not None else None
+            meta = bytes(w.meta)
+            msum = meta_checksum(w.ns, w.group, w.config_id, w.key, meta, blob_file, blob_len)
+            dsum = data_checksum(w.data) if w.data is not None else None
             cur.execute(
-                "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (w.ns, w.group, w.config_id, w.key, w.meta, data, blob_file, blob_len),
+                "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (w.ns, w.group, w.config_id, w.key, meta, data, blob_file, blob_len, msum, dsum),
             )
             return [old[0]] if old is not None and old[0] is not None else []
         where = "ns=? AND grp=? AND cfg=?"
         args: tuple[str, ...] = (w.ns, w.group, w.config_id)
         if w.key is not None:
             where, args = where + " AND key=?", (*args, w.key)
-        files = [
-            r[0]
-            for r in cur.execute(f"SELECT blob_file FROM state WHERE {where}", args)
-            if r[0] is not None
-        ]
+        rows = cur.execute(f"SELECT blob_file, {_SIZE} FROM state WHERE {where}", args).fetchall()
+        deltas[inst] = deltas.get(inst, 0) - sum(r[1] for r in rows)
         cur.execute(f"DELETE FROM state WHERE {where}", args)
-        return files
+        return [r[0] for r in rows if r[0] is not None]
 
     # -- misc --------------------------------------------------------------------------------------
 
+    def probe_writable(self) -> None:
+        """Create, fsync and remove a small file next to the database (``/healthz``)."""
+        probe = self.path.parent / f".healthz-{os.getpid()}-{threading.get_ident()}"
+        try:
+            _write_durably(probe, b"ok")
+        finally:
+            probe.unlink(missing_ok=True)
+
     def stored_bytes(self) -> int:
+        """Bytes of all records (values in value files included): O(configurations)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(LENGTH(meta) + COALESCE(LENGTH(data), 0)"
-                " + COALESCE(blob_len, 0)), 0) FROM state"
-            ).fetchone()
-        return int(row[0])
+            return sum(self._bytes.values())
+
+    def bytes_by_instance(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._bytes)
 
     def close(self) -> None:
         with self._lock:

@@ -61,12 +61,19 @@ class PutData(_Msg, frozen=True, tag="put"):
     key: str
     tag: Tag
     value: Blob
+    digest: bytes = b""
+    """The writer's digest of the whole value (:mod:`aresdsm.integrity`); ABD servers check the
+    value against it before storing anything."""
+    element_digest: bytes = b""
+    """TREAS: the digest of this server's coded element, checked likewise."""
 
 
 class BatchItem(msgspec.Struct, frozen=True, array_like=True):
     key: str
     tag: Tag
     value: Blob
+    digest: bytes = b""
+    element_digest: bytes = b""
 
 
 class PutBatch(_Msg, frozen=True, tag="putb"):
@@ -255,7 +262,31 @@ class GetStats(_Msg, frozen=True, tag="stats"):
     """Ask a server for its counters and storage figures."""
 
 
+class Hello(_Msg, frozen=True, tag="hello"):
+    """The first message on every client connection (the handshake, issue 10): which cluster,
+    server and initial configuration the client means. Answered by :class:`Welcome` or by an
+    ``ErrorReply("refused")`` after which the server closes the connection; nothing else is
+    served before it. Handled by the transport, never by the protocol core."""
+
+    cluster_id: str
+    """"" from a library client that knows no cluster id: then the digest alone is checked."""
+    server_id: str
+    initial_digest: str
+    version: int
+    incarnation: str = ""
+    """The incarnation uid the client's configuration names for this server ("" = any)."""
+
+
 # --- replies -------------------------------------------------------------------------------
+
+
+class Welcome(_Msg, frozen=True, tag="welcome"):
+    """The server's identity, in answer to :class:`Hello`."""
+
+    cluster_id: str
+    server_id: str
+    incarnation: str
+    version: int
 
 
 class Pong(_Msg, frozen=True, tag="pong"):
@@ -273,6 +304,8 @@ class DataReply(_Msg, frozen=True, tag="data"):
     tag: Tag
     value: Blob
     next: NextEntry | None = None
+    digest: bytes = b""
+    """The writer's digest of ``value``; a reader drops a reply that does not match it."""
 
 
 class ListEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -280,6 +313,10 @@ class ListEntry(msgspec.Struct, frozen=True, array_like=True):
 
     tag: Tag
     element: Blob | None
+    digest: bytes = b""
+    """The writer's digest of ``element`` (checked before decoding)."""
+    value_digest: bytes = b""
+    """The writer's digest of the whole value (checked after decoding)."""
 
 
 class ListReply(_Msg, frozen=True, tag="list"):
@@ -330,6 +367,8 @@ class ObjectState(msgspec.Struct, frozen=True, array_like=True):
     value: Blob | None = None
     entries: tuple[ListEntry, ...] = ()
     cvr: CvrOpen | None = None
+    digest: bytes = b""
+    """ABD: the writer's digest of ``value``."""
 
 
 class CvrPromise(_Msg, frozen=True, tag="cprom"):
@@ -389,6 +428,10 @@ class Stats(_Msg, frozen=True, tag="statsr"):
     stored_bytes: int
     bytes_by_config: dict[str, int] = {}
     """"group/config" -> bytes of object state held for it (docs/protocol.md §8.3 measurements)."""
+    damaged: tuple[str, ...] = ()
+    """Objects ("group/config/key"), instances ("group/config") or configurations this server
+    found corrupt on its disk and no longer answers for (at most MAX_DAMAGED_LISTED names)."""
+    damaged_count: int = 0
 
 
 ErrorCode = Literal[
@@ -400,6 +443,10 @@ ErrorCode = Literal[
     "shutting-down",
     "invariant",  # the request would break a protocol invariant; refused, nothing applied
     "unauthorized",  # the connection's role may not send this request (docs/protocol.md §13)
+    "corrupt",  # a value does not match its digest; refused, nothing applied
+    "damaged",  # this server's copy is corrupt on its disk: it does not answer for it
+    "wrong-incarnation",  # the configuration names another incarnation of this server
+    "refused",  # the connection handshake failed (another cluster, server or configuration)
 ]
 
 
@@ -450,7 +497,7 @@ Reply = (
     | Stats
     | ErrorReply
 )
-Message = Request | Reply
+Message = Request | Reply | Hello | Welcome
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
