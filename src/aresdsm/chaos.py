@@ -59,8 +59,7 @@ from .config import DEFAULT_GROUP, ClusterFile, Configuration, load_cluster_file
 from .errors import AresError, ConfigurationError, InvariantViolation, ServerError
 from .faultproxy import ANY, ProxyProcess, Rule
 from .local import LocalCluster
-from .protocol.ops import OpSwitches
-from .testing import broken_switches
+from .testing import Broken, broken_switches
 
 NETWORK_FAULTS = ("partition", "one-way", "reconfigurer-partition", "delay", "drop", "handoff")
 PROCESS_FAULTS = ("kill", "pause", "crash-restart")
@@ -75,11 +74,11 @@ REMOTE_DEFAULT_FAULTS = CLIENT_FAULTS
 
 BROKEN = {
     f.name.removeprefix("broken_").replace("_", "-"): f.name
-    for f in dataclasses.fields(OpSwitches)
+    for f in dataclasses.fields(Broken)
     if f.name.startswith("broken_")
 }
 """Test-only protocol variants (``--broken skip-write-back`` turns on
-``OpSwitches.broken_skip_write_back``) a chaos run should catch; kept out of the help text."""
+``Broken.broken_skip_write_back``) a chaos run should catch; kept out of the help text."""
 
 REMOTE_GROUP = "chaos"
 """The group a burn-in on an operator's cluster reads and writes (never their own data)."""

@@ -52,7 +52,7 @@ from .net.client import ClusterIdentity, TcpChannel, context_without_deadline
 from .net.client import deadline as net_deadline
 from .protocol import ares, coverable, ops
 from .protocol.channel import ConfigurationObsolete, StoreChannel
-from .tags import TAG0, Tag, new_incarnation, tombstone_writer, writer_id
+from .tags import TAG0, TOMBSTONE_MARK, Tag, new_incarnation, tombstone_writer, writer_id
 from .wire.blob import Blob
 from .wire.messages import GetStats, LatestConfig, NextEntry, NextReply, Ping, Pong, Stats
 
@@ -214,6 +214,8 @@ class Store:
         self.client_id = client_id or uuid.uuid4().hex[:12]
         if "\x00" in self.client_id:
             raise ConfigurationError("client_id must not contain NUL characters")
+        if self.client_id.startswith(TOMBSTONE_MARK):
+            raise ConfigurationError("client_id must not start with the tombstone mark")
         self.incarnation = incarnation or new_incarnation()
         """Random per Store: the same client name in two processes never shares a tag (§2); the
         simulator passes a seeded one."""

@@ -40,11 +40,12 @@ class Tag(msgspec.Struct, frozen=True, order=True, array_like=True):
 TAG0 = Tag(0, "")
 """The initial tag, paired with the empty value."""
 
-TOMBSTONE_MARK = "\x00deleted "
+TOMBSTONE_MARK = "\x01deleted "
 """Starts the writer id of a delete. A delete is an ordinary write (same two phases, same
 quorums, a tag like any other: atomic with respect to every read and write) of the empty value
 under a writer id that marks the version as a tombstone; a read that returns it reports the
-object as absent. Client ids cannot contain NUL, so no real writer id starts with the mark."""
+object as absent. A client id may not start with the mark, so no real writer id does. (Not NUL:
+servers refuse writer ids with NUL, which ends a TREAS record key's parts.)"""
 
 
 def tombstone_writer(writer: str) -> str:
