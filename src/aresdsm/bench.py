@@ -8,6 +8,10 @@ so "2 round trips per write" is measured, not assumed. Modes are Ares II (defaul
 reported directly. Before each cluster's cells it measures the transport floor: the round-trip
 time of a no-op Ping to one server; every latency is also printed as a multiple of that floor.
 
+Clusters run mutual TLS 1.3 (docs/security.md) unless ``--insecure``; ``--tls-cost`` runs every
+cell on a TLS cluster and on a plaintext one and reports the ratio of their throughputs
+(:meth:`BenchReport.tls_ratios`): the price of security, measured on the same run.
+
 ``--reconfig-objects M`` adds a reconfiguration benchmark: M objects are written (spread over
 ``--reconfig-groups G`` groups), then the cluster is reconfigured back and forth between two
 disjoint server sets, timing each reconfiguration and counting its rounds and consensus
@@ -64,10 +68,13 @@ class CellResult:
     messages_per_op: float
     floor_rtt_ms: float
     p50_over_floor: float
+    security: str = "tls"
+    """"tls" (mutual TLS 1.3) or "insecure" (plaintext)."""
 
     def line(self) -> str:
         return (
-            f"N={self.servers} {self.mode:<7} {self.dap:<5} C={self.concurrency:<3} {self.kind:<5}"
+            f"N={self.servers} {self.security:<8} {self.mode:<7} {self.dap:<5} "
+            f"C={self.concurrency:<3} {self.kind:<5}"
             f" {self.ops_per_s:8.0f} ops/s  p50 {self.p50_ms:7.3f} ms  p99 {self.p99_ms:7.3f} ms"
             f"  rounds/op {self.rounds_per_op:.2f}  msgs/op {self.messages_per_op:.2f}"
         )
@@ -128,12 +135,39 @@ class BenchReport:
     reconfigs: list[ReconfigResult] = field(default_factory=list)
     relocations: list[RelocationResult] = field(default_factory=list)
 
+    def tls_ratios(self) -> list[tuple[CellResult, CellResult, float]]:
+        """(TLS cell, plaintext cell, TLS ops/s over plaintext ops/s) for every cell measured
+        both ways."""
+        plain = {
+            (c.servers, c.mode, c.dap, c.concurrency, c.kind): c
+            for c in self.cells
+            if c.security == "insecure"
+        }
+        out = []
+        for c in self.cells:
+            p = plain.get((c.servers, c.mode, c.dap, c.concurrency, c.kind))
+            if c.security == "tls" and p is not None and p.ops_per_s:
+                out.append((c, p, c.ops_per_s / p.ops_per_s))
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "machine": self.machine,
             "cells": [asdict(c) for c in self.cells],
             "reconfigs": [asdict(r) for r in self.reconfigs],
             "relocations": [asdict(r) for r in self.relocations],
+            "tls_ratios": [
+                {
+                    "servers": t.servers,
+                    "mode": t.mode,
+                    "concurrency": t.concurrency,
+                    "kind": t.kind,
+                    "tls_ops_per_s": t.ops_per_s,
+                    "insecure_ops_per_s": p.ops_per_s,
+                    "ratio": r,
+                }
+                for t, p, r in self.tls_ratios()
+            ],
         }
 
 
@@ -260,11 +294,13 @@ async def run_bench(
     base_dir: str | Path | None = None,
     trace_file: str | None = None,
     log: Any = print,
+    security: tuple[str, ...] = ("tls",),
 ) -> BenchReport:
+    """``security``: "tls" and/or "insecure"; each cluster size runs once per entry."""
     report = BenchReport(
         machine=machine_info() | {"fast_read": fast_read, "link_delay_ms": link_delay_ms}
     )
-    for n in servers:
+    for n, sec in [(n, sec) for n in servers for sec in security]:
         kk = k if k is not None else max(1, n - 2)
         with tempfile.TemporaryDirectory(prefix="ares-bench-", dir=base_dir) as tmp:
             cluster = LocalCluster.create(
@@ -277,6 +313,7 @@ async def run_bench(
                 delta=delta,
                 timeout_s=10.0,
                 link_delay_ms=link_delay_ms,
+                insecure=sec == "insecure",
             )
             cluster.trace_file = f"{trace_file}.n{n}" if trace_file else None
             await asyncio.to_thread(cluster.start_all)
@@ -293,8 +330,9 @@ async def run_bench(
                     storage=storage,
                     fast_read=fast_read,
                     log=log,
+                    security=sec,
                 )
-                if reconfig_objects:
+                if reconfig_objects and sec == security[0]:
                     for mode in modes or ["ares2"]:
                         result = await _bench_reconfig(
                             cluster,
@@ -367,6 +405,7 @@ async def _bench_cluster(
     storage: str,
     fast_read: bool,
     log: Any,
+    security: str = "tls",
 ) -> None:
     initial = cluster.cluster.initial
     floor = 0.0
@@ -381,7 +420,7 @@ async def _bench_cluster(
         )
         if not floor:
             floor = await measure_floor(store)
-            log(f"N={n}: transport floor (ping RTT p50) {floor * 1e3:.3f} ms")
+            log(f"N={n} {security}: transport floor (ping RTT p50) {floor * 1e3:.3f} ms")
         for c in concurrency:
             for kind in kinds:
                 run = await run_cell(
@@ -401,6 +440,7 @@ async def _bench_cluster(
                     kind=kind,
                     value_bytes=value_bytes,
                     storage=storage,
+                    security=security,
                 )
                 report.cells.append(cell)
                 log(cell.line())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -211,13 +212,13 @@ class Store:
         self.known_servers = tuple(known_servers)
         """Servers to ask for LATEST_CONFIG when the chain leads only to unreachable ones."""
         self.options = options or ClientOptions()
-        if client_id is not None and "\x00" in client_id:
-            raise ConfigurationError("a client id must not contain NUL characters")
         self.client_id = client_id or uuid.uuid4().hex[:12]
         if "\x00" in self.client_id:
             raise ConfigurationError("client_id must not contain NUL characters")
         self.incarnation = incarnation or new_incarnation()
-        """Random per Store: the same client name in two processes never shares a tag (§2); the
+        """Part of every writer id, random per Store: a client restarted under the same
+        ``client_id`` counts its operations from 1 again, and must not reuse a tag of its
+        earlier life with another value (§2, tests/sim/test_reused_client_name.py); the
         simulator passes a seeded one."""
         self.metrics = metrics
         """Counters and histograms (:class:`~aresdsm.metrics.ClientMetrics`); None: off, free."""
@@ -226,16 +227,17 @@ class Store:
                 self.options, hello=ClusterIdentity(cluster_id, initial_digest(configuration))
             )
             tcp.metrics = metrics
+            tcp.faults = switches.faults
             channel = tcp
         self.channel: StoreChannel = channel
         self.recorder = recorder
+        if not self.channel.may_install and switches.write_back_final:
+            # without the admin role a client may not finalize (docs/protocol.md §13): it
+            # writes discovered F entries back as P
+            switches = dataclasses.replace(switches, write_back_final=False)
         self.switches = switches
         self.cseq_cache = Path(cseq_cache) if cseq_cache is not None else None
         self._op_seq = 0
-        self.incarnation = incarnation or uuid.uuid4().hex[:8]
-        """Part of every writer id: a client restarted under the same ``client_id`` counts its
-        operations from 1 again, and must not reuse a tag of its earlier life with another
-        value (tests/sim/test_reused_client_name.py)."""
         self._cseqs: dict[str, ares.Cseq] = {}
         self._hints: dict[str, ares.Cseq] = load_cseq_cache(self.cseq_cache, configuration)
         """Chains from the disk cache: where to ask, and how far the chain had come. Never used

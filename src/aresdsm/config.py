@@ -174,8 +174,20 @@ def validate_configuration(c: Configuration) -> Configuration:
     return c
 
 
+class TlsFiles(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One TLS identity (docs/security.md): the cluster CA that verifies the peer, and this
+    party's certificate chain and private key (PEM files, absolute paths once loaded)."""
+
+    ca: str
+    cert: str
+    key: str
+    admin_key: str | None = None
+    """The admin MAC key (docs/security.md): servers and admins hold it, nobody else."""
+
+
 class ClientOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Client options from the ``[client]`` table of the cluster file."""
+    """Client options from the ``[client]`` table of the cluster file (``tls``: from the
+    ``[tls]`` table)."""
 
     timeout_s: float = 5.0
     """Deadline of one quorum round; an operation fails with OperationTimeout after it."""
@@ -183,6 +195,8 @@ class ClientOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_in_flight: int = 4096
     """Requests in flight per server connection; further requests wait."""
     max_frame_bytes: int = 64 * 1024 * 1024
+    tls: TlsFiles | None = None
+    """Mutual TLS with this identity; None: plaintext (only with ``insecure = true``)."""
     source_host: str | None = None
     """Local address the client's connections leave from (multi-homed hosts; ``ares chaos``
     gives every client a loopback address of its own so its proxy can tell the clients apart)."""
@@ -197,6 +211,12 @@ class ClusterFile(msgspec.Struct, frozen=True):
     name: str = "aresdsm"
     data_dirs: dict[str, str] = {}
     """Server id -> data directory (``ares server`` uses it when --data-dir is not given)."""
+    server_tls: dict[str, TlsFiles] = {}
+    """Server id -> the server's TLS identity (its ``cert`` and ``key``, the ``[tls]`` CA)."""
+    deny_file: str | None = None
+    """Revoked certificates: one serial number (hex) or identity per line (docs/security.md)."""
+    insecure: bool = False
+    """``[cluster] insecure = true``: plaintext, no authentication (explicit opt-in)."""
     server_limits: dict[str, Any] = {}
     """The ``[server]`` table as given (validated): limits every server of the cluster applies
     (:class:`aresdsm.limits.ServerLimits`); ``ares server`` options override them."""
@@ -231,9 +251,17 @@ def _require(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
-def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> ClusterFile:
-    """Validate a cluster file already parsed from TOML."""
-    known = {"cluster", "servers", "initial", "client", "server"}
+def parse_cluster(
+    data: dict[str, Any],
+    *,
+    source: str = "cluster file",
+    base_dir: str | Path | None = None,
+    insecure: bool = False,
+) -> ClusterFile:
+    """Validate a cluster file already parsed from TOML. Relative TLS paths are resolved
+    against ``base_dir`` (the cluster file's directory). A file without a ``[tls]`` table needs
+    ``insecure = true`` in ``[cluster]``, or ``insecure`` here (``--insecure``)."""
+    known = {"cluster", "servers", "initial", "client", "server", "tls"}
     unknown = set(data) - known
     if unknown:
         raise ConfigurationError(
@@ -244,11 +272,12 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
         raise ConfigurationError(f"{source}: needs at least one [[servers]] entry")
     servers: list[ServerInfo] = []
     data_dirs: dict[str, str] = {}
+    server_files: dict[str, tuple[str, str]] = {}
     for i, entry in enumerate(raw_servers):
         where = f"{source}: [[servers]] entry {i + 1}"
         if not isinstance(entry, dict):
             raise ConfigurationError(f"{where}: must be a table")
-        extra = set(entry) - {"id", "address", "data_dir", "uid"}
+        extra = set(entry) - {"id", "address", "data_dir", "uid", "cert", "key"}
         if extra:
             raise ConfigurationError(f"{where}: unknown key(s) {sorted(extra)}")
         sid = _require(entry, "id", str, where)
@@ -263,6 +292,11 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
         servers.append(ServerInfo(sid, address, uid))
         if "data_dir" in entry:
             data_dirs[sid] = str(_require(entry, "data_dir", str, where))
+        if "cert" in entry or "key" in entry:
+            server_files[sid] = (
+                _path(_require(entry, "cert", str, where), base_dir),
+                _path(_require(entry, "key", str, where), base_dir),
+            )
     by_id = {s.id: s for s in servers}
     if len(by_id) != len(servers):
         raise ConfigurationError(f"{source}: duplicate server ids in [[servers]]")
@@ -317,10 +351,13 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
     cluster_table = data.get("cluster", {})
     if not isinstance(cluster_table, dict):
         raise ConfigurationError(f"{source}: [cluster] must be a table")
-    extra = set(cluster_table) - {"name", "id"}
+    extra = set(cluster_table) - {"name", "id", "insecure"}
     if extra:
         raise ConfigurationError(f"{source}: [cluster]: unknown key(s) {sorted(extra)}")
     name = cluster_table.get("name", "aresdsm")
+    file_insecure = cluster_table.get("insecure", False)
+    if not isinstance(file_insecure, bool):
+        raise ConfigurationError(f"{source}: [cluster]: 'insecure' must be true or false")
     cluster_id = (
         _require(cluster_table, "id", str, f"{source}: [cluster]")
         if "id" in (cluster_table)
@@ -330,19 +367,72 @@ def parse_cluster(data: dict[str, Any], *, source: str = "cluster file") -> Clus
         raise ConfigurationError(f"{source}: [cluster]: 'id' is limited to {MAX_ID_BYTES} bytes")
     server_table = data.get("server", {})
     ServerLimits.from_table(server_table, where=f"{source}: [server]")  # validate now
+    tls_table = data.get("tls")
+    server_tls: dict[str, TlsFiles] = {}
+    deny_file: str | None = None
+    if tls_table is not None:
+        where = f"{source}: [tls]"
+        if not isinstance(tls_table, dict):
+            raise ConfigurationError(f"{where} must be a table")
+        extra = set(tls_table) - {"ca", "cert", "key", "deny_file", "admin_key"}
+        if extra:
+            raise ConfigurationError(f"{where}: unknown key(s) {sorted(extra)}")
+        ca = _path(_require(tls_table, "ca", str, where), base_dir)
+        admin_key = (
+            _path(_require(tls_table, "admin_key", str, where), base_dir)
+            if "admin_key" in tls_table
+            else None
+        )
+        client = msgspec.structs.replace(
+            client,
+            tls=TlsFiles(
+                ca,
+                _path(_require(tls_table, "cert", str, where), base_dir),
+                _path(_require(tls_table, "key", str, where), base_dir),
+                admin_key,
+            ),
+        )
+        if "deny_file" in tls_table:
+            deny_file = _path(_require(tls_table, "deny_file", str, where), base_dir)
+        server_tls = {sid: TlsFiles(ca, c, k, admin_key) for sid, (c, k) in server_files.items()}
+        if file_insecure:
+            raise ConfigurationError(
+                f"{source}: [tls] and [cluster] insecure = true exclude each other"
+            )
+    elif server_files:
+        raise ConfigurationError(
+            f"{source}: [[servers]] name certificates but there is no [tls] table"
+        )
+    elif not (file_insecure or insecure):
+        raise ConfigurationError(
+            f"{source}: no [tls] table: the cluster would run without authentication or "
+            "encryption; create certificates (ares cluster start, ares certs) or set "
+            "insecure = true in [cluster] to run plaintext on purpose"
+        )
     return ClusterFile(
         servers=tuple(servers),
         initial=initial,
         client=client,
         name=str(name),
         data_dirs=data_dirs,
+        server_tls=server_tls,
+        deny_file=deny_file,
+        insecure=tls_table is None,
         cluster_id=cluster_id,
         server_limits=dict(server_table),
     )
 
 
-def load_cluster_file(path: str | Path) -> ClusterFile:
-    """Read and validate a TOML cluster file."""
+def _path(value: str, base_dir: str | Path | None) -> str:
+    """A path from the cluster file: relative ones are relative to the file's directory."""
+    p = Path(value).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    return str(p)
+
+
+def load_cluster_file(path: str | Path, *, insecure: bool = False) -> ClusterFile:
+    """Read and validate a TOML cluster file (``insecure``: accept one without ``[tls]``)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -354,7 +444,7 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigurationError(f"cluster file {p} is not valid TOML: {e}") from None
-    return parse_cluster(data, source=str(p))
+    return parse_cluster(data, source=str(p), base_dir=p.resolve().parent, insecure=insecure)
 
 
 def _toml_str(s: str) -> str:
@@ -366,13 +456,31 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
     lines = ["[cluster]", f"name = {_toml_str(cluster.name)}"]
     if cluster.cluster_id:
         lines.append(f"id = {_toml_str(cluster.cluster_id)}")
+    if cluster.insecure:
+        lines.append("insecure = true  # plaintext, no authentication: loopback only")
     lines.append("")
+    tls = cluster.client.tls
+    if tls is not None:
+        lines += [
+            "[tls]  # mutual TLS 1.3 (docs/security.md); cert/key: this client's identity",
+            f"ca = {_toml_str(tls.ca)}",
+            f"cert = {_toml_str(tls.cert)}",
+            f"key = {_toml_str(tls.key)}",
+        ]
+        if cluster.deny_file is not None:
+            lines.append(f"deny_file = {_toml_str(cluster.deny_file)}")
+        if tls.admin_key is not None:
+            lines.append(f"admin_key = {_toml_str(tls.admin_key)}  # admins and servers only")
+        lines.append("")
     for s in cluster.servers:
         lines += ["[[servers]]", f"id = {_toml_str(s.id)}", f"address = {_toml_str(s.address)}"]
         if s.uid:
             lines.append(f"uid = {_toml_str(s.uid)}")
         if s.id in cluster.data_dirs:
             lines.append(f"data_dir = {_toml_str(cluster.data_dirs[s.id])}")
+        if s.id in cluster.server_tls:
+            files = cluster.server_tls[s.id]
+            lines += [f"cert = {_toml_str(files.cert)}", f"key = {_toml_str(files.key)}"]
         lines.append("")
     c = cluster.initial
     lines += [

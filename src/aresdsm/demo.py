@@ -81,6 +81,7 @@ async def run_demo(
     seed: int = 1,
     trace_file: str | None = None,
     log: object = print,
+    insecure: bool = False,
 ) -> DemoResult:
     say = log if callable(log) else print
     tmp = None
@@ -90,21 +91,26 @@ async def run_demo(
     res = DemoResult()
     spares = 2 if reconfigure else 0
     cluster = LocalCluster.create(
-        Path(base_dir) / "cluster", n=servers, spares=spares, timeout_s=2.0
+        Path(base_dir) / "cluster", n=servers, spares=spares, timeout_s=2.0, insecure=insecure
     )
     cluster.trace_file = trace_file
     history_path = Path(base_dir) / "history.jsonl"
     res.history_path = str(history_path)
     try:
-        say(f"starting {servers} server processes and {spares} spares ...")
+        say(
+            f"starting {servers} server processes and {spares} spares "
+            + ("(plaintext, --insecure) ..." if insecure else "(mutual TLS) ...")
+        )
         await asyncio.to_thread(cluster.start_all)
         victim = cluster.cluster.initial.server_ids[-1]
         with open(history_path, "wb") as out:  # noqa: ASYNC230 - small, line-buffered appends
             rec = HistoryRecorder(out)
+            # least privilege (docs/security.md): the workload holds write certificates, only
+            # the reconfigurer an admin one
             stores = [
                 Store(
                     cluster.cluster.initial,
-                    options=cluster.cluster.client,
+                    options=cluster.client_options("write"),
                     recorder=rec,
                     cluster_id=cluster.cluster.cluster_id,
                 )
@@ -123,7 +129,7 @@ async def run_demo(
             ]
             admin = Store(
                 cluster.cluster.initial,
-                options=cluster.cluster.client,
+                options=cluster.client_options("admin"),
                 cluster_id=cluster.cluster.cluster_id,
             )
 

@@ -4,6 +4,10 @@ Each server is a separate ``python -m aresdsm server`` process with its own data
 started the way a user starts one. :class:`LocalCluster` picks free loopback ports, writes the
 cluster file, starts the processes, waits until each has written its ready file, and can
 SIGKILL and restart a server (same port, same data directory) to exercise recovery.
+
+Secure by default (docs/security.md): a new cluster gets a CA in ``<dir>/certs``, a certificate
+per server, and client certificates for the roles ``admin`` (the one the cluster file names),
+``write`` and ``read`` (:meth:`LocalCluster.client_options`); ``insecure=True`` runs plaintext.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .config import (
     ClusterFile,
     Configuration,
     ServerInfo,
+    TlsFiles,
     dump_cluster_file,
     load_cluster_file,
     validate_configuration,
@@ -37,6 +42,9 @@ from .identity import create_identity, new_cluster_id
 READY_TIMEOUT_S = 20.0
 STATE_FILE = "cluster.json"
 CLUSTER_FILE = "cluster.toml"
+CERTS_DIR = "certs"
+CLIENT_ROLES = ("admin", "write", "read")
+"""Client certificates a new local cluster gets, one per role, named after the role."""
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -90,6 +98,7 @@ class LocalCluster:
         host: str = "127.0.0.1",
         timeout_s: float = 5.0,
         link_delay_ms: float = 0.0,
+        insecure: bool = False,
         proxied: bool = False,
         server_limits: dict[str, Any] | None = None,
         metrics: bool = False,
@@ -115,6 +124,11 @@ class LocalCluster:
         initial = validate_configuration(
             Configuration("c0", servers[:n], dap=dap, k=k, delta=delta)  # type: ignore[arg-type]
         )
+        client = ClientOptions(timeout_s=timeout_s)
+        server_tls: dict[str, TlsFiles] = {}
+        deny_file: str | None = None
+        if not insecure:
+            client, server_tls, deny_file = _make_certs(base / CERTS_DIR, servers, client)
         if storage == "sqlite":
             # every server's data directory is created here, once: its incarnation uid goes
             # into the cluster file, so a server re-created later is refused (issue 10)
@@ -131,9 +145,12 @@ class LocalCluster:
         cf = ClusterFile(
             servers=servers,
             initial=initial,
-            client=ClientOptions(timeout_s=timeout_s),
+            client=client,
             name="local",
             data_dirs={s.id: str(base / s.id) for s in servers},
+            server_tls=server_tls,
+            deny_file=deny_file,
+            insecure=insecure,
             cluster_id=cluster_id,
             server_limits=dict(server_limits or {}),
         )
@@ -164,6 +181,23 @@ class LocalCluster:
             storage = saved.get("storage", "sqlite")
             metrics = saved.get("metrics", {})
         return cls(base, cf, storage=storage, metrics=metrics)
+
+    def client_options(self, role: str = "admin") -> ClientOptions:
+        """The cluster file's client options with the identity of the ``role`` client
+        certificate (plaintext clusters: unchanged)."""
+        tls = self.cluster.client.tls
+        if tls is None:
+            return self.cluster.client
+        certs = Path(tls.cert).parent
+        return msgspec.structs.replace(
+            self.cluster.client,
+            tls=TlsFiles(
+                tls.ca,
+                str(certs / f"client-{role}.pem"),
+                str(certs / f"client-{role}.key"),
+                tls.admin_key if role == "admin" else None,  # (admins and servers only)
+            ),
+        )
 
     def data_dir(self, server_id: str) -> Path:
         return Path(self.cluster.data_dirs.get(server_id, str(self.base_dir / server_id)))
@@ -309,6 +343,31 @@ class LocalCluster:
 
     def running(self) -> dict[str, int]:
         return self._pids() | {sid: p.pid for sid, p in self.procs.items() if p.poll() is None}
+
+
+def _make_certs(
+    certs: Path, servers: tuple[ServerInfo, ...], client: ClientOptions
+) -> tuple[ClientOptions, dict[str, TlsFiles], str]:
+    """A CA, one certificate per server and one client certificate per role in ``certs``."""
+    from .security import certs as issue
+
+    ca = issue.create_ca(certs, "aresdsm local")
+    mac_key = str(certs / issue.ADMIN_MAC_KEY)
+    server_tls: dict[str, TlsFiles] = {}
+    for s in servers:
+        host, _ = s.host_port()
+        got = issue.issue_server(certs, s.id, hosts=(host,))
+        server_tls[s.id] = TlsFiles(str(ca.cert), str(got.cert), str(got.key), mac_key)
+    for role in CLIENT_ROLES:
+        issue.issue_client(certs, role, role)
+    admin = TlsFiles(
+        str(ca.cert), str(certs / "client-admin.pem"), str(certs / "client-admin.key"), mac_key
+    )
+    deny = certs / "denied.txt"
+    deny.write_text(
+        "# revoked certificates: one serial (hex) or client name / server id per line\n"
+    )
+    return msgspec.structs.replace(client, tls=admin), server_tls, str(deny)
 
 
 def _alive(pid: int) -> bool:

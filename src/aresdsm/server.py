@@ -24,27 +24,49 @@ require it.)
 Flow control: a connection stops being read while ``max_in_flight`` of its requests wait for a
 commit or while its replies are not being read (the transport's write buffer is above its
 high-water mark), so neither grows without bound.
+
+Security (docs/protocol.md §13, docs/security.md) lives here, in the shell, not in the core:
+with a TLS context every connection is mutual TLS 1.3 (a client without a certificate the
+cluster CA signed never gets past the handshake); the client certificate's role decides, per
+request, whether it is handed to the core (:func:`~aresdsm.security.roles.required_role`) or
+answered ``unauthorized`` (logged once per connection); certificates on the deny list are
+refused, and their open connections closed when the list changes; admin operations are written
+to the audit log. Without TLS (``--insecure``) every request is allowed, and only loopback
+clients are accepted unless ``allow_remote_plaintext`` (Redis's protected mode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import os
 import signal
+import ssl
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import tracing
-from .config import Configuration
+from .config import Configuration, TlsFiles
 from .errors import ConfigurationError, FrameError
 from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new_uid, open_data_dir
 from .limits import ServerLimits
 from .protocol.server_core import ServerCore
+from .security.audit import AuditLog
+from .security.macs import load_key
+from .security.roles import is_admin_operation, refusal
+from .security.tls import (
+    HANDSHAKE_TIMEOUT_S,
+    DenyList,
+    PeerIdentity,
+    peer_identity,
+    role_level,
+    server_context,
+)
 from .serverlog import BadInputLog, state_events
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
@@ -69,6 +91,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("aresdsm.server")
 
 _REQUEST_TYPES: tuple[type, ...] = Request.__args__
+ADMIN_LEVEL = role_level("admin")
+DENY_CHECK_INTERVAL_S = 1.0
+"""How often a server looks at its deny list for connections to close."""
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+def is_loopback(peer: Any) -> bool:
+    """Whether a peer address (``peername``) is on the loopback network (IPv4-mapped too)."""
+    if not isinstance(peer, tuple) or not peer:
+        return isinstance(peer, str)  # a Unix socket path: local by construction
+    try:
+        ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 _DATA_WRITES = (PutData, PutBatch)
 """Requests whose writes are object state only (no reconfiguration step to log)."""
 
@@ -112,17 +159,53 @@ class _Conn(asyncio.Protocol):
         self.last_active = 0.0
         self.admitted = False
         self._handling = False
+        self.identity: PeerIdentity | None = None
+        """The client certificate's identity (None: plaintext)."""
+        self.level = 0
+        """The connection's role level (:func:`~aresdsm.security.tls.role_level`)."""
+        self.peer_text = "?"
+        """``ip:port``, for the log and the audit log."""
+        self.refusal_logged = False
+        self.tls_out: list[Any] = []
+        """TLS: reply buffers written in this loop iteration, sent as one write (flush_tls)."""
+        self.tls_flush_scheduled = False
         self.greeted = server.identity is None
         """The handshake succeeded (or this server has no identity to check)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        srv = self.server
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
-        limit = self.server.limits.max_conn_reply_bytes
+        self.peer_text = _peer_text(peer)
+        if srv.tls is not None:
+            self.identity = peer_identity(transport)
+            if self.identity is None:  # (CERT_REQUIRED: the handshake already refused it)
+                srv.bump("refused-no-certificate")
+                self.transport.abort()
+                return
+            if srv.deny.denies(self.identity):
+                srv.bump("refused-denied")
+                srv.refusals.warning(
+                    f"refused {self.identity.describe()} from {self.peer_text}: on the deny list"
+                )
+                self.transport.abort()
+                return
+            self.level = role_level(self.identity.role)
+        else:
+            if not srv.allow_remote_plaintext and not is_loopback(peer):
+                srv.bump("refused-remote-plaintext")
+                srv.refusals.warning(
+                    f"refused a plaintext connection from {self.peer_text} (protected mode: an "
+                    "insecure server accepts loopback clients only)"
+                )
+                self.transport.abort()
+                return
+            self.level = ADMIN_LEVEL  # plaintext: no authentication, nothing to check
+        limit = srv.limits.max_conn_reply_bytes
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
-        self.server.admit(self)
+        srv.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.forget(self)
@@ -234,9 +317,23 @@ class _Conn(asyncio.Protocol):
     def write(self, bufs: list[bytes | memoryview]) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.writelines(bufs)
         if not self.writing_paused:  # replies move: the connection is active
             self.server.touch(self)
+        if self.server.tls is None:
+            self.transport.writelines(bufs)
+            return
+        # TLS: every write is at least one encrypted record; the replies of one loop iteration
+        # (a group commit answers many at once) go out together, in as few records as fit
+        self.tls_out.extend(bufs)
+        if not self.tls_flush_scheduled:
+            self.tls_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush_tls)
+
+    def flush_tls(self) -> None:
+        self.tls_flush_scheduled = False
+        out, self.tls_out = self.tls_out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
 
     def update_reading(self) -> None:
         """Pause or resume handling and reading to match every limit (the only place that
@@ -289,11 +386,28 @@ class Server:
         port: int,
         storage: Storage,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        tls: ssl.SSLContext | None = None,
+        deny: DenyList | None = None,
+        audit: AuditLog | None = None,
+        allow_remote_plaintext: bool = False,
+        broken_skip_authorization: bool = False,
+        admin_key: bytes | None = None,
         max_in_flight: int | None = None,
         limits: ServerLimits | None = None,
         identity: Identity | None = None,
     ) -> None:
         self.server_id = server_id
+        self.admin_key = admin_key
+        """The cluster's admin MAC key: P entries written back by non-admins must carry its MAC."""
+        self.broken_skip_authorization = broken_skip_authorization
+        """Test-only: every connection may send everything (the attacks of issue 13 succeed)."""
+        self.tls = tls
+        """Mutual TLS (a server context that requires client certificates); None: plaintext."""
+        self.deny = deny or DenyList(None)
+        self.audit = audit
+        self.allow_remote_plaintext = allow_remote_plaintext
+        """Plaintext only: accept clients that are not on the loopback network."""
+        self._deny_task: asyncio.Task[None] | None = None
         self.identity = identity
         self.host = host
         self.port = port
@@ -374,6 +488,48 @@ class Server:
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
 
+    def _unauthorized(self, conn: _Conn, rid: int, body: Request, need: str) -> None:
+        """``unauthorized``: the connection's role is below what ``body`` needs (§13)."""
+        self.bump("unauthorized")
+        who = conn.identity.describe() if conn.identity is not None else "plaintext client"
+        if not conn.refusal_logged:  # once per connection: a client cannot flood the log
+            conn.refusal_logged = True
+            log.warning(
+                "unauthorized: %s from %s sent %s, which needs role %s (further refusals on "
+                "this connection are counted, not logged)",
+                who,
+                conn.peer,
+                type(body).__name__,
+                need,
+            )
+            if self.audit is not None:
+                self.audit.record(who=who, peer=conn.peer_text, req=body, outcome="unauthorized")
+        have = conn.identity.role if conn.identity is not None else None
+        conn.send(
+            rid,
+            ErrorReply(
+                "unauthorized",
+                f"{type(body).__name__} needs role {need}; this client's role is {have or 'none'}",
+            ),
+        )
+
+    async def _watch_deny_list(self) -> None:
+        """Close the open connections of certificates added to the deny list (no restart)."""
+        seen = self.deny.entries()
+        while True:
+            await asyncio.sleep(DENY_CHECK_INTERVAL_S)
+            now = self.deny.entries()
+            if now == seen:
+                continue
+            seen = now
+            for c in list(self.connections):
+                if c.identity is not None and self.deny.denies(c.identity) and c.transport:
+                    log.warning(
+                        "closing the connection of %s: now on the deny list", c.identity.describe()
+                    )
+                    self.bump("closed-denied")
+                    c.transport.abort()
+
     async def bootstrap(self, initial: Configuration) -> None:
         """Know the initial configuration (persisted, so a restart does not need it again)."""
         writes = self.core.install_config(initial)
@@ -387,7 +543,13 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         try:
-            self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port)
+            self._server = await loop.create_server(
+                lambda: _Conn(self),
+                self.host,
+                self.port,
+                ssl=self.tls,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self.tls is not None else None,
+            )
         except OSError as e:  # port in use, unresolvable host, ...: one line, not a traceback
             host = f"[{self.host}]" if ":" in self.host else self.host
             raise ConfigurationError(
@@ -395,11 +557,14 @@ class Server:
             ) from None
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        if self.deny.path is not None:
+            self._deny_task = loop.create_task(self._watch_deny_list())
         log.info(
-            "server %s listening on %s:%d (%s, max %d connections, %d per address)",
+            "server %s listening on %s:%d, %s (%s, max %d connections, %d per address)",
             self.server_id,
             self.host,
             self.port,
+            "mutual TLS" if self.tls is not None else "PLAINTEXT (insecure)",
             type(loop).__module__.split(".")[0],
             self.limits.max_connections,
             self.limits.max_connections_per_address,
@@ -407,12 +572,20 @@ class Server:
         self._schedule_sweep()
 
     def handle(self, conn: _Conn, env: Envelope) -> None:
-        body = env.body
-        if not isinstance(body, _REQUEST_TYPES):
+        if not isinstance(env.body, _REQUEST_TYPES):
             self.bump("bad-requests")
-            conn.send(env.rid, ErrorReply("bad-request", f"{type(body).__name__} is not a request"))
+            conn.send(
+                env.rid, ErrorReply("bad-request", f"{type(env.body).__name__} is not a request")
+            )
+            return
+        body = cast(Request, env.body)
+        need = refusal(body, self.core, conn.level, self.admin_key)
+        if need is not None and not self.broken_skip_authorization:
+            self._unauthorized(conn, env.rid, body, need)
             return
         if isinstance(body, GetStats):  # O(1): running totals of the core, no storage scan
+            if self.audit is not None:
+                self._audit(conn, body, "Stats")
             conn.send(env.rid, self.core.stats())
             return
         if self.fatal is not None or self.storage.failed is not None:
@@ -432,7 +605,7 @@ class Server:
             collected, before = len(self.core.collected), self.core.nextc.get(inst)
         span = tracing.start_server_span(body, env.trace, self.server_id)
         try:
-            reply, writes = self.core.handle(body)  # type: ignore[arg-type]
+            reply, writes = self.core.handle(body)
         except Exception as exc:
             # The core answers every bad request with an error reply, so an exception is a bug
             # (an InvariantViolation or worse). It may have changed the in-memory state without
@@ -443,6 +616,8 @@ class Server:
             return
         if m is not None and isinstance(body, WriteConfig):
             m.state_changed(collected, before, self.core.nextc.get(inst))
+        if self.audit is not None and is_admin_operation(body):
+            self._audit(conn, body, _outcome(reply))
         if writes:
             self.storage.submit(writes)
             if not isinstance(body, _DATA_WRITES) and log.isEnabledFor(logging.INFO):
@@ -483,6 +658,11 @@ class Server:
                 tracing.end_server_span(span, reply)
 
         barrier.add_done_callback(durable)
+
+    def _audit(self, conn: _Conn, body: Request, outcome: str) -> None:
+        assert self.audit is not None
+        who = conn.identity.describe() if conn.identity is not None else "plaintext client"
+        self.audit.record(who=who, peer=conn.peer_text, req=body, outcome=outcome)
 
     # -- connection limits (aresdsm.limits) -----------------------------------------------------
 
@@ -638,6 +818,9 @@ class Server:
             asyncio.get_running_loop().create_task(self.stop())
 
     async def stop(self) -> None:
+        if self._deny_task is not None:
+            self._deny_task.cancel()
+            self._deny_task = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -653,12 +836,21 @@ class Server:
                 await self._server.wait_closed()
             self._server = None
         self.storage.close()
+        if self.audit is not None:
+            self.audit.close()
         if self._stopped is not None:
             self._stopped.set()
 
     async def wait_closed(self) -> None:
         assert self._stopped is not None
         await self._stopped.wait()
+
+
+def _outcome(reply: Any) -> str:
+    """How the audit log names a reply: its type, or the error code."""
+    if isinstance(reply, ErrorReply):
+        return f"error {reply.code}"
+    return type(reply).__name__
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -727,17 +919,24 @@ async def run_server(
     storage_kind: str = "sqlite",
     initial: Configuration | None = None,
     ready_file: str | Path | None = None,
+    tls: TlsFiles | None = None,
+    deny_file: str | Path | None = None,
+    audit_log: str | Path | None = None,
+    allow_remote_plaintext: bool = False,
     limits: ServerLimits | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     identity: Identity | None = None,
     metrics_address: tuple[str, int] | None = None,
 ) -> int:
-    """Run a server until SIGTERM/SIGINT; returns the process exit code.
+    """Run a server until SIGTERM/SIGINT; returns the process exit code. ``tls``: this server's
+    identity (mutual TLS); None runs plaintext (the caller asked for --insecure). The audit log
+    goes to ``audit_log``, default ``<data_dir>/audit.log``.
 
     ``metrics_address``: (host, port) of the HTTP endpoint serving ``/metrics``, ``/healthz``
     and ``/readyz`` (:mod:`aresdsm.metrics`); None: no endpoint."""
     from .metrics import MetricsHttp
 
+    context = server_context(tls) if tls is not None else None
     log.info("server %s starting (pid %d, data directory %s)", server_id, os.getpid(), data_dir)
     storage = open_storage(storage_kind, data_dir)
     try:
@@ -746,6 +945,11 @@ async def run_server(
             host=host,
             port=port,
             storage=storage,
+            tls=context,
+            deny=DenyList(deny_file),
+            admin_key=load_key(tls.admin_key) if tls is not None and tls.admin_key else None,
+            audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
+            allow_remote_plaintext=allow_remote_plaintext,
             limits=limits,
             max_frame_bytes=max_frame_bytes,
             identity=identity,

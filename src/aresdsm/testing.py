@@ -77,6 +77,9 @@ class Broken:
     broken_writer_ids_without_incarnation: bool = False
     """A Store's writer ids are ``name.op`` without the random incarnation, so two processes
     using one client name write under one tag (tests/sim/test_reused_client_name.py)."""
+    broken_skip_server_id_check: bool = False
+    """TLS connections do not check the server id in the server's certificate against the one
+    the configuration names (tests/integration/test_security.py)."""
 
     def __repr__(self) -> str:  # only the faults that are on (none: "Broken()")
         on = [f"{f.name}=True" for f in dataclasses.fields(self) if getattr(self, f.name)]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 SERVERS = """
+[cluster]
+insecure = true
 [[servers]]
 id = "s1"
 address = "127.0.0.1:{port}"

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from aresdsm.client import Store, connect
-from aresdsm.config import ClusterFile, Configuration, dump_cluster_file
+from aresdsm.config import Configuration, dump_cluster_file
 from aresdsm.errors import AresError, OperationError
 from aresdsm.identity import new_cluster_id
 from aresdsm.local import LocalCluster
@@ -95,7 +95,9 @@ def test_a_wiped_server_never_comes_back_under_its_old_id(tmp_path: Path) -> Non
             # the new incarnation itself refuses the configuration that names the old one (a
             # client whose configuration names no uids passes the handshake)
             bare = tuple(msgspec.structs.replace(s, uid="") for s in lc.cluster.initial.servers)
-            async with Store(msgspec.structs.replace(lc.cluster.initial, servers=bare)) as raw:
+            async with Store(
+                msgspec.structs.replace(lc.cluster.initial, servers=bare), options=lc.cluster.client
+            ) as raw:
                 with pytest.raises(OperationError):
                     await raw.read("k")
             stats = await _stats(lc, "s1")
@@ -117,8 +119,13 @@ def test_a_foreign_cluster_file_is_refused_and_changes_nothing(tmp_path: Path) -
         assert _ares("put", "k", "v1", "--cluster", ours).returncode == 0
         bare = tuple(msgspec.structs.replace(s, uid="") for s in lc.cluster.servers)
         treas = Configuration("c0", bare, dap="treas", k=2, delta=1)
-        foreign = ClusterFile(
-            servers=bare, initial=treas, name="other", cluster_id=new_cluster_id()
+        foreign = msgspec.structs.replace(  # (the same certificates: TLS passes, Hello not)
+            lc.cluster,
+            servers=bare,
+            initial=treas,
+            name="other",
+            cluster_id=new_cluster_id(),
+            data_dirs={},
         )
         edited = msgspec.structs.replace(foreign, cluster_id=lc.cluster.cluster_id)
         for cf, why in ((foreign, "names cluster"), (edited, "another initial configuration")):

@@ -57,7 +57,9 @@ def _run(lc: LocalCluster, history: Path) -> None:
         with open(history, "wb") as out:  # noqa: ASYNC230
             rec = HistoryRecorder(out)
             stores = [
-                Store(lc.cluster.initial, options=lc.cluster.client, recorder=rec) for _ in range(4)
+                # least privilege: the workload holds write certificates, the reconfigurer admin
+                Store(lc.cluster.initial, options=lc.client_options("write"), recorder=rec)
+                for _ in range(4)
             ]
             stop = asyncio.Event()
             tasks = [asyncio.create_task(_worker(s, keys, stop, i)) for i, s in enumerate(stores)]

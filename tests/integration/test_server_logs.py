@@ -28,7 +28,7 @@ async def test_reconfiguration_steps_are_logged_at_the_default_level() -> None:
         lc.start_all()
         try:
             servers = {s.id: s for s in lc.cluster.servers}
-            async with Store(lc.cluster.initial) as store:
+            async with Store(lc.cluster.initial, options=lc.cluster.client) as store:
                 await store.write("k", b"v")
                 target = Configuration("c1", (servers["s1"], servers["s2"], servers["s4"]))
                 await store.reconfigure(target)

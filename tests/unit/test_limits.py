@@ -66,6 +66,7 @@ def test_server_table_of_the_cluster_file_round_trips(tmp_path: Path) -> None:
         servers=(ServerInfo("s1", "127.0.0.1:1"),),
         initial=Configuration("c0", (ServerInfo("s1", "127.0.0.1:1"),)),
         server_limits={"max_connections": 100, "frame_timeout_s": 5.0},
+        insecure=True,
     )
     path = tmp_path / "cluster.toml"
     path.write_text(dump_cluster_file(cf))

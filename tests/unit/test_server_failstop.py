@@ -45,6 +45,9 @@ class _Conn:
         self.reply_bytes = 0
         self.paused = False
         self.transport = None
+        self.level = 3  # a plaintext (insecure) connection: every request allowed
+        self.identity = None
+        self.peer = "test"
 
     def send(self, rid: int, reply: Any) -> None:
         self.sent.append((rid, reply))

@@ -12,7 +12,11 @@ from aresdsm.errors import AresError, ConfigurationError
 from aresdsm.net.client import TcpChannel
 from aresdsm.wire.messages import Ping
 
-BASE = {"servers": [{"id": "s1", "address": "127.0.0.1:7001"}], "initial": {"servers": ["s1"]}}
+BASE = {
+    "cluster": {"insecure": True},  # (plaintext: this test is about addresses, not TLS)
+    "servers": [{"id": "s1", "address": "127.0.0.1:7001"}],
+    "initial": {"servers": ["s1"]},
+}
 
 
 def test_parsed_validated_and_dumped() -> None:

@@ -88,6 +88,7 @@ def test_parse_address() -> None:
 
 def _cluster_dict() -> dict[str, object]:
     return {
+        "cluster": {"insecure": True},
         "servers": [{"id": f"s{i}", "address": f"127.0.0.1:{7000 + i}"} for i in range(3)],
         "initial": {"id": "c0", "dap": "abd", "servers": ["s0", "s1", "s2"]},
         "client": {"timeout_s": 3},

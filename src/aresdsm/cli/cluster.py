@@ -31,17 +31,30 @@ def cluster() -> None:
     "--storage", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True
 )
 @click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext: no certificates, no authentication (loopback clients only).",
+)
+@click.option(
     "--metrics",
     is_flag=True,
     help="Give every server a Prometheus /metrics, /healthz and /readyz endpoint.",
 )
-def cluster_start(n: int, spares: int, base_dir: str, storage: str, metrics: bool) -> None:
-    """Start a local cluster in the background and write DIR/cluster.toml."""
+def cluster_start(
+    n: int, spares: int, base_dir: str, storage: str, insecure: bool, metrics: bool
+) -> None:
+    """Start a local cluster in the background and write DIR/cluster.toml.
+
+    Secure by default: a cluster CA, a certificate per server and client certificates for the
+    roles admin, write and read are created in DIR/certs; the cluster file uses the admin one
+    (see ares certs)."""
     from ..local import LocalCluster
 
     if n < 1 or spares < 0:
         raise click.BadParameter("need at least one server and no negative spares")
-    lc = LocalCluster.create(base_dir, n=n, spares=spares, storage=storage, metrics=metrics)
+    lc = LocalCluster.create(
+        base_dir, n=n, spares=spares, storage=storage, insecure=insecure, metrics=metrics
+    )
     lc.start_all(detach=True)
     console.print(f"started {n + spares} servers; cluster file: [bold]{lc.cluster_path}[/]")
     for s in lc.cluster.servers:
@@ -49,6 +62,14 @@ def cluster_start(n: int, spares: int, base_dir: str, storage: str, metrics: boo
         console.print(f"  {s.id}  {s.address}  ({member})  data: {lc.data_dir(s.id)}")
         if s.id in lc.metrics:
             console.print(f"      metrics: http://{lc.metrics[s.id]}/metrics")
+    tls = lc.cluster.client.tls
+    if tls is None:
+        console.print("[yellow]plaintext (--insecure):[/] no encryption, no authentication")
+    else:
+        console.print(
+            f"mutual TLS: CA {tls.ca}; this cluster file uses the [bold]admin[/] client "
+            "certificate (write and read ones are next to it; ares certs issues more)"
+        )
     console.print(f"try:  ares put hello world --cluster {lc.cluster_path}")
 
 

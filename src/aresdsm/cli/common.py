@@ -92,7 +92,7 @@ class AresGroup(click.Group):
         try:
             return super().invoke(ctx)
         except AresError as e:  # (escaped: messages name TOML tables like [client])
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             sys.exit(1)
 
 

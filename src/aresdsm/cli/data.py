@@ -177,7 +177,9 @@ def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> No
         if s.id in gone:  # left every configuration still in use: not part of the cluster
             continue
         member = "yes" if last.has_member(s.id) else ""
-        if isinstance(st, str):
+        if isinstance(st, str) and "unauthorized" in st:  # up, but stats are for admins (§13)
+            servers.add_row(s.id, s.address, "[yellow]unauthorized[/]", member, "", "", "", "")
+        elif isinstance(st, str):
             state = "refused" if "refused the connection" in st else "down"
             servers.add_row(s.id, s.address, f"[red]{state}[/]", member, "", "", "", "")
             if state == "refused":
@@ -198,6 +200,8 @@ def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> No
             )
             damaged += [f"{s.id}: damaged on disk, not answered for: {d}" for d in st.damaged]
     console.print(servers)
+    if any(isinstance(st, str) and "unauthorized" in st for st in stats):
+        console.print("[yellow]unauthorized:[/] server statistics need the admin role")
     for line in damaged:
         console.print(f"[yellow]{escape(line)}[/]")
     for r in reasons:  # whole, one line each, whatever the terminal's width
@@ -213,7 +217,7 @@ def status(show_storage: bool, timeout_s: float | None, cluster_path: str) -> No
     live = sum(
         1
         for s, st in zip(servers_known, stats, strict=True)
-        if last.has_member(s.id) and not isinstance(st, str)
+        if last.has_member(s.id) and (not isinstance(st, str) or "unauthorized" in st)
     )
     if live < last.quorum_size:
         err_console.print(

@@ -78,6 +78,23 @@ from .common import cluster_option, console, err_console, log_options, main
     type=click.IntRange(1),
     help="Replies held per connection before reading pauses. Default: 8 MiB.",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Run plaintext when the cluster file has no [tls] table: no encryption, no "
+    "authentication, every client may do everything. Loopback clients only, unless "
+    "--allow-remote-plaintext.",
+)
+@click.option(
+    "--allow-remote-plaintext",
+    is_flag=True,
+    help="With --insecure: also accept clients that are not on the loopback network.",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False),
+    help="Where admin operations are logged (default: DATA_DIR/audit.log).",
+)
 def server(
     server_id: str,
     cluster_path: str,
@@ -90,12 +107,15 @@ def server(
     otlp_endpoint: str | None,
     trace_file: str | None,
     trace_sample: float | None,
+    insecure: bool,
+    allow_remote_plaintext: bool,
+    audit_log: str | None,
     log_level: str | None,
     log_format: str | None,
     max_frame_bytes: int | None,
     **limit_options: Any,
 ) -> None:
-    """Run one server until SIGTERM.
+    """Run one server until SIGTERM (mutual TLS with the [tls] identity of the cluster file).
 
     Limits come from the [server] table of the cluster file; the options here override it
     (docs/operations.md lists every limit and its default)."""
@@ -106,10 +126,23 @@ def server(
     parent = click.get_current_context().obj or {}
     level = log_level or parent.get("log_level") or "info"
     serverlog.configure(level, log_format or parent.get("log_format") or "text")
-    cf = load_cluster_file(cluster_path)
+    cf = load_cluster_file(cluster_path, insecure=insecure)
     limits = ServerLimits.from_table(cf.server_limits, where=f"{cluster_path}: [server]")
     limits = limits.replace(**limit_options)
     me = cf.server(server_id)
+    tls = cf.server_tls.get(server_id)
+    if tls is None and not cf.insecure:
+        raise click.UsageError(
+            f"the cluster file has a [tls] table but no cert/key for server {server_id!r} "
+            "(ares certs server)"
+        )
+    if tls is None:
+        err_console.print(
+            "[yellow]warning:[/] plaintext (insecure): no encryption, no authentication"
+            + ("" if allow_remote_plaintext else "; loopback clients only")
+        )
+    elif allow_remote_plaintext:
+        raise click.UsageError("--allow-remote-plaintext applies to --insecure servers only")
     host, port = parse_address(listen or me.address)
     metrics = parse_address(metrics_address) if metrics_address else None
     ddir = data_dir or cf.data_dirs.get(server_id)
@@ -143,6 +176,10 @@ def server(
                 storage_kind=storage,
                 initial=cf.initial,
                 ready_file=ready_file,
+                tls=tls,
+                deny_file=cf.deny_file,
+                audit_log=audit_log,
+                allow_remote_plaintext=allow_remote_plaintext,
                 identity=identity,
                 limits=limits,
                 max_frame_bytes=max_frame_bytes or cf.client.max_frame_bytes,

@@ -23,6 +23,7 @@ from .common import _tracing_for, console, main, trace_options
 @click.option(
     "--keep", type=click.Path(file_okay=False), help="Keep cluster data and history here."
 )
+@click.option("--insecure", is_flag=True, help="Plaintext cluster (default: mutual TLS).")
 @trace_options
 def demo(
     servers: int,
@@ -31,6 +32,7 @@ def demo(
     no_crash: bool,
     no_reconfig: bool,
     keep: str | None,
+    insecure: bool,
     trace_file: str | None,
     otlp_endpoint: str | None,
     trace_sample: float | None,
@@ -52,6 +54,7 @@ def demo(
                 base_dir=keep,
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=lambda m: console.print(f"[dim]{m}[/]"),
+                insecure=insecure,
             )
         )
     lat = sorted(res.latencies_s)
@@ -142,6 +145,12 @@ def check(history: str, max_steps: int) -> None:
     show_default=True,
     help="One-way delay added between the client and every server (a relay process).",
 )
+@click.option("--insecure", is_flag=True, help="Plaintext clusters (default: mutual TLS).")
+@click.option(
+    "--tls-cost",
+    is_flag=True,
+    help="Run every cell with TLS and with --insecure; print the throughput ratio.",
+)
 @click.option(
     "--file-mb",
     type=click.FloatRange(min=0, min_open=True),
@@ -192,6 +201,8 @@ def bench(
     link_delay_ms: float,
     file_mb: float | None,
     file_avg_kib: int,
+    insecure: bool,
+    tls_cost: bool,
     json_out: str,
     attack: bool,
     idle_conns: int,
@@ -251,6 +262,9 @@ def bench(
                 Path(json_out).parent.mkdir(parents=True, exist_ok=True)
                 Path(json_out).write_text(json.dumps(dataclasses.asdict(result), indent=1))
         return
+    if insecure and tls_cost:
+        raise click.UsageError("--tls-cost already runs both; drop --insecure")
+    security = ("tls", "insecure") if tls_cost else ("insecure",) if insecure else ("tls",)
     with _tracing_for(trace_file, otlp_endpoint, trace_sample):
         report = runtime.run(
             run_bench(
@@ -273,14 +287,18 @@ def bench(
                 link_delay_ms=link_delay_ms,
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=console.print,
+                security=security,
             )
         )
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
-    table = Table("N", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs")
+    table = Table(
+        "N", "security", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs"
+    )
     for c in report.cells:
         table.add_row(
             str(c.servers),
+            c.security,
             c.mode,
             c.dap,
             str(c.concurrency),
@@ -292,6 +310,20 @@ def bench(
             f"{c.messages_per_op:.2f}",
         )
     console.print(table)
+    ratios = report.tls_ratios()
+    if ratios:
+        cost = Table("N", "mode", "C", "op", "TLS ops/s", "plaintext ops/s", "TLS / plaintext")
+        for t, p, r in ratios:
+            cost.add_row(
+                str(t.servers),
+                t.mode,
+                str(t.concurrency),
+                t.kind,
+                f"{t.ops_per_s:.0f}",
+                f"{p.ops_per_s:.0f}",
+                f"{r:.2f}",
+            )
+        console.print(cost)
     console.print(f"machine: {report.machine}; saved {json_out}")
 
 

@@ -22,6 +22,13 @@ same address gets a connection that checks it.
 A server's replies are trusted only as far as the frame format: ``max_in_flight`` counts the
 request ids written and not yet answered, so a duplicate or unsolicited reply changes nothing.
 
+With TLS (``options.tls``, docs/protocol.md §13) every connection is mutual TLS 1.3: the
+server's chain is verified against the cluster CA during the handshake, and before any request
+is written the certificate must name the server id the configuration names for that address; a
+server that presents another identity is treated like one that cannot be reached (its requests
+fail, the next attempt backs off). The client presents its own certificate; its role decides
+whether it sends InstallConfig to a server that does not know a configuration (admin only).
+
 A round (:meth:`TcpChannel.round`) registers one callback per server and resolves a single future
 when a quorum answered, when a quorum has become impossible (QuorumUnavailable), or at its deadline
 (OperationTimeout). Late replies of finished rounds are dropped.
@@ -32,36 +39,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import itertools
+import logging
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import msgspec
+
 from .. import tracing
-from ..config import ClientOptions, Configuration, ServerInfo
+from ..config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from ..errors import FrameError, OperationError, OperationTimeout, QuorumUnavailable, ServerError
 from ..identity import PROTOCOL_VERSION
 from ..protocol.channel import ConfigurationObsolete, RequestFor
+from ..security.macs import entry_mac, load_key
+from ..security.tls import check_server_identity, client_context, own_identity, role_level
+from ..testing import NO_FAULTS, Broken
 from ..wire.codec import Decoder, Encoder, FrameBuffer
 from ..wire.messages import (
     Envelope,
     ErrorReply,
+    GetGroup,
     Hello,
     InstallConfig,
+    NextEntry,
     Obsolete,
     Ping,
     Reply,
     Request,
     Welcome,
+    WriteConfig,
 )
 
 if TYPE_CHECKING:
     from ..metrics import ClientMetrics
 
+log = logging.getLogger("aresdsm.net")
 R = TypeVar("R", bound=Reply)
 Callback = Callable[[Reply | BaseException], None]
 
+MAX_REMEMBERED_MACS = 4096
+"""Admin MACs of configuration entries a client keeps for its write-backs (oldest dropped)."""
+CLOSE_TIMEOUT_S = 1.0
+"""How long closing a client waits for its connections to be gone before aborting them."""
 DEFAULT_MAX_QUEUED_REQUESTS = 65536
 """Requests that may wait for one connection (to be established, or for max_in_flight)."""
 HELLO_RID = 0
@@ -135,9 +158,16 @@ class PeerConnection(asyncio.Protocol):
         initial_backoff_s: float = 0.05,
         max_backoff_s: float = 1.0,
         max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+        tls: ssl.SSLContext | None = None,
         hello: Hello | None = None,
+        faults: Broken = NO_FAULTS,
     ) -> None:
         self.server = server
+        self.tls = tls
+        """Client TLS context (mutual TLS; the server id is checked on connect); None: plain."""
+        self.faults = faults
+        """Test-only faults (``broken_skip_server_id_check``: talk to any server the CA vouched
+        for, whatever id it has)."""
         self.options = options
         self.hello = hello
         self._ready = False
@@ -160,6 +190,10 @@ class PeerConnection(asyncio.Protocol):
         self._backoff_s = initial_backoff_s
         self._retry_at = 0.0
         self._closed = False
+        self._tls_out: list[Any] = []
+        self._tls_flush_scheduled = False
+        self._closing: asyncio.Transport | None = None
+        self._lost: asyncio.Future[None] | None = None
         self.requests_sent = 0
         self.bytes_sent = 0
 
@@ -215,7 +249,21 @@ class PeerConnection(asyncio.Protocol):
             return
         self._outstanding.add(rid)
         self.requests_sent += 1
-        self._transport.writelines(bufs)
+        if self.tls is None:
+            self._transport.writelines(bufs)
+            return
+        # TLS: every write is at least one encrypted record; the requests of one loop iteration
+        # go out together, in as few records as fit
+        self._tls_out.extend(bufs)
+        if not self._tls_flush_scheduled:
+            self._tls_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_tls)
+
+    def _flush_tls(self) -> None:
+        self._tls_flush_scheduled = False
+        out, self._tls_out = self._tls_out, []
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(out))
 
     def _pump(self) -> None:
         while (
@@ -243,15 +291,22 @@ class PeerConnection(asyncio.Protocol):
         host, port = self.server.host_port()
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                loop.create_connection(
+            # TLS first (the server id is checked in connection_made, not the host name), then
+            # the Hello handshake over it
+            local_addr = (src, 0) if (src := self.options.source_host) else None
+            if self.tls is None:
+                connecting = loop.create_connection(lambda: self, host, port, local_addr=local_addr)
+            else:
+                connecting = loop.create_connection(
                     lambda: self,
                     host,
                     port,
-                    local_addr=(src, 0) if (src := self.options.source_host) else None,
-                ),
-                timeout=self.options.connect_timeout_s,
-            )
+                    ssl=self.tls,
+                    server_hostname="",
+                    ssl_handshake_timeout=self.options.connect_timeout_s,
+                    local_addr=local_addr,
+                )
+            await asyncio.wait_for(connecting, timeout=self.options.connect_timeout_s)
         except (OSError, TimeoutError) as e:
             self._retry_at = time.monotonic() + self._backoff_s
             self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
@@ -265,6 +320,19 @@ class PeerConnection(asyncio.Protocol):
         if self._closed:
             transport.close()
             return
+        if self.tls is not None and not self.faults.broken_skip_server_id_check:
+            wrong = check_server_identity(transport, self.server.id)
+            if wrong is not None:  # nothing is written to an impostor
+                cast(asyncio.Transport, transport).abort()
+                log.warning("refusing server at %s: %s", self.server.address, wrong)
+                self._retry_at = time.monotonic() + self._backoff_s
+                self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
+                self._fail_waiting(
+                    ConnectionError(
+                        f"refusing server {self.server.id} ({self.server.address}): {wrong}"
+                    )
+                )
+                return
         self._transport = cast(asyncio.Transport, transport)
         self._frames = FrameBuffer(max_frame_bytes=self.options.max_frame_bytes)
         self._outstanding.clear()
@@ -331,9 +399,12 @@ class PeerConnection(asyncio.Protocol):
                 cb(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         self._transport = None
         self._ready = False
         self._outstanding.clear()
+        self._tls_out.clear()  # (their requests fail below)
         err = ConnectionError(
             f"connection to server {self.server.id} lost" + (f": {exc}" if exc else "")
         )
@@ -383,8 +454,21 @@ class PeerConnection(asyncio.Protocol):
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._transport is not None:
+            self._closing = self._transport
+            self._lost = asyncio.get_running_loop().create_future()
             self._transport.close()
         self._fail_waiting(ConnectionError("client closed"))
+
+    async def wait_closed(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Wait until the connection closed by :meth:`close` is gone (a TLS connection says
+        goodbye first: close_notify); abort it after ``timeout_s``."""
+        if self._lost is None or self._closing is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost), timeout_s)
+        except TimeoutError:
+            self._closing.abort()
+            await asyncio.sleep(0)
 
 
 class _Round:
@@ -444,6 +528,22 @@ class TcpChannel:
 
     def __init__(self, options: ClientOptions, *, hello: ClusterIdentity | None = None) -> None:
         self.options = options
+        self.tls = _context(options.tls) if options.tls is not None else None
+        self.role = _own_role(options.tls) if options.tls is not None else "admin"
+        """This client's role (from its certificate; plaintext: unchecked, so admin)."""
+        self.may_install = role_level(self.role) >= role_level("admin")
+        """Whether to send InstallConfig to a server that does not know a configuration."""
+        tls = options.tls
+        self.admin_key = (
+            load_key(tls.admin_key)
+            if tls is not None and tls.admin_key and self.may_install
+            else None
+        )
+        """Admins sign the configuration entries they send (security.macs)."""
+        self._macs: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        """(group, predecessor, successor) -> the admin MAC replies carried, for write-backs."""
+        self.faults: Broken = NO_FAULTS
+        """Test-only faults of its connections (``broken_skip_server_id_check``)."""
         self.hello = hello
         """What every connection proves in its handshake; None: no handshake (raw tools)."""
         self._encoder = Encoder(max_frame_bytes=options.max_frame_bytes)
@@ -474,7 +574,9 @@ class TcpChannel:
                 options=self.options,
                 encoder=self._encoder,
                 decoder=self._decoder,
+                tls=self.tls,
                 hello=hello,
+                faults=self.faults,
             )
             self._peers[key] = p
         return p
@@ -524,7 +626,7 @@ class TcpChannel:
         self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
         sent: list[tuple[PeerConnection, int]] = []
         for i, server in enumerate(c.servers):
-            req = request(i, server) if callable(request) else request
+            req = self._seal(request(i, server) if callable(request) else request)
             rid = next(self._rids)
             peer = self.peer(server)
             sent.append((peer, rid))
@@ -571,9 +673,11 @@ class TcpChannel:
 
         def on_reply(reply: Reply | BaseException) -> None:
             nonlocal retried
+            self._learn(req, reply)
             if (
                 isinstance(reply, ErrorReply)
                 and reply.code == "unknown-config"
+                and self.may_install
                 and not retried
                 and not rnd.fut.done()
             ):
@@ -607,6 +711,7 @@ class TcpChannel:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
         def done(reply: Reply | BaseException) -> None:
+            self._learn(req, reply)
             if fut.done():
                 return
             if isinstance(reply, BaseException):
@@ -614,6 +719,7 @@ class TcpChannel:
             else:
                 fut.set_result(reply)
 
+        req = self._seal(req)
         timeout = remaining_s(self.options.timeout_s if timeout_s is None else timeout_s)
         if timeout <= 0:
             raise OperationTimeout(f"no time left to ask server {server.id}")
@@ -634,11 +740,56 @@ class TcpChannel:
             raise ServerError(reply.code, reply.message, server_id=server.id)
         return reply
 
+    # -- admin MACs of configuration entries (security.macs) -------------------------------------
+
+    def _learn(self, req: Request, reply: Reply | BaseException) -> None:
+        """Remember the admin MAC a reply's successor entry carries."""
+        nxt = getattr(reply, "next", None)
+        if isinstance(nxt, NextEntry) and nxt.mac:
+            group, cid = getattr(req, "group", None), getattr(req, "config_id", None)
+            if isinstance(group, str) and isinstance(cid, str):
+                self._macs[(group, cid, nxt.config.id)] = nxt.mac
+                if len(self._macs) > MAX_REMEMBERED_MACS:
+                    self._macs.popitem(last=False)
+
+    def _sealed(self, group: str, config_id: str, entry: NextEntry) -> NextEntry:
+        if entry.mac:
+            return entry
+        if self.admin_key is not None:
+            mac = entry_mac(self.admin_key, group, config_id, entry.config)
+        else:
+            mac = self._macs.get((group, config_id, entry.config.id), b"")
+        return msgspec.structs.replace(entry, mac=mac) if mac else entry
+
+    def _seal(self, req: Request) -> Request:
+        """An admin signs the entries it sends; another client puts back the MAC the entry came
+        with (the protocol's chain view does not keep MACs)."""
+        if isinstance(req, WriteConfig):
+            entry = self._sealed(req.group, req.config_id, req.entry)
+            return req if entry is req.entry else msgspec.structs.replace(req, entry=entry)
+        if isinstance(req, GetGroup) and req.set_next is not None:
+            entry = self._sealed(req.group, req.config_id, req.set_next)
+            return req if entry is req.set_next else msgspec.structs.replace(req, set_next=entry)
+        return req
+
     async def close(self) -> None:
-        for p in self._peers.values():
+        peers = list(self._peers.values())
+        for p in peers:
             p.close()
         self._peers.clear()
+        await asyncio.gather(*(p.wait_closed() for p in peers))
         await asyncio.sleep(0)
+
+
+@functools.lru_cache(maxsize=16)
+def _context(files: TlsFiles) -> ssl.SSLContext:
+    """One client context per identity (loading certificates costs milliseconds)."""
+    return client_context(files)
+
+
+@functools.lru_cache(maxsize=16)
+def _own_role(files: TlsFiles) -> str | None:
+    return own_identity(files).role
 
 
 def _round_attributes(c: Configuration, need: int) -> dict[str, Any]:

@@ -219,10 +219,11 @@ async def read_config(
             if e is None:
                 return cseq
             cseq = with_entry(cseq, i + 1, e)
-            if (
-                not switches.faults.broken_no_config_write_back
-            ):  # an F entry collects, with gc (§8.3)
-                await put_config(net, cseq[i].config, group, _entry(cseq, i + 1), gc=switches.gc)
+            if not switches.faults.broken_no_config_write_back:  # an F entry collects, gc (§8.3)
+                back = _entry(cseq, i + 1)
+                if back.status == "F" and not switches.write_back_final:
+                    back = NextEntry(back.config, "P")  # (the right to finalize is an admin's)
+                await put_config(net, cseq[i].config, group, back, gc=switches.gc)
             if progress is not None:
                 progress(cseq)
             i += 1

@@ -65,6 +65,9 @@ class StoreChannel(Channel, Protocol):
     rounds: int
     rounds_by_phase: dict[str, int]
     messages: int
+    may_install: bool
+    """Whether this client may finalize and install configurations (the admin role,
+    docs/protocol.md §13); without it the Store writes discovered F entries back as P."""
 
     async def request(
         self, server: ServerInfo, req: Request, *, timeout_s: float | None = None

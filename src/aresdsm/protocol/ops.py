@@ -44,6 +44,11 @@ class OpSwitches:
     batch: bool = True
     """One configuration chain per group, reconfigured with one consensus decision and a paged
     transfer (§8.4); off: every object has a chain of its own, as in the original Ares."""
+    write_back_final: bool = True
+    """Discovery (read-config, §6) writes an F successor it found back as F, with garbage
+    collection (§8.3). Off: back as P -- enough for every later discovery, and the only
+    configuration write-back a client without the admin role may send (docs/protocol.md §13);
+    the old configuration is then collected by the next admin that finalizes or discovers."""
     faults: Broken = field(default=NO_FAULTS, repr=False)
     """Test-only protocol faults (:mod:`aresdsm.testing`); none unless a test sets them."""
 

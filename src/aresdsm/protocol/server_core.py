@@ -380,6 +380,20 @@ class ServerCore:
     def _next(self, group: str, config_id: str) -> NextEntry | None:
         return self.nextc.get((group, config_id))
 
+    def holds_tag(self, group: str, config_id: str, key: str, tag: Tag) -> bool:
+        """Whether a put-data of ``tag`` would add nothing this server does not already have
+        (ABD: it stores ``tag`` or a newer one; TREAS: ``tag`` is in its list), or would be
+        refused anyway (unknown configuration, not a member, garbage-collected). A read-only
+        query: the server shell's authorization uses it (docs/protocol.md §13), the core does
+        not."""
+        c = self.configs.get(config_id)
+        if c is None or not c.has_member(self.server_id) or (group, config_id) in self.collected:
+            return True
+        skey = (group, config_id, key)
+        if c.dap == "treas":
+            return any(e.tag == tag for e in self._treas_state(c, skey))
+        return tag <= self.registers.get(skey, abd.INITIAL).tag
+
     def _on_query_tag(self, req: QueryTag) -> Result:
         c = self._data_config(req.group, req.config_id)
         if not isinstance(c, Configuration):

@@ -505,6 +505,8 @@ class SimChannel:
         self.rounds = 0
         self.messages = 0
         self.rounds_by_phase: dict[str, int] = {}
+        self.may_install = True
+        """The simulator has no roles (sim options ``clients_finalize`` picks the switch)."""
         self._rid = 0
 
     def _next_rid(self) -> int:

@@ -91,6 +91,11 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
 @click.option("--sqlite/--no-sqlite", default=None, help="Servers also use the SQLite engine.")
 @click.option("--real-codec", is_flag=True, help="Send every message through the wire codec.")
 @click.option(
+    "--clients-finalize/--no-clients-finalize",
+    default=True,
+    help="Data clients write discovered F entries back as F (admins) or as P (other roles).",
+)
+@click.option(
     "--broken",
     multiple=True,
     type=click.Choice(BROKEN_VARIANTS),

@@ -101,6 +101,9 @@ class SimOptions:
     fault_interval_s: float | None = None
     """Mean virtual time between two fault actions (crash, restart, partition, heal)."""
     real_codec: bool = False
+    clients_finalize: bool = True
+    """Whether data clients write discovered F entries back as F (admin clients); False: as P,
+    as clients without the admin role do (docs/security.md). Reconfigurers always finalize."""
     coverable: bool | None = None
     """Whether coverable objects (docs/protocol.md §9.1) are mixed in: their own keys, written
     only with cvr_write by clients of their own, checked against the coverable model."""
@@ -316,6 +319,10 @@ class _World:
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
+        self.client_switches = dataclasses.replace(
+            self.switches, write_back_final=opts.clients_finalize
+        )
+        """Data clients' switches (reconfigurers use ``switches``)."""
         self.channel_switches = ChannelSwitches(
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )

@@ -44,7 +44,7 @@ OPTIONS = ClientOptions(timeout_s=0.5, connect_timeout_s=0.1)
 
 def client_switches(world: _World, index: int) -> OpSwitches:
     """Client ``index``'s switches: with ``mixed``, every other client has piggyback off."""
-    sw = world.switches
+    sw = world.client_switches
     if world.opts.mixed and sw.batch and index % 2 == 1:
         return dataclasses.replace(sw, piggyback=False, fast_read=False)
     return sw

@@ -108,6 +108,11 @@ class NextEntry(msgspec.Struct, frozen=True, array_like=True):
 
     config: Configuration
     status: Literal["P", "F"]
+    mac: bytes = b""
+    """Admin MAC over (group, predecessor id, successor): proof that an admin -- the one who ran
+    the consensus that decided it -- vouches for this successor (docs/protocol.md §13). Stored
+    and forwarded with the entry, so a client without the admin key can write it back; empty
+    where the cluster has no admin key."""
 
 
 class ReadConfig(_Msg, frozen=True, tag="rcfg"):
@@ -443,6 +448,7 @@ ErrorCode = Literal[
     "storage",  # the durable store failed; nothing was applied
     "shutting-down",
     "invariant",  # the request would break a protocol invariant; refused, nothing applied
+    "unauthorized",  # the connection's role may not send this request (docs/protocol.md §13)
     "corrupt",  # a value does not match its digest; refused, nothing applied
     "damaged",  # this server's copy is corrupt on its disk: it does not answer for it
     "wrong-incarnation",  # the configuration names another incarnation of this server
