@@ -182,6 +182,28 @@ class CvrResult:
     """The installed value (ok) or the newest one (stale; None: the object is absent)."""
 
 
+async def _distinct_groups(
+    page_after: Callable[[str], Awaitable[ares.KeysPage]],
+) -> list[str]:
+    """The groups named by paged, ordered ``group NUL key`` names (object keys of the cluster's
+    chain, or with ``batch`` off the chains' names; others -- the cluster's chain itself among
+    the chain names -- are skipped), skipping past each group once seen: every name of group
+    g sorts before g + "\x01"."""
+    found: list[str] = []
+    after = ""
+    while True:
+        page = await page_after(after)
+        for name in page.keys:
+            if ares.OBJECT_CHAIN not in name:
+                continue
+            g, _ = ares.split_object_key(name)
+            if not found or found[-1] != g:
+                found.append(g)
+        if page.after is None:
+            return found
+        after = max(page.after, found[-1] + "\x01") if found else page.after
+
+
 class Store:
     """An atomic object store client. Use :func:`connect`.
 
@@ -613,19 +635,9 @@ class Store:
 
     async def _group_candidates(self, timeout_s: float | None) -> builtins.list[str]:
         async with self._deadline(timeout_s):
-            chain = ares.CLUSTER_CHAIN
-            found: builtins.list[str] = []
-            after = ""
-            while True:
-                page = await self._list_page(chain, "", after)
-                for k in page.keys:
-                    g, _ = ares.split_object_key(k)
-                    if not found or found[-1] != g:
-                        found.append(g)
-                if page.after is None:
-                    return found
-                # every key of group g sorts before g + "\x01": skip the rest of the last group
-                after = max(page.after, found[-1] + "\x01") if found else page.after
+            return await _distinct_groups(
+                lambda after: self._list_page(ares.CLUSTER_CHAIN, "", after)
+            )
 
     async def list(
         self,
@@ -740,19 +752,9 @@ class Store:
         return await self._with_recovery(chain, once, once)
 
     async def _groups_classic(self) -> builtins.list[str]:
-        found: builtins.list[str] = []
-        after = ""
-        while True:
-            page = await ares.list_chains(self.channel, self.configuration, "", after)
-            for name in page.keys:
-                if ares.OBJECT_CHAIN not in name:
-                    continue  # the cluster's chain (Ares II clients share the servers)
-                g, _ = ares.split_object_key(name)
-                if not found or found[-1] != g:
-                    found.append(g)
-            if page.after is None:
-                return found
-            after = max(page.after, found[-1] + "\x01") if found else page.after
+        return await _distinct_groups(
+            lambda after: ares.list_chains(self.channel, self.configuration, "", after)
+        )
 
     async def reconfigure(
         self,
