@@ -712,20 +712,16 @@ class ServerCore:
         return self._cvr_step(req, lambda st, com: coverable.on_prepare(st, com, req), freeze=True)
 
     def _on_cvr_accept(self, req: CvrAccept) -> Result:
-        bad = _bad_item(req.key, req.tag)
+        bad = _bad_version(req)
         if bad is not None:
             return bad, []
-        if req.tag.z != req.level:
-            return ErrorReply("bad-request", "a coverable version's tag is its level"), []
         req = _own_value(req)
         return self._cvr_step(req, lambda st, com: coverable.on_accept(st, com, req), freeze=True)
 
     def _on_cvr_inject(self, req: CvrInject) -> Result:
-        bad = _bad_item(req.key, req.tag)
+        bad = _bad_version(req)
         if bad is not None:
             return bad, []
-        if req.tag.z != req.level:
-            return ErrorReply("bad-request", "a coverable version's tag is its level"), []
         req = _own_value(req)
         return self._cvr_step(req, lambda st, com: coverable.on_inject(st, com, req), freeze=False)
 
@@ -964,6 +960,14 @@ def _bad_names(req: Request) -> ErrorReply | None:
             if reason is not None:
                 return ErrorReply("bad-request", reason)
     return None
+
+
+def _bad_version(req: CvrAccept | CvrInject) -> ErrorReply | None:
+    """A coverable version from the wire: a valid key and tag, the tag's number its level."""
+    bad = _bad_item(req.key, req.tag)
+    if bad is None and req.tag.z != req.level:
+        bad = ErrorReply("bad-request", "a coverable version's tag is its level")
+    return bad
 
 
 def _bad_configuration(c: Configuration) -> ErrorReply | None:
