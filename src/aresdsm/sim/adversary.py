@@ -220,7 +220,14 @@ class HandoffAdversary:
         self._decided[key] = req
         rng = self.rng
         focus = self.fast is not None
-        victim = server in self.victims
+        # the roles hold for requests about the configuration being handed off only (a server
+        # may be a member of its successor too)
+        on_focus = (
+            self.focus_config is not None
+            and getattr(req, "config_id", None) == self.focus_config.id
+        )
+        victim = on_focus and server in self.victims
+        fast = on_focus and server == self.fast
         if self.is_reconfigurer(sender) and isinstance(req, _HANDOFF):
             if focus and self.opts.hold_transfer and isinstance(req, PutBatch):
                 if rng.random() < self.opts.focus_chance:
@@ -233,7 +240,7 @@ class HandoffAdversary:
                     hold = self._new_hold(_tells_successor, finals=1)
                     self._cuts.setdefault((sender, server), []).append(hold)
                     kind = "cut (victim)"
-            elif focus and server == self.fast and isinstance(req, GetGroup):
+            elif focus and fast and isinstance(req, GetGroup):
                 if rng.random() < self.opts.focus_chance:
                     hold = self._holds[key] = self._new_hold(finals=1)
                     kind = "hold read (fast)"
@@ -244,12 +251,7 @@ class HandoffAdversary:
                 )
                 self._cuts.setdefault((sender, server), []).append(hold)
                 kind = "cut " + "/".join(k.__name__ for k in kinds)
-        elif (
-            focus
-            and self.is_reconfigurer(sender)
-            and isinstance(req, ReadConfig)
-            and server == self.fast
-        ):
+        elif focus and self.is_reconfigurer(sender) and isinstance(req, ReadConfig) and fast:
             # another reconfigurer's discovery then hears of the successor from the others
             if rng.random() < self.opts.focus_chance:
                 hold = self._holds[key] = self._new_hold(finals=1)
@@ -280,7 +282,7 @@ class HandoffAdversary:
         elif isinstance(req, PutData) and not self.is_reconfigurer(sender):
             if focus and self.opts.others_put_now and self._other(req.config_id, server):
                 pass  # the others answer the write at once
-            elif focus and server != self.fast and rng.random() < self.opts.focus_chance:
+            elif focus and on_focus and not fast and rng.random() < self.opts.focus_chance:
                 later = not victim
                 hold = self._holds[key] = self._new_hold(finals=1, later=later)
                 kind = "hold put (victim)" if not later else "hold put (later)"

@@ -116,7 +116,19 @@ class SimOptions:
     broken: tuple[str, ...] = ()
 
     def resolved(self) -> SimOptions:
-        """Every option fixed, drawn from the seed where not given."""
+        """Every option fixed, drawn from the seed where not given.
+
+        A share of the seeds (:data:`HANDOFF_SHARE`) is a *hand-off profile*: its options not
+        given default to those of :data:`HANDOFF_PROFILE` -- one key, two reconfigurers with
+        three reconfigurations each, the hand-off adversary, no crashes or partitions to
+        disturb its schedules -- the shape in which the hand-off races occur most often; the
+        other options (mode, Store, coverable objects, ...) are drawn as in any seed."""
+        if random.Random(f"profile-{self.seed}").random() < HANDOFF_SHARE:
+            given = {k: v for k, v in HANDOFF_PROFILE.items() if getattr(self, k) is None}
+            return dataclasses.replace(self, **given)._resolved()
+        return self._resolved()
+
+    def _resolved(self) -> SimOptions:
         rng = random.Random(f"options-{self.seed}")
         pool = self.servers if self.servers is not None else rng.randint(3, 7)
         initial = self.initial_servers or rng.randint(min(3, pool), min(pool, 5))
@@ -170,7 +182,7 @@ class SimOptions:
             # other options of a seed stay what they were before coverable objects existed
             eager=self.eager
             if self.eager is not None
-            else random.Random(f"eager-{self.seed}").random() < 0.4,
+            else random.Random(f"eager-{self.seed}").random() < 0.6,
         )
 
     def command(self) -> str:
@@ -192,6 +204,18 @@ class SimOptions:
                 parts.append(f"{flag} {value}")
         return " ".join(parts)
 
+
+HANDOFF_SHARE = 0.35
+"""Share of the seeds that run the hand-off profile (:meth:`SimOptions.resolved`)."""
+HANDOFF_PROFILE: dict[str, Any] = {
+    "keys": 1,
+    "reconfigurers": 2,
+    "reconfigs": 3,
+    "adversary": True,
+    "crashes": False,
+    "partitions": False,
+    "client_crashes": False,
+}
 
 BROKEN_VARIANTS = (
     "skip-write-back",
@@ -359,7 +383,7 @@ class _World:
         self.partitioned: set[str] = set()
         arng = random.Random(f"adversary-{opts.seed}")
         frng = random.Random(f"focus-rules-{opts.seed}")
-        self.stagger_s = frng.choice([0.0, 0.03, 0.06, 0.1, 0.15])
+        self.stagger_s = frng.choice([0.0, 0.02, 0.04, 0.06, 0.1])
         """Reconfigurer ``r{i}`` starts ``i`` times this late: staggered reconfigurers meet
         each other's pending configurations (a chain that grows while one is still P)."""
         handoffs = bool(opts.adversary and opts.reconfigs)  # no hand-off, no hand-off adversary
