@@ -237,7 +237,11 @@ class HandoffAdversary:
             elif focus and victim and _tells_successor(req):
                 if rng.random() < self.opts.focus_chance:
                     # the victim answers plain reads but hears of no successor
-                    hold = self._new_hold(_tells_successor, finals=1)
+                    hold = self._new_hold(
+                        self._tells_focus,
+                        finals=1,
+                        later=True,  # after the writes it missed
+                    )
                     self._cuts.setdefault((sender, server), []).append(hold)
                     kind = "cut (victim)"
             elif focus and fast and isinstance(req, GetGroup):
@@ -275,6 +279,7 @@ class HandoffAdversary:
             and isinstance(req, ReadConfig)
             and not self.is_reconfigurer(sender)
             and self._other(req.config_id, server)
+            and req.config_id in self.told  # (before, it has nothing to hide)
         ):
             if rng.random() < self.opts.focus_chance:
                 hold = self._holds[key] = self._new_hold(finals=1)
@@ -299,6 +304,16 @@ class HandoffAdversary:
         hold.copies.append(copy)
         self.cluster.log(f"{kind} {sender}->{server} #{rid} {type(req).__name__}")
         return True
+
+    def _tells_focus(self, req: Request) -> bool:
+        """A WRITE_CONFIG or SET_NEXT_AND_GET about the configuration being handed off."""
+        c = self.focus_config
+        return (
+            c is not None
+            and isinstance(req, (GetGroup, WriteConfig))
+            and _tells_successor(req)
+            and req.config_id == c.id
+        )
 
     def _other(self, config_id: str, server: str) -> bool:
         """``server`` is in the focus configuration, neither fast nor a victim."""

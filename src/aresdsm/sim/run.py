@@ -119,8 +119,8 @@ class SimOptions:
         """Every option fixed, drawn from the seed where not given.
 
         A share of the seeds (:data:`HANDOFF_SHARE`) is a *hand-off profile*: its options not
-        given default to those of :data:`HANDOFF_PROFILE` -- one key, two reconfigurers with
-        three reconfigurations each, the hand-off adversary, no crashes or partitions to
+        given default to those of :data:`HANDOFF_PROFILE` -- one key, three reconfigurations per
+        reconfigurer, the hand-off adversary, no crashes or partitions to
         disturb its schedules -- the shape in which the hand-off races occur most often; the
         other options (mode, Store, coverable objects, ...) are drawn as in any seed."""
         if random.Random(f"profile-{self.seed}").random() < HANDOFF_SHARE:
@@ -209,7 +209,6 @@ HANDOFF_SHARE = 0.35
 """Share of the seeds that run the hand-off profile (:meth:`SimOptions.resolved`)."""
 HANDOFF_PROFILE: dict[str, Any] = {
     "keys": 1,
-    "reconfigurers": 2,
     "reconfigs": 3,
     "adversary": True,
     "crashes": False,
