@@ -161,7 +161,12 @@ class HandoffAdversary:
     def focus_on(self, c: Configuration) -> None:
         """``c`` is the configuration whose hand-off comes next."""
         if self.opts.focus and c.n >= 2:
-            fast, *victims = self.rng.sample(c.server_ids, c.quorum_size)
+            # q - 1 victims; with others_put_now at most n - q, so that the fast server and the
+            # others still make a quorum for a write
+            count = c.quorum_size - 1
+            if self.opts.others_put_now:
+                count = min(count, c.n - c.quorum_size)
+            fast, *victims = self.rng.sample(c.server_ids, count + 1)
             self.fast, self.victims = fast, frozenset(victims)
             self.focus_config = c
             self.cluster.log(f"adversary: fast {fast}, victims {sorted(victims)}")
@@ -260,8 +265,13 @@ class HandoffAdversary:
             if rng.random() < self.opts.focus_chance:
                 hold = self._holds[key] = self._new_hold(finals=1)
                 kind = "hold read-config (fast)"
-        elif focus and isinstance(req, WriteConfig) and victim:
-            # a client writing back a successor it learned would tell the victim too
+        elif (
+            focus
+            and isinstance(req, WriteConfig)
+            and (victim or (fast and self.opts.others_put_now))
+        ):
+            # a client writing back a successor it learned would tell the victim too (and,
+            # while the others answer writes at once, the fast server)
             if rng.random() < self.opts.focus_chance:
                 hold = self._holds[key] = self._new_hold(finals=1, later=True)
                 kind = "hold write-back (victim)"

@@ -120,9 +120,10 @@ class SimOptions:
 
         A share of the seeds (:data:`HANDOFF_SHARE`) is a *hand-off profile*: its options not
         given default to those of :data:`HANDOFF_PROFILE` -- one key, three reconfigurations per
-        reconfigurer, the hand-off adversary, no crashes or partitions to
-        disturb its schedules -- the shape in which the hand-off races occur most often; the
-        other options (mode, Store, coverable objects, ...) are drawn as in any seed."""
+        reconfigurer, mixed client modes (in Ares II runs), the hand-off adversary, no crashes or
+        partitions to disturb its schedules -- the shape in which the hand-off races occur most
+        often; the other options (mode, Store, coverable objects, ...) are drawn as in any
+        seed."""
         if random.Random(f"profile-{self.seed}").random() < HANDOFF_SHARE:
             given = {k: v for k, v in HANDOFF_PROFILE.items() if getattr(self, k) is None}
             return dataclasses.replace(self, **given)._resolved()
@@ -210,6 +211,7 @@ HANDOFF_SHARE = 0.35
 HANDOFF_PROFILE: dict[str, Any] = {
     "keys": 1,
     "reconfigs": 3,
+    "mixed": True,
     "adversary": True,
     "crashes": False,
     "partitions": False,
