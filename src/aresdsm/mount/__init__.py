@@ -44,6 +44,7 @@ async def serve(
         loop.add_signal_handler(sig, pyfuse3.terminate)
     try:
         await pyfuse3.main()
+        await ops.drain()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

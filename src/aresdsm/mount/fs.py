@@ -78,6 +78,7 @@ def _errors(
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        t0 = time.perf_counter()
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -96,6 +97,9 @@ def _errors(
         except Exception:
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %.1f ms", fn.__name__, (time.perf_counter() - t0) * 1000)
 
     return wrapper
 
@@ -216,6 +220,7 @@ class AresFS(pyfuse3.Operations):
         self._dirs: dict[str, tuple[float, dict[str, Meta]]] = {}
         self._dir_handles: dict[int, list[tuple[str, Meta]]] = {}
         self._dir_paths: dict[int, str] = {}
+        self._bg: dict[str, asyncio.Task[None]] = {}
         self.broken_publish_without_claim = False
         """Test-only: publish without the coverable claim on the version opened (then two
         mounts that closed the same version both succeed and one silently loses)."""
@@ -254,6 +259,59 @@ class AresFS(pyfuse3.Operations):
             self._dirs.pop(p, None)
             self._dirs.pop(_parent(p), None)
 
+    def _note(self, path: str, m: Meta | None) -> None:
+        """This mount changed ``path``: its parent's cached listing follows (a listing is
+        dropped only when another mount may have changed the name)."""
+        listing = self._dirs.get(_parent(path))
+        if listing is not None:
+            name = path.rpartition("/")[2]
+            if m is None or m.kind == GONE:
+                listing[1].pop(name, None)
+            else:
+                listing[1][name] = m
+
+    # -- background work -------------------------------------------------------------------------
+
+    def _later(self, path: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work`` on ``path`` after the close or unlink that asked for it returned (the
+        end of a publication, the deletion of dropped data); anything this mount does next on
+        the same name waits for it first (:meth:`_settle`)."""
+        prev = self._bg.get(path)
+
+        async def run() -> None:
+            if prev is not None:
+                await asyncio.gather(prev, return_exceptions=True)
+            try:
+                await work()
+            except Exception as e:
+                log.warning("background work on %s: %s: %s", path, type(e).__name__, e)
+
+        task = asyncio.ensure_future(run())
+        self._bg[path] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._bg.get(path) is t:
+                del self._bg[path]
+
+        task.add_done_callback(done)
+
+    async def _settle(self, *paths: str) -> None:
+        for p in paths:
+            t = self._bg.get(p)
+            if t is not None:
+                await asyncio.gather(t, return_exceptions=True)
+
+    async def _settle_below(self, path: str) -> None:
+        await asyncio.gather(
+            *(t for p, t in list(self._bg.items()) if p == path or p.startswith(path + "/")),
+            return_exceptions=True,
+        )
+
+    async def drain(self) -> None:
+        """Wait for every background publication end and deletion (before unmounting)."""
+        while self._bg:
+            await asyncio.gather(*list(self._bg.values()), return_exceptions=True)
+
     # -- records ---------------------------------------------------------------------------------
 
     async def _read_meta(self, path: str, *, fresh: bool = False) -> tuple[Tag, Meta | None]:
@@ -268,7 +326,7 @@ class AresFS(pyfuse3.Operations):
 
     def _remember(self, path: str, tag: Tag, m: Meta | None) -> None:
         self._attrs[path] = (time.monotonic() + self.opts.attr_timeout_s, tag, m)
-        self._dirs.pop(_parent(path), None)
+        self._note(path, m)
 
     async def _cas_meta(self, path: str, m: Meta, base: Tag) -> tuple[bool, Tag]:
         """Coverable write of the record on ``base``: (True, new tag) or (False, newest tag).
@@ -287,9 +345,10 @@ class AresFS(pyfuse3.Operations):
                     ok, t = False, tag
             else:
                 ok, t = bool(res.ok), res.tag
-            self._remember(path, t, m if ok else None)
-            if not ok:
-                self._attrs.pop(path, None)
+            if ok:
+                self._remember(path, t, m)
+            else:
+                self._invalidate(path)
             return ok, t
         raise OperationError(f"writing the record of {path!r}: the outcome stayed ambiguous")
 
@@ -305,22 +364,27 @@ class AresFS(pyfuse3.Operations):
                 return t
         raise FileConflict(f"the record of {path!r} kept changing; retry")
 
-    async def _foreign(self, path: str) -> Meta | None:
-        """A file of the layer written without the mount (``ares file put``)."""
-        if path not in await self.files.list(path, group=self.group):
+    async def _foreign(self, path: str, genesis_keys: list[str] | None = None) -> Meta | None:
+        """A file of the layer written without the mount (``ares file put``): no record."""
+        if genesis_keys is None:
+            genesis_keys = await self.store.keys(GENESIS_PREFIX + path, group=self.group)
+        if GENESIS_PREFIX + path not in genesis_keys:
             return None
-        st = await self.files.stat(path, group=self.group)
+        try:
+            st = await self.files.stat(path, group=self.group)
+        except NoSuchFile:
+            return None
         return Meta(FILE, 0o644, st.size_bytes, 0)
 
-    async def _implicit_dir(self, path: str) -> bool:
+    async def _implicit_dir(self, path: str, genesis_keys: list[str]) -> bool:
         """Some live name lies below ``path/``."""
         p = path + "/"
         for k in await self.store.keys(META_PREFIX + p, group=self.group):
             _, m = await self._read_meta(k[len(META_PREFIX) :])
             if m is not None and m.kind != GONE:
                 return True
-        gk = await self.store.keys(GENESIS_PREFIX + p, group=self.group)
-        return bool(gk) and bool(await self.files.list(p, group=self.group))
+        below = [k for k in genesis_keys if k.startswith(GENESIS_PREFIX + p)]
+        return bool(below) and bool(await self.files.list(p, group=self.group))
 
     async def _resolve(self, path: str) -> Meta | None:
         """The attributes of ``path`` (None: no such name)."""
@@ -335,15 +399,18 @@ class AresFS(pyfuse3.Operations):
         listing = self._dirs.get(parent)
         if listing is not None and listing[0] > time.monotonic():
             return listing[1].get(path.rpartition("/")[2])
-        tag, m = await self._read_meta(path)
+        (tag, m), gkeys = await asyncio.gather(
+            self._read_meta(path),
+            self.store.keys(GENESIS_PREFIX + path, group=self.group),
+        )
         if m is not None:
             return None if m.kind == GONE else m
         if tag != TAG0:  # a record that is not ours
             return None
-        found = await self._foreign(path)
+        found = await self._foreign(path, gkeys)
         if found is not None:
             return found
-        if await self._implicit_dir(path):
+        if await self._implicit_dir(path, gkeys):
             return Meta(DIR, 0o755)
         return None
 
@@ -431,10 +498,7 @@ class AresFS(pyfuse3.Operations):
                 if await self.files.list(_join(dpath, seg) + "/", group=self.group):
                     out[seg] = Meta(DIR, 0o755)
             else:
-                try:
-                    found = await self._foreign(path)
-                except NoSuchFile:
-                    found = None
+                found = await self._foreign(path, [k])
                 if found is not None:
                     out[seg] = found
         for of in self._open.values():  # files created here and not yet published
@@ -560,6 +624,7 @@ class AresFS(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
+        await self._settle(path)
         await self._require_dir(_parent(path))
         if await self._resolve(path) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
@@ -571,7 +636,6 @@ class AresFS(pyfuse3.Operations):
             return m
 
         await self._update_meta(path, make)
-        self._invalidate(path)
         self._dirs[path] = (time.monotonic() + self.opts.attr_timeout_s, {})
         return self._entry(self._ino(path), m)
 
@@ -588,7 +652,8 @@ class AresFS(pyfuse3.Operations):
         _tag, cur = await self._read_meta(path, fresh=True)
         if cur is not None and cur.kind != GONE:
             await self._update_meta(path, _to_gone)
-        self._invalidate(path)
+        self._note(path, None)
+        self._dirs.pop(path, None)
         self._forget_path(path)
 
     @_errors
@@ -641,17 +706,29 @@ class AresFS(pyfuse3.Operations):
     async def _remove(self, path: str) -> None:
         """Remove the file (or link) at ``path``: its record says GONE, then its data is
         deleted. A handle open in this mount keeps its local copy and is never published."""
+        await self._settle(path)
         ino = self._inos.get(path)
         of = self._open.get(ino) if ino is not None else None
         if of is not None:
             of.unlinked = True
         tag, cur = await self._read_meta(path, fresh=True)
         if (cur is not None and cur.kind != GONE) or tag == TAG0:
-            await self._update_meta(path, _to_gone)
+            tag = await self._update_meta(path, _to_gone)
+        self._note(path, None)
+        self._forget_path(path)
+        if cur is None or cur.kind == FILE:
+            self._later(path, functools.partial(self._delete_data, path, tag))
+
+    async def _delete_data(self, path: str, gone: Tag) -> None:
+        """Delete the layer's file of a removed name, unless the name's record moved on since
+        it said GONE (another mount created the name again: its data is not ours to delete).
+        The layer has no delete conditional on a version: a re-creation that starts between
+        this check and the delete can still lose its data (docs/mount.md)."""
+        tag, _ = await self.store.read_tagged(meta_key(path), group=self.group)
+        if tag != gone:
+            return
         with contextlib.suppress(NoSuchFile):
             await self.files.delete(path, group=self.group)
-        self._invalidate(path)
-        self._forget_path(path)
 
     @_errors
     async def symlink(
@@ -690,6 +767,8 @@ class AresFS(pyfuse3.Operations):
             return
         if new.startswith(old + "/"):
             raise pyfuse3.FUSEError(errno.EINVAL)
+        await self._settle_below(old)
+        await self._settle_below(new)
         src = await self._resolve(old)
         if src is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -706,10 +785,10 @@ class AresFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         if src.kind == DIR:
             await self._rename_dir(old, new, src)
+            self._dirs.clear()
+            self._attrs.clear()
         else:
             await self._rename_one(old, new, src)
-        self._dirs.clear()
-        self._attrs.clear()
 
     async def _rename_one(self, old: str, new: str, src: Meta) -> None:
         """new := old (data, then record), then old is removed. ``new`` appears whole in one
@@ -740,10 +819,10 @@ class AresFS(pyfuse3.Operations):
         t = await self._update_meta(new, functools.partial(_const, moved))
         if of is not None:
             of.base = t
-        await self._update_meta(old, _to_gone)
+        gone = await self._update_meta(old, _to_gone)
+        self._note(old, None)
         if src.kind == FILE:
-            with contextlib.suppress(NoSuchFile):
-                await self.files.delete(old, group=self.group)
+            self._later(old, functools.partial(self._delete_data, old, gone))
         self._move_inodes(old, new)
 
     async def _rename_dir(self, old: str, new: str, src: Meta) -> None:
@@ -834,6 +913,7 @@ class AresFS(pyfuse3.Operations):
         of = self._open.get(inode)
         if of is None:
             path = self._path(inode)
+            await self._settle(path)
             tag, m = await self._wait_publication(path)
             if m is None or m.kind == GONE:
                 found = None if tag != TAG0 else await self._foreign(path)
@@ -907,6 +987,7 @@ class AresFS(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
+        await self._settle(path)
         await self._require_dir(_parent(path))
         ino = self._ino(path)
         if ino in self._open and not self._open[ino].unlinked:
@@ -919,7 +1000,7 @@ class AresFS(pyfuse3.Operations):
             of.fetch_done.set()
             of.refs = 1
             self._open[ino] = of
-        self._dirs.pop(_parent(path), None)
+        self._note(path, self._local_meta(of))
         return pyfuse3.FileInfo(fh=self._new_fh(ino)), self._entry(ino, self._local_meta(of))
 
     @_errors
@@ -972,6 +1053,7 @@ class AresFS(pyfuse3.Operations):
                 return
             await of.wait_fetched()
             path = self._path(of.ino)
+            await self._settle(path)
             m = self._local_meta(of)
             claim = Meta(
                 FILE,
@@ -998,13 +1080,16 @@ class AresFS(pyfuse3.Operations):
                 await self.files.write(path, _Limited(src, of.size), group=self.group)
             finally:
                 src.close()
-            done = Meta(FILE, m.mode, m.size, m.mtime_ns, m.uid, m.gid)
-            ok, t2 = await self._cas_meta(path, done, tag)
-            if ok:
-                of.base = t2
             of.dirty = False
             of.published = True
-            self._invalidate(path)
+            done = Meta(FILE, m.mode, m.size, m.mtime_ns, m.uid, m.gid)
+
+            async def finish() -> None:
+                ok, t2 = await self._cas_meta(path, done, tag)
+                if ok and of.base == tag:
+                    of.base = t2
+
+            self._later(path, finish)
 
 
 class _Limited:
