@@ -55,9 +55,7 @@ def mounted(lc: LocalCluster, mp: Path, *extra: str) -> Iterator[subprocess.Pope
     with open(log, "ab") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=out)
     try:
-        wait_for(
-            lambda: os.path.ismount(mp) or proc.poll() is not None, what=f"the mount of {mp}"
-        )
+        wait_for(lambda: os.path.ismount(mp) or proc.poll() is not None, what=f"the mount of {mp}")
         assert proc.poll() is None, log.read_text()
         yield proc
     finally:
@@ -103,7 +101,9 @@ def make_tree(root: Path, files: int = 6, seed: int = 1) -> Path:
     (root / "empty.txt").write_bytes(b"")
     for i in range(files):
         d = root / "pkg" / ("sub" if i % 2 else "")
-        (d / f"m{i}.py").write_text("".join(f"x{i}_{j} = {j}\n" for j in range(rnd.randint(1, 300))))
+        (d / f"m{i}.py").write_text(
+            "".join(f"x{i}_{j} = {j}\n" for j in range(rnd.randint(1, 300)))
+        )
     (root / "pkg" / "blob.bin").write_bytes(rnd.randbytes(300_000))
     run = root / "run.sh"
     run.write_text("#!/bin/sh\necho hi\n")

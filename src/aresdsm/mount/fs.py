@@ -1065,10 +1065,11 @@ class AresFS(pyfuse3.Operations):
                 writing=self.writer_id,
                 since_s=time.time(),
             )
-            base = of.base
-            if self.broken_publish_without_claim:
-                base, _ = await self._read_meta(path, fresh=True)
-            ok, tag = await self._cas_meta(path, claim, base)
+            if self.broken_publish_without_claim:  # last writer wins, nobody is told
+                tag = await self._update_meta(path, functools.partial(_const, claim))
+                ok = True
+            else:
+                ok, tag = await self._cas_meta(path, claim, of.base)
             if not ok:
                 of.stale = True
                 log.warning("%s: another mount published a newer version first (ESTALE)", path)

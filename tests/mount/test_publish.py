@@ -1,0 +1,69 @@
+"""The publication of a closed file (docs/mount.md), driven in-process through the mount's
+operations (no kernel): two mounts that opened the same version close it -- the first wins, the
+second is told ESTALE and writes nothing; with the claim switched off (``broken_*``) the second
+close silently overwrites the first, and this test sees the lost update."""
+
+from __future__ import annotations
+
+import errno
+import os
+from types import SimpleNamespace
+
+import pyfuse3
+
+from aresdsm.client import Store
+from aresdsm.config import Configuration
+from aresdsm.mount.fs import AresFS
+from aresdsm.server import Server
+
+CTX = SimpleNamespace(uid=0, gid=0, pid=0, umask=0o022)
+ROOT = pyfuse3.ROOT_INODE
+
+
+async def _race(cfg: Configuration, *, broken: bool) -> tuple[bool, bytes]:
+    """Both mounts open version 1 of ``f``; a edits the start, b the end; a closes, then b.
+    Returns (b's close succeeded, the file's final content)."""
+    async with Store(cfg) as s1, Store(cfg) as s2:
+        a, b = AresFS(s1), AresFS(s2)
+        b.broken_publish_without_claim = broken
+        fi, _ = await a.create(ROOT, b"f", 0o644, os.O_RDWR, CTX)  # type: ignore[arg-type]
+        await a.write(fi.fh, 0, b"v1" * 5000)
+        await a.flush(fi.fh)
+        await a.release(fi.fh)
+        await a.drain()
+        ea = await a.lookup(ROOT, b"f", CTX)  # type: ignore[arg-type]
+        eb = await b.lookup(ROOT, b"f", CTX)  # type: ignore[arg-type]
+        ha = (await a.open(ea.st_ino, os.O_RDWR, CTX)).fh  # type: ignore[arg-type]
+        hb = (await b.open(eb.st_ino, os.O_RDWR, CTX)).fh  # type: ignore[arg-type]
+        await a.write(ha, 0, b"A" * 10)
+        await b.write(hb, 9000, b"B" * 10)
+        await a.flush(ha)
+        try:
+            await b.flush(hb)
+            b_ok = True
+        except pyfuse3.FUSEError as e:
+            assert e.errno == errno.ESTALE
+            b_ok = False
+        await a.release(ha)
+        await b.release(hb)
+        await a.drain()
+        await b.drain()
+        return b_ok, await s1.files.read("f")
+
+
+async def test_the_second_close_of_a_version_gets_estale(
+    inproc_cluster: tuple[Configuration, list[Server]],
+) -> None:
+    cfg, _ = inproc_cluster
+    b_ok, final = await _race(cfg, broken=False)
+    assert not b_ok
+    assert final == b"A" * 10 + (b"v1" * 5000)[10:]  # a's version, whole; none of b's bytes
+
+
+async def test_broken_publish_without_claim_loses_an_update(
+    inproc_cluster: tuple[Configuration, list[Server]],
+) -> None:
+    cfg, _ = inproc_cluster
+    b_ok, final = await _race(cfg, broken=True)
+    assert b_ok  # b was not told ...
+    assert b"A" * 10 not in final  # ... and a's closed version is gone: the lost update
