@@ -922,21 +922,29 @@ class AresFS(pyfuse3.Operations):
                 m = found
             if m.kind == DIR:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            tmp = tempfile.TemporaryFile(dir=self.opts.cache_dir)  # noqa: SIM115 (released)
-            of = _Open(inode, tmp, m, tag, 0 if truncate else m.size)
-            self._open[inode] = of
-            if truncate:
-                of.fetch_done.set()
-                of.dirty = m.size != 0
-            else:
-                of.fetch_task = asyncio.ensure_future(self._fetch(of, path))
-        elif truncate:
-            async with of.lock:
-                await of.wait_fetched()
-                os.ftruncate(of.fd, 0)
-                of.size = 0
-                of.dirty = True
-        of.refs += 1
+            of = self._open.get(inode)  # another open of the file may have got here first
+            if of is None:
+                tmp = tempfile.TemporaryFile(dir=self.opts.cache_dir)  # noqa: SIM115 (released)
+                of = _Open(inode, tmp, m, tag, 0 if truncate else m.size)
+                self._open[inode] = of
+                of.refs += 1
+                if truncate:
+                    of.fetch_done.set()
+                    of.dirty = m.size != 0
+                else:
+                    of.fetch_task = asyncio.ensure_future(self._fetch(of, path))
+                return of
+        of.refs += 1  # (before any wait: a concurrent release must not close it)
+        if truncate:
+            try:
+                async with of.lock:
+                    await of.wait_fetched()
+                    os.ftruncate(of.fd, 0)
+                    of.size = 0
+                    of.dirty = True
+            except BaseException:
+                await self._release(of)
+                raise
         return of
 
     async def _fetch(self, of: _Open, path: str) -> None:
@@ -990,10 +998,13 @@ class AresFS(pyfuse3.Operations):
         await self._settle(path)
         await self._require_dir(_parent(path))
         ino = self._ino(path)
-        if ino in self._open and not self._open[ino].unlinked:
+        tag = None
+        if ino not in self._open or self._open[ino].unlinked:
+            tag, _ = await self._read_meta(path, fresh=True)
+        if ino in self._open and not self._open[ino].unlinked:  # (also one created meanwhile)
             of = await self._acquire(ino, truncate=True)
         else:
-            tag, _ = await self._read_meta(path, fresh=True)
+            assert tag is not None
             m = Meta(FILE, mode & 0o7777, 0, time.time_ns(), ctx.uid, ctx.gid)
             tmp = tempfile.TemporaryFile(dir=self.opts.cache_dir)  # noqa: SIM115 (released)
             of = _Open(ino, tmp, m, tag, 0, dirty=True, published=False)
