@@ -194,3 +194,15 @@ def test_background_mount_and_umount(cluster: LocalCluster, tmp_path: Path) -> N
         unmount(mp)
         if pid is not None and Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGTERM)
+
+
+def test_bad_mount_and_umount_arguments_are_one_line_errors(tmp_path: Path) -> None:
+    cases = [
+        ["ares", "mount", str(tmp_path / "missing")],
+        ["ares", "mount", str(tmp_path), "--cluster", str(tmp_path / "none.toml")],
+        ["ares", "umount", str(tmp_path)],
+    ]
+    for args in cases:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr

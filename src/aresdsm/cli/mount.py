@@ -8,6 +8,7 @@ and returns; ``--foreground`` serves in this process until unmounted or SIGTERM/
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -70,6 +71,13 @@ def mount_cmd(
 ) -> None:
     """Mount the files of GROUP at MOUNTPOINT (background; --foreground to stay)."""
     mp = Path(mountpoint)
+    try:
+        os.stat(mp)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mountpoint} is a mount whose process is gone: ares umount --lazy {mountpoint}"
+            ) from None
     if not mp.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mp):

@@ -399,14 +399,12 @@ class AresFS(pyfuse3.Operations):
         listing = self._dirs.get(parent)
         if listing is not None and listing[0] > time.monotonic():
             return listing[1].get(path.rpartition("/")[2])
-        (tag, m), gkeys = await asyncio.gather(
-            self._read_meta(path),
-            self.store.keys(GENESIS_PREFIX + path, group=self.group),
-        )
+        tag, m = await self._read_meta(path)
         if m is not None:
             return None if m.kind == GONE else m
         if tag != TAG0:  # a record that is not ours
             return None
+        gkeys = await self.store.keys(GENESIS_PREFIX + path, group=self.group)
         found = await self._foreign(path, gkeys)
         if found is not None:
             return found
