@@ -31,7 +31,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -52,6 +52,8 @@ MAX_PATH_BYTES = 448
 MAX_SEGMENT_BYTES = 255
 LIST_READS_IN_FLIGHT = 64
 MAX_META_RETRIES = 8
+MAX_CACHED_NAMES = 65536
+"""Records and listings cached at most (expired ones are dropped first, then all)."""
 BLOCK_SIZE = 128 * 1024
 """``st_blksize``: programs like cp size their buffers by it (FUSE writes up to 128 KiB)."""
 
@@ -221,6 +223,7 @@ class AresFS(pyfuse3.Operations):
         self._dir_handles: dict[int, list[tuple[str, Meta]]] = {}
         self._dir_paths: dict[int, str] = {}
         self._bg: dict[str, asyncio.Task[None]] = {}
+        self._lookups: dict[int, int] = {}
         self.broken_publish_without_claim = False
         """Test-only: publish without the coverable claim on the version opened (then two
         mounts that closed the same version both succeed and one silently loses)."""
@@ -321,12 +324,23 @@ class AresFS(pyfuse3.Operations):
             return hit[1], hit[2]
         tag, raw = await self.store.read_tagged(meta_key(path), group=self.group)
         m = decode(raw)
+        self._prune()
         self._attrs[path] = (now + self.opts.attr_timeout_s, tag, m)
         return tag, m
 
     def _remember(self, path: str, tag: Tag, m: Meta | None) -> None:
         self._attrs[path] = (time.monotonic() + self.opts.attr_timeout_s, tag, m)
         self._note(path, m)
+
+    def _prune(self) -> None:
+        if len(self._attrs) + len(self._dirs) <= MAX_CACHED_NAMES:
+            return
+        now = time.monotonic()
+        self._attrs = {p: v for p, v in self._attrs.items() if v[0] > now}
+        self._dirs = {p: v for p, v in self._dirs.items() if v[0] > now}
+        if len(self._attrs) + len(self._dirs) > MAX_CACHED_NAMES:
+            self._attrs.clear()
+            self._dirs.clear()
 
     async def _cas_meta(self, path: str, m: Meta, base: Tag) -> tuple[bool, Tag]:
         """Coverable write of the record on ``base``: (True, new tag) or (False, newest tag).
@@ -520,10 +534,32 @@ class AresFS(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         if name == b".":
-            return await self._attr(self._path(parent_inode))
-        if name == b"..":
-            return await self._attr(_parent(self._path(parent_inode)))
-        return await self._attr(self._child(parent_inode, name))
+            path = self._path(parent_inode)
+        elif name == b"..":
+            path = _parent(self._path(parent_inode))
+        else:
+            path = self._child(parent_inode, name)
+        return self._counted(await self._attr(path))
+
+    def _counted(self, e: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """The kernel now holds one more reference to ``e``'s inode (until ``forget``)."""
+        self._lookups[e.st_ino] = self._lookups.get(e.st_ino, 0) + 1
+        return e
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Drop the inodes the kernel no longer references and no handle holds (their paths
+        get fresh inode numbers if they are looked up again: numbers are never reused)."""
+        for ino, n in inode_list:
+            left = self._lookups.get(ino, 0) - n
+            if left > 0:
+                self._lookups[ino] = left
+                continue
+            self._lookups.pop(ino, None)
+            if ino == pyfuse3.ROOT_INODE or ino in self._open:
+                continue
+            path = self._paths.pop(ino, None)
+            if path is not None and self._inos.get(path) == ino:
+                del self._inos[path]
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -635,7 +671,7 @@ class AresFS(pyfuse3.Operations):
 
         await self._update_meta(path, make)
         self._dirs[path] = (time.monotonic() + self.opts.attr_timeout_s, {})
-        return self._entry(self._ino(path), m)
+        return self._counted(self._entry(self._ino(path), m))
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -672,10 +708,10 @@ class AresFS(pyfuse3.Operations):
         for i in range(start_id, len(entries)):
             name, m = entries[i]
             path = _join(base, name) if base is not None else name
-            if not pyfuse3.readdir_reply(
-                token, name.encode(), self._entry(self._ino(path), m), i + 1
-            ):
+            e = self._entry(self._ino(path), m)
+            if not pyfuse3.readdir_reply(token, name.encode(), e, i + 1):
                 return
+            self._counted(e)
 
     def _paths_of_dir_handle(self, fh: int) -> str | None:
         return self._dir_paths.get(fh)
@@ -745,7 +781,7 @@ class AresFS(pyfuse3.Operations):
         m = Meta(LINK, 0o777, 0, time.time_ns(), ctx.uid, ctx.gid, tgt)
         await self._update_meta(path, functools.partial(_const, m))
         self._invalidate(path)
-        return self._entry(self._ino(path), m)
+        return self._counted(self._entry(self._ino(path), m))
 
     @_errors
     async def rename(
@@ -1010,7 +1046,8 @@ class AresFS(pyfuse3.Operations):
             of.refs = 1
             self._open[ino] = of
         self._note(path, self._local_meta(of))
-        return pyfuse3.FileInfo(fh=self._new_fh(ino)), self._entry(ino, self._local_meta(of))
+        entry = self._counted(self._entry(ino, self._local_meta(of)))
+        return pyfuse3.FileInfo(fh=self._new_fh(ino)), entry
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
