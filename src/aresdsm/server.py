@@ -57,8 +57,8 @@ from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new
 from .limits import ServerLimits
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
-from .security.macs import load_key
-from .security.roles import is_admin_operation, refusal
+from .security.macs import load_key, load_keys
+from .security.roles import is_admin_operation, refusal, value_refusal
 from .security.tls import (
     HANDSHAKE_TIMEOUT_S,
     DenyList,
@@ -71,6 +71,7 @@ from .serverlog import BadInputLog, state_events
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
+from .testing import NO_FAULTS, Broken
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
 from .wire.messages import (
     Envelope,
@@ -392,6 +393,8 @@ class Server:
         allow_remote_plaintext: bool = False,
         broken_skip_authorization: bool = False,
         admin_key: bytes | None = None,
+        write_keys: tuple[bytes, ...] = (),
+        faults: Broken = NO_FAULTS,
         max_in_flight: int | None = None,
         limits: ServerLimits | None = None,
         identity: Identity | None = None,
@@ -399,6 +402,11 @@ class Server:
         self.server_id = server_id
         self.admin_key = admin_key
         """The cluster's admin MAC key: P entries written back by non-admins must carry its MAC."""
+        self.write_keys = write_keys
+        """The cluster's write keys (the first current, the others still accepted): a value is
+        applied only with a valid writer MAC or when it adds nothing (docs/protocol.md §13)."""
+        self.check_value_macs = bool(write_keys) and not faults.broken_skip_value_mac
+        """Test-only ``broken_skip_value_mac`` turns the writer-MAC check off."""
         self.broken_skip_authorization = broken_skip_authorization
         """Test-only: every connection may send everything (the attacks of issue 13 succeed)."""
         self.tls = tls
@@ -488,30 +496,30 @@ class Server:
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
 
-    def _unauthorized(self, conn: _Conn, rid: int, body: Request, need: str) -> None:
-        """``unauthorized``: the connection's role is below what ``body`` needs (§13)."""
+    def _unauthorized(
+        self, conn: _Conn, rid: int, body: Request, need: str, problem: str | None = None
+    ) -> None:
+        """``unauthorized``: the connection's role is below what ``body`` needs, or (``problem``)
+        a value it carries has no valid writer MAC (§13)."""
         self.bump("unauthorized")
         who = conn.identity.describe() if conn.identity is not None else "plaintext client"
+        have = conn.identity.role if conn.identity is not None else None
+        if problem is None:
+            why = f"{type(body).__name__} needs role {need}; this client's role is {have or 'none'}"
+        else:
+            why = f"{type(body).__name__} refused: {problem}"
         if not conn.refusal_logged:  # once per connection: a client cannot flood the log
             conn.refusal_logged = True
             log.warning(
-                "unauthorized: %s from %s sent %s, which needs role %s (further refusals on "
-                "this connection are counted, not logged)",
+                "unauthorized: %s from %s: %s (further refusals on this connection are "
+                "counted, not logged)",
                 who,
                 conn.peer,
-                type(body).__name__,
-                need,
+                why,
             )
             if self.audit is not None:
                 self.audit.record(who=who, peer=conn.peer_text, req=body, outcome="unauthorized")
-        have = conn.identity.role if conn.identity is not None else None
-        conn.send(
-            rid,
-            ErrorReply(
-                "unauthorized",
-                f"{type(body).__name__} needs role {need}; this client's role is {have or 'none'}",
-            ),
-        )
+        conn.send(rid, ErrorReply("unauthorized", why))
 
     async def _watch_deny_list(self) -> None:
         """Close the open connections of certificates added to the deny list (no restart)."""
@@ -579,10 +587,16 @@ class Server:
             )
             return
         body = cast(Request, env.body)
-        need = refusal(body, self.core, conn.level, self.admin_key)
+        need = refusal(body, self.core, conn.level, self.admin_key, self.write_keys)
         if need is not None and not self.broken_skip_authorization:
             self._unauthorized(conn, env.rid, body, need)
             return
+        if self.check_value_macs and isinstance(body, _DATA_WRITES):
+            problem = value_refusal(body, self.core, self.write_keys)
+            if problem is not None and not self.broken_skip_authorization:
+                self.bump("refused-value-mac")
+                self._unauthorized(conn, env.rid, body, "", problem)
+                return
         if isinstance(body, GetStats):  # O(1): running totals of the core, no storage scan
             if self.audit is not None:
                 self._audit(conn, body, "Stats")
@@ -948,6 +962,9 @@ async def run_server(
             tls=context,
             deny=DenyList(deny_file),
             admin_key=load_key(tls.admin_key) if tls is not None and tls.admin_key else None,
+            write_keys=(
+                load_keys(tls.write_key, "write key") if tls is not None and tls.write_key else ()
+            ),
             audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
             allow_remote_plaintext=allow_remote_plaintext,
             limits=limits,
