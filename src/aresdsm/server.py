@@ -27,7 +27,11 @@ high-water mark), so neither grows without bound.
 
 Security (docs/protocol.md §13, docs/security.md) lives here, in the shell, not in the core:
 with a TLS context every connection is mutual TLS 1.3 (a client without a certificate the
-cluster CA signed never gets past the handshake); the client certificate's role decides, per
+cluster CA signed never gets past the handshake). The listener accepts plain TCP: a new
+connection is first admitted -- counted against ``max_connections`` and the per-address limit,
+like any other -- and only then upgraded with ``loop.start_tls`` under ``handshake_timeout_s``,
+so a flood of half-open TLS handshakes is bounded by the same limits (on uvloop and the stdlib
+loop alike; docs/security.md "Limits and TLS"). the client certificate's role decides, per
 request, whether it is handed to the core (:func:`~aresdsm.security.roles.required_role`) or
 answered ``unauthorized`` (logged once per connection); certificates on the deny list are
 refused, and their open connections closed when the list changes; admin operations are written
@@ -44,7 +48,9 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import ssl
+import struct
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -60,7 +66,6 @@ from .security.audit import AuditLog
 from .security.macs import load_key, load_keys
 from .security.roles import is_admin_operation, refusal, value_refusal
 from .security.tls import (
-    HANDSHAKE_TIMEOUT_S,
     DenyList,
     PeerIdentity,
     peer_identity,
@@ -172,39 +177,54 @@ class _Conn(asyncio.Protocol):
         self.tls_flush_scheduled = False
         self.greeted = server.identity is None
         """The handshake succeeded (or this server has no identity to check)."""
+        self.handshake: asyncio.Task[None] | None = None
+        """TLS: the handshake in progress (the connection is admitted, its transport not yet
+        made); cancelled if the connection is dropped meanwhile."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        srv = self.server
-        peer = transport.get_extra_info("peername")
+    def set_peer(self, peer: Any) -> None:
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
         self.peer_text = _peer_text(peer)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Plaintext: a new TCP connection, admitted (counted against the connection limits)
+        here. TLS: the handshake completed on a connection admitted before it started
+        (:meth:`Server._accept`); the client's certificate decides whether it is served."""
+        self.transport = cast(asyncio.Transport, transport)
+        srv = self.server
+        limit = srv.limits.max_conn_reply_bytes
         if srv.tls is not None:
+            self.handshake = None
+            if not self.admitted:  # (dropped while its handshake completed)
+                self.transport.abort()
+                return
             self.identity = peer_identity(transport)
             if self.identity is None:  # (CERT_REQUIRED: the handshake already refused it)
                 srv.bump("refused-no-certificate")
-                self.transport.abort()
+                srv._drop(self)
                 return
             if srv.deny.denies(self.identity):
                 srv.bump("refused-denied")
                 srv.refusals.warning(
                     f"refused {self.identity.describe()} from {self.peer_text}: on the deny list"
                 )
-                self.transport.abort()
+                srv._drop(self)
                 return
             self.level = role_level(self.identity.role)
-        else:
-            if not srv.allow_remote_plaintext and not is_loopback(peer):
-                srv.bump("refused-remote-plaintext")
-                srv.refusals.warning(
-                    f"refused a plaintext connection from {self.peer_text} (protected mode: an "
-                    "insecure server accepts loopback clients only)"
-                )
-                self.transport.abort()
-                return
-            self.level = ADMIN_LEVEL  # plaintext: no authentication, nothing to check
-        limit = srv.limits.max_conn_reply_bytes
+            self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
+            srv.touch(self)
+            return
+        peer = transport.get_extra_info("peername")
+        self.set_peer(peer)
+        if not srv.allow_remote_plaintext and not is_loopback(peer):
+            srv.bump("refused-remote-plaintext")
+            srv.refusals.warning(
+                f"refused a plaintext connection from {self.peer_text} (protected mode: an "
+                "insecure server accepts loopback clients only)"
+            )
+            self.transport.abort()
+            return
+        self.level = ADMIN_LEVEL  # plaintext: no authentication, nothing to check
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
         srv.admit(self)
 
@@ -469,6 +489,11 @@ class Server:
         self.partial_bytes = 0
         """Bytes of incomplete frames above ``small_frame_bytes``, all connections together."""
         self._sweeper: asyncio.TimerHandle | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        """TLS handshakes in progress (each one's connection is admitted already)."""
+        self._listeners: list[socket.socket] = []
+        """TLS: the listening sockets (:meth:`_accept`); plaintext uses ``_server``."""
+        self._accepters: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
@@ -551,19 +576,20 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         try:
-            self._server = await loop.create_server(
-                lambda: _Conn(self),
-                self.host,
-                self.port,
-                ssl=self.tls,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self.tls is not None else None,
-            )
+            if self.tls is None:
+                self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port)
+                sock = self._server.sockets[0]
+            else:  # plain TCP listeners: connections are admitted before their handshake
+                self._listeners = await _listen(self.host, self.port)
+                sock = self._listeners[0]
+                self._accepters = [
+                    loop.create_task(self._accept(listener)) for listener in self._listeners
+                ]
         except OSError as e:  # port in use, unresolvable host, ...: one line, not a traceback
             host = f"[{self.host}]" if ":" in self.host else self.host
             raise ConfigurationError(
                 f"cannot listen on {host}:{self.port}: {e.strerror or e}"
             ) from None
-        sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         if self.deny.path is not None:
             self._deny_task = loop.create_task(self._watch_deny_list())
@@ -683,10 +709,12 @@ class Server:
     def now(self) -> float:
         return time.monotonic()
 
-    def admit(self, conn: _Conn) -> None:
+    def admit(self, conn: _Conn) -> bool:
         """Admit a new connection within ``max_connections`` and the per-address limit: at a
         limit, the connection of that scope idle longest (if idle at least
-        ``evict_idle_after_s``) is closed to make room, else the new one is refused."""
+        ``evict_idle_after_s``) is closed to make room, else the new one is refused (False).
+        With TLS this runs before the handshake: a connection still in its handshake counts
+        (and, idle, may be evicted)."""
         limits = self.limits
         now = self.now()
         peers = self._by_address.get(conn.peer)
@@ -696,18 +724,62 @@ class Server:
             and not self._evict(peers, now, f"address {conn.peer}")
         ):
             self._refuse(conn, f"{len(peers)} connections from this address")
-            return
+            return False
         if len(self._by_activity) >= limits.max_connections and not self._evict(
             self._by_activity, now, "server"
         ):
             self._refuse(conn, f"{len(self._by_activity)} connections open")
-            return
+            return False
         conn.admitted = True
         conn.last_active = now
         self.connections.add(conn)
         self._by_activity[conn] = None
         self._by_address.setdefault(conn.peer, OrderedDict())[conn] = None
         self.bump("connections")
+        return True
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """TLS: accept plain TCP connections, admit each one (:meth:`admit`: the connection
+        limits, eviction) and only then start its handshake, under ``handshake_timeout_s``. (The
+        loop's own TLS listener would hand a connection to the server only after its handshake,
+        so half-open handshakes would escape every limit.)"""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(listener)
+            except OSError as e:  # out of descriptors, ...: the listener stays, try again
+                self.bump("accept-errors")
+                self.refusals.warning(f"cannot accept a connection: {e.strerror or e}")
+                await asyncio.sleep(0.1)
+                continue
+            conn = _Conn(self)
+            conn.set_peer(addr)
+            if not self.admit(conn):
+                _reset(sock)
+                continue
+            task = loop.create_task(self._handshake(conn, sock))
+            conn.handshake = task
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: _Conn, sock: socket.socket) -> None:
+        assert self.tls is not None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=self.tls,
+                ssl_handshake_timeout=self.limits.handshake_timeout_s,
+            )
+        except asyncio.CancelledError:  # dropped (evicted, stopping) during the handshake
+            self.forget(conn)
+            _reset(sock)
+            raise
+        except Exception as e:  # (no certificate, another CA, not TLS, timed out, reset)
+            self.bump("tls-handshakes-failed")
+            log.debug("TLS handshake with %s failed: %s", conn.peer_text, e)
+            self.forget(conn)
+            _reset(sock)
 
     def _evict(self, scope: OrderedDict[_Conn, None], now: float, what: str) -> bool:
         for victim in itertools.islice(scope, 8):  # least recently active first
@@ -730,10 +802,12 @@ class Server:
             conn.transport.abort()
 
     def _drop(self, conn: _Conn) -> None:
-        """Close a connection now and stop counting it."""
+        """Close a connection now (a TLS one in its handshake too) and stop counting it."""
         self.forget(conn)
         if conn.transport is not None:
             conn.transport.abort()
+        elif conn.handshake is not None:
+            conn.handshake.cancel()
 
     def forget(self, conn: _Conn) -> None:
         if not conn.admitted:
@@ -840,6 +914,12 @@ class Server:
             self._sweeper = None
         if self._server is not None:
             self._server.close()
+        for task in [*self._accepters, *self._handshakes]:
+            task.cancel()
+        self._accepters = []
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
         for c in list(self.connections):
             if c.transport is not None:
                 c.transport.close()
@@ -865,6 +945,45 @@ def _outcome(reply: Any) -> str:
     if isinstance(reply, ErrorReply):
         return f"error {reply.code}"
     return type(reply).__name__
+
+
+LISTEN_BACKLOG = 100
+"""Connections the kernel queues before the server accepts them (asyncio's default)."""
+
+
+async def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host``:``port`` (every address it resolves to), non-blocking;
+    OSError as ``create_server`` raises it."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    out: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, resolved in dict.fromkeys(infos):
+            s = socket.socket(family, kind, proto)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((resolved[0], port, *resolved[2:]) if port else resolved)
+            port = s.getsockname()[1]  # (port 0: every address on the port the first one got)
+            s.listen(LISTEN_BACKLOG)
+            s.setblocking(False)
+    except OSError:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close an accepted socket at once (RST: no lingering state for a refused peer)."""
+    if sock.fileno() < 0:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def _write_private(path: Path, text: str) -> None:
