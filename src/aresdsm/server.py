@@ -37,8 +37,8 @@ answered ``unauthorized`` (logged once per connection); with the cluster's write
 (PutData, PutBatch items) is applied only with a valid writer MAC or when it adds nothing
 (:func:`~aresdsm.security.roles.value_refusal`: propagate, never invent); certificates on the
 deny list are refused, and their open connections closed when the list changes; admin operations
-are written to the audit log. Without TLS (``--insecure``) every request is allowed, and only loopback
-clients are accepted unless ``allow_remote_plaintext`` (Redis's protected mode).
+are written to the audit log. Without TLS (``--insecure``) every request is allowed, and only
+loopback clients are accepted unless ``allow_remote_plaintext`` (Redis's protected mode).
 """
 
 from __future__ import annotations
