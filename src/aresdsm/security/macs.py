@@ -69,7 +69,7 @@ def value_mac(key: bytes, chain: str, obj_key: str, tag: Tag, digest: bytes) -> 
     digest is ``digest``". The configuration is not covered: a value keeps its MAC when
     reconfiguration moves it to another configuration of the chain."""
     data = _enc.encode(("value", chain, obj_key, tag.z, tag.writer, digest))
-    return hmac.new(key, data, hashlib.sha256).digest()
+    return hmac.digest(key, data, "sha256")  # (one-shot, in C: about a microsecond)
 
 
 def value_mac_valid(
@@ -79,7 +79,7 @@ def value_mac_valid(
     if len(mac) != MAC_BYTES:
         return False
     data = _enc.encode(("value", chain, obj_key, tag.z, tag.writer, digest))
-    return any(hmac.compare_digest(mac, hmac.new(k, data, hashlib.sha256).digest()) for k in keys)
+    return any(hmac.compare_digest(mac, hmac.digest(k, data, "sha256")) for k in keys)
 
 
 class ValueSigner:
