@@ -759,6 +759,8 @@ class Server:
             if not self.admit(conn):
                 _reset(sock)
                 continue
+            with contextlib.suppress(OSError):  # small replies go out at once (as create_server)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = loop.create_task(self._handshake(conn, sock))
             conn.handshake = task
             self._handshakes.add(task)
