@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from aresdsm.client import Store
@@ -239,6 +240,58 @@ async def test_broken_skip_value_mac_lets_the_forgery_through(tmp_path: Path, pk
         reply = await _ask(pki.client("read"), c.c0.servers[0], _forged())
         assert isinstance(reply, Ack)
         assert _stored(c.servers[0]) == (Tag(HUGE, "x"), b"evil", b"")
+    finally:
+        for s in c.servers:
+            await s.stop()
+
+
+async def test_key_rotation_reconfiguration_re_signs_every_value(tmp_path: Path, pki: Pki) -> None:
+    """docs/security.md "Key rotation": servers verify with the new and the old key; a writer
+    still on the old key keeps writing; an admin on the new key reconfigures, which re-signs
+    every value it transfers; then the old key can be retired."""
+    old = macs.load_key(pki.write_key)
+    new_file = tmp_path / "write-mac-new.key"
+    macs.create_key(new_file)
+    new = macs.load_key(new_file)
+    c = await _cluster(tmp_path, pki)
+    try:
+        for s in c.servers:  # step 1 (a restart with the new key first, the old one second)
+            s.write_keys = (new, old)
+        async with c.store("write") as w:  # still signs with the old key
+            tag = await w.write("k", b"written before the rotation")
+        assert _stored(c.servers[0])[2] == macs.value_mac(
+            old, CHAIN, KEY, tag, digest(b"written before the rotation")
+        )
+        admin = c.pki.client("admin")
+        assert admin.tls is not None
+        admin = msgspec.structs.replace(
+            admin, tls=msgspec.structs.replace(admin.tls, write_key=str(new_file))
+        )
+        c1 = Configuration("c1", c.c0.servers, epoch=1)
+        async with Store(c.c0, options=admin) as a:  # step 3
+            await a.reconfigure(c1, force=True)
+            await a.settle()
+        resigned = macs.value_mac(new, CHAIN, KEY, tag, digest(b"written before the rotation"))
+        assert all(s.core.registers[(CHAIN, "c1", KEY)].mac == resigned for s in c.servers)
+        for s in c.servers:  # step 4: the old key retired
+            s.write_keys = (new,)
+        async with c.store("read") as r:
+            assert await r.read("k") == b"written before the rotation"
+        with pytest.raises(ServerError, match="does not verify"):  # the old key creates nothing
+            await _ask(
+                c.pki.client("read"),
+                c.c0.servers[0],
+                PutData(
+                    CHAIN,
+                    "c1",
+                    KEY,
+                    Tag(tag.z + 1, "w"),
+                    Blob(b"x"),
+                    digest(b"x"),
+                    b"",
+                    macs.value_mac(old, CHAIN, KEY, Tag(tag.z + 1, "w"), digest(b"x")),
+                ),
+            )
     finally:
         for s in c.servers:
             await s.stop()
