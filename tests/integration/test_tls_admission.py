@@ -30,6 +30,8 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,
 }
+pytestmark = pytest.mark.slow  # (waits for the handshake deadline, on two loops: ~6 s)
+
 FLOOD_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PER_ADDRESS = 3
 HALF_OPEN_PER_ADDRESS = 8
