@@ -1,13 +1,17 @@
 """The publication of a closed file (docs/mount.md), driven in-process through the mount's
 operations (no kernel): two mounts that opened the same version close it -- the first wins, the
 second is told ESTALE and writes nothing; with the claim switched off (``broken_*``) the second
-close silently overwrites the first, and this test sees the lost update."""
+close silently overwrites the first, and this test sees the lost update. An open during another
+mount's publication waits for it and reads the new version whole."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import random
 from types import SimpleNamespace
+from typing import Any
 
 import pyfuse3
 
@@ -67,3 +71,39 @@ async def test_broken_publish_without_claim_loses_an_update(
     b_ok, final = await _race(cfg, broken=True)
     assert b_ok  # b was not told ...
     assert b"A" * 10 not in final  # ... and a's closed version is gone: the lost update
+
+
+async def test_an_open_during_a_publication_waits_and_sees_the_whole_version(
+    inproc_cluster: tuple[Configuration, list[Server]],
+) -> None:
+    cfg, _ = inproc_cluster
+    v1, v2 = random.Random(1).randbytes(200_000), random.Random(2).randbytes(200_000)
+    async with Store(cfg) as s1, Store(cfg) as s2:
+        a, b = AresFS(s1), AresFS(s2)
+        fi, _ = await a.create(ROOT, b"g", 0o644, os.O_RDWR, CTX)  # type: ignore[arg-type]
+        await a.write(fi.fh, 0, v1)
+        await a.flush(fi.fh)
+        await a.write(fi.fh, 0, v2)
+        started, go_on = asyncio.Event(), asyncio.Event()
+        real = s1.files.write
+
+        async def paused(*args: Any, **kwargs: Any) -> int:
+            started.set()
+            await go_on.wait()
+            n: int = await real(*args, **kwargs)
+            return n
+
+        s1.files.write = paused  # type: ignore[method-assign]
+        publishing = asyncio.ensure_future(a.flush(fi.fh))
+        await started.wait()  # a's record carries the writing mark; its data is not written
+        eb = await b.lookup(ROOT, b"g", CTX)  # type: ignore[arg-type]
+        opening = asyncio.ensure_future(b.open(eb.st_ino, os.O_RDONLY, CTX))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        assert not opening.done()  # b waits for the publication to end ...
+        go_on.set()
+        await publishing
+        hb = (await opening).fh
+        assert await b.read(hb, 0, len(v2) + 10) == v2  # ... and reads the new version, whole
+        await b.release(hb)
+        await a.release(fi.fh)
+        await a.drain()
