@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pyfuse3
+import pytest
 
 from aresdsm.client import Store
 from aresdsm.config import Configuration
@@ -107,3 +108,24 @@ async def test_an_open_during_a_publication_waits_and_sees_the_whole_version(
         await b.release(hb)
         await a.release(fi.fh)
         await a.drain()
+
+
+async def test_forget_drops_unreferenced_inodes_only(
+    inproc_cluster: tuple[Configuration, list[Server]],
+) -> None:
+    cfg, _ = inproc_cluster
+    async with Store(cfg) as s:
+        fs = AresFS(s)
+        fi, e = await fs.create(ROOT, b"h", 0o644, os.O_RDWR, CTX)  # type: ignore[arg-type]
+        ino = e.st_ino
+        assert (await fs.lookup(ROOT, b"h", CTX)).st_ino == ino  # type: ignore[arg-type]
+        await fs.forget([(ino, 2)])  # the kernel let go, but a handle is open: kept
+        assert (await fs.getattr(ino, CTX)).st_ino == ino  # type: ignore[arg-type]
+        await fs.release(fi.fh)
+        await fs.drain()
+        assert (await fs.lookup(ROOT, b"h", CTX)).st_ino == ino  # type: ignore[arg-type]
+        await fs.forget([(ino, 1)])  # no reference left: dropped, never reused
+        with pytest.raises(pyfuse3.FUSEError):
+            await fs.getattr(ino, CTX)  # type: ignore[arg-type]
+        again = (await fs.lookup(ROOT, b"h", CTX)).st_ino  # type: ignore[arg-type]
+        assert again != ino and (await fs.getattr(again, CTX)).st_size == 0  # type: ignore[arg-type]
