@@ -439,7 +439,7 @@ class AresFS(pyfuse3.Operations):
         e.attr_timeout = self.opts.attr_timeout_s
         kind = {DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}.get(m.kind, stat.S_IFREG)
         e.st_mode = kind | (m.mode & 0o7777)
-        e.st_nlink = 2 if m.kind == DIR else 1
+        e.st_nlink = 1  # (directories too: "unknown", so no tool counts subdirectories by it)
         e.st_uid = m.uid
         e.st_gid = m.gid
         e.st_rdev = 0
