@@ -10,6 +10,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from aresdsm.local import LocalCluster
 from .conftest import make_tree, unmount, wait_for
 
 pytestmark = pytest.mark.slow
+
+ARES = [sys.executable, "-m", "aresdsm"]
 
 
 def sh(*args: str, cwd: Path | None = None) -> str:
@@ -54,7 +57,7 @@ def test_rsync_a_round_trip(mnt: Path, tmp_path: Path, cluster: LocalCluster) ->
     assert not [ln for ln in out.splitlines() if ln.startswith((">", "c"))], out
     # the files are the layer's files: `ares file get` reads what the mount wrote
     got = tmp_path / "got.md"
-    sh("ares", "file", "get", "rs/README.md", str(got), "--cluster", str(cluster.cluster_path))
+    sh(*ARES, "file", "get", "rs/README.md", str(got), "--cluster", str(cluster.cluster_path))
     assert got.read_bytes() == (src / "README.md").read_bytes()
 
 
@@ -175,7 +178,7 @@ def test_background_mount_and_umount(cluster: LocalCluster, tmp_path: Path) -> N
     pid = None
     try:
         r = subprocess.run(
-            ["ares", "mount", str(mp), "--cluster", str(cluster.cluster_path)],
+            [*ARES, "mount", str(mp), "--cluster", str(cluster.cluster_path)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -186,7 +189,7 @@ def test_background_mount_and_umount(cluster: LocalCluster, tmp_path: Path) -> N
         assert os.path.ismount(mp)
         (mp / "bg.txt").write_text("background\n")
         assert (mp / "bg.txt").read_text() == "background\n"
-        r = subprocess.run(["ares", "umount", str(mp)], capture_output=True, text=True, check=False)
+        r = subprocess.run([*ARES, "umount", str(mp)], capture_output=True, text=True, check=False)
         assert r.returncode == 0, r.stderr
         assert not os.path.ismount(mp)
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), what="the mount process to exit")
@@ -198,9 +201,9 @@ def test_background_mount_and_umount(cluster: LocalCluster, tmp_path: Path) -> N
 
 def test_bad_mount_and_umount_arguments_are_one_line_errors(tmp_path: Path) -> None:
     cases = [
-        ["ares", "mount", str(tmp_path / "missing")],
-        ["ares", "mount", str(tmp_path), "--cluster", str(tmp_path / "none.toml")],
-        ["ares", "umount", str(tmp_path)],
+        [*ARES, "mount", str(tmp_path / "missing")],
+        [*ARES, "mount", str(tmp_path), "--cluster", str(tmp_path / "none.toml")],
+        [*ARES, "umount", str(tmp_path)],
     ]
     for args in cases:
         r = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
