@@ -97,10 +97,13 @@ def mount_cmd(
             args += ["--cache-dir", cache_dir]
         if allow_other:
             args.append("--allow-other")
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-            )
+        try:
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                )
+        except OSError as e:
+            raise MountError(f"cannot write the log {log}: {e.strerror} (--log-file)") from None
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not os.path.ismount(mp):
             if proc.poll() is not None or time.monotonic() > deadline:

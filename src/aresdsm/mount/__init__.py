@@ -10,6 +10,7 @@ import asyncio
 import signal
 from typing import Any
 
+from ..errors import AresError
 from .meta import Meta
 
 __all__ = ["Meta", "serve"]
@@ -38,7 +39,10 @@ async def serve(
     fuse_options = set(pyfuse3.default_options) | {"fsname=ares", "subtype=ares"}
     if allow_other:
         fuse_options.add("allow_other")
-    pyfuse3.init(ops, mountpoint, fuse_options)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options)
+    except RuntimeError as e:  # libfuse said no (not a directory, busy, no permission)
+        raise AresError(f"cannot mount {mountpoint}: {e} (see the lines above)") from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pyfuse3.terminate)
