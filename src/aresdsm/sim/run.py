@@ -384,10 +384,6 @@ class _World:
         self.partitioned: set[str] = set()
         arng = random.Random(f"adversary-{opts.seed}")
         frng = random.Random(f"focus-rules-{opts.seed}")
-        self.quiet_s = frng.choice([0.0, 0.0, 0.05, 0.1, 0.2])
-        """Phased workload: with a period > 0, every other period of this length is read-only,
-        so that the last write before it is what the reads there must see (a lost write is not
-        hidden by the next one)."""
         self.stagger_s = frng.choice([0.0, 0.02, 0.04, 0.06, 0.1])
         """Reconfigurer ``r{i}`` starts ``i`` times this late: staggered reconfigurers meet
         each other's pending configurations (a chain that grows while one is still P)."""
@@ -414,10 +410,6 @@ class _World:
             is_reconfigurer=lambda name: name.startswith("r"),
         )
         self.adversary.focus_on(self.c0)
-
-    def quiet(self) -> bool:
-        """Whether the workload is in a read-only phase now (:attr:`quiet_s`)."""
-        return self.quiet_s > 0 and int(self.loop.time() / self.quiet_s) % 2 == 1
 
     def proposal(self) -> Configuration:
         return _proposal(self)
@@ -478,7 +470,7 @@ async def _client(world: _World, name: str, index: int, ops: int, keys: list[str
     switches = stores.client_switches(world, index)
     for n in range(1, ops + 1):
         key = rng.choice(keys)
-        is_write = rng.random() < (opts.write_ratio or 0.5) and not world.quiet()
+        is_write = rng.random() < (opts.write_ratio or 0.5)
         size = rng.randint(0, opts.value_max_bytes or 16)
         value = f"{name}-{n}|".encode() + b"x" * size if is_write else None
         if not await _operation(world, ch, name, key, value, writer_id(name, n), switches):

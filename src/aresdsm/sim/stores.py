@@ -102,7 +102,7 @@ async def store_client(world: _World, name: str, index: int, ops: int, keys: lis
     while n < ops:
         n += 1
         key = rng.choice(keys)
-        is_write = rng.random() < (world.opts.write_ratio or 0.5) and not world.quiet()
+        is_write = rng.random() < (world.opts.write_ratio or 0.5)
         value = f"{name}@{store_incarnations(world, name)}-{n}|".encode() + b"x" * rng.randint(
             0, world.opts.value_max_bytes or 16
         )
