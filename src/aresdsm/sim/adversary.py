@@ -15,6 +15,12 @@ never produce that. :class:`HandoffAdversary` does it on purpose, with seeded ch
   messages (consensus, SET_NEXT_AND_GET, transfer, WRITE_CONFIG) have reached servers, which
   lands it at a random point *inside* a hand-off; or after ``cap_s`` at the latest, so that
   nothing waits forever;
+* *focus*: for the configuration being handed off, a fast server and victims are drawn, and
+  per seed a set of further rules (:class:`AdversaryOptions`: others answer writes at once,
+  stalled writes, cut queries, held transfers) -- each the general form of one hand-off race
+  (tests/sim/test_older_sources.py, test_mixed_modes.py, test_obsolete_race.py,
+  test_coverable.py, test_store_retry.py), so that the plain swarm finds those bugs without a
+  script (docs/testing.md has the table);
 * *long holds*: independently, any request may be held for a seeded 30--600 ms.
 
 A hold only delays a message (the network is asynchronous): it never breaks the failure model,
