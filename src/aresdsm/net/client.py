@@ -190,8 +190,9 @@ class PeerConnection(asyncio.Protocol):
         self._backoff_s = initial_backoff_s
         self._retry_at = 0.0
         self._closed = False
-        self._tls_out: list[Any] = []
-        self._tls_flush_scheduled = False
+        self._out: list[bytes | memoryview] = []
+        """Request buffers written in this event-loop iteration, sent as one write (_flush)."""
+        self._flush_scheduled = False
         self._closing: asyncio.Transport | None = None
         self._lost: asyncio.Future[None] | None = None
         self.requests_sent = 0
@@ -239,7 +240,11 @@ class PeerConnection(asyncio.Protocol):
         self._waiting.pop(rid, None)
 
     def _write(self, rid: int, req: Request, trace: dict[str, str] | None) -> None:
-        assert self._transport is not None
+        """Encode a request and queue it: every request queued in one event-loop iteration (a
+        round asks every server at once, many operations run at once) leaves in one
+        ``writelines`` from ``call_soon`` -- after the callbacks already ready in this
+        iteration, before the loop polls again, so a lone request waits for nothing
+        (docs/design.md, "Coalesced writes")."""
         try:
             bufs = self._encoder.encode(Envelope(rid, req, trace))
         except FrameError as e:
@@ -249,21 +254,17 @@ class PeerConnection(asyncio.Protocol):
             return
         self._outstanding.add(rid)
         self.requests_sent += 1
-        if self.tls is None:
-            self._transport.writelines(bufs)
-            return
-        # TLS: every write is at least one encrypted record; the requests of one loop iteration
-        # go out together, in as few records as fit
-        self._tls_out.extend(bufs)
-        if not self._tls_flush_scheduled:
-            self._tls_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_tls)
+        self._out += bufs
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush_tls(self) -> None:
-        self._tls_flush_scheduled = False
-        out, self._tls_out = self._tls_out, []
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(out))
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        t = self._transport
+        if out and t is not None and not t.is_closing():
+            t.writelines(out)
 
     def _pump(self) -> None:
         while (
@@ -404,7 +405,7 @@ class PeerConnection(asyncio.Protocol):
         self._transport = None
         self._ready = False
         self._outstanding.clear()
-        self._tls_out.clear()  # (their requests fail below)
+        self._out = []  # (their requests fail below)
         err = ConnectionError(
             f"connection to server {self.server.id} lost" + (f": {exc}" if exc else "")
         )
