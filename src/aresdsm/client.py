@@ -490,31 +490,44 @@ class Store:
         the same call, or for a write that chose its tag, the write finished with that tag."""
         await self._confirm_cache(chain)
         seen = self._view(chain)[-1].config
+        loop = asyncio.get_running_loop()
         first = asyncio.ensure_future(attempt())
+        hedge: asyncio.Task[bool] | None = None
+        moved = False
+
+        # The hedge is a timer, not an asyncio.wait() per operation (issue 18: that cost a
+        # waiter future, two coroutines and a set per operation): it starts the relocation
+        # next to the attempt, and cancels the attempt if the chain moved before it finished.
+        def on_hedge(t: asyncio.Task[bool]) -> None:
+            nonlocal moved
+            if not t.cancelled() and t.exception() is None and t.result() and not first.done():
+                moved = True
+                first.cancel()  # the chain moved on: retry there
+
+        def start_hedge() -> None:
+            nonlocal hedge
+            if not first.done():
+                hedge = loop.create_task(self._relocate_from(chain, seen))
+                hedge.add_done_callback(on_hedge)
+
+        timer = loop.call_later(self._hedge_s(), start_hedge)
         try:
-            done, _ = await asyncio.wait({first}, timeout=self._hedge_s())
-            if not done:
-                hedge = asyncio.ensure_future(self._relocate_from(chain, seen))
-                try:
-                    both: set[asyncio.Task[Any]] = {first, hedge}
-                    done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-                    moved = first not in done and hedge.exception() is None and hedge.result()
-                    if moved:
-                        first.cancel()  # the chain moved on: retry there
-                        await asyncio.gather(first, return_exceptions=True)
-                        return await self._retry_after_move(chain, retry)
-                finally:
-                    hedge.cancel()
-                    await asyncio.gather(hedge, return_exceptions=True)
             return await first
         except asyncio.CancelledError:
-            first.cancel()  # the caller gave up (its deadline, a crash): so does the attempt
-            raise
+            task = asyncio.current_task()
+            if not (moved and first.cancelled() and task is not None and not task.cancelling()):
+                first.cancel()  # the caller gave up (its deadline, a crash): so does the attempt
+                raise
         except (QuorumUnavailable, OperationTimeout):
             if not first.done() or first.cancelled():
                 raise
             if not await self._relocate_from(chain, seen):
                 raise
+        finally:
+            timer.cancel()
+            if hedge is not None:
+                hedge.cancel()
+                await asyncio.gather(hedge, return_exceptions=True)
         return await self._retry_after_move(chain, retry)
 
     async def _retry_after_move(self, chain: str, retry: Callable[[], Awaitable[T]]) -> T:
