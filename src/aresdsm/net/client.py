@@ -473,9 +473,27 @@ class PeerConnection(asyncio.Protocol):
 
 
 class _Round:
-    """Collects the replies of one round; resolves one future."""
+    """Collects the replies of one round; resolves one future. Replies reach it through one
+    small :class:`_ServerReply` per server, not a closure: a round allocates a future, a
+    timer, this object and one callback object per server (issue 18)."""
 
-    __slots__ = ("accept", "answers", "errors", "expect", "fut", "n", "need", "pending", "timer")
+    __slots__ = (
+        "accept",
+        "answers",
+        "channel",
+        "config",
+        "errors",
+        "expect",
+        "fut",
+        "n",
+        "need",
+        "peers",
+        "reqs",
+        "retried",
+        "sent",
+        "timer",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -484,6 +502,9 @@ class _Round:
         n: int,
         expect: type,
         accept: Callable[[Any], bool] | None = None,
+        channel: TcpChannel | None = None,
+        config: Configuration | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         self.fut = fut
         self.need = need
@@ -493,6 +514,42 @@ class _Round:
         self.answers: list[tuple[ServerInfo, Reply]] = []
         self.errors: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.channel = channel
+        self.config = config
+        self.trace = trace
+        self.peers: list[PeerConnection] = []
+        """Per server (by index in the configuration): its connection ..."""
+        self.reqs: list[Request] = []
+        """... and the request sent to it."""
+        self.sent: list[tuple[PeerConnection, int]] = []
+        """Every (connection, request id) sent, retries included: cancelled when it ends."""
+        self.retried: set[int] | None = None
+
+    def deliver(self, i: int, reply: Reply | BaseException) -> None:
+        """The reply of server ``i``. A server that does not know the configuration yet (it
+        joined empty, docs/protocol.md §3) is sent the descriptor and the request again, once."""
+        ch, c = self.channel, self.config
+        assert ch is not None and c is not None
+        req = self.reqs[i]
+        ch._learn(req, reply)
+        if (
+            isinstance(reply, ErrorReply)
+            and reply.code == "unknown-config"
+            and ch.may_install
+            and (self.retried is None or i not in self.retried)
+            and not self.fut.done()
+        ):
+            if self.retried is None:
+                self.retried = set()
+            self.retried.add(i)
+            peer = self.peers[i]
+            peer.send(next(ch._rids), InstallConfig(c), _ignore, self.trace)
+            rid = next(ch._rids)
+            self.sent.append((peer, rid))
+            ch.messages += 2
+            peer.send(rid, req, _ServerReply(self, i), self.trace)
+            return
+        self.on_reply(c.servers[i], reply)
 
     def on_reply(self, server: ServerInfo, reply: Reply | BaseException) -> None:
         if self.fut.done():
@@ -522,6 +579,19 @@ class _Round:
                     + "; ".join(self.errors)
                 )
             )
+
+
+class _ServerReply:
+    """The callback of one server's request in a round."""
+
+    __slots__ = ("i", "rnd")
+
+    def __init__(self, rnd: _Round, i: int) -> None:
+        self.rnd = rnd
+        self.i = i
+
+    def __call__(self, reply: Reply | BaseException) -> None:
+        self.rnd.deliver(self.i, reply)
 
 
 class TcpChannel:
@@ -622,17 +692,19 @@ class TcpChannel:
     ) -> list[tuple[ServerInfo, R]]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[tuple[ServerInfo, R]]] = loop.create_future()
-        rnd = _Round(fut, need, c.n, expect, accept)
+        rnd = _Round(fut, need, c.n, expect, accept, self, c, trace)
         self.rounds += 1
         self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
-        sent: list[tuple[PeerConnection, int]] = []
+        peers, reqs, sent = rnd.peers, rnd.reqs, rnd.sent
         for i, server in enumerate(c.servers):
             req = self._seal(request(i, server) if callable(request) else request)
             rid = next(self._rids)
             peer = self.peer(server)
+            peers.append(peer)
+            reqs.append(req)
             sent.append((peer, rid))
             self.messages += 1
-            peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent, trace), trace)
+            peer.send(rid, req, _ServerReply(rnd, i), trace)
             if fut.done():
                 break
         timeout = remaining_s(self.options.timeout_s if timeout_s is None else timeout_s)
@@ -657,41 +729,6 @@ class TcpChannel:
                 rnd.timer.cancel()
             for peer, rid in sent:
                 peer.cancel(rid)
-
-    def _reply_handler(
-        self,
-        rnd: _Round,
-        c: Configuration,
-        server: ServerInfo,
-        peer: PeerConnection,
-        req: Request,
-        sent: list[tuple[PeerConnection, int]],
-        trace: dict[str, str] | None,
-    ) -> Callback:
-        """Deliver replies to the round; a server that does not know ``c`` yet (it joined
-        empty, docs/protocol.md §3) is sent the descriptor and the request again, once."""
-        retried = False
-
-        def on_reply(reply: Reply | BaseException) -> None:
-            nonlocal retried
-            self._learn(req, reply)
-            if (
-                isinstance(reply, ErrorReply)
-                and reply.code == "unknown-config"
-                and self.may_install
-                and not retried
-                and not rnd.fut.done()
-            ):
-                retried = True
-                peer.send(next(self._rids), InstallConfig(c), _ignore, trace)
-                rid = next(self._rids)
-                sent.append((peer, rid))
-                self.messages += 2
-                peer.send(rid, req, on_reply, trace)
-                return
-            rnd.on_reply(server, reply)
-
-        return on_reply
 
     async def request(
         self, server: ServerInfo, req: Request, *, timeout_s: float | None = None
