@@ -339,7 +339,8 @@ class _Conn(asyncio.Protocol):
 
     def flush(self) -> None:
         """Send what :meth:`write` queued: one system call for all of it (plaintext), as few
-        TLS records as fit (TLS)."""
+        TLS records as fit (TLS: joined first, since uvloop's TLS transport encrypts every
+        buffer of a ``writelines`` as a record of its own -- three per reply)."""
         self.flush_scheduled = False
         out, self.out = self.out, []
         self.out_bytes = 0
@@ -348,7 +349,10 @@ class _Conn(asyncio.Protocol):
             return
         if not self.writing_paused:  # replies move: the connection is active
             self.server.touch(self)
-        t.writelines(out)
+        if self.server.tls is None:
+            t.writelines(out)  # one writev; large values are not copied
+        else:
+            t.write(b"".join(out))  # (TLS transports make a record of every buffer written)
         if self.blocked:  # (held bytes moved to the transport, which may have sent them)
             self.update_reading()
 

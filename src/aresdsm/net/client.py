@@ -264,7 +264,10 @@ class PeerConnection(asyncio.Protocol):
         out, self._out = self._out, []
         t = self._transport
         if out and t is not None and not t.is_closing():
-            t.writelines(out)
+            if self.tls is None:
+                t.writelines(out)  # one writev; large values are not copied
+            else:  # one buffer: TLS transports make a record of every buffer written
+                t.write(b"".join(out))
 
     def _pump(self) -> None:
         while (
