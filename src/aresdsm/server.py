@@ -871,6 +871,7 @@ class Server:
             self._server.close()
         for c in list(self.connections):
             if c.transport is not None:
+                c.flush()  # replies queued in this iteration go out before the close
                 c.transport.close()
         with contextlib.suppress(Exception):
             await self.storage.drain()
