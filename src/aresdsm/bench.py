@@ -595,6 +595,17 @@ async def _load_process_main(conn: Any, args: dict[str, Any]) -> dict[str, Any]:
     return dataclasses.asdict(run)
 
 
+LOAD_PROCESS_START_S = 60.0
+"""How long a ``--client-procs`` load process may take to start and connect (and, after its
+load, to report)."""
+
+
+def _recv(end: Any, timeout_s: float) -> Any:
+    if not end.poll(timeout_s):
+        raise RuntimeError(f"a load process did not answer within {timeout_s:g} s")
+    return end.recv()
+
+
 async def _run_cell_procs(
     cluster: LocalCluster,
     *,
@@ -628,12 +639,15 @@ async def _run_cell_procs(
         children.append((proc, parent_end))
     try:
         for _, end in children:
-            msg = await asyncio.to_thread(end.recv)
+            msg = await asyncio.to_thread(_recv, end, LOAD_PROCESS_START_S)
             if msg != "ready":
                 raise RuntimeError(f"a load process failed to start: {msg}")
         for _, end in children:
             end.send("go")
-        results = [await asyncio.to_thread(end.recv) for _, end in children]
+        results = [
+            await asyncio.to_thread(_recv, end, duration_s + LOAD_PROCESS_START_S)
+            for _, end in children
+        ]
     finally:
         for proc, end in children:
             await asyncio.to_thread(proc.join, 30)
