@@ -93,6 +93,9 @@ log = logging.getLogger("aresdsm.server")
 
 _REQUEST_TYPES: tuple[type, ...] = Request.__args__
 ADMIN_LEVEL = role_level("admin")
+FLUSH_NOW_BYTES = 256 * 1024
+"""Replies queued for one connection beyond this are sent at once, not at the end of the loop
+iteration (coalescing only pays for small messages)."""
 DENY_CHECK_INTERVAL_S = 1.0
 """How often a server looks at its deny list for connections to close."""
 
@@ -329,13 +332,24 @@ class _Conn(asyncio.Protocol):
         requests answered at once). The flush runs from ``call_soon``: after the callbacks
         already ready in this iteration, before the loop polls again -- no added latency for a
         lone reply (docs/design.md, "Coalesced writes")."""
-        if self.transport is None or self.transport.is_closing():
+        t = self.transport
+        if t is None or t.is_closing():
             return
         self.out += bufs
         self.out_bytes += sum(map(len, bufs)) if size is None else size
-        if not self.flush_scheduled:
+        if self.out_bytes >= FLUSH_NOW_BYTES:
+            # large replies gain nothing from waiting; in the transport they meet its flow
+            # control (pause_writing) at once
+            self.flush()
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
+        limit = self.server.limits.max_conn_reply_bytes
+        if (
+            not self.blocked
+            and self.reply_bytes + self.out_bytes + t.get_write_buffer_size() >= limit
+        ):
+            self.update_reading()  # the reply budget is spent: stop handling requests
 
     def flush(self) -> None:
         """Send what :meth:`write` queued: one system call for all of it (plaintext), as few
