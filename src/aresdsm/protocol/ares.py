@@ -266,10 +266,7 @@ async def _query_all(
             return None, e.next, True
 
     while todo:
-        if len(todo) == 1:  # the common case: no task and no gather for one configuration
-            answers = [await ask(cseq[todo[0]].config)]
-        else:
-            answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
+        answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
         grown = len(cseq)
         again: set[int] = set()
         for i, (res, nxt, obsolete) in zip(todo, answers, strict=True):
