@@ -38,9 +38,10 @@ def test_client_procs_merges_the_figures_of_every_load_process(tmp_path: Path) -
         assert cell.ops > 0 and cell.errors == 0
         assert math.isfinite(cell.client_cpu_us_per_op) and cell.client_cpu_us_per_op > 0
         assert math.isfinite(cell.server_cpu_us_per_op) and cell.server_cpu_us_per_op > 0
-    # counted by the load processes' channels and summed: 2 rounds per write, 1 per read
+    # counted by the load processes' channels and summed: 2 rounds per write; 1 per read (a few
+    # reads may meet a server still applying the preload's last writes: one write-back round)
     assert write.rounds_per_op == 2.0 and write.messages_per_op == 6.0
-    assert read.rounds_per_op == 1.0
+    assert 1.0 <= read.rounds_per_op < 1.1
 
 
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="no etcd binary (Debian: etcd-server)")
