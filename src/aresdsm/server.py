@@ -441,13 +441,14 @@ class Server:
         st = self.core.stats()
         log.info(
             "server %s recovered %d records in %.3f s: %d configurations, %d objects "
-            "(%d value bytes), %d consensus instances, %d collected",
+            "(%d value bytes on disk, %d held in memory), %d consensus instances, %d collected",
             server_id,
             len(records),
             time.perf_counter() - started,
             len(self.core.configs),
             st.objects,
             st.stored_bytes,
+            self.core.value_bytes_in_memory(),
             len(self.core.acceptors),
             len(self.core.collected),
         )

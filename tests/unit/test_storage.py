@@ -188,6 +188,7 @@ def test_load_reads_no_value_and_values_are_read_by_reference(tmp_path: Path) ->
 def test_a_value_damaged_on_disk_is_found_when_read(tmp_path: Path) -> None:
     path = tmp_path / "v.sqlite3"
     st = SqliteStorage(path, blob_threshold_bytes=100)
+
     async def go() -> None:
         await st.submit([rec("big", b"B" * 1000)])
 

@@ -33,7 +33,7 @@ from ..config import Configuration, ServerInfo
 from ..errors import OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol import abd, reconfig_server
 from ..protocol.channel import ConfigurationObsolete, RequestFor
-from ..protocol.server_core import ServerCore, ServerSwitches
+from ..protocol.server_core import CVR_VALUE_NS, ServerCore, ServerSwitches
 from ..storage.base import Delete, Record, RecordKey, ValueRef, Write
 from ..storage.memory import apply_batch
 from ..storage.sqlite import SqliteStorage
@@ -210,6 +210,8 @@ class InvariantMonitor:
         """Invariants 3, 5 and 6 on what became durable."""
         for w in batch:
             if isinstance(w, Delete):
+                if w.ns == CVR_VALUE_NS and w.key is not None:
+                    continue  # a decided coverable level's value, pruned: not garbage collection
                 if (server, w.group, w.config_id) not in self.durable_final:
                     self.fail(
                         f"§10.6: server {server} deleted {w.group}/{w.config_id} data before "
