@@ -93,3 +93,17 @@ def test_restarted_servers_serve_every_value_from_disk(dap: str, k: int, delta: 
                 assert in_memory == 0, f"{sid} holds {in_memory} value bytes after a restart"
         finally:
             lc.stop()
+
+
+def test_server_memory_bench_smoke(tmp_path: Path) -> None:
+    """``ares bench --server-memory-gib`` runs end to end on a tiny size (not a measurement):
+    figures for every server, the objects read back, and its data removed."""
+    from aresdsm.bench_memory import run_memory_bench
+
+    result = asyncio.run(
+        run_memory_bench(n=1, objects=8, value_bytes=100_000, base_dir=tmp_path, log=lambda _: None)
+    )
+    (s1,) = result.per_server
+    assert result.verified_objects == 1 and s1.records == 9 and s1.restart_s > 0
+    assert result.ok and 0 < s1.rss_after_restart_bytes <= result.rss_bound_bytes
+    assert list(tmp_path.iterdir()) == []  # the data directory is gone
