@@ -86,6 +86,8 @@ def test_core_state_and_replies_hold_references_not_bytes() -> None:
     assert [type(w.data).__name__ for w in writes] == ["bytes"]  # the value goes to storage
     assert core.registers[("g", "c0", "k")].value == ValueRef(("abd", "g", "c0", "k"), 1000)
     assert core.value_bytes_in_memory() == 0
+    ref = core.registers[("g", "c0", "k")].value
+    assert ref != Blob(b"x" * 1000) and Blob(b"x" * 1000) != ref  # never read to compare
     reply, _ = core.handle(QueryData("g", "c0", "k"))
     assert [r.record for r in refs_in(reply)] == [("abd", "g", "c0", "k")]
     reply, _ = core.handle(GetGroup("g", "c0", "", 10))

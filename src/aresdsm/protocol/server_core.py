@@ -1071,6 +1071,8 @@ def _value_ref(r: Record) -> Blob:
     kept as it is: nothing to read)."""
     if r.data is None or len(r.data) == 0:
         return EMPTY
+    if isinstance(r.data, ValueRef) and r.data.record == r.record_key:
+        return r.data  # (as the engine loaded it)
     return ValueRef(r.record_key, len(r.data))
 
 

@@ -59,6 +59,8 @@ class ValueRef(Blob):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ValueRef):
             return self.record == other.record and self.length == other.length
+        if isinstance(other, Blob):
+            return False  # (bytes in memory are another thing; never read to compare)
         return NotImplemented
 
     def __hash__(self) -> int:
