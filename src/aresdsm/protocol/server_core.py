@@ -308,7 +308,8 @@ class ServerCore:
         elif r.ns == abd.NS:
             meta = _abd_meta_dec.decode(r.meta)
             self._set_register(
-                (r.group, r.config_id, r.key), abd.Register(meta.tag, _value_ref(r), meta.digest)
+                (r.group, r.config_id, r.key),
+                abd.Register(meta.tag, _value_ref(r), meta.digest, meta.mac),
             )
             self._add_object(inst, r.key)
         elif r.ns == treas.NS:
@@ -462,7 +463,8 @@ class ServerCore:
         if skey in self.damaged:
             return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
         reg = self.registers.get(skey, abd.INITIAL)
-        return DataReply(reg.tag, reg.value, self._next(req.group, req.config_id), reg.digest), []
+        nxt = self._next(req.group, req.config_id)
+        return DataReply(reg.tag, reg.value, nxt, reg.digest, reg.mac), []
 
     def _on_query_list(self, req: QueryList) -> Result:
         c = self._data_config(req.group, req.config_id)
@@ -515,6 +517,7 @@ class ServerCore:
                     item.value,
                     item.digest,
                     item.element_digest,
+                    item.mac,
                 ),
             )
         inst = (req.group, req.config_id)
@@ -567,7 +570,7 @@ class ServerCore:
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
-        meta = _enc.encode(abd.StoredMeta(new.tag, new.digest))
+        meta = _enc.encode(abd.StoredMeta(new.tag, new.digest, new.mac))
         record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
         self._set_register(skey, msgspec.structs.replace(new, value=_value_ref(record)))
         self._add_object((req.group, req.config_id), req.key)
@@ -734,7 +737,7 @@ class ServerCore:
             st = self._treas_state(c, skey)
             return ObjectState(key, max(e.tag for e in st), None, st, open_)
         reg = self.registers.get(skey, abd.INITIAL)
-        return ObjectState(key, reg.tag, reg.value, cvr=open_, digest=reg.digest)
+        return ObjectState(key, reg.tag, reg.value, cvr=open_, digest=reg.digest, mac=reg.mac)
 
     # -- coverable register (docs/protocol.md §9.1) -----------------------------------------------
 
