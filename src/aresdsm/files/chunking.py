@@ -37,8 +37,9 @@ def check_params(p: ChunkParams) -> ChunkParams:
 
 
 def digest(data: bytes) -> bytes:
-    """The content hash blocks are compared by."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """The content hash blocks are compared by: SHA-256 (hardware-accelerated on x86-64 and
+    arm64, about three times BLAKE2b there), the first 16 bytes."""
+    return hashlib.sha256(data).digest()[:16]
 
 
 class StreamChunker:
@@ -59,13 +60,22 @@ class StreamChunker:
         return self._cut(final=True) if self._buf else []
 
     def _cut(self, *, final: bool) -> list[bytes]:
-        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(bytes(self._buf))]
-        if not final:
-            cuts = cuts[:-1]
-        out = [bytes(self._buf[o : o + n]) for o, n in cuts]
+        with memoryview(self._buf) as view:
+            cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]
+            if not final:
+                cuts = cuts[:-1]
+            out = [bytes(view[o : o + n]) for o, n in cuts]
         used = sum(n for _, n in cuts)
         del self._buf[:used]
         return out
+
+    def feed_hashed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """:meth:`feed`, each chunk with its :func:`digest` (run off the event loop: hashing
+        releases the GIL, so it overlaps the block writes in flight)."""
+        return [(c, digest(c)) for c in self.feed(data)]
+
+    def finish_hashed(self) -> list[tuple[bytes, bytes]]:
+        return [(c, digest(c)) for c in self.finish()]
 
 
 async def read_source(source: Any) -> AsyncIterator[bytes]:
