@@ -388,25 +388,34 @@ class Store:
         configuration is now a later one than when the call started."""
         chain = group if not self.switches.batch else ares.CLUSTER_CHAIN
         async with self._deadline(timeout_s):
-            return await self._relocate_from(chain, self._view(chain)[-1].config)
+            return await self._relocate_from(chain, self._position(chain))
 
-    async def _relocate_from(self, chain: str, seen: Configuration) -> bool:
+    def _position(self, chain: str) -> tuple[int, bool]:
+        """How far this client's view of the chain reaches: the last entry's epoch, and whether
+        it is finalized (a view ending in a pending entry still needs its predecessor's servers:
+        learning that entry finalized moves the client on, §8.5)."""
+        last = self._view(chain)[-1]
+        return last.config.epoch, last.status == "F"
+
+    async def _relocate_from(self, chain: str, seen: tuple[int, bool]) -> bool:
         """Relocate unless a concurrent relocation already moved the chain past ``seen`` (the
-        last configuration of the view the caller's failed attempt used). True if it moved."""
-        if self._view(chain)[-1].config.epoch <= seen.epoch:
+        position of the view the caller's failed attempt used). True if it moved."""
+        if self._position(chain) <= seen:
             task = self._relocating.get(chain)
             if task is None or task.done():
                 task = asyncio.get_running_loop().create_task(self._relocate(chain))
                 self._relocating[chain] = task
             await asyncio.shield(task)
-        return self._view(chain)[-1].config.epoch > seen.epoch
+        return self._position(chain) > seen
 
     async def _relocate(self, chain: str, hint_epoch: int = 0) -> None:
         """Ask all known servers for LATEST_CONFIG at once. An answer at least ``hint_epoch``
         and beyond what this client has is followed at once (discovery from it, which also
         checks that its quorum answers); lesser answers are tried, newest first, once every
         server answered or ``connect_timeout_s`` passed -- a paused server never delays more."""
-        have = self._view(chain)[-1].config.epoch
+        last = self._view(chain)[-1]
+        # a view ending in a pending entry takes that very configuration, finalized
+        have = last.config.epoch - (last.status != "F")
         want = max(have + 1, hint_epoch)
         asks = {
             asyncio.ensure_future(
@@ -495,7 +504,7 @@ class Store:
         (§8.5; shared with concurrent operations) and, if the chain moved, run ``retry`` on it:
         the same call, or for a write that chose its tag, the write finished with that tag."""
         await self._confirm_cache(chain)
-        seen = self._view(chain)[-1].config
+        seen = self._position(chain)
         first = asyncio.ensure_future(attempt())
         try:
             done, _ = await asyncio.wait({first}, timeout=self._hedge_s())
@@ -525,7 +534,7 @@ class Store:
 
     async def _retry_after_move(self, chain: str, retry: Callable[[], Awaitable[T]]) -> T:
         for _ in range(MAX_RELOCATIONS):
-            seen = self._view(chain)[-1].config
+            seen = self._position(chain)
             try:
                 return await retry()
             except (QuorumUnavailable, OperationTimeout):
