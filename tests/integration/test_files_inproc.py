@@ -224,3 +224,54 @@ async def test_quorum_unavailable_without_a_successor_is_still_raised(tmp_path: 
                 await w.cvr_write("k", b"v", TAG0)
     finally:
         await servers[2].stop()
+
+
+async def test_file_write_is_one_trace_with_block_operations_as_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file write over real TCP is one ``op`` span (file-write); every coverable write of a
+    block, mark or link is an ``op`` span (cvr-write) below it, with its rounds below that, and
+    ``ares trace report`` breaks the write into chunking, block rounds and linking."""
+    import os
+
+    from aresdsm import tracing
+    from aresdsm.trace_report import file_breakdown, load_spans
+
+    for var in list(os.environ):
+        if var.startswith("OTEL_"):
+            monkeypatch.delenv(var, raising=False)
+    servers, info = await _servers(tmp_path, 3)
+    c0 = Configuration("c0", info)
+    for s in servers:
+        await s.bootstrap(c0)
+    path = tmp_path / "spans.jsonl"
+    try:
+        async with Store(c0, options=OPTS) as w:
+            data = bytearray(blob(300_000))
+            await w.files.write("t", bytes(data), params=P)
+            assert tracing.setup("test", trace_file=path)
+            data[150_000:150_010] = b"x" * 10
+            await w.files.write("t", bytes(data))
+    finally:
+        tracing.shutdown()
+        for s in servers:
+            await s.stop()
+    spans = load_spans([path])
+    by_id = {s.span_id: s for s in spans}
+
+    def ancestors(s: Any) -> list[Any]:
+        out = []
+        while s.parent_id is not None and s.parent_id in by_id:
+            s = by_id[s.parent_id]
+            out.append(s)
+        return out
+
+    (fw,) = [s for s in spans if s.name == "op" and s.attributes["ares.op"] == "file-write"]
+    cvr = [s for s in spans if s.name == "op" and s.attributes["ares.op"] == "cvr-write"]
+    assert len(cvr) >= 3  # the new block, the mark, the link (and journal, index, tombstone)
+    for c in cvr:
+        assert fw in ancestors(c)
+        assert any(r.parent_id == c.span_id for r in spans), "no round below a cvr-write"
+    (row,) = [r for r in file_breakdown(spans) if r.kind == "file-write"]
+    for phase in ("read list", "chunking", "block rounds", "linking"):
+        assert row.phases_ns[phase] > 0, phase
