@@ -563,6 +563,10 @@ class FileBenchResult:
     """New blocks the 1 KiB edit wrote."""
     edit_data_blocks: int = 0
     """Block writes of the edit that carry data: new blocks, marks, relinks."""
+    patch_time_share: float = 0.0
+    """The same kind of 1 KiB change with ``files.write_at`` (re-chunks only around it)."""
+    patch_new_blocks: int = 0
+    patch_data_blocks: int = 0
     reconfig_ms: dict[str, float] = field(default_factory=dict)
     reconfig_decisions: dict[str, int] = field(default_factory=dict)
 
@@ -578,7 +582,9 @@ class FileBenchResult:
             f"{self.put_peak_rss_mb:.0f} MB / get {self.get_peak_rss_mb:.0f} MB; 1 KiB edit: "
             f"{self.edit_new_blocks} new block(s), {self.edit_data_blocks} block writes with "
             f"data, {self.edit_blocks_written} register writes in all, "
-            f"{100 * self.edit_time_share:.1f} % of a whole write; disjoint writers ok "
+            f"{100 * self.edit_time_share:.1f} % of a whole write; write_at 1 KiB: "
+            f"{self.patch_new_blocks} new, {self.patch_data_blocks} with data, "
+            f"{100 * self.patch_time_share:.2f} %; disjoint writers ok "
             f"{self.disjoint_writers_ok}/2; same block {self.same_block_outcomes}; reconfig {r}"
         )
 
@@ -705,6 +711,11 @@ async def run_file_bench(
             edit_blocks = f.blocks_written - before[0]
             edit_new = f.new_blocks_written - before[1]
             edit_data = f.data_blocks_written - before[2]
+            before = (f.new_blocks_written, f.data_blocks_written)
+            t0 = time.perf_counter()
+            await f.write_at("bench.bin", file_bytes // 4, b"P" * 1024)
+            patch_s = time.perf_counter() - t0
+            patch = (f.new_blocks_written - before[0], f.data_blocks_written - before[1])
             # two writers, disjoint regions of one (smaller) file
             small = min(file_bytes, 8 * avg_block_bytes)
             await store.files.write("shared.bin", _Zeros(small, seed=2), params=params)
@@ -750,6 +761,9 @@ async def run_file_bench(
                 get_peak_rss_mb=get_rss_mb,
                 edit_new_blocks=edit_new,
                 edit_data_blocks=edit_data,
+                patch_time_share=patch_s / put_s,
+                patch_new_blocks=patch[0],
+                patch_data_blocks=patch[1],
             )
             await _bench_file_reconfig(cluster, result, params, modes or ["ares2", "classic"])
         finally:

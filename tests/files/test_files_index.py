@@ -138,3 +138,58 @@ async def test_a_writer_whose_index_write_lost_invalidates_it(broken: bool) -> N
         assert await f3.read("x") != bytes(a)  # the change was lost: the checker's catch
     else:
         assert await f3.read("x") == bytes(a)
+
+
+async def test_write_at_rechunks_only_around_the_change() -> None:
+    """``write_at`` leaves the same blocks as writing the whole new content, reading only the
+    few blocks around the change."""
+    s = FakeStore()
+    f = Files(s)
+    data = bytearray(blob(3_200_000))
+    await f.write("p", bytes(data), params=MEDIUM)
+    blocks = (await f.stat("p")).blocks
+    s.reads.clear()
+    before = f.new_blocks_written
+    assert await f.write_at("p", 1_600_000, b"E" * 1024) == len(data)
+    data[1_600_000:1_601_024] = b"E" * 1024
+    assert len(block_reads(s)) <= 6, block_reads(s)  # re-chunked, marked, relinked
+    assert f.new_blocks_written - before <= 2
+    assert await f.read("p") == bytes(data)
+    # the same list as a whole write of the new content would leave
+    s2 = FakeStore()
+    await Files(s2).write("p", bytes(data), params=MEDIUM)
+    sizes = [len(c) for c in await _chunks(f, "p")]
+    assert sizes == [len(c) for c in await _chunks(Files(s2), "p")]
+    assert abs((await f.stat("p")).blocks - blocks) <= 2
+    # at the start, across the end (extends), at the very end, on an empty file
+    await f.write_at("p", 0, b"start")
+    data[0:5] = b"start"
+    await f.write_at("p", len(data) - 3, b"across the end")
+    data[len(data) - 3 :] = b"across the end"
+    await f.write_at("p", len(data), b"+appended")
+    data += b"+appended"
+    assert await f.read("p") == bytes(data)
+    await f.write("e", b"")
+    assert await f.write_at("e", 0, b"now") == 3
+    assert await f.read("e") == b"now"
+    from aresdsm.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        await f.write_at("e", 4, b"hole")
+
+
+async def test_write_at_concurrent_with_a_writer_retries_and_both_take_effect() -> None:
+    s = FakeStore()
+    data = bytearray(blob(400_000))
+    await Files(s).write("c", bytes(data), params=MEDIUM)
+    f1, f2 = Files(s), Files(s)
+    await asyncio.gather(
+        f1.write_at("c", 10_000, b"A" * 100), f2.write_at("c", 300_000, b"B" * 100)
+    )
+    data[10_000:10_100] = b"A" * 100
+    data[300_000:300_100] = b"B" * 100
+    assert await f1.read("c") == bytes(data)
+
+
+async def _chunks(f: Files, name: str) -> list[bytes]:
+    return [b async for b in f.iter_blocks(name)]

@@ -49,10 +49,12 @@ class StreamChunker:
         self._max = params.max_bytes
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return the chunks now final."""
+    def feed(self, data: bytes, *, eager: bool = False) -> list[bytes]:
+        """Add bytes; return the chunks now final. The buffer is cut once it holds two maximal
+        chunks (each cut scans it), or ``eager``: at once (a patch wants the first cut that
+        meets an old boundary, a few blocks away, not two maximal chunks away)."""
         self._buf += data
-        if len(self._buf) < 2 * self._max:
+        if len(self._buf) < 2 * self._max and not eager:
             return []
         return self._cut(final=False)
 
@@ -69,10 +71,10 @@ class StreamChunker:
         del self._buf[:used]
         return out
 
-    def feed_hashed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+    def feed_hashed(self, data: bytes, *, eager: bool = False) -> list[tuple[bytes, bytes]]:
         """:meth:`feed`, each chunk with its :func:`digest` (run off the event loop: hashing
         releases the GIL, so it overlaps the block writes in flight)."""
-        return [(c, digest(c)) for c in self.feed(data)]
+        return [(c, digest(c)) for c in self.feed(data, eager=eager)]
 
     def finish_hashed(self) -> list[tuple[bytes, bytes]]:
         return [(c, digest(c)) for c in self.finish()]

@@ -520,6 +520,33 @@ class Files:
             span.set_attribute("ares.bytes", written)
         return written
 
+    async def write_at(
+        self, name: str, offset: int, data: bytes, *, group: str = DEFAULT_GROUP
+    ) -> int:
+        """Overwrite ``len(data)`` bytes of file ``name`` at ``offset`` (``offset`` at most the
+        file's size; writing past the end extends the file). Returns the file's new size.
+
+        Only the blocks around the change are read and re-chunked: from the block holding
+        ``offset`` until the new cuts meet an old block boundary past the change (FastCDC
+        restarts at every cut, so from there on the cuts are the old ones). The result is the
+        file :meth:`write` would leave with the whole new content, at the cost of a few blocks
+        instead of a pass over the file. Conflicts retry as for :meth:`write`."""
+        check_name(name)
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigurationError(f"offset must be a non-negative integer, not {offset!r}")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ConfigurationError(f"data must be bytes, not {type(data).__name__}")
+        attrs: dict[str, Any] = {
+            "ares.op": "file-write",
+            "ares.group": group,
+            "ares.object": name,
+            "ares.offset": offset,
+        }
+        with tracing.span("op", attrs) as span:
+            size = await self._update(name, None, group, None, patch=(offset, bytes(data)))
+            span.set_attribute("ares.bytes", len(data))
+        return size
+
     async def _update(
         self,
         name: str,
@@ -527,6 +554,8 @@ class Files:
         group: str,
         params: ChunkParams | None,
         progress: Callable[[int], None] | None = None,
+        *,
+        patch: tuple[int, bytes] | None = None,
     ) -> int:
         rewind = _tell(source) if source is not None and hasattr(source, "read") else None
         replayable = source is None or isinstance(source, bytes | bytearray | memoryview)
@@ -538,7 +567,7 @@ class Files:
                 if rewind is not None:
                     source.seek(rewind)
                 await asyncio.sleep(0.005 * 2**attempt * secrets.randbelow(100) / 100)
-            done, size = await self._attempt(name, source, group, params, progress)
+            done, size = await self._attempt(name, source, group, params, progress, patch)
             if done:
                 return size
         raise FileConflict(
@@ -553,12 +582,21 @@ class Files:
         group: str,
         params: ChunkParams | None,
         progress: Callable[[int], None] | None,
+        patch: tuple[int, bytes] | None = None,
     ) -> tuple[bool, int]:
         with tracing.span("file.read-list", {"ares.object": name}):
             snap, itag, from_index = await self._current(name, group)
         g = snap.genesis if snap.genesis is not None and snap.genesis.exists else None
         if source is None and g is None:
             raise NoSuchFile(f"no file {name!r} in group {group!r}")
+        if patch is not None:
+            old_size = sum(n.size for n in snap.nodes)
+            if patch[0] > old_size:
+                raise ConfigurationError(
+                    f"offset {patch[0]} is past the end of file {name!r} ({old_size} bytes)"
+                )
+            if not patch[1]:
+                return True, old_size
         p = params or (g.params if g is not None else ChunkParams())
         old = snap.nodes
         rechunk = g is not None and g.params != p
@@ -598,8 +636,27 @@ class Files:
                 pending = (e[1], chunk)
             seq.append(e)
 
+        async def keep(x: int) -> None:
+            """Keep old block ``x`` (its predecessor, if new, now learns its id)."""
+            nonlocal pending, pos
+            if pending is not None:
+                await w.put(pending[0], pending[1], old[x].id)
+                pending = None
+            seq.append(("old", x))
+            pos = x + 1
+
         try:
-            if source is not None:
+            if patch is not None:
+                try:
+                    size = await self._patch(name, group, p, old, patch, place, keep)
+                except _Stale:  # a block it re-chunks was reclaimed: take the list again
+                    await w.settle()
+                    await w.orphans_unlinked(set(range(w.count)))
+                    return False, 0
+                if pending is not None:
+                    await w.put(pending[0], pending[1], None)
+                await w.drain()
+            elif source is not None:
                 chunker = StreamChunker(p)
                 with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
                     async for piece in read_source(source):
@@ -641,7 +698,7 @@ class Files:
                 seq,
                 w,
                 entry_id,
-                exists=source is not None,
+                exists=source is not None or patch is not None,
                 index_base=itag,
                 from_index=from_index,
                 listing=listing,
@@ -650,6 +707,70 @@ class Files:
         except BaseException:
             await w.abandon()
             raise
+
+    async def _patch(
+        self,
+        name: str,
+        group: str,
+        p: ChunkParams,
+        old: builtins.list[_Node],
+        patch: tuple[int, bytes],
+        place: Callable[[bytes, bytes], Awaitable[None]],
+        keep: Callable[[int], Awaitable[None]],
+    ) -> int:
+        """The chunks of ``old`` with ``patch`` applied, re-chunking only around it (see
+        :meth:`write_at`); returns the new size. A list with a marked block (a writer between
+        marking and linking, or one that died there) is re-chunked whole, so that the marked
+        block is dropped rather than kept."""
+        offset, data = patch
+        end = offset + len(data)
+        starts = [0]
+        for n in old:
+            starts.append(starts[-1] + n.size)
+        old_size = starts[-1]
+        first = max(0, bisect.bisect_right(starts, offset) - 1) if old else 0
+        first = min(first, max(0, len(old) - 1))
+        whole = any(n.marked for n in old)
+        if whole:
+            first = 0
+        for x in range(first):
+            await keep(x)
+        ends = {starts[x + 1]: x for x in range(len(old))}
+        chunker = StreamChunker(p)
+        emitted = starts[first] if old else 0
+        with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
+            for x in range(first, len(old)):
+                _, v = await self._get(_key(BLOCK_PREFIX, name, old[x].id), group)
+                if not isinstance(v, Data):
+                    raise _Stale  # reclaimed since the snapshot: the list moved on
+                lo, hi = starts[x], starts[x + 1]
+                piece = v.data
+                if offset < hi and end > lo:
+                    buf = bytearray(piece)
+                    a, b = max(offset, lo), min(end, hi)
+                    buf[a - lo : b - lo] = data[a - offset : b - offset]
+                    piece = bytes(buf)
+                with tracing.span("file.chunking"):
+                    cut = await asyncio.to_thread(chunker.feed_hashed, piece, eager=True)
+                for c, h in cut:
+                    await place(c, h)
+                    emitted += len(c)
+                if not whole and emitted >= end and emitted in ends and cut:
+                    for y in range(ends[emitted] + 1, len(old)):  # the cuts are the old ones
+                        await keep(y)
+                    return max(old_size, end)
+            if end > old_size:
+                with tracing.span("file.chunking"):
+                    cut = await asyncio.to_thread(
+                        chunker.feed_hashed, data[max(0, old_size - offset) :]
+                    )
+                for c, h in cut:
+                    await place(c, h)
+            with tracing.span("file.chunking"):
+                cut = await asyncio.to_thread(chunker.finish_hashed)
+            for c, h in cut:
+                await place(c, h)
+        return max(old_size, end)
 
     async def _link(
         self,
@@ -1060,6 +1181,10 @@ class _Writer:
     async def leave_for_collector(self) -> None:
         """An ambiguous link: the collector decides later (after fencing) what is reachable."""
         self.registered = False
+
+    async def settle(self) -> None:
+        """Wait for the block writes in flight, whatever their outcome."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def abandon(self) -> None:
         for t in list(self._tasks):
