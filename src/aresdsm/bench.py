@@ -711,11 +711,11 @@ async def run_file_bench(
             edit_blocks = f.blocks_written - before[0]
             edit_new = f.new_blocks_written - before[1]
             edit_data = f.data_blocks_written - before[2]
-            before = (f.new_blocks_written, f.data_blocks_written)
+            pbefore = (f.new_blocks_written, f.data_blocks_written)
             t0 = time.perf_counter()
             await f.write_at("bench.bin", file_bytes // 4, b"P" * 1024)
             patch_s = time.perf_counter() - t0
-            patch = (f.new_blocks_written - before[0], f.data_blocks_written - before[1])
+            patch = (f.new_blocks_written - pbefore[0], f.data_blocks_written - pbefore[1])
             # two writers, disjoint regions of one (smaller) file
             small = min(file_bytes, 8 * avg_block_bytes)
             await store.files.write("shared.bin", _Zeros(small, seed=2), params=params)
