@@ -1590,10 +1590,13 @@ class SyncStore:
         *,
         group: str = DEFAULT_GROUP,
         timeout_s: float | None = None,
+        fresh: bool = False,
     ) -> CvrResult:
         """Coverable write of ``value`` as the successor of version ``base`` (see
         :meth:`Store.cvr_write`)."""
-        return self._call(self._store.cvr_write(key, value, base, group=group, timeout_s=timeout_s))
+        return self._call(
+            self._store.cvr_write(key, value, base, group=group, timeout_s=timeout_s, fresh=fresh)
+        )
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
