@@ -60,6 +60,7 @@ from .. import tracing
 from ..config import DEFAULT_GROUP
 from ..errors import AresError, ConfigurationError, OperationError
 from ..tags import TAG0, Tag
+from . import memory
 from .chunking import StreamChunker, check_params, digest, read_source
 from .codec import (
     Attempt,
@@ -420,6 +421,7 @@ class Files:
                             if isinstance(r, Awaitable):
                                 await r
                             total += len(data)
+                            memory.moved(len(data))
                 except _Restart:
                     if start is None:
                         raise FileChanged(
@@ -667,6 +669,7 @@ class Files:
                             await place(c, h)
                         if progress is not None:
                             progress(len(piece))
+                        memory.moved(len(piece))
                     with tracing.span("file.chunking"):
                         cut = await asyncio.to_thread(chunker.finish_hashed)
                     for c, h in cut:
