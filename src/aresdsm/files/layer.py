@@ -879,18 +879,26 @@ class Files:
             else:
                 ok_all = False
                 unlinked_new.update(run)
-        if ok_all:
-            new_index = listing(relinked, genesis)
-            if self.broken_stale_index:
-                await self._put_index(name, group, index_base, new_index)
-            elif not await self._put_index(name, group, index_base, new_index):
+
+        async def record() -> None:
+            """The new list into the index, or the index invalid (before the journal entry
+            goes: see _current)."""
+            if ok_all:
+                new_index = listing(relinked, genesis)
+                if self.broken_stale_index:
+                    await self._put_index(name, group, index_base, new_index)
+                elif not await self._put_index(name, group, index_base, new_index):
+                    await self._invalidate_index(name, group)
+            elif not ambiguous:
                 await self._invalidate_index(name, group)
-        elif not ambiguous:
-            await self._invalidate_index(name, group)
+
         with tracing.span("file.reclaim", {"ares.object": name, "ares.blocks": len(reclaim)}):
-            await _gather_limited(
-                [functools.partial(self._reclaim, name, group, n.id, n.tag) for n in reclaim],
-                self.max_inflight_blocks,
+            await asyncio.gather(  # independent registers: one round trip for both
+                record(),
+                _gather_limited(
+                    [functools.partial(self._reclaim, name, group, n.id, n.tag) for n in reclaim],
+                    self.max_inflight_blocks,
+                ),
             )
             if ambiguous:  # a link failed without an answer: the collector decides later
                 await w.leave_for_collector()
