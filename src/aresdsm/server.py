@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import tracing
 from .config import Configuration, TlsFiles
-from .errors import ConfigurationError, FrameError
+from .errors import ConfigurationError, FrameError, StorageError
 from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new_uid, open_data_dir
 from .limits import ServerLimits
 from .protocol.server_core import ServerCore
@@ -76,9 +76,10 @@ from .security.tls import (
     server_context,
 )
 from .serverlog import BadInputLog, state_events
-from .storage.base import Storage
+from .storage.base import DamagedValue, Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
+from .storage.values import VALUE_REPLIES, resolve
 from .testing import NO_FAULTS, Broken
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
 from .wire.messages import (
@@ -505,13 +506,14 @@ class Server:
         st = self.core.stats()
         log.info(
             "server %s recovered %d records in %.3f s: %d configurations, %d objects "
-            "(%d value bytes), %d consensus instances, %d collected",
+            "(%d value bytes on disk, %d held in memory), %d consensus instances, %d collected",
             server_id,
             len(records),
             time.perf_counter() - started,
             len(self.core.configs),
             st.objects,
             st.stored_bytes,
+            self.core.value_bytes_in_memory(),
             len(self.core.acceptors),
             len(self.core.collected),
         )
@@ -703,6 +705,13 @@ class Server:
             if not isinstance(body, _DATA_WRITES) and log.isEnabledFor(logging.INFO):
                 for level, event in state_events(writes):
                     log.log(level, "server %s: %s", self.server_id, event)
+        if isinstance(reply, VALUE_REPLIES):
+            try:
+                reply = self._read_values(reply)
+            except Exception as exc:  # a value the core refers to is unreadable: fail-stop
+                tracing.fail_server_span(span, exc)
+                self._fail(exc, bug=not isinstance(exc, StorageError))
+                return
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
@@ -757,6 +766,23 @@ class Server:
                 tracing.end_server_span(span, reply)
         if failed is not None:
             self._fail(failed)
+
+    def _read_values(self, reply: Reply) -> Reply:
+        """The reply with the values it refers to read from storage (the core keeps references,
+        :mod:`aresdsm.storage.values`). Now, before another request changes the core: each value
+        is read as of the state that made the reply (pending batches first). A damaged value
+        makes the object damaged and the reply ``damaged``."""
+        try:
+            return resolve(reply, self.storage.read_value)
+        except DamagedValue as e:
+            log.error(
+                "damaged on disk, not answered for until repaired: %s/%s/%s: %s",
+                e.damaged.group,
+                e.damaged.config_id,
+                e.damaged.key.replace("\x00", "/"),
+                e.damaged.reason,
+            )
+            return self.core.mark_damaged(e.damaged)
 
     def _audit(self, conn: _Conn, body: Request, outcome: str) -> None:
         assert self.audit is not None

@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from .. import runtime
+from ..errors import AresError
 from .common import _tracing_for, console, main, trace_options
 
 
@@ -98,6 +99,64 @@ def check(history: str, max_steps: int) -> None:
         result.explain() if result.verdict != "ok" else f"[green]ok[/]: {history} is linearizable"
     )
     sys.exit({"ok": 0, "violation": 1}.get(result.verdict, 2))
+
+
+def _bench_server_memory(
+    n: int, gib: float, value_size: int, dap: str, k: int | None, delta: int, json_out: str
+) -> None:
+    from ..bench_memory import run_memory_bench
+
+    source = click.get_current_context().get_parameter_source("value_size")
+    value_bytes = 1024 * 1024 if source == click.core.ParameterSource.DEFAULT else value_size
+    objects = max(1, int(gib * 2**30) // value_bytes)
+    try:
+        result = runtime.run(
+            run_memory_bench(
+                n=n,
+                objects=objects,
+                value_bytes=value_bytes,
+                dap=dap,
+                k=k,
+                delta=delta if dap == "treas" else 0,
+                log=console.print,
+            )
+        )
+    except AresError as e:
+        raise click.ClickException(str(e)) from None
+    out = Path(json_out).with_name("server-memory.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dataclasses.asdict(result), indent=1))
+    table = Table(
+        "server",
+        "RSS stored MiB",
+        "peak MiB",
+        "restart s",
+        "recovery s",
+        "records",
+        "RSS restarted MiB",
+        "RSS after reads MiB",
+    )
+    for s in result.per_server:
+        table.add_row(
+            s.server,
+            f"{s.rss_after_store_bytes / 2**20:.0f}",
+            f"{s.peak_rss_during_store_bytes / 2**20:.0f}",
+            f"{s.restart_s:.2f}",
+            f"{s.recovery_s:.3f}",
+            str(s.records),
+            f"{s.rss_after_restart_bytes / 2**20:.0f}",
+            f"{s.rss_after_reads_bytes / 2**20:.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"{result.stored_bytes / 2**30:.2f} GiB in {result.objects} objects, written at "
+        f"{result.write_mb_s:.0f} MB/s; {result.verified_objects} read back at "
+        f"{result.read_mb_s:.0f} MB/s; bound {result.rss_bound_bytes / 2**20:.0f} MiB: "
+        + ("[green]ok[/]" if result.ok else "[red]over[/]")
+        + f" ({out})"
+    )
+    if not result.ok:
+        sys.exit(1)
 
 
 @main.command()
@@ -198,6 +257,13 @@ def check(history: str, max_steps: int) -> None:
     help="Also run the cells against a 3-member etcd on loopback (an etcd binary on PATH; the "
     "bench extra) in the same run and print aresdsm's ops/s over etcd's.",
 )
+@click.option(
+    "--server-memory-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Instead of the object cells: store this many GiB of --value-size values (default "
+    "1 MiB) through a client, then report each server's RSS after storing and after a "
+    "restart, and the restart time (issue 12); the data is removed afterwards.",
+)
 @click.option("--idle-conns", type=click.IntRange(0), default=5000, show_default=True)
 @click.option("--slowloris", type=click.IntRange(0), default=32, show_default=True)
 @trace_options
@@ -228,6 +294,7 @@ def bench(
     attack: bool,
     client_procs: int,
     peer: str | None,
+    server_memory_gib: float | None,
     idle_conns: int,
     slowloris: int,
     trace_file: str | None,
@@ -263,6 +330,9 @@ def bench(
         _bench_attack(
             servers[0], max(conc), value_size, duration_s, idle_conns, slowloris, storage, out
         )
+        return
+    if server_memory_gib is not None:
+        _bench_server_memory(servers[0], server_memory_gib, value_size, dap, k, delta, json_out)
         return
     if mount_mb is not None:
         from ..mount.bench import run_mount_bench
