@@ -71,7 +71,7 @@ class _Conn:
     def encode(self, rid: int, reply: Any) -> list[Any]:
         return [(rid, reply)]
 
-    def write(self, bufs: list[Any]) -> None:
+    def write(self, bufs: list[Any], size: int | None = None) -> None:
         self.sent.extend(bufs)
 
     def request_done(self, reply_bytes: int = 0) -> None:

@@ -244,6 +244,20 @@ def _bench_server_memory(
     "--idle-conns idle and --slowloris slowloris connections to every server (issue 13).",
 )
 @click.option(
+    "--client-procs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Run each cell's load from this many processes (the concurrency split between them) "
+    "and merge their figures: the client is then not the bottleneck.",
+)
+@click.option(
+    "--peer",
+    type=click.Choice(["etcd"]),
+    help="Also run the cells against a 3-member etcd on loopback (an etcd binary on PATH; the "
+    "bench extra) in the same run and print aresdsm's ops/s over etcd's.",
+)
+@click.option(
     "--server-memory-gib",
     type=click.FloatRange(min=0, min_open=True),
     help="Instead of the object cells: store this many GiB of --value-size values (default "
@@ -278,6 +292,8 @@ def bench(
     tls_cost: bool,
     json_out: str,
     attack: bool,
+    client_procs: int,
+    peer: str | None,
     server_memory_gib: float | None,
     idle_conns: int,
     slowloris: int,
@@ -353,6 +369,11 @@ def bench(
     if insecure and tls_cost:
         raise click.UsageError("--tls-cost already runs both; drop --insecure")
     security = ("tls", "insecure") if tls_cost else ("insecure",) if insecure else ("tls",)
+    if peer == "etcd":
+        import shutil
+
+        if shutil.which("etcd") is None:
+            raise click.UsageError("--peer etcd: no etcd binary on PATH (Debian: etcd-server)")
     with _tracing_for(trace_file, otlp_endpoint, trace_sample):
         report = runtime.run(
             run_bench(
@@ -376,12 +397,26 @@ def bench(
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=console.print,
                 security=security,
+                client_procs=client_procs,
+                peer=peer,
             )
         )
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
     table = Table(
-        "N", "security", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs"
+        "N",
+        "security",
+        "mode",
+        "dap",
+        "C",
+        "op",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "rounds",
+        "msgs",
+        "client µs/op",
+        "server µs/op",
     )
     for c in report.cells:
         table.add_row(
@@ -396,8 +431,38 @@ def bench(
             f"{c.p99_ms:.3f}",
             f"{c.rounds_per_op:.2f}",
             f"{c.messages_per_op:.2f}",
+            f"{c.client_cpu_us_per_op:.0f}" + (f" ({c.client_procs} procs)" * (c.client_procs > 1)),
+            f"{c.server_cpu_us_per_op:.0f}",
         )
     console.print(table)
+    peer_ratios = report.peer_ratios()
+    if report.peer_cells:
+        vs = Table(
+            "N",
+            "security",
+            "mode",
+            "C",
+            "op",
+            "aresdsm ops/s",
+            "peer",
+            "peer ops/s",
+            "ratio",
+            "peer CPU µs/op (client / member)",
+        )
+        for c, p, r in peer_ratios:
+            vs.add_row(
+                str(c.servers),
+                c.security,
+                c.mode,
+                str(c.concurrency),
+                c.kind,
+                f"{c.ops_per_s:.0f}",
+                p.system,
+                f"{p.ops_per_s:.0f}",
+                f"{r:.2f}x",
+                f"{p.client_cpu_us_per_op:.0f} / {p.server_cpu_us_per_op:.0f}",
+            )
+        console.print(vs)
     ratios = report.tls_ratios()
     if ratios:
         cost = Table("N", "mode", "C", "op", "TLS ops/s", "plaintext ops/s", "TLS / plaintext")
