@@ -127,7 +127,7 @@ CAUGHT: list[tuple[str, dict[str, Any], list[int]]] = [
     ("forgetful-acceptor", {}, [1]),
     ("forgets-accepts", {}, [1]),
     ("paxos-own-value", {}, [1]),
-    ("skip-write-back", {}, [2]),
+    ("skip-write-back", {}, [10]),
     ("split-handoff", {}, [9]),
     ("cvr-put-undecided", {}, [10]),
     ("finish-on-obsolete", {}, [12]),
