@@ -15,6 +15,12 @@ never produce that. :class:`HandoffAdversary` does it on purpose, with seeded ch
   messages (consensus, SET_NEXT_AND_GET, transfer, WRITE_CONFIG) have reached servers, which
   lands it at a random point *inside* a hand-off; or after ``cap_s`` at the latest, so that
   nothing waits forever;
+* *focus*: for the configuration being handed off, a fast server and victims are drawn, and
+  per seed a set of further rules (:class:`AdversaryOptions`: others answer writes at once,
+  stalled writes, cut queries, held transfers) -- each the general form of one hand-off race
+  (tests/sim/test_older_sources.py, test_mixed_modes.py, test_obsolete_race.py,
+  test_coverable.py, test_store_retry.py), so that the plain swarm finds those bugs without a
+  script (docs/testing.md has the table);
 * *long holds*: independently, any request may be held for a seeded 30--600 ms.
 
 A hold only delays a message (the network is asynchronous): it never breaks the failure model,
@@ -29,9 +35,14 @@ from dataclasses import dataclass, field
 
 from ..config import Configuration
 from ..wire.messages import (
+    CvrAccept,
+    CvrPrepare,
     GetGroup,
     PutBatch,
     PutData,
+    QueryData,
+    QueryTag,
+    ReadConfig,
     Reply,
     Request,
     WriteConfig,
@@ -66,9 +77,32 @@ class AdversaryOptions:
     SET_NEXT_AND_GET) of the fast server are held. Each with probability ``focus_chance`` --
     the shape of the §8.2 counterexample and of its relatives."""
     focus_chance: float = 0.0
+    # which further focus rules are on is drawn per seed (swarm testing); each is the shape of
+    # one hand-off race, in general form (every role is drawn, never a named server)
+    others_put_now: bool = False
+    """Focus: a client's PUT_DATA reaches the servers that are neither fast nor victims at once
+    (not after the victims), so a write can complete on them while the victims' answers to the
+    reconfigurer miss it -- and a client's READ_CONFIG to them waits for the next finalization
+    (a classic client's discovery then misses the successor those servers heard of first,
+    tests/sim/test_mixed_modes.py)."""
+    stall_writes: bool = False
+    """Focus: a chosen client's phase-2 requests (PUT_DATA, CVR_ACCEPT) to *every* server of the
+    configuration being handed off wait for the next finalization: the write straddles the whole
+    reconfiguration (a coverable level decided but not put, §9.1; a Store write whose hedge
+    relocates it, §8.5)."""
+    cut_queries: bool = False
+    """Focus: a chosen client's phase-1 queries (QUERY_TAG, QUERY_DATA, CVR_PREPARE) to every
+    server of the configuration being handed off wait for the next finalization, while its
+    queries to the successor go on: the successor answers before the transfer, the predecessor
+    only once it is OBSOLETE (§8.3, tests/sim/test_obsolete_race.py)."""
+    hold_transfer: bool = False
+    """Focus: a reconfigurer's PUT_BATCH (the transfer into the successor) waits a seeded
+    5--50 ms, so that clients that learned the successor read it empty first."""
 
 
 _HANDOFF: tuple[type[Request], ...] = (GetGroup, WriteConfig, PutBatch)
+_PHASE2: tuple[type[Request], ...] = (PutData, CvrAccept)
+_QUERIES: tuple[type[Request], ...] = (QueryTag, QueryData, CvrPrepare)
 
 
 def _tells_successor(req: Request) -> bool:
@@ -114,8 +148,8 @@ class HandoffAdversary:
         self.finalized: set[tuple[str, str]] = set()
         self._holds: dict[tuple[str, str, int], _Hold] = {}
         """(sender, server, id(request)) -> its hold; retransmissions join it."""
-        self._cuts: dict[tuple[str, str], _Hold] = {}
-        """(reconfigurer, server) -> the hold of that cut link."""
+        self._cuts: dict[tuple[str, str], list[_Hold]] = {}
+        """(sender, server) -> the holds of that link's cuts (each matches some requests)."""
         self._decided: dict[tuple[str, str, int], Request] = {}
         """Requests already decided on (kept alive so that their ids stay unique)."""
         self._waiting: list[_Hold] = []
@@ -124,14 +158,23 @@ class HandoffAdversary:
         self.stopped = False
         self.victims: frozenset[str] = frozenset()
         self.fast: str | None = None
+        self.focus_config: Configuration | None = None
+        self.told: set[str] = set()
+        """Configurations a server of which has heard of a successor (from a reconfigurer)."""
         cluster.interceptors.append(self.intercept)
         cluster.observers.append(self.observe)
 
     def focus_on(self, c: Configuration) -> None:
         """``c`` is the configuration whose hand-off comes next."""
         if self.opts.focus and c.n >= 2:
-            fast, *victims = self.rng.sample(c.server_ids, c.quorum_size)
+            # q - 1 victims; with others_put_now at most n - q, so that the fast server and the
+            # others still make a quorum for a write
+            count = c.quorum_size - 1
+            if self.opts.others_put_now:
+                count = min(count, c.n - c.quorum_size)
+            fast, *victims = self.rng.sample(c.server_ids, count + 1)
             self.fast, self.victims = fast, frozenset(victims)
+            self.focus_config = c
             self.cluster.log(f"adversary: fast {fast}, victims {sorted(victims)}")
 
     def _new_hold(
@@ -176,9 +219,10 @@ class HandoffAdversary:
         key = (sender, server, id(req))
         hold = self._holds.get(key)
         if hold is None:
-            cut = self._cuts.get((sender, server))
-            if cut is not None and cut.match is not None and cut.match(req):
-                hold = cut
+            for cut in self._cuts.get((sender, server), ()):
+                if cut.match is not None and cut.match(req):
+                    hold = cut
+                    break
         if hold is not None:
             hold.copies.append(copy)
             return True
@@ -187,30 +231,79 @@ class HandoffAdversary:
         self._decided[key] = req
         rng = self.rng
         focus = self.fast is not None
-        victim = server in self.victims
+        # the roles hold for requests about the configuration being handed off only (a server
+        # may be a member of its successor too)
+        on_focus = (
+            self.focus_config is not None
+            and getattr(req, "config_id", None) == self.focus_config.id
+        )
+        victim = on_focus and server in self.victims
+        fast = on_focus and server == self.fast
         if self.is_reconfigurer(sender) and isinstance(req, _HANDOFF):
-            if focus and victim and _tells_successor(req):
+            if focus and self.opts.hold_transfer and isinstance(req, PutBatch):
+                if rng.random() < self.opts.focus_chance:
+                    hold = self._holds[key] = _Hold(finals=-1, extra_s=0.0)
+                    self.cluster.loop.call_later(rng.uniform(0.005, 0.05), self._release, hold)
+                    kind = "hold transfer"
+            elif focus and victim and _tells_successor(req):
                 if rng.random() < self.opts.focus_chance:
                     # the victim answers plain reads but hears of no successor
-                    hold = self._cuts[(sender, server)] = self._new_hold(_tells_successor, finals=1)
+                    hold = self._new_hold(
+                        self._tells_focus,
+                        finals=1,
+                        later=True,  # after the writes it missed
+                    )
+                    self._cuts.setdefault((sender, server), []).append(hold)
                     kind = "cut (victim)"
-            elif focus and server == self.fast and isinstance(req, GetGroup):
+            elif focus and fast and isinstance(req, GetGroup):
                 if rng.random() < self.opts.focus_chance:
                     hold = self._holds[key] = self._new_hold(finals=1)
                     kind = "hold read (fast)"
             elif rng.random() < self.opts.handoff_reconfig:
                 kinds = rng.choice([(type(req),), _HANDOFF])
-                hold = self._cuts[(sender, server)] = self._new_hold(
+                hold = self._new_hold(
                     lambda r, kinds=kinds: isinstance(r, kinds)  # type: ignore[misc]
                 )
+                self._cuts.setdefault((sender, server), []).append(hold)
                 kind = "cut " + "/".join(k.__name__ for k in kinds)
-        elif focus and isinstance(req, WriteConfig) and victim:
-            # a client writing back a successor it learned would tell the victim too
+        elif focus and self.is_reconfigurer(sender) and isinstance(req, ReadConfig) and fast:
+            # another reconfigurer's discovery then hears of the successor from the others
+            if rng.random() < self.opts.focus_chance:
+                hold = self._holds[key] = self._new_hold(finals=1)
+                kind = "hold read-config (fast)"
+        elif (
+            focus
+            and isinstance(req, WriteConfig)
+            and (victim or (fast and self.opts.others_put_now))
+        ):
+            # a client writing back a successor it learned would tell the victim too (and,
+            # while the others answer writes at once, the fast server)
             if rng.random() < self.opts.focus_chance:
                 hold = self._holds[key] = self._new_hold(finals=1, later=True)
                 kind = "hold write-back (victim)"
+        elif (
+            focus
+            and not self.is_reconfigurer(sender)
+            and isinstance(req, (*_PHASE2, *_QUERIES))
+            and self._stall(sender, req)
+        ):
+            hold = self._client_cut(sender, req, server)
+            kind = "stall " + ("write" if isinstance(req, _PHASE2) else "queries")
+        elif (
+            focus
+            and self.opts.others_put_now
+            and isinstance(req, ReadConfig)
+            and not self.is_reconfigurer(sender)
+            and self._other(req.config_id, server)
+            and req.config_id in self.told  # (before, it has nothing to hide)
+        ):
+            if rng.random() < self.opts.focus_chance:
+                hold = self._holds[key] = self._new_hold(finals=1)
+                kind = "hold read-config (other)"
         elif isinstance(req, PutData) and not self.is_reconfigurer(sender):
-            if focus and server != self.fast and rng.random() < self.opts.focus_chance:
+            if focus and self.opts.others_put_now and self._other(req.config_id, server):
+                pass  # the others answer the write at once
+            elif focus and on_focus and not fast and rng.random() < self.opts.focus_chance:
                 later = not victim
                 hold = self._holds[key] = self._new_hold(finals=1, later=later)
                 kind = "hold put (victim)" if not later else "hold put (later)"
@@ -228,10 +321,64 @@ class HandoffAdversary:
         self.cluster.log(f"{kind} {sender}->{server} #{rid} {type(req).__name__}")
         return True
 
+    def _tells_focus(self, req: Request) -> bool:
+        """A WRITE_CONFIG or SET_NEXT_AND_GET about the configuration being handed off."""
+        c = self.focus_config
+        return (
+            c is not None
+            and isinstance(req, (GetGroup, WriteConfig))
+            and _tells_successor(req)
+            and req.config_id == c.id
+        )
+
+    def _other(self, config_id: str, server: str) -> bool:
+        """``server`` is in the focus configuration, neither fast nor a victim."""
+        c = self.focus_config
+        return (
+            c is not None
+            and config_id == c.id
+            and server in c.server_ids
+            and server != self.fast
+            and server not in self.victims
+        )
+
+    def _stall(self, sender: str, req: Request) -> bool:
+        """Whether to stall this client request to the focus configuration (rules
+        ``stall_writes``, ``cut_queries``); a request a cut already holds never gets here."""
+        c = self.focus_config
+        if c is None or getattr(req, "config_id", None) != c.id:
+            return False
+        if isinstance(req, _PHASE2):
+            return self.opts.stall_writes and self.rng.random() < self.opts.focus_chance / 4
+        # queries: once a server of c heard of its successor, so that clients may know both
+        return (
+            self.opts.cut_queries
+            and c.id in self.told
+            and self.rng.random() < self.opts.focus_chance / 2
+        )
+
+    def _client_cut(self, sender: str, req: Request, server: str) -> _Hold:
+        """Cut ``sender``'s requests of ``req``'s kind (phase 2, or queries) to every server of
+        the focus configuration until the next finalization."""
+        c = self.focus_config
+        assert c is not None
+        kinds = _PHASE2 if isinstance(req, _PHASE2) else _QUERIES
+        cid = c.id
+
+        def match(r: Request) -> bool:
+            return isinstance(r, kinds) and getattr(r, "config_id", None) == cid
+
+        hold = self._new_hold(match, finals=1, later=self.rng.random() < 0.5)
+        for sid in c.server_ids:
+            self._cuts.setdefault((sender, sid), []).append(hold)
+        return hold
+
     def observe(self, sender: str, server: str, req: Request) -> None:
         if not self.is_reconfigurer(sender):
             return
         self.steps += 1
+        if isinstance(req, (GetGroup, WriteConfig)) and _tells_successor(req):
+            self.told.add(req.config_id)
         if isinstance(req, WriteConfig) and req.entry.status == "F":
             final = (req.group, req.entry.config.id)
             if final not in self.finalized:
@@ -254,7 +401,9 @@ class HandoffAdversary:
             return
         hold.released = True
         self._holds = {k: h for k, h in self._holds.items() if h is not hold}
-        self._cuts = {k: h for k, h in self._cuts.items() if h is not hold}
+        self._cuts = {
+            k: rest for k, hs in self._cuts.items() if (rest := [h for h in hs if h is not hold])
+        }
         if hold in self._waiting:
             self._waiting.remove(hold)
         # one copy of each request: the others are its retransmissions
@@ -269,7 +418,8 @@ class HandoffAdversary:
     def release_all(self) -> None:
         """Deliver everything still held and hold nothing more (the run is healing)."""
         self.stopped = True
-        for hold in {id(h): h for h in [*self._holds.values(), *self._cuts.values()]}.values():
+        cuts = [h for hs in self._cuts.values() for h in hs]
+        for hold in {id(h): h for h in [*self._holds.values(), *cuts]}.values():
             self._release(hold)
 
 

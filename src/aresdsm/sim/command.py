@@ -89,6 +89,11 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
 @click.option("--restarts/--no-restarts", default=None, help="Store clients restart, same name.")
 @click.option("--bulk-keys", type=int, help="Write this many more keys first (Ares II).")
 @click.option("--sqlite/--no-sqlite", default=None, help="Servers also use the SQLite engine.")
+@click.option(
+    "--eager/--no-eager",
+    default=None,
+    help="Reconfigurers propose on top of a pending configuration (the original Ares rule).",
+)
 @click.option("--real-codec", is_flag=True, help="Send every message through the wire codec.")
 @click.option(
     "--clients-finalize/--no-clients-finalize",

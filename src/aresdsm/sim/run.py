@@ -95,6 +95,11 @@ class SimOptions:
     """Ares II runs: this many more keys are written before the workload (0: none)."""
     sqlite: bool | None = None
     """Servers keep their durable state in the real SQLite engine too (recovered from it)."""
+    eager: bool | None = None
+    """Ares II runs of the bare algorithms: reconfigurers propose on top of a configuration that
+    is still pending (P) instead of finishing it first -- the original Ares rule
+    (``ares.reconfig(finish_first=False)``); update-config then reads several sources
+    (c_μ..c_ν, §8.4)."""
     loss: float | None = None
     duplicate: float | None = None
     fsync_max_s: float | None = None
@@ -111,7 +116,20 @@ class SimOptions:
     broken: tuple[str, ...] = ()
 
     def resolved(self) -> SimOptions:
-        """Every option fixed, drawn from the seed where not given."""
+        """Every option fixed, drawn from the seed where not given.
+
+        A share of the seeds (:data:`HANDOFF_SHARE`) is a *hand-off profile*: its options not
+        given default to those of :data:`HANDOFF_PROFILE` -- one key, three reconfigurations per
+        reconfigurer, mixed client modes (in Ares II runs), the hand-off adversary, no crashes or
+        partitions to disturb its schedules -- the shape in which the hand-off races occur most
+        often; the other options (mode, Store, coverable objects, ...) are drawn as in any
+        seed."""
+        if random.Random(f"profile-{self.seed}").random() < HANDOFF_SHARE:
+            given = {k: v for k, v in HANDOFF_PROFILE.items() if getattr(self, k) is None}
+            return dataclasses.replace(self, **given)._resolved()
+        return self._resolved()
+
+    def _resolved(self) -> SimOptions:
         rng = random.Random(f"options-{self.seed}")
         pool = self.servers if self.servers is not None else rng.randint(3, 7)
         initial = self.initial_servers or rng.randint(min(3, pool), min(pool, 5))
@@ -126,10 +144,10 @@ class SimOptions:
             value_max_bytes=self.value_max_bytes
             if self.value_max_bytes is not None
             else rng.choice([16, 64, 1024]),
-            reconfigs=self.reconfigs if self.reconfigs is not None else rng.choice([0, 0, 1, 2, 3]),
+            reconfigs=self.reconfigs if self.reconfigs is not None else rng.choice([0, 1, 2, 3, 3]),
             reconfigurers=self.reconfigurers
             if self.reconfigurers is not None
-            else rng.choice([1, 1, 2]),
+            else rng.choice([1, 2, 2]),
             treas=self.treas if self.treas is not None else rng.random() < 0.5,
             mode=self.mode if self.mode is not None else rng.choice(["ares2", "ares2", "classic"]),
             fast_read=self.fast_read if self.fast_read is not None else rng.random() < 0.7,
@@ -149,7 +167,7 @@ class SimOptions:
             else rng.random() < 0.8,
             park=self.park if self.park is not None else rng.random() < 0.5,
             heavy_tail=self.heavy_tail if self.heavy_tail is not None else rng.random() < 0.4,
-            adversary=self.adversary if self.adversary is not None else rng.random() < 0.6,
+            adversary=self.adversary if self.adversary is not None else rng.random() < 0.75,
             long_holds=self.long_holds if self.long_holds is not None else rng.random() < 0.3,
             store=self.store if self.store is not None else rng.random() < 0.35,
             mixed=self.mixed if self.mixed is not None else rng.random() < 0.25,
@@ -163,6 +181,9 @@ class SimOptions:
             if self.coverable is not None
             else random.Random(f"coverable-{self.seed}").random() < 0.5,  # own draw: the
             # other options of a seed stay what they were before coverable objects existed
+            eager=self.eager
+            if self.eager is not None
+            else random.Random(f"eager-{self.seed}").random() < 0.6,
         )
 
     def command(self) -> str:
@@ -184,6 +205,18 @@ class SimOptions:
                 parts.append(f"{flag} {value}")
         return " ".join(parts)
 
+
+HANDOFF_SHARE = 0.35
+"""Share of the seeds that run the hand-off profile (:meth:`SimOptions.resolved`)."""
+HANDOFF_PROFILE: dict[str, Any] = {
+    "keys": 1,
+    "reconfigs": 3,
+    "mixed": True,
+    "adversary": True,
+    "crashes": False,
+    "partitions": False,
+    "client_crashes": False,
+}
 
 BROKEN_VARIANTS = (
     "skip-write-back",
@@ -350,18 +383,29 @@ class _World:
         self.down: set[str] = set()
         self.partitioned: set[str] = set()
         arng = random.Random(f"adversary-{opts.seed}")
+        frng = random.Random(f"focus-rules-{opts.seed}")
+        self.stagger_s = frng.choice([0.0, 0.02, 0.04, 0.06, 0.1])
+        """Reconfigurer ``r{i}`` starts ``i`` times this late: staggered reconfigurers meet
+        each other's pending configurations (a chain that grows while one is still P)."""
         handoffs = bool(opts.adversary and opts.reconfigs)  # no hand-off, no hand-off adversary
         self.adversary = HandoffAdversary(
             self.cluster,
             arng,
             AdversaryOptions(
                 handoff_client=arng.choice([0.05, 0.2, 0.5]) if handoffs else 0.0,
-                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) if handoffs else 0.0,
+                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) * frng.choice([0, 1])
+                if handoffs
+                else 0.0,
                 after_finals=arng.choice([(1,), (1, 2), (1, 2, 3)]),
                 extra_max_s=arng.choice([0.002, 0.02, 0.1]),
                 long_hold=arng.choice([0.005, 0.02]) if opts.long_holds else 0.0,
-                focus=handoffs and arng.random() < 0.7,
+                focus=handoffs and arng.random() < 0.8,
                 focus_chance=arng.choice([0.5, 0.8, 1.0]),
+                # which further focus rules are on: drawn per seed from a stream of their own
+                others_put_now=frng.random() < 0.4,
+                stall_writes=frng.random() < 0.4,
+                cut_queries=frng.random() < 0.4,
+                hold_transfer=frng.random() < 0.5,
             ),
             is_reconfigurer=lambda name: name.startswith("r"),
         )
@@ -603,12 +647,14 @@ def _proposal(world: _World) -> Configuration:
 
 
 async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -> None:
+    opts = world.opts
     rng = random.Random(world.rng.random())
     ch = world.channel(name)
 
     async def backoff(attempt: int) -> None:
         await asyncio.sleep(rng.uniform(0, 0.002 * 2**attempt))
 
+    await asyncio.sleep(world.stagger_s * int(name[1:]))
     for n in range(count):
         await asyncio.sleep(rng.uniform(0.001, 0.03))
         proposal = _proposal(world)
@@ -622,6 +668,7 @@ async def _reconfigurer(world: _World, name: str, count: int, keys: list[str]) -
                     proposer=f"{name}.{n}",
                     backoff=backoff,
                     switches=world.switches,
+                    finish_first=not opts.eager,
                 )
                 world.learn(name, ares.CLUSTER_CHAIN, cseq)
             else:  # the original Ares: every object's chain on its own

@@ -177,6 +177,7 @@ async def store_reconfigurer(
     """A Store reconfigurer (finalizes everywhere in the background, as ``ares reconfig``)."""
     rng = random.Random(world.rng.random())
     store = new_store(world, name, world.switches)
+    await asyncio.sleep(world.stagger_s * int(name[1:]))
     for _ in range(count):
         await asyncio.sleep(rng.uniform(0.001, 0.03))
         target = proposal or world.proposal()
