@@ -14,7 +14,7 @@ import click
 
 from .. import runtime
 from ..errors import ConfigurationError
-from .common import _connect, _tracing_for, cluster_option, console, main, trace_options
+from .common import _connect, cluster_option, console, main, trace_options
 
 
 @main.group("s3")
@@ -63,6 +63,7 @@ def _ring(keys_file: str | None, key: tuple[str, ...]) -> object:
     show_default=True,
     help="Smallest multipart part but the last (S3: 5).",
 )
+@click.option("--broken-unconditional-cas", is_flag=True, hidden=True)
 @cluster_option
 @trace_options
 def serve(
@@ -73,6 +74,7 @@ def serve(
     region: str,
     gc_delay_s: float,
     min_part_mib: int,
+    broken_unconditional_cas: bool,
     cluster_path: str,
     trace_file: str | None,
     otlp_endpoint: str | None,
@@ -88,7 +90,11 @@ def serve(
     ring = _ring(keys_file, key)
     if not len(ring):  # type: ignore[arg-type]
         raise ConfigurationError("no access keys: give --keys FILE or --key ACCESS:SECRET:ROLE")
-    with _tracing_for(trace_file, otlp_endpoint, trace_sample):
+    from .. import tracing
+
+    with tracing.traced_process(
+        "ares-s3", otlp_endpoint=otlp_endpoint, trace_file=trace_file, sample_ratio=trace_sample
+    ):
         runtime.run(
             run_serve(
                 lambda m: _connect(cluster_path, metrics=m),
@@ -99,6 +105,7 @@ def serve(
                 gc_delay_s=gc_delay_s,
                 min_part_bytes=min_part_mib * 1024 * 1024,
                 ready=lambda a: console.print(f"S3 gateway on http://{a}"),
+                broken_unconditional_cas=broken_unconditional_cas,
             )
         )
 

@@ -167,7 +167,7 @@ def _range(spec: str | None, size: int) -> tuple[int, int] | None:
         end = int(b) if b else size - 1
     except ValueError:
         return None
-    if start < 0 or end < start:
+    if start < 0 or (b and end < start):
         return None
     if start >= size:
         raise S3Error("InvalidRange", "The requested range is not satisfiable")

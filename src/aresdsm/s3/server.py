@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import parse_address
+from ..errors import ConfigurationError
 from ..metrics import ClientMetrics
 from .app import S3App, S3Metrics
 from .objects import Gateway
@@ -33,16 +34,18 @@ async def serve(
     min_part_bytes: int | None = None,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    broken_unconditional_cas: bool = False,
 ) -> None:
     """Serve until ``stop`` is set (or a signal arrives). ``ready(address)`` is called once the
     port listens (with the real port when ``listen`` asked for port 0)."""
-    host, port = parse_address(listen)
+    host, port = _listen_address(listen)
     metrics = S3Metrics()
     store = store_factory(ClientMetrics(metrics.registry))
     kw: dict[str, Any] = {"gc_delay_s": gc_delay_s}
     if min_part_bytes is not None:
         kw["min_part_bytes"] = min_part_bytes
     gateway = Gateway(store, **kw)
+    gateway.broken_unconditional_cas = broken_unconditional_cas
     app = S3App(gateway, keys, region=region, metrics=metrics)
     runner = web.AppRunner(app.app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -80,3 +83,11 @@ async def serve(
             await mrunner.cleanup()
         await gateway.close()
         await store.close()
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT to listen on (port 0: any free port, reported by ``ready``)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"--listen {text!r}: expected HOST:PORT (port 0..65535)")
+    return host.strip("[]"), int(port)
