@@ -1,5 +1,5 @@
 """A live S3 gateway (``python -m aresdsm s3 serve``) on a local cluster of real server
-processes, one per test module; boto3 clients for its keys; clean environments for the aws
+processes, one for the whole tests/s3 package (CI time: the cluster and the gateway start once); boto3 clients for its keys; clean environments for the aws
 CLI and rclone (no AWS_* variables of the machine leak into them)."""
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ class Gateway:
             cmd += ["--trace", str(self.trace_file)]
         log = open(self.base / f"gateway{n}.log", "wb")  # noqa: SIM115 (kept by the process)
         self.logs.append(log)
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        env = dict(os.environ, OTEL_BSP_SCHEDULE_DELAY="100")  # spans flushed within 0.1 s
+        p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env
+        )
         self.procs.append(p)
         assert p.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -123,7 +126,7 @@ def client(endpoint: str, ak: str, sk: str, **config: Any) -> Any:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def gateway() -> Iterator[Gateway]:
     with tempfile.TemporaryDirectory(prefix="ares-s3-") as tmp:
         base = Path(tmp)
