@@ -179,10 +179,14 @@ def test_multipart_transfer_manager(gateway: Gateway, tmp_path: Path) -> None:
     data = blob(11 * 1024 * 1024 + 12345, 4)
     src.write_bytes(data)
     mib = 1024 * 1024
-    cfg = TransferConfig(multipart_threshold=5 * mib, multipart_chunksize=5 * mib, max_concurrency=3)
+    cfg = TransferConfig(
+        multipart_threshold=5 * mib, multipart_chunksize=5 * mib, max_concurrency=3
+    )
     s3.upload_file(str(src), "mpu", "big.bin", Config=cfg)
     head = s3.head_object(Bucket="mpu", Key="big.bin")
-    md5s = b"".join(hashlib.md5(data[i : i + 5 * mib]).digest() for i in range(0, len(data), 5 * mib))
+    md5s = b"".join(
+        hashlib.md5(data[i : i + 5 * mib]).digest() for i in range(0, len(data), 5 * mib)
+    )
     assert head["ETag"] == f'"{hashlib.md5(md5s).hexdigest()}-3"'
     assert head["ContentLength"] == len(data)
     back = tmp_path / "back"
@@ -199,9 +203,13 @@ def test_multipart_many_parts_list_complete_abort(gateway: Gateway) -> None:
     parts = {n: blob(random.Random(n).randrange(1, 3000), n) for n in range(1, 31)}
     etags = {}
     for n, d in parts.items():
-        etags[n] = s3.upload_part(Bucket="parts", Key="p", UploadId=up, PartNumber=n, Body=d)["ETag"]
+        etags[n] = s3.upload_part(Bucket="parts", Key="p", UploadId=up, PartNumber=n, Body=d)[
+            "ETag"
+        ]
     parts[7] = b"replaced part seven"
-    etags[7] = s3.upload_part(Bucket="parts", Key="p", UploadId=up, PartNumber=7, Body=parts[7])["ETag"]
+    etags[7] = s3.upload_part(Bucket="parts", Key="p", UploadId=up, PartNumber=7, Body=parts[7])[
+        "ETag"
+    ]
     listed = [
         (p["PartNumber"], p["ETag"], p["Size"])
         for page in s3.get_paginator("list_parts").paginate(
@@ -214,7 +222,7 @@ def test_multipart_many_parts_list_complete_abort(gateway: Gateway) -> None:
     with pytest.raises(ClientError) as e:
         s3.complete_multipart_upload(
             Bucket="parts", Key="p", UploadId=up,
-            MultipartUpload={"Parts": [{"PartNumber": 2, "ETag": etags[2]}, {"PartNumber": 1, "ETag": etags[1]}]},
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in (2, 1)]},
         )  # fmt: skip
     assert code(e) == "InvalidPartOrder"
     with pytest.raises(ClientError) as e:
@@ -272,7 +280,8 @@ def test_copy_and_delete_objects(gateway: Gateway) -> None:
     for i in range(5):
         s3.put_object(Bucket="copies", Key=f"del/{i}", Body=b"x")
     r = s3.delete_objects(
-        Bucket="copies", Delete={"Objects": [{"Key": f"del/{i}"} for i in range(5)] + [{"Key": "none"}]}
+        Bucket="copies",
+        Delete={"Objects": [{"Key": f"del/{i}"} for i in range(5)] + [{"Key": "none"}]},
     )
     assert sorted(d["Key"] for d in r["Deleted"]) == [*(f"del/{i}" for i in range(5)), "none"]
     assert "Contents" not in s3.list_objects_v2(Bucket="copies", Prefix="del/")
@@ -291,11 +300,17 @@ def test_presigned_urls(gateway: Gateway) -> None:
     s3 = gateway.client(signature_version="s3v4")  # boto3 presigns with SigV2 unless told
     s3.create_bucket(Bucket="pre")
     s3.put_object(Bucket="pre", Key="k y", Body=b"presigned")
-    short = s3.generate_presigned_url("get_object", Params={"Bucket": "pre", "Key": "k y"}, ExpiresIn=1)
+    short = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "pre", "Key": "k y"}, ExpiresIn=1
+    )
     made = time.monotonic()
-    url = s3.generate_presigned_url("get_object", Params={"Bucket": "pre", "Key": "k y"}, ExpiresIn=60)
+    url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "pre", "Key": "k y"}, ExpiresIn=60
+    )
     assert _http(url) == (200, b"presigned")
-    put = s3.generate_presigned_url("put_object", Params={"Bucket": "pre", "Key": "up"}, ExpiresIn=60)
+    put = s3.generate_presigned_url(
+        "put_object", Params={"Bucket": "pre", "Key": "up"}, ExpiresIn=60
+    )
     assert _http(put, "PUT", b"via presigned put")[0] == 200
     assert s3.get_object(Bucket="pre", Key="up")["Body"].read() == b"via presigned put"
     tampered = url.replace("X-Amz-Expires=60", "X-Amz-Expires=61")
@@ -400,7 +415,9 @@ def _race(endpoint: str, bucket: str, key: str, writers: int, rounds: int) -> tu
         body = f"create {i}".encode()
         t0 = clock()
         ok = put(c, body, IfNoneMatch="*")
-        record("cas-ok" if ok is not False else "cas-fail", t0, ok, hashlib.md5(body).hexdigest(), None)
+        record(
+            "cas-ok" if ok is not False else "cas-fail", t0, ok, hashlib.md5(body).hexdigest(), None
+        )
         for r in range(rounds):
             t0 = clock()
             try:
@@ -411,7 +428,13 @@ def _race(endpoint: str, bucket: str, key: str, writers: int, rounds: int) -> tu
             body = f"update {i} {r}".encode()
             t0 = clock()
             ok = put(c, body, IfMatch=f'"{etag}"')
-            record("cas-ok" if ok is not False else "cas-fail", t0, ok, hashlib.md5(body).hexdigest(), etag)
+            record(
+                "cas-ok" if ok is not False else "cas-fail",
+                t0,
+                ok,
+                hashlib.md5(body).hexdigest(),
+                etag,
+            )
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(writers)]
     for t in threads:
@@ -472,8 +495,18 @@ def test_traces_and_metrics(gateway: Gateway) -> None:
     assert gateway.trace_file is not None
     deadline = time.monotonic() + 20
     while True:
-        spans = [json.loads(x) for x in gateway.trace_file.read_text().splitlines()] if gateway.trace_file.exists() else []
-        req = [s for s in spans if s["name"] == "s3.request" and s["attributes"].get("s3.op") == "PutObject" and s["attributes"].get("s3.bucket") == "obs"]
+        spans = (
+            [json.loads(x) for x in gateway.trace_file.read_text().splitlines()]
+            if gateway.trace_file.exists()
+            else []
+        )
+        req = [
+            s
+            for s in spans
+            if s["name"] == "s3.request"
+            and s["attributes"].get("s3.op") == "PutObject"
+            and s["attributes"].get("s3.bucket") == "obs"
+        ]
         if req:
             trace = req[0]["trace_id"]
             below = [s for s in spans if s["trace_id"] == trace and s["name"] != "s3.request"]
@@ -481,5 +514,7 @@ def test_traces_and_metrics(gateway: Gateway) -> None:
             if "op" in names and "s3.commit" in names:
                 break
         if time.monotonic() > deadline:
-            pytest.fail(f"no PutObject trace with storage spans below it: {[s['name'] for s in spans][:30]}")
+            pytest.fail(
+                f"no PutObject trace with storage spans below it: {[s['name'] for s in spans][:30]}"
+            )
         time.sleep(0.5)

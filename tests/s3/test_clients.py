@@ -19,7 +19,9 @@ MIB = 1024 * 1024
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def make_tree(root: Path) -> dict[str, bytes]:
@@ -38,7 +40,9 @@ def make_tree(root: Path) -> dict[str, bytes]:
 
 
 def aws(gw: Gateway, *args: str, role: str = "admin", check: bool = True) -> str:
-    quiet = ["--only-show-errors"] if args[:2] in (("s3", "cp"), ("s3", "sync"), ("s3", "rm")) else []
+    quiet = (
+        ["--only-show-errors"] if args[:2] in (("s3", "cp"), ("s3", "sync"), ("s3", "rm")) else []
+    )
     r = subprocess.run(
         [AWS, "--endpoint-url", gw.endpoint, *args, *quiet],
         env=gw.env(role), capture_output=True, timeout=120, check=False,
@@ -74,7 +78,9 @@ def test_aws_cli_cp_ls_sync_rm(gateway: Gateway, tmp_path: Path) -> None:
     assert r.returncode != 0 and b"SignatureDoesNotMatch" in r.stderr
 
 
-@pytest.mark.skipif(shutil.which("rclone") is None, reason="scripts/install-system-deps.sh installs rclone")
+@pytest.mark.skipif(
+    shutil.which("rclone") is None, reason="scripts/install-system-deps.sh installs rclone"
+)
 def test_rclone_copy_and_check(gateway: Gateway, tmp_path: Path) -> None:
     from .conftest import KEYS
 

@@ -244,8 +244,8 @@ class S3App:
         self, request: web.Request, raw_path: str, raw_query: str, need: str, bucket: str
     ) -> Verified | None:
         headers: dict[str, list[str]] = {}
-        for k, v in request.headers.items():
-            headers.setdefault(k.lower(), []).append(v)
+        for name, value in request.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
         v = verify(request.method, raw_path, raw_query, headers, self.keys)
         if v is None:
             if need == _READ and bucket and (await self.gw.bucket(bucket)).public:
@@ -357,7 +357,8 @@ class S3App:
                 "global/AllUsers</URI></Grantee><Permission>READ</Permission></Grant>"
             )
         return _xml(
-            f'<AccessControlPolicy xmlns="{NS}">{owner}<AccessControlList>{grants}</AccessControlList></AccessControlPolicy>'
+            f'<AccessControlPolicy xmlns="{NS}">{owner}<AccessControlList>{grants}'
+            "</AccessControlList></AccessControlPolicy>"
         )
 
     async def _op_HeadBucket(
@@ -405,8 +406,10 @@ class S3App:
                     ) from None
         else:
             after = q.get("marker", "")
+        contents: list[tuple[str, Head]] = []
+        prefixes: list[str] = []
+        truncated, last = False, ""
         if max_keys == 0:
-            contents, prefixes, truncated, last = [], [], False, ""
             await self.gw.bucket(bucket)
         else:
             contents, prefixes, truncated, last = await self.gw.list(
@@ -616,7 +619,8 @@ class S3App:
         truncated = len(parts) > max_parts
         parts = parts[:max_parts]
         out = [
-            f'<ListPartsResult xmlns="{NS}"><Bucket>{escape(bucket)}</Bucket><Key>{escape(key)}</Key>'
+            f'<ListPartsResult xmlns="{NS}"><Bucket>{escape(bucket)}</Bucket>'
+            f"<Key>{escape(key)}</Key>"
             f"<UploadId>{escape(q['uploadId'])}</UploadId><PartNumberMarker>{marker}</PartNumberMarker>"
             f"<MaxParts>{max_parts}</MaxParts><IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
             "<StorageClass>STANDARD</StorageClass>"

@@ -33,7 +33,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,7 +266,7 @@ class Gateway:
         if await self.store.read(BUCKET_KEY, group=bucket) is not None:
             raise S3Error(
                 "BucketAlreadyOwnedByYou",
-                "Your previous request to create the named bucket succeeded and you already own it.",
+                "Your previous request to create the named bucket succeeded and you own it.",
                 resource=bucket,
             )
         await self.store.write(
@@ -410,7 +410,9 @@ class Gateway:
             return
         await self.commit(bucket, key, lambda _old: Head(deleted=True, mtime_s=time.time()))
 
-    async def stream(self, bucket: str, h: Head, start: int, end: int) -> AsyncIterator[bytes]:
+    async def stream(
+        self, bucket: str, h: Head, start: int, end: int
+    ) -> AsyncGenerator[bytes, None]:
         """Bytes ``start..end`` (inclusive) of the version ``h``."""
         if h.inline is not None:
             yield h.inline[start : end + 1]
@@ -453,7 +455,8 @@ class Gateway:
             if replace is None:
                 raise S3Error(
                     "InvalidRequest",
-                    "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata.",
+                    "This copy request is illegal because it is trying to copy an object to "
+                    "itself without changing the object's metadata.",
                 )
 
             def same(old: Head | None) -> Head:
@@ -484,7 +487,7 @@ class Gateway:
 
     async def iter_objects(
         self, bucket: str, prefix: str, after: str = ""
-    ) -> AsyncIterator[tuple[str, Head]]:
+    ) -> AsyncGenerator[tuple[str, Head], None]:
         """Live objects with keys starting with ``prefix``, after ``after``, in key order (heads
         read a page at a time, concurrently)."""
         keys = self.store.iter_keys(HEAD_PREFIX + prefix, group=bucket, verify=False)

@@ -69,8 +69,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-    bound = sockets[0].getsockname() if sockets else (host, port)
+    bound = runner.addresses[0] if runner.addresses else (host, port)
     address = f"{bound[0]}:{bound[1]}"
     log.warning("S3 gateway listening on http://%s", address)
     if ready is not None:
