@@ -1,6 +1,7 @@
 """A live S3 gateway (``python -m aresdsm s3 serve``) on a local cluster of real server
-processes, one for the whole tests/s3 package (CI time: they start once); boto3 clients for its keys; clean environments for the aws
-CLI and rclone (no AWS_* variables of the machine leak into them)."""
+processes, one for the whole tests/s3 package (CI time: they start once); boto3 clients for
+its keys; clean environments for the aws CLI and rclone (no AWS_* variables of the machine
+leak into them)."""
 
 from __future__ import annotations
 

@@ -622,7 +622,8 @@ class S3App:
             f'<ListPartsResult xmlns="{NS}"><Bucket>{escape(bucket)}</Bucket>'
             f"<Key>{escape(key)}</Key>"
             f"<UploadId>{escape(q['uploadId'])}</UploadId><PartNumberMarker>{marker}</PartNumberMarker>"
-            f"<MaxParts>{max_parts}</MaxParts><IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+            f"<MaxParts>{max_parts}</MaxParts>"
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
             "<StorageClass>STANDARD</StorageClass>"
         ]
         if parts:

@@ -468,9 +468,9 @@ class Gateway:
         for attempt in range(3):
             md5 = hashlib.md5()
 
-            async def pieces(h: Head = src) -> AsyncIterator[bytes]:
+            async def pieces(h: Head = src, hasher: Any = md5) -> AsyncIterator[bytes]:
                 async for p in self.stream(src_bucket, h, 0, h.size - 1):
-                    md5.update(p)
+                    hasher.update(p)
                     yield p
 
             try:
