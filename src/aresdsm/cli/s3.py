@@ -164,3 +164,40 @@ def gc(bucket: str, grace_s: float, cluster_path: str) -> None:
             return await Gateway(store).gc(bucket, grace_s=grace_s)
 
     console.print(f"deleted {runtime.run(go())} unreferenced data files")
+
+
+@s3_group.command("bench")
+@click.option("--object-mib", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--clients", type=click.IntRange(1), default=16, show_default=True)
+@click.option(
+    "--duration-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Per small-write cell.",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default="bench-results/s3.json",
+    show_default=True,
+)
+def bench(object_mib: int, clients: int, duration_s: float, json_out: str) -> None:
+    """boto3 through the gateway vs ``ares file put/get`` and native 1 KiB writes, one cluster."""
+    import dataclasses
+    import json
+
+    from ..s3.bench import run_s3_bench
+
+    r = run_s3_bench(
+        object_bytes=object_mib * 1024 * 1024, clients=clients, duration_s=duration_s,
+        log=console.print,
+    )  # fmt: skip
+    out = {**dataclasses.asdict(r), "ratios": r.ratios()}
+    Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_out).write_text(json.dumps(out, indent=1))
+    console.print(
+        " ".join(f"{k} {v:.2f}x" for k, v in r.ratios().items())
+        + f"; gateway peak RSS {r.gateway_peak_rss_mb:.0f} MB"
+    )
