@@ -87,7 +87,8 @@ def run_s3_bench(
                 [*ares, "file", "get", "native.bin", str(base / "native.back"), *cluster]
             )
             log(
-                f"native: put {object_bytes / MIB / put_s:.1f} MiB/s, get {object_bytes / MIB / get_s:.1f} MiB/s"
+                f"native: put {object_bytes / MIB / put_s:.1f} MiB/s, "
+                f"get {object_bytes / MIB / get_s:.1f} MiB/s"
             )
             gw = subprocess.Popen(
                 [*ares, "s3", "serve", *cluster, "--listen", "127.0.0.1:0",
@@ -117,15 +118,14 @@ def run_s3_bench(
             if (base / "s3.back").stat().st_size != object_bytes:
                 raise RuntimeError("the object read back has the wrong size")
             log(
-                f"boto3:  put {object_bytes / MIB / s3_put_s:.1f} MiB/s, get {object_bytes / MIB / s3_get_s:.1f} MiB/s"
+                f"boto3:  put {object_bytes / MIB / s3_put_s:.1f} MiB/s, "
+                f"get {object_bytes / MIB / s3_get_s:.1f} MiB/s"
             )
             for p in (src, base / "native.back", base / "s3.back"):
                 p.unlink()
             native_ops = asyncio.run(_native_small(lc, clients, duration_s))
             s3_ops = _s3_small([client() for _ in range(clients)], duration_s)
-            log(
-                f"1 KiB writes, {clients} in flight: native {native_ops:.0f}/s, boto3 {s3_ops:.0f}/s"
-            )
+            log(f"1 KiB writes, {clients} at once: native {native_ops:.0f}/s, boto3 {s3_ops:.0f}/s")
             rss = _peak_rss_mb(gw.pid)
         finally:
             if gw is not None:
