@@ -33,6 +33,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,12 @@ MAX_PARTS = 10_000
 MAX_PART_BYTES = 5 * 1024**3
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_CAS_TRIES = 32
+CACHED_HEADS = 1024
+CACHED_INLINE_MAX_BYTES = 4096
+"""Heads remembered as the base of the next write of their key (bounded: 1,024 of at most
+~5 KiB)."""
+CACHED_BUCKETS = 4096
+BUCKET_TTL_S = 1.0
 READS_IN_FLIGHT = 16
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
@@ -178,13 +185,17 @@ class Gateway:
         gc_delay_s: float = 30.0,
         min_part_bytes: int = MIN_PART_BYTES,
         inline_max_bytes: int = INLINE_MAX_BYTES,
+        bucket_ttl_s: float = BUCKET_TTL_S,
     ) -> None:
         self.store = store
         self.files = store.files
         self.gc_delay_s = gc_delay_s
         self.min_part_bytes = min_part_bytes
         self.inline_max_bytes = inline_max_bytes
+        self.bucket_ttl_s = bucket_ttl_s
         self._gc: dict[asyncio.Task[None], tuple[str, builtins.list[str]]] = {}
+        self._heads: OrderedDict[tuple[str, str], tuple[Tag, Head | None]] = OrderedDict()
+        self._buckets: dict[str, tuple[float, BucketRecord]] = {}
         self.broken_unconditional_cas = False
         """Test-only: commit a head with a plain (unconditioned) write after checking the
         condition on a separate read -- then two racing conditional PUTs can both succeed."""
@@ -193,9 +204,9 @@ class Gateway:
 
     async def _read_head(self, bucket: str, key: str) -> tuple[Tag, Head | None]:
         tag, raw = await self.store.read_tagged(HEAD_PREFIX + key, group=bucket)
-        if raw is None:
-            return tag, None
-        return tag, _head_dec.decode(raw)
+        h = None if raw is None else _head_dec.decode(raw)
+        self._remember(bucket, key, tag, h)
+        return tag, h
 
     async def head(self, bucket: str, key: str) -> Head:
         check_key(key)
@@ -229,40 +240,77 @@ class Gateway:
         replaces (compare-and-swap, retried on concurrent writers). The files of the replaced
         version are deleted later. Raises PreconditionFailed (nothing installed)."""
         hk = HEAD_PREFIX + key
+        known = self._heads.get((bucket, key))
+        now: bytes | None
         with tracing.span("s3.commit", {"ares.group": bucket, "ares.object": hk}):
             for attempt in range(MAX_CAS_TRIES):
-                tag, old = await self._read_head(bucket, key)
-                cond.check_write(old)
-                new = make(old)
+                cached = known is not None and attempt == 0
+                if known is None or self.broken_unconditional_cas:
+                    tag, old = await self._read_head(bucket, key)
+                else:
+                    tag, old = known
+                try:
+                    cond.check_write(old)
+                    new = make(old)
+                except S3Error:
+                    if cached:  # judged on a remembered version: judge on a fresh one
+                        known = None
+                        continue
+                    raise
                 raw = _enc.encode(new)
                 if self.broken_unconditional_cas:
                     await asyncio.sleep(0.05)  # widen the window the broken variant opens
-                    await self.store.cvr_write(
-                        hk, raw, (await self.store.read_tagged(hk, group=bucket))[0], group=bucket
-                    )
-                    ok = True
+                    latest, _ = await self.store.read_tagged(hk, group=bucket)
+                    res = await self.store.cvr_write(hk, raw, latest, group=bucket)
+                    ok, now_tag, now = True, res.tag, None
                 else:
-                    ok, _, _ = await self._cas(hk, bucket, raw, tag)
+                    ok, now_tag, now = await self._cas(hk, bucket, raw, tag)
                 if ok:
+                    self._remember(bucket, key, now_tag, new)
                     if old is not None and not old.deleted:
                         self.discard_later(
                             bucket, [f for f, _ in old.files if f not in dict(new.files)]
                         )
                     return new
-                await asyncio.sleep(0.002 * min(2**attempt, 64) * secrets.randbelow(100) / 100)
+                # stale: the answer names the newest version, the base of the next try
+                known = (now_tag, _head_dec.decode(now) if now is not None else None)
+                if attempt:
+                    await asyncio.sleep(0.002 * min(2**attempt, 64) * secrets.randbelow(100) / 100)
         raise S3Error("SlowDown", "too many concurrent writers of this key; retry")
+
+    def _remember(self, bucket: str, key: str, tag: Tag, h: Head | None) -> None:
+        """Keep the version last seen of a key: the base of its next coverable write (no read
+        first when it is still the newest; the write itself checks that)."""
+        if h is not None and h.inline is not None and len(h.inline) > CACHED_INLINE_MAX_BYTES:
+            self._heads.pop((bucket, key), None)
+            return
+        self._heads[(bucket, key)] = (tag, h)
+        self._heads.move_to_end((bucket, key))
+        while len(self._heads) > CACHED_HEADS:
+            self._heads.popitem(last=False)
 
     # -- buckets -----------------------------------------------------------------------------------
 
     async def bucket(self, bucket: str) -> BucketRecord:
+        """The bucket's record (remembered for BUCKET_TTL_S: DeleteBucket is not atomic with
+        PUTs under way in any case; docs/s3.md)."""
         check_bucket(bucket)
+        hit = self._buckets.get(bucket)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         raw = await self.store.read(BUCKET_KEY, group=bucket)
         if raw is None:
+            self._buckets.pop(bucket, None)
             raise S3Error("NoSuchBucket", "The specified bucket does not exist", resource=bucket)
-        return _bucket_dec.decode(raw)
+        rec = _bucket_dec.decode(raw)
+        if len(self._buckets) >= CACHED_BUCKETS:
+            self._buckets.clear()
+        self._buckets[bucket] = (time.monotonic() + self.bucket_ttl_s, rec)
+        return rec
 
     async def create_bucket(self, bucket: str, *, public: bool = False) -> None:
         check_bucket(bucket)
+        self._buckets.pop(bucket, None)
         if await self.store.read(BUCKET_KEY, group=bucket) is not None:
             raise S3Error(
                 "BucketAlreadyOwnedByYou",
@@ -274,17 +322,21 @@ class Gateway:
         )
 
     async def set_public(self, bucket: str, public: bool) -> None:
+        self._buckets.pop(bucket, None)
         rec = await self.bucket(bucket)
+        self._buckets.pop(bucket, None)
         await self.store.write(
             BUCKET_KEY, _enc.encode(BucketRecord(rec.created_s, public)), group=bucket
         )
 
     async def delete_bucket(self, bucket: str) -> None:
+        self._buckets.pop(bucket, None)
         await self.bucket(bucket)
         async for _ in self.iter_objects(bucket, ""):
             raise S3Error(
                 "BucketNotEmpty", "The bucket you tried to delete is not empty", resource=bucket
             )
+        self._buckets.pop(bucket, None)
         await self.store.delete(BUCKET_KEY, group=bucket)
 
     async def list_buckets(self) -> builtins.list[tuple[str, BucketRecord]]:
