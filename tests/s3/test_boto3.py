@@ -518,3 +518,68 @@ def test_traces_and_metrics(gateway: Gateway) -> None:
                 f"no PutObject trace with storage spans below it: {[s['name'] for s in spans][:30]}"
             )
         time.sleep(0.5)
+
+
+def _signed(gateway: Gateway, method: str, path: str, body: bytes = b"", **headers: str) -> Any:
+    """A request signed by botocore's own SigV4 signer, with any body and headers."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    req = AWSRequest(method=method, url=gateway.endpoint + path, data=body, headers=headers)
+    S3SigV4Auth(Credentials(*KEYS["admin"]), "s3", "us-east-1").add_auth(req)
+    return urllib.request.Request(
+        req.url, data=body or None, headers=dict(req.headers), method=method
+    )
+
+
+def _send(req: Any) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_bad_requests_get_s3_errors_and_the_gateway_keeps_serving(gateway: Gateway) -> None:
+    s3 = gateway.client()
+    s3.create_bucket(Bucket="bad")
+    url = f"{gateway.endpoint}/bad/k"
+    for auth, want in (
+        ("AWS4-HMAC-SHA256 garbage", b"AuthorizationHeaderMalformed"),
+        ("AWS AKADMIN0000000000001:c2lnbmF0dXJl", b"AccessDenied"),
+    ):
+        st, body = _send(urllib.request.Request(url, headers={"Authorization": auth}))
+        assert st in (400, 403) and want in body, body
+    st, body = _send(
+        urllib.request.Request(url + "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00")
+    )
+    assert st == 400 and b"AuthorizationQueryParametersError" in body
+    for req, status_, code_ in (
+        (_signed(gateway, "POST", "/bad?delete", b"<Delete><Object>"), 400, b"MalformedXML"),
+        (
+            _signed(gateway, "POST", "/bad?delete", b'<!DOCTYPE x [<!ENTITY a "b">]><Delete/>'),
+            400,
+            b"MalformedXML",
+        ),
+        (
+            _signed(gateway, "PUT", f"/bad/k?partNumber=abc&uploadId={'0' * 32}", b"x"),
+            400,
+            b"InvalidArgument",
+        ),
+        (_signed(gateway, "GET", "/bad?list-type=2&max-keys=many"), 400, b"InvalidArgument"),
+        (_signed(gateway, "PUT", "/bad/" + "k" * 1001, b"x"), 400, b"KeyTooLongError"),
+        (_signed(gateway, "GET", "/bad/k?tagging"), 501, b"NotImplemented"),
+    ):
+        st, body = _send(req)
+        assert (st, code_ in body) == (status_, True), (req.full_url[:80], st, body[:300])
+    # a body that is not the one the signature's payload hash names: nothing is stored
+    req = _signed(gateway, "PUT", "/bad/k", b"signed body")
+    req.data = b"other body!"
+    st, body = _send(req)
+    assert st == 400 and b"XAmzContentSHA256Mismatch" in body
+    req = _signed(gateway, "PUT", "/bad/big", blob(100_000, 11))  # to a data file, then refused
+    req.data = blob(100_000, 12)
+    assert _send(req)[0] == 400
+    assert "Contents" not in s3.list_objects_v2(Bucket="bad")
+    assert "bad" in [b["Name"] for b in s3.list_buckets()["Buckets"]]

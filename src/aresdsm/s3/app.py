@@ -210,6 +210,8 @@ class S3App:
         with _incoming_context(request), tracing.span("s3.request", attrs) as span:
             try:
                 resp = await self._dispatch(request, op, raw_path, raw_query, bucket, key, q)
+            except ConnectionError:
+                raise  # the client went away, or a response under way was aborted
             except S3Error as e:
                 e.resource = e.resource or path
                 resp = self._error(request, e, rid)
@@ -223,9 +225,10 @@ class S3App:
                 resp = self._error(request, S3Error("InvalidArgument", str(e)), rid)
             except OperationError as e:
                 resp = self._error(request, S3Error("ServiceUnavailable", str(e)), rid)
-            except AresError as e:
+            except Exception:  # a bug must not take the gateway down (AresError included)
                 log.exception("request %s failed", rid)
-                resp = self._error(request, S3Error("InternalError", str(e)), rid)
+                msg = "We encountered an internal error. Please try again."
+                resp = self._error(request, S3Error("InternalError", msg), rid)
             status = resp.status
             span.set_attribute("http.status_code", status)
         resp.headers["x-amz-request-id"] = rid
@@ -511,14 +514,18 @@ class S3App:
             resp = web.StreamResponse(status=status, headers=headers)
             resp.content_length = length
             await resp.prepare(request)
-            async with contextlib.aclosing(stream):
-                if first:
-                    await resp.write(first)
-                    self.metrics.bytes_out.inc(len(first))
-                if length:
-                    async for p in stream:
-                        await resp.write(p)
-                        self.metrics.bytes_out.inc(len(p))
+            try:
+                async with contextlib.aclosing(stream):
+                    if first:
+                        await resp.write(first)
+                        self.metrics.bytes_out.inc(len(first))
+                    if length:
+                        async for p in stream:
+                            await resp.write(p)
+                            self.metrics.bytes_out.inc(len(p))
+            except (AresError, S3Error) as e:  # the status is sent: abort the connection
+                log.warning("GET %s/%s aborted after the headers: %s", bucket, key, e)
+                raise ConnectionAbortedError(str(e)) from e
             await resp.write_eof()
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
