@@ -231,10 +231,16 @@ def test_multipart_many_parts_list_complete_abort(gateway: Gateway) -> None:
             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etags[2]}]},
         )  # fmt: skip
     assert code(e) == "InvalidPart"
-    done = s3.complete_multipart_upload(
-        Bucket="parts", Key="p", UploadId=up,
-        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in use]},
-    )  # fmt: skip
+    mpu = {"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in use]}
+    s3.put_object(Bucket="parts", Key="p", Body=b"there already")
+    with pytest.raises(ClientError) as e:  # conditional completion: refused, upload still open
+        s3.complete_multipart_upload(
+            Bucket="parts", Key="p", UploadId=up, MultipartUpload=mpu, IfNoneMatch="*"
+        )
+    assert status(e) == 412
+    done = s3.complete_multipart_upload(Bucket="parts", Key="p", UploadId=up, MultipartUpload=mpu)
+    again = s3.complete_multipart_upload(Bucket="parts", Key="p", UploadId=up, MultipartUpload=mpu)
+    assert again["ETag"] == done["ETag"]  # a retried completion answers the same
     want = b"".join(parts[n] for n in use)
     md5s = b"".join(hashlib.md5(parts[n]).digest() for n in use)
     assert done["ETag"] == f'"{hashlib.md5(md5s).hexdigest()}-{len(use)}"'

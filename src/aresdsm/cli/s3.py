@@ -63,6 +63,10 @@ def _ring(keys_file: str | None, key: tuple[str, ...]) -> object:
     show_default=True,
     help="Smallest multipart part but the last (S3: 5).",
 )
+@click.option(
+    "--max-streams", type=click.IntRange(min=1), default=16, show_default=True,
+    help="Requests moving object data served at once (the memory bound); more wait.",
+)  # fmt: skip
 @click.option("--broken-unconditional-cas", is_flag=True, hidden=True)
 @cluster_option
 @trace_options
@@ -74,6 +78,7 @@ def serve(
     region: str,
     gc_delay_s: float,
     min_part_mib: int,
+    max_streams: int,
     broken_unconditional_cas: bool,
     cluster_path: str,
     trace_file: str | None,
@@ -106,6 +111,7 @@ def serve(
                 min_part_bytes=min_part_mib * 1024 * 1024,
                 ready=lambda a: console.print(f"S3 gateway on http://{a}"),
                 broken_unconditional_cas=broken_unconditional_cas,
+                max_streams=max_streams,
             )
         )
 

@@ -15,6 +15,7 @@ metrics (:class:`S3Metrics`), next to the client's own (:class:`~aresdsm.metrics
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -47,6 +48,11 @@ MAX_XML_BYTES = 2 * 1024 * 1024
 MAX_OBJECT_BYTES = 5 * 1024**3
 """A single PutObject (S3's limit); larger objects are multipart uploads."""
 MAX_LIST_KEYS = 1000
+MAX_STREAMS = 16
+"""Requests that move object data (PUT, UploadPart, GET, copy) served at once; more wait. With
+the file layer's per-request bound (4 blocks of at most 4 MiB in flight) this bounds the
+gateway's memory whatever the number of clients."""
+_STREAMING_OPS = {"PutObject", "UploadPart", "GetObject", "CopyObject"}
 _STANDARD_HEADERS = (
     "content-type",
     "cache-control",
@@ -185,8 +191,10 @@ class S3App:
         region: str = "us-east-1",
         metrics: S3Metrics | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.gw = gateway
+        self._streams = asyncio.Semaphore(max_streams)
         self.keys = keys
         self.region = region
         self.metrics = metrics or S3Metrics()
@@ -207,9 +215,11 @@ class S3App:
         op = _op_name(request.method, bucket, key, q, request.headers)
         attrs = {"s3.op": op, "s3.bucket": bucket, "s3.key": key, "http.method": request.method}
         status = 500
+        streams = self._streams if op in _STREAMING_OPS else contextlib.nullcontext()
         with _incoming_context(request), tracing.span("s3.request", attrs) as span:
             try:
-                resp = await self._dispatch(request, op, raw_path, raw_query, bucket, key, q)
+                async with streams:
+                    resp = await self._dispatch(request, op, raw_path, raw_query, bucket, key, q)
             except ConnectionError:
                 raise  # the client went away, or a response under way was aborted
             except S3Error as e:

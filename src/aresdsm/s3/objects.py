@@ -99,6 +99,8 @@ class Upload(msgspec.Struct, frozen=True):
     headers: dict[str, str] = {}
     meta: dict[str, str] = {}
     etag: str = ""
+    parts: tuple[tuple[int, str], ...] = ()
+    """The (part number, ETag) list of the completion under way or done."""
 
 
 class PartRecord(msgspec.Struct, frozen=True):
@@ -706,52 +708,61 @@ class Gateway:
         parts: builtins.list[tuple[int, str]],
         cond: Conditions = Conditions(),
     ) -> Head:
-        """CompleteMultipartUpload: the listed parts' files become the object's manifest."""
+        """CompleteMultipartUpload: the listed parts' files become the object's manifest.
+
+        The upload moves ``open`` -> ``completing`` (recording the part list) before the part
+        records are read for the last time: an UploadPart that replaces a part after that no
+        longer deletes the file it replaced (docs/s3.md). Any failure before the head is
+        published moves it back to ``open``; a repeated completion with the same parts (a
+        client retrying, or after a gateway died half way) finishes or answers the same."""
         check_key(key)
-
-        def completing(up: Upload) -> Upload:
-            if up.key != key or up.state == "aborted":
-                raise S3Error("NoSuchUpload", "The specified upload does not exist.")
-            return msgspec.structs.replace(up, state="completing") if up.state == "open" else up
-
-        up = await self._set_upload(bucket, upload_id, completing)
-        if up.state == "done":  # a retried completion: the same answer
-            h = await self.head(bucket, key)
-            if h.etag != up.etag:
-                raise S3Error("NoSuchUpload", "The specified upload does not exist.")
-            return h
         if not parts:
             raise S3Error("MalformedXML", "You must specify at least one part")
         numbers = [n for n, _ in parts]
         if numbers != sorted(set(numbers)):
             raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.")
-        have = dict(await self._parts(bucket, upload_id))
-        files: builtins.list[tuple[str, int]] = []
-        md5s: builtins.list[bytes] = []
-        for i, (n, etag) in enumerate(parts):
-            rec = have.get(n)
-            if rec is None or rec.etag != etag.strip('"'):
+        wanted = tuple((n, e.strip('"')) for n, e in parts)
+        _, up = await self._read_upload(bucket, upload_id)
+        if up.key != key or up.state == "aborted":
+            raise S3Error("NoSuchUpload", "The specified upload does not exist.")
+        if up.state == "done":  # a retried completion: the same answer
+            h = await self.head(bucket, key)
+            if h.etag != up.etag or up.parts != wanted:
+                raise S3Error("NoSuchUpload", "The specified upload does not exist.")
+            return h
+        self._manifest(await self._parts(bucket, upload_id), wanted)  # refuse before moving
+
+        def completing(u: Upload) -> Upload:
+            if u.key != key or u.state in ("aborted", "done"):
+                raise S3Error("NoSuchUpload", "The specified upload does not exist.")
+            if u.state == "completing" and u.parts != wanted:
                 raise S3Error(
-                    "InvalidPart",
-                    f"One or more of the specified parts could not be found (part {n}).",
-                )
-            if i < len(parts) - 1 and rec.size < self.min_part_bytes:
-                raise S3Error(
-                    "EntityTooSmall",
-                    "Your proposed upload is smaller than the minimum allowed object size.",
-                )
-            files.append((rec.file, rec.size))
-            md5s.append(bytes.fromhex(rec.etag))
-        etag = multipart_etag(md5s)
-        head = Head(
-            etag=etag,
-            size=sum(s for _, s in files),
-            mtime_s=time.time(),
-            headers=up.headers,
-            meta=up.meta,
-            files=tuple((f, s) for f, s in files if s),
-        )
-        committed = await self.commit(bucket, key, lambda _old: head, cond)
+                    "InvalidRequest", "another completion of this upload, with other parts, is "
+                    "under way; retry it with the same parts",
+                )  # fmt: skip
+            return msgspec.structs.replace(u, state="completing", parts=wanted)
+
+        up = await self._set_upload(bucket, upload_id, completing)
+        published = False
+        try:
+            files, etag = self._manifest(await self._parts(bucket, upload_id), wanted)
+            head = Head(
+                etag=etag,
+                size=sum(s for _, s in files),
+                mtime_s=time.time(),
+                headers=up.headers,
+                meta=up.meta,
+                files=tuple((f, s) for f, s in files if s),
+            )
+            committed = await self.commit(bucket, key, lambda _old: head, cond)
+            published = True
+        finally:
+            if not published:
+                await self._set_upload(
+                    bucket, upload_id,
+                    lambda u: msgspec.structs.replace(u, state="open", parts=())
+                    if u.state == "completing" and u.parts == wanted else u,
+                )  # fmt: skip
         await self._set_upload(
             bucket, upload_id, lambda u: msgspec.structs.replace(u, state="done", etag=etag)
         )
@@ -759,6 +770,32 @@ class Gateway:
         await self._drop_parts(bucket, upload_id, keep=used)
         await self.discard(bucket, [f for f, s in files if not s])  # empty parts: not in the head
         return committed
+
+    def _manifest(
+        self,
+        have_list: builtins.list[tuple[int, PartRecord]],
+        wanted: tuple[tuple[int, str], ...],
+    ) -> tuple[builtins.list[tuple[str, int]], str]:
+        """The (file, size) list and the ETag of the parts ``wanted``, or InvalidPart /
+        EntityTooSmall."""
+        have = dict(have_list)
+        files: builtins.list[tuple[str, int]] = []
+        md5s: builtins.list[bytes] = []
+        for i, (n, etag) in enumerate(wanted):
+            rec = have.get(n)
+            if rec is None or rec.etag != etag:
+                raise S3Error(
+                    "InvalidPart",
+                    f"One or more of the specified parts could not be found (part {n}).",
+                )
+            if i < len(wanted) - 1 and rec.size < self.min_part_bytes:
+                raise S3Error(
+                    "EntityTooSmall",
+                    "Your proposed upload is smaller than the minimum allowed object size.",
+                )
+            files.append((rec.file, rec.size))
+            md5s.append(bytes.fromhex(rec.etag))
+        return files, multipart_etag(md5s)
 
     async def _drop_parts(self, bucket: str, upload_id: str, keep: set[str]) -> None:
         for n, rec in await self._parts(bucket, upload_id):

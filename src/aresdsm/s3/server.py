@@ -35,6 +35,7 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     broken_unconditional_cas: bool = False,
+    max_streams: int = 16,
 ) -> None:
     """Serve until ``stop`` is set (or a signal arrives). ``ready(address)`` is called once the
     port listens (with the real port when ``listen`` asked for port 0)."""
@@ -46,7 +47,7 @@ async def serve(
         kw["min_part_bytes"] = min_part_bytes
     gateway = Gateway(store, **kw)
     gateway.broken_unconditional_cas = broken_unconditional_cas
-    app = S3App(gateway, keys, region=region, metrics=metrics)
+    app = S3App(gateway, keys, region=region, metrics=metrics, max_streams=max_streams)
     runner = web.AppRunner(app.app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=256)
