@@ -470,7 +470,8 @@ class EtagCasModel:
 def test_conditional_put_race_is_linearizable(gateway: Gateway) -> None:
     gateway.client().create_bucket(Bucket="race")
     ops, creates = _race(gateway.endpoint, "race", "k", writers=6, rounds=3)
-    assert creates == 1
+    unknown = sum(1 for o in ops if o.base is None and o.kind == "cas-ok" and o.pending)
+    assert creates == 1 or (creates == 0 and unknown)  # (an answer lost to a timeout: unknown)
     assert search(ops, EtagCasModel()) == "ok"
 
 
