@@ -190,7 +190,7 @@ def gc(bucket: str, grace_s: float, cluster_path: str) -> None:
     show_default=True,
 )
 def bench(object_mib: int, clients: int, duration_s: float, json_out: str) -> None:
-    """boto3 through the gateway vs ``ares file put/get`` and native 1 KiB writes, one cluster."""
+    """boto3 through the gateway vs ares file put/get and native 1 KiB writes (one cluster)."""
     import dataclasses
     import json
 
