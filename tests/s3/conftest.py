@@ -132,7 +132,6 @@ def gateway() -> Iterator[Gateway]:
     with tempfile.TemporaryDirectory(prefix="ares-s3-") as tmp:
         base = Path(tmp)
         lc = LocalCluster.create(base / "c", n=3, timeout_s=10.0)
-        lc.start_all()
         keys = "".join(
             f'[[keys]]\naccess_key = "{ak}"\nsecret_key = "{sk}"\nrole = "{role}"\n'
             for role, (ak, sk) in KEYS.items()
@@ -143,6 +142,7 @@ def gateway() -> Iterator[Gateway]:
         )
         gw = Gateway(lc, base)
         try:
+            lc.start_all()
             gw.endpoint, gw.metrics = gw.start(trace=True)
             yield gw
         finally:
