@@ -183,6 +183,8 @@ class TlsFiles(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key: str
     admin_key: str | None = None
     """The admin MAC key (docs/security.md): servers and admins hold it, nobody else."""
+    write_key: str | None = None
+    """The write MAC key (docs/security.md): servers, writers and admins hold it, readers not."""
 
 
 class ClientOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -374,13 +376,18 @@ def parse_cluster(
         where = f"{source}: [tls]"
         if not isinstance(tls_table, dict):
             raise ConfigurationError(f"{where} must be a table")
-        extra = set(tls_table) - {"ca", "cert", "key", "deny_file", "admin_key"}
+        extra = set(tls_table) - {"ca", "cert", "key", "deny_file", "admin_key", "write_key"}
         if extra:
             raise ConfigurationError(f"{where}: unknown key(s) {sorted(extra)}")
         ca = _path(_require(tls_table, "ca", str, where), base_dir)
         admin_key = (
             _path(_require(tls_table, "admin_key", str, where), base_dir)
             if "admin_key" in tls_table
+            else None
+        )
+        write_key = (
+            _path(_require(tls_table, "write_key", str, where), base_dir)
+            if "write_key" in tls_table
             else None
         )
         client = msgspec.structs.replace(
@@ -390,11 +397,14 @@ def parse_cluster(
                 _path(_require(tls_table, "cert", str, where), base_dir),
                 _path(_require(tls_table, "key", str, where), base_dir),
                 admin_key,
+                write_key,
             ),
         )
         if "deny_file" in tls_table:
             deny_file = _path(_require(tls_table, "deny_file", str, where), base_dir)
-        server_tls = {sid: TlsFiles(ca, c, k, admin_key) for sid, (c, k) in server_files.items()}
+        server_tls = {
+            sid: TlsFiles(ca, c, k, admin_key, write_key) for sid, (c, k) in server_files.items()
+        }
         if file_insecure:
             raise ConfigurationError(
                 f"{source}: [tls] and [cluster] insecure = true exclude each other"
@@ -471,6 +481,8 @@ def dump_cluster_file(cluster: ClusterFile) -> str:
             lines.append(f"deny_file = {_toml_str(cluster.deny_file)}")
         if tls.admin_key is not None:
             lines.append(f"admin_key = {_toml_str(tls.admin_key)}  # admins and servers only")
+        if tls.write_key is not None:
+            lines.append(f"write_key = {_toml_str(tls.write_key)}  # writers, admins, servers")
         lines.append("")
     for s in cluster.servers:
         lines += ["[[servers]]", f"id = {_toml_str(s.id)}", f"address = {_toml_str(s.address)}"]

@@ -14,6 +14,10 @@ Why each limit exists (docs/operations.md lists them with their defaults):
   from one peer address; at either limit the connection of that scope that has been idle longest
   (at least ``evict_idle_after_s``) is closed to make room, else the new one is refused. Idle
   connections are closed after ``idle_timeout_s``.
+- TLS handshakes: a connection is admitted -- counted against both connection limits -- as a
+  plain TCP connection, before its handshake starts; the handshake must complete within
+  ``handshake_timeout_s``. A flood of half-open handshakes therefore meets the same limits (and
+  the same eviction of idle connections) as any other connection.
 - slowloris: once the first byte of a frame arrived, the whole frame must arrive within
   ``frame_timeout_s``; bytes of incomplete frames across all connections are capped by
   ``max_partial_frame_bytes_total`` (frames below ``small_frame_bytes`` are exempt, so small
@@ -100,6 +104,9 @@ class ServerLimits:
     """A connection with no request, no reply and no partial frame for this long is closed."""
     frame_timeout_s: float = 60.0
     """Deadline to receive a whole frame once its first byte arrived (slowloris)."""
+    handshake_timeout_s: float = 10.0
+    """Deadline of a TLS handshake. The TCP connection is admitted (counted against the limits
+    above) before its handshake starts, so a flood of half-open handshakes is bounded too."""
     max_partial_frame_bytes_total: int = 256 * 1024 * 1024
     """Bytes of incomplete frames held for all connections together."""
     small_frame_bytes: int = 64 * 1024

@@ -196,6 +196,7 @@ class LocalCluster:
                 str(certs / f"client-{role}.pem"),
                 str(certs / f"client-{role}.key"),
                 tls.admin_key if role == "admin" else None,  # (admins and servers only)
+                tls.write_key if role in ("write", "admin") else None,  # (not readers)
             ),
         )
 
@@ -353,15 +354,20 @@ def _make_certs(
 
     ca = issue.create_ca(certs, "aresdsm local")
     mac_key = str(certs / issue.ADMIN_MAC_KEY)
+    write_key = str(certs / issue.WRITE_MAC_KEY)
     server_tls: dict[str, TlsFiles] = {}
     for s in servers:
         host, _ = s.host_port()
         got = issue.issue_server(certs, s.id, hosts=(host,))
-        server_tls[s.id] = TlsFiles(str(ca.cert), str(got.cert), str(got.key), mac_key)
+        server_tls[s.id] = TlsFiles(str(ca.cert), str(got.cert), str(got.key), mac_key, write_key)
     for role in CLIENT_ROLES:
         issue.issue_client(certs, role, role)
     admin = TlsFiles(
-        str(ca.cert), str(certs / "client-admin.pem"), str(certs / "client-admin.key"), mac_key
+        str(ca.cert),
+        str(certs / "client-admin.pem"),
+        str(certs / "client-admin.key"),
+        mac_key,
+        write_key,
     )
     deny = certs / "denied.txt"
     deny.write_text(

@@ -27,12 +27,18 @@ high-water mark), so neither grows without bound.
 
 Security (docs/protocol.md §13, docs/security.md) lives here, in the shell, not in the core:
 with a TLS context every connection is mutual TLS 1.3 (a client without a certificate the
-cluster CA signed never gets past the handshake); the client certificate's role decides, per
+cluster CA signed never gets past the handshake). The listener accepts plain TCP: a new
+connection is first admitted -- counted against ``max_connections`` and the per-address limit,
+like any other -- and only then upgraded with ``loop.start_tls`` under ``handshake_timeout_s``,
+so a flood of half-open TLS handshakes is bounded by the same limits (on uvloop and the stdlib
+loop alike; docs/security.md "Limits and TLS"). the client certificate's role decides, per
 request, whether it is handed to the core (:func:`~aresdsm.security.roles.required_role`) or
-answered ``unauthorized`` (logged once per connection); certificates on the deny list are
-refused, and their open connections closed when the list changes; admin operations are written
-to the audit log. Without TLS (``--insecure``) every request is allowed, and only loopback
-clients are accepted unless ``allow_remote_plaintext`` (Redis's protected mode).
+answered ``unauthorized`` (logged once per connection); with the cluster's write key a value
+(PutData, PutBatch items) is applied only with a valid writer MAC or when it adds nothing
+(:func:`~aresdsm.security.roles.value_refusal`: propagate, never invent); certificates on the
+deny list are refused, and their open connections closed when the list changes; admin operations
+are written to the audit log. Without TLS (``--insecure``) every request is allowed, and only
+loopback clients are accepted unless ``allow_remote_plaintext`` (Redis's protected mode).
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import ssl
+import struct
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -57,10 +65,9 @@ from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new
 from .limits import ServerLimits
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
-from .security.macs import load_key
-from .security.roles import is_admin_operation, refusal
+from .security.macs import load_key, load_keys
+from .security.roles import is_admin_operation, refusal, value_refusal
 from .security.tls import (
-    HANDSHAKE_TIMEOUT_S,
     DenyList,
     PeerIdentity,
     peer_identity,
@@ -71,6 +78,7 @@ from .serverlog import BadInputLog, state_events
 from .storage.base import Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
+from .testing import NO_FAULTS, Broken
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
 from .wire.messages import (
     Envelope,
@@ -171,39 +179,54 @@ class _Conn(asyncio.Protocol):
         self.tls_flush_scheduled = False
         self.greeted = server.identity is None
         """The handshake succeeded (or this server has no identity to check)."""
+        self.handshake: asyncio.Task[None] | None = None
+        """TLS: the handshake in progress (the connection is admitted, its transport not yet
+        made); cancelled if the connection is dropped meanwhile."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        srv = self.server
-        peer = transport.get_extra_info("peername")
+    def set_peer(self, peer: Any) -> None:
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
         self.peer_text = _peer_text(peer)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Plaintext: a new TCP connection, admitted (counted against the connection limits)
+        here. TLS: the handshake completed on a connection admitted before it started
+        (:meth:`Server._accept`); the client's certificate decides whether it is served."""
+        self.transport = cast(asyncio.Transport, transport)
+        srv = self.server
+        limit = srv.limits.max_conn_reply_bytes
         if srv.tls is not None:
+            self.handshake = None
+            if not self.admitted:  # (dropped while its handshake completed)
+                self.transport.abort()
+                return
             self.identity = peer_identity(transport)
             if self.identity is None:  # (CERT_REQUIRED: the handshake already refused it)
                 srv.bump("refused-no-certificate")
-                self.transport.abort()
+                srv._drop(self)
                 return
             if srv.deny.denies(self.identity):
                 srv.bump("refused-denied")
                 srv.refusals.warning(
                     f"refused {self.identity.describe()} from {self.peer_text}: on the deny list"
                 )
-                self.transport.abort()
+                srv._drop(self)
                 return
             self.level = role_level(self.identity.role)
-        else:
-            if not srv.allow_remote_plaintext and not is_loopback(peer):
-                srv.bump("refused-remote-plaintext")
-                srv.refusals.warning(
-                    f"refused a plaintext connection from {self.peer_text} (protected mode: an "
-                    "insecure server accepts loopback clients only)"
-                )
-                self.transport.abort()
-                return
-            self.level = ADMIN_LEVEL  # plaintext: no authentication, nothing to check
-        limit = srv.limits.max_conn_reply_bytes
+            self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
+            srv.touch(self)
+            return
+        peer = transport.get_extra_info("peername")
+        self.set_peer(peer)
+        if not srv.allow_remote_plaintext and not is_loopback(peer):
+            srv.bump("refused-remote-plaintext")
+            srv.refusals.warning(
+                f"refused a plaintext connection from {self.peer_text} (protected mode: an "
+                "insecure server accepts loopback clients only)"
+            )
+            self.transport.abort()
+            return
+        self.level = ADMIN_LEVEL  # plaintext: no authentication, nothing to check
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
         srv.admit(self)
 
@@ -392,6 +415,8 @@ class Server:
         allow_remote_plaintext: bool = False,
         broken_skip_authorization: bool = False,
         admin_key: bytes | None = None,
+        write_keys: tuple[bytes, ...] = (),
+        faults: Broken = NO_FAULTS,
         max_in_flight: int | None = None,
         limits: ServerLimits | None = None,
         identity: Identity | None = None,
@@ -399,6 +424,11 @@ class Server:
         self.server_id = server_id
         self.admin_key = admin_key
         """The cluster's admin MAC key: P entries written back by non-admins must carry its MAC."""
+        self.write_keys = write_keys
+        """The cluster's write keys (the first current, the others still accepted): a value is
+        applied only with a valid writer MAC or when it adds nothing (docs/protocol.md §13)."""
+        self.check_value_macs = bool(write_keys) and not faults.broken_skip_value_mac
+        """Test-only ``broken_skip_value_mac`` turns the writer-MAC check off."""
         self.broken_skip_authorization = broken_skip_authorization
         """Test-only: every connection may send everything (the attacks of issue 13 succeed)."""
         self.tls = tls
@@ -461,6 +491,11 @@ class Server:
         self.partial_bytes = 0
         """Bytes of incomplete frames above ``small_frame_bytes``, all connections together."""
         self._sweeper: asyncio.TimerHandle | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
+        """TLS handshakes in progress (each one's connection is admitted already)."""
+        self._listeners: list[socket.socket] = []
+        """TLS: the listening sockets (:meth:`_accept`); plaintext uses ``_server``."""
+        self._accepters: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self.fatal: BaseException | None = None
@@ -488,30 +523,30 @@ class Server:
     def bump(self, name: str) -> None:
         self.core.counters[name] = self.core.counters.get(name, 0) + 1
 
-    def _unauthorized(self, conn: _Conn, rid: int, body: Request, need: str) -> None:
-        """``unauthorized``: the connection's role is below what ``body`` needs (§13)."""
+    def _unauthorized(
+        self, conn: _Conn, rid: int, body: Request, need: str, problem: str | None = None
+    ) -> None:
+        """``unauthorized``: the connection's role is below what ``body`` needs, or (``problem``)
+        a value it carries has no valid writer MAC (§13)."""
         self.bump("unauthorized")
         who = conn.identity.describe() if conn.identity is not None else "plaintext client"
+        have = conn.identity.role if conn.identity is not None else None
+        if problem is None:
+            why = f"{type(body).__name__} needs role {need}; this client's role is {have or 'none'}"
+        else:
+            why = f"{type(body).__name__} refused: {problem}"
         if not conn.refusal_logged:  # once per connection: a client cannot flood the log
             conn.refusal_logged = True
             log.warning(
-                "unauthorized: %s from %s sent %s, which needs role %s (further refusals on "
-                "this connection are counted, not logged)",
+                "unauthorized: %s from %s: %s (further refusals on this connection are "
+                "counted, not logged)",
                 who,
                 conn.peer,
-                type(body).__name__,
-                need,
+                why,
             )
             if self.audit is not None:
                 self.audit.record(who=who, peer=conn.peer_text, req=body, outcome="unauthorized")
-        have = conn.identity.role if conn.identity is not None else None
-        conn.send(
-            rid,
-            ErrorReply(
-                "unauthorized",
-                f"{type(body).__name__} needs role {need}; this client's role is {have or 'none'}",
-            ),
-        )
+        conn.send(rid, ErrorReply("unauthorized", why))
 
     async def _watch_deny_list(self) -> None:
         """Close the open connections of certificates added to the deny list (no restart)."""
@@ -543,19 +578,20 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         try:
-            self._server = await loop.create_server(
-                lambda: _Conn(self),
-                self.host,
-                self.port,
-                ssl=self.tls,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self.tls is not None else None,
-            )
+            if self.tls is None:
+                self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port)
+                sock = self._server.sockets[0]
+            else:  # plain TCP listeners: connections are admitted before their handshake
+                self._listeners = await _listen(self.host, self.port)
+                sock = self._listeners[0]
+                self._accepters = [
+                    loop.create_task(self._accept(listener)) for listener in self._listeners
+                ]
         except OSError as e:  # port in use, unresolvable host, ...: one line, not a traceback
             host = f"[{self.host}]" if ":" in self.host else self.host
             raise ConfigurationError(
                 f"cannot listen on {host}:{self.port}: {e.strerror or e}"
             ) from None
-        sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         if self.deny.path is not None:
             self._deny_task = loop.create_task(self._watch_deny_list())
@@ -579,10 +615,16 @@ class Server:
             )
             return
         body = cast(Request, env.body)
-        need = refusal(body, self.core, conn.level, self.admin_key)
+        need = refusal(body, self.core, conn.level, self.admin_key, self.write_keys)
         if need is not None and not self.broken_skip_authorization:
             self._unauthorized(conn, env.rid, body, need)
             return
+        if self.check_value_macs and isinstance(body, _DATA_WRITES):
+            problem = value_refusal(body, self.core, self.write_keys)
+            if problem is not None and not self.broken_skip_authorization:
+                self.bump("refused-value-mac")
+                self._unauthorized(conn, env.rid, body, "", problem)
+                return
         if isinstance(body, GetStats):  # O(1): running totals of the core, no storage scan
             if self.audit is not None:
                 self._audit(conn, body, "Stats")
@@ -669,10 +711,12 @@ class Server:
     def now(self) -> float:
         return time.monotonic()
 
-    def admit(self, conn: _Conn) -> None:
+    def admit(self, conn: _Conn) -> bool:
         """Admit a new connection within ``max_connections`` and the per-address limit: at a
         limit, the connection of that scope idle longest (if idle at least
-        ``evict_idle_after_s``) is closed to make room, else the new one is refused."""
+        ``evict_idle_after_s``) is closed to make room, else the new one is refused (False).
+        With TLS this runs before the handshake: a connection still in its handshake counts
+        (and, idle, may be evicted)."""
         limits = self.limits
         now = self.now()
         peers = self._by_address.get(conn.peer)
@@ -682,18 +726,64 @@ class Server:
             and not self._evict(peers, now, f"address {conn.peer}")
         ):
             self._refuse(conn, f"{len(peers)} connections from this address")
-            return
+            return False
         if len(self._by_activity) >= limits.max_connections and not self._evict(
             self._by_activity, now, "server"
         ):
             self._refuse(conn, f"{len(self._by_activity)} connections open")
-            return
+            return False
         conn.admitted = True
         conn.last_active = now
         self.connections.add(conn)
         self._by_activity[conn] = None
         self._by_address.setdefault(conn.peer, OrderedDict())[conn] = None
         self.bump("connections")
+        return True
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """TLS: accept plain TCP connections, admit each one (:meth:`admit`: the connection
+        limits, eviction) and only then start its handshake, under ``handshake_timeout_s``. (The
+        loop's own TLS listener would hand a connection to the server only after its handshake,
+        so half-open handshakes would escape every limit.)"""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(listener)
+            except OSError as e:  # out of descriptors, ...: the listener stays, try again
+                self.bump("accept-errors")
+                self.refusals.warning(f"cannot accept a connection: {e.strerror or e}")
+                await asyncio.sleep(0.1)
+                continue
+            conn = _Conn(self)
+            conn.set_peer(addr)
+            if not self.admit(conn):
+                _reset(sock)
+                continue
+            with contextlib.suppress(OSError):  # small replies go out at once (as create_server)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(self._handshake(conn, sock))
+            conn.handshake = task
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: _Conn, sock: socket.socket) -> None:
+        assert self.tls is not None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=self.tls,
+                ssl_handshake_timeout=self.limits.handshake_timeout_s,
+            )
+        except asyncio.CancelledError:  # dropped (evicted, stopping) during the handshake
+            self.forget(conn)
+            _reset(sock)
+            raise
+        except Exception as e:  # (no certificate, another CA, not TLS, timed out, reset)
+            self.bump("tls-handshakes-failed")
+            log.debug("TLS handshake with %s failed: %s", conn.peer_text, e)
+            self.forget(conn)
+            _reset(sock)
 
     def _evict(self, scope: OrderedDict[_Conn, None], now: float, what: str) -> bool:
         for victim in itertools.islice(scope, 8):  # least recently active first
@@ -716,10 +806,12 @@ class Server:
             conn.transport.abort()
 
     def _drop(self, conn: _Conn) -> None:
-        """Close a connection now and stop counting it."""
+        """Close a connection now (a TLS one in its handshake too) and stop counting it."""
         self.forget(conn)
         if conn.transport is not None:
             conn.transport.abort()
+        elif conn.handshake is not None:
+            conn.handshake.cancel()
 
     def forget(self, conn: _Conn) -> None:
         if not conn.admitted:
@@ -826,6 +918,12 @@ class Server:
             self._sweeper = None
         if self._server is not None:
             self._server.close()
+        for task in [*self._accepters, *self._handshakes]:
+            task.cancel()
+        self._accepters = []
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
         for c in list(self.connections):
             if c.transport is not None:
                 c.transport.close()
@@ -851,6 +949,45 @@ def _outcome(reply: Any) -> str:
     if isinstance(reply, ErrorReply):
         return f"error {reply.code}"
     return type(reply).__name__
+
+
+LISTEN_BACKLOG = 100
+"""Connections the kernel queues before the server accepts them (asyncio's default)."""
+
+
+async def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host``:``port`` (every address it resolves to), non-blocking;
+    OSError as ``create_server`` raises it."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    out: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, resolved in dict.fromkeys(infos):
+            s = socket.socket(family, kind, proto)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((resolved[0], port, *resolved[2:]) if port else resolved)
+            port = s.getsockname()[1]  # (port 0: every address on the port the first one got)
+            s.listen(LISTEN_BACKLOG)
+            s.setblocking(False)
+    except OSError:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close an accepted socket at once (RST: no lingering state for a refused peer)."""
+    if sock.fileno() < 0:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -948,6 +1085,9 @@ async def run_server(
             tls=context,
             deny=DenyList(deny_file),
             admin_key=load_key(tls.admin_key) if tls is not None and tls.admin_key else None,
+            write_keys=(
+                load_keys(tls.write_key, "write key") if tls is not None and tls.write_key else ()
+            ),
             audit=AuditLog(audit_log or Path(data_dir) / "audit.log", server_id),
             allow_remote_plaintext=allow_remote_plaintext,
             limits=limits,

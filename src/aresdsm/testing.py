@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Broken:
-    """Client protocol faults; each one must make the checker report a violation."""
+    """Protocol faults (client side; ``broken_skip_value_mac`` is the server shell's); each one
+    must make the checker or a test report a violation."""
 
     broken_skip_write_back: bool = False
     """Reads never write back (the checker must catch it)."""
@@ -80,6 +81,9 @@ class Broken:
     broken_skip_server_id_check: bool = False
     """TLS connections do not check the server id in the server's certificate against the one
     the configuration names (tests/integration/test_security.py)."""
+    broken_skip_value_mac: bool = False
+    """Server side (``Server(faults=...)``): values are applied without checking the writer's MAC,
+    so a read-role client can invent one (tests/integration/test_value_mac.py)."""
 
     def __repr__(self) -> str:  # only the faults that are on (none: "Broken()")
         on = [f"{f.name}=True" for f in dataclasses.fields(self) if getattr(self, f.name)]

@@ -24,6 +24,8 @@ def test_secure_cluster_certs_roles_and_revocation(tmp_path: Path) -> None:
         certs = tmp_path / "data" / "certs"
         assert stat.S_IMODE(certs.stat().st_mode) == 0o700
         assert stat.S_IMODE((certs / "ca.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE((certs / "write-mac.key").stat().st_mode) == 0o600
+        assert "write_key" in text  # the admin's file: servers, writers and admins hold it
         r = ares("put", "greeting", "hello", "--cluster", str(cluster), cwd=tmp_path)
         assert r.returncode == 0, r.stderr.decode()
 
@@ -72,6 +74,7 @@ def test_certs_init_and_server_and_a_server_without_its_certificate(tmp_path: Pa
     r = ares("certs", "init", "--ca-dir", "ca", "--name", "prod", cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "ca" / "ca.pem").exists() and (tmp_path / "ca" / "admin-mac.key").exists()
+    assert (tmp_path / "ca" / "write-mac.key").exists()
     r = ares("certs", "init", "--ca-dir", "ca", cwd=tmp_path)
     assert r.returncode == 1 and b"already exists" in r.stderr  # never overwritten silently
     r = ares("certs", "server", "s1", "--host", "10.0.0.11", "--ca-dir", "ca", cwd=tmp_path)

@@ -166,7 +166,7 @@ def test_client_put_and_get_with_a_server_down() -> None:
         ch.down = {4}
         await treas.put_data(ch, C, "g", "k", tag=Tag(1, "w"), value=Blob(b"hello" * 1000))
         ch.down = {0}
-        tag, value, unanimous, nxt = await treas.get_data(ch, C, "g", "k")
+        tag, value, unanimous, nxt, _ = await treas.get_data(ch, C, "g", "k")
         assert tag == Tag(1, "w") and bytes(value.data) == b"hello" * 1000
         assert not unanimous and nxt is None  # s4 missed the put: a read must write back
         assert (await treas.get_tag(ch, C, "g", "k"))[0] == Tag(1, "w")

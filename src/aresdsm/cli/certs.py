@@ -61,13 +61,17 @@ def certs() -> None:
 )
 def certs_init(ca_dir: str, name: str, force: bool) -> None:
     """Create a new cluster CA in CA_DIR (ca.pem, ca.key 0600)."""
-    from ..security.certs import ADMIN_MAC_KEY, create_ca
+    from ..security.certs import ADMIN_MAC_KEY, WRITE_MAC_KEY, create_ca
 
     got = create_ca(ca_dir, name, force=force)
     console.print(f"CA {got.cert} (key {got.key}, serial {got.serial})")
     console.print(
         f"admin MAC key {Path(ca_dir) / ADMIN_MAC_KEY}: for servers and admin clients only "
         "([tls] admin_key)"
+    )
+    console.print(
+        f"write MAC key {Path(ca_dir) / WRITE_MAC_KEY}: for servers, writers and admins, never "
+        "readers ([tls] write_key)"
     )
 
 

@@ -64,6 +64,12 @@ from .common import cluster_option, console, err_console, log_options, main
     help="Deadline for a whole frame once its first byte arrived. Default: 60.",
 )
 @click.option(
+    "--handshake-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Deadline of a TLS handshake (the connection counts against the limits meanwhile). "
+    "Default: 10.",
+)
+@click.option(
     "--max-partial-frame-bytes-total",
     type=click.IntRange(1),
     help="Incomplete frames held for all connections together. Default: 256 MiB.",

@@ -55,7 +55,7 @@ from ..config import ClientOptions, Configuration, ServerInfo, TlsFiles
 from ..errors import FrameError, OperationError, OperationTimeout, QuorumUnavailable, ServerError
 from ..identity import PROTOCOL_VERSION
 from ..protocol.channel import ConfigurationObsolete, RequestFor
-from ..security.macs import entry_mac, load_key
+from ..security.macs import ValueSigner, entry_mac, load_key
 from ..security.tls import check_server_identity, client_context, own_identity, role_level
 from ..testing import NO_FAULTS, Broken
 from ..wire.codec import Decoder, Encoder, FrameBuffer
@@ -68,6 +68,8 @@ from ..wire.messages import (
     NextEntry,
     Obsolete,
     Ping,
+    PutBatch,
+    PutData,
     Reply,
     Request,
     Welcome,
@@ -540,6 +542,13 @@ class TcpChannel:
             else None
         )
         """Admins sign the configuration entries they send (security.macs)."""
+        self.signer = (
+            ValueSigner(load_key(tls.write_key, "write key"))
+            if tls is not None and tls.write_key and role_level(self.role) >= role_level("write")
+            else None
+        )
+        """Writers (and admins) sign the values they send with the write key (security.macs);
+        without it the channel sends the MAC the protocol forwards (a reader's write-back)."""
         self._macs: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         """(group, predecessor, successor) -> the admin MAC replies carried, for write-backs."""
         self.faults: Broken = NO_FAULTS
@@ -763,7 +772,23 @@ class TcpChannel:
 
     def _seal(self, req: Request) -> Request:
         """An admin signs the entries it sends; another client puts back the MAC the entry came
-        with (the protocol's chain view does not keep MACs)."""
+        with (the protocol's chain view does not keep MACs). A holder of the write key signs the
+        values it sends -- its own and those it writes back or transfers: the MAC is a function
+        of (chain, key, tag, digest), so a value written under the current key keeps the MAC its
+        writer gave it, and one written under a retired key gets the current key's (rotation,
+        docs/security.md). Without the key the protocol's MAC goes out unchanged."""
+        sign = self.signer
+        if sign is not None:
+            if isinstance(req, PutData):
+                return msgspec.structs.replace(
+                    req, mac=sign(req.group, req.key, req.tag, req.digest)
+                )
+            if isinstance(req, PutBatch) and req.items:
+                items = tuple(
+                    msgspec.structs.replace(it, mac=sign(req.group, it.key, it.tag, it.digest))
+                    for it in req.items
+                )
+                return msgspec.structs.replace(req, items=items)
         if isinstance(req, WriteConfig):
             entry = self._sealed(req.group, req.config_id, req.entry)
             return req if entry is req.entry else msgspec.structs.replace(req, entry=entry)

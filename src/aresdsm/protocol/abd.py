@@ -30,16 +30,19 @@ class Register(msgspec.Struct, frozen=True):
     value: Blob
     digest: bytes = integrity.EMPTY_DIGEST
     """The writer's digest of ``value`` (checked on receipt, kept, sent with the value)."""
+    mac: bytes = b""
+    """The writer's MAC (docs/protocol.md §13), opaque here: kept and sent with the value."""
 
 
 INITIAL = Register(TAG0, EMPTY)
 
 
 class StoredMeta(msgspec.Struct, frozen=True, array_like=True):
-    """The meta of a stored ABD record: the tag and the value's digest."""
+    """The meta of a stored ABD record: the tag, the value's digest and the writer's MAC."""
 
     tag: Tag
     digest: bytes
+    mac: bytes = b""
 
 
 # --- server rules (pure) -------------------------------------------------------------------
@@ -50,20 +53,23 @@ def on_query_tag(reg: Register) -> TagReply:
 
 
 def on_query_data(reg: Register) -> DataReply:
-    return DataReply(reg.tag, reg.value, None, reg.digest)
+    return DataReply(reg.tag, reg.value, None, reg.digest, reg.mac)
 
 
 def on_put_data(reg: Register, msg: PutData) -> tuple[Register | None, Ack]:
     """Returns the new register (None: unchanged) and the ACK. The caller checked the value
     against ``msg.digest``."""
     if msg.tag > reg.tag:
-        return Register(msg.tag, msg.value, msg.digest), Ack()
+        return Register(msg.tag, msg.value, msg.digest, msg.mac), Ack()
     return None, Ack()
 
 
-def put_request(group: str, config_id: str, key: str, tag: Tag, value: Blob) -> PutData:
-    """PUT_DATA(t, v) with the writer's digest of the value attached."""
-    return PutData(group, config_id, key, tag, value, integrity.digest(value.data))
+def put_request(
+    group: str, config_id: str, key: str, tag: Tag, value: Blob, mac: bytes = b""
+) -> PutData:
+    """PUT_DATA(t, v) with the writer's digest of the value attached, and the MAC the value came
+    with (a write-back; empty for a new value: the client shell signs it, §13)."""
+    return PutData(group, config_id, key, tag, value, integrity.digest(value.data), b"", mac)
 
 
 def intact(reply: DataReply) -> bool:
@@ -95,9 +101,10 @@ async def get_tag(
 
 async def get_data(
     net: Channel, c: Configuration, group: str, key: str, *, need: int | None = None
-) -> tuple[Tag, Blob, bool, NextEntry | None]:
+) -> tuple[Tag, Blob, bool, NextEntry | None, bytes]:
     """The max (tag, value), whether every reply carried that same tag (the read may then skip
-    its write-back, docs/protocol.md §8.6), and the strongest next entry."""
+    its write-back, docs/protocol.md §8.6), the strongest next entry, and the writer's MAC the
+    value came with (forwarded on write-back, §13)."""
     replies = await net.round(
         c,
         QueryData(group, c.id, key),
@@ -108,12 +115,19 @@ async def get_data(
     )
     best = max((r for _, r in replies), key=lambda r: r.tag)
     unanimous = all(r.tag == best.tag for _, r in replies)
-    return best.tag, best.value, unanimous, strongest(r.next for _, r in replies)
+    return best.tag, best.value, unanimous, strongest(r.next for _, r in replies), best.mac
 
 
 async def put_data(
-    net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
+    net: Channel,
+    c: Configuration,
+    group: str,
+    key: str,
+    *,
+    tag: Tag,
+    value: Blob,
+    mac: bytes = b"",
 ) -> NextEntry | None:
-    req = put_request(group, c.id, key, tag, value)
+    req = put_request(group, c.id, key, tag, value, mac)
     replies = await net.round(c, req, expect=Ack, phase="put-data")
     return strongest(r.next for _, r in replies)

@@ -285,13 +285,23 @@ async def _query_all(
 
 
 async def _propagate(
-    net: Channel, cseq: Cseq, group: str, key: str, tag: Tag, value: Blob, switches: OpSwitches
+    net: Channel,
+    cseq: Cseq,
+    group: str,
+    key: str,
+    tag: Tag,
+    value: Blob,
+    mac: bytes,
+    switches: OpSwitches,
 ) -> Cseq:
-    """Phase 2: put (tag, value) into the last configuration until no successor shows up."""
+    """Phase 2: put (tag, value) into the last configuration until no successor shows up.
+    ``mac``: the writer's MAC a read's write-back forwards (§13); b"" for a new value."""
     while True:
         nu = len(cseq) - 1
         try:
-            nxt = await dap.put_data(net, cseq[nu].config, group, key, tag=tag, value=value)
+            nxt = await dap.put_data(
+                net, cseq[nu].config, group, key, tag=tag, value=value, mac=mac
+            )
         except ConfigurationObsolete as e:  # never finish phase 2 on an obsolete configuration
             if switches.faults.broken_finish_on_obsolete:
                 return cseq
@@ -346,7 +356,7 @@ async def write(
             )
     if on_tag is not None:
         on_tag(tag)
-    cseq = await _propagate(net, cseq, group, key, tag, value, switches)
+    cseq = await _propagate(net, cseq, group, key, tag, value, b"", switches)
     return tag, cseq
 
 
@@ -367,7 +377,7 @@ async def finish_write(
     own tag it is linearized where it first took effect (tests/sim/test_store_retry.py)."""
     if not switches.piggyback:
         cseq = await read_config(net, cseq, group, switches)
-    return await _propagate(net, cseq, group, key, tag, value, switches)
+    return await _propagate(net, cseq, group, key, tag, value, b"", switches)
 
 
 async def read(
@@ -381,9 +391,11 @@ async def read(
     if not switches.piggyback:
         cseq = await read_config(net, cseq, group, switches)
 
-    async def query(c: Configuration) -> tuple[tuple[Tag, Blob, bool], NextEntry | None]:
+    async def query(
+        c: Configuration,
+    ) -> tuple[tuple[Tag, Blob, bool, bytes], NextEntry | None]:
         short = c.quorum_size - 1 if switches.faults.broken_fast_read_short else None
-        tag, value, unanimous, nxt = await dap.get_data(
+        tag, value, unanimous, nxt, mac = await dap.get_data(
             net,
             c,
             group,
@@ -391,14 +403,14 @@ async def read(
             broken_decode_below_k=switches.faults.broken_decode_below_k,
             need=short,
         )
-        return (tag, value, unanimous), (nxt if switches.piggyback else None)
+        return (tag, value, unanimous, mac), (nxt if switches.piggyback else None)
 
     results, cseq, revealed = await _query_all(net, cseq, group, query, switches)
-    tag, value, unanimous = max(results, key=lambda r: r[0])
+    tag, value, unanimous, mac = max(results, key=lambda r: r[0])
     one_round = switches.piggyback and switches.fast_read and len(results) == 1 and unanimous
     if (one_round and not revealed) or switches.faults.broken_skip_write_back:
         return ReadResult(tag, value, wrote_back=False), cseq
-    cseq = await _propagate(net, cseq, group, key, tag, value, switches)
+    cseq = await _propagate(net, cseq, group, key, tag, value, mac, switches)
     return ReadResult(tag, value, wrote_back=True), cseq
 
 
@@ -856,7 +868,7 @@ async def _update_config(
     slots = asyncio.Semaphore(concurrency)
     sending: set[asyncio.Task[None]] = set()
 
-    async def send(batch: list[tuple[str, Tag, Blob]]) -> None:
+    async def send(batch: list[tuple[str, Tag, Blob, bytes]]) -> None:
         try:
             await dap.put_batch(net, target, group, batch)
         except ConfigurationObsolete as e:  # the target is finalized and collected already
@@ -864,14 +876,14 @@ async def _update_config(
         finally:
             slots.release()
 
-    async def flush(batch: list[tuple[str, Tag, Blob]]) -> None:
+    async def flush(batch: list[tuple[str, Tag, Blob, bytes]]) -> None:
         await slots.acquire()
         for task in [t for t in sending if t.done()]:
             sending.discard(task)
             task.result()  # a failed batch fails the reconfiguration now
         sending.add(asyncio.ensure_future(send(batch)))
 
-    batch: list[tuple[str, Tag, Blob]] = []
+    batch: list[tuple[str, Tag, Blob, bytes]] = []
     size = 0
     floor = 0
     try:
@@ -892,7 +904,7 @@ async def _update_config(
                     ):
                         await flush(batch)
                         batch, size = [], 0
-                    batch.append((key, best[0], best[1]))
+                    batch.append((key, best[0], best[1], best[2]))  # (the writer's MAC too)
                     size += len(best[1])
         if batch:
             await flush(batch)

@@ -289,7 +289,7 @@ async def cvr_write(
             committed = max(r.committed for r in answers)
             if committed.z >= level:  # the level is decided and put already
                 if any(r.committed == own for r in answers):
-                    cseq = await ares._propagate(net, cseq, group, key, own, value, switches)
+                    cseq = await ares._propagate(net, cseq, group, key, own, value, b"", switches)
                     return CvrOutcome(True, own, value), cseq
                 if maybe_accepted and not any(r.committed.z == level for r in answers):
                     raise conflict("a later version was written before this one was learned")
@@ -317,7 +317,7 @@ async def cvr_write(
             tag, v = (own, value) if chosen is None else (chosen.tag, chosen.value)
             if switches.faults.broken_cvr_put_undecided and tag == own:
                 # test-only: the value becomes readable before it is decided
-                cseq = await ares._propagate(net, cseq, group, key, tag, v, switches)
+                cseq = await ares._propagate(net, cseq, group, key, tag, v, b"", switches)
             if tag == own:
                 maybe_accepted = True
             try:
@@ -339,7 +339,7 @@ async def cvr_write(
                     cseq = await ares._follow(net, cseq, group, nu, nxt[0], switches)
                 continue
             # decided: (tag, v) is version `level`; put it like any write's phase 2
-            cseq = await ares._propagate(net, cseq, group, key, tag, v, switches)
+            cseq = await ares._propagate(net, cseq, group, key, tag, v, b"", switches)
             if tag == own:
                 return CvrOutcome(True, own, value), cseq
             return CvrOutcome(False, tag, v), cseq
@@ -369,5 +369,5 @@ async def _unconditional(
     if res.tag != base:
         return CvrOutcome(False, res.tag, None if res.tag == TAG0 else res.value), cseq
     tag = Tag(base.z + 1, writer)
-    cseq = await ares._propagate(net, cseq, group, key, tag, value, switches)
+    cseq = await ares._propagate(net, cseq, group, key, tag, value, b"", switches)
     return CvrOutcome(True, tag, value), cseq

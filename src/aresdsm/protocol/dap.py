@@ -35,9 +35,10 @@ async def get_data(
     *,
     broken_decode_below_k: bool = False,
     need: int | None = None,
-) -> tuple[Tag, Blob, bool, NextEntry | None]:
-    """The newest (tag, value) of a quorum, whether the whole quorum held it (§8.6), next.
-    ``need`` other than the quorum size exists for a test-only broken variant."""
+) -> tuple[Tag, Blob, bool, NextEntry | None, bytes]:
+    """The newest (tag, value) of a quorum, whether the whole quorum held it (§8.6), next, and
+    the writer's MAC it came with (opaque: forwarded on write-back, §13). ``need`` other than
+    the quorum size exists for a test-only broken variant."""
     if c.dap == "treas":
         return await treas.get_data(
             net, c, group, key, broken_decode_below_k=broken_decode_below_k, need=need
@@ -46,26 +47,35 @@ async def get_data(
 
 
 async def put_data(
-    net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
+    net: Channel,
+    c: Configuration,
+    group: str,
+    key: str,
+    *,
+    tag: Tag,
+    value: Blob,
+    mac: bytes = b"",
 ) -> NextEntry | None:
+    """put-data of (tag, value) with the writer's MAC it came with (empty: a new value, which
+    the client shell signs -- the protocol never holds a key, §13)."""
     if c.dap == "treas":
-        return await treas.put_data(net, c, group, key, tag=tag, value=value)
-    return await abd.put_data(net, c, group, key, tag=tag, value=value)
+        return await treas.put_data(net, c, group, key, tag=tag, value=value, mac=mac)
+    return await abd.put_data(net, c, group, key, tag=tag, value=value, mac=mac)
 
 
 async def put_batch(
     net: Channel,
     c: Configuration,
     group: str,
-    items: Sequence[tuple[str, Tag, Blob]],
+    items: Sequence[tuple[str, Tag, Blob, bytes]],
     floor: int = 0,
 ) -> None:
-    """put-data of many objects in one round (§8.4); TREAS encodes each value once. ``floor``
-    raises the configuration's tag floor (§8.4 "Deleted objects")."""
+    """put-data of many (key, tag, value, writer's MAC) in one round (§8.4); TREAS encodes each
+    value once. ``floor`` raises the configuration's tag floor (§8.4 "Deleted objects")."""
     if c.dap == "treas":
         coder = treas.coder(c)
-        elements = [coder.encode(v.data) for _, _, v in items]
-        digests = [integrity.digest(v.data) for _, _, v in items]
+        elements = [coder.encode(v.data) for _, _, v, _ in items]
+        digests = [integrity.digest(v.data) for _, _, v, _ in items]
         element_digests = [[integrity.digest(e) for e in els] for els in elements]
 
         def request(i: int, _s: ServerInfo) -> PutBatch:
@@ -73,8 +83,8 @@ async def put_batch(
                 group,
                 c.id,
                 tuple(
-                    BatchItem(key, tag, Blob(els[i]), d, eds[i])
-                    for (key, tag, _), els, d, eds in zip(
+                    BatchItem(key, tag, Blob(els[i]), d, eds[i], mac)
+                    for (key, tag, _, mac), els, d, eds in zip(
                         items, elements, digests, element_digests, strict=True
                     )
                 ),
@@ -86,14 +96,17 @@ async def put_batch(
     batch = PutBatch(
         group,
         c.id,
-        tuple(BatchItem(k, t, v, integrity.digest(v.data)) for k, t, v in items),
+        tuple(BatchItem(k, t, v, integrity.digest(v.data), b"", m) for k, t, v, m in items),
         floor,
     )
     await net.round(c, batch, expect=Ack, phase="put-data")
 
 
-def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) -> tuple[Tag, Blob]:
-    """get-data's answer computed from a quorum's group-read reports of one object (§8.4).
+def newest(
+    c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]
+) -> tuple[Tag, Blob, bytes]:
+    """get-data's answer computed from a quorum's group-read reports of one object (§8.4), with
+    the writer's MAC it came with (transferred unchanged, §13).
 
     ``reports`` has one (server index, state or None: the server does not hold the object) per
     server of the answering quorum. Raises ConcurrencyExceeded when a TREAS object cannot be
@@ -116,8 +129,8 @@ def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) 
                 f"cannot decode an object of configuration {c.id} during reconfiguration: more "
                 f"than delta={c.delta} writes in flight; retry the reconfiguration"
             )
-        return found[0], found[1]
-    best: tuple[Tag, Blob] = (TAG0, EMPTY)
+        return found[0], found[1], found[3]
+    best: tuple[Tag, Blob, bytes] = (TAG0, EMPTY, b"")
     for _, st in reports:
         if st is not None and st.tag > best[0]:
             value = st.value if st.value is not None else EMPTY
@@ -126,5 +139,5 @@ def newest(c: Configuration, reports: Sequence[tuple[int, ObjectState | None]]) 
                     f"a value of configuration {c.id} does not match its digest; "
                     "retry the reconfiguration"
                 )
-            best = (st.tag, value)
+            best = (st.tag, value, st.mac)
     return best

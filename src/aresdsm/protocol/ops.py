@@ -84,8 +84,8 @@ async def read(
     key: str,
     switches: OpSwitches = DEFAULT_SWITCHES,
 ) -> ReadResult:
-    tag, value, unanimous, _ = await abd.get_data(net, c, group, key)
+    tag, value, unanimous, _, mac = await abd.get_data(net, c, group, key)
     if (switches.fast_read and unanimous) or switches.faults.broken_skip_write_back:
         return ReadResult(tag, value, wrote_back=False)
-    await abd.put_data(net, c, group, key, tag=tag, value=value)
+    await abd.put_data(net, c, group, key, tag=tag, value=value, mac=mac)
     return ReadResult(tag, value, wrote_back=True)

@@ -267,7 +267,8 @@ class ServerCore:
             value = Blob(bytes(r.data) if r.data is not None else b"")
             meta = _abd_meta_dec.decode(r.meta)
             self._set_register(
-                (r.group, r.config_id, r.key), abd.Register(meta.tag, value, meta.digest)
+                (r.group, r.config_id, r.key),
+                abd.Register(meta.tag, value, meta.digest, meta.mac),
             )
             self._add_object(inst, r.key)
         elif r.ns == treas.NS:
@@ -421,7 +422,8 @@ class ServerCore:
         if skey in self.damaged:
             return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
         reg = self.registers.get(skey, abd.INITIAL)
-        return DataReply(reg.tag, reg.value, self._next(req.group, req.config_id), reg.digest), []
+        nxt = self._next(req.group, req.config_id)
+        return DataReply(reg.tag, reg.value, nxt, reg.digest, reg.mac), []
 
     def _on_query_list(self, req: QueryList) -> Result:
         c = self._data_config(req.group, req.config_id)
@@ -474,6 +476,7 @@ class ServerCore:
                     item.value,
                     item.digest,
                     item.element_digest,
+                    item.mac,
                 ),
             )
         inst = (req.group, req.config_id)
@@ -494,6 +497,7 @@ class ServerCore:
                 Blob(bytes(req.value.data)),
                 req.digest,
                 req.element_digest,
+                req.mac,
             )
         skey = (req.group, req.config_id, req.key)
         if skey in self.damaged:
@@ -525,7 +529,7 @@ class ServerCore:
             return []
         self._set_register(skey, new)
         self._add_object((req.group, req.config_id), req.key)
-        meta = _enc.encode(abd.StoredMeta(new.tag, new.digest))
+        meta = _enc.encode(abd.StoredMeta(new.tag, new.digest, new.mac))
         record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
         return [record, *self._prune_cvr(c, skey)]
 
@@ -660,7 +664,7 @@ class ServerCore:
             st = self._treas_state(c, skey)
             return ObjectState(key, max(e.tag for e in st), None, st, open_)
         reg = self.registers.get(skey, abd.INITIAL)
-        return ObjectState(key, reg.tag, reg.value, cvr=open_, digest=reg.digest)
+        return ObjectState(key, reg.tag, reg.value, cvr=open_, digest=reg.digest, mac=reg.mac)
 
     # -- coverable register (docs/protocol.md §9.1) -----------------------------------------------
 

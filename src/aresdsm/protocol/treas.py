@@ -16,6 +16,7 @@ than k elements, nor from elements of two tags.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -68,11 +69,12 @@ def on_put_data(st: TreasState, msg: PutData, delta: int) -> tuple[TreasState | 
     """Add (tag, element) if the tag is new; keep at most delta+1 elements. None: unchanged."""
     if any(e.tag == msg.tag for e in st):
         return None, Ack()
-    added = ListEntry(msg.tag, msg.value, msg.element_digest, msg.digest)
+    added = ListEntry(msg.tag, msg.value, msg.element_digest, msg.digest, msg.mac)
     entries = sorted([*st, added], key=lambda e: e.tag)
     with_elements = [i for i, e in enumerate(entries) if e.element is not None]
     for i in with_elements[: max(0, len(with_elements) - (delta + 1))]:
-        entries[i] = ListEntry(entries[i].tag, None, b"", entries[i].value_digest)
+        e = entries[i]
+        entries[i] = ListEntry(e.tag, None, b"", e.value_digest, e.mac)
     return tuple(entries), Ack()
 
 
@@ -85,6 +87,8 @@ class ElementMeta(msgspec.Struct, frozen=True, array_like=True):
     digest: bytes = b""
     """The writer's digest of the element."""
     value_digest: bytes = b""
+    mac: bytes = b""
+    """The writer's MAC (docs/protocol.md §13), kept with the entry."""
 
 
 _meta_enc = msgspec.msgpack.Encoder()
@@ -106,7 +110,9 @@ def changed_entries(old: TreasState, new: TreasState) -> list[ListEntry]:
 def encode_entry(key: str, entry: ListEntry) -> tuple[str, bytes, bytes | memoryview | None]:
     """(record key, meta, data) of one entry."""
     meta = _meta_enc.encode(
-        ElementMeta(key, entry.tag, entry.element is not None, entry.digest, entry.value_digest)
+        ElementMeta(
+            key, entry.tag, entry.element is not None, entry.digest, entry.value_digest, entry.mac
+        )
     )
     data = entry.element.data if entry.element is not None else None
     return element_record_key(key, entry.tag), meta, data
@@ -116,7 +122,7 @@ def decode_entry(meta: bytes, data: bytes | memoryview | None) -> tuple[str, Lis
     m = _meta_dec.decode(meta)
     element = Blob(bytes(data)) if m.has_element and data is not None else None
     return m.key, ListEntry(
-        m.tag, element, m.digest if element is not None else b"", m.value_digest
+        m.tag, element, m.digest if element is not None else b"", m.value_digest, m.mac
     )
 
 
@@ -125,11 +131,18 @@ def decode_meta(meta: bytes) -> ElementMeta:
 
 
 def put_request(
-    group: str, config_id: str, key: str, tag: Tag, element: bytes, value_digest: bytes
+    group: str,
+    config_id: str,
+    key: str,
+    tag: Tag,
+    element: bytes,
+    value_digest: bytes,
+    mac: bytes = b"",
 ) -> PutData:
-    """PUT_DATA(t, e_i) with the writer's digests of the value and of the element attached."""
+    """PUT_DATA(t, e_i) with the writer's digests of the value and of the element attached, and
+    the writer's MAC the value came with (empty for a new value: the client shell signs, §13)."""
     return PutData(
-        group, config_id, key, tag, Blob(element), value_digest, integrity.digest(element)
+        group, config_id, key, tag, Blob(element), value_digest, integrity.digest(element), mac
     )
 
 
@@ -153,11 +166,13 @@ def newest_decodable(
     lists: Sequence[tuple[int, TreasState]],
     *,
     broken_decode_below_k: bool = False,
-) -> tuple[Tag, Blob, bool] | None:
+) -> tuple[Tag, Blob, bool, bytes] | None:
     """The §4.2 decode rule over a quorum of (server index, list) pairs.
 
-    Returns (tag, value, unanimous) -- unanimous: every list holds that tag with its element
-    (the one-round read condition of §8.6) -- or None when max T* != max Tdec. Raises
+    Returns (tag, value, unanimous, mac) -- unanimous: every list holds that tag with its
+    element (the one-round read condition of §8.6); mac: the writer's MAC the entries of that
+    tag carry (the most common one; forwarded on write-back, §13) -- or None when max T* != max
+    Tdec. Raises
     IntegrityError when the decoded value does not match the writer's digest of it (the
     elements were checked before: a writer bug or a corrupt digest, never returned).
     """
@@ -185,7 +200,9 @@ def newest_decodable(
                 "writer's digest"
             )
     unanimous = len(els) == len(lists)
-    return t_dec, Blob(value), unanimous
+    macs = Counter(e.mac for _, st in lists for e in st if e.tag == t_dec and e.mac)
+    mac = macs.most_common(1)[0][0] if macs else b""
+    return t_dec, Blob(value), unanimous, mac
 
 
 # --- client actions --------------------------------------------------------------------------
@@ -207,7 +224,8 @@ async def get_data(
     max_attempts: int = MAX_QUERY_ATTEMPTS,
     broken_decode_below_k: bool = False,
     need: int | None = None,
-) -> tuple[Tag, Blob, bool, NextEntry | None]:
+) -> tuple[Tag, Blob, bool, NextEntry | None, bytes]:
+    """(tag, value, unanimous, next, writer's MAC): as :func:`.abd.get_data`."""
     corrupt: IntegrityError | None = None
     for _ in range(max_attempts):
         replies = await net.round(
@@ -225,7 +243,8 @@ async def get_data(
             corrupt = e
             continue
         if found is not None:
-            return (*found, strongest(r.next for _, r in replies))
+            tag, value, unanimous, mac = found
+            return tag, value, unanimous, strongest(r.next for _, r in replies), mac
     if corrupt is not None:
         raise corrupt
     raise ConcurrencyExceeded(
@@ -236,13 +255,20 @@ async def get_data(
 
 
 async def put_data(
-    net: Channel, c: Configuration, group: str, key: str, *, tag: Tag, value: Blob
+    net: Channel,
+    c: Configuration,
+    group: str,
+    key: str,
+    *,
+    tag: Tag,
+    value: Blob,
+    mac: bytes = b"",
 ) -> NextEntry | None:
     elements = coder(c).encode(value.data)
     value_digest = integrity.digest(value.data)
     replies = await net.round(
         c,
-        lambda i, _s: put_request(group, c.id, key, tag, elements[i], value_digest),
+        lambda i, _s: put_request(group, c.id, key, tag, elements[i], value_digest, mac),
         expect=Ack,
         phase="put-data",
     )

@@ -4,7 +4,8 @@ The ``cryptography`` library makes the keys and X.509 certificates: ECDSA P-256 
 1.3 handshakes), SHA-256 signatures. Identities are subjectAltName URIs (:mod:`.tls`):
 
 * the CA: ``CN=<cluster> CA``, basicConstraints CA, keyCertSign; ``ca.pem``, ``ca.key``; and,
-  made with it, the cluster's admin MAC key ``admin-mac.key`` (:mod:`.macs`);
+  made with it, the cluster's admin MAC key ``admin-mac.key`` (servers and admins) and write MAC
+  key ``write-mac.key`` (servers, writers and admins) (:mod:`.macs`);
 * a server: ``ares:server=<id>`` (plus the id as common name and, when it is a valid host name,
   a DNS name; the listen host as an IP or DNS name, for operators' tools), extendedKeyUsage
   serverAuth; ``server-<id>.pem/.key``;
@@ -35,6 +36,8 @@ from .tls import ROLE_URI, ROLES, client_uri, server_uri
 
 ADMIN_MAC_KEY = "admin-mac.key"
 """The admin MAC key (:mod:`.macs`) made next to a new CA: for servers and admins only."""
+WRITE_MAC_KEY = "write-mac.key"
+"""The write MAC key (:mod:`.macs`) made next to a new CA: for servers, writers and admins."""
 CA_DAYS = 3650
 CERT_DAYS = 825
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*$")
@@ -119,8 +122,9 @@ def create_ca(directory: str | Path, cluster_name: str, *, force: bool = False) 
     )
     _write_key(d / "ca.key", key)
     _write_cert(d / "ca.pem", cert)
-    (d / ADMIN_MAC_KEY).unlink(missing_ok=True)  # (a new CA: a new admin key)
-    create_key(d / ADMIN_MAC_KEY)
+    for key_file in (ADMIN_MAC_KEY, WRITE_MAC_KEY):  # (a new CA: new MAC keys)
+        (d / key_file).unlink(missing_ok=True)
+        create_key(d / key_file)
     return Issued(d / "ca.pem", d / "ca.key", _serial_hex(serial))
 
 

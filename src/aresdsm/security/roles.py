@@ -10,13 +10,14 @@ What ordinary clients must still send -- and are allowed exactly that:
 * reads: QueryTag, QueryData, QueryList, ReadConfig, LatestConfig, Ping, and ListKeys -- the
   object keys of a group, never values (``Store.groups()``, listings): a reader may read every
   object anyway (``read``);
-* a reader's **write-back** of a value (phase 2 of a read, §4): PutData. Until the writer's MAC
-  of §13 exists a server cannot tell a write-back from a forged new value, so a ``read`` client's
-  PutData is accepted only when it adds nothing the server does not hold already
-  (:meth:`~aresdsm.protocol.server_core.ServerCore.holds_tag`) -- otherwise it needs ``write``.
-  A read-only client whose read must bring a lagging server up to date is refused by that
-  server; the read still completes when a quorum holds the value, else fails (never a wrong
-  answer);
+* a reader's **write-back** of a value (phase 2 of a read, §4): PutData. The message alone
+  cannot tell a write-back from a forged new value; the writer's MAC can (:mod:`.macs`,
+  :func:`value_refusal`): on a server holding the write key ``K_write`` a PutData -- from any
+  role -- is applied only when its MAC is valid or when it adds nothing the server does not hold
+  already (:meth:`~aresdsm.protocol.server_core.ServerCore.holds_tag`), so a ``read`` client may
+  send PutData and propagates, to a lagging server too, exactly the values writers wrote. On a
+  server without ``K_write`` (a cluster file from before it existed) a ``read`` client's PutData
+  is accepted only when it adds nothing the server holds already, otherwise it needs ``write``;
 * a **write-back of a discovered configuration entry** (read-config §6, the piggyback §8.1):
   WriteConfig with a **P** entry (``read``) -- when the server holds the cluster's admin key,
   only with the admin MAC the entry was decided with (:mod:`.macs`: propagate, never invent).
@@ -94,10 +95,16 @@ REQUIRED: dict[type, str] = {
 """The role each request type needs at least (before the per-message refinements)."""
 
 
-def required_role(req: Request, core: TagHolder, admin_key: bytes | None = None) -> str:
+def required_role(
+    req: Request,
+    core: TagHolder,
+    admin_key: bytes | None = None,
+    write_keys: tuple[bytes, ...] = (),
+) -> str:
     """The least role that may send ``req`` to a server whose state is ``core``. With the
     cluster's ``admin_key`` a P entry needs a valid admin MAC to be written back by anyone but
-    an admin (:mod:`.macs`)."""
+    an admin (:mod:`.macs`); with ``write_keys`` the writer's MAC, not the role, decides whether
+    a PutData may add a value (:func:`value_refusal`), so a reader may send one."""
     if isinstance(req, WriteConfig):
         if req.entry.status != "P":
             return "admin"
@@ -107,6 +114,8 @@ def required_role(req: Request, core: TagHolder, admin_key: bytes | None = None)
             return "read"
         return "admin"
     if isinstance(req, PutData):
+        if write_keys:
+            return "read"
         held = core.holds_tag(req.group, req.config_id, req.key, req.tag)
         return "read" if held else "write"
     return REQUIRED.get(type(req), "admin")
@@ -115,16 +124,70 @@ def required_role(req: Request, core: TagHolder, admin_key: bytes | None = None)
 _WRITE, _ADMIN = 2, 3  # (tls.role_level of "write" and "admin")
 
 
-def refusal(req: Request, core: TagHolder, level: int, admin_key: bytes | None) -> str | None:
+def refusal(
+    req: Request,
+    core: TagHolder,
+    level: int,
+    admin_key: bytes | None,
+    write_keys: tuple[bytes, ...] = (),
+) -> str | None:
     """None if a connection of role ``level`` may send ``req``; else the role it needs. The
     checks that look at server state (PutData's tag, a P entry's MAC) run only for connections
-    they could refuse: an admin's request costs one comparison."""
+    they could refuse: an admin's request costs one comparison. (The writer's MAC of the values
+    a request carries is checked for every role: :func:`value_refusal`.)"""
     if level >= _ADMIN:
         return None
     if isinstance(req, PutData) and level >= _WRITE:
         return None
-    need = required_role(req, core, admin_key)
+    need = required_role(req, core, admin_key, write_keys)
     return None if level >= ROLE_LEVELS[need] else need
+
+
+def value_refusal(req: Request, core: TagHolder, write_keys: tuple[bytes, ...]) -> str | None:
+    """Propagate, never invent (docs/protocol.md §13): None if every value ``req`` carries
+    (PutData, each PutBatch item) has a valid writer MAC under one of ``write_keys``, or adds
+    nothing this server does not hold already; else why not (one line). Whatever the sender's
+    role: the right to create a value is the key, not the certificate."""
+    if isinstance(req, PutData):
+        return _value_problem(
+            core, write_keys, req.group, req.config_id, req.key, req.tag, req.digest, req.mac
+        )
+    if isinstance(req, PutBatch):
+        for item in req.items:
+            problem = _value_problem(
+                core,
+                write_keys,
+                req.group,
+                req.config_id,
+                item.key,
+                item.tag,
+                item.digest,
+                item.mac,
+            )
+            if problem is not None:
+                return problem
+    return None
+
+
+def _value_problem(
+    core: TagHolder,
+    keys: tuple[bytes, ...],
+    group: str,
+    config_id: str,
+    key: str,
+    tag: Tag,
+    digest: bytes,
+    mac: bytes,
+) -> str | None:
+    if macs.value_mac_valid(keys, group, key, tag, digest, mac):
+        return None
+    if core.holds_tag(group, config_id, key, tag):
+        return None  # a write-back of what the server has: adds nothing
+    what = "carries no writer MAC" if not mac else "carries a writer MAC that does not verify"
+    return (
+        f"a value with tag number {tag.z} {what} (only a writer holding the cluster's write key "
+        "can create a value; docs/security.md)"
+    )
 
 
 ROLE_LEVELS = {"read": 1, "write": _WRITE, "admin": _ADMIN}

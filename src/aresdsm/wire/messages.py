@@ -66,6 +66,10 @@ class PutData(_Msg, frozen=True, tag="put"):
     value against it before storing anything."""
     element_digest: bytes = b""
     """TREAS: the digest of this server's coded element, checked likewise."""
+    mac: bytes = b""
+    """The writer's MAC of (chain, key, tag, ``digest``) (docs/protocol.md §13, security.macs);
+    a reader writing the value back forwards it unchanged; empty where the cluster has no write
+    key."""
 
 
 class BatchItem(msgspec.Struct, frozen=True, array_like=True):
@@ -74,6 +78,8 @@ class BatchItem(msgspec.Struct, frozen=True, array_like=True):
     value: Blob
     digest: bytes = b""
     element_digest: bytes = b""
+    mac: bytes = b""
+    """The writer's MAC, transferred unchanged (as :attr:`PutData.mac`)."""
 
 
 class PutBatch(_Msg, frozen=True, tag="putb"):
@@ -309,6 +315,8 @@ class DataReply(_Msg, frozen=True, tag="data"):
     next: NextEntry | None = None
     digest: bytes = b""
     """The writer's digest of ``value``; a reader drops a reply that does not match it."""
+    mac: bytes = b""
+    """The writer's MAC stored with the value: a reader's write-back carries it unchanged."""
 
 
 class ListEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -320,6 +328,8 @@ class ListEntry(msgspec.Struct, frozen=True, array_like=True):
     """The writer's digest of ``element`` (checked before decoding)."""
     value_digest: bytes = b""
     """The writer's digest of the whole value (checked after decoding)."""
+    mac: bytes = b""
+    """The writer's MAC of (chain, key, tag, ``value_digest``), forwarded on write-back."""
 
 
 class ListReply(_Msg, frozen=True, tag="list"):
@@ -372,6 +382,8 @@ class ObjectState(msgspec.Struct, frozen=True, array_like=True):
     cvr: CvrOpen | None = None
     digest: bytes = b""
     """ABD: the writer's digest of ``value``."""
+    mac: bytes = b""
+    """ABD: the writer's MAC stored with ``value`` (TREAS: in each list entry)."""
 
 
 class CvrPromise(_Msg, frozen=True, tag="cprom"):
