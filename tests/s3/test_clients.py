@@ -53,8 +53,9 @@ def aws(gw: Gateway, *args: str, role: str = "admin", check: bool = True) -> str
 
 
 def test_aws_cli_cp_ls_sync_rm(gateway: Gateway, tmp_path: Path) -> None:
-    """Six aws CLI runs (each costs ~1 s of start-up): cp (multipart), sync up (the copied
-    file is skipped: same size, newer), ls, sync down (byte-exact), rm, a wrong secret."""
+    """Five aws CLI runs (each costs ~1 s of start-up; wrong signatures are tested with boto3):
+    cp (multipart), sync up (the copied file is skipped: same size, newer), ls, sync down
+    (byte-exact), rm."""
     src = tmp_path / "src"
     files = make_tree(src)
     gateway.client().create_bucket(Bucket="cli")
@@ -68,13 +69,6 @@ def test_aws_cli_cp_ls_sync_rm(gateway: Gateway, tmp_path: Path) -> None:
     assert tree(down) == files
     aws(gateway, "s3", "rm", "--recursive", "s3://cli/")
     assert "Contents" not in gateway.client().list_objects_v2(Bucket="cli")
-    env_bad = gateway.env()
-    env_bad["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-000"
-    r = subprocess.run(
-        [AWS, "--endpoint-url", gateway.endpoint, "s3", "ls"], env=env_bad,
-        capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert r.returncode != 0 and b"SignatureDoesNotMatch" in r.stderr
 
 
 def test_rclone_copy_and_check(gateway: Gateway, tmp_path: Path) -> None:
