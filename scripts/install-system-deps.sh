@@ -3,9 +3,10 @@
 #   fuse3 + libfuse3-dev + pkg-config  `ares mount` (pyfuse3 builds against libfuse3)
 #   rclone, awscli                     the S3 gateway is tested with the real clients
 #   etcd-server                        `ares bench --peer etcd` (a yardstick; never a dependency)
+#   rsync                              tests/mount: an `rsync -a` round trip through `ares mount`
 # Skips what is already installed; needs root (or sudo) only when something is missing.
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config rclone awscli etcd-server)
+packages=(fuse3 libfuse3-dev pkg-config rclone awscli etcd-server rsync)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

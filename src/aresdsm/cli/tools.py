@@ -159,6 +159,12 @@ def check(history: str, max_steps: int) -> None:
     "reconfiguration in --modes: one decision in ares2, one per block in classic).",
 )
 @click.option(
+    "--mount-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Instead of the object cells: `ares mount` against the native file layer with a file "
+    "of this many MiB (sequential write and read MB/s) and `ls -l` of 1,000 files.",
+)
+@click.option(
     "--file-avg-kib",
     type=click.IntRange(1, 4096),
     default=1024,
@@ -200,6 +206,7 @@ def bench(
     relocation: bool,
     link_delay_ms: float,
     file_mb: float | None,
+    mount_mb: float | None,
     file_avg_kib: int,
     insecure: bool,
     tls_cost: bool,
@@ -239,6 +246,17 @@ def bench(
         out = str(Path(json_out).with_name("attack.json"))
         _bench_attack(
             servers[0], max(conc), value_size, duration_s, idle_conns, slowloris, storage, out
+        )
+        return
+    if mount_mb is not None:
+        from ..mount.bench import run_mount_bench
+
+        mres = runtime.run(
+            run_mount_bench(n=servers[0], file_bytes=int(mount_mb * 2**20), log=console.print)
+        )
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).with_name("mount.json").write_text(
+            json.dumps(dataclasses.asdict(mres), indent=1)
         )
         return
     if file_mb is not None:
