@@ -549,11 +549,24 @@ class FileBenchResult:
     put_mb_s: float
     get_mb_s: float
     client_peak_rss_mb: float
+    """The larger of the two below."""
     edit_blocks_written: int
+    """Registers the 1 KiB edit wrote (blocks, marks, links, tombstones, journal, index)."""
     edit_time_share: float
     """Time of the 1 KiB edit / time of writing the whole file."""
     disjoint_writers_ok: int
     same_block_outcomes: dict[str, int]
+    put_peak_rss_mb: float = 0.0
+    """The client's peak RSS during the put (VmHWM reset before it)."""
+    get_peak_rss_mb: float = 0.0
+    edit_new_blocks: int = 0
+    """New blocks the 1 KiB edit wrote."""
+    edit_data_blocks: int = 0
+    """Block writes of the edit that carry data: new blocks, marks, relinks."""
+    patch_time_share: float = 0.0
+    """The same kind of 1 KiB change with ``files.write_at`` (re-chunks only around it)."""
+    patch_new_blocks: int = 0
+    patch_data_blocks: int = 0
     reconfig_ms: dict[str, float] = field(default_factory=dict)
     reconfig_decisions: dict[str, int] = field(default_factory=dict)
 
@@ -565,35 +578,66 @@ class FileBenchResult:
         )
         return (
             f"file n={self.servers} {self.dap}: {mb:.0f} MB in {self.blocks} blocks: put "
-            f"{self.put_mb_s:.1f} MB/s, get {self.get_mb_s:.1f} MB/s, client peak RSS "
-            f"{self.client_peak_rss_mb:.0f} MB; 1 KiB edit: {self.edit_blocks_written} block "
-            f"writes, {100 * self.edit_time_share:.1f} % of a whole write; disjoint writers ok "
+            f"{self.put_mb_s:.1f} MB/s, get {self.get_mb_s:.1f} MB/s, client peak RSS put "
+            f"{self.put_peak_rss_mb:.0f} MB / get {self.get_peak_rss_mb:.0f} MB; 1 KiB edit: "
+            f"{self.edit_new_blocks} new block(s), {self.edit_data_blocks} block writes with "
+            f"data, {self.edit_blocks_written} register writes in all, "
+            f"{100 * self.edit_time_share:.1f} % of a whole write; write_at 1 KiB: "
+            f"{self.patch_new_blocks} new, {self.patch_data_blocks} with data, "
+            f"{100 * self.patch_time_share:.2f} %; disjoint writers ok "
             f"{self.disjoint_writers_ok}/2; same block {self.same_block_outcomes}; reconfig {r}"
         )
 
 
 class _Zeros:
     """A pseudo-random file of ``size`` bytes produced as it is read (the bench never holds
-    the file in memory)."""
+    the file in memory), cheaply: every 64 KiB segment is a slice of one random 1 MiB pool at a
+    pseudo-random offset, so producing it costs a copy, not a random generator (which runs at
+    ~170 MB/s here and would be timed as part of a put), and no two blocks are alike.
+    ``edit_at``: 1 KiB there is ``E`` bytes. Seekable, so a write that lost a race retries."""
+
+    SEGMENT = 64 * 1024
+    POOL = 4 * 1024 * 1024
 
     def __init__(self, size: int, seed: int = 1, edit_at: int | None = None) -> None:
         import random
 
         self.size = size
         self.pos = 0
-        self._rng = random.Random(seed)
+        self._seed = seed
+        self._pool = random.Random(seed).randbytes(self.POOL + self.SEGMENT)
         self._edit_at = edit_at
+
+    def _segment(self, i: int) -> bytes:
+        off = (i * 2654435761 + self._seed * 40503) % self.POOL
+        return self._pool[off : off + self.SEGMENT]
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int) -> int:
+        self.pos = pos
+        return pos
 
     def read(self, n: int) -> bytes:
         n = min(n, self.size - self.pos)
         if n <= 0:
             return b""
-        data = bytearray(self._rng.randbytes(n))
+        seg = self.SEGMENT
+        first, last = self.pos // seg, (self.pos + n - 1) // seg
+        data = b"".join(self._segment(i) for i in range(first, last + 1))
+        lo = self.pos - first * seg
+        out = data[lo : lo + n]
         if self._edit_at is not None and self.pos <= self._edit_at < self.pos + n:
             i = self._edit_at - self.pos
-            data[i : i + 1024] = b"E" * len(data[i : i + 1024])
+            buf = bytearray(out)
+            buf[i : i + 1024] = b"E" * len(buf[i : i + 1024])
+            out = bytes(buf)
         self.pos += n
-        return bytes(data)
+        return out
 
 
 class _Discard:
@@ -617,9 +661,10 @@ async def run_file_bench(
     """Write and read one file of ``file_bytes``, change 1 KiB in its middle, run two writers
     on disjoint regions and four on one block, then reconfigure the file in each mode (Ares II:
     one decision for the whole file; classic: one per block)."""
-    import resource
-
     from .files import ChunkParams, FileConflict
+    from .files.memory import bound_malloc_cache, peak_rss_mb, reset_peak_rss
+
+    bound_malloc_cache()
 
     params = ChunkParams(
         min_bytes=max(64, avg_block_bytes // 4),
@@ -642,23 +687,35 @@ async def run_file_bench(
         try:
             cf = cluster.cluster
             store = Store(cf.initial, options=cf.client)
+            await store.write("bench-warm-up", b"")  # connections up before the clock starts
+            reset_peak_rss()
             t0 = time.perf_counter()
             await store.files.write("bench.bin", _Zeros(file_bytes), params=params)
             put_s = time.perf_counter() - t0
+            put_rss_mb = peak_rss_mb()
+            reset_peak_rss()
             t0 = time.perf_counter()
             await store.files.read_into("bench.bin", _Discard())
             get_s = time.perf_counter() - t0
-            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            get_rss_mb = peak_rss_mb()
             st = await store.files.stat("bench.bin")
             log(
                 f"file: {file_bytes} bytes, {st.blocks} blocks, "
                 f"put {put_s:.2f} s, get {get_s:.2f} s"
             )
-            before = store.files.blocks_written
+            f = store.files
+            before = (f.blocks_written, f.new_blocks_written, f.data_blocks_written)
             t0 = time.perf_counter()
-            await store.files.write("bench.bin", _Zeros(file_bytes, edit_at=file_bytes // 2))
+            await f.write("bench.bin", _Zeros(file_bytes, edit_at=file_bytes // 2))
             edit_s = time.perf_counter() - t0
-            edit_blocks = store.files.blocks_written - before
+            edit_blocks = f.blocks_written - before[0]
+            edit_new = f.new_blocks_written - before[1]
+            edit_data = f.data_blocks_written - before[2]
+            pbefore = (f.new_blocks_written, f.data_blocks_written)
+            t0 = time.perf_counter()
+            await f.write_at("bench.bin", file_bytes // 4, b"P" * 1024)
+            patch_s = time.perf_counter() - t0
+            patch = (f.new_blocks_written - pbefore[0], f.data_blocks_written - pbefore[1])
             # two writers, disjoint regions of one (smaller) file
             small = min(file_bytes, 8 * avg_block_bytes)
             await store.files.write("shared.bin", _Zeros(small, seed=2), params=params)
@@ -695,11 +752,18 @@ async def run_file_bench(
                 st.blocks,
                 file_bytes / put_s / 1e6,
                 file_bytes / get_s / 1e6,
-                rss_mb,
+                max(put_rss_mb, get_rss_mb),
                 edit_blocks,
                 edit_s / put_s,
                 disjoint_ok,
                 outcomes,
+                put_peak_rss_mb=put_rss_mb,
+                get_peak_rss_mb=get_rss_mb,
+                edit_new_blocks=edit_new,
+                edit_data_blocks=edit_data,
+                patch_time_share=patch_s / put_s,
+                patch_new_blocks=patch[0],
+                patch_data_blocks=patch[1],
             )
             await _bench_file_reconfig(cluster, result, params, modes or ["ares2", "classic"])
         finally:

@@ -43,7 +43,13 @@ from .config import (
     load_cluster_file,
     validate_configuration,
 )
-from .errors import AresError, ConfigurationError, OperationTimeout, QuorumUnavailable
+from .errors import (
+    AresError,
+    ConfigurationError,
+    CoverableConflict,
+    OperationTimeout,
+    QuorumUnavailable,
+)
 from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
 from .identity import initial_digest
 from .limits import MAX_NAME_BYTES
@@ -382,25 +388,34 @@ class Store:
         configuration is now a later one than when the call started."""
         chain = group if not self.switches.batch else ares.CLUSTER_CHAIN
         async with self._deadline(timeout_s):
-            return await self._relocate_from(chain, self._view(chain)[-1].config)
+            return await self._relocate_from(chain, self._position(chain))
 
-    async def _relocate_from(self, chain: str, seen: Configuration) -> bool:
+    def _position(self, chain: str) -> tuple[int, bool]:
+        """How far this client's view of the chain reaches: the last entry's epoch, and whether
+        it is finalized (a view ending in a pending entry still needs its predecessor's servers:
+        learning that entry finalized moves the client on, §8.5)."""
+        last = self._view(chain)[-1]
+        return last.config.epoch, last.status == "F"
+
+    async def _relocate_from(self, chain: str, seen: tuple[int, bool]) -> bool:
         """Relocate unless a concurrent relocation already moved the chain past ``seen`` (the
-        last configuration of the view the caller's failed attempt used). True if it moved."""
-        if self._view(chain)[-1].config.epoch <= seen.epoch:
+        position of the view the caller's failed attempt used). True if it moved."""
+        if self._position(chain) <= seen:
             task = self._relocating.get(chain)
             if task is None or task.done():
                 task = asyncio.get_running_loop().create_task(self._relocate(chain))
                 self._relocating[chain] = task
             await asyncio.shield(task)
-        return self._view(chain)[-1].config.epoch > seen.epoch
+        return self._position(chain) > seen
 
     async def _relocate(self, chain: str, hint_epoch: int = 0) -> None:
         """Ask all known servers for LATEST_CONFIG at once. An answer at least ``hint_epoch``
         and beyond what this client has is followed at once (discovery from it, which also
         checks that its quorum answers); lesser answers are tried, newest first, once every
         server answered or ``connect_timeout_s`` passed -- a paused server never delays more."""
-        have = self._view(chain)[-1].config.epoch
+        last = self._view(chain)[-1]
+        # a view ending in a pending entry takes that very configuration, finalized
+        have = last.config.epoch - (last.status != "F")
         want = max(have + 1, hint_epoch)
         asks = {
             asyncio.ensure_future(
@@ -489,7 +504,7 @@ class Store:
         (§8.5; shared with concurrent operations) and, if the chain moved, run ``retry`` on it:
         the same call, or for a write that chose its tag, the write finished with that tag."""
         await self._confirm_cache(chain)
-        seen = self._view(chain)[-1].config
+        seen = self._position(chain)
         first = asyncio.ensure_future(attempt())
         try:
             done, _ = await asyncio.wait({first}, timeout=self._hedge_s())
@@ -519,7 +534,7 @@ class Store:
 
     async def _retry_after_move(self, chain: str, retry: Callable[[], Awaitable[T]]) -> T:
         for _ in range(MAX_RELOCATIONS):
-            seen = self._view(chain)[-1].config
+            seen = self._position(chain)
             try:
                 return await retry()
             except (QuorumUnavailable, OperationTimeout):
@@ -1060,6 +1075,7 @@ class Store:
         *,
         group: str = DEFAULT_GROUP,
         timeout_s: float | None = None,
+        fresh: bool = False,
     ) -> CvrResult:
         """Coverable write (docs/protocol.md §9.1): install ``value`` as the successor of version
         ``base`` (TAG0 for a never-written object) if ``base`` is the newest version.
@@ -1068,39 +1084,143 @@ class Store:
         value)`` with the newest version when ``base`` is not (stale; nothing installed). Raises
         :class:`~aresdsm.errors.CoverableConflict` when the write may or may not have taken
         effect (read again, retry on what was read). A coverable object is written only with
-        ``cvr_write``, never with :meth:`write` (§9.1)."""
+        ``cvr_write``, never with :meth:`write` (§9.1).
+
+        ``fresh=True`` (base must be TAG0): the caller guarantees that no other writer ever
+        writes ``key`` on base TAG0 -- a key named by a random id of its own, like a new block
+        of a file. The value is then put in one round without consensus, sent once.
+
+        Like a write, the call relocates and retries on the moved chain when the chain's
+        configuration is replaced under it (§8.5), with the same tag."""
         _check_key(key, group)
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
         if not isinstance(base, Tag):
             raise ConfigurationError(f"base must be a Tag, not {type(base).__name__}")
+        if fresh and base != TAG0:
+            raise ConfigurationError(f"a fresh coverable write has base {TAG0}, not {base}")
         chain = ares.chain_of(group, key, self.switches)
         self._check_fits(chain, len(value))
-        if len(value) > self.options.max_frame_bytes - FRAME_SLACK_BYTES:
+        if not fresh and len(value) > self.options.max_frame_bytes - FRAME_SLACK_BYTES:
             # its accept carries the whole value, also to a TREAS server (§9.1)
             raise ConfigurationError(
                 f"a coverable value of {len(value)} bytes does not fit "
                 f"max_frame_bytes={self.options.max_frame_bytes}"
             )
         okey = ares.object_key(group, key, self.switches)
+        blob = Blob(value if isinstance(value, bytes) else bytes(value))
+        writer = self._next_writer()
+        accepted = False
 
-        async def op() -> CvrResult:
-            out, cseq = await coverable.cvr_write(
-                self.channel,
-                self._view(chain),
-                group=chain,
-                key=okey,
-                value=Blob(bytes(value)),
-                base=base,
-                writer=self._next_writer(),
-                backoff=_random_backoff,
-                switches=self.switches,
-            )
+        def on_accept() -> None:
+            nonlocal accepted
+            accepted = True
+
+        async def once() -> CvrResult:
+            if fresh:
+                out, cseq = await coverable.put_fresh(
+                    self.channel,
+                    self._view(chain),
+                    group=chain,
+                    key=okey,
+                    value=blob,
+                    writer=writer,
+                    switches=self.switches,
+                )
+            else:
+                out, cseq = await coverable.cvr_write(
+                    self.channel,
+                    self._view(chain),
+                    group=chain,
+                    key=okey,
+                    value=blob,
+                    base=base,
+                    writer=writer,  # a retry keeps the tag: its first accept may be decided
+                    backoff=_random_backoff,
+                    switches=self.switches,
+                    on_accept=on_accept,
+                    may_have_accepted=accepted,
+                )
             self._learn(chain, cseq)
             v = None if out.value is None else bytes(out.value.data)
             return CvrResult(out.ok, out.tag, v)
 
-        return await self._deadlined(op(), timeout_s)
+        async def op() -> CvrResult:
+            try:
+                return await self._with_recovery(chain, once, once)
+            except (QuorumUnavailable, OperationTimeout) as e:
+                if accepted:  # its accept may have been stored: the outcome is unknown
+                    raise CoverableConflict(
+                        f"coverable write of {key!r} on base {base}: outcome unknown ({e}); "
+                        "read the object again",
+                        tag=Tag(base.z + 1, writer),
+                    ) from e
+                raise
+
+        coro = self._deadlined(op(), timeout_s)
+        return await self._recorded_cvr(key, group, base, value, Tag(base.z + 1, writer), coro)
+
+    async def _recorded_cvr(
+        self,
+        key: str,
+        group: str,
+        base: Tag,
+        value: bytes | bytearray | memoryview,
+        own: Tag,
+        coro: Coroutine[Any, Any, CvrResult],
+    ) -> CvrResult:
+        """Trace, measure and record one coverable write (the history's ``cvr`` records, which
+        ``ares check`` checks against the coverable model, docs/protocol.md §9.1)."""
+        rec = self.recorder
+        op_id = rec.next_id() if rec is not None else 0
+        start = rec.now() if rec is not None else 0.0
+        attrs: dict[str, Any] = {
+            "ares.op": "cvr-write",
+            "ares.group": group,
+            "ares.object": key,
+            "ares.mode": self.mode,
+            "ares.bytes": len(value),
+        }
+        try:
+            with tracing.span("op", attrs):
+                result = await self._measured("cvr-write", coro)
+        except BaseException as e:
+            if rec is not None:
+                rec.record(
+                    OpRecord(
+                        op_id,
+                        self.client_id,
+                        "cvr",
+                        key,
+                        start,
+                        rec.now(),
+                        value=value_digest(value),
+                        outcome="fail",
+                        tag=(own.z, own.writer),
+                        base=(base.z, base.writer),
+                        group=group,
+                        error=f"{type(e).__name__}: {e}",
+                    )
+                )
+            raise
+        if rec is not None:
+            rec.record(
+                OpRecord(
+                    op_id,
+                    self.client_id,
+                    "cvr",
+                    key,
+                    start,
+                    rec.now(),
+                    value=value_digest(result.value or b""),
+                    outcome="ok",
+                    tag=(result.tag.z, result.tag.writer),
+                    base=(base.z, base.writer),
+                    stale=not result.ok,
+                    group=group,
+                )
+            )
+        return result
 
     async def read_tagged(
         self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
@@ -1470,10 +1590,13 @@ class SyncStore:
         *,
         group: str = DEFAULT_GROUP,
         timeout_s: float | None = None,
+        fresh: bool = False,
     ) -> CvrResult:
         """Coverable write of ``value`` as the successor of version ``base`` (see
         :meth:`Store.cvr_write`)."""
-        return self._call(self._store.cvr_write(key, value, base, group=group, timeout_s=timeout_s))
+        return self._call(
+            self._store.cvr_write(key, value, base, group=group, timeout_s=timeout_s, fresh=fresh)
+        )
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -15,6 +15,12 @@ taken effect, exactly like a timeout) or ``"pending"`` (never returned: client c
 checker treats writes that are not ``ok`` as "may or may not have happened", and ignores reads
 that are not ``ok``
 (a read has no effect of its own but to re-propagate a value that was already written).
+
+A coverable write (docs/protocol.md §9.1) is recorded as kind ``cvr`` with its ``base``: ``ok``
+and not ``stale``, it installed ``value`` as version ``tag``; ``stale``, it installed nothing and
+``tag``/``value`` are the newest version it was answered with; not ``ok``, it may have installed
+``value`` as ``tag`` (the tag it would install). The checker checks every object with coverable
+writes against the coverable model.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import IO, Literal
 
 import msgspec
 
-OpKind = Literal["read", "write"]
+OpKind = Literal["read", "write", "cvr"]
 Outcome = Literal["ok", "fail", "pending"]
 
 
@@ -78,6 +84,10 @@ class OpRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """Tag written or read, when known (diagnostics; the checker does not trust it)."""
     group: str = "default"
     error: str | None = None
+    base: tuple[int, str] | None = None
+    """Coverable writes: the version the write was based on."""
+    stale: bool = False
+    """Coverable writes: answered stale (nothing installed; ``tag``/``value`` are the newest)."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -26,13 +26,25 @@ class FakeStore:
         self.regs: dict[tuple[str, str], tuple[Tag, bytes]] = {}
         self.n = 0
         self.writes: list[str] = []
+        self.fresh_writes = 0
+        self.reads: list[str] = []
         self.before_write: Callable[[str], Awaitable[None]] | None = None
         self.lost: set[str] = set()
         self.ambiguous_once: set[str] = set()
 
     async def cvr_write(
-        self, key: str, value: bytes, base: Tag, *, group: str = "default", timeout_s=None
+        self,
+        key: str,
+        value: bytes,
+        base: Tag,
+        *,
+        group: str = "default",
+        timeout_s=None,
+        fresh: bool = False,
     ) -> FakeCvrResult:
+        assert not fresh or base == TAG0
+        if fresh:
+            self.fresh_writes += 1
         if self.before_write is not None:
             await self.before_write(key)
         await asyncio.sleep(0)
@@ -54,6 +66,7 @@ class FakeStore:
         self, key: str, *, group: str = "default", timeout_s=None
     ) -> tuple[Tag, bytes | None]:
         await asyncio.sleep(0)
+        self.reads.append(key)
         if key in self.lost:
             raise QuorumUnavailable(f"{key}: too many servers crashed")
         return self.regs.get((group, key), (TAG0, None))

@@ -17,7 +17,7 @@ import pytest
 
 from aresdsm.local import LocalCluster
 
-from .conftest import make_tree, unmount, wait_for
+from .conftest import make_tree, mounted, unmount, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +129,30 @@ def test_directories_rename_unlink(mnt: Path) -> None:
     assert os.listdir(d) == ["e"]
     os.symlink("target/path", d / "ln")
     assert os.readlink(d / "ln") == "target/path"
+
+
+def test_directory_rename_keeps_the_kernels_inodes(cluster: LocalCluster) -> None:
+    """A directory rename keeps the inode numbers of every name below it: the kernel moves its
+    cached entries with the rename and, within the entry timeout, opens ``z/y/f`` by the inode it
+    had for ``x/y/f`` without asking the mount again (in the past the mount dropped those
+    numbers at the end of a directory rename: such an open, and the close of a file open across
+    the rename, failed with ENOENT — only when the read came soon enough, so the test above
+    failed now and then). A long entry timeout here makes the kernel keep them every time."""
+    mp = cluster.base_dir.parent / "warm"
+    with mounted(cluster, mp, "--attr-timeout-s", "60"):
+        d = mp / "ren"
+        (d / "x" / "y").mkdir(parents=True)
+        (d / "x" / "y" / "f").write_bytes(b"f" * 1000)
+        (d / "x" / "g").write_bytes(b"g")
+        ino_f = (d / "x" / "y" / "f").stat().st_ino
+        with open(d / "x" / "g", "r+b") as held:  # open across the rename, written after it
+            os.rename(d / "x", d / "z")
+            assert (d / "z" / "y" / "f").stat().st_ino == ino_f
+            assert (d / "z" / "y" / "f").read_bytes() == b"f" * 1000
+            held.seek(0, os.SEEK_END)
+            held.write(b"h")
+        assert (d / "z" / "g").read_bytes() == b"gh"
+        assert sorted(os.listdir(d)) == ["z"]
 
 
 def test_truncate_random_access_stat_statfs(mnt: Path) -> None:

@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 MAX_SHRINK_OPS = 400
+COVERABLE: Model[object] = CoverableModel((0, ""), EMPTY_DIGEST)  # type: ignore[assignment]
+"""The model of an object with coverable writes in a recorded history: tags as recorded
+(``(z, writer)``, TAG0 = ``(0, "")``), values as digests."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,17 @@ def ops_from_records(records: Iterable[OpRecord]) -> dict[str, list[Op]]:
         if r.kind == "read" and r.outcome != "ok":
             continue
         ok = r.outcome == "ok" and r.complete_s is not None
+        kind: str = r.kind
+        if kind == "cvr":  # a failed one may have installed its value as its tag
+            kind = "cvr-stale" if ok and r.stale else "cvr-ok"
         op = Op(
             op_id=r.op_id,
-            kind=r.kind,
+            kind=kind,
             invoke=r.invoke_s,
             complete=r.complete_s if ok and r.complete_s is not None else INF,
             value=r.value,
             tag=r.tag,
+            base=r.base,
             client=r.client,
         )
         name = r.key if r.group == "default" else f"{r.group}/{r.key}"
@@ -184,7 +191,13 @@ def _with_dependents(ops: list[Op], op: Op) -> set[int]:
 def check_history(records: Iterable[OpRecord], *, max_steps: int = 1_000_000) -> CheckResult:
     per_key = ops_from_records(records)
     results = tuple(
-        check_operations(key, ops, max_steps=max_steps) for key, ops in sorted(per_key.items())
+        check_operations(
+            key,
+            ops,
+            max_steps=max_steps,
+            model=COVERABLE if any(o.kind.startswith("cvr") for o in ops) else None,
+        )
+        for key, ops in sorted(per_key.items())
     )
     if any(r.verdict == "violation" for r in results):
         verdict: Verdict = "violation"

@@ -92,6 +92,9 @@ def put_file(
     cluster_path: str,
 ) -> None:
     """Write LOCAL (a path, or - for stdin) to file NAME; only changed blocks are written."""
+    from ..files.memory import bound_malloc_cache
+
+    bound_malloc_cache()  # RSS bounded by the blocks in flight, not the bytes moved
     params = _params(avg_kib, min_kib, max_kib)
     if local == "-":
         src: Any = sys.stdin.buffer
@@ -127,6 +130,9 @@ def put_file(
 @cluster_option
 def get_file(name: str, local: str, group: str, cluster_path: str) -> None:
     """Read file NAME into LOCAL (a path, or - for stdout)."""
+    from ..files.memory import bound_malloc_cache
+
+    bound_malloc_cache()
 
     if local == "-":
 

@@ -37,8 +37,9 @@ def check_params(p: ChunkParams) -> ChunkParams:
 
 
 def digest(data: bytes) -> bytes:
-    """The content hash blocks are compared by."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """The content hash blocks are compared by: SHA-256 (hardware-accelerated on x86-64 and
+    arm64, about three times BLAKE2b there), the first 16 bytes."""
+    return hashlib.sha256(data).digest()[:16]
 
 
 class StreamChunker:
@@ -48,10 +49,12 @@ class StreamChunker:
         self._max = params.max_bytes
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return the chunks now final."""
+    def feed(self, data: bytes, *, eager: bool = False) -> list[bytes]:
+        """Add bytes; return the chunks now final. The buffer is cut once it holds two maximal
+        chunks (each cut scans it), or ``eager``: at once (a patch wants the first cut that
+        meets an old boundary, a few blocks away, not two maximal chunks away)."""
         self._buf += data
-        if len(self._buf) < 2 * self._max:
+        if len(self._buf) < 2 * self._max and not eager:
             return []
         return self._cut(final=False)
 
@@ -59,13 +62,22 @@ class StreamChunker:
         return self._cut(final=True) if self._buf else []
 
     def _cut(self, *, final: bool) -> list[bytes]:
-        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(bytes(self._buf))]
-        if not final:
-            cuts = cuts[:-1]
-        out = [bytes(self._buf[o : o + n]) for o, n in cuts]
+        with memoryview(self._buf) as view:
+            cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]
+            if not final:
+                cuts = cuts[:-1]
+            out = [bytes(view[o : o + n]) for o, n in cuts]
         used = sum(n for _, n in cuts)
         del self._buf[:used]
         return out
+
+    def feed_hashed(self, data: bytes, *, eager: bool = False) -> list[tuple[bytes, bytes]]:
+        """:meth:`feed`, each chunk with its :func:`digest` (run off the event loop: hashing
+        releases the GIL, so it overlaps the block writes in flight)."""
+        return [(c, digest(c)) for c in self.feed(data, eager=eager)]
+
+    def finish_hashed(self) -> list[tuple[bytes, bytes]]:
+        return [(c, digest(c)) for c in self.finish()]
 
 
 async def read_source(source: Any) -> AsyncIterator[bytes]:

@@ -12,7 +12,13 @@ Every register of a file is a coverable register (§9.1) of the file's group:
   reclaimed (servers keep only the newest value of a register), and a reader that meets one
   restarts from the genesis block;
 * the *journal* ``file-journal:NAME``: the write attempts in flight, so that the blocks of a
-  writer that died between writing blocks and linking them are found and reclaimed.
+  writer that died between writing blocks and linking them are found and reclaimed;
+* the *index* ``file-index:NAME``: the block list as its last writer left it -- every block's
+  id, version (tag), content hash and size, in order -- so that an update diffs against it
+  without reading any block, and a reader fetches many blocks at once instead of one pointer
+  at a time. It is a cache: every version it names is checked where it matters (a coverable
+  write on a named version fails if the block changed since; a reader checks every pointer),
+  and it is written invalid whenever a writer may have changed the list without recording it.
 """
 
 from __future__ import annotations
@@ -66,7 +72,26 @@ class Journal(msgspec.Struct, frozen=True, array_like=True, tag=3):
     attempts: tuple[Attempt, ...] = ()
 
 
-Value = Genesis | Data | Dead | Journal
+class Entry(msgspec.Struct, frozen=True, array_like=True):
+    """One block of an index: its id, version, content hash and size."""
+
+    id: str
+    tag: Tag
+    hash: bytes
+    size: int
+
+
+class Index(msgspec.Struct, frozen=True, array_like=True, tag=4):
+    """The file's block list as its last writer left it (the genesis version and the blocks in
+    order; each block's ``next`` is the following entry). ``valid=False``: unknown, walk."""
+
+    valid: bool = False
+    genesis_tag: Tag | None = None
+    genesis: Genesis | None = None
+    entries: tuple[Entry, ...] = ()
+
+
+Value = Genesis | Data | Dead | Journal | Index
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Value)

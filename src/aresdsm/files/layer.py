@@ -60,13 +60,16 @@ from .. import tracing
 from ..config import DEFAULT_GROUP
 from ..errors import AresError, ConfigurationError, OperationError
 from ..tags import TAG0, Tag
+from . import memory
 from .chunking import StreamChunker, check_params, digest, read_source
 from .codec import (
     Attempt,
     ChunkParams,
     Data,
     Dead,
+    Entry,
     Genesis,
+    Index,
     Journal,
     Value,
     decode,
@@ -76,9 +79,14 @@ from .codec import (
 GENESIS_PREFIX = "file:"
 BLOCK_PREFIX = "file-block:"
 JOURNAL_PREFIX = "file-journal:"
+INDEX_PREFIX = "file-index:"
 MAX_NAME_BYTES = 512
 MAX_INFLIGHT_BLOCKS = 4
-"""Blocks written or read at once by one file operation (the client's memory bound)."""
+"""Blocks written or read at once by one file operation (the client's memory bound: at most
+this many blocks of at most ``max_bytes`` each, plus the chunker's ``2 * max_bytes``)."""
+MAX_INDEX_ENTRIES = 200_000
+"""Blocks an index lists at most (about 12 MB; ~200 GiB of 1 MiB blocks): a longer file has
+no index and is walked."""
 MAX_RETRIES = 5
 MAX_READ_RESTARTS = 8
 MAX_CAS_AMBIGUITY = 3
@@ -113,7 +121,14 @@ class BlockStore(Protocol):
     """The Store calls the layer uses (aresdsm.client.Store)."""
 
     async def cvr_write(
-        self, key: str, value: bytes, base: Tag, *, group: str = ..., timeout_s: float | None = ...
+        self,
+        key: str,
+        value: bytes,
+        base: Tag,
+        *,
+        group: str = ...,
+        timeout_s: float | None = ...,
+        fresh: bool = ...,
     ) -> Any: ...
 
     async def read_tagged(
@@ -203,11 +218,22 @@ class Files:
         self.orphan_grace_s = orphan_grace_s
         self._configuration = configuration or (lambda group: "")
         self.blocks_written = 0
-        """Block registers this object wrote (new, marked, linked, reclaimed): for tests and
-        ``ares bench``."""
+        """Registers this object wrote (new, marked, linked, reclaimed blocks, the journal, the
+        index): for tests and ``ares bench``."""
+        self.data_blocks_written = 0
+        """Block writes that carry a block's data: new blocks, marks and relinks (a mark or a
+        relink rewrites a block with its data and another flag or pointer)."""
+        self.new_blocks_written = 0
+        """New blocks written (new content)."""
         self.broken_skip_mark = False
         """Test-only: unlink dropped blocks without marking them first (then a concurrent
         writer can link a block another reclaims)."""
+        self.broken_walk_always = False
+        """Test-only: never diff against the index (walk the list, reading every block): the
+        cost the index saves."""
+        self.broken_stale_index = False
+        """Test-only: a writer whose index write fails leaves the index as it is instead of
+        invalidating it (a later writer diffs against a list that misses a change)."""
 
     # -- registers -------------------------------------------------------------------------------
 
@@ -217,15 +243,24 @@ class Files:
             return tag, None
         return tag, decode(raw)
 
-    async def _cas(self, key: str, value: Value, base: Tag, group: str) -> tuple[bool, Tag]:
+    async def _cas(
+        self, key: str, value: Value, base: Tag, group: str, *, fresh: bool = False
+    ) -> tuple[bool, Tag]:
         """cvr_write ``value`` on ``base``: (True, new tag) or (False, latest tag). An ambiguous
         outcome (CoverableConflict, a timeout) is settled by reading: our value is there (ok),
-        the base is still the latest (try again), or another version is (stale)."""
+        the base is still the latest (try again), or another version is (stale). ``fresh``: a
+        new block under a random id of this writer (one round, docs/protocol.md §9.1)."""
         raw = encode(value)
         for _ in range(MAX_CAS_AMBIGUITY):
             self.blocks_written += 1
+            if isinstance(value, Data):
+                self.data_blocks_written += 1
+                self.new_blocks_written += fresh
             try:
-                res = await self.store.cvr_write(key, raw, base, group=group)
+                if fresh:
+                    res = await self.store.cvr_write(key, raw, base, group=group, fresh=True)
+                else:
+                    res = await self.store.cvr_write(key, raw, base, group=group)
             except OperationError:
                 tag, now = await self.store.read_tagged(key, group=group)
                 if now == raw and tag != base:
@@ -244,31 +279,59 @@ class Files:
             raise FileChanged(f"file {name!r}: its genesis register holds no genesis block")
         return tag, v
 
+    async def _hint(self, name: str, group: str) -> builtins.list[str]:
+        """The block ids the index lists (a guess of the list: the walk checks every pointer)."""
+        _, v = await self._get(_key(INDEX_PREFIX, name), group)
+        return [e.id for e in v.entries] if isinstance(v, Index) and v.valid else []
+
     async def _walk(
-        self, name: str, group: str
+        self, name: str, group: str, hint: builtins.list[str] | None = None
     ) -> AsyncIterator[tuple[Tag, Genesis] | tuple[str, Tag, Data]]:
-        """The genesis block, then every block in order (reads pipelined one ahead)."""
+        """The genesis block, then every block in order. With ``hint`` (the ids the index
+        lists), up to ``max_inflight_blocks`` blocks are read ahead; each block is still taken
+        only where the pointer read before it leads (a wrong guess costs a read, never a wrong
+        block)."""
         gtag, g = await self._genesis(name, group)
         if g is None or not g.exists:
             raise NoSuchFile(f"no file {name!r} in group {group!r}")
         yield gtag, g
+        ids = hint or []
+        at = {bid: i for i, bid in enumerate(ids)}
+        ahead: dict[str, asyncio.Future[tuple[Tag, Value | None]]] = {}
         nxt = g.next
         seen: set[str] = set()
-        while nxt is not None:
-            if nxt in seen:
-                raise _Restart  # a cycle can only be a walk across versions
-            seen.add(nxt)
-            tag, v = await self._get(_key(BLOCK_PREFIX, name, nxt), group)
-            if not isinstance(v, Data):
-                raise _Restart
-            yield nxt, tag, v
-            nxt = v.next
+        try:
+            while nxt is not None:
+                if nxt in seen:
+                    raise _Restart  # a cycle can only be a walk across versions
+                seen.add(nxt)
+                i = at.get(nxt)
+                if i is not None:
+                    for bid in ids[i : i + self.max_inflight_blocks]:
+                        if bid not in ahead and (bid == nxt or bid not in seen):
+                            ahead[bid] = asyncio.ensure_future(
+                                self._get(_key(BLOCK_PREFIX, name, bid), group)
+                            )
+                got = ahead.pop(nxt, None)
+                if got is None and ahead:  # off the guessed list: drop what was read ahead
+                    await _cancel_all(ahead)
+                if got is not None:
+                    tag, v = await got
+                else:
+                    tag, v = await self._get(_key(BLOCK_PREFIX, name, nxt), group)
+                if not isinstance(v, Data):
+                    raise _Restart
+                yield nxt, tag, v
+                nxt = v.next
+        finally:
+            await _cancel_all(ahead)
 
     async def _snapshot(self, name: str, group: str) -> _Snapshot:
+        hint = await self._hint(name, group)
         for _ in range(self.max_read_restarts + 1):
             snap: _Snapshot | None = None
             try:
-                async for item in self._walk(name, group):
+                async for item in self._walk(name, group, hint):
                     if len(item) == 2:
                         snap = _Snapshot(item[0], item[1])
                     else:
@@ -286,6 +349,57 @@ class Files:
             return snap
         raise FileChanged(f"file {name!r} kept changing while it was read; retry")
 
+    async def _current(self, name: str, group: str) -> tuple[_Snapshot, Tag, bool]:
+        """The list an update diffs against, the index's version (the base of this attempt's
+        index write) and whether the list came from the index. The index is used when it is
+        valid and no attempt in the journal may have linked without recording it (read the
+        journal first: an attempt that links after that read is concurrent with this one, and
+        one of the two index writes on one base fails and invalidates it); else walk."""
+        _, jv = await self._get(_key(JOURNAL_PREFIX, name), group)
+        itag, iv = await self._get(_key(INDEX_PREFIX, name), group)
+        linking = isinstance(jv, Journal) and any(a.links for a in jv.attempts)
+        if (
+            isinstance(iv, Index)
+            and iv.valid
+            and iv.genesis_tag is not None
+            and not linking
+            and not self.broken_walk_always
+        ):
+            ents = iv.entries
+            nodes = [
+                _Node(
+                    e.id,
+                    e.tag,
+                    ents[i + 1].id if i + 1 < len(ents) else None,
+                    False,
+                    e.hash,
+                    e.size,
+                )
+                for i, e in enumerate(ents)
+            ]
+            return _Snapshot(iv.genesis_tag, iv.genesis, nodes), itag, True
+        return await self._snapshot(name, group), itag, False
+
+    async def _put_index(self, name: str, group: str, base: Tag, index: Index) -> bool:
+        """Write the index on the version read before the snapshot; False if another writer
+        wrote it since (the caller then invalidates it, or leaves it if it changed nothing)."""
+        ok, _ = await self._cas(_key(INDEX_PREFIX, name), index, base, group)
+        return ok
+
+    async def _invalidate_index(self, name: str, group: str) -> None:
+        """Write a new, invalid version of the index (always a new version, even over an
+        invalid one: an index write based on an older version must fail)."""
+        key = _key(INDEX_PREFIX, name)
+        for attempt in range(MAX_JOURNAL_RETRIES):
+            tag, _ = await self._get(key, group)
+            ok, _ = await self._cas(key, Index(), tag, group)
+            if ok:
+                return
+            await asyncio.sleep(
+                min(0.05, 0.001 * 2 ** min(attempt, 6)) * secrets.randbelow(100) / 100
+            )
+        raise FileConflict(f"file {name!r}: its index kept changing; retry")
+
     # -- reading -----------------------------------------------------------------------------------
 
     async def read_into(self, name: str, sink: Any, *, group: str = DEFAULT_GROUP) -> int:
@@ -296,16 +410,18 @@ class Files:
         attrs = {"ares.op": "file-read", "ares.group": group, "ares.object": name}
         with tracing.span("op", attrs) as span:
             start = _tell(sink)
+            hint = await self._hint(name, group)
             for _ in range(self.max_read_restarts + 1):
                 total = 0
                 try:
-                    async for item in self._walk(name, group):
+                    async for item in self._walk(name, group, hint):
                         if len(item) == 3:
                             data = item[2].data
                             r = sink.write(data)
                             if isinstance(r, Awaitable):
                                 await r
                             total += len(data)
+                            memory.moved(len(data))
                 except _Restart:
                     if start is None:
                         raise FileChanged(
@@ -328,8 +444,9 @@ class Files:
         """The file's data, block by block (FileChanged if it changes so much under the
         iteration that a block was reclaimed: bytes already yielded cannot be taken back)."""
         check_name(name)
+        hint = await self._hint(name, group)
         try:
-            async for item in self._walk(name, group):
+            async for item in self._walk(name, group, hint):
                 if len(item) == 3:
                     yield item[2].data
         except _Restart:
@@ -405,6 +522,33 @@ class Files:
             span.set_attribute("ares.bytes", written)
         return written
 
+    async def write_at(
+        self, name: str, offset: int, data: bytes, *, group: str = DEFAULT_GROUP
+    ) -> int:
+        """Overwrite ``len(data)`` bytes of file ``name`` at ``offset`` (``offset`` at most the
+        file's size; writing past the end extends the file). Returns the file's new size.
+
+        Only the blocks around the change are read and re-chunked: from the block holding
+        ``offset`` until the new cuts meet an old block boundary past the change (FastCDC
+        restarts at every cut, so from there on the cuts are the old ones). The result is the
+        file :meth:`write` would leave with the whole new content, at the cost of a few blocks
+        instead of a pass over the file. Conflicts retry as for :meth:`write`."""
+        check_name(name)
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigurationError(f"offset must be a non-negative integer, not {offset!r}")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ConfigurationError(f"data must be bytes, not {type(data).__name__}")
+        attrs: dict[str, Any] = {
+            "ares.op": "file-write",
+            "ares.group": group,
+            "ares.object": name,
+            "ares.offset": offset,
+        }
+        with tracing.span("op", attrs) as span:
+            size = await self._update(name, None, group, None, patch=(offset, bytes(data)))
+            span.set_attribute("ares.bytes", len(data))
+        return size
+
     async def _update(
         self,
         name: str,
@@ -412,6 +556,8 @@ class Files:
         group: str,
         params: ChunkParams | None,
         progress: Callable[[int], None] | None = None,
+        *,
+        patch: tuple[int, bytes] | None = None,
     ) -> int:
         rewind = _tell(source) if source is not None and hasattr(source, "read") else None
         replayable = source is None or isinstance(source, bytes | bytearray | memoryview)
@@ -423,7 +569,7 @@ class Files:
                 if rewind is not None:
                     source.seek(rewind)
                 await asyncio.sleep(0.005 * 2**attempt * secrets.randbelow(100) / 100)
-            done, size = await self._attempt(name, source, group, params, progress)
+            done, size = await self._attempt(name, source, group, params, progress, patch)
             if done:
                 return size
         raise FileConflict(
@@ -438,12 +584,21 @@ class Files:
         group: str,
         params: ChunkParams | None,
         progress: Callable[[int], None] | None,
+        patch: tuple[int, bytes] | None = None,
     ) -> tuple[bool, int]:
         with tracing.span("file.read-list", {"ares.object": name}):
-            snap = await self._snapshot(name, group)
+            snap, itag, from_index = await self._current(name, group)
         g = snap.genesis if snap.genesis is not None and snap.genesis.exists else None
         if source is None and g is None:
             raise NoSuchFile(f"no file {name!r} in group {group!r}")
+        if patch is not None:
+            old_size = sum(n.size for n in snap.nodes)
+            if patch[0] > old_size:
+                raise ConfigurationError(
+                    f"offset {patch[0]} is past the end of file {name!r} ({old_size} bytes)"
+                )
+            if not patch[1]:
+                return True, old_size
         p = params or (g.params if g is not None else ChunkParams())
         old = snap.nodes
         rechunk = g is not None and g.params != p
@@ -455,6 +610,7 @@ class Files:
         att = Attempt(secrets.token_hex(8), time.time())
         w = _Writer(self, name, group, att)
         seq: builtins.list[tuple[str, int]] = []  # ("old", index) | ("new", k)
+        new_meta: builtins.list[tuple[bytes, int]] = []  # hash and size of new block k
         pending: tuple[int, bytes] | None = None
         pos = 0
         size = 0
@@ -462,10 +618,8 @@ class Files:
         def entry_id(e: tuple[str, int]) -> str:
             return old[e[1]].id if e[0] == "old" else f"{att.id}.{e[1]}"
 
-        async def place(chunk: bytes) -> None:
+        async def place(chunk: bytes, h: bytes) -> None:
             nonlocal pending, pos
-            with tracing.span("file.chunking"):
-                h = digest(chunk)
             e: tuple[str, int] | None = None
             cands = index.get(h)
             if cands:
@@ -476,6 +630,7 @@ class Files:
             if e is None:
                 e = ("new", w.count)
                 w.count += 1
+                new_meta.append((h, len(chunk)))
             if pending is not None:
                 await w.put(pending[0], pending[1], entry_id(e))
                 pending = None
@@ -483,32 +638,142 @@ class Files:
                 pending = (e[1], chunk)
             seq.append(e)
 
+        async def keep(x: int) -> None:
+            """Keep old block ``x`` (its predecessor, if new, now learns its id)."""
+            nonlocal pending, pos
+            if pending is not None:
+                await w.put(pending[0], pending[1], old[x].id)
+                pending = None
+            seq.append(("old", x))
+            pos = x + 1
+
         try:
-            if source is not None:
+            if patch is not None:
+                try:
+                    size = await self._patch(name, group, p, old, patch, place, keep)
+                except _Stale:  # a block it re-chunks was reclaimed: take the list again
+                    await w.settle()
+                    await w.orphans_unlinked(set(range(w.count)))
+                    return False, 0
+                if pending is not None:
+                    await w.put(pending[0], pending[1], None)
+                await w.drain()
+            elif source is not None:
                 chunker = StreamChunker(p)
                 with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
                     async for piece in read_source(source):
                         size += len(piece)
                         with tracing.span("file.chunking"):
-                            cut = chunker.feed(piece)
-                        for c in cut:
-                            await place(c)
+                            cut = await asyncio.to_thread(chunker.feed_hashed, piece)
+                        for c, h in cut:
+                            await place(c, h)
                         if progress is not None:
                             progress(len(piece))
+                        memory.moved(len(piece))
                     with tracing.span("file.chunking"):
-                        cut = chunker.finish()
-                    for c in cut:
-                        await place(c)
+                        cut = await asyncio.to_thread(chunker.finish_hashed)
+                    for c, h in cut:
+                        await place(c, h)
                     if pending is not None:
                         await w.put(pending[0], pending[1], None)
                     await w.drain()
+
+            def listing(relinked: dict[int, Tag], genesis: tuple[Tag, Genesis] | None) -> Index:
+                """The list this attempt leaves (every link committed): for the index."""
+                gt, gv = genesis or (snap.genesis_tag, snap.genesis)
+                if len(seq) > MAX_INDEX_ENTRIES:
+                    return Index()
+                ents = tuple(
+                    Entry(old[i].id, relinked.get(i, old[i].tag), old[i].hash, old[i].size)
+                    if kind == "old"
+                    else Entry(entry_id((kind, i)), w.tags[i], *new_meta[i])
+                    for kind, i in seq
+                )
+                return Index(True, gt, gv, ents)
+
             linked = await self._link(
-                name, group, snap, g, p, old, seq, w, entry_id, exists=source is not None
+                name,
+                group,
+                snap,
+                g,
+                p,
+                old,
+                seq,
+                w,
+                entry_id,
+                exists=source is not None or patch is not None,
+                index_base=itag,
+                from_index=from_index,
+                listing=listing,
             )
             return linked, size
         except BaseException:
             await w.abandon()
             raise
+
+    async def _patch(
+        self,
+        name: str,
+        group: str,
+        p: ChunkParams,
+        old: builtins.list[_Node],
+        patch: tuple[int, bytes],
+        place: Callable[[bytes, bytes], Awaitable[None]],
+        keep: Callable[[int], Awaitable[None]],
+    ) -> int:
+        """The chunks of ``old`` with ``patch`` applied, re-chunking only around it (see
+        :meth:`write_at`); returns the new size. A list with a marked block (a writer between
+        marking and linking, or one that died there) is re-chunked whole, so that the marked
+        block is dropped rather than kept."""
+        offset, data = patch
+        end = offset + len(data)
+        starts = [0]
+        for n in old:
+            starts.append(starts[-1] + n.size)
+        old_size = starts[-1]
+        first = max(0, bisect.bisect_right(starts, offset) - 1) if old else 0
+        first = min(first, max(0, len(old) - 1))
+        whole = any(n.marked for n in old)
+        if whole:
+            first = 0
+        for x in range(first):
+            await keep(x)
+        ends = {starts[x + 1]: x for x in range(len(old))}
+        chunker = StreamChunker(p)
+        emitted = starts[first] if old else 0
+        with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
+            for x in range(first, len(old)):
+                _, v = await self._get(_key(BLOCK_PREFIX, name, old[x].id), group)
+                if not isinstance(v, Data):
+                    raise _Stale  # reclaimed since the snapshot: the list moved on
+                lo, hi = starts[x], starts[x + 1]
+                piece = v.data
+                if offset < hi and end > lo:
+                    buf = bytearray(piece)
+                    a, b = max(offset, lo), min(end, hi)
+                    buf[a - lo : b - lo] = data[a - offset : b - offset]
+                    piece = bytes(buf)
+                with tracing.span("file.chunking"):
+                    cut = await asyncio.to_thread(chunker.feed_hashed, piece, eager=True)
+                for c, h in cut:
+                    await place(c, h)
+                    emitted += len(c)
+                if not whole and emitted >= end and emitted in ends and cut:
+                    for y in range(ends[emitted] + 1, len(old)):  # the cuts are the old ones
+                        await keep(y)
+                    return max(old_size, end)
+            if end > old_size:
+                with tracing.span("file.chunking"):
+                    cut = await asyncio.to_thread(
+                        chunker.feed_hashed, data[max(0, old_size - offset) :]
+                    )
+                for c, h in cut:
+                    await place(c, h)
+            with tracing.span("file.chunking"):
+                cut = await asyncio.to_thread(chunker.finish_hashed)
+            for c, h in cut:
+                await place(c, h)
+        return max(old_size, end)
 
     async def _link(
         self,
@@ -523,7 +788,13 @@ class Files:
         entry_id: Callable[[tuple[str, int]], str],
         *,
         exists: bool,
+        index_base: Tag,
+        from_index: bool,
+        listing: Callable[[dict[int, Tag], tuple[Tag, Genesis] | None], Index],
     ) -> bool:
+        """Mark, link, record the new list in the index (or invalidate it), reclaim; True if
+        every link committed. The index is written before the journal entry is dropped: while
+        an attempt with links is in the journal, writers walk instead of trusting the index."""
         kept = {e[1] for e in seq if e[0] == "old"}
         dropped = [i for i in range(len(old)) if i not in kept]
         # link points: (predecessor index or -1 for genesis, new next, dropped indices jumped)
@@ -557,6 +828,8 @@ class Files:
             if e[0] == "old":
                 prev = e[1]
         if not links:
+            if not from_index:  # walked: leave the list in the index for the next one
+                await self._put_index(name, group, index_base, listing({}, None))
             await w.finish()
             return True
         link_pts = tuple(
@@ -577,6 +850,7 @@ class Files:
                         self.max_inflight_blocks,
                     )
             except _Stale:
+                await self._invalidate_index(name, group)  # some marks may have committed
                 await w.orphans_unlinked(set(range(w.count)))
                 return False
             results = await asyncio.gather(
@@ -590,19 +864,41 @@ class Files:
         unlinked_new: set[int] = set()
         ambiguous = False
         reclaim: builtins.list[_Node] = []
-        for (_, _, jumped, run), r in zip(links, results, strict=True):
-            if r is True:
-                reclaim += [old[i] for i in jumped]
-            elif r is False:
-                ok_all = False
-                unlinked_new.update(run)
-            else:
+        relinked: dict[int, Tag] = {}
+        genesis: tuple[Tag, Genesis] | None = None
+        for (i, first, jumped, run), r in zip(links, results, strict=True):
+            if isinstance(r, BaseException):
                 ok_all = False
                 ambiguous = True
+            elif r[0]:
+                reclaim += [old[j] for j in jumped]
+                if i < 0:
+                    genesis = (r[1], Genesis(first, p, exists))
+                else:
+                    relinked[i] = r[1]
+            else:
+                ok_all = False
+                unlinked_new.update(run)
+
+        async def record() -> None:
+            """The new list into the index, or the index invalid (before the journal entry
+            goes: see _current)."""
+            if ok_all:
+                new_index = listing(relinked, genesis)
+                if self.broken_stale_index:
+                    await self._put_index(name, group, index_base, new_index)
+                elif not await self._put_index(name, group, index_base, new_index):
+                    await self._invalidate_index(name, group)
+            elif not ambiguous:
+                await self._invalidate_index(name, group)
+
         with tracing.span("file.reclaim", {"ares.object": name, "ares.blocks": len(reclaim)}):
-            await _gather_limited(
-                [functools.partial(self._reclaim, name, group, n.id) for n in reclaim],
-                self.max_inflight_blocks,
+            await asyncio.gather(  # independent registers: one round trip for both
+                record(),
+                _gather_limited(
+                    [functools.partial(self._reclaim, name, group, n.id, n.tag) for n in reclaim],
+                    self.max_inflight_blocks,
+                ),
             )
             if ambiguous:  # a link failed without an answer: the collector decides later
                 await w.leave_for_collector()
@@ -630,23 +926,27 @@ class Files:
         first: str | None,
         p: ChunkParams,
         exists: bool,
-    ) -> bool:
+    ) -> tuple[bool, Tag]:
+        """Point block ``i`` (-1: the genesis block) at ``first``: (committed, new version)."""
         if i < 0:
             key = _key(GENESIS_PREFIX, name)
             new: Value = Genesis(first, p, exists)
-            ok, _ = await self._cas(key, new, snap.genesis_tag, group)
-            return ok
+            return await self._cas(key, new, snap.genesis_tag, group)
         n = old[i]
         key = _key(BLOCK_PREFIX, name, n.id)
         tag, v = await self._get(key, group)
         if tag != n.tag or not isinstance(v, Data) or v.marked:
-            return False
-        ok, _ = await self._cas(key, Data(first, v.data), tag, group)
-        return ok
+            return False, tag
+        return await self._cas(key, Data(first, v.data), tag, group)
 
-    async def _reclaim(self, name: str, group: str, bid: str) -> None:
-        """Replace an unreachable block by a tombstone (any version but a tombstone)."""
+    async def _reclaim(self, name: str, group: str, bid: str, known: Tag | None = None) -> None:
+        """Replace an unreachable block by a tombstone (any version but a tombstone).
+        ``known``: its version as last written by this writer (tried first, without a read)."""
         key = _key(BLOCK_PREFIX, name, bid)
+        if known is not None:
+            ok, _ = await self._cas(key, Dead(), known, group)
+            if ok:
+                return
         for _ in range(MAX_CAS_AMBIGUITY):
             tag, v = await self._get(key, group)
             if v is None or isinstance(v, Dead):
@@ -739,6 +1039,8 @@ class Files:
             def drop(j: Journal, aid: str = a.id) -> Journal:
                 return Journal(tuple(x for x in j.attempts if x.id != aid))
 
+            if a.links:  # it may have linked without recording the list in the index
+                await self._invalidate_index(name, group)
             await self._journal_update(name, group, drop)
         return reclaimed
 
@@ -799,6 +1101,7 @@ class _Writer:
         self.att = att
         self.count = 0
         self.written: set[int] = set()
+        self.tags: dict[int, Tag] = {}
         self.registered = False
         self._sem = asyncio.Semaphore(files.max_inflight_blocks)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -823,10 +1126,13 @@ class _Writer:
         async def one() -> None:
             try:
                 with tracing.span("file.block", {"ares.bytes": len(data)}):
-                    ok, _ = await self.f._cas(self._key(k), Data(nxt, data), TAG0, self.group)
+                    ok, tag = await self.f._cas(
+                        self._key(k), Data(nxt, data), TAG0, self.group, fresh=True
+                    )
                 if not ok:  # pragma: no cover - ids are fresh
                     raise FileConflict(f"block id {self.att.id}.{k} was already written")
                 self.written.add(k)
+                self.tags[k] = tag
             except BaseException as e:
                 self._error = self._error or e
             finally:
@@ -887,6 +1193,10 @@ class _Writer:
         """An ambiguous link: the collector decides later (after fencing) what is reachable."""
         self.registered = False
 
+    async def settle(self) -> None:
+        """Wait for the block writes in flight, whatever their outcome."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def abandon(self) -> None:
         for t in list(self._tasks):
             t.cancel()
@@ -901,6 +1211,13 @@ async def _gather_limited(calls: builtins.list[Callable[[], Awaitable[Any]]], li
             await c()
 
     await asyncio.gather(*(one(c) for c in calls))
+
+
+async def _cancel_all(futs: dict[str, asyncio.Future[Any]]) -> None:
+    for f in futs.values():
+        f.cancel()
+    await asyncio.gather(*futs.values(), return_exceptions=True)
+    futs.clear()
 
 
 def _tell(obj: Any) -> int | None:

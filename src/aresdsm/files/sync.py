@@ -42,6 +42,10 @@ class SyncFiles:
             self.aio.write(name, source, group=group, params=params, progress=progress)
         )
 
+    def write_at(self, name: str, offset: int, data: bytes, *, group: str = DEFAULT_GROUP) -> int:
+        """:meth:`aresdsm.files.Files.write_at`: overwrite bytes at ``offset``."""
+        return self._run(self.aio.write_at(name, offset, data, group=group))
+
     def read(self, name: str, *, group: str = DEFAULT_GROUP) -> bytes:
         return self._run(self.aio.read(name, group=group))
 

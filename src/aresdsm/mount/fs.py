@@ -256,6 +256,11 @@ class AresFS(pyfuse3.Operations):
         if ino is not None:
             self._paths.pop(ino, None)
 
+    def _forget_below(self, path: str) -> None:
+        """Forget the inodes of ``path`` and of every name below it."""
+        for p in [p for p in self._inos if p == path or p.startswith(path + "/")]:
+            self._forget_path(p)
+
     def _invalidate(self, *paths: str) -> None:
         for p in paths:
             self._attrs.pop(p, None)
@@ -865,6 +870,7 @@ class AresFS(pyfuse3.Operations):
         await self._update_meta(
             new, lambda c: Meta(DIR, src.mode, 0, src.mtime_ns or time.time_ns(), src.uid, src.gid)
         )
+        self._forget_below(new)  # (what the rename replaces: an empty directory or nothing)
         below = await self._walk(old)
         for path, m in below:
             target = new + path[len(old) :]
@@ -878,7 +884,7 @@ class AresFS(pyfuse3.Operations):
         _, cur = await self._read_meta(old, fresh=True)
         if cur is not None and cur.kind != GONE:
             await self._update_meta(old, _to_gone)
-        self._move_inodes(old, new)
+        self._move_inodes(old, new, replace=False)
 
     async def _walk(self, dpath: str) -> list[tuple[str, Meta]]:
         """Every live name below ``dpath`` (directories before their contents)."""
@@ -890,12 +896,21 @@ class AresFS(pyfuse3.Operations):
                 out += await self._walk(path)
         return out
 
-    def _move_inodes(self, old: str, new: str) -> None:
-        for path in [p for p in self._inos if p == new or p.startswith(new + "/")]:
-            self._forget_path(path)
+    def _move_inodes(self, old: str, new: str, *, replace: bool = True) -> None:
+        """``old`` and every name below it keep their inode numbers under ``new``: the kernel
+        moves its cached entries with a rename and, until their entry timeout, opens and stats
+        them by those numbers without a lookup. ``replace``: the inodes of ``new`` and below
+        (the names the rename replaced) are forgotten first; a directory rename does that before
+        its files move one by one, and moves the rest without it (the files it moved already
+        are below ``new``)."""
+        if replace:
+            self._forget_below(new)
         for path in [p for p in self._inos if p == old or p.startswith(old + "/")]:
             ino = self._inos.pop(path)
             moved = new + path[len(old) :]
+            prev = self._inos.get(moved)
+            if prev is not None and prev != ino:  # (looked up while the rename ran)
+                self._paths.pop(prev, None)
             self._inos[moved] = ino
             self._paths[ino] = moved
 

@@ -32,16 +32,30 @@ reconfiguration (finish-pending) and runs the level again in the successor.
 
 Coverable objects are written only with ``cvr_write``: a plain write's tag (same ``z`` as the base,
 higher writer id) would sit between two agreed versions in the DAP's tag order.
+
+*Fresh keys* (:func:`put_fresh`): level 1 of a key that only its creator ever writes on base
+``TAG0`` -- a key named by a random id, such as a new block of a file (§9.2) -- has one proposer,
+so its consensus is trivial: the creator puts ``(1, writer)`` straight into the DAP, one round,
+the value sent once (a Paxos accept would carry the whole value to every server, TREAS ones
+included, and the DAP put would send it again). Every later level is decided as above: its
+prepare finds the committed version ``(1, writer)`` like any other.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from ..errors import ConfigurationError, CoverableConflict, OperationError
+from ..errors import (
+    ConfigurationError,
+    CoverableConflict,
+    OperationError,
+    OperationTimeout,
+    QuorumUnavailable,
+)
 from ..tags import TAG0, Tag
 from ..wire.blob import Blob
 from ..wire.messages import (
@@ -243,8 +257,17 @@ async def cvr_write(
     backoff: paxos.Backoff,
     switches: OpSwitches = DEFAULT_SWITCHES,
     max_attempts: int = MAX_ATTEMPTS,
+    on_accept: Callable[[], None] | None = None,
+    may_have_accepted: bool = False,
 ) -> tuple[CvrOutcome, ares.Cseq]:
     """Write ``value`` as the successor of version ``base``; (outcome, updated cseq).
+
+    ``on_accept`` hears, before an accept of this write's own (tag, value) leaves, that the
+    write may from then on take effect. A caller that passes it takes over the failures a
+    relocation may cure (QuorumUnavailable, OperationTimeout: raised unchanged even after an
+    accept): it retries the write with the same ``writer`` (the same tag) and
+    ``may_have_accepted=True``, so that a retry that cannot learn whether the first try took
+    effect answers CoverableConflict, never stale (§8.5).
 
     Raises CoverableConflict when the write may or may not have taken effect (its own accept
     may have been stored and the outcome could not be learned), and the operation's error
@@ -256,7 +279,7 @@ async def cvr_write(
         return await _unconditional(net, cseq, group, key, value, base, writer, switches)
     level = base.z + 1
     own = Tag(level, writer)
-    maybe_accepted = False  # an accept of our own (tag, value) may be stored somewhere
+    maybe_accepted = may_have_accepted  # an accept of our own (tag, value) may be stored
     rnd = 0
 
     def conflict(why: str) -> CoverableConflict:
@@ -320,6 +343,8 @@ async def cvr_write(
                 cseq = await ares._propagate(net, cseq, group, key, tag, v, b"", switches)
             if tag == own:
                 maybe_accepted = True
+                if on_accept is not None:
+                    on_accept()
             try:
                 acc = await net.round(
                     c,
@@ -346,10 +371,32 @@ async def cvr_write(
         except CoverableConflict:
             raise
         except OperationError as e:
-            if maybe_accepted:
+            retryable = isinstance(e, QuorumUnavailable | OperationTimeout)
+            if maybe_accepted and not (on_accept is not None and retryable):
                 raise conflict(str(e)) from e
             raise
     raise conflict(f"not decided after {max_attempts} attempts")
+
+
+async def put_fresh(
+    net: Channel,
+    cseq: ares.Cseq,
+    *,
+    group: str,
+    key: str,
+    value: Blob,
+    writer: str,
+    switches: OpSwitches = DEFAULT_SWITCHES,
+) -> tuple[CvrOutcome, ares.Cseq]:
+    """Level 1 of a fresh key (see the module docstring): put ``(1, writer)`` into the DAP,
+    following successors, without consensus. Only for a key no other writer ever writes on
+    base TAG0 (the caller's own random name); any later version is written with
+    :func:`cvr_write`. Retrying after a failure puts the same tag again (idempotent)."""
+    tag = Tag(1, writer)
+    cseq = await ares.finish_write(
+        net, cseq, group=group, key=key, tag=tag, value=value, switches=switches
+    )
+    return CvrOutcome(True, tag, value), cseq
 
 
 async def _unconditional(
