@@ -12,6 +12,14 @@ Clusters run mutual TLS 1.3 (docs/security.md) unless ``--insecure``; ``--tls-co
 cell on a TLS cluster and on a plaintext one and reports the ratio of their throughputs
 (:meth:`BenchReport.tls_ratios`): the price of security, measured on the same run.
 
+Every cell also reports the CPU each operation cost (issue 18): the client process's CPU
+seconds (all client processes' with ``--client-procs N``) and the mean of each server process's
+(from ``/proc``), divided by the operations completed -- on a machine shared with other work,
+a steadier figure than throughput. ``--client-procs N`` runs a cell's load from N processes
+(the concurrency C split between them) and merges their figures, so the client is not the
+bottleneck when server capacity is measured. ``--peer etcd`` runs the same cells against a
+3-member etcd in the same run and prints the ratios (:mod:`aresdsm.bench_etcd`).
+
 ``--reconfig-objects M`` adds a reconfiguration benchmark: M objects are written (spread over
 ``--reconfig-groups G`` groups), then the cluster is reconfigured back and forth between two
 disjoint server sets, timing each reconfiguration and counting its rounds and consensus
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import multiprocessing
 import os
 import platform
 import signal
@@ -38,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import runtime
+from .bench_etcd import process_cpu_s
 from .client import Store
 from .config import Configuration
 from .local import LocalCluster
@@ -70,13 +81,21 @@ class CellResult:
     p50_over_floor: float
     security: str = "tls"
     """"tls" (mutual TLS 1.3) or "insecure" (plaintext)."""
+    client_procs: int = 1
+    client_cpu_us_per_op: float = float("nan")
+    """CPU of the client process(es) per completed operation."""
+    server_cpu_us_per_op: float = float("nan")
+    """CPU of one server process per completed operation (mean over the servers)."""
 
     def line(self) -> str:
+        procs = f" x{self.client_procs} procs" if self.client_procs > 1 else ""
         return (
             f"N={self.servers} {self.security:<8} {self.mode:<7} {self.dap:<5} "
             f"C={self.concurrency:<3} {self.kind:<5}"
             f" {self.ops_per_s:8.0f} ops/s  p50 {self.p50_ms:7.3f} ms  p99 {self.p99_ms:7.3f} ms"
             f"  rounds/op {self.rounds_per_op:.2f}  msgs/op {self.messages_per_op:.2f}"
+            f"  CPU/op client {self.client_cpu_us_per_op:.0f} us{procs},"
+            f" server {self.server_cpu_us_per_op:.0f} us"
         )
 
 
@@ -134,6 +153,19 @@ class BenchReport:
     cells: list[CellResult] = field(default_factory=list)
     reconfigs: list[ReconfigResult] = field(default_factory=list)
     relocations: list[RelocationResult] = field(default_factory=list)
+    peer_cells: list[Any] = field(default_factory=list)
+    """Cells of the peer system (``--peer etcd``: :class:`~aresdsm.bench_etcd.PeerCell`)."""
+
+    def peer_ratios(self) -> list[tuple[CellResult, Any, float]]:
+        """(aresdsm cell, peer cell, aresdsm ops/s over the peer's) for every cell of the same
+        concurrency and kind, on clusters of as many servers as the peer has members."""
+        out = []
+        for c in self.cells:
+            for p in self.peer_cells:
+                same = (c.servers, c.concurrency, c.kind) == (p.members, p.concurrency, p.kind)
+                if same and p.ops_per_s:
+                    out.append((c, p, c.ops_per_s / p.ops_per_s))
+        return out
 
     def tls_ratios(self) -> list[tuple[CellResult, CellResult, float]]:
         """(TLS cell, plaintext cell, TLS ops/s over plaintext ops/s) for every cell measured
@@ -156,6 +188,21 @@ class BenchReport:
             "cells": [asdict(c) for c in self.cells],
             "reconfigs": [asdict(r) for r in self.reconfigs],
             "relocations": [asdict(r) for r in self.relocations],
+            "peer_cells": [asdict(p) for p in self.peer_cells],
+            "peer_ratios": [
+                {
+                    "system": p.system,
+                    "servers": c.servers,
+                    "security": c.security,
+                    "mode": c.mode,
+                    "concurrency": c.concurrency,
+                    "kind": c.kind,
+                    "aresdsm_ops_per_s": c.ops_per_s,
+                    "peer_ops_per_s": p.ops_per_s,
+                    "ratio": r,
+                }
+                for c, p, r in self.peer_ratios()
+            ],
             "tls_ratios": [
                 {
                     "servers": t.servers,
@@ -206,6 +253,10 @@ class _Run:
     rounds: int
     messages: int
     elapsed_s: float
+    client_cpu_s: float = float("nan")
+    server_cpu_s: float = float("nan")
+    """Of one server, mean over the servers."""
+    procs: int = 1
 
 
 async def run_cell(
@@ -216,14 +267,14 @@ async def run_cell(
     duration_s: float,
     value_bytes: int,
     keys: int = 200,
+    preload: bool = True,
 ) -> _Run:
     """A closed loop of ``concurrency`` operations in flight for ``duration_s``."""
     value = b"v" * value_bytes
     latencies: list[float] = []
     errors = 0
-    if kind == "read":  # reads of real values
-        for i in range(0, keys, 16):
-            await asyncio.gather(*(store.write(f"bench-{j}", value) for j in range(i, i + 16)))
+    if kind == "read" and preload:  # reads of real values
+        await _preload(store, value, keys)
     ch = store.channel
     r0, m0 = ch.rounds, ch.messages
     deadline = time.perf_counter() + duration_s
@@ -245,10 +296,16 @@ async def run_cell(
                 continue
             latencies.append(time.perf_counter() - t0)
 
-    t_start = time.perf_counter()
+    t_start, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t_start
-    return _Run(latencies, errors, ch.rounds - r0, ch.messages - m0, elapsed)
+    cpu = time.process_time() - cpu0
+    return _Run(latencies, errors, ch.rounds - r0, ch.messages - m0, elapsed, cpu)
+
+
+async def _preload(store: Store, value: bytes, keys: int) -> None:
+    for i in range(0, keys, 16):
+        await asyncio.gather(*(store.write(f"bench-{j}", value) for j in range(i, i + 16)))
 
 
 def _summarize(run: _Run, *, floor_s: float, **shape: Any) -> CellResult:
@@ -256,8 +313,12 @@ def _summarize(run: _Run, *, floor_s: float, **shape: Any) -> CellResult:
     ops = len(lat)
     total = max(1, ops + run.errors)
     p50 = _pct(lat, 0.50)
+    per = max(1, ops)
     return CellResult(
         **shape,
+        client_procs=run.procs,
+        client_cpu_us_per_op=run.client_cpu_s / per * 1e6,
+        server_cpu_us_per_op=run.server_cpu_s / per * 1e6,
         ops=ops,
         errors=run.errors,
         duration_s=run.elapsed_s,
@@ -295,8 +356,12 @@ async def run_bench(
     trace_file: str | None = None,
     log: Any = print,
     security: tuple[str, ...] = ("tls",),
+    client_procs: int = 1,
+    peer: str | None = None,
 ) -> BenchReport:
-    """``security``: "tls" and/or "insecure"; each cluster size runs once per entry."""
+    """``security``: "tls" and/or "insecure"; each cluster size runs once per entry.
+    ``client_procs``: processes the load of each cell runs from (``concurrency`` split between
+    them). ``peer``: "etcd" runs the same cells against a 3-member etcd afterwards."""
     report = BenchReport(
         machine=machine_info() | {"fast_read": fast_read, "link_delay_ms": link_delay_ms}
     )
@@ -331,6 +396,7 @@ async def run_bench(
                     fast_read=fast_read,
                     log=log,
                     security=sec,
+                    client_procs=client_procs,
                 )
                 if reconfig_objects and sec == security[0]:
                     for mode in modes or ["ares2"]:
@@ -360,6 +426,25 @@ async def run_bench(
                     await asyncio.to_thread(cluster.stop)
                 report.relocations.append(moved)
                 log(moved.line())
+    if peer == "etcd":
+        from .bench_etcd import run_etcd_cells
+
+        with tempfile.TemporaryDirectory(prefix="ares-bench-etcd-", dir=base_dir) as tmp:
+            report.peer_cells = await run_etcd_cells(
+                Path(tmp),
+                kinds=kinds,
+                concurrency=concurrency,
+                duration_s=duration_s,
+                value_bytes=value_bytes,
+                log=log,
+            )
+        for c, p, r in report.peer_ratios():
+            log(
+                f"N={c.servers} {c.security} {c.mode} C={c.concurrency} {c.kind}: aresdsm / "
+                f"{p.system} = {c.ops_per_s:.0f} / {p.ops_per_s:.0f} ops/s = {r:.2f}x"
+            )
+    elif peer is not None:
+        raise ValueError(f"unknown peer {peer!r}; expected 'etcd'")
     return report
 
 
@@ -406,12 +491,13 @@ async def _bench_cluster(
     fast_read: bool,
     log: Any,
     security: str = "tls",
+    client_procs: int = 1,
 ) -> None:
     initial = cluster.cluster.initial
     floor = 0.0
+    pids = [p.pid for p in cluster.procs.values()]
     for mode in modes:
-        base = MODES[mode]
-        switches = dataclasses.replace(base, fast_read=base.fast_read and fast_read)
+        switches = _switches(mode, fast_read)
         store = Store(
             initial,
             options=cluster.cluster.client,
@@ -423,13 +509,30 @@ async def _bench_cluster(
             log(f"N={n} {security}: transport floor (ping RTT p50) {floor * 1e3:.3f} ms")
         for c in concurrency:
             for kind in kinds:
-                run = await run_cell(
-                    store,
-                    kind=kind,
-                    concurrency=c,
-                    duration_s=duration_s,
-                    value_bytes=value_bytes,
-                )
+                s0 = [process_cpu_s(pid) for pid in pids]
+                if client_procs > 1:
+                    if kind == "read":
+                        await _preload(store, b"v" * value_bytes, 200)
+                    run = await _run_cell_procs(
+                        cluster,
+                        mode=mode,
+                        fast_read=fast_read,
+                        procs=client_procs,
+                        kind=kind,
+                        concurrency=c,
+                        duration_s=duration_s,
+                        value_bytes=value_bytes,
+                    )
+                else:
+                    run = await run_cell(
+                        store,
+                        kind=kind,
+                        concurrency=c,
+                        duration_s=duration_s,
+                        value_bytes=value_bytes,
+                    )
+                s1 = [process_cpu_s(pid) for pid in pids]
+                run.server_cpu_s = sum(b - a for a, b in zip(s0, s1, strict=True)) / len(pids)
                 cell = _summarize(
                     run,
                     floor_s=floor,
@@ -445,6 +548,124 @@ async def _bench_cluster(
                 report.cells.append(cell)
                 log(cell.line())
         await store.close()
+
+
+def _switches(mode: str, fast_read: bool) -> OpSwitches:
+    base = MODES[mode]
+    return dataclasses.replace(base, fast_read=base.fast_read and fast_read)
+
+
+def _load_process(conn: Any, args: dict[str, Any]) -> None:
+    """A ``--client-procs`` load process: connect, say ready, wait for go, run the cell's closed
+    loop, send back its figures."""
+    try:
+        result = runtime.run(_load_process_main(conn, args))
+    except BaseException as e:  # the parent reports it
+        conn.send({"error": f"{type(e).__name__}: {e}"})
+    else:
+        conn.send(result)
+    finally:
+        conn.close()
+
+
+async def _load_process_main(conn: Any, args: dict[str, Any]) -> dict[str, Any]:
+    cf = LocalCluster.open(args["cluster_dir"]).cluster
+    store = Store(
+        cf.initial,
+        options=cf.client,
+        switches=_switches(args["mode"], args["fast_read"]),
+        cluster_id=cf.cluster_id,
+    )
+    try:
+        for _ in range(20):  # connections and handshakes before the clock starts
+            await store.ping(0)
+        await store.read("bench-0")  # the configuration chain, discovered
+        conn.send("ready")
+        await asyncio.to_thread(conn.recv)  # go
+        run = await run_cell(
+            store,
+            kind=args["kind"],
+            concurrency=args["concurrency"],
+            duration_s=args["duration_s"],
+            value_bytes=args["value_bytes"],
+            preload=False,
+        )
+    finally:
+        await store.close()
+    return dataclasses.asdict(run)
+
+
+LOAD_PROCESS_START_S = 60.0
+"""How long a ``--client-procs`` load process may take to start and connect (and, after its
+load, to report)."""
+
+
+def _recv(end: Any, timeout_s: float) -> Any:
+    if not end.poll(timeout_s):
+        raise RuntimeError(f"a load process did not answer within {timeout_s:g} s")
+    return end.recv()
+
+
+async def _run_cell_procs(
+    cluster: LocalCluster,
+    *,
+    mode: str,
+    fast_read: bool,
+    procs: int,
+    kind: str,
+    concurrency: int,
+    duration_s: float,
+    value_bytes: int,
+) -> _Run:
+    """One cell's load from ``procs`` processes (``concurrency`` split between them), started
+    together once every one is connected; their figures merged."""
+    ctx = multiprocessing.get_context("spawn")
+    shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    children = []
+    for share in (s for s in shares if s > 0):
+        parent_end, child_end = ctx.Pipe()
+        args = {
+            "cluster_dir": str(cluster.base_dir),
+            "mode": mode,
+            "fast_read": fast_read,
+            "kind": kind,
+            "concurrency": share,
+            "duration_s": duration_s,
+            "value_bytes": value_bytes,
+        }
+        proc = ctx.Process(target=_load_process, args=(child_end, args), daemon=True)
+        proc.start()
+        child_end.close()
+        children.append((proc, parent_end))
+    try:
+        for _, end in children:
+            msg = await asyncio.to_thread(_recv, end, LOAD_PROCESS_START_S)
+            if msg != "ready":
+                raise RuntimeError(f"a load process failed to start: {msg}")
+        for _, end in children:
+            end.send("go")
+        results = [
+            await asyncio.to_thread(_recv, end, duration_s + LOAD_PROCESS_START_S)
+            for _, end in children
+        ]
+    finally:
+        for proc, end in children:
+            await asyncio.to_thread(proc.join, 30)
+            if proc.is_alive():
+                proc.kill()
+            end.close()
+    for r in results:
+        if "error" in r:
+            raise RuntimeError(f"a load process failed: {r['error']}")
+    return _Run(
+        latencies=[x for r in results for x in r["latencies"]],
+        errors=sum(r["errors"] for r in results),
+        rounds=sum(r["rounds"] for r in results),
+        messages=sum(r["messages"] for r in results),
+        elapsed_s=max(r["elapsed_s"] for r in results),
+        client_cpu_s=sum(r["client_cpu_s"] for r in results),
+        procs=len(results),
+    )
 
 
 async def _bench_reconfig(

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import logging
@@ -60,7 +61,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import tracing
 from .config import Configuration, TlsFiles
-from .errors import ConfigurationError, FrameError
+from .errors import ConfigurationError, FrameError, StorageError
 from .identity import PROTOCOL_VERSION, Identity, NewMember, initial_digest, new_uid, open_data_dir
 from .limits import ServerLimits
 from .protocol.server_core import ServerCore
@@ -75,9 +76,10 @@ from .security.tls import (
     server_context,
 )
 from .serverlog import BadInputLog, state_events
-from .storage.base import Storage
+from .storage.base import DamagedValue, Storage
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
+from .storage.values import VALUE_REPLIES, resolve
 from .testing import NO_FAULTS, Broken
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
 from .wire.messages import (
@@ -100,6 +102,9 @@ log = logging.getLogger("aresdsm.server")
 
 _REQUEST_TYPES: tuple[type, ...] = Request.__args__
 ADMIN_LEVEL = role_level("admin")
+FLUSH_NOW_BYTES = 256 * 1024
+"""Replies queued for one connection beyond this are sent at once, not at the end of the loop
+iteration (coalescing only pays for small messages)."""
 DENY_CHECK_INTERVAL_S = 1.0
 """How often a server looks at its deny list for connections to close."""
 
@@ -123,6 +128,10 @@ def is_loopback(peer: Any) -> bool:
         ip = ip.ipv4_mapped
     return ip.is_loopback
 
+
+_Held = tuple["_Conn", list[bytes | memoryview], int, tuple[Any, ...] | None]
+"""A reply waiting for its commit: connection, encoded buffers, their size, and (only with
+metrics or a trace span) what finishing it needs: kind, reply, start time, span, wait span."""
 
 _DATA_WRITES = (PutData, PutBatch)
 """Requests whose writes are object state only (no reconfiguration step to log)."""
@@ -174,9 +183,10 @@ class _Conn(asyncio.Protocol):
         self.peer_text = "?"
         """``ip:port``, for the log and the audit log."""
         self.refusal_logged = False
-        self.tls_out: list[Any] = []
-        """TLS: reply buffers written in this loop iteration, sent as one write (flush_tls)."""
-        self.tls_flush_scheduled = False
+        self.out: list[bytes | memoryview] = []
+        """Reply buffers written in this event-loop iteration, sent as one write (:meth:`flush`)."""
+        self.out_bytes = 0
+        self.flush_scheduled = False
         self.greeted = server.identity is None
         """The handshake succeeded (or this server has no identity to check)."""
         self.handshake: asyncio.Task[None] | None = None
@@ -233,6 +243,8 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.forget(self)
         self.transport = None
+        self.out = []
+        self.out_bytes = 0
         self.backlog.clear()
         self.backlog_bytes = 0
 
@@ -241,6 +253,7 @@ class _Conn(asyncio.Protocol):
         t = self.transport
         return (
             self.pending == 0
+            and not self.out
             and not self.backlog
             and self.frame_started is None
             and (t is None or t.get_write_buffer_size() == 0)
@@ -337,26 +350,49 @@ class _Conn(asyncio.Protocol):
     def send(self, rid: int, reply: Reply | Welcome) -> None:
         self.write(self.encode(rid, reply))
 
-    def write(self, bufs: list[bytes | memoryview]) -> None:
-        if self.transport is None or self.transport.is_closing():
+    def write(self, bufs: list[bytes | memoryview], size: int | None = None) -> None:
+        """Queue a reply's buffers; every reply queued in one event-loop iteration leaves in one
+        ``writelines`` (a group commit releases many at once; one chunk read can hold many
+        requests answered at once). The flush runs from ``call_soon``: after the callbacks
+        already ready in this iteration, before the loop polls again -- no added latency for a
+        lone reply (docs/design.md, "Coalesced writes")."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        self.out += bufs
+        self.out_bytes += sum(map(len, bufs)) if size is None else size
+        if self.out_bytes >= FLUSH_NOW_BYTES:
+            # large replies gain nothing from waiting; in the transport they meet its flow
+            # control (pause_writing) at once
+            self.flush()
+        elif not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        limit = self.server.limits.max_conn_reply_bytes
+        if (
+            not self.blocked
+            and self.reply_bytes + self.out_bytes + t.get_write_buffer_size() >= limit
+        ):
+            self.update_reading()  # the reply budget is spent: stop handling requests
+
+    def flush(self) -> None:
+        """Send what :meth:`write` queued: one system call for all of it (plaintext), as few
+        TLS records as fit (TLS: joined first, since uvloop's TLS transport encrypts every
+        buffer of a ``writelines`` as a record of its own -- three per reply)."""
+        self.flush_scheduled = False
+        out, self.out = self.out, []
+        self.out_bytes = 0
+        t = self.transport
+        if not out or t is None or t.is_closing():
             return
         if not self.writing_paused:  # replies move: the connection is active
             self.server.touch(self)
         if self.server.tls is None:
-            self.transport.writelines(bufs)
-            return
-        # TLS: every write is at least one encrypted record; the replies of one loop iteration
-        # (a group commit answers many at once) go out together, in as few records as fit
-        self.tls_out.extend(bufs)
-        if not self.tls_flush_scheduled:
-            self.tls_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush_tls)
-
-    def flush_tls(self) -> None:
-        self.tls_flush_scheduled = False
-        out, self.tls_out = self.tls_out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
+            t.writelines(out)  # one writev; large values are not copied
+        else:
+            t.write(b"".join(out))  # (TLS transports make a record of every buffer written)
+        if self.blocked:  # (held bytes moved to the transport, which may have sent them)
+            self.update_reading()
 
     def update_reading(self) -> None:
         """Pause or resume handling and reading to match every limit (the only place that
@@ -364,7 +400,7 @@ class _Conn(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         limits = self.server.limits
-        held = self.reply_bytes + self.transport.get_write_buffer_size()
+        held = self.reply_bytes + self.out_bytes + self.transport.get_write_buffer_size()
         self.blocked = (
             self.writing_paused
             or self.pending >= self.server.max_in_flight
@@ -470,13 +506,14 @@ class Server:
         st = self.core.stats()
         log.info(
             "server %s recovered %d records in %.3f s: %d configurations, %d objects "
-            "(%d value bytes), %d consensus instances, %d collected",
+            "(%d value bytes on disk, %d held in memory), %d consensus instances, %d collected",
             server_id,
             len(records),
             time.perf_counter() - started,
             len(self.core.configs),
             st.objects,
             st.stored_bytes,
+            self.core.value_bytes_in_memory(),
             len(self.core.acceptors),
             len(self.core.collected),
         )
@@ -501,6 +538,9 @@ class Server:
         self.fatal: BaseException | None = None
         self.metrics: ServerMetrics | None = None
         """Prometheus metrics (:mod:`aresdsm.metrics`); None (the default) costs nothing."""
+        self._barrier: asyncio.Future[None] | None = None
+        """The commit the replies in ``_held`` wait for (one done-callback per commit)."""
+        self._held: list[_Held] = []
 
     def enable_metrics(self) -> ServerMetrics:
         from .metrics import ServerMetrics
@@ -665,6 +705,13 @@ class Server:
             if not isinstance(body, _DATA_WRITES) and log.isEnabledFor(logging.INFO):
                 for level, event in state_events(writes):
                     log.log(level, "server %s: %s", self.server_id, event)
+        if isinstance(reply, VALUE_REPLIES):
+            try:
+                reply = self._read_values(reply)
+            except Exception as exc:  # a value the core refers to is unreadable: fail-stop
+                tracing.fail_server_span(span, exc)
+                self._fail(exc, bug=not isinstance(exc, StorageError))
+                return
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
@@ -673,33 +720,69 @@ class Server:
             if span is not None:
                 tracing.end_server_span(span, reply)
             return
-        wait = tracing.start_child("storage-wait", span)
-        rid = env.rid
         # encoded now: its size counts against the connection's reply budget while it waits
-        bufs = conn.encode(rid, reply)
-        size = sum(len(b) for b in bufs)
+        bufs = conn.encode(env.rid, reply)
+        size = sum(map(len, bufs))
         conn.pending += 1
         conn.reply_bytes += size
-        if conn.transport is not None:
-            conn.update_reading()
+        t = conn.transport
+        if t is not None and (
+            conn.pending >= self.max_in_flight
+            or conn.reply_bytes + conn.out_bytes + t.get_write_buffer_size()
+            >= self.limits.max_conn_reply_bytes
+        ):
+            conn.update_reading()  # (a limit may be reached; nothing else changed)
+        extra = None
+        if m is not None or span is not None:
+            extra = (kind, reply, started, span, tracing.start_child("storage-wait", span))
+        # one done-callback per commit releases every reply that waited for it
+        if barrier is not self._barrier:
+            self._barrier = barrier
+            self._held = []
+            barrier.add_done_callback(functools.partial(self._durable, self._held))
+        self._held.append((conn, bufs, size, extra))
 
-        def durable(fut: asyncio.Future[None]) -> None:
+    def _durable(self, held: list[_Held], fut: asyncio.Future[None]) -> None:
+        """A commit is durable (or failed): send the replies that waited for it."""
+        if self._barrier is fut:
+            self._barrier = None
+        failed = fut.exception() if not fut.cancelled() else RuntimeError("commit cancelled")
+        m = self.metrics
+        for conn, bufs, size, extra in held:
+            if failed is None:
+                conn.write(bufs, size)  # before request_done: the bytes stay counted as held
+            conn.request_done(size)
+            if extra is None:
+                continue
+            kind, reply, started, span, wait = extra
             if wait is not None:
                 wait.end()
-            if fut.cancelled() or fut.exception() is not None:
-                conn.request_done(size)
-                exc = fut.exception() or RuntimeError("commit cancelled")
-                tracing.fail_server_span(span, exc)
-                self._fail(exc)
-                return
-            conn.write(bufs)  # before request_done: the bytes move from held to the buffer
-            conn.request_done(size)
+            if failed is not None:
+                tracing.fail_server_span(span, failed)
+                continue
             if m is not None:
                 m.request_done(kind, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
+        if failed is not None:
+            self._fail(failed)
 
-        barrier.add_done_callback(durable)
+    def _read_values(self, reply: Reply) -> Reply:
+        """The reply with the values it refers to read from storage (the core keeps references,
+        :mod:`aresdsm.storage.values`). Now, before another request changes the core: each value
+        is read as of the state that made the reply (pending batches first). A damaged value
+        makes the object damaged and the reply ``damaged``."""
+        try:
+            return resolve(reply, self.storage.read_value)
+        except DamagedValue as e:
+            log.error(
+                "damaged on disk, not answered for until repaired: %s/%s/%s: %s",
+                e.damaged.group,
+                e.damaged.config_id,
+                e.damaged.key.replace("\x00", "/"),
+                e.damaged.reason,
+            )
+            return self.core.mark_damaged(e.damaged)
 
     def _audit(self, conn: _Conn, body: Request, outcome: str) -> None:
         assert self.audit is not None
@@ -926,6 +1009,7 @@ class Server:
         self._listeners = []
         for c in list(self.connections):
             if c.transport is not None:
+                c.flush()  # replies queued in this iteration go out before the close
                 c.transport.close()
         with contextlib.suppress(Exception):
             await self.storage.drain()

@@ -16,6 +16,7 @@ from aresdsm.integrity import digest
 from aresdsm.protocol.server_core import MAX_KEYS_PAGE
 from aresdsm.server import Server
 from aresdsm.storage import MemoryStorage
+from aresdsm.storage.base import ValueRef
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob, Encoder, Envelope
 from aresdsm.wire.messages import (
@@ -35,7 +36,9 @@ async def test_stored_values_do_not_pin_their_frame(
     inproc_cluster: tuple[Configuration, list[Server]],
 ) -> None:
     """A received value is a view of its whole frame: stored as such, a 1-byte value sent in a
-    batch next to a 4 MiB one would keep the 4 MiB alive for as long as the key exists."""
+    batch next to a 4 MiB one would keep the 4 MiB alive for as long as the key exists. The
+    server keeps a reference to the stored record (issue 12), and the write batch that held the
+    view is gone once committed."""
     cfg, servers = inproc_cluster
     s1 = servers[0]
     items = (
@@ -46,8 +49,12 @@ async def test_stored_values_do_not_pin_their_frame(
         s1.port, Encoder().encode_bytes(Envelope(1, PutBatch("default", cfg.id, items)))
     )
     assert reply is not None and type(reply.body).__name__ == "Ack"
-    data = s1.core.registers[("default", cfg.id, "small")].value.data
-    assert isinstance(data, bytes) and data == b"x"
+    value = s1.core.registers[("default", cfg.id, "small")].value
+    assert isinstance(value, ValueRef) and len(value) == 1
+    assert s1.core.value_bytes_in_memory() == 0
+    assert s1.storage.barrier() is None and not s1.storage._inflight_index
+    assert not s1.storage._open_index
+    assert s1.storage.read_value(value) == b"x"
 
 
 async def test_a_batch_beyond_the_page_limit_is_refused(

@@ -28,6 +28,7 @@ from aresdsm.security import certs, macs
 from aresdsm.security.tls import server_context
 from aresdsm.server import Server
 from aresdsm.storage import SqliteStorage
+from aresdsm.storage.base import ValueRef
 from aresdsm.tags import Tag
 from aresdsm.testing import Broken
 from aresdsm.wire.blob import Blob
@@ -134,7 +135,9 @@ def _forged(value: bytes = b"evil", tag: Tag | None = None, mac: bytes = b"") ->
 
 def _stored(server: Server) -> tuple[Tag, bytes, bytes]:
     reg = server.core.registers[(CHAIN, "c0", KEY)]
-    return reg.tag, bytes(reg.value.data), reg.mac
+    # (the server keeps a reference to the stored value, issue 12: read it as the server does)
+    value = server.storage.read_value(reg.value) if isinstance(reg.value, ValueRef) else reg.value
+    return reg.tag, bytes(value), reg.mac
 
 
 async def test_reader_cannot_invent_a_value_with_a_huge_tag(cluster: Cluster) -> None:

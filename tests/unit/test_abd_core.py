@@ -9,8 +9,9 @@ from aresdsm import integrity
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.protocol import abd
 from aresdsm.protocol.server_core import ServerCore
-from aresdsm.storage.base import Record
+from aresdsm.storage.base import Record, ValueRef
 from aresdsm.storage.memory import apply_batch
+from aresdsm.storage.values import LocalServer, resolve
 from aresdsm.tags import TAG0, Tag
 from aresdsm.wire import Blob
 from aresdsm.wire.messages import (
@@ -99,7 +100,11 @@ def test_writes_to_persist_and_recovery() -> None:
     assert no_writes == []
     again = ServerCore.recover("s1", list(records.values()))
     assert again.configs == {"c0": CFG}
-    assert again.handle(QueryData("g", "c0", "k"))[0] == DataReply(
+    # the core keeps and answers a reference to the stored record, never the bytes (issue 12)
+    reply, _ = again.handle(QueryData("g", "c0", "k"))
+    assert isinstance(reply, DataReply) and reply.value == ValueRef(("abd", "g", "c0", "k"), 5)
+    assert again.value_bytes_in_memory() == 0 and c.value_bytes_in_memory() == 0
+    assert resolve(reply, LocalServer(again, records.values()).read) == DataReply(
         Tag(3, "w"), Blob(b"value"), None, integrity.digest(b"value")
     )
 

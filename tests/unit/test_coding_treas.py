@@ -15,6 +15,7 @@ from aresdsm.config import Configuration, ServerInfo
 from aresdsm.errors import ConcurrencyExceeded
 from aresdsm.protocol import treas
 from aresdsm.protocol.server_core import ServerCore
+from aresdsm.storage.values import LocalServer
 from aresdsm.tags import TAG0, Tag
 from aresdsm.wire import Blob
 from aresdsm.wire.messages import ListEntry, ListReply, PutData, QueryList, QueryTag, TagReply
@@ -141,7 +142,7 @@ def test_a_tag_seen_by_fewer_than_k_servers_is_ignored() -> None:
 
 class CoreChannel:
     def __init__(self) -> None:
-        self.cores = [ServerCore(s.id) for s in C.servers]
+        self.cores = [LocalServer(ServerCore(s.id)) for s in C.servers]
         for core in self.cores:
             core.install_config(C)
         self.down: set[int] = set()
@@ -194,7 +195,7 @@ def test_reads_that_overlap_too_many_writes_fail_naming_delta() -> None:
     # drop elements so the newest tag (3) has elements on fewer than k servers
     for i in (0, 1, 2):
         skey = ("g", "c", "k")
-        ch.cores[i].lists[skey] = tuple(
+        ch.cores[i].core.lists[skey] = tuple(
             ListEntry(e.tag, None, b"", e.value_digest) if e.tag.z == 3 else e
             for e in ch.cores[i].lists[skey]
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aresdsm.config import Configuration, ServerInfo
 from aresdsm.protocol import abd
 from aresdsm.protocol.server_core import ServerCore, ServerSwitches
-from aresdsm.storage.base import Record
+from aresdsm.storage.base import Delete, Record, ValueRef
+from aresdsm.storage.values import LocalServer, refs_in
 from aresdsm.tags import TAG0, Tag
 from aresdsm.wire.blob import Blob
 from aresdsm.wire.messages import (
@@ -30,8 +31,9 @@ C1 = Configuration("c1", S, epoch=1)
 G, K = "cluster", "g\x00k"
 
 
-def core(switches: ServerSwitches | None = None) -> ServerCore:
-    c = ServerCore("s0", switches=switches or ServerSwitches())
+def core(switches: ServerSwitches | None = None) -> LocalServer:
+    """A core over an in-memory disk: replies come with their values read."""
+    c = LocalServer(ServerCore("s0", switches=switches or ServerSwitches()))
     c.install_config(C0)
     return c
 
@@ -57,6 +59,13 @@ def test_promise_accept_and_report_accepted_value() -> None:
     reply, _ = s.handle(prepare(1, b(2, "b")))
     assert isinstance(reply, CvrPromise) and reply.accepted is not None
     assert (reply.accepted.tag, bytes(reply.accepted.value.data)) == (Tag(1, "a.1"), b"A")
+    # the accepted value is a record of its own; the core keeps a reference to it (issue 12)
+    (level,) = s.cvr[(G, "c0", K)].levels
+    assert level.accepted is not None
+    assert level.accepted.value == ValueRef(("cvrv", G, "c0", f"{K}\x001"), 1)
+    assert s.core.value_bytes_in_memory() == 0
+    raw, _ = s.core.handle(prepare(1, b(3, "c")))
+    assert [ref.record for ref in refs_in(raw)] == [("cvrv", G, "c0", f"{K}\x001")]
 
 
 def test_lower_ballots_are_refused() -> None:
@@ -75,6 +84,8 @@ def test_a_committed_level_is_refused_and_forgotten() -> None:
     _, writes = s.handle(abd.put_request(G, "c0", K, Tag(1, "a.1"), Blob(b"A")))
     assert (G, "c0", K) not in s.cvr  # the put dropped the decided level (and its value)
     assert any(isinstance(w, Record) and w.ns == "cvr" for w in writes)
+    assert Delete("cvrv", G, "c0", f"{K}\x001") in writes  # and the record of its value
+    assert ("cvrv", G, "c0", f"{K}\x001") not in s.records
     reply, _ = s.handle(prepare(1, b(5, "z")))
     assert reply == CvrNack(None, Tag(1, "a.1"))
     reply, _ = s.handle(prepare(2, b(1)))  # the next level opens; level 1 is pruned
@@ -89,11 +100,14 @@ def test_state_survives_a_restart() -> None:
         _, writes = s.handle(req)
         log += [w for w in writes if isinstance(w, Record)]
     again = ServerCore.recover("s0", [*s_cfg_records(s), *dedup(log)])
-    assert again.cvr == s.cvr
+    assert again.cvr == s.cvr and again.value_bytes_in_memory() == 0
     assert isinstance(again.handle(accept(1, b(3), "a.1", b"A"))[0], CvrNack)
+    reply, _ = LocalServer(again, dedup(log)).handle(prepare(1, b(9, "c")))
+    assert isinstance(reply, CvrPromise) and reply.accepted is not None
+    assert bytes(reply.accepted.value.data) == b"A"
 
 
-def s_cfg_records(s: ServerCore) -> list[Record]:
+def s_cfg_records(s: object) -> list[Record]:
     return [w for w in ServerCore("s0").install_config(C0) if isinstance(w, Record)]
 
 
@@ -131,7 +145,7 @@ def test_set_next_and_get_reports_the_open_level() -> None:
 
 
 def test_inject_keeps_the_higher_ballot_and_loses_to_local_ones() -> None:
-    s = ServerCore("s0")
+    s = LocalServer(ServerCore("s0"))
     s.install_config(C1)
 
     def inject(ballot: CvrBallot, writer: str) -> None:

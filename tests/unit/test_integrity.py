@@ -15,8 +15,9 @@ from aresdsm.errors import OperationError
 from aresdsm.protocol import abd, treas
 from aresdsm.protocol.server_core import ServerCore
 from aresdsm.server import Server
-from aresdsm.storage.base import DamagedRecord, Record
+from aresdsm.storage.base import DamagedRecord, DamagedValue, Record, ValueRef
 from aresdsm.storage.sqlite import SqliteStorage
+from aresdsm.storage.values import LocalServer
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob
 from aresdsm.wire.messages import (
@@ -73,20 +74,29 @@ async def test_sqlite_rows_and_value_files_carry_checksums(tmp_path: Path) -> No
     blob.write_bytes(blob.read_bytes()[:-7])  # a truncated value file
     store = SqliteStorage(db, blob_threshold_bytes=1024)
     loaded = {r.key: r for r in store.load()}
-    store.close()
-    assert isinstance(loaded["a"], DamagedRecord) and loaded["a"].meta is not None
+    # a value file's absence or length is checked at load (a stat); a value's checksum when
+    # it is read: a restart reads no value (issue 12)
     assert isinstance(loaded["b"], DamagedRecord) and "value file" in loaded["b"].reason
-    assert isinstance(loaded["c"], Record) and loaded["c"].data == other
+    a, c = loaded["a"], loaded["c"]
+    assert isinstance(a, Record) and isinstance(a.data, ValueRef)
+    with pytest.raises(DamagedValue) as bad:
+        store.read_value(a.data)
+    assert bad.value.damaged.meta == a.meta and "checksum" in bad.value.damaged.reason
+    assert isinstance(c, Record) and isinstance(c.data, ValueRef)
+    assert store.read_value(c.data) == other
+    store.close()
 
 
 def test_a_damaged_abd_object_is_refused_until_a_newer_write_repairs_it() -> None:
     meta = msgspec.msgpack.encode(abd.StoredMeta(Tag(5, "w"), integrity.digest(b"v5")))
-    core = ServerCore.recover(
-        "s1",
-        [
-            Record("cfg", "", "c0", "", msgspec.msgpack.encode(C0)),
-            DamagedRecord(abd.NS, "g", "c0", "k", meta, "value checksum mismatch"),
-        ],
+    core = LocalServer(
+        ServerCore.recover(
+            "s1",
+            [
+                Record("cfg", "", "c0", "", msgspec.msgpack.encode(C0)),
+                DamagedRecord(abd.NS, "g", "c0", "k", meta, "value checksum mismatch"),
+            ],
+        )
     )
     for req in (QueryTag("g", "c0", "k"), QueryData("g", "c0", "k"), GetGroup("g", "c0", "", 10)):
         reply, writes = core.handle(req)
@@ -140,7 +150,9 @@ def test_a_damaged_treas_element_keeps_its_tag_and_is_refused() -> None:
     assert core.lists[("g", "t", K)][-1].tag == Tag(1, "w")  # the tag stays (§4.2 C1)
     newer = treas.put_request("g", "t", K, Tag(2, "w"), element, integrity.digest(b"value"))
     _, writes = core.handle(newer)
-    assert len(writes) == 3  # the initial entry, the damaged one rewritten, the new one
+    # the damaged entry rewritten (without its element) and the new one; the intact initial
+    # entry's record is not rewritten (the core refers to it)
+    assert sorted(w.key for w in writes if isinstance(w, Record)) == [rec.key, f"{K}\x002\x00w"]
     assert not isinstance(core.handle(QueryList("g", "t", K))[0], ErrorReply)
 
 
@@ -170,3 +182,29 @@ async def test_a_reader_never_returns_a_reply_that_does_not_match_its_digest(
         await servers[1].stop()
         with pytest.raises(OperationError, match="corrupt reply"):
             await store.read("k")
+
+
+async def test_a_value_found_damaged_when_read_makes_its_object_damaged(
+    inproc_cluster: tuple[Configuration, list[Server]], tmp_path: Path
+) -> None:
+    """Issue 12: values are read from disk when a reply needs them, and their checksum is
+    checked then. A value file flipped on a running server: that server answers ``damaged``
+    (and counts it), the reader gets the value from the others, a newer write repairs it."""
+    cfg, servers = inproc_cluster
+    value = bytes(range(256)) * 512  # 128 KiB: a value file
+    async with Store(cfg) as store:
+        await store.write("k", value)
+        (blob,) = (tmp_path / "s1" / "blobs").iterdir()
+        raw = bytearray(blob.read_bytes())
+        raw[1000] ^= 0x01
+        blob.write_bytes(bytes(raw))
+        (skey,) = list(servers[0].core.registers)
+        reply, _ = servers[0].core.handle(QueryData(skey[0], "c0", skey[2]))
+        assert servers[0]._read_values(reply) == ErrorReply(
+            "damaged",
+            f"server s1: a stored value of {skey[0]}/c0 is damaged on its disk; ask others",
+        )
+        assert servers[0].core.stats().damaged_count == 1
+        assert await store.read("k") == value  # from the healthy servers
+        await store.write("k", b"new")
+        assert servers[0].core.stats().damaged_count == 0

@@ -13,6 +13,7 @@ from aresdsm.errors import QuorumUnavailable
 from aresdsm.protocol import ops
 from aresdsm.protocol.channel import RequestFor
 from aresdsm.protocol.server_core import ServerCore
+from aresdsm.storage.values import LocalServer
 from aresdsm.tags import TAG0, Tag
 from aresdsm.wire import Blob
 from aresdsm.wire.messages import ErrorReply, QueryTag, Reply, TagReply
@@ -25,6 +26,7 @@ class LocalChannel:
 
     def __init__(self, cores: Sequence[ServerCore]) -> None:
         self.cores = {c.server_id: c for c in cores}
+        self.disks: dict[str, LocalServer] = {c.server_id: LocalServer(c) for c in cores}
         self.down: set[str] = set()
         self.rounds: list[str] = []
         self.stale: set[str] = set()  # servers whose answers are taken first
@@ -49,7 +51,7 @@ class LocalChannel:
                 failed += 1
                 continue
             req = request(c.servers.index(s), s) if callable(request) else request
-            reply, _ = self.cores[s.id].handle(req)
+            reply, _ = self.disks[s.id].handle(req)
             if isinstance(reply, expect) and (accept is None or accept(reply)):
                 out.append((s, reply))
             elif isinstance(reply, ErrorReply | expect):

@@ -9,6 +9,7 @@ import pytest
 
 from aresdsm.errors import StorageError
 from aresdsm.storage import Delete, MemoryStorage, Record, SqliteStorage, Storage
+from aresdsm.storage.base import DamagedRecord, DamagedValue, ValueRef
 
 
 def rec(key: str, data: bytes, cfg: str = "c0") -> Record:
@@ -30,8 +31,19 @@ def test_sqlite_survives_reopen_and_group_commits(tmp_path: Path) -> None:
     again = SqliteStorage(path)
     loaded = {r.key: r for r in again.load()}
     assert len(loaded) == 200
-    assert loaded["k7"].data == b"v" * 7 and loaded["k7"].meta == b"meta-k7"
+    assert values(again) == {f"k{i}": b"v" * i for i in range(200)}
+    assert loaded["k7"].meta == b"meta-k7"
     again.close()
+
+
+def values(st: Storage) -> dict[str, bytes]:
+    """Every record's value, read by reference as a server reads it (load() reads none)."""
+    out = {}
+    for r in st.load():
+        assert isinstance(r, Record)
+        data = st.read_value(r.data) if isinstance(r.data, ValueRef) else r.data
+        out[r.key] = bytes(data) if data is not None else None
+    return out
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -46,7 +58,7 @@ def test_replace_and_delete(kind: str, tmp_path: Path) -> None:
         await st.submit([Delete("abd", "g", "c1")])
 
     asyncio.run(go())
-    assert {r.key: r.data for r in st.load()} == {"a": b"one"}
+    assert values(st) == {"a": b"one"}
     assert st.stored_bytes() == len(b"meta-a") + 3
     st.close()
 
@@ -95,7 +107,7 @@ def test_large_values_live_in_durable_files_and_follow_their_rows(tmp_path: Path
     st.close()
     (st.blob_dir / "orphan-from-a-crash.blob").write_bytes(b"x")
     again = SqliteStorage(path, blob_threshold_bytes=100)
-    assert {r.key: r.data for r in again.load()} == {"big": big2, "small": b"tiny"}
+    assert values(again) == {"big": big2, "small": b"tiny"}
     assert not (again.blob_dir / "orphan-from-a-crash.blob").exists()
 
     async def delete() -> None:
@@ -139,3 +151,52 @@ def test_sqlite_bytes_per_instance_are_running_totals(tmp_path: Path) -> None:
     again = SqliteStorage(path)
     assert again.bytes_by_instance() == {("g", "c1"): 8}
     again.close()
+
+
+def test_load_reads_no_value_and_values_are_read_by_reference(tmp_path: Path) -> None:
+    """Issue 12: a restart loads metadata only (each value is a reference: its record and
+    length); read_value reads one value -- from the pending batches while they wait for their
+    commit (the group-commit window), from the engine after."""
+    path = tmp_path / "r.sqlite3"
+    st = SqliteStorage(path, blob_threshold_bytes=100)
+    big, small = b"B" * 1000, b"small"
+
+    async def go() -> None:
+        await st.submit([rec("big", big), rec("small", small)])
+        st.submit([rec("big", b"N" * 1000)])  # not awaited: still in the open batch
+        assert st.read_value(ValueRef(("abd", "g", "c0", "big"), 1000)) == b"N" * 1000
+        assert st.values_read == 0  # served from the pending batch, not the disk
+        assert st.read_value(ValueRef(("abd", "g", "c0", "small"), 5)) == small
+        assert st.values_read == 1
+        await st.drain()
+        assert st.read_value(ValueRef(("abd", "g", "c0", "big"), 1000)) == b"N" * 1000
+        with pytest.raises(KeyError):  # a reference to another version of the record: a bug
+            st.read_value(ValueRef(("abd", "g", "c0", "big"), 999))
+
+    asyncio.run(go())
+    st.close()
+    (blob,) = (tmp_path / "blobs").iterdir()
+    again = SqliteStorage(path, blob_threshold_bytes=100)
+    blob.unlink()  # (after open: so load's stat is what notices, below)
+    loaded = {r.key: r for r in again.load()}
+    assert loaded["small"].data == ValueRef(("abd", "g", "c0", "small"), 5)
+    assert isinstance(loaded["big"], DamagedRecord)  # a value file gone: a stat at load
+    assert again.values_read == 0
+    again.close()
+
+
+def test_a_value_damaged_on_disk_is_found_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "v.sqlite3"
+    st = SqliteStorage(path, blob_threshold_bytes=100)
+
+    async def go() -> None:
+        await st.submit([rec("big", b"B" * 1000)])
+
+    asyncio.run(go())
+    (blob,) = (tmp_path / "blobs").iterdir()
+    blob.write_bytes(b"C" + b"B" * 999)  # same length: load cannot tell
+    (r,) = st.load()
+    assert isinstance(r, Record) and isinstance(r.data, ValueRef)
+    with pytest.raises(DamagedValue, match="checksum"):
+        st.read_value(r.data)
+    st.close()

@@ -13,6 +13,7 @@ from aresdsm.protocol import abd
 from aresdsm.protocol.server_core import FLOOR_NS, ServerCore
 from aresdsm.storage.base import Delete, Record
 from aresdsm.storage.memory import apply_batch
+from aresdsm.storage.values import LocalServer
 from aresdsm.tags import TAG0, Tag, tombstone_writer
 from aresdsm.wire import Blob
 from aresdsm.wire.messages import (
@@ -64,7 +65,7 @@ def test_floor_is_persisted_never_decreases_and_survives_a_restart() -> None:
 
 
 def test_get_tag_reports_the_floor_data_replies_stay_absent() -> None:
-    c = _core({})
+    c = LocalServer(_core({}))
     c.handle(abd.put_request("g", "c0", "low", Tag(3, "w"), Blob(b"v3")))
     c.handle(abd.put_request("g", "c0", "high", Tag(8, "w"), Blob(b"v8")))
     c.handle(PutBatch("g", "c0", (), floor=5))

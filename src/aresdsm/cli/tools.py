@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from .. import runtime
+from ..errors import AresError
 from .common import _tracing_for, console, main, trace_options
 
 
@@ -100,6 +101,64 @@ def check(history: str, max_steps: int) -> None:
     sys.exit({"ok": 0, "violation": 1}.get(result.verdict, 2))
 
 
+def _bench_server_memory(
+    n: int, gib: float, value_size: int, dap: str, k: int | None, delta: int, json_out: str
+) -> None:
+    from ..bench_memory import run_memory_bench
+
+    source = click.get_current_context().get_parameter_source("value_size")
+    value_bytes = 1024 * 1024 if source == click.core.ParameterSource.DEFAULT else value_size
+    objects = max(1, int(gib * 2**30) // value_bytes)
+    try:
+        result = runtime.run(
+            run_memory_bench(
+                n=n,
+                objects=objects,
+                value_bytes=value_bytes,
+                dap=dap,
+                k=k,
+                delta=delta if dap == "treas" else 0,
+                log=console.print,
+            )
+        )
+    except AresError as e:
+        raise click.ClickException(str(e)) from None
+    out = Path(json_out).with_name("server-memory.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dataclasses.asdict(result), indent=1))
+    table = Table(
+        "server",
+        "RSS stored MiB",
+        "peak MiB",
+        "restart s",
+        "recovery s",
+        "records",
+        "RSS restarted MiB",
+        "RSS after reads MiB",
+    )
+    for s in result.per_server:
+        table.add_row(
+            s.server,
+            f"{s.rss_after_store_bytes / 2**20:.0f}",
+            f"{s.peak_rss_during_store_bytes / 2**20:.0f}",
+            f"{s.restart_s:.2f}",
+            f"{s.recovery_s:.3f}",
+            str(s.records),
+            f"{s.rss_after_restart_bytes / 2**20:.0f}",
+            f"{s.rss_after_reads_bytes / 2**20:.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"{result.stored_bytes / 2**30:.2f} GiB in {result.objects} objects, written at "
+        f"{result.write_mb_s:.0f} MB/s; {result.verified_objects} read back at "
+        f"{result.read_mb_s:.0f} MB/s; bound {result.rss_bound_bytes / 2**20:.0f} MiB: "
+        + ("[green]ok[/]" if result.ok else "[red]over[/]")
+        + f" ({out})"
+    )
+    if not result.ok:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--servers", "servers_s", default="3,5", show_default=True, help="Cluster sizes.")
 @click.option("--concurrency", "conc_s", default="1,64", show_default=True, help="Ops in flight.")
@@ -184,6 +243,27 @@ def check(history: str, max_steps: int) -> None:
     help="Measure one client's write throughput with and without an attacker process holding "
     "--idle-conns idle and --slowloris slowloris connections to every server (issue 13).",
 )
+@click.option(
+    "--client-procs",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Run each cell's load from this many processes (the concurrency split between them) "
+    "and merge their figures: the client is then not the bottleneck.",
+)
+@click.option(
+    "--peer",
+    type=click.Choice(["etcd"]),
+    help="Also run the cells against a 3-member etcd on loopback (an etcd binary on PATH; the "
+    "bench extra) in the same run and print aresdsm's ops/s over etcd's.",
+)
+@click.option(
+    "--server-memory-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Instead of the object cells: store this many GiB of --value-size values (default "
+    "1 MiB) through a client, then report each server's RSS after storing and after a "
+    "restart, and the restart time (issue 12); the data is removed afterwards.",
+)
 @click.option("--idle-conns", type=click.IntRange(0), default=5000, show_default=True)
 @click.option("--slowloris", type=click.IntRange(0), default=32, show_default=True)
 @trace_options
@@ -212,6 +292,9 @@ def bench(
     tls_cost: bool,
     json_out: str,
     attack: bool,
+    client_procs: int,
+    peer: str | None,
+    server_memory_gib: float | None,
     idle_conns: int,
     slowloris: int,
     trace_file: str | None,
@@ -248,6 +331,9 @@ def bench(
             servers[0], max(conc), value_size, duration_s, idle_conns, slowloris, storage, out
         )
         return
+    if server_memory_gib is not None:
+        _bench_server_memory(servers[0], server_memory_gib, value_size, dap, k, delta, json_out)
+        return
     if mount_mb is not None:
         from ..mount.bench import run_mount_bench
 
@@ -283,6 +369,11 @@ def bench(
     if insecure and tls_cost:
         raise click.UsageError("--tls-cost already runs both; drop --insecure")
     security = ("tls", "insecure") if tls_cost else ("insecure",) if insecure else ("tls",)
+    if peer == "etcd":
+        import shutil
+
+        if shutil.which("etcd") is None:
+            raise click.UsageError("--peer etcd: no etcd binary on PATH (Debian: etcd-server)")
     with _tracing_for(trace_file, otlp_endpoint, trace_sample):
         report = runtime.run(
             run_bench(
@@ -306,12 +397,26 @@ def bench(
                 trace_file=str(Path(trace_file).resolve()) if trace_file else None,
                 log=console.print,
                 security=security,
+                client_procs=client_procs,
+                peer=peer,
             )
         )
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(report.to_json(), indent=1))
     table = Table(
-        "N", "security", "mode", "dap", "C", "op", "ops/s", "p50 ms", "p99 ms", "rounds", "msgs"
+        "N",
+        "security",
+        "mode",
+        "dap",
+        "C",
+        "op",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "rounds",
+        "msgs",
+        "client µs/op",
+        "server µs/op",
     )
     for c in report.cells:
         table.add_row(
@@ -326,8 +431,38 @@ def bench(
             f"{c.p99_ms:.3f}",
             f"{c.rounds_per_op:.2f}",
             f"{c.messages_per_op:.2f}",
+            f"{c.client_cpu_us_per_op:.0f}" + (f" ({c.client_procs} procs)" * (c.client_procs > 1)),
+            f"{c.server_cpu_us_per_op:.0f}",
         )
     console.print(table)
+    peer_ratios = report.peer_ratios()
+    if report.peer_cells:
+        vs = Table(
+            "N",
+            "security",
+            "mode",
+            "C",
+            "op",
+            "aresdsm ops/s",
+            "peer",
+            "peer ops/s",
+            "ratio",
+            "peer CPU µs/op (client / member)",
+        )
+        for c, p, r in peer_ratios:
+            vs.add_row(
+                str(c.servers),
+                c.security,
+                c.mode,
+                str(c.concurrency),
+                c.kind,
+                f"{c.ops_per_s:.0f}",
+                p.system,
+                f"{p.ops_per_s:.0f}",
+                f"{r:.2f}x",
+                f"{p.client_cpu_us_per_op:.0f} / {p.server_cpu_us_per_op:.0f}",
+            )
+        console.print(vs)
     ratios = report.tls_ratios()
     if ratios:
         cost = Table("N", "mode", "C", "op", "TLS ops/s", "plaintext ops/s", "TLS / plaintext")

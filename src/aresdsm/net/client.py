@@ -192,8 +192,9 @@ class PeerConnection(asyncio.Protocol):
         self._backoff_s = initial_backoff_s
         self._retry_at = 0.0
         self._closed = False
-        self._tls_out: list[Any] = []
-        self._tls_flush_scheduled = False
+        self._out: list[bytes | memoryview] = []
+        """Request buffers written in this event-loop iteration, sent as one write (_flush)."""
+        self._flush_scheduled = False
         self._closing: asyncio.Transport | None = None
         self._lost: asyncio.Future[None] | None = None
         self.requests_sent = 0
@@ -241,7 +242,11 @@ class PeerConnection(asyncio.Protocol):
         self._waiting.pop(rid, None)
 
     def _write(self, rid: int, req: Request, trace: dict[str, str] | None) -> None:
-        assert self._transport is not None
+        """Encode a request and queue it: every request queued in one event-loop iteration (a
+        round asks every server at once, many operations run at once) leaves in one
+        ``writelines`` from ``call_soon`` -- after the callbacks already ready in this
+        iteration, before the loop polls again, so a lone request waits for nothing
+        (docs/design.md, "Coalesced writes")."""
         try:
             bufs = self._encoder.encode(Envelope(rid, req, trace))
         except FrameError as e:
@@ -251,21 +256,20 @@ class PeerConnection(asyncio.Protocol):
             return
         self._outstanding.add(rid)
         self.requests_sent += 1
-        if self.tls is None:
-            self._transport.writelines(bufs)
-            return
-        # TLS: every write is at least one encrypted record; the requests of one loop iteration
-        # go out together, in as few records as fit
-        self._tls_out.extend(bufs)
-        if not self._tls_flush_scheduled:
-            self._tls_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_tls)
+        self._out += bufs
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush_tls(self) -> None:
-        self._tls_flush_scheduled = False
-        out, self._tls_out = self._tls_out, []
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(out))
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        t = self._transport
+        if out and t is not None and not t.is_closing():
+            if self.tls is None:
+                t.writelines(out)  # one writev; large values are not copied
+            else:  # one buffer: TLS transports make a record of every buffer written
+                t.write(b"".join(out))
 
     def _pump(self) -> None:
         while (
@@ -406,7 +410,7 @@ class PeerConnection(asyncio.Protocol):
         self._transport = None
         self._ready = False
         self._outstanding.clear()
-        self._tls_out.clear()  # (their requests fail below)
+        self._out = []  # (their requests fail below)
         err = ConnectionError(
             f"connection to server {self.server.id} lost" + (f": {exc}" if exc else "")
         )
@@ -474,9 +478,27 @@ class PeerConnection(asyncio.Protocol):
 
 
 class _Round:
-    """Collects the replies of one round; resolves one future."""
+    """Collects the replies of one round; resolves one future. Replies reach it through one
+    small :class:`_ServerReply` per server, not a closure: a round allocates a future, a
+    timer, this object and one callback object per server (issue 18)."""
 
-    __slots__ = ("accept", "answers", "errors", "expect", "fut", "n", "need", "pending", "timer")
+    __slots__ = (
+        "accept",
+        "answers",
+        "channel",
+        "config",
+        "errors",
+        "expect",
+        "fut",
+        "n",
+        "need",
+        "peers",
+        "reqs",
+        "retried",
+        "sent",
+        "timer",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -485,6 +507,9 @@ class _Round:
         n: int,
         expect: type,
         accept: Callable[[Any], bool] | None = None,
+        channel: TcpChannel | None = None,
+        config: Configuration | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         self.fut = fut
         self.need = need
@@ -494,6 +519,42 @@ class _Round:
         self.answers: list[tuple[ServerInfo, Reply]] = []
         self.errors: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.channel = channel
+        self.config = config
+        self.trace = trace
+        self.peers: list[PeerConnection] = []
+        """Per server (by index in the configuration): its connection ..."""
+        self.reqs: list[Request] = []
+        """... and the request sent to it."""
+        self.sent: list[tuple[PeerConnection, int]] = []
+        """Every (connection, request id) sent, retries included: cancelled when it ends."""
+        self.retried: set[int] | None = None
+
+    def deliver(self, i: int, reply: Reply | BaseException) -> None:
+        """The reply of server ``i``. A server that does not know the configuration yet (it
+        joined empty, docs/protocol.md §3) is sent the descriptor and the request again, once."""
+        ch, c = self.channel, self.config
+        assert ch is not None and c is not None
+        req = self.reqs[i]
+        ch._learn(req, reply)
+        if (
+            isinstance(reply, ErrorReply)
+            and reply.code == "unknown-config"
+            and ch.may_install
+            and (self.retried is None or i not in self.retried)
+            and not self.fut.done()
+        ):
+            if self.retried is None:
+                self.retried = set()
+            self.retried.add(i)
+            peer = self.peers[i]
+            peer.send(next(ch._rids), InstallConfig(c), _ignore, self.trace)
+            rid = next(ch._rids)
+            self.sent.append((peer, rid))
+            ch.messages += 2
+            peer.send(rid, req, _ServerReply(self, i), self.trace)
+            return
+        self.on_reply(c.servers[i], reply)
 
     def on_reply(self, server: ServerInfo, reply: Reply | BaseException) -> None:
         if self.fut.done():
@@ -523,6 +584,19 @@ class _Round:
                     + "; ".join(self.errors)
                 )
             )
+
+
+class _ServerReply:
+    """The callback of one server's request in a round."""
+
+    __slots__ = ("i", "rnd")
+
+    def __init__(self, rnd: _Round, i: int) -> None:
+        self.rnd = rnd
+        self.i = i
+
+    def __call__(self, reply: Reply | BaseException) -> None:
+        self.rnd.deliver(self.i, reply)
 
 
 class TcpChannel:
@@ -630,17 +704,19 @@ class TcpChannel:
     ) -> list[tuple[ServerInfo, R]]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[tuple[ServerInfo, R]]] = loop.create_future()
-        rnd = _Round(fut, need, c.n, expect, accept)
+        rnd = _Round(fut, need, c.n, expect, accept, self, c, trace)
         self.rounds += 1
         self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
-        sent: list[tuple[PeerConnection, int]] = []
+        peers, reqs, sent = rnd.peers, rnd.reqs, rnd.sent
         for i, server in enumerate(c.servers):
             req = self._seal(request(i, server) if callable(request) else request)
             rid = next(self._rids)
             peer = self.peer(server)
+            peers.append(peer)
+            reqs.append(req)
             sent.append((peer, rid))
             self.messages += 1
-            peer.send(rid, req, self._reply_handler(rnd, c, server, peer, req, sent, trace), trace)
+            peer.send(rid, req, _ServerReply(rnd, i), trace)
             if fut.done():
                 break
         timeout = remaining_s(self.options.timeout_s if timeout_s is None else timeout_s)
@@ -665,41 +741,6 @@ class TcpChannel:
                 rnd.timer.cancel()
             for peer, rid in sent:
                 peer.cancel(rid)
-
-    def _reply_handler(
-        self,
-        rnd: _Round,
-        c: Configuration,
-        server: ServerInfo,
-        peer: PeerConnection,
-        req: Request,
-        sent: list[tuple[PeerConnection, int]],
-        trace: dict[str, str] | None,
-    ) -> Callback:
-        """Deliver replies to the round; a server that does not know ``c`` yet (it joined
-        empty, docs/protocol.md §3) is sent the descriptor and the request again, once."""
-        retried = False
-
-        def on_reply(reply: Reply | BaseException) -> None:
-            nonlocal retried
-            self._learn(req, reply)
-            if (
-                isinstance(reply, ErrorReply)
-                and reply.code == "unknown-config"
-                and self.may_install
-                and not retried
-                and not rnd.fut.done()
-            ):
-                retried = True
-                peer.send(next(self._rids), InstallConfig(c), _ignore, trace)
-                rid = next(self._rids)
-                sent.append((peer, rid))
-                self.messages += 2
-                peer.send(rid, req, on_reply, trace)
-                return
-            rnd.on_reply(server, reply)
-
-        return on_reply
 
     async def request(
         self, server: ServerInfo, req: Request, *, timeout_s: float | None = None

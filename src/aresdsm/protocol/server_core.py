@@ -35,6 +35,17 @@ reader that still sees a tombstone in an older configuration compares it with a 
 replies are unchanged (an object not held is the initial pair, absent to readers): a floor tag
 there would outrank an object transferred with a smaller tag on a server that does not hold it.
 
+Values by reference (issue 12 item 3): the core's state holds tags, digests and
+:class:`~aresdsm.storage.base.ValueRef` -- which stored record holds a value and its length --
+never value bytes. A put-data's value goes into the record to persist and the register keeps a
+reference to that record; replies that carry values (data replies, TREAS lists, transfer pages,
+coverable promises) carry the references, and the server shell reads them from the storage
+engine (:func:`aresdsm.storage.values.resolve`) before it encodes the reply, at the same point of
+the request's life, so it reads exactly the version the core referred to. A stored value that
+turns out damaged when it is read is reported back (:meth:`ServerCore.mark_damaged`). A
+coverable object's accepted values are records of their own (``cvrv``, one per open level), so
+its acceptor record stays small and refers to them too.
+
 Incarnations (issue 10): a configuration may name, with each server, the incarnation uid of its
 data directory. A server refuses (``wrong-incarnation``) every request for a configuration that
 names it with another uid: it is a re-created server that lost the state that configuration's
@@ -44,11 +55,12 @@ quorums counted on.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -62,9 +74,9 @@ from ..limits import (
     MAX_KEY_FIELD_BYTES,
     name_too_long,
 )
-from ..storage.base import DamagedRecord, Delete, Record, Write
+from ..storage.base import DamagedRecord, Delete, Record, ValueRef, Write
 from ..tags import Tag
-from ..wire.blob import Blob
+from ..wire.blob import EMPTY, Blob
 from ..wire.messages import (
     Accept,
     Ack,
@@ -111,6 +123,8 @@ CFG_NS = "cfg"
 GC_NS = "gc"
 FINAL_NS = "final"
 FLOOR_NS = "floor"
+CVR_VALUE_NS = "cvrv"
+"""A coverable object's accepted value at one open level (key: object key NUL level)."""
 StateKey = tuple[str, str, str]
 """(group, config_id, key)"""
 InstanceKey = tuple[str, str]
@@ -201,18 +215,46 @@ class ServerCore:
     ) -> ServerCore:
         core = cls(server_id, switches=switches or ServerSwitches(), incarnation=incarnation)
         damaged = [r for r in records if isinstance(r, DamagedRecord)]
+        cvr_values: dict[tuple[StateKey, int], Blob] = {}
         for r in records:
             if isinstance(r, DamagedRecord):
                 continue
             try:
-                core._restore(r)
+                if r.ns == CVR_VALUE_NS:
+                    key, level = r.key.rsplit("\x00", 1)
+                    cvr_values[((r.group, r.config_id, key), int(level))] = _value_ref(r)
+                else:
+                    core._restore(r)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
                 raise StorageError(
                     f"corrupt record {r.ns}/{r.group}/{r.config_id}/{r.key}: {e}"
                 ) from None
+        for skey, st in core.cvr.items():
+            core.cvr[skey] = _with_values(st, functools.partial(_cvr_value, cvr_values, skey))
         for d in damaged:
             core._mark_damaged(d)
         return core
+
+    def mark_damaged(self, d: DamagedRecord) -> ErrorReply:
+        """A value the shell read for a reply is damaged (its checksum failed, its file is
+        gone): stop answering for what it belonged to, as if recovery had found it (a newer
+        put-data or a reconfiguration repairs it). Returns the reply to send instead."""
+        self._mark_damaged(d)
+        return self._damaged_reply(f"a stored value of {_readable(d.group, d.config_id)}")
+
+    def value_bytes_in_memory(self) -> int:
+        """Bytes of values the in-memory state holds itself rather than by reference: 0 but for
+        values a damaged record left empty and coverable values of an older record format
+        (tests check that memory does not grow with the data stored)."""
+        total = sum(_held(r.value) for r in self.registers.values())
+        total += sum(_held(e.element) for st in self.lists.values() for e in st)
+        total += sum(
+            _held(lv.accepted.value)
+            for st in self.cvr.values()
+            for lv in st.levels
+            if lv.accepted is not None
+        )
+        return total
 
     def _mark_damaged(self, d: DamagedRecord) -> None:
         """A record failed its checksum at recovery: stop answering for what it belonged to."""
@@ -264,15 +306,14 @@ class ServerCore:
             cfg = _cfg_dec.decode(r.meta)
             self.configs[cfg.id] = cfg
         elif r.ns == abd.NS:
-            value = Blob(bytes(r.data) if r.data is not None else b"")
             meta = _abd_meta_dec.decode(r.meta)
             self._set_register(
                 (r.group, r.config_id, r.key),
-                abd.Register(meta.tag, value, meta.digest, meta.mac),
+                abd.Register(meta.tag, _value_ref(r), meta.digest, meta.mac),
             )
             self._add_object(inst, r.key)
         elif r.ns == treas.NS:
-            key, entry = treas.decode_entry(r.meta, r.data)
+            key, entry = treas.decode_entry(r.meta, _value_ref(r) if r.data is not None else None)
             skey = (r.group, r.config_id, key)
             self._set_list(skey, tuple(sorted((*self.lists.get(skey, ()), entry), key=_by_tag)))
             self._persisted_lists.add(skey)
@@ -486,19 +527,9 @@ class ServerCore:
         return Ack(self._next(req.group, req.config_id)), writes
 
     def _apply_put(self, c: Configuration, req: PutData) -> list[Write]:
-        """The DAP's put-data rule on this server's state; the records to persist."""
-        if isinstance(req.value.data, memoryview):
-            # a received value is a view of its whole frame: a copy keeps only its own bytes
-            req = PutData(
-                req.group,
-                req.config_id,
-                req.key,
-                req.tag,
-                Blob(bytes(req.value.data)),
-                req.digest,
-                req.element_digest,
-                req.mac,
-            )
+        """The DAP's put-data rule on this server's state; the records to persist. The value
+        goes into the record (a received value is a view of its frame: the write batch keeps
+        the frame until the commit, no copy), the state keeps a reference to that record."""
         skey = (req.group, req.config_id, req.key)
         if skey in self.damaged:
             lost = self.damaged[skey]
@@ -514,23 +545,35 @@ class ServerCore:
             new_list, _ = treas.on_put_data(old, req, c.delta)
             if new_list is None:
                 return []
-            self._set_list(skey, new_list)
             self._add_object((req.group, req.config_id), req.key)
             if skey not in self._persisted_lists or repaired:
                 old = ()  # the initial entry was never written yet / rewrite a damaged entry
                 self._persisted_lists.add(skey)
             writes: list[Write] = []
+            refs: dict[Tag, Blob] = {}
             for entry in treas.changed_entries(old, new_list):
+                if isinstance(entry.element, ValueRef):
+                    continue  # (a rewrite after repair) its record holds it already
                 rkey, meta, data = treas.encode_entry(req.key, entry)
-                writes.append(Record(treas.NS, req.group, req.config_id, rkey, meta, data))
+                record = Record(treas.NS, req.group, req.config_id, rkey, meta, data)
+                writes.append(record)
+                if data is not None:
+                    refs[entry.tag] = _value_ref(record)
+            self._set_list(
+                skey,
+                tuple(
+                    msgspec.structs.replace(e, element=refs[e.tag]) if e.tag in refs else e
+                    for e in new_list
+                ),
+            )
             return writes + self._prune_cvr(c, skey)
         new, _ = abd.on_put_data(self.registers.get(skey, abd.INITIAL), req)
         if new is None:
             return []
-        self._set_register(skey, new)
-        self._add_object((req.group, req.config_id), req.key)
         meta = _enc.encode(abd.StoredMeta(new.tag, new.digest, new.mac))
         record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
+        self._set_register(skey, msgspec.structs.replace(new, value=_value_ref(record)))
+        self._add_object((req.group, req.config_id), req.key)
         return [record, *self._prune_cvr(c, skey)]
 
     def _prune_cvr(self, c: Configuration, skey: StateKey) -> list[Write]:
@@ -542,12 +585,42 @@ class ServerCore:
         new = coverable.pruned(held, self._committed(c, skey))
         if new is held:
             return []
+        return self._store_cvr(skey, held, new)
+
+    def _store_cvr(
+        self, skey: StateKey, old: coverable.KeyState | None, new: coverable.KeyState
+    ) -> list[Write]:
+        """Keep ``new`` as the object's open levels; the records to persist: each newly
+        accepted value as a record of its own (the state keeps a reference to it), the values
+        of levels no longer accepted deleted, and the acceptor record without values."""
+        group, config_id, key = skey
+        writes: list[Write] = []
+        refs: dict[int, Blob] = {}
+        for lv in new.levels:
+            if lv.accepted is not None and not isinstance(lv.accepted.value, ValueRef):
+                record = Record(
+                    CVR_VALUE_NS,
+                    group,
+                    config_id,
+                    f"{key}\x00{lv.level}",
+                    b"",
+                    lv.accepted.value.data,
+                )
+                writes.append(record)
+                refs[lv.level] = _value_ref(record)
+        kept = {lv.level for lv in new.levels if lv.accepted is not None}
+        for lv in old.levels if old is not None else ():
+            if lv.accepted is not None and lv.level not in kept:
+                writes.append(Delete(CVR_VALUE_NS, group, config_id, f"{key}\x00{lv.level}"))
+        new = _with_values(new, refs.get)
         if new.levels:
             self.cvr[skey] = new
-        else:
-            del self.cvr[skey]
-        group, config_id, key = skey
-        return [Record(coverable.NS, group, config_id, key, coverable.encode_state(new))]
+            self._add_object((group, config_id), key)
+        else:  # (an empty record rather than a Delete: deletes are garbage collection's, §8.3)
+            self.cvr.pop(skey, None)
+        stripped = _with_values(new, lambda _: EMPTY)
+        writes.append(Record(coverable.NS, group, config_id, key, coverable.encode_state(stripped)))
+        return writes
 
     def _max_tag(self, c: Configuration, skey: StateKey) -> Tag:
         if c.dap == "treas":
@@ -704,13 +777,7 @@ class ServerCore:
         reply = coverable.with_next(reply, nxt)
         if new is None:
             return reply, []
-        if new.levels:
-            self.cvr[skey] = new
-            self._add_object((req.group, req.config_id), req.key)
-        else:  # (an empty record rather than a Delete: deletes are garbage collection's, §8.3)
-            self.cvr.pop(skey, None)
-        meta = coverable.encode_state(new)
-        return reply, [Record(coverable.NS, req.group, req.config_id, req.key, meta)]
+        return reply, self._store_cvr(skey, self.cvr.get(skey), new)
 
     def _on_cvr_prepare(self, req: CvrPrepare) -> Result:
         return self._cvr_step(req, lambda st, com: coverable.on_prepare(st, com, req), freeze=True)
@@ -719,14 +786,12 @@ class ServerCore:
         bad = _bad_version(req)
         if bad is not None:
             return bad, []
-        req = _own_value(req)
         return self._cvr_step(req, lambda st, com: coverable.on_accept(st, com, req), freeze=True)
 
     def _on_cvr_inject(self, req: CvrInject) -> Result:
         bad = _bad_version(req)
         if bad is not None:
             return bad, []
-        req = _own_value(req)
         return self._cvr_step(req, lambda st, com: coverable.on_inject(st, com, req), freeze=False)
 
     # -- reconfiguration service and consensus ---------------------------------------------------
@@ -788,6 +853,7 @@ class ServerCore:
             Delete(abd.NS, group, config_id),
             Delete(treas.NS, group, config_id),
             Delete(coverable.NS, group, config_id),
+            Delete(CVR_VALUE_NS, group, config_id),
             Delete(FLOOR_NS, group, config_id),
             Record(GC_NS, group, config_id, "", b""),
         ]
@@ -1003,14 +1069,41 @@ def _state_bytes(st: ObjectState) -> int:
     return sum(len(e.element) for e in st.entries if e.element is not None) + open_
 
 
-_CvrValued = TypeVar("_CvrValued", CvrAccept, CvrInject)
+def _value_ref(r: Record) -> Blob:
+    """What the core keeps of a record's value: a reference to the record (an empty value is
+    kept as it is: nothing to read)."""
+    if r.data is None or len(r.data) == 0:
+        return EMPTY
+    if isinstance(r.data, ValueRef) and r.data.record == r.record_key:
+        return r.data  # (as the engine loaded it)
+    return ValueRef(r.record_key, len(r.data))
 
 
-def _own_value(req: _CvrValued) -> _CvrValued:
-    """A received value is a view of its whole frame: keep a copy of its own bytes only."""
-    if isinstance(req.value.data, memoryview):
-        return msgspec.structs.replace(req, value=Blob(bytes(req.value.data)))
-    return req
+def _cvr_value(values: dict[tuple[StateKey, int], Blob], skey: StateKey, level: int) -> Blob | None:
+    return values.get((skey, level))
+
+
+def _held(value: Blob | None) -> int:
+    """Bytes a value holds in memory (a reference: none)."""
+    return 0 if value is None or isinstance(value, ValueRef) else len(value)
+
+
+def _with_values(
+    st: coverable.KeyState, value_of: Callable[[int], Blob | None]
+) -> coverable.KeyState:
+    """``st`` with the accepted value of each level replaced by ``value_of(level)`` (None:
+    unchanged)."""
+    levels = []
+    changed = False
+    for lv in st.levels:
+        v = value_of(lv.level) if lv.accepted is not None else None
+        if v is not None and lv.accepted is not None:
+            changed = True
+            accepted = msgspec.structs.replace(lv.accepted, value=v)
+            levels.append(msgspec.structs.replace(lv, accepted=accepted))
+        else:
+            levels.append(lv)
+    return coverable.KeyState(tuple(levels)) if changed else st
 
 
 def _by_tag(e: ListEntry) -> Tag:

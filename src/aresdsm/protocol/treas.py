@@ -118,9 +118,13 @@ def encode_entry(key: str, entry: ListEntry) -> tuple[str, bytes, bytes | memory
     return element_record_key(key, entry.tag), meta, data
 
 
-def decode_entry(meta: bytes, data: bytes | memoryview | None) -> tuple[str, ListEntry]:
+def decode_entry(meta: bytes, data: bytes | memoryview | Blob | None) -> tuple[str, ListEntry]:
+    """One stored entry; ``data`` as bytes, or already a Blob (a server's reference to the
+    element on disk: kept as it is)."""
     m = _meta_dec.decode(meta)
-    element = Blob(bytes(data)) if m.has_element and data is not None else None
+    element: Blob | None = None
+    if m.has_element and data is not None:
+        element = data if isinstance(data, Blob) else Blob(bytes(data))
     return m.key, ListEntry(
         m.tag, element, m.digest if element is not None else b"", m.value_digest, m.mac
     )

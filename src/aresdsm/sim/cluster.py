@@ -33,10 +33,11 @@ from ..config import Configuration, ServerInfo
 from ..errors import OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol import abd, reconfig_server
 from ..protocol.channel import ConfigurationObsolete, RequestFor
-from ..protocol.server_core import ServerCore, ServerSwitches
-from ..storage.base import Delete, Record, RecordKey, Write
+from ..protocol.server_core import CVR_VALUE_NS, ServerCore, ServerSwitches
+from ..storage.base import Delete, Record, RecordKey, ValueRef, Write
 from ..storage.memory import apply_batch
 from ..storage.sqlite import SqliteStorage
+from ..storage.values import read_from, resolve
 from ..tags import Tag
 from ..wire.codec import Decoder, Encoder
 from ..wire.messages import (
@@ -209,6 +210,8 @@ class InvariantMonitor:
         """Invariants 3, 5 and 6 on what became durable."""
         for w in batch:
             if isinstance(w, Delete):
+                if w.ns == CVR_VALUE_NS and w.key is not None:
+                    continue  # a decided coverable level's value, pruned: not garbage collection
                 if (server, w.group, w.config_id) not in self.durable_final:
                     self.fail(
                         f"§10.6: server {server} deleted {w.group}/{w.config_id} data before "
@@ -239,14 +242,21 @@ def _next_of(r: Record) -> NextEntry:
     return msgspec.msgpack.decode(r.meta, type=NextEntry)
 
 
-def _fingerprint(r: Any) -> tuple[str, str, str, str, bytes, bytes | None]:
+def _fingerprint(
+    r: Any, read: Callable[[ValueRef], bytes | memoryview] | None = None
+) -> tuple[str, str, str, str, bytes, bytes | None]:
+    """A record's content; ``read`` reads a value the engine loaded as a reference."""
+    data = r.data
+    if isinstance(data, ValueRef):
+        assert read is not None
+        data = read(data)
     return (
         r.ns,
         r.group,
         r.config_id,
         r.key,
         bytes(r.meta),
-        None if r.data is None else bytes(r.data),
+        None if data is None else bytes(data),
     )
 
 
@@ -256,6 +266,8 @@ class SimDisk:
     def __init__(self) -> None:
         self.durable: dict[RecordKey, Record] = {}
         self.pending: list[Write] = []
+        self.inflight: list[Write] = []
+        """The batch in its fsync (values of replies are read from it until it is durable)."""
         self.applied = 0
         self.durable_seq = 0
         self.committing = False
@@ -310,6 +322,11 @@ class SimServer:
             self.disk.pending.extend(writes)
             self.disk.applied += 1
             self._schedule_commit()
+        # the core refers to values; read them now, as the process shell does (§ values.py)
+        disk = self.disk
+        reply = resolve(
+            reply, lambda ref: read_from(ref, [*disk.inflight, *disk.pending], disk.durable)
+        )
         need = self.disk.applied
         if need <= self.disk.durable_seq or self.broken_ack_before_durable:
             send(reply)
@@ -324,12 +341,14 @@ class SimServer:
         delay = self.sim.rng.uniform(f.fsync_min_s, f.fsync_max_s)
         batch, upto, epoch = self.disk.pending, self.disk.applied, self.epoch
         self.disk.pending = []
+        self.disk.inflight = batch
         self.sim.loop.call_later(delay, self._commit_done, batch, upto, epoch)
 
     def _commit_done(self, batch: list[Write], upto: int, epoch: int) -> None:
         if epoch != self.epoch:
             return  # crashed during the fsync: the batch is lost
         apply_batch(self.disk.durable, batch)
+        self.disk.inflight = []
         if self.engine is not None:
             self.engine._commit(batch)  # synchronous: the sim's own durable point
         assert self.core is not None
@@ -348,6 +367,7 @@ class SimServer:
         self.core = None
         self.epoch += 1
         self.disk.pending = []
+        self.disk.inflight = []
         self.disk.committing = False
         self.disk.applied = self.disk.durable_seq = 0
         self.waiters = []
@@ -361,7 +381,9 @@ class SimServer:
         if self.engine_path is not None:
             self.engine = SqliteStorage(self.engine_path)
             loaded = list(self.engine.load())
-            if sorted(map(_fingerprint, loaded)) != sorted(map(_fingerprint, records)):
+            engine = self.engine
+            values = [_fingerprint(r, engine.read_value) for r in loaded]
+            if sorted(values) != sorted(map(_fingerprint, records)):
                 self.sim.monitor.fail(
                     f"server {self.info.id}: the SQLite engine recovered other records than "
                     "were durable"

@@ -5,6 +5,14 @@ protocol role that owns the record (``"abd"``, ``"cfg"``, later ``"treas"``, ``"
 ``"next"``), the rest as in docs/protocol.md §2. A record has a small ``meta`` (MessagePack
 the role encodes) and an optional ``data`` blob (the value or coded element).
 
+Values stay on disk (issue 12 item 3): :meth:`Storage.load` returns every record's meta with its
+value as a :class:`ValueRef` -- which record holds it and how long it is, never its bytes -- so a
+restart reads metadata only and server memory does not grow with the data stored. The server
+shell reads a value with :meth:`Storage.read_value` when a reply needs it: from the batch that
+is being committed or waits for the next commit if the record is there (values still in the
+group-commit window), else from the engine, checking the value's checksum then (a bad value is a
+:class:`DamagedValue`, which the server turns into a damaged object).
+
 Persist before reply (docs/architecture.md principle 4): a server applies a change to its in-memory
 state, :meth:`Storage.submit` queues the record writes and returns a future that completes when
 they are on stable storage; every reply waits for :meth:`Storage.barrier` -- the durability of
@@ -22,8 +30,60 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
+from ..wire.blob import Blob
+
 RecordKey = tuple[str, str, str, str]
 """(ns, group, config_id, key)"""
+
+
+class ValueRef(Blob):
+    """A value the storage engine holds, by reference: the record whose ``data`` it is and its
+    length. It stands where a :class:`Blob` would (in the core's registers and lists, and in the
+    replies the core returns) and holds no bytes: the server shell replaces it by the value
+    (:func:`aresdsm.storage.values.resolve`) before a reply is encoded. Reading ``data`` of an
+    unresolved reference is a bug and raises, so one can never be sent as an empty value."""
+
+    __slots__ = ("length", "record")
+
+    def __init__(self, record: RecordKey, length: int) -> None:  # (no Blob.__init__: no data)
+        self.record = record
+        self.length = length
+
+    @property  # type: ignore[override,unused-ignore]
+    def data(self) -> bytes | memoryview:  # type: ignore[override]
+        raise UnresolvedValue(f"value of record {self.record!r} was not read from storage")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ValueRef):
+            return self.record == other.record and self.length == other.length
+        if isinstance(other, Blob):
+            return False  # (bytes in memory are another thing; never read to compare)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.record, self.length))
+
+    def __repr__(self) -> str:
+        return f"ValueRef({self.record!r}, {self.length} bytes)"
+
+    def __reduce__(self) -> tuple[type, tuple[RecordKey, int]]:
+        return (ValueRef, (self.record, self.length))
+
+
+class UnresolvedValue(RuntimeError):
+    """A :class:`ValueRef` was used as a value (a bug: the shell resolves every reply)."""
+
+
+class DamagedValue(Exception):
+    """A referenced value cannot be read intact: missing, short, or its checksum does not match.
+    ``damaged`` describes the record for the core (:meth:`ServerCore.mark_damaged`)."""
+
+    def __init__(self, damaged: DamagedRecord) -> None:
+        super().__init__(damaged.reason)
+        self.damaged = damaged
 
 
 class Record(msgspec.Struct, frozen=True):
@@ -32,7 +92,9 @@ class Record(msgspec.Struct, frozen=True):
     config_id: str
     key: str
     meta: bytes
-    data: bytes | memoryview | None = None
+    data: bytes | memoryview | ValueRef | None = None
+    """The value: bytes in a write; a :class:`ValueRef` (the value stays on disk) in what
+    :meth:`Storage.load` returns from an engine that keeps values out of memory."""
 
     @property
     def record_key(self) -> RecordKey:
@@ -79,6 +141,13 @@ class Storage(ABC):
         """The failed commit's future, returned by submit() and barrier() from then on."""
         self.on_commit: Callable[[int, float], None] | None = None
         """Metrics hook: called after each durable commit with (records, seconds)."""
+        self._open_index: dict[RecordKey, Record | None] = {}
+        """The open batch's newest write of each record (None: deleted): values are read from
+        here while the batch waits for its commit."""
+        self._inflight_index: dict[RecordKey, Record | None] = {}
+        """The same for the batch being committed (until its commit returns)."""
+        self.values_read = 0
+        """Values read from the engine (not from a pending batch): metrics and tests."""
 
     # -- engine-specific ---------------------------------------------------------------------
 
@@ -94,6 +163,32 @@ class Storage(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release files. Only after everything submitted is durable."""
+
+    @abstractmethod
+    def _read_value(self, record: RecordKey) -> bytes | memoryview:
+        """The value of a committed record, its checksum checked (raises DamagedValue, or
+        KeyError if there is no such record or it has no value). Called on the event loop
+        while no commit changes this record (see :meth:`read_value`)."""
+
+    def read_value(self, ref: ValueRef) -> bytes | memoryview:
+        """The bytes ``ref`` stands for, as of everything submitted so far: from the newest
+        pending write of its record (open batch, then the batch being committed), else from the
+        engine. Raises DamagedValue (the stored value is bad) or KeyError (no such value: a bug).
+
+        Consistent without locks: it runs on the event loop, between core steps, and a record
+        absent from both pending batches is changed by no commit that is running (a commit
+        starts only from the event loop, with its batch in ``_inflight_index``)."""
+        for index in (self._open_index, self._inflight_index):
+            if ref.record in index:
+                w = index[ref.record]
+                if w is None or w.data is None or isinstance(w.data, ValueRef):
+                    raise KeyError(ref.record)
+                return w.data
+        data = self._read_value(ref.record)
+        self.values_read += 1
+        if len(data) != ref.length:
+            raise KeyError(ref.record)  # another version than the core refers to: a bug
+        return data
 
     def stored_bytes(self) -> int:
         """Approximate bytes of state held (metrics)."""
@@ -118,6 +213,13 @@ class Storage(ABC):
         if self._open_future is None:
             self._open_future = asyncio.get_running_loop().create_future()
         self._open_batch.extend(writes)
+        index = self._open_index
+        for w in writes:
+            if isinstance(w, Record):
+                index[w.record_key] = w
+            elif w.key is not None:
+                index[(w.ns, w.group, w.config_id, w.key)] = None
+            # (a Delete of a whole instance: the core refers to none of its values any more)
         fut = self._open_future
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
@@ -138,6 +240,7 @@ class Storage(ABC):
         while self._open_future is not None:
             batch, fut = self._open_batch, self._open_future
             self._open_batch, self._open_future = [], None
+            self._inflight_index, self._open_index = self._open_index, {}
             self._inflight_future = fut
             started = time.perf_counter()
             try:
@@ -148,6 +251,7 @@ class Storage(ABC):
                     fut.set_exception(e)
                 self._failed_future = fut
                 return
+            self._inflight_index = {}
             self.commits += 1
             self.records_written += len(batch)
             if self.on_commit is not None:

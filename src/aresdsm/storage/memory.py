@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import DamagedRecord, Record, RecordKey, Storage, Write
+import msgspec
+
+from .base import DamagedRecord, Record, RecordKey, Storage, ValueRef, Write
 
 
 class MemoryStorage(Storage):
@@ -25,6 +27,12 @@ class MemoryStorage(Storage):
     async def _run_commit(self, batch: list[Write]) -> None:
         self._commit(batch)
 
+    def _read_value(self, record: RecordKey) -> bytes | memoryview:
+        data = self.records[record].data
+        if data is None or isinstance(data, ValueRef):
+            raise KeyError(record)
+        return data
+
     def close(self) -> None:
         pass
 
@@ -38,7 +46,13 @@ def apply_batch(records: dict[RecordKey, Record], batch: list[Write]) -> None:
     """Apply writes to a dict of records (shared with the simulator's disk model)."""
     for w in batch:
         if isinstance(w, Record):
-            records[w.record_key] = w
+            # a value received is a view of its whole frame: keep a copy of its own bytes
+            own = (
+                msgspec.structs.replace(w, data=bytes(w.data))
+                if isinstance(w.data, memoryview)
+                else w
+            )
+            records[w.record_key] = own
         elif w.key is not None:
             records.pop((w.ns, w.group, w.config_id, w.key), None)
         else:

@@ -15,13 +15,20 @@ the directory is fsynced, and only then does the transaction that references the
 so a committed row never points to a file that is not durable. Files of replaced or deleted rows
 are removed after the commit; files a crash left unreferenced are removed at start-up.
 
+Values stay on disk (issue 12): :meth:`SqliteStorage.load` reads every row's meta and the
+*length* of its value, never the value, and :meth:`~aresdsm.storage.base.Storage.read_value`
+reads one value when a reply needs it, through a second, read-only connection (WAL: it sees the
+last commit and does not wait for the commit thread).
+
 Checksums (issue 10): every row carries a CRC-32 of its identity, its meta and the name and length
 of its value file (``meta_sum``) and a CRC-32 of its value (``data_sum``), inline or in a value
-file. :meth:`SqliteStorage.load` checks both and returns a row that fails as a
-:class:`~aresdsm.storage.base.DamagedRecord` (meta intact or not), which the server turns into a
-damaged object it no longer answers for; a truncated or missing value file is caught the same
-way. At open, ``PRAGMA integrity_check`` checks the database's own structure -- its pages, and
-that the primary-key index matches the rows, so a flipped byte in a row's key columns cannot make
+file. :meth:`SqliteStorage.load` checks the meta sum and returns a row that fails as a
+:class:`~aresdsm.storage.base.DamagedRecord` (a truncated or missing value file too: one
+``stat``), which the server turns into a damaged object it no longer answers for; the value's
+sum is checked when the value is read (a restart does not read 4 GiB to check it), and a value
+that fails is a :class:`~aresdsm.storage.base.DamagedValue` the server handles the same way.
+At open, ``PRAGMA integrity_check`` checks the database's own structure -- its pages, and that
+the primary-key index matches the rows, so a flipped byte in a row's key columns cannot make
 a record silently belong to another object; a database that fails it, or that SQLite cannot read
 at all, is a one-line :class:`~aresdsm.errors.StorageError`, never a traceback. The schema has a
 version (``PRAGMA user_version``); a database without checksums is refused.
@@ -47,7 +54,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import StorageError
-from .base import DamagedRecord, Record, Storage, Write
+from .base import DamagedRecord, DamagedValue, Record, RecordKey, Storage, ValueRef, Write
 
 DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
 SCHEMA_VERSION = 2
@@ -125,6 +132,7 @@ class SqliteStorage(Storage):
                     "server's disk, or replace the server by reconfiguration)"
                 ) from None
             self._lock = threading.Lock()
+            self._read_db: sqlite3.Connection | None = None
             self._remove_orphans()
             self._bytes: dict[tuple[str, str], int] = {
                 (g, c): int(n)
@@ -164,18 +172,24 @@ class SqliteStorage(Storage):
     # -- reading ---------------------------------------------------------------------------------
 
     def load(self) -> Iterable[Record | DamagedRecord]:
+        """Every record's meta, with its value as a :class:`ValueRef`: no value is read (a
+        restart costs O(records), not O(bytes)). The meta checksum is checked here, a value
+        file's presence and length too (one ``stat``); a value's own checksum when it is read
+        (:meth:`read_value`)."""
         try:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT ns, grp, cfg, key, meta, data, blob_file, blob_len, meta_sum, data_sum"
-                    " FROM state"
+                    "SELECT ns, grp, cfg, key, meta, LENGTH(data), blob_file, blob_len,"
+                    " meta_sum, data_sum FROM state"
                 ).fetchall()
         except sqlite3.Error as e:
             raise StorageError(f"cannot read database {self.path}: {e}") from None
         out: list[Record | DamagedRecord] = []
-        for ns, g, c, k, meta, inline, blob_file, blob_len, meta_sum, data_sum in rows:
+        for ns, g, c, k, meta, inline_len, blob_file, blob_len, meta_sum, data_sum in rows:
             out.append(
-                self._check_row(ns, g, c, k, meta, inline, blob_file, blob_len, meta_sum, data_sum)
+                self._check_row(
+                    ns, g, c, k, meta, inline_len, blob_file, blob_len, meta_sum, data_sum
+                )
             )
         return out
 
@@ -186,13 +200,14 @@ class SqliteStorage(Storage):
         c: object,
         k: object,
         meta: object,
-        inline: object,
+        inline_len: object,
         blob_file: object,
         blob_len: object,
         meta_sum: object,
         data_sum: object,
     ) -> Record | DamagedRecord:
-        """One row as a Record, or a DamagedRecord saying what failed its checksum."""
+        """One row's meta as a Record whose value is a reference, or a DamagedRecord saying
+        what failed (the meta checksum, or a value file that is missing or short)."""
         if not all(isinstance(x, str) for x in (ns, g, c, k)):
             raise StorageError(f"database {self.path} is damaged: a row's key is not text")
         assert isinstance(ns, str) and isinstance(g, str) and isinstance(c, str)
@@ -207,25 +222,83 @@ class SqliteStorage(Storage):
         if not meta_ok:
             return DamagedRecord(ns, g, c, k, None, "record checksum mismatch")
         assert isinstance(meta, bytes)
-        data: bytes | None
+        length: int | None
+        if isinstance(blob_file, str):
+            assert isinstance(blob_len, int)
+            try:
+                size = os.stat(self.blob_dir / blob_file).st_size
+            except OSError as e:
+                return DamagedRecord(ns, g, c, k, meta, f"value file {blob_file}: {e.strerror}")
+            if size != blob_len:
+                return DamagedRecord(
+                    ns, g, c, k, meta, f"value file {blob_file} has {size} of {blob_len} bytes"
+                )
+            length = blob_len
+        elif inline_len is None or isinstance(inline_len, int):
+            length = inline_len
+        else:  # pragma: no cover - LENGTH() is an integer or NULL
+            return DamagedRecord(ns, g, c, k, meta, "value is not a blob")
+        if length is None and data_sum is not None:
+            return DamagedRecord(ns, g, c, k, meta, "value missing")
+        if length is not None and not isinstance(data_sum, int):
+            return DamagedRecord(ns, g, c, k, meta, "value checksum missing")
+        data = ValueRef((ns, g, c, k), length) if length is not None else None
+        return Record(ns, g, c, k, meta, data)
+
+    def _read_value(self, record: RecordKey) -> bytes | memoryview:
+        """A committed value, checked against its checksum: from the row, or from its value
+        file (read whole: the checksum covers it all)."""
+        ns, g, c, k = record
+        try:
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT meta, data, blob_file, blob_len, data_sum FROM state"
+                    " WHERE ns=? AND grp=? AND cfg=? AND key=?",
+                    record,
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot read database {self.path}: {e}") from None
+        if row is None:
+            raise KeyError(record)
+        meta, inline, blob_file, blob_len, data_sum = row
+
+        def damaged(reason: str) -> DamagedValue:
+            return DamagedValue(
+                DamagedRecord(ns, g, c, k, meta if isinstance(meta, bytes) else None, reason)
+            )
+
+        data: bytes
         if isinstance(blob_file, str):
             try:
                 data = (self.blob_dir / blob_file).read_bytes()
             except OSError as e:
-                return DamagedRecord(ns, g, c, k, meta, f"value file {blob_file}: {e.strerror}")
+                raise damaged(f"value file {blob_file}: {e.strerror}") from None
             if len(data) != blob_len:
-                return DamagedRecord(
-                    ns, g, c, k, meta, f"value file {blob_file} has {len(data)} of {blob_len} bytes"
-                )
-        elif inline is None or isinstance(inline, bytes):
+                raise damaged(f"value file {blob_file} has {len(data)} of {blob_len} bytes")
+        elif isinstance(inline, bytes):
             data = inline
+        elif inline is None:
+            raise KeyError(record)
         else:
-            return DamagedRecord(ns, g, c, k, meta, "value is not a blob")
-        if data is not None and data_sum != data_checksum(data):
-            return DamagedRecord(ns, g, c, k, meta, "value checksum mismatch")
-        if data is None and data_sum is not None:
-            return DamagedRecord(ns, g, c, k, meta, "value missing")
-        return Record(ns, g, c, k, meta, data)
+            raise damaged("value is not a blob")
+        if data_sum != data_checksum(data):
+            raise damaged("value checksum mismatch")
+        return data
+
+    def _reader(self) -> sqlite3.Connection:
+        """The connection values are read with (its own: the commit thread uses ``_db``; in
+        WAL mode a reader sees the last commit and neither blocks the other)."""
+        if self._read_db is None:
+            self._read_db = sqlite3.connect(
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        return self._read_db
 
     def _remove_orphans(self) -> None:
         try:
@@ -274,6 +347,8 @@ class SqliteStorage(Storage):
             for w in batch:
                 if not isinstance(w, Record) or w.data is None:
                     continue
+                if isinstance(w.data, ValueRef):
+                    raise StorageError("a write holds a reference, not a value (a bug)")
                 if len(w.data) >= self.blob_threshold_bytes:
                     name = f"{uuid.uuid4().hex}.blob"
                     _write_durably(self.blob_dir / name, w.data)
@@ -303,6 +378,7 @@ class SqliteStorage(Storage):
             ).fetchone()
             new_size = len(w.meta) + (len(w.data) if w.data is not None else 0)
             deltas[inst] = deltas.get(inst, 0) + new_size - (old[1] if old is not None else 0)
+            assert not isinstance(w.data, ValueRef)  # (refused by _write_blob_files)
             data = None if blob_file is not None else w.data
             blob_len = len(w.data) if blob_file is not None and w.data is not None else None
             meta = bytes(w.meta)
@@ -343,6 +419,9 @@ class SqliteStorage(Storage):
 
     def close(self) -> None:
         with self._lock:
+            if self._read_db is not None:
+                self._read_db.close()
+                self._read_db = None
             self._db.close()
         self._unlock()
 
