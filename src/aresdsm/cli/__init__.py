@@ -3,7 +3,7 @@ command group; importing this package registers every command on :data:`main`.""
 
 from __future__ import annotations
 
-from . import certs, chaos, cluster, data, files, mount, server, tools  # noqa: F401  (register the commands)
+from . import certs, chaos, cluster, data, files, mount, s3, server, tools  # noqa: F401  (register the commands)
 from .common import chain_cache_path, main
 
 
