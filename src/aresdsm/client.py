@@ -1181,10 +1181,8 @@ class Store:
             "ares.mode": self.mode,
             "ares.bytes": len(value),
         }
-        try:
-            with tracing.span("op", attrs):
-                result = await self._measured("cvr-write", coro)
-        except BaseException as e:
+
+        def record(**fields: Any) -> None:
             if rec is not None:
                 rec.record(
                     OpRecord(
@@ -1194,32 +1192,29 @@ class Store:
                         key,
                         start,
                         rec.now(),
-                        value=value_digest(value),
-                        outcome="fail",
-                        tag=(own.z, own.writer),
                         base=(base.z, base.writer),
                         group=group,
-                        error=f"{type(e).__name__}: {e}",
+                        **fields,
                     )
                 )
-            raise
-        if rec is not None:
-            rec.record(
-                OpRecord(
-                    op_id,
-                    self.client_id,
-                    "cvr",
-                    key,
-                    start,
-                    rec.now(),
-                    value=value_digest(result.value or b""),
-                    outcome="ok",
-                    tag=(result.tag.z, result.tag.writer),
-                    base=(base.z, base.writer),
-                    stale=not result.ok,
-                    group=group,
-                )
+
+        try:
+            with tracing.span("op", attrs):
+                result = await self._measured("cvr-write", coro)
+        except BaseException as e:
+            record(
+                value=value_digest(value),
+                outcome="fail",
+                tag=(own.z, own.writer),
+                error=f"{type(e).__name__}: {e}",
             )
+            raise
+        record(
+            value=value_digest(result.value or b""),
+            outcome="ok",
+            tag=(result.tag.z, result.tag.writer),
+            stale=not result.ok,
+        )
         return result
 
     async def read_tagged(
