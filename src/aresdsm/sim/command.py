@@ -94,6 +94,16 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
     default=None,
     help="Reconfigurers propose on top of a pending configuration (the original Ares rule).",
 )
+@click.option("--focus/--no-focus", default=None, help="The adversary focuses on one hand-off.")
+@click.option("--focus-chance", type=float, help="Chance of each of the adversary's focus holds.")
+@click.option(
+    "--others-put-now/--no-others-put-now",
+    default=None,
+    help="Adversary focus rule: servers neither fast nor victims answer writes at once.",
+)
+@click.option("--stall-writes/--no-stall-writes", default=None, help="Adversary focus rule.")
+@click.option("--cut-queries/--no-cut-queries", default=None, help="Adversary focus rule.")
+@click.option("--stagger-s", type=float, help="Reconfigurer i starts i times this late.")
 @click.option("--real-codec", is_flag=True, help="Send every message through the wire codec.")
 @click.option(
     "--clients-finalize/--no-clients-finalize",

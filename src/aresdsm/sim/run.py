@@ -26,7 +26,7 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -47,6 +47,7 @@ from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
 
 GROUP = "default"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,18 @@ class SimOptions:
     is still pending (P) instead of finishing it first -- the original Ares rule
     (``ares.reconfig(finish_first=False)``); update-config then reads several sources
     (c_μ..c_ν, §8.4)."""
+    focus: bool | None = None
+    """Whether the hand-off adversary focuses on one hand-off at a time (drawn per seed)."""
+    focus_chance: float | None = None
+    """The hand-off adversary's focus: the chance of each of its holds (drawn per seed)."""
+    others_put_now: bool | None = None
+    """The focus rule *others answer at once* (:class:`.adversary.AdversaryOptions`)."""
+    stall_writes: bool | None = None
+    """The focus rule *stalled writes*."""
+    cut_queries: bool | None = None
+    """The focus rule *cut queries*."""
+    stagger_s: float | None = None
+    """Reconfigurer ``r{i}`` starts ``i`` times this late."""
     loss: float | None = None
     duplicate: float | None = None
     fsync_max_s: float | None = None
@@ -384,7 +397,7 @@ class _World:
         self.partitioned: set[str] = set()
         arng = random.Random(f"adversary-{opts.seed}")
         frng = random.Random(f"focus-rules-{opts.seed}")
-        self.stagger_s = frng.choice([0.0, 0.02, 0.04, 0.06, 0.1])
+        self.stagger_s = _given(opts.stagger_s, frng.choice([0.0, 0.02, 0.04, 0.06, 0.1]))
         """Reconfigurer ``r{i}`` starts ``i`` times this late: staggered reconfigurers meet
         each other's pending configurations (a chain that grows while one is still P)."""
         handoffs = bool(opts.adversary and opts.reconfigs)  # no hand-off, no hand-off adversary
@@ -399,12 +412,12 @@ class _World:
                 after_finals=arng.choice([(1,), (1, 2), (1, 2, 3)]),
                 extra_max_s=arng.choice([0.002, 0.02, 0.1]),
                 long_hold=arng.choice([0.005, 0.02]) if opts.long_holds else 0.0,
-                focus=handoffs and arng.random() < 0.8,
-                focus_chance=arng.choice([0.5, 0.8, 1.0]),
+                focus=handoffs and _given(opts.focus, arng.random() < 0.8),
+                focus_chance=_given(opts.focus_chance, arng.choice([0.5, 0.8, 1.0])),
                 # which further focus rules are on: drawn per seed from a stream of their own
-                others_put_now=frng.random() < 0.4,
-                stall_writes=frng.random() < 0.4,
-                cut_queries=frng.random() < 0.4,
+                others_put_now=_given(opts.others_put_now, frng.random() < 0.4),
+                stall_writes=_given(opts.stall_writes, frng.random() < 0.4),
+                cut_queries=_given(opts.cut_queries, frng.random() < 0.4),
                 hold_transfer=frng.random() < 0.5,
             ),
             is_reconfigurer=lambda name: name.startswith("r"),
@@ -461,6 +474,12 @@ class _World:
             if sum(1 for s in c.server_ids if s in down) > c.n - c.quorum_size:
                 return False
         return True
+
+
+def _given(option: _T | None, drawn: _T) -> _T:
+    """``option`` if given, else what was drawn (drawn either way, so that giving one option
+    does not shift the draws after it)."""
+    return drawn if option is None else option
 
 
 async def _client(world: _World, name: str, index: int, ops: int, keys: list[str]) -> None:
