@@ -92,6 +92,10 @@ class SimOptions:
     configuration are shut down for good (clients must relocate, §8.5)."""
     restarts: bool | None = None
     """Store runs: a client crashes once and restarts under the same name."""
+    twins: bool | None = None
+    """Store runs: a second process runs under client ``c0``'s name at the same time (one that
+    was restarted while the first was only paused, or a copied deployment): its writer ids must
+    not collide with the first one's (the incarnation in every writer id)."""
     bulk_keys: int | None = None
     """Ares II runs: this many more keys are written before the workload (0: none)."""
     sqlite: bool | None = None
@@ -197,6 +201,9 @@ class SimOptions:
             eager=self.eager
             if self.eager is not None
             else random.Random(f"eager-{self.seed}").random() < 0.6,
+            twins=self.twins  # a stream of its own, as coverable
+            if self.twins is not None
+            else random.Random(f"twins-{self.seed}").random() < 0.3,
         )
 
     def command(self) -> str:
@@ -254,6 +261,7 @@ BROKEN_VARIANTS = (
     "cvr-put-undecided",
     "cvr-transfer-ignores-open",
     "cvr-no-freeze",
+    "writer-ids-without-incarnation",
 )
 CVR_KEYS = ("v0", "v1")
 """Coverable objects of a run: keys of their own (a plain write's tag would sit between two
@@ -362,6 +370,7 @@ class _World:
             broken_cvr_unconditional="cvr-unconditional" in opts.broken,
             broken_cvr_put_undecided="cvr-put-undecided" in opts.broken,
             broken_cvr_transfer_ignores_open="cvr-transfer-ignores-open" in opts.broken,
+            broken_writer_ids_without_incarnation="writer-ids-without-incarnation" in opts.broken,
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
@@ -373,6 +382,8 @@ class _World:
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
         self.group = GROUP
+        self.client_seeds: dict[str, float] = {}
+        """Store client name -> the seed of its workload (a twin replays it)."""
         self.incarnations: dict[str, int] = {}
         """Store client name -> how many times it was started (restarts reuse the name)."""
         self.retired: set[str] = set()
@@ -801,6 +812,8 @@ async def _play(world: _World) -> SimResult:
             asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, all_keys))
             for i in range(opts.reconfigurers or 1)
         ]
+    if opts.store and opts.twins and opts.clients:
+        clients.append(asyncio.ensure_future(stores.twin_client(world, per_client, keys)))
     if opts.coverable:
         clients += [
             asyncio.ensure_future(_cvr_client(world, f"v{i}", max(4, per_client // 2)))
@@ -829,6 +842,7 @@ async def _play(world: _World) -> SimResult:
     stop.set()
     await faults
     await _heal_and_verify(world, keys + bulk)
+    world.failures += _shared_tags(world.history)
     events = world.cluster.events
     return SimResult(
         options=opts,
@@ -844,6 +858,25 @@ async def _play(world: _World) -> SimResult:
         virtual_s=loop.time(),
         events=events,
     )
+
+
+def _shared_tags(history: list[OpRecord]) -> list[str]:
+    """§10.9: a tag names one write. Two writes that returned ok under one tag with different
+    values (two processes under one client name without the incarnation in their writer ids)
+    leave servers that disagree under one version; the checker sees it only when reads happen to
+    come from both sides, this sees it at once."""
+    first: dict[tuple[str, tuple[int, str]], OpRecord] = {}
+    out = []
+    for r in history:
+        if r.kind != "write" or r.outcome != "ok" or r.tag is None:
+            continue
+        other = first.setdefault((r.key, r.tag), r)
+        if other is not r and other.value != r.value:
+            out.append(
+                f"§10.9: writes #{other.op_id} ({other.client}) and #{r.op_id} ({r.client})"
+                f" of {r.key} both returned tag {r.tag}"
+            )
+    return out
 
 
 def _retire(world: _World) -> None:
