@@ -35,9 +35,10 @@ from ..check.search import Verdict
 from ..config import Configuration, ServerInfo
 from ..errors import AresError, InvariantViolation
 from ..history import OpRecord, StrictClock, value_digest
-from ..protocol import ares, coverable
+from ..protocol import ares, coverable, dap
 from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
+from ..security.macs import ValueSigner
 from ..tags import TAG0, Tag, writer_id
 from ..testing import broken_switches
 from ..wire.blob import Blob
@@ -92,6 +93,11 @@ class SimOptions:
     configuration are shut down for good (clients must relocate, §8.5)."""
     restarts: bool | None = None
     """Store runs: a client crashes once and restarts under the same name."""
+    macs: bool | None = None
+    """The cluster has a write key: writers sign every value, servers check the MAC (§13)."""
+    rogue: bool | None = None
+    """With ``macs``: a read-role client (no write key) reads a key and then puts a value of
+    its own under a newer tag -- servers must refuse it (propagate, never invent, §13)."""
     twins: bool | None = None
     """Store runs: a second process runs under client ``c0``'s name at the same time (one that
     was restarted while the first was only paused, or a copied deployment): its writer ids must
@@ -201,6 +207,8 @@ class SimOptions:
             eager=self.eager
             if self.eager is not None
             else random.Random(f"eager-{self.seed}").random() < 0.6,
+            macs=self.macs if self.macs is not None else _draw(self.seed, "macs", 0.4),
+            rogue=self.rogue if self.rogue is not None else _draw(self.seed, "rogue", 0.5),
             twins=self.twins  # a stream of its own, as coverable
             if self.twins is not None
             else random.Random(f"twins-{self.seed}").random() < 0.3,
@@ -224,6 +232,11 @@ class SimOptions:
             else:
                 parts.append(f"{flag} {value}")
         return " ".join(parts)
+
+
+def _draw(seed: int, what: str, chance: float) -> bool:
+    """A draw from a stream of its own: adding one does not change the seed's other options."""
+    return random.Random(f"{what}-{seed}").random() < chance
 
 
 HANDOFF_SHARE = 0.35
@@ -262,6 +275,7 @@ BROKEN_VARIANTS = (
     "cvr-transfer-ignores-open",
     "cvr-no-freeze",
     "writer-ids-without-incarnation",
+    "skip-value-mac",
 )
 CVR_KEYS = ("v0", "v1")
 """Coverable objects of a run: keys of their own (a plain write's tag would sit between two
@@ -333,6 +347,12 @@ class _World:
                 broken_cvr_no_freeze="cvr-no-freeze" in opts.broken,
             ),
         )
+        key_rng = random.Random(f"write-key-{opts.seed}")
+        self.write_key = key_rng.randbytes(32) if opts.macs else None
+        """The cluster's write key (``macs``): every channel but the rogue's signs with it."""
+        if self.write_key is not None:
+            self.cluster.write_keys = (self.write_key,)
+            self.cluster.broken_skip_value_mac = "skip-value-mac" in opts.broken
         for sid, srv in self.cluster.servers.items():
             srv.broken_ack_before_durable = "ack-before-durable" in opts.broken
             if sqlite_dir is not None:
@@ -438,8 +458,10 @@ class _World:
     def proposal(self) -> Configuration:
         return _proposal(self)
 
-    def channel(self, client: str, *, timeout_s: float = 1.0) -> SimChannel:
+    def channel(self, client: str, *, timeout_s: float = 1.0, writer: bool = True) -> SimChannel:
         ch = SimChannel(self.cluster, client, timeout_s=timeout_s, switches=self.channel_switches)
+        if writer and self.write_key is not None:
+            ch.signer = ValueSigner(self.write_key)
         self.channels.append(ch)
         return ch
 
@@ -568,6 +590,42 @@ async def _operation(
             error=type(e).__name__,
         )
         return False
+
+
+async def _rogue(world: _World, keys: list[str]) -> None:
+    """A client with the read role (no write key; the simulator has no roles, so it is the
+    missing key that makes it a reader): it reads a key -- recorded, a read is its right -- and
+    then puts a value of its own under a newer tag into the configuration it read, as a
+    write-back would, but without a writer MAC. Servers must refuse it (docs/protocol.md §13:
+    propagate, never invent); if one took it, a read could return a value nobody wrote. The
+    forgery is not an operation of the history: it must leave no trace."""
+    rng = random.Random(f"rogue-{world.opts.seed}")
+    ch = world.channel("rogue", writer=False)
+    for n in range(1, 4):
+        await asyncio.sleep(rng.uniform(0.005, 0.08))
+        key = rng.choice(keys)
+        switches = world.client_switches
+        if not await _operation(world, ch, "rogue", key, None, "", switches):
+            continue
+        chain = ares.chain_of(GROUP, key, switches)
+        cseq = world.cseq("rogue", chain)
+        newest = max((r for r in world.history if r.client == "rogue"), key=lambda r: r.op_id)
+        assert newest.tag is not None
+        forged = Tag(newest.tag[0] + 1, f"rogue.{n}")
+        try:
+            await dap.put_data(
+                ch,
+                cseq[-1].config,
+                chain,
+                ares.object_key(GROUP, key, switches),
+                tag=forged,
+                value=Blob(f"forged-{n}".encode()),
+            )
+            world.cluster.log(f"rogue: forged {forged} of {key} accepted")
+        except AresError as e:
+            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                world.failures.append(f"rogue: InvariantViolation: {e}")
+            world.cluster.log(f"rogue: forged {forged} of {key} refused ({type(e).__name__})")
 
 
 def _cvr_record(world: _World, key: str, op: Op) -> int:
@@ -812,6 +870,8 @@ async def _play(world: _World) -> SimResult:
             asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, all_keys))
             for i in range(opts.reconfigurers or 1)
         ]
+    if opts.macs and opts.rogue:
+        clients.append(asyncio.ensure_future(_rogue(world, keys)))
     if opts.store and opts.twins and opts.clients:
         clients.append(asyncio.ensure_future(stores.twin_client(world, per_client, keys)))
     if opts.coverable:
