@@ -104,6 +104,7 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
     default=None,
     help="Adversary focus rule: servers neither fast nor victims answer writes at once.",
 )
+@click.option("--reconfig-cuts/--no-reconfig-cuts", default=None, help="Adversary: cut links.")
 @click.option("--stall-writes/--no-stall-writes", default=None, help="Adversary focus rule.")
 @click.option("--cut-queries/--no-cut-queries", default=None, help="Adversary focus rule.")
 @click.option("--stagger-s", type=float, help="Reconfigurer i starts i times this late.")

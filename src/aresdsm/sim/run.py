@@ -117,6 +117,8 @@ class SimOptions:
     """The hand-off adversary's focus: the chance of each of its holds (drawn per seed)."""
     others_put_now: bool | None = None
     """The focus rule *others answer at once* (:class:`.adversary.AdversaryOptions`)."""
+    reconfig_cuts: bool | None = None
+    """Outside the focus rules, the adversary cuts a reconfigurer's link for hand-off requests."""
     stall_writes: bool | None = None
     """The focus rule *stalled writes*."""
     cut_queries: bool | None = None
@@ -146,11 +148,23 @@ class SimOptions:
         reconfigurer, mixed client modes (in Ares II runs), the hand-off adversary, no crashes or
         partitions to disturb its schedules -- the shape in which the hand-off races occur most
         often; the other options (mode, Store, coverable objects, ...) are drawn as in any
-        seed."""
+        seed. Of the other seeds, a share runs one of the *race profiles*
+        (:data:`RACE_PROFILES`): the whole shape of one hand-off race that needs several draws
+        to agree at once (two eager reconfigurers meeting a pending configuration; classic
+        writers next to an Ares II reconfigurer), so that such a race gets a fair share of the
+        seeds instead of the product of its draws' chances."""
+        profile: dict[str, Any] = {}
         if random.Random(f"profile-{self.seed}").random() < HANDOFF_SHARE:
-            given = {k: v for k, v in HANDOFF_PROFILE.items() if getattr(self, k) is None}
-            return dataclasses.replace(self, **given)._resolved()
-        return self._resolved()
+            profile = HANDOFF_PROFILE
+        else:
+            draw = random.Random(f"race-{self.seed}").random()
+            for share, race in RACE_PROFILES:
+                if draw < share:
+                    profile = race
+                    break
+                draw -= share
+        given = {k: v for k, v in profile.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **given)._resolved()
 
     def _resolved(self) -> SimOptions:
         rng = random.Random(f"options-{self.seed}")
@@ -250,6 +264,37 @@ HANDOFF_PROFILE: dict[str, Any] = {
     "partitions": False,
     "client_crashes": False,
 }
+
+_FOCUSED: dict[str, Any] = {
+    "keys": 1,
+    "reconfigs": 3,
+    "mode": "ares2",
+    "initial_servers": 3,  # n = 2q - 1: fast + victims and fast + the others both make a quorum
+    "adversary": True,
+    "focus": True,
+    "focus_chance": 1.0,
+    "reconfig_cuts": False,  # (a random cut on the reconfigurer's link breaks the shape,
+    "heavy_tail": False,  # and so do heavy-tailed delays and long holds)
+    "long_holds": False,
+    "stall_writes": False,
+    "cut_queries": False,
+    "crashes": False,
+    "partitions": False,
+    "client_crashes": False,
+    "store": False,
+    "bulk_keys": 0,
+}
+RACE_PROFILES: tuple[tuple[float, dict[str, Any]], ...] = (
+    # older sources: a reconfigurer stuck half-way through its hand-off (its SET_NEXT_AND_GET
+    # reached one server), a second, eager one that hears of the pending successor and
+    # proposes on top of it -- update-config then reads c_mu..c_nu (§8.4) while a write's
+    # put-data reaches the fast server at once and the others only after the finalization
+    (0.2, {**_FOCUSED, "reconfigurers": 2, "eager": True, "others_put_now": False}),
+    # mixed modes: classic writers (piggyback off) next to an Ares II reconfigurer, the servers
+    # that are neither fast nor victims answering writes at once (tests/sim/test_mixed_modes.py)
+    (0.2, {**_FOCUSED, "reconfigurers": 1, "mixed": True, "others_put_now": True}),
+)
+"""(share of the seeds outside the hand-off profile, options): the race profiles."""
 
 BROKEN_VARIANTS = (
     "skip-write-back",
@@ -437,7 +482,8 @@ class _World:
             arng,
             AdversaryOptions(
                 handoff_client=arng.choice([0.05, 0.2, 0.5]) if handoffs else 0.0,
-                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) * frng.choice([0, 1])
+                handoff_reconfig=arng.choice([0.1, 0.3, 0.6])
+                * _given(opts.reconfig_cuts, frng.choice([0, 1]) == 1)
                 if handoffs
                 else 0.0,
                 after_finals=arng.choice([(1,), (1, 2), (1, 2, 3)]),
