@@ -93,6 +93,9 @@ class SimOptions:
     configuration are shut down for good (clients must relocate, §8.5)."""
     restarts: bool | None = None
     """Store runs: a client crashes once and restarts under the same name."""
+    cache: bool | None = None
+    """Store runs with ``retire``: a client keeps its chain cache on disk across the
+    redeployment and restarts from it (:func:`.stores.cached_client`)."""
     macs: bool | None = None
     """The cluster has a write key: writers sign every value, servers check the MAC (§13)."""
     rogue: bool | None = None
@@ -221,6 +224,7 @@ class SimOptions:
             eager=self.eager
             if self.eager is not None
             else random.Random(f"eager-{self.seed}").random() < 0.6,
+            cache=self.cache if self.cache is not None else _draw(self.seed, "cache", 0.5),
             macs=self.macs if self.macs is not None else _draw(self.seed, "macs", 0.4),
             rogue=self.rogue if self.rogue is not None else _draw(self.seed, "rogue", 0.5),
             twins=self.twins  # a stream of its own, as coverable
@@ -928,6 +932,8 @@ async def _play(world: _World) -> SimResult:
     retired = asyncio.Event()
     if opts.store and opts.retire and world.switches.batch and opts.reconfigs:
         clients.append(asyncio.ensure_future(stores.late_client(world, keys, retired)))
+        if opts.cache:
+            clients.append(asyncio.ensure_future(stores.cached_client(world, keys, retired)))
     stop = asyncio.Event()
     faults = asyncio.ensure_future(_faults(world, stop))
     if opts.client_crashes and opts.clients > 1 and rng.random() < 0.5:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -51,7 +53,12 @@ def client_switches(world: _World, index: int) -> OpSwitches:
 
 
 def new_store(
-    world: _World, name: str, switches: OpSwitches, *, channel_name: str | None = None
+    world: _World,
+    name: str,
+    switches: OpSwitches,
+    *,
+    channel_name: str | None = None,
+    cseq_cache: Path | None = None,
 ) -> Store:
     return Store(
         world.c0,
@@ -61,6 +68,7 @@ def new_store(
         known_servers=world.pool,
         channel=world.channel(channel_name or name, timeout_s=OPTIONS.timeout_s),
         incarnation=str(store_incarnations(world, name)),  # seeded: the run stays replayable
+        cseq_cache=cseq_cache,
     )
 
 
@@ -87,6 +95,45 @@ async def late_client(world: _World, keys: list[str], start: asyncio.Event) -> N
     for n in range(1, 6):
         value = f"late-{n}|".encode() if rng.random() < 0.5 else None
         await store_operation(world, store, "late", rng.choice(keys), value)
+
+
+async def cached_client(world: _World, keys: list[str], retired: asyncio.Event) -> None:
+    """A client that keeps its chain cache on disk (``cache``; issue 11, docs/protocol.md §8.5)
+    across a redeployment: it runs until a reconfiguration happened, closes (the Store saves
+    the chains it learned), and its process comes back -- a new Store on the same cache file --
+    after the cluster moved on and the servers outside the newest configuration were shut down
+    for good. The cache is only a hint: the chain it names leads to servers that are gone, and
+    the new Store must confirm it with live servers and relocate before its first operation."""
+    rng = random.Random(f"cache-{world.opts.seed}")
+    name = "cached"
+    with tempfile.TemporaryDirectory(prefix="ares-sim-cache-") as d:
+        path = Path(d) / "chains.json"
+        store = new_store(world, name, world.switches, cseq_cache=path)
+        n = 0
+        while not world.reconfigs_done and not retired.is_set():
+            n += 1
+            await _cached_op(world, store, name, rng, keys, n)
+            await asyncio.sleep(rng.uniform(0.001, 0.01))
+        n += 1
+        await _cached_op(world, store, name, rng, keys, n)
+        await store.close()
+        world.cluster.log(f"client {name} closed; chain cache saved ({path.stat().st_size} bytes)")
+        await retired.wait()
+        world.incarnations[name] = store_incarnations(world, name) + 1
+        store = new_store(world, name, world.switches, cseq_cache=path)
+        world.cluster.log(f"client {name} restarts from its chain cache")
+        for _ in range(4):
+            n += 1
+            await _cached_op(world, store, name, rng, keys, n)
+        await store.close()
+
+
+async def _cached_op(
+    world: _World, store: Store, name: str, rng: random.Random, keys: list[str], n: int
+) -> None:
+    inc = store_incarnations(world, name)
+    value = f"{name}@{inc}-{n}|".encode() if rng.random() < 0.5 else None
+    await store_operation(world, store, name, rng.choice(keys), value)
 
 
 async def store_client(world: _World, name: str, index: int, ops: int, keys: list[str]) -> None:
@@ -228,6 +275,7 @@ async def store_reconfigurer(
 
 
 __all__ = [
+    "cached_client",
     "client_switches",
     "late_client",
     "load",
