@@ -88,6 +88,7 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
 )
 @click.option("--restarts/--no-restarts", default=None, help="Store clients restart, same name.")
 @click.option("--cache/--no-cache", default=None, help="A Store restarts from its chain cache.")
+@click.option("--deletes/--no-deletes", default=None, help="A key written and deleted.")
 @click.option("--macs/--no-macs", default=None, help="Writers sign values; servers check (§13).")
 @click.option("--rogue/--no-rogue", default=None, help="A reader forges a value (with --macs).")
 @click.option("--twins/--no-twins", default=None, help="Two Store processes under one name.")
