@@ -124,26 +124,31 @@ CAUGHT: list[tuple[str, dict[str, Any], list[int]]] = [
     ("no-query-before-write", {}, [0]),
     ("quorum-minus-one", {}, [0]),
     ("skip-update-config", {}, [0]),
-    ("forgetful-acceptor", {}, [1]),
     ("forgets-accepts", {}, [1]),
-    ("paxos-own-value", {}, [1]),
-    ("skip-write-back", {}, [10]),
+    ("skip-value-mac", {}, [1]),
+    ("skip-write-back", {}, [1]),
+    ("forgetful-acceptor", {}, [4]),
+    ("paxos-own-value", {}, [5]),
     ("split-handoff", {}, [9]),
     ("cvr-put-undecided", {}, [10]),
+    ("ack-before-durable", {}, [11]),
     ("finish-on-obsolete", {}, [12]),
-    ("ack-before-durable", {}, [18]),
-    ("decode-below-k", {}, [28]),
+    ("writer-ids-without-incarnation", {}, [24]),
+    ("decode-below-k", {}, [25]),
+    ("plain-get-older-sources", {}, [25]),
     ("cvr-no-freeze", {}, [37]),
+    ("no-config-write-back", {}, [73]),
     ("retry-write-with-new-tag", {}, [122]),
-    ("no-config-write-back", {}, [217]),
-    ("no-requery-after-obsolete", {}, [231]),
+    ("classic-ignores-ack-next", {}, [133]),
+    ("no-requery-after-obsolete", {}, [230]),
 ]
 NOT_FOUND_BY_THE_SWARM: set[str] = {
-    "classic-ignores-ack-next",  # tests/sim/test_mixed_modes.py scripts it
-    "plain-get-older-sources",  # tests/sim/test_older_sources.py scripts it
+    # needs --deletes, which the swarm does not draw yet: with it the correct protocol fails
+    # (docs/testing.md); tests/sim/test_tombstone_floor.py scripts the variant
+    "drop-tombstones-without-floor",
 }
-"""Variants the plain swarm did not find within 300 seeds at the last measurement
-(docs/testing.md says why): each is caught by its scripted scenario."""
+"""Variants the plain swarm does not find within 300 seeds (docs/testing.md says why): each
+is caught by its scripted scenario."""
 
 
 @pytest.mark.parametrize(
