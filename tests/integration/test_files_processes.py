@@ -66,6 +66,11 @@ async def test_round_trip_edit_list_stat_delete(cluster: LocalCluster) -> None:
         await s.files.write("dir/a.bin", bytes(data))
         assert await s.files.read("dir/a.bin") == bytes(data)
         assert files.blocks_written - before <= 12  # journal, new, marks, link, tombstones
+        got = [p async for p in s.files.read_range("dir/a.bin", 299_000, 4000)]
+        assert b"".join(got) == bytes(data[299_000:303_000])
+        async with s.files.open("dir/a.bin") as h:
+            h.seek(len(data) - 10)
+            assert await h.read(100) == bytes(data[-10:])
         await s.files.write("empty", b"")
         assert await s.files.read("empty") == b""
         assert await s.files.list() == ["dir/a.bin", "empty"]
@@ -258,6 +263,9 @@ def test_fsspec_and_pandas(cluster: LocalCluster) -> None:
     fs = fsspec.filesystem("ares", **opts)
     assert sorted(fs.ls("data", detail=False)) == ["data/raw.bin", "data/x.csv"]
     assert fs.info("data/raw.bin")["size"] == 100_000
+    assert fs.cat_file("data/raw.bin", 3, 7) == b"\x01\x00\x01\x00"
+    assert fs.cat_file("data/raw.bin", -3) == b"\x01\x00\x01"
+    assert fs.cat_file("data/raw.bin", 99_998, 200_000) == b"\x00\x01"
     assert fs.info("data")["type"] == "directory"
     fs.rm("data/raw.bin")
     assert fs.ls("data", detail=False) == ["data/x.csv"]
