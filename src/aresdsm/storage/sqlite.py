@@ -73,8 +73,10 @@ from .base import (
 )
 
 DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
-SCHEMA_VERSION = 2
-"""1 (implicit, user_version 0): no checksums; 2: meta_sum and data_sum on every row."""
+SCHEMA_VERSION = 3
+"""1 (implicit, user_version 0): no checksums; 2: meta_sum and data_sum on every row; 3: the
+same rows, with value digests (in the metadata) made by SHA-256 instead of BLAKE2b-256
+(:mod:`aresdsm.integrity`): version 2 data would fail every reader's digest check."""
 _SIZE = "LENGTH(meta) + COALESCE(LENGTH(data), 0) + COALESCE(blob_len, 0)"
 """A record's bytes: metadata, inline value, or the length of its value file."""
 DIR_MODE = 0o700
@@ -178,6 +180,12 @@ class SqliteStorage(Storage):
             self._db.execute(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
+        if version == 2:
+            raise StorageError(
+                f"database {self.path} has schema version 2 (BLAKE2b value digests), this "
+                f"aresdsm writes {SCHEMA_VERSION} (SHA-256): copy the data with `ares backup` "
+                "of the older aresdsm and `ares restore` into a new cluster"
+            )
         if version != SCHEMA_VERSION:
             raise StorageError(
                 f"database {self.path} has schema version {version}, this aresdsm writes "
