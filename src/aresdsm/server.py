@@ -788,19 +788,27 @@ class Server:
             if refs:
                 return reply, dict.fromkeys(refs, _LATE)
         got: dict[ValueRef, Any] = {}
+        pinned = False
+
+        def open_value(ref: ValueRef) -> bytes | memoryview:
+            nonlocal pinned
+            v = got.get(ref)
+            if v is None:
+                v = got[ref] = self.storage.open_value(ref)
+            if isinstance(v, PinnedValue):
+                pinned = True
+                return b""  # (this resolution is dropped: the reply waits for the read)
+            return v
+
         try:
-            for ref in refs_in(reply):
-                if ref not in got:
-                    got[ref] = self.storage.open_value(ref)
+            resolved = resolve(reply, open_value)  # one pass over the reply when nothing pins
         except DamagedValue as e:
             _release(got)
             return self._damaged(e), None
         except BaseException:
             _release(got)
             raise
-        if any(isinstance(v, PinnedValue) for v in got.values()):
-            return reply, got
-        return resolve(reply, got.__getitem__), None
+        return (reply, got) if pinned else (resolved, None)
 
     def _damaged(self, e: DamagedValue) -> Reply:
         log.error(
@@ -867,17 +875,26 @@ class Server:
                         if isinstance(v, PinnedValue):
                             got[ref] = next(values)
                     reply = resolve(reply, got.__getitem__)
+        except asyncio.CancelledError:  # (the server stops)
+            conn.request_done(size)
+            raise
+        except Exception as exc:  # a value unreadable other than damaged: fail-stop
+            conn.request_done(size)
+            tracing.fail_server_span(span, exc)
+            self._fail(exc, bug=not isinstance(exc, StorageError))
+            return
+        try:
             if barrier is not None:
                 await asyncio.shield(barrier)
             if read is None:  # broken_late_value_read: the newest values, read now
                 reply = resolve(reply, self.storage.read_value)
-        except asyncio.CancelledError:  # (the server stops)
+        except asyncio.CancelledError:
             conn.request_done(size)
             raise
-        except Exception as exc:  # a failed commit (fail-stop), or unreadable storage
+        except Exception as exc:  # the commit failed: fail-stop, nothing is answered
             conn.request_done(size)
             tracing.fail_server_span(span, exc)
-            self._fail(exc, bug=not isinstance(exc, StorageError | DamagedValue))
+            self._fail(exc)
             return
         bufs = conn.encode(rid, reply)
         conn.write(bufs)  # before request_done: the bytes stay counted as held
