@@ -58,6 +58,7 @@ import bisect
 import functools
 import heapq
 import itertools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,6 +202,10 @@ class ServerCore:
     """(group, configuration) whose nextC, Paxos or GC record was corrupt: nothing answered."""
     damaged_configs: set[str] = field(default_factory=set)
     """Configurations whose descriptor record was corrupt: nothing answered for them."""
+    _served: dict[str, Configuration] = field(default_factory=dict)
+    """Configurations :meth:`_config` found this server serves (a member, with this
+    incarnation): a descriptor never changes under its id, so those checks are made once per
+    configuration, not once per request (the damaged check still is)."""
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -345,10 +350,11 @@ class ServerCore:
 
     def handle(self, req: Request) -> Result:
         kind = type(req).__name__
-        self.counters[kind] = self.counters.get(kind, 0) + 1
+        counters = self.counters
+        counters[kind] = counters.get(kind, 0) + 1
         bad = _bad_names(req)
         if bad is not None:
-            self.counters["bad-requests"] = self.counters.get("bad-requests", 0) + 1
+            counters["bad-requests"] = counters.get("bad-requests", 0) + 1
             return bad, []
         handler = _HANDLERS.get(type(req))
         if handler is None:  # pragma: no cover - every Request type has a handler
@@ -357,6 +363,18 @@ class ServerCore:
         return result
 
     def _config(self, config_id: str) -> Configuration | ErrorReply:
+        c = self._served.get(config_id)
+        if (
+            c is not None
+            and c is self.configs.get(config_id)
+            and config_id not in self.damaged_configs
+        ):
+            return c  # (checked before: a member, this incarnation)
+        return self._check_config(config_id)
+
+    def _check_config(self, config_id: str) -> Configuration | ErrorReply:
+        """:meth:`_config` the first time (and for every refused request): the checks in full;
+        a configuration that passes is remembered in ``_served``."""
         if config_id in self.damaged_configs:
             return self._damaged_reply(f"configuration {config_id!r}")
         c = self.configs.get(config_id)
@@ -374,6 +392,7 @@ class ServerCore:
         wrong = self._wrong_incarnation(c)
         if wrong is not None:
             return wrong
+        self._served[config_id] = c
         return c
 
     def _wrong_incarnation(self, c: Configuration) -> ErrorReply | None:
@@ -412,11 +431,12 @@ class ServerCore:
         c = self._config(config_id)
         if isinstance(c, ErrorReply):
             return c
-        if (group, config_id) in self.damaged_instances:
+        inst = (group, config_id)
+        if inst in self.damaged_instances:
             return self._damaged_reply(f"the state of {group}/{config_id}")
-        if (group, config_id) in self.collected:
+        if inst in self.collected:
             self.counters["obsolete"] = self.counters.get("obsolete", 0) + 1
-            return Obsolete(self.nextc[(group, config_id)])
+            return Obsolete(self.nextc[inst])
         return c
 
     def _next(self, group: str, config_id: str) -> NextEntry | None:
@@ -1015,12 +1035,44 @@ _NAME_FIELDS = (
 )
 
 
+_SHORT_NAMES_CHARS = min(limit for _, _, limit in _NAME_FIELDS) // 4
+"""Names of this many characters in all are within every limit (UTF-8 takes at most 4 bytes a
+character): the common case costs one sum, not a check per field."""
+
+
+def _names_of(kind: type) -> tuple[tuple[str, str, int], ...]:
+    fields = getattr(kind, "__struct_fields__", ())
+    return tuple(f for f in _NAME_FIELDS if f[0] in fields)
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda req: (one(req),)
+    return operator.attrgetter(*names) if names else lambda req: ()
+
+
+_NAME_CHECKS: dict[type, tuple[Callable[[Any], tuple[str, ...]], tuple[tuple[str, str, int], ...]]]
+_NAME_CHECKS = {
+    kind: (_getter(tuple(n for n, _, _ in _names_of(kind))), _names_of(kind))
+    for kind in Request.__args__
+}
+"""Per request type: a getter of its name fields (one call for all) and their limits."""
+
+
 def _bad_names(req: Request) -> ErrorReply | None:
     """Names from the network within their limits (aresdsm.limits), whatever the client checked:
     a 33 MiB key would make every state-transfer page that holds it larger than a frame."""
-    for name, what, max_bytes in _NAME_FIELDS:
-        value = getattr(req, name, None)
-        if isinstance(value, str):
+    check = _NAME_CHECKS.get(type(req))
+    if check is None:  # (not a Request type: nothing of it reaches the state)
+        check = _NAME_CHECKS[type(req)] = (
+            _getter(tuple(n for n, _, _ in _names_of(type(req)))),
+            _names_of(type(req)),
+        )
+    get, fields = check
+    values = get(req)
+    if sum(map(len, values)) > _SHORT_NAMES_CHARS:
+        for value, (_, what, max_bytes) in zip(values, fields, strict=True):
             reason = name_too_long(what, value, max_bytes)
             if reason is not None:
                 return ErrorReply("bad-request", reason)
