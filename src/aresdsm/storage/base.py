@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from ..wire.blob import Blob
+from .committer import CommitThread
 
 RecordKey = tuple[str, str, str, str]
 """(ns, group, config_id, key)"""
@@ -148,6 +150,8 @@ class Storage(ABC):
         """The same for the batch being committed (until its commit returns)."""
         self.values_read = 0
         """Values read from the engine (not from a pending batch): metrics and tests."""
+        self._committer = CommitThread()
+        """The engine's commit thread (:mod:`.committer`): one thread hop per group commit."""
 
     # -- engine-specific ---------------------------------------------------------------------
 
@@ -260,7 +264,7 @@ class Storage(ABC):
                 fut.set_result(None)
 
     async def _run_commit(self, batch: list[Write]) -> None:
-        await asyncio.to_thread(self._commit, batch)
+        await self._committer.run(functools.partial(self._commit, batch))
 
     async def drain(self) -> None:
         """Wait until everything submitted is durable."""
