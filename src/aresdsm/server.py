@@ -704,11 +704,7 @@ class Server:
             return
         if m is not None and isinstance(body, WriteConfig):
             m.state_changed(collected, before, self.core.nextc.get(inst))
-        if (
-            self.audit is not None
-            and type(body) not in _NEVER_AUDITED
-            and is_admin_operation(body)
-        ):
+        if self.audit is not None and type(body) not in _NEVER_AUDITED and is_admin_operation(body):
             self._audit(conn, body, _outcome(reply))
         if writes:
             self.storage.submit(writes)
