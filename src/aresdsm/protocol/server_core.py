@@ -463,12 +463,13 @@ class ServerCore:
         skey = (req.group, req.config_id, req.key)
         if skey in self.damaged:
             return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
-        nxt = self._next(req.group, req.config_id)
+        inst = (req.group, req.config_id)
+        nxt = self.nextc.get(inst)
         if c.dap == "treas":
             tag = treas.on_query_tag(self._treas_state(c, skey)).tag
         else:
             tag = abd.on_query_tag(self.registers.get(skey, abd.INITIAL)).tag
-        floor = self.floors.get((req.group, req.config_id), 0)
+        floor = self.floors.get(inst, 0)
         if tag.z < floor:  # §8.4 "Deleted objects": a writer's tag goes above the floor
             tag = Tag(floor, "")
         return TagReply(tag, nxt), []
@@ -483,7 +484,7 @@ class ServerCore:
         if skey in self.damaged:
             return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
         reg = self.registers.get(skey, abd.INITIAL)
-        nxt = self._next(req.group, req.config_id)
+        nxt = self.nextc.get((req.group, req.config_id))
         return DataReply(reg.tag, reg.value, nxt, reg.digest, reg.mac), []
 
     def _on_query_list(self, req: QueryList) -> Result:
@@ -508,7 +509,7 @@ class ServerCore:
         if bad is not None:
             return bad, []
         writes = self._apply_put(c, req)
-        return Ack(self._next(req.group, req.config_id)), writes
+        return Ack(self.nextc.get((req.group, req.config_id))), writes
 
     def _on_put_batch(self, req: PutBatch) -> Result:
         """Many objects' put-data in one request (§8.4 batched state transfer); one ACK."""
@@ -594,6 +595,8 @@ class ServerCore:
         record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
         self._set_register(skey, msgspec.structs.replace(new, value=_value_ref(record)))
         self._add_object((req.group, req.config_id), req.key)
+        if skey not in self.cvr:  # (not a coverable object: no open levels to prune)
+            return [record]
         return [record, *self._prune_cvr(c, skey)]
 
     def _prune_cvr(self, c: Configuration, skey: StateKey) -> list[Write]:
