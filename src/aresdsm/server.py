@@ -430,6 +430,24 @@ class _Conn(asyncio.Protocol):
         if self.paused or self.blocked:
             self.update_reading()
 
+    def release(self, bufs: list[bytes | memoryview], size: int) -> None:
+        """A held reply's commit is durable: queue it for this iteration's flush (as
+        :meth:`write`) and count the request done. Its bytes move from the held count to the
+        queued one, so the sum the reply budget limits does not grow: no budget check."""
+        self.pending -= 1
+        self.reply_bytes -= size
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self.out += bufs
+            self.out_bytes += size
+            if self.out_bytes >= FLUSH_NOW_BYTES:
+                self.flush()
+            elif not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        if self.paused or self.blocked:
+            self.update_reading()
+
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.update_reading()
@@ -757,8 +775,9 @@ class Server:
         m = self.metrics
         for conn, bufs, size, extra in held:
             if failed is None:
-                conn.write(bufs, size)  # before request_done: the bytes stay counted as held
-            conn.request_done(size)
+                conn.release(bufs, size)
+            else:
+                conn.request_done(size)
             if extra is None:
                 continue
             kind, reply, started, span, wait = extra
