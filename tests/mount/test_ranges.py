@@ -176,3 +176,31 @@ def test_ranges() -> None:
             gaps = {x for g in r.missing(0, 140) for x in range(*g)}
             assert gaps == set(range(140)) - have
             assert all(e < s for e, s in zip(r.ends, r.starts[1:], strict=False))
+
+
+async def test_an_open_file_keeps_reading_its_version_after_an_unlink_or_a_rename(
+    inproc_cluster: tuple[Configuration, list[Server]],
+) -> None:
+    """The unlink's deletion of the data waits until the handles open in this mount fetched
+    the rest of their version; a renamed file is fetched under its new name."""
+    cfg, _ = inproc_cluster
+    v1 = random.Random(4).randbytes(3 * 1024 * 1024)
+    async with Store(cfg) as s:
+        fs = AresFS(s)
+        await _put(fs, b"u", v1)
+        await _put(fs, b"w", v1)
+        fu = await _open(fs, b"u", os.O_RDONLY)
+        fw = await _open(fs, b"w", os.O_RDONLY)
+        try:
+            assert await fs.read(fu, 0, 4096) == v1[:4096]
+            assert await fs.read(fw, 0, 4096) == v1[:4096]
+            await fs.unlink(ROOT, b"u", CTX)  # type: ignore[arg-type]
+            await fs.rename(ROOT, b"w", ROOT, b"w2", 0, CTX)  # type: ignore[arg-type]
+            await fs.drain()  # (the data of u and of the old name w are deleted)
+            assert await s.files.list("u") == [] and await s.files.list("w") == ["w2"]
+            off = 2 * 1024 * 1024
+            assert await fs.read(fu, off, 100_000) == v1[off : off + 100_000]
+            assert await fs.read(fw, off, 100_000) == v1[off : off + 100_000]
+        finally:
+            await fs.release(fu)
+            await fs.release(fw)

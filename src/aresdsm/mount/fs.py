@@ -195,6 +195,8 @@ class _Open:
     demand with the ranges that reads ask for (docs/mount.md "Consistency")."""
 
     ino: int
+    path: str
+    """The name whose data it fetches (follows renames; kept after an unlink)."""
     tmp: Any
     meta: Meta
     base: Tag
@@ -793,6 +795,8 @@ class AresFS(pyfuse3.Operations):
         tag, cur = await self._read_meta(path, fresh=True)
         if cur is not None and cur.kind == GONE:
             raise pyfuse3.FUSEError(errno.ENOENT)  # (another mount removed it)
+        if cur is not None and cur.kind == DIR:
+            raise pyfuse3.FUSEError(errno.EISDIR)
         t = await self._mark_gone(path, tag, has_data=cur is None or cur.kind == FILE, of=of)
         if t is None:
             log.warning("%s: changed by another mount since it was read: not removed", path)
@@ -994,6 +998,8 @@ class AresFS(pyfuse3.Operations):
                 self._paths.pop(prev, None)
             self._inos[moved] = ino
             self._paths[ino] = moved
+            if ino in self._open:
+                self._open[ino].path = moved
 
     @_errors
     async def link(
@@ -1061,7 +1067,7 @@ class AresFS(pyfuse3.Operations):
             if of is None:
                 tmp = tempfile.TemporaryFile(dir=self.opts.cache_dir)  # noqa: SIM115 (released)
                 size = 0 if truncate else m.size
-                of = _Open(inode, tmp, m, tag, size, remote_size=size, window=READ_MIN_BYTES)
+                of = _Open(inode, path, tmp, m, tag, size, remote_size=size, window=READ_MIN_BYTES)
                 os.ftruncate(of.fd, size)  # (sparse: nothing is fetched before a read asks)
                 self._open[inode] = of
                 of.refs += 1
@@ -1069,9 +1075,13 @@ class AresFS(pyfuse3.Operations):
                 return of
         of.refs += 1  # (before any wait: a concurrent release must not close it)
         if truncate:
-            async with of.lock:
-                of.truncate(0)
-                of.dirty = True
+            try:
+                async with of.lock:
+                    of.truncate(0)
+                    of.dirty = True
+            except BaseException:
+                await self._release(of)
+                raise
         return of
 
     # -- fetching an open file's ranges ----------------------------------------------------------
@@ -1107,7 +1117,7 @@ class AresFS(pyfuse3.Operations):
         return f
 
     async def _fetch(self, of: _Open, a: int, b: int) -> None:
-        path = self._path(of.ino)
+        path = of.path
         self.ranges_fetched += 1
         pos = a
         changed: FileChanged | None = None
@@ -1144,7 +1154,7 @@ class AresFS(pyfuse3.Operations):
             if not gaps:
                 return
             if of.lost:
-                raise StaleVersion(self._paths.get(of.ino, "?"))
+                raise StaleVersion(of.path)
             ga, gb = gaps[0]
             if not hasattr(self.files, "read_range"):  # TEMPORARY (above)
                 window = of.remote_size
@@ -1155,7 +1165,13 @@ class AresFS(pyfuse3.Operations):
                     if ga < other.start < end:
                         end = other.start
                 f = self._start_fetch(of, ga, end)
-            await asyncio.shield(f.task)
+            try:
+                await asyncio.shield(f.task)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is None or me.cancelling() or not f.task.cancelled():
+                    raise
+                raise StaleVersion(of.path) from None  # (the file was released meanwhile)
 
     def _read_ahead(self, of: _Open, off: int, end: int) -> None:
         """Sequential reads (each where the last ended) double the fetch window up to
@@ -1229,7 +1245,9 @@ class AresFS(pyfuse3.Operations):
             assert tag is not None
             m = Meta(FILE, mode & 0o7777, 0, time.time_ns(), ctx.uid, ctx.gid)
             tmp = tempfile.TemporaryFile(dir=self.opts.cache_dir)  # noqa: SIM115 (released)
-            of = _Open(ino, tmp, m, tag, 0, dirty=True, published=False, window=READ_MIN_BYTES)
+            of = _Open(
+                ino, path, tmp, m, tag, 0, dirty=True, published=False, window=READ_MIN_BYTES
+            )
             of.refs = 1
             self._open[ino] = of
         self._note(path, self._local_meta(of))
@@ -1297,7 +1315,7 @@ class AresFS(pyfuse3.Operations):
             except StaleVersion:
                 of.stale = True
                 raise pyfuse3.FUSEError(errno.ESTALE) from None
-            path = self._path(of.ino)
+            path = of.path
             await self._settle(path)
             m = self._local_meta(of)
             claim = Meta(
