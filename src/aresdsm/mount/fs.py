@@ -1315,7 +1315,7 @@ class AresFS(pyfuse3.Operations):
             except StaleVersion:
                 of.stale = True
                 raise pyfuse3.FUSEError(errno.ESTALE) from None
-            path = of.path
+            path = self._path(of.ino)
             await self._settle(path)
             m = self._local_meta(of)
             claim = Meta(
