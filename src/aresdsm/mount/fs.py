@@ -15,8 +15,9 @@ imports it.
   the layer's incremental write (only changed blocks are written): first a coverable write of the
   record on the version opened (the claim: a mount that lost the race answers ESTALE and writes
   nothing), then the data, then the record again without its ``writing`` mark.
-* Attributes and directory listings are cached for ``attr_timeout_s`` (also the kernel's entry
-  and attribute timeouts).
+* Attributes are cached for ``attr_timeout_s`` (also the kernel's attribute timeout), names and
+  directory listings for ``dir_timeout_s`` (also the kernel's entry timeout; by default the
+  same).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ MAX_PATH_BYTES = 448
 MAX_SEGMENT_BYTES = 255
 LIST_READS_IN_FLIGHT = 64
 MAX_META_RETRIES = 8
+MAX_CACHE_TIMEOUT_S = 3600.0
+"""The longest attribute or directory cache timeout accepted (changes of other mounts would
+stay unseen for that long)."""
 MAX_CACHED_NAMES = 65536
 """Records and listings cached at most (expired ones are dropped first, then all)."""
 BLOCK_SIZE = 128 * 1024
@@ -71,7 +75,10 @@ T = TypeVar("T")
 class MountOptions:
     group: str = DEFAULT_GROUP
     attr_timeout_s: float = 1.0
-    """Kernel entry/attribute cache and this mount's record/listing cache."""
+    """Attributes: the kernel's attribute cache and this mount's cache of records."""
+    dir_timeout_s: float | None = None
+    """Names and listings: the kernel's entry cache (name -> inode) and this mount's cache of
+    directory listings (None: ``attr_timeout_s``)."""
     publish_wait_s: float = 10.0
     """How long an opener waits for another mount's publication of the file to end."""
     cache_dir: str | None = None
@@ -253,6 +260,14 @@ class AresFS(pyfuse3.Operations):
         self.files = store.files
         self.opts = options or MountOptions()
         self.group = self.opts.group
+        for what, t in (("attr", self.opts.attr_timeout_s), ("dir", self.opts.dir_timeout_s)):
+            if t is not None and not 0 <= t <= MAX_CACHE_TIMEOUT_S:
+                raise ConfigurationError(
+                    f"{what}_timeout_s must be within 0..{MAX_CACHE_TIMEOUT_S:g} s, not {t!r}"
+                )
+        self._dir_timeout_s = (
+            self.opts.attr_timeout_s if self.opts.dir_timeout_s is None else self.opts.dir_timeout_s
+        )
         self.writer_id = secrets.token_hex(6)
         self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
         self._inos: dict[str, int] = {"": pyfuse3.ROOT_INODE}
@@ -484,7 +499,7 @@ class AresFS(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
-        e.entry_timeout = self.opts.attr_timeout_s
+        e.entry_timeout = self._dir_timeout_s
         e.attr_timeout = self.opts.attr_timeout_s
         kind = {DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}.get(m.kind, stat.S_IFREG)
         e.st_mode = kind | (m.mode & 0o7777)
@@ -566,7 +581,7 @@ class AresFS(pyfuse3.Operations):
             op = self._paths.get(of.ino)
             if op is not None and not of.unlinked and _parent(op) == dpath:
                 out[op.rpartition("/")[2]] = self._local_meta(of)
-        self._dirs[dpath] = (time.monotonic() + self.opts.attr_timeout_s, out)
+        self._dirs[dpath] = (time.monotonic() + self._dir_timeout_s, out)
         return out
 
     async def _require_dir(self, path: str) -> None:
@@ -717,7 +732,7 @@ class AresFS(pyfuse3.Operations):
             return m
 
         await self._update_meta(path, make)
-        self._dirs[path] = (time.monotonic() + self.opts.attr_timeout_s, {})
+        self._dirs[path] = (time.monotonic() + self._dir_timeout_s, {})
         return self._counted(self._entry(self._ino(path), m))
 
     @_errors
