@@ -183,6 +183,32 @@ class _Ranges:
         return out
 
 
+def _unclaimed(of: _Open, a: int, b: int) -> int | None:
+    """The first offset in ``[a, b)`` that is neither in the local copy nor being fetched."""
+    for ga, gb in of.gaps(a, b):
+        p = ga
+        moved = True
+        while moved and p < gb:
+            moved = False
+            for f in of.fetches:
+                if f.start <= p < f.end:
+                    p, moved = f.end, True
+        if p < gb:
+            return p
+    return None
+
+
+def _claim_end(of: _Open, a: int, b: int) -> int:
+    """Where a fetch from ``a`` (which no fetch holds) should end, at most ``b``: before the
+    end of the opened version and before the next fetch in flight (never twice the same
+    bytes)."""
+    end = min(b, of.remote_size)
+    for f in of.fetches:
+        if a < f.start < end:
+            end = f.start
+    return end
+
+
 class StaleVersion(Exception):
     """The version an open file shows is no longer the file's newest (another mount
     published, renamed or removed it) and a part of it this mount has not fetched was asked
@@ -1175,11 +1201,7 @@ class AresFS(pyfuse3.Operations):
                 window = of.remote_size
             f = next((f for f in of.fetches if f.start <= ga < f.end), None)
             if f is None:
-                end = min(max(gb, ga + window), of.remote_size)
-                for other in of.fetches:  # (never twice the same bytes)
-                    if ga < other.start < end:
-                        end = other.start
-                f = self._start_fetch(of, ga, end)
+                f = self._start_fetch(of, ga, _claim_end(of, ga, max(gb, ga + window)))
             try:
                 await asyncio.shield(f.task)
             except asyncio.CancelledError:
@@ -1191,7 +1213,8 @@ class AresFS(pyfuse3.Operations):
     def _read_ahead(self, of: _Open, off: int, end: int) -> None:
         """Sequential reads (each where the last ended) double the fetch window up to
         ``READ_MAX_BYTES`` and keep one window fetched ahead; any other read resets it."""
-        sequential = of.read_end - 2 * READ_MIN_BYTES <= off <= of.read_end
+        # (the kernel's own read-ahead sends reads a little out of order)
+        sequential = abs(off - of.read_end) <= 2 * READ_MIN_BYTES
         of.read_end = max(of.read_end, end) if sequential else end
         if not sequential:
             of.window = READ_MIN_BYTES
@@ -1199,18 +1222,9 @@ class AresFS(pyfuse3.Operations):
         of.window = min(of.window * 2, READ_MAX_BYTES)
         if of.lost:
             return
-        lo = end
-        for f in sorted(of.fetches, key=lambda f: f.start):
-            if f.start <= lo < f.end:
-                lo = f.end
-        gaps = of.gaps(lo, end + of.window)
-        if gaps:
-            ga = gaps[0][0]
-            hi = min(ga + of.window, of.remote_size)
-            for other in of.fetches:
-                if ga < other.start < hi:
-                    hi = other.start
-            self._start_fetch(of, ga, hi)
+        ga = _unclaimed(of, end, end + of.window)
+        if ga is not None:
+            self._start_fetch(of, ga, _claim_end(of, ga, ga + of.window))
 
     async def _fetch_all(self, of: _Open) -> None:
         await self._ensure(of, 0, of.remote_size, READ_MAX_BYTES)
