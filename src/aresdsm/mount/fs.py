@@ -33,7 +33,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -64,8 +64,13 @@ BLOCK_SIZE = 128 * 1024
 READ_MIN_BYTES = 256 * 1024
 """The least an open file fetches at once (the layer's smallest block: a random read costs
 the one or two blocks that cover it, and its neighbourhood is then local)."""
-READ_MAX_BYTES = 8 * 1024 * 1024
-"""The most: sequential reads double the window up to this and keep one window ahead."""
+READ_MAX_BYTES = 1024 * 1024
+"""Sequential reads double the window up to this and keep one window ahead; a reader that
+goes on sequentially after that gets the rest of the file streamed (one range read to the end,
+as ``cat`` or ``cp`` want it)."""
+CHECK_EVERY_BYTES = 4 * 1024 * 1024
+"""A fetch checks the record (and hands its bytes to readers) at least this often, and after
+every piece while a reader waits for it."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -249,10 +254,18 @@ class _Open:
     unlinked: bool = False
     refs: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set (and replaced) whenever fetched bytes joined the local copy or a fetch failed."""
+    waiting: int = 0
+    """Reads waiting for a fetch."""
 
     @property
     def fd(self) -> int:
         return int(self.tmp.fileno())
+
+    def wake(self) -> None:
+        self.progress.set()
+        self.progress = asyncio.Event()
 
     def gaps(self, a: int, b: int) -> list[tuple[int, int]]:
         """The parts of ``[a, b)`` that still have to be fetched."""
@@ -1127,12 +1140,14 @@ class AresFS(pyfuse3.Operations):
 
     # -- fetching an open file's ranges ----------------------------------------------------------
 
-    async def _read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
+    async def _read_range(self, path: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """The bytes ``[offset, offset + length)`` of ``path`` (fewer at its end), reading only
         the blocks that cover them (``Files.read_range``)."""
         if hasattr(self.files, "read_range"):
-            async for b in self.files.read_range(path, offset, length, group=self.group):
-                yield b
+            rr = self.files.read_range(path, offset, length, group=self.group)
+            async with contextlib.aclosing(rr) as pieces:
+                async for b in pieces:
+                    yield b
             return
         pos, end = 0, offset + length  # TEMPORARY until read_range is merged: from the start
         async for b in self.files.iter_blocks(path, group=self.group):
@@ -1160,27 +1175,43 @@ class AresFS(pyfuse3.Operations):
     async def _fetch(self, of: _Open, a: int, b: int) -> None:
         path = of.path
         self.ranges_fetched += 1
-        pos = a
+        pos = checked = a
+
+        async def check() -> bool:
+            """The bytes placed since the last check are the opened version's if the record has
+            not moved since the open: no publication's data write (it follows its claim on the
+            record) overlapped their read. Then they join the local copy (readers waiting for
+            them go on while the rest of the range arrives)."""
+            nonlocal checked
+            tag, _ = await self._read_meta(path, fresh=True)
+            if tag != of.base:
+                if of.gaps(checked, b):
+                    of.lost = True
+                    log.warning("%s changed since it was opened: its unread parts are gone", path)
+                of.wake()
+                return False
+            of.present.add(checked, min(pos, of.remote_size))
+            checked = pos
+            of.wake()
+            return True
+
         changed: FileChanged | None = None
         try:
-            async for chunk in self._read_range(path, a, b - a):
-                of.place(pos, chunk)
-                pos += len(chunk)
+            async with contextlib.aclosing(self._read_range(path, a, b - a)) as pieces:
+                async for chunk in pieces:
+                    of.place(pos, chunk)
+                    pos += len(chunk)
+                    due = of.waiting or pos - checked >= CHECK_EVERY_BYTES
+                    if due and not await check():  # (the layer reads on meanwhile)
+                        return
         except NoSuchFile:
             pass
         except FileChanged as e:  # (the layer saw a newer version: the record tells whose)
             changed = e
-        # The record has not moved since the open, so no publication's data write (it follows
-        # its claim on the record) overlapped this read: the bytes are the opened version's.
-        tag, _ = await self._read_meta(path, fresh=True)
-        if tag != of.base:
-            if of.gaps(a, b):
-                of.lost = True
-                log.warning("%s changed since it was opened: its unread parts are gone", path)
+        if not await check():
             return
         if changed is not None:
             raise changed  # (a writer outside the mount: EIO, the next read tries again)
-        of.present.add(a, min(pos, of.remote_size))
         if pos < b and pos < of.remote_size:  # the version ends here (shorter than recorded)
             of.remote_size = pos
             if not of.dirty:
@@ -1202,29 +1233,40 @@ class AresFS(pyfuse3.Operations):
             f = next((f for f in of.fetches if f.start <= ga < f.end), None)
             if f is None:
                 f = self._start_fetch(of, ga, _claim_end(of, ga, max(gb, ga + window)))
-            try:
-                await asyncio.shield(f.task)
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if me is None or me.cancelling() or not f.task.cancelled():
-                    raise
-                raise StaleVersion(of.path) from None  # (the file was released meanwhile)
+            if not f.task.done():  # wait for its next piece (or its end), never cancelling it
+                progress: asyncio.Future[Any] = asyncio.ensure_future(of.progress.wait())
+                of.waiting += 1
+                try:
+                    await asyncio.wait({progress, f.task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    of.waiting -= 1
+                    progress.cancel()
+            if f.task.done():
+                if f.task.cancelled():
+                    raise StaleVersion(of.path)  # (the file was released meanwhile)
+                exc = f.task.exception()
+                if exc is not None:
+                    raise exc
 
     def _read_ahead(self, of: _Open, off: int, end: int) -> None:
         """Sequential reads (each where the last ended) double the fetch window up to
-        ``READ_MAX_BYTES`` and keep one window fetched ahead; any other read resets it."""
+        ``READ_MAX_BYTES`` and keep one window fetched ahead, then stream the rest of the file;
+        any other read resets the window (a stream already running goes on)."""
         # (the kernel's own read-ahead sends reads a little out of order)
         sequential = abs(off - of.read_end) <= 2 * READ_MIN_BYTES
         of.read_end = max(of.read_end, end) if sequential else end
         if not sequential:
             of.window = READ_MIN_BYTES
             return
+        streaming = of.window >= READ_MAX_BYTES
         of.window = min(of.window * 2, READ_MAX_BYTES)
         if of.lost:
             return
         ga = _unclaimed(of, end, end + of.window)
-        if ga is not None:
-            self._start_fetch(of, ga, _claim_end(of, ga, ga + of.window))
+        if ga is not None:  # (a reader this far along streams the rest of the file)
+            self._start_fetch(
+                of, ga, _claim_end(of, ga, of.remote_size if streaming else ga + of.window)
+            )
 
     async def _fetch_all(self, of: _Open) -> None:
         await self._ensure(of, 0, of.remote_size, READ_MAX_BYTES)
