@@ -1253,7 +1253,7 @@ class AresFS(pyfuse3.Operations):
         ``READ_MAX_BYTES`` and keep one window fetched ahead, then stream the rest of the file;
         any other read resets the window (a stream already running goes on)."""
         # (the kernel's own read-ahead sends reads a little out of order)
-        sequential = abs(off - of.read_end) <= 2 * READ_MIN_BYTES
+        sequential = of.read_end - 2 * READ_MIN_BYTES <= off <= of.read_end + BLOCK_SIZE
         of.read_end = max(of.read_end, end) if sequential else end
         if not sequential:
             of.window = READ_MIN_BYTES
