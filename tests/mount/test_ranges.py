@@ -179,11 +179,12 @@ def test_ranges() -> None:
             assert all(e < s for e, s in zip(r.ends, r.starts[1:], strict=False))
 
 
-async def test_an_open_file_keeps_reading_its_version_after_an_unlink_or_a_rename(
+async def test_an_open_file_keeps_reading_its_version_after_chmod_unlink_or_rename(
     inproc_cluster: tuple[Configuration, list[Server]],
 ) -> None:
-    """The unlink's deletion of the data waits until the handles open in this mount fetched
-    the rest of their version; a renamed file is fetched under its new name."""
+    """This mount's own record writes (chmod, unlink) leave an open file's version readable;
+    the unlink's deletion of the data waits until the handles open in this mount fetched the
+    rest of their version; a renamed file is fetched under its new name."""
     cfg, _ = inproc_cluster
     v1 = random.Random(4).randbytes(3 * 1024 * 1024)
     async with Store(cfg) as s:
@@ -195,6 +196,16 @@ async def test_an_open_file_keeps_reading_its_version_after_an_unlink_or_a_renam
         try:
             assert await fs.read(fu, 0, 4096) == v1[:4096]
             assert await fs.read(fw, 0, 4096) == v1[:4096]
+            chmod = SimpleNamespace(
+                update_size=False,
+                update_mode=True,
+                update_uid=False,
+                update_gid=False,
+                update_mtime=False,
+            )
+            attr = SimpleNamespace(st_mode=0o600)
+            await fs.setattr(fs._handles[fu], attr, chmod, fu, CTX)  # type: ignore[arg-type]
+            assert await fs.read(fu, 1_000_000, 4096) == v1[1_000_000:1_004_096]  # (own chmod)
             await fs.unlink(ROOT, b"u", CTX)  # type: ignore[arg-type]
             await fs.rename(ROOT, b"w", ROOT, b"w2", 0, CTX)  # type: ignore[arg-type]
             await fs.drain()  # (the data of u and of the old name w are deleted)

@@ -33,7 +33,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -258,6 +258,10 @@ class _Open:
     """Set (and replaced) whenever fetched bytes joined the local copy or a fetch failed."""
     waiting: int = 0
     """Reads waiting for a fetch."""
+    own_writes: int = 0
+    """This mount's record writes under way that leave the data as it is (chmod, utimes,
+    unlink): a fetch that sees the record move waits for them before it concludes."""
+    own_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def fd(self) -> int:
@@ -266,6 +270,17 @@ class _Open:
     def wake(self) -> None:
         self.progress.set()
         self.progress = asyncio.Event()
+
+    @contextlib.contextmanager
+    def own_write(self) -> Iterator[None]:
+        self.own_writes += 1
+        self.own_idle.clear()
+        try:
+            yield
+        finally:
+            self.own_writes -= 1
+            if not self.own_writes:
+                self.own_idle.set()
 
     def gaps(self, a: int, b: int) -> list[tuple[int, int]]:
         """The parts of ``[a, b)`` that still have to be fetched."""
@@ -719,7 +734,8 @@ class AresFS(pyfuse3.Operations):
             if of.dirty or not of.published:
                 return self._entry(inode, self._local_meta(of))
             async with of.lock:
-                ok, t = await self._cas_meta(path, self._local_meta(of), of.base)
+                with of.own_write():
+                    ok, t = await self._cas_meta(path, self._local_meta(of), of.base)
                 if not ok:
                     of.stale = True
                     raise pyfuse3.FUSEError(errno.ESTALE)
@@ -868,13 +884,14 @@ class AresFS(pyfuse3.Operations):
         if of is not None:
             of.unlinked = True  # (a concurrent close here does not publish it meanwhile)
         gone = Meta(GONE, 0, writing=self.writer_id, since_s=time.time()) if has_data else None
-        ok, t = await self._cas_meta(path, gone or Meta(GONE, 0), seen)
+        with of.own_write() if of is not None else contextlib.nullcontext():
+            ok, t = await self._cas_meta(path, gone or Meta(GONE, 0), seen)
         if not ok:
             if of is not None:
                 of.unlinked = False
             return None
-        if of is not None:
-            of.base = t  # (its local copy is still the version it opened: fetches go on)
+        if of is not None and of.base == seen:
+            of.base = t  # (the data is still the version it opened: its fetches go on)
         if has_data:
             self._later(path, functools.partial(self._delete_data, path, t, of))
         return t
@@ -1184,6 +1201,9 @@ class AresFS(pyfuse3.Operations):
             them go on while the rest of the range arrives)."""
             nonlocal checked
             tag, _ = await self._read_meta(path, fresh=True)
+            if tag != of.base and of.own_writes:  # (maybe this mount's own record write)
+                await of.own_idle.wait()
+                tag, _ = await self._read_meta(path, fresh=True)
             if tag != of.base:
                 if of.gaps(checked, b):
                     of.lost = True
