@@ -66,12 +66,14 @@ def _pause(obj: Any, attr: str, when: Callable[..., bool]) -> tuple[asyncio.Even
     return reached, go_on
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["correct", "broken_unconditional"])
 async def test_unlink_of_a_name_recreated_meanwhile_answers_estale_and_keeps_it(
-    inproc_cluster: tuple[Configuration, list[Server]],
+    inproc_cluster: tuple[Configuration, list[Server]], broken: bool
 ) -> None:
     cfg, _ = inproc_cluster
     async with Store(cfg) as s1, Store(cfg) as s2:
         a, b = AresFS(s1), AresFS(s2)
+        a.broken_unlink_unconditional = broken
         await _put(a, b"f", b"old" * 1000)
         await b.lookup(ROOT, b"f", CTX)  # type: ignore[arg-type]
         # a's unlink read the record (the old version) and is about to write GONE on it ...
@@ -83,6 +85,12 @@ async def test_unlink_of_a_name_recreated_meanwhile_answers_estale_and_keeps_it(
         await b.drain()
         await _put(b, b"f", b"new" * 1000)
         go_on.set()
+        if broken:  # a removes b's new file, which it never saw
+            await unlinking
+            await a.drain()
+            with pytest.raises(pyfuse3.FUSEError):
+                await _content(cfg, b"f")
+            return
         with pytest.raises(pyfuse3.FUSEError) as e:
             await unlinking  # the version a saw is gone: a removes nothing
         assert e.value.errno == errno.ESTALE
@@ -90,12 +98,14 @@ async def test_unlink_of_a_name_recreated_meanwhile_answers_estale_and_keeps_it(
         assert await _content(cfg, b"f") == b"new" * 1000
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["correct", "broken_without_mark"])
 async def test_a_recreation_waits_for_the_deletion_of_the_removed_data(
-    inproc_cluster: tuple[Configuration, list[Server]],
+    inproc_cluster: tuple[Configuration, list[Server]], broken: bool
 ) -> None:
     cfg, _ = inproc_cluster
     async with Store(cfg) as s1, Store(cfg) as s2:
         a = AresFS(s1)
+        a.broken_delete_without_mark = broken
         b = AresFS(s2, MountOptions(publish_wait_s=60.0))
         await _put(a, b"g", b"old" * 1000)
         # a's unlink returned (the name is gone); its background deletion of the data is slow
@@ -121,4 +131,7 @@ async def test_a_recreation_waits_for_the_deletion_of_the_removed_data(
         go_on.set()
         await a.drain()
         await creating
+        if broken:  # b did not wait: a's deletion took b's new data
+            assert await _content(cfg, b"g") != b"new" * 1000
+            return
         assert await _content(cfg, b"g") == b"new" * 1000

@@ -337,6 +337,15 @@ class AresFS(pyfuse3.Operations):
         self._lookups: dict[int, int] = {}
         self.ranges_fetched = 0
         """Ranges of open files fetched from the layer (for tests)."""
+        self.broken_fetch_unchecked = False
+        """Test-only: fetched bytes join an open file's local copy without checking that the
+        record still names the version opened (then one open file can show two versions)."""
+        self.broken_unlink_unconditional = False
+        """Test-only: unlink removes whatever version the name has when its record write
+        lands (then it removes a file another mount re-created after the unlink looked)."""
+        self.broken_delete_without_mark = False
+        """Test-only: the GONE record of a removed file carries no mark while its data is
+        deleted (then a re-creation by another mount does not wait and loses its data)."""
         self.broken_publish_without_claim = False
         """Test-only: publish without the coverable claim on the version opened (then two
         mounts that closed the same version both succeed and one silently loses)."""
@@ -884,8 +893,14 @@ class AresFS(pyfuse3.Operations):
         if of is not None:
             of.unlinked = True  # (a concurrent close here does not publish it meanwhile)
         gone = Meta(GONE, 0, writing=self.writer_id, since_s=time.time()) if has_data else None
+        if self.broken_delete_without_mark:
+            gone = None
         with of.own_write() if of is not None else contextlib.nullcontext():
-            ok, t = await self._cas_meta(path, gone or Meta(GONE, 0), seen)
+            if self.broken_unlink_unconditional:  # whatever the name holds by now
+                seen = await self._update_meta(path, _to_gone)
+                ok, t = True, seen
+            else:
+                ok, t = await self._cas_meta(path, gone or Meta(GONE, 0), seen)
         if not ok:
             if of is not None:
                 of.unlinked = False
@@ -1201,6 +1216,8 @@ class AresFS(pyfuse3.Operations):
             them go on while the rest of the range arrives)."""
             nonlocal checked
             tag, _ = await self._read_meta(path, fresh=True)
+            if self.broken_fetch_unchecked:
+                tag = of.base
             if tag != of.base and of.own_writes:  # (maybe this mount's own record write)
                 await of.own_idle.wait()
                 tag, _ = await self._read_meta(path, fresh=True)
