@@ -1175,19 +1175,10 @@ class AresFS(pyfuse3.Operations):
     async def _read_range(self, path: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """The bytes ``[offset, offset + length)`` of ``path`` (fewer at its end), reading only
         the blocks that cover them (``Files.read_range``)."""
-        if hasattr(self.files, "read_range"):
-            rr = self.files.read_range(path, offset, length, group=self.group)
-            async with contextlib.aclosing(rr) as pieces:
-                async for b in pieces:
-                    yield b
-            return
-        pos, end = 0, offset + length  # TEMPORARY until read_range is merged: from the start
-        async for b in self.files.iter_blocks(path, group=self.group):
-            if pos + len(b) > offset:
-                yield b[max(0, offset - pos) : end - pos]
-            pos += len(b)
-            if pos >= end:
-                return
+        rr = self.files.read_range(path, offset, length, group=self.group)
+        async with contextlib.aclosing(rr) as pieces:
+            async for b in pieces:
+                yield b
 
     def _start_fetch(self, of: _Open, a: int, b: int) -> _Fetch:
         """Fetch ``[a, b)`` of the opened version into the local copy (shared by every read
@@ -1265,8 +1256,6 @@ class AresFS(pyfuse3.Operations):
             if of.lost:
                 raise StaleVersion(of.path)
             ga, gb = gaps[0]
-            if not hasattr(self.files, "read_range"):  # TEMPORARY (above)
-                window = of.remote_size
             f = next((f for f in of.fetches if f.start <= ga < f.end), None)
             if f is None:
                 f = self._start_fetch(of, ga, _claim_end(of, ga, max(gb, ga + window)))
