@@ -9,12 +9,17 @@ imports it.
   coverable register ``fsmeta:a/b/c`` (:mod:`.meta`) with its kind, mode, owner, size and mtime.
   Directories are implicit (every prefix of a name ending at ``/``) and explicit (a record of
   kind DIR written by ``mkdir``, so an empty directory exists).
-* An open file is a local temporary file (the data cache of that open file only): its content
-  streams in from the layer in the background when it is opened (a read waits only until its
-  range has arrived), writes go to it, and ``close``/``fsync`` publish it as one new version with
-  the layer's incremental write (only changed blocks are written): first a coverable write of the
-  record on the version opened (the claim: a mount that lost the race answers ESTALE and writes
-  nothing), then the data, then the record again without its ``writing`` mark.
+* An open file is a sparse local temporary file (the data cache of that open file only): a read
+  fetches the ranges it needs with the layer's range read (only the covering blocks; a
+  sequential reader gets a growing window, then the rest of the file streamed), and fetched
+  bytes join the copy only once the record shows the version opened is still the newest (else
+  the unfetched parts are ESTALE: one version per open). Writes go to the copy, and
+  ``close``/``fsync`` publish it as one new version with the layer's incremental write (only
+  changed blocks are written): first a coverable write of the record on the version opened (the
+  claim: a mount that lost the race answers ESTALE and writes nothing), then the data, then the
+  record again without its ``writing`` mark.
+* ``unlink`` writes GONE on the version it read (ESTALE if another mount changed the name
+  since) with a ``writing`` mark that makes re-creators wait until the data is deleted.
 * Attributes are cached for ``attr_timeout_s`` (also the kernel's attribute timeout), names and
   directory listings for ``dir_timeout_s`` (also the kernel's entry timeout; by default the
   same).
