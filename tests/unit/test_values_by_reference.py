@@ -192,6 +192,8 @@ def test_sqlite_restart_serves_values_read_from_disk(tmp_path: Path) -> None:
         conn2 = _Conn()
         for k in values:
             again.handle(conn2, Envelope(0, QueryData("g", "c0", k)))
+            # values in files are read off the event loop: their replies follow
+            await asyncio.gather(*again._reading)
         assert [bytes(r.value.data) for _, r in conn2.sent] == list(values.values())
         assert again_storage.values_read == 5
         again_storage.close()

@@ -238,9 +238,24 @@ class ServerCore:
     def mark_damaged(self, d: DamagedRecord) -> ErrorReply:
         """A value the shell read for a reply is damaged (its checksum failed, its file is
         gone): stop answering for what it belonged to, as if recovery had found it (a newer
-        put-data or a reconfiguration repairs it). Returns the reply to send instead."""
-        self._mark_damaged(d)
+        put-data or a reconfiguration repairs it). Returns the reply to send instead.
+
+        The shell may read a value after the core went on (large values are read off the event
+        loop): an ABD register that holds a newer tag than the damaged record's no longer refers
+        to it -- marking it would lower the register's tag -- so only the reply changes."""
+        if not (d.ns == abd.NS and d.meta is not None and self._superseded(d)):
+            self._mark_damaged(d)
         return self._damaged_reply(f"a stored value of {_readable(d.group, d.config_id)}")
+
+    def _superseded(self, d: DamagedRecord) -> bool:
+        """An ABD record's register holds a tag newer than the record's (read late)."""
+        assert d.meta is not None
+        try:
+            lost = _abd_meta_dec.decode(d.meta).tag
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        reg = self.registers.get((d.group, d.config_id, d.key))
+        return reg is not None and reg.tag > lost
 
     def value_bytes_in_memory(self) -> int:
         """Bytes of values the in-memory state holds itself rather than by reference: 0 but for

@@ -116,7 +116,7 @@ class Decoder:
             return Blob(self._region[off : off + length])
         raise NotImplementedError(f"cannot decode {kind!r}")
 
-    def decode_body(self, body: bytes | memoryview) -> Envelope:
+    def decode_body(self, body: bytes | bytearray | memoryview) -> Envelope:
         view = memoryview(body)
         if len(view) < 5:
             raise FrameError(f"frame body of {len(view)} bytes is too short")
@@ -164,23 +164,40 @@ class Decoder:
         return self.decode_body(view[LENGTH_BYTES:])
 
 
+LARGE_FRAME_BYTES = 256 * 1024
+"""A frame at least this long is received into a buffer of its own size (:class:`FrameBuffer`)."""
+
+
 class FrameBuffer:
-    """Incremental splitter of a byte stream into frame bodies, with a size limit."""
+    """Incremental splitter of a byte stream into frame bodies, with a size limit.
+
+    A large frame (:data:`LARGE_FRAME_BYTES` or more: a value of a file block) is copied once,
+    into a ``bytearray`` of exactly its size allocated when its length prefix arrives, and that
+    buffer is the body returned: no growing buffer to reallocate, no slice and ``bytes`` copies
+    of megabytes (the blob region a decoder hands out is a read-only view of it). Smaller frames
+    are cut from a shared buffer as before."""
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
         self._need: int | None = None
+        self._large: bytearray | None = None
+        """The large frame being received (its length is ``_need``), filled to ``_filled``."""
+        self._filled = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as a complete frame (an incomplete frame)."""
-        return len(self._buf)
+        return len(self._buf) + self._filled
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[bytes | bytearray]:
         """Add received bytes; return every complete frame body. Raises FrameError if too big."""
+        out: list[bytes | bytearray] = []
+        if self._large is not None:
+            data = self._fill(data, out)
+            if not data:
+                return out
         self._buf += data
-        out: list[bytes] = []
         buf = self._buf
         pos = 0
         while True:
@@ -196,6 +213,11 @@ class FrameBuffer:
                 self._need = length
                 pos += LENGTH_BYTES
             if len(buf) - pos < self._need:
+                if self._need >= LARGE_FRAME_BYTES:  # the rest of it lands in its own buffer
+                    self._large = bytearray(self._need)
+                    self._filled = len(buf) - pos
+                    self._large[: self._filled] = memoryview(buf)[pos:]
+                    pos = len(buf)
                 break
             out.append(bytes(buf[pos : pos + self._need]))
             pos += self._need
@@ -203,3 +225,17 @@ class FrameBuffer:
         if pos:
             del buf[:pos]
         return out
+
+    def _fill(self, data: bytes, out: list[bytes | bytearray]) -> bytes:
+        """Copy the next bytes of the large frame into its buffer; return what follows it."""
+        large, need = self._large, self._need
+        assert large is not None and need is not None
+        n = min(len(data), need - self._filled)
+        with memoryview(data) as view:
+            large[self._filled : self._filled + n] = view[:n]
+        self._filled += n
+        if self._filled < need:
+            return b""
+        out.append(large)
+        self._large, self._need, self._filled = None, None, 0
+        return data[n:] if n < len(data) else b""
