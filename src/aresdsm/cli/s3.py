@@ -173,7 +173,10 @@ def gc(bucket: str, grace_s: float, cluster_path: str) -> None:
 
 
 @s3_group.command("bench")
-@click.option("--object-mib", type=click.IntRange(1), default=256, show_default=True)
+@click.option(
+    "--object-mib", type=click.IntRange(0), default=256, show_default=True,
+    help="Size of the large object (0: only the small writes).",
+)  # fmt: skip
 @click.option("--clients", type=click.IntRange(1), default=16, show_default=True)
 @click.option(
     "--duration-s",
@@ -193,6 +196,7 @@ def bench(object_mib: int, clients: int, duration_s: float, json_out: str) -> No
     """boto3 through the gateway vs ares file put/get and native 1 KiB writes (one cluster)."""
     import dataclasses
     import json
+    import math
 
     from ..s3.bench import run_s3_bench
 
@@ -200,10 +204,14 @@ def bench(object_mib: int, clients: int, duration_s: float, json_out: str) -> No
         object_bytes=object_mib * 1024 * 1024, clients=clients, duration_s=duration_s,
         log=console.print,
     )  # fmt: skip
-    out = {**dataclasses.asdict(r), "ratios": r.ratios()}
+    ratios = {k: v for k, v in r.ratios().items() if not math.isnan(v)}
+    out = {
+        k: None if isinstance(v, float) and math.isnan(v) else v  # not measured: null, not NaN
+        for k, v in {**dataclasses.asdict(r), "ratios": ratios}.items()
+    }
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(out, indent=1))
     console.print(
-        " ".join(f"{k} {v:.2f}x" for k, v in r.ratios().items())
+        " ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
         + f"; gateway peak RSS {r.gateway_peak_rss_mb:.0f} MB"
     )

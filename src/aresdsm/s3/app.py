@@ -89,6 +89,17 @@ class S3Metrics:
             "aresdsm_s3_received_bytes", "Object bytes received (PUT, UploadPart).", registry=r
         )
         self.bytes_out = Counter("aresdsm_s3_sent_bytes", "Object bytes sent (GET).", registry=r)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def request(self, op: str, status: int, seconds: float) -> None:
+        """Count and time one request (the labelled children are looked up once per operation
+        and status: ``labels()`` costs more than the increment)."""
+        c = self._children.get((op, status))
+        if c is None:
+            c = self.requests.labels(op, str(status)), self.latency.labels(op)
+            self._children[(op, status)] = c  # bounded: S3's operations x HTTP statuses
+        c[0].inc()
+        c[1].observe(seconds)
 
 
 def _http_date(t: float) -> str:
@@ -242,8 +253,7 @@ class S3App:
             status = resp.status
             span.set_attribute("http.status_code", status)
         resp.headers["x-amz-request-id"] = rid
-        self.metrics.requests.labels(op, str(status)).inc()
-        self.metrics.latency.labels(op).observe(time.perf_counter() - started)
+        self.metrics.request(op, status, time.perf_counter() - started)
         return resp
 
     def _error(self, request: web.Request, e: S3Error, rid: str) -> web.Response:

@@ -242,7 +242,13 @@ class Gateway:
         replaces (compare-and-swap, retried on concurrent writers). The files of the replaced
         version are deleted later. Raises PreconditionFailed (nothing installed)."""
         hk = HEAD_PREFIX + key
-        known = self._heads.get((bucket, key))
+        # The base: the version this gateway saw last, or -- for a key it never saw -- the
+        # absent version (a new key: S3 users mostly write new keys). Either is only a guess
+        # the coverable write itself checks: if it is not the newest, the write is refused as
+        # stale and the answer names the newest version, the base of the next try. A new key
+        # costs one coverable write; a key written elsewhere, a refused write more -- the
+        # same two operations as reading it first.
+        known: tuple[Tag, Head | None] | None = self._heads.get((bucket, key), (TAG0, None))
         now: bytes | None
         with tracing.span("s3.commit", {"ares.group": bucket, "ares.object": hk}):
             for attempt in range(MAX_CAS_TRIES):
