@@ -64,8 +64,12 @@ def _ring(keys_file: str | None, key: tuple[str, ...]) -> object:
     help="Smallest multipart part but the last (S3: 5).",
 )
 @click.option(
-    "--max-streams", type=click.IntRange(min=1), default=16, show_default=True,
+    "--max-streams", type=click.IntRange(min=1), default=8, show_default=True,
     help="Requests moving object data served at once (the memory bound); more wait.",
+)  # fmt: skip
+@click.option(
+    "--blocks-in-flight", type=click.IntRange(min=1, max=64), default=2, show_default=True,
+    help="Blocks of at most 4 MiB one such request writes or reads ahead at once.",
 )  # fmt: skip
 @click.option("--broken-unconditional-cas", is_flag=True, hidden=True)
 @cluster_option
@@ -79,6 +83,7 @@ def serve(
     gc_delay_s: float,
     min_part_mib: int,
     max_streams: int,
+    blocks_in_flight: int,
     broken_unconditional_cas: bool,
     cluster_path: str,
     trace_file: str | None,
@@ -96,7 +101,9 @@ def serve(
     if not len(ring):  # type: ignore[arg-type]
         raise ConfigurationError("no access keys: give --keys FILE or --key ACCESS:SECRET:ROLE")
     from .. import tracing
+    from ..files.memory import bound_malloc_cache
 
+    bound_malloc_cache()  # RSS follows the blocks in flight, not the bytes moved (docs/s3.md)
     with tracing.traced_process(
         "ares-s3", otlp_endpoint=otlp_endpoint, trace_file=trace_file, sample_ratio=trace_sample
     ):
@@ -112,6 +119,7 @@ def serve(
                 ready=lambda a: console.print(f"S3 gateway on http://{a}"),
                 broken_unconditional_cas=broken_unconditional_cas,
                 max_streams=max_streams,
+                blocks_in_flight=blocks_in_flight,
             )
         )
 

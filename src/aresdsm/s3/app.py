@@ -48,10 +48,10 @@ MAX_XML_BYTES = 2 * 1024 * 1024
 MAX_OBJECT_BYTES = 5 * 1024**3
 """A single PutObject (S3's limit); larger objects are multipart uploads."""
 MAX_LIST_KEYS = 1000
-MAX_STREAMS = 16
+MAX_STREAMS = 8
 """Requests that move object data (PUT, UploadPart, GET, copy) served at once; more wait. With
-the file layer's per-request bound (4 blocks of at most 4 MiB in flight) this bounds the
-gateway's memory whatever the number of clients."""
+the file layer's per-request bound (BLOCKS_IN_FLIGHT blocks of at most 4 MiB) this bounds the
+gateway's memory whatever the number of clients (docs/s3.md, "Memory")."""
 _STREAMING_OPS = {"PutObject", "UploadPart", "GetObject", "CopyObject"}
 _STANDARD_HEADERS = (
     "content-type",

@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 
 from .. import tracing
-from ..errors import CoverableConflict, OperationError
+from ..errors import ConfigurationError, CoverableConflict, OperationError
 from ..files import FileChanged, NoSuchFile
 from ..tags import TAG0, Tag
 from .errors import S3Error
@@ -66,6 +66,11 @@ CACHED_INLINE_MAX_BYTES = 4096
 CACHED_BUCKETS = 4096
 BUCKET_TTL_S = 1.0
 READS_IN_FLIGHT = 16
+BLOCKS_IN_FLIGHT = 2
+"""Blocks one request writes or reads ahead at once (the file layer's ``max_inflight_blocks``;
+its own default, 4, is for one big transfer): a data-moving request then holds about 40 MiB at
+worst (4 MiB blocks), 23 MiB with the usual 1 MiB blocks (measured; docs/s3.md, "Memory"), and
+S3 clients move large objects as several parts at once anyway."""
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
@@ -188,9 +193,13 @@ class Gateway:
         min_part_bytes: int = MIN_PART_BYTES,
         inline_max_bytes: int = INLINE_MAX_BYTES,
         bucket_ttl_s: float = BUCKET_TTL_S,
+        blocks_in_flight: int = BLOCKS_IN_FLIGHT,
     ) -> None:
+        if blocks_in_flight < 1:
+            raise ConfigurationError("blocks_in_flight must be at least 1")
         self.store = store
         self.files = store.files
+        self.files.max_inflight_blocks = blocks_in_flight  # the gateway's own Store
         self.gc_delay_s = gc_delay_s
         self.min_part_bytes = min_part_bytes
         self.inline_max_bytes = inline_max_bytes

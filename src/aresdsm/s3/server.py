@@ -16,8 +16,8 @@ from aiohttp import web
 from ..config import parse_address
 from ..errors import ConfigurationError
 from ..metrics import ClientMetrics
-from .app import S3App, S3Metrics
-from .objects import Gateway
+from .app import MAX_STREAMS, S3App, S3Metrics
+from .objects import BLOCKS_IN_FLIGHT, Gateway
 from .sigv4 import KeyRing
 
 log = logging.getLogger("aresdsm.s3")
@@ -35,14 +35,15 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     broken_unconditional_cas: bool = False,
-    max_streams: int = 16,
+    max_streams: int = MAX_STREAMS,
+    blocks_in_flight: int = BLOCKS_IN_FLIGHT,
 ) -> None:
     """Serve until ``stop`` is set (or a signal arrives). ``ready(address)`` is called once the
     port listens (with the real port when ``listen`` asked for port 0)."""
     host, port = _listen_address(listen)
     metrics = S3Metrics()
     store = store_factory(ClientMetrics(metrics.registry))
-    kw: dict[str, Any] = {"gc_delay_s": gc_delay_s}
+    kw: dict[str, Any] = {"gc_delay_s": gc_delay_s, "blocks_in_flight": blocks_in_flight}
     if min_part_bytes is not None:
         kw["min_part_bytes"] = min_part_bytes
     gateway = Gateway(store, **kw)
