@@ -108,3 +108,29 @@ def test_the_default_bound() -> None:
 def _no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(k, raising=False)
+
+
+async def test_virtual_hosted_style_addressing() -> None:
+    """With ``--domain s3.test`` a Host ``BUCKET.s3.test`` names the bucket and the whole path is
+    the key (what SDKs send by default for a named endpoint); path-style requests keep working,
+    and a Host outside the domain is path-style. The signature covers the Host and path as
+    sent."""
+    s, _ = await serve(domains=("s3.test",))
+    port = s.server.port
+    vhost = f"photos.s3.test:{port}"
+    try:
+        assert (await s.request("PUT", "/", host=vhost))[0] == 200  # CreateBucket
+        assert (await s.request("PUT", "/2026/a%20b.txt", b"hello", host=vhost))[0] == 200
+        status, body, _ = await s.request("GET", "/photos/2026/a%20b.txt")  # path-style
+        assert (status, body) == (200, b"hello")
+        status, body, _ = await s.request("GET", "/2026/a%20b.txt", host=vhost)
+        assert (status, body) == (200, b"hello"), body
+        status, body, _ = await s.request("GET", "/?list-type=2&prefix=2026", host=vhost)
+        assert status == 200 and b"<Key>2026/a b.txt</Key>" in body
+        assert b"<Name>photos</Name>" in body
+        status, body, _ = await s.request("GET", "/", host=f"s3.test:{port}")  # the domain itself
+        assert status == 200 and b"<Name>photos</Name>" in body  # ListBuckets
+        status, body, _ = await s.request("GET", "/2026/a%20b.txt", host=f"photos.example:{port}")
+        assert status == 404 and b"<Code>NoSuchBucket</Code>" in body  # path-style: bucket 2026
+    finally:
+        await close(s)

@@ -71,6 +71,14 @@ def _ring(keys_file: str | None, key: tuple[str, ...]) -> object:
     "--blocks-in-flight", type=click.IntRange(min=1, max=64), default=2, show_default=True,
     help="Blocks of at most 4 MiB one such request writes or reads ahead at once.",
 )  # fmt: skip
+@click.option(
+    "--domain", "domains", multiple=True,
+    help="Also accept virtual-hosted-style requests: Host BUCKET.DOMAIN (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), help="Serve HTTPS: certificate chain (PEM)."
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Serve HTTPS: private key (PEM).")
 @click.option("--broken-unconditional-cas", is_flag=True, hidden=True)
 @cluster_option
 @trace_options
@@ -84,6 +92,9 @@ def serve(
     min_part_mib: int,
     max_streams: int,
     blocks_in_flight: int,
+    domains: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
     broken_unconditional_cas: bool,
     cluster_path: str,
     trace_file: str | None,
@@ -116,10 +127,13 @@ def serve(
                 region=region,
                 gc_delay_s=gc_delay_s,
                 min_part_bytes=min_part_mib * 1024 * 1024,
-                ready=lambda a: console.print(f"S3 gateway on http://{a}"),
+                ready=lambda url: console.print(f"S3 gateway on {url}"),
                 broken_unconditional_cas=broken_unconditional_cas,
                 max_streams=max_streams,
                 blocks_in_flight=blocks_in_flight,
+                domains=domains,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
             )
         )
 

@@ -203,8 +203,13 @@ class S3App:
         metrics: S3Metrics | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
         max_streams: int = MAX_STREAMS,
+        domains: tuple[str, ...] = (),
+        scheme: str = "http",
     ) -> None:
         self.gw = gateway
+        self.domains = tuple("." + d.lower().strip(".") for d in domains)
+        """Virtual-hosted-style addressing: a Host ``BUCKET.DOMAIN`` names the bucket."""
+        self.scheme = scheme
         self._streams = asyncio.Semaphore(max_streams)
         self.keys = keys
         self.region = region
@@ -222,7 +227,12 @@ class S3App:
         path = unquote(raw_path)
         query = parse_qs(raw_query, keep_blank_values=True)
         q = {k: v[0] for k, v in query.items()}
-        bucket, _, key = path.lstrip("/").partition("/")
+        bucket = self._virtual_bucket(request.host) if self.domains else ""
+        if bucket:
+            key = path[1:] if path.startswith("/") else path
+            path = f"/{bucket}/{key}"
+        else:
+            bucket, _, key = path.lstrip("/").partition("/")
         op = _op_name(request.method, bucket, key, q, request.headers)
         attrs = {"s3.op": op, "s3.bucket": bucket, "s3.key": key, "http.method": request.method}
         status = 500
@@ -255,6 +265,16 @@ class S3App:
         resp.headers["x-amz-request-id"] = rid
         self.metrics.request(op, status, time.perf_counter() - started)
         return resp
+
+    def _virtual_bucket(self, host: str) -> str:
+        """The bucket a Host ``BUCKET.DOMAIN[:PORT]`` names ("" for any other Host: then the
+        path names it)."""
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        name = name.lower().rstrip(".")
+        for d in self.domains:
+            if name.endswith(d) and len(name) > len(d):
+                return name[: -len(d)]
+        return ""
 
     def _error(self, request: web.Request, e: S3Error, rid: str) -> web.Response:
         if e.status >= 500:
@@ -678,7 +698,7 @@ class S3App:
             _etags(request.headers.get("If-Match")), _etags(request.headers.get("If-None-Match"))
         )
         h = await self.gw.complete(bucket, key, q["uploadId"], parts, cond)
-        loc = f"http://{escape(request.host)}/{escape(bucket)}/{escape(quote(key))}"
+        loc = f"{self.scheme}://{escape(request.host)}/{escape(bucket)}/{escape(quote(key))}"
         return _xml(
             f'<CompleteMultipartUploadResult xmlns="{NS}"><Location>{loc}</Location>'
             f"<Bucket>{escape(bucket)}</Bucket><Key>{escape(key)}</Key>"
