@@ -66,7 +66,7 @@ _UNSUPPORTED = {
     "replication", "encryption", "logging", "object-lock", "retention", "legal-hold", "torrent",
     "restore", "select", "accelerate", "requestPayment", "analytics", "inventory", "metrics",
     "intelligent-tiering", "ownershipControls", "publicAccessBlock", "versions", "attributes",
-    "uploads", "policyStatus",
+    "policyStatus",
 }  # fmt: skip
 _READ, _WRITE, _ADMIN = "read", "write", "admin"
 
@@ -683,6 +683,69 @@ class S3App:
         out.append("</ListPartsResult>")
         return _xml("".join(out))
 
+    async def _op_ListMultipartUploads(
+        self, request: web.Request, v: Any, bucket: str, key: str, q: dict[str, str]
+    ) -> web.StreamResponse:
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+        try:
+            max_uploads = max(0, min(int(q.get("max-uploads", "1000")), MAX_LIST_KEYS))
+        except ValueError:
+            raise S3Error("InvalidArgument", "max-uploads must be an integer") from None
+        url = q.get("encoding-type") == "url"
+
+        def enc(s: str) -> str:
+            return escape(quote(s, safe="/") if url else s)
+
+        entries: list[tuple[str, str, float]] = []
+        prefixes: list[str] = []
+        truncated = False
+        next_key = next_id = ""
+        uploads = await self.gw.list_uploads(bucket, prefix)
+        for k, uid, created in uploads[_after_marker(uploads, key_marker, id_marker) :]:
+            cp = ""
+            if delimiter:
+                i = k.find(delimiter, len(prefix))
+                if i >= 0:
+                    cp = k[: i + len(delimiter)]
+            if cp and cp == key_marker:
+                continue
+            if cp and prefixes and prefixes[-1] == cp:
+                continue
+            if len(entries) + len(prefixes) >= max_uploads:
+                truncated = True
+                break
+            if cp:
+                prefixes.append(cp)
+                next_key, next_id = cp, ""
+            else:
+                entries.append((k, uid, created))
+                next_key, next_id = k, uid
+        owner = "<ID>aresdsm</ID><DisplayName>aresdsm</DisplayName>"
+        out = [
+            f'<ListMultipartUploadsResult xmlns="{NS}"><Bucket>{escape(bucket)}</Bucket>'
+            f"<KeyMarker>{enc(key_marker)}</KeyMarker>"
+            f"<UploadIdMarker>{escape(id_marker)}</UploadIdMarker>"
+            f"<NextKeyMarker>{enc(next_key)}</NextKeyMarker>"
+            f"<NextUploadIdMarker>{escape(next_id)}</NextUploadIdMarker>"
+            f"<Prefix>{enc(prefix)}</Prefix>"
+            + (f"<Delimiter>{enc(delimiter)}</Delimiter>" if delimiter else "")
+            + ("<EncodingType>url</EncodingType>" if url else "")
+            + f"<MaxUploads>{max_uploads}</MaxUploads>"
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+        ]
+        for k, uid, created in entries:
+            out.append(
+                f"<Upload><Key>{enc(k)}</Key><UploadId>{uid}</UploadId>"
+                f"<Initiator>{owner}</Initiator><Owner>{owner}</Owner>"
+                f"<StorageClass>STANDARD</StorageClass><Initiated>{_iso(created)}</Initiated>"
+                "</Upload>"
+            )
+        for p in prefixes:
+            out.append(f"<CommonPrefixes><Prefix>{enc(p)}</Prefix></CommonPrefixes>")
+        out.append("</ListMultipartUploadsResult>")
+        return _xml("".join(out))
+
     async def _op_CompleteMultipartUpload(
         self, request: web.Request, v: Any, bucket: str, key: str, q: dict[str, str]
     ) -> web.StreamResponse:
@@ -728,6 +791,8 @@ def _op_name(method: str, bucket: str, key: str, q: dict[str, str], headers: Any
             return "GetBucketAcl"
         if method == "GET" and "location" in q:
             return "GetBucketLocation"
+        if method == "GET" and "uploads" in q:
+            return "NotImplemented" if sub else "ListMultipartUploads"
         if sub:
             return "NotImplemented"
         return {
@@ -757,6 +822,21 @@ def _op_name(method: str, bucket: str, key: str, q: dict[str, str], headers: Any
     if method == "DELETE":
         return "AbortMultipartUpload" if "uploadId" in q else "DeleteObject"
     return "MethodNotAllowed"
+
+
+def _after_marker(uploads: list[tuple[str, str, float]], key: str, upload_id: str) -> int:
+    """Where a ListMultipartUploads page starts: after the key ``key`` (S3: without an upload
+    id marker, only greater keys), or after the upload ``upload_id`` of that key (uploads of
+    one key are listed by initiation; an id no longer listed: the ids greater than it)."""
+    if not key:
+        return 0
+    for i, (k, u, _) in enumerate(uploads):
+        if upload_id and k == key and u == upload_id:
+            return i + 1
+    for i, (k, u, _) in enumerate(uploads):
+        if k > key or (upload_id and k == key and u > upload_id):
+            return i
+    return len(uploads)
 
 
 def _public_acl(acl: str) -> bool:

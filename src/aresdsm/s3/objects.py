@@ -635,6 +635,28 @@ class Gateway:
             raise S3Error("NoSuchUpload", "The specified upload does not exist.")
         return tag, _upload_dec.decode(raw)
 
+    async def list_uploads(self, bucket: str, prefix: str) -> builtins.list[tuple[str, str, float]]:
+        """The uploads in progress (open or completing) of keys starting with ``prefix``:
+        (key, upload id, initiated) sorted by key, then initiation, as S3 lists them. Every
+        upload record of the bucket is read (records of finished uploads stay: docs/s3.md)."""
+        await self.bucket(bucket)
+        sem = asyncio.Semaphore(READS_IN_FLIGHT)
+
+        async def one(k: str) -> tuple[str, str, float] | None:
+            async with sem:
+                raw = await self.store.read(k, group=bucket)
+            if raw is None:
+                return None
+            up = _upload_dec.decode(raw)
+            if up.state not in ("open", "completing") or not up.key.startswith(prefix):
+                return None
+            return up.key, k[len(UPLOAD_PREFIX) :], up.created_s
+
+        got = await asyncio.gather(
+            *(one(k) for k in await self.store.list(UPLOAD_PREFIX, group=bucket))
+        )
+        return sorted((u for u in got if u is not None), key=lambda u: (u[0], u[2], u[1]))
+
     async def create_upload(
         self, bucket: str, key: str, *, headers: dict[str, str], meta: dict[str, str]
     ) -> str:
