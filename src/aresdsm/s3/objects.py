@@ -491,15 +491,13 @@ class Gateway:
             if offset + size <= start or offset > end:
                 offset += size
                 continue
-            pos = offset
-            async for block in self.files.iter_blocks(name, group=bucket):
-                b0, b1 = pos, pos + len(block)
-                pos = b1
-                if b1 <= start:
-                    continue
-                if b0 > end:
-                    break
-                yield block[max(0, start - b0) : min(len(block), end + 1 - b0)]
+            a, b = max(0, start - offset), min(size, end + 1 - offset)  # this file's [a, b)
+            if (a, b) == (0, size):
+                async for block in self.files.iter_blocks(name, group=bucket):
+                    yield block
+            else:  # only the blocks covering [a, b), found by the file's index
+                async for piece in self.files.read_range(name, a, b - a, group=bucket):
+                    yield piece
             offset += size
 
     async def copy(
