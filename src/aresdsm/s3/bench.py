@@ -216,47 +216,67 @@ async def _native_small(
 def _s3_small(endpoint: str, clients: int, duration_s: float) -> tuple[float, int, float]:
     """(PutObject/s, PutObjects, CPU seconds of the clients): ``clients`` boto3 clients, one per
     thread, the threads spread over up to CLIENT_PROCESSES processes, each writing new 1 KiB
-    objects back to back from a common start."""
+    objects back to back; they start together once every process has made its clients."""
     procs = max(1, min(CLIENT_PROCESSES, clients))
     threads = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    start_at = time.time() + 3.0 + 0.5 * procs  # after every process imported boto3
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        firsts = [sum(threads[:i]) for i in range(procs)]
-        args = [
-            (endpoint, f, t, start_at, duration_s) for f, t in zip(firsts, threads, strict=True)
-        ]
-        results = pool.starmap(_s3_small_process, args)
-    done = sum(r[0] for r in results)
-    elapsed = max(r[1] for r in results)
-    return done / elapsed, done, sum(r[2] for r in results)
+    barrier = ctx.Barrier(procs)
+    results: Any = ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_s3_small_process,
+            args=(endpoint, sum(threads[:i]), threads[i], duration_s, barrier, results),
+            daemon=True,
+        )
+        for i in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        got = [results.get(timeout=120 + duration_s) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+    errors = [g for g in got if isinstance(g, str)]
+    if errors:
+        raise RuntimeError(f"a boto3 client process failed: {errors[0]}")
+    done = sum(g[0] for g in got)
+    elapsed = max(g[1] for g in got)
+    return done / elapsed, done, sum(g[2] for g in got)
 
 
 def _s3_small_process(
-    endpoint: str, first: int, threads: int, start_at: float, duration_s: float
-) -> tuple[int, float, float]:
-    """One client process: (PutObjects, seconds, CPU seconds of the process while writing)."""
-    s3s = [_client(endpoint) for _ in range(threads)]
-    value = os.urandom(1024)
-    done = [0] * threads
-    time.sleep(max(0.0, start_at - time.time()))
-    end = time.perf_counter() + duration_s
+    endpoint: str, first: int, threads: int, duration_s: float, barrier: Any, results: Any
+) -> None:
+    """One client process: puts (PutObjects, seconds, CPU seconds while writing), or the error
+    as a string, on ``results``."""
+    try:
+        s3s = [_client(endpoint) for _ in range(threads)]
+        value = os.urandom(1024)
+        done = [0] * threads
+        barrier.wait(timeout=120)
+        end = time.perf_counter() + duration_s
 
-    def worker(i: int) -> None:
-        j = 0
-        while time.perf_counter() < end:
-            s3s[i].put_object(Bucket="bench", Key=f"small-{first + i}-{j}", Body=value)
-            done[i] += 1
-            j += 1
+        def worker(i: int) -> None:
+            j = 0
+            while time.perf_counter() < end:
+                s3s[i].put_object(Bucket="bench", Key=f"small-{first + i}-{j}", Body=value)
+                done[i] += 1
+                j += 1
 
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return sum(done), time.perf_counter() - t0, time.process_time() - c0
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        results.put((sum(done), time.perf_counter() - t0, time.process_time() - c0))
+    except Exception as e:  # reported by the parent
+        barrier.abort()
+        results.put(f"{type(e).__name__}: {e}")
 
 
 def _cpu_s(pids: list[int]) -> float:
