@@ -1,5 +1,6 @@
-"""The HTTP face of the S3 gateway (aiohttp): routing S3's REST API onto :class:`Gateway`,
-authentication (:mod:`.sigv4`), streamed bodies both ways, XML, traces and metrics.
+"""The HTTP face of the S3 gateway (aiohttp): routing S3's REST API onto :class:`Gateway`
+(path-style, and virtual-hosted-style for the ``--domain`` names), authentication
+(:mod:`.sigv4`), streamed bodies both ways, XML, traces and metrics.
 
 aiohttp streams request bodies (``request.content``, read a piece at a time with flow control)
 and responses (``StreamResponse.write`` waits for the socket), so an object of any size passes

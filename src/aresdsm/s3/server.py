@@ -1,6 +1,8 @@
 """``ares s3 serve``: one gateway process -- a Store connected to the cluster, the aiohttp
-application on ``--listen``, Prometheus metrics on ``--metrics-address``; stopped by SIGINT or
-SIGTERM, after which the data files waiting for their deletion delay are deleted."""
+application on ``--listen`` (HTTP, or HTTPS with ``--tls-cert``/``--tls-key``: TLS belongs to
+the transport, the S3 rules do not see it), Prometheus metrics on ``--metrics-address``;
+stopped by SIGINT or SIGTERM, after which the data files waiting for their deletion delay are
+deleted."""
 
 from __future__ import annotations
 
