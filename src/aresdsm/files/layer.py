@@ -353,7 +353,7 @@ class Files:
         raise FileChanged(f"file {name!r} kept changing while it was read; retry")
 
     async def _current(
-        self, name: str, group: str, journal: tuple[Value | None] | None = None
+        self, name: str, group: str, journal: tuple[Tag, Value | None] | None = None
     ) -> tuple[_Snapshot, Tag, bool]:
         """The list an update diffs against, the index's version (the base of this attempt's
         index write) and whether the list came from the index. The index is used when it is
@@ -364,7 +364,7 @@ class Files:
         if journal is None:
             _, jv = await self._get(_key(JOURNAL_PREFIX, name), group)
         else:
-            jv = journal[0]
+            jv = journal[1]
         itag, iv = await self._get(_key(INDEX_PREFIX, name), group)
         linking = isinstance(jv, Journal) and any(a.links for a in jv.attempts)
         if (
@@ -814,7 +814,7 @@ class Files:
         params: ChunkParams | None,
         progress: Callable[[int], None] | None,
         patch: tuple[int, bytes] | None = None,
-        journal: tuple[Value | None] | None = None,
+        journal: tuple[Tag, Value | None] | None = None,
     ) -> tuple[bool, int]:
         with tracing.span("file.read-list", {"ares.object": name}):
             snap, itag, from_index = await self._current(name, group, journal)
@@ -839,7 +839,7 @@ class Files:
                     index.setdefault(n.hash, []).append(i)
         att = Attempt(secrets.token_hex(8), time.time())
         # write_at knows its few new blocks before its links: they enter the journal together
-        w = _Writer(self, name, group, att, defer=patch is not None)
+        w = _Writer(self, name, group, att, defer=patch is not None, journal=journal)
         read: dict[str, tuple[Tag, Data]] = {}  # blocks write_at read (marks reuse them)
         seq: builtins.list[tuple[str, int]] = []  # ("old", index) | ("new", k)
         new_meta: builtins.list[tuple[bytes, int]] = []  # hash and size of new block k
@@ -1265,35 +1265,50 @@ class Files:
     # -- the journal and orphan collection ---------------------------------------------------------
 
     async def _journal_update(
-        self, name: str, group: str, change: Callable[[Journal], Journal | None]
+        self,
+        name: str,
+        group: str,
+        change: Callable[[Journal], Journal | None],
+        hint: tuple[Tag, Value | None] | None = None,
+        learn: Callable[[Tag, Journal], None] | None = None,
     ) -> Journal | None:
         """Apply ``change`` to the journal atomically (coverable write, retried on stale).
-        ``change`` returns None to stop without writing."""
+        ``change`` returns None to stop without writing. ``hint``: the journal as last seen
+        (tried first, without a read: the coverable write fails if it moved since);
+        ``learn(tag, journal)`` is told what was written."""
         key = _key(JOURNAL_PREFIX, name)
         for attempt in range(MAX_JOURNAL_RETRIES):
-            tag, v = await self._get(key, group)
+            hinted = hint is not None
+            if hint is not None:
+                (tag, v), hint = hint, None
+            else:
+                tag, v = await self._get(key, group)
             j = v if isinstance(v, Journal) else Journal()
             new = change(j)
             if new is None:
                 return j
-            ok, _ = await self._cas(key, new, tag, group)
+            ok, t = await self._cas(key, new, tag, group)
             if ok:
+                if learn is not None:
+                    learn(t, new)
                 return new
+            if hinted:
+                continue
             await asyncio.sleep(
                 min(0.05, 0.001 * 2 ** min(attempt, 6)) * secrets.randbelow(100) / 100
             )
         raise FileConflict(f"file {name!r}: its journal kept changing; retry")
 
-    async def _collect_stale(self, name: str, group: str) -> tuple[Value | None] | None:
+    async def _collect_stale(self, name: str, group: str) -> tuple[Tag, Value | None] | None:
         """Collect if an attempt in the journal is older than the grace; returns the journal
         as read when nothing was collected (the caller's first snapshot reuses it)."""
-        _, v = await self._get(_key(JOURNAL_PREFIX, name), group)
+        tag, v = await self._get(_key(JOURNAL_PREFIX, name), group)
         if isinstance(v, Journal) and any(
             time.time() - a.started_s > self.orphan_grace_s for a in v.attempts
         ):
             await self.collect(name, group=group)
             return None
-        return (v,)
+        return tag, v
 
     async def collect(
         self, name: str, *, group: str = DEFAULT_GROUP, grace_s: float | None = None
@@ -1455,9 +1470,18 @@ class _Writer:
     journal before the first, reclaimed if the attempt never links them."""
 
     def __init__(
-        self, files: Files, name: str, group: str, att: Attempt, *, defer: bool = False
+        self,
+        files: Files,
+        name: str,
+        group: str,
+        att: Attempt,
+        *,
+        defer: bool = False,
+        journal: tuple[Tag, Value | None] | None = None,
     ) -> None:
         self.f = files
+        self._jhint = journal
+        """The journal as last read or written by this attempt (its updates try it first)."""
         self.defer = defer
         """Hold new blocks until the links are known (:meth:`flush`): the attempt then enters
         the journal once, with its links (write_at: a few blocks, known before linking)."""
@@ -1476,6 +1500,13 @@ class _Writer:
     def _key(self, k: int) -> str:
         return _key(BLOCK_PREFIX, self.name, f"{self.att.id}.{k}")
 
+    async def _journal(self, change: Callable[[Journal], Journal | None]) -> None:
+        def learn(tag: Tag, j: Journal) -> None:
+            self._jhint = (tag, j)
+
+        hint, self._jhint = self._jhint, None
+        await self.f._journal_update(self.name, self.group, change, hint, learn)
+
     async def put(self, k: int, data: bytes, nxt: str | None) -> None:
         if self.defer and not self.registered:
             self._deferred.append((k, data, nxt))
@@ -1486,7 +1517,7 @@ class _Writer:
             def add(j: Journal) -> Journal:
                 return Journal((*j.attempts, a))
 
-            await self.f._journal_update(self.name, self.group, add)
+            await self._journal(add)
             self.registered = True
         if self._error is not None:
             raise self._error
@@ -1537,7 +1568,7 @@ class _Writer:
             def add(j: Journal) -> Journal:
                 return Journal((*j.attempts, a))
 
-            await self.f._journal_update(self.name, self.group, add)
+            await self._journal(add)
             self.registered = True
             return True
         refused = False
@@ -1551,7 +1582,7 @@ class _Writer:
             rest = tuple(x for x in j.attempts if x.id != aid)
             return Journal((*rest, Attempt(aid, cur.started_s, links, self.count)))
 
-        await self.f._journal_update(self.name, self.group, setl)
+        await self._journal(setl)
         if refused:  # fenced: these blocks can never be linked
             await self.orphans_unlinked(set(range(self.count)))
         return not refused
@@ -1576,7 +1607,7 @@ class _Writer:
         def drop(j: Journal) -> Journal:
             return Journal(tuple(x for x in j.attempts if x.id != aid))
 
-        await self.f._journal_update(self.name, self.group, drop)
+        await self._journal(drop)
         self.registered = False
 
     async def leave_for_collector(self) -> None:
