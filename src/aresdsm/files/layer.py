@@ -1015,27 +1015,43 @@ class Files:
         old_size = starts[-1]
         ends = {starts[x + 1]: x for x in range(len(old))}
         with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
-            for x in range(first, len(old)):
-                tag, v = await self._get(_key(BLOCK_PREFIX, name, old[x].id), group)
-                if not isinstance(v, Data):
-                    raise _Stale  # reclaimed since the snapshot: the list moved on
-                read[old[x].id] = (tag, v)
-                lo, hi = starts[x], starts[x + 1]
-                piece = v.data
-                if offset < hi and end > lo:
-                    buf = bytearray(piece)
-                    a, b = max(offset, lo), min(end, hi)
-                    buf[a - lo : b - lo] = data[a - offset : b - offset]
-                    piece = bytes(buf)
-                with tracing.span("file.chunking"):
-                    cut = await asyncio.to_thread(chunker.feed_hashed, piece, eager=True)
-                for c, h in cut:
-                    await place(c, h)
-                    emitted += len(c)
-                if not whole and emitted >= end and emitted in ends and cut:
-                    for y in range(ends[emitted] + 1, len(old)):  # the cuts are the old ones
-                        await keep(y)
-                    return max(old_size, end)
+            # the next block is read while this one is re-chunked: a change usually moves the
+            # cut after its block, so the next one is needed too (one block of memory more)
+            ahead: asyncio.Future[tuple[Tag, Value | None]] | None = None
+            try:
+                for x in range(first, len(old)):
+                    if ahead is not None:
+                        tag, v = await ahead
+                    else:
+                        tag, v = await self._get(_key(BLOCK_PREFIX, name, old[x].id), group)
+                    ahead = None
+                    if x + 1 < len(old):
+                        ahead = asyncio.ensure_future(
+                            self._get(_key(BLOCK_PREFIX, name, old[x + 1].id), group)
+                        )
+                    if not isinstance(v, Data):
+                        raise _Stale  # reclaimed since the snapshot: the list moved on
+                    read[old[x].id] = (tag, v)
+                    lo, hi = starts[x], starts[x + 1]
+                    piece = v.data
+                    if offset < hi and end > lo:
+                        buf = bytearray(piece)
+                        a, b = max(offset, lo), min(end, hi)
+                        buf[a - lo : b - lo] = data[a - offset : b - offset]
+                        piece = bytes(buf)
+                    with tracing.span("file.chunking"):
+                        cut = await asyncio.to_thread(chunker.feed_hashed, piece, eager=True)
+                    for c, h in cut:
+                        await place(c, h)
+                        emitted += len(c)
+                    if not whole and emitted >= end and emitted in ends and cut:
+                        for y in range(ends[emitted] + 1, len(old)):  # the cuts are the old ones
+                            await keep(y)
+                        return max(old_size, end)
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
             if end > old_size:
                 with tracing.span("file.chunking"):
                     cut = await asyncio.to_thread(
