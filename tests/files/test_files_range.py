@@ -206,6 +206,7 @@ async def test_an_index_that_was_never_the_list_is_not_trusted(broken: bool, b_k
     s.after[("A", "w", "file-index:r")] = a_indexed
     s.gates[("B", "w", "file-index:r")] = reader_done  # B's index write waits for the reader
     fa, fb = Files(s), Files(s)
+    fa.broken_never_in_place = True  # A marks and relinks (in place, it would not relink)
     ta = asyncio.ensure_future(as_("A", fa.write_at("r", 50_000, b"A" * 50)))
     tb = asyncio.ensure_future(as_("B", fb.write("r", v_b)))
     await asyncio.wait_for(a_indexed.wait(), 10)

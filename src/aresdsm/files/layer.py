@@ -231,6 +231,9 @@ class Files:
         self.broken_walk_always = False
         """Test-only: never diff against the index (walk the list, reading every block): the
         cost the index saves."""
+        self.broken_never_in_place = False
+        """Test-only (a cost switch, not a safety one): write_at never rewrites a block in
+        place; it writes a new block, marks the old one and relinks (the general path)."""
         self.broken_range_trust_index = False
         """Test-only: a range read trusts the index without proving it current and without
         checking the blocks against it (it can return bytes of a list that never existed)."""
@@ -972,27 +975,9 @@ class Files:
             await keep(x)
         chunker = StreamChunker(p)
         emitted = starts[first] if old else 0
-        # the block before the change is the one the link rewrites: read it meanwhile
-        pred = old[first - 1].id if 0 < first <= len(old) else None
-        ahead = None if pred is None else asyncio.ensure_future(self._fetch(name, group, pred))
-        try:
-            size = await self._rechunk(
-                name, group, old, patch, place, keep, read, first, starts, whole, chunker, emitted
-            )
-        except BaseException:
-            if ahead is not None:
-                ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
-            raise
-        if ahead is not None:
-            got = await asyncio.gather(ahead, return_exceptions=True)
-            if isinstance(got[0], tuple) and pred is not None:
-                read[pred] = got[0]
-        return size
-
-    async def _fetch(self, name: str, group: str, bid: str) -> tuple[Tag, Data] | None:
-        tag, v = await self._get(_key(BLOCK_PREFIX, name, bid), group)
-        return (tag, v) if isinstance(v, Data) else None
+        return await self._rechunk(
+            name, group, old, patch, place, keep, read, first, starts, whole, chunker, emitted
+        )
 
     async def _rechunk(
         self,
@@ -1015,8 +1000,8 @@ class Files:
         old_size = starts[-1]
         ends = {starts[x + 1]: x for x in range(len(old))}
         with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
-            # the next block is read while this one is re-chunked: a change usually moves the
-            # cut after its block, so the next one is needed too (one block of memory more)
+            # the block after the first is read with it: the cut that ends the first block is
+            # only known with the bytes after it (one block of memory more)
             ahead: asyncio.Future[tuple[Tag, Value | None]] | None = None
             try:
                 for x in range(first, len(old)):
@@ -1025,7 +1010,7 @@ class Files:
                     else:
                         tag, v = await self._get(_key(BLOCK_PREFIX, name, old[x].id), group)
                     ahead = None
-                    if x + 1 < len(old):
+                    if x == first and x + 1 < len(old):
                         ahead = asyncio.ensure_future(
                             self._get(_key(BLOCK_PREFIX, name, old[x + 1].id), group)
                         )
@@ -1123,6 +1108,11 @@ class Files:
                 await self._put_index(name, group, index_base, listing({}, None))
             await w.finish()
             return True
+        in_place = self._in_place(old, seq, w)
+        if in_place is not None:
+            return await self._rewrite_in_place(
+                name, group, snap, old, in_place, w, index_base, read or {}
+            )
         link_pts = tuple(
             (old[i].id if i >= 0 else "", old[i].tag if i >= 0 else snap.genesis_tag)
             for i, *_ in links
@@ -1212,6 +1202,68 @@ class Files:
                 raise next(r for r in results if isinstance(r, BaseException))
             await w.orphans_unlinked(unlinked_new)
         return ok_all
+
+    def _in_place(
+        self, old: builtins.list[_Node], seq: builtins.list[tuple[str, int]], w: _Writer
+    ) -> int | None:
+        """The position of the one block a write_at may rewrite in place, or None: the new
+        list is the old one with exactly one block's content replaced by one new chunk of the
+        same size (its cut points stayed: the common case of an overwrite inside a block), and
+        no block is marked (a writer between marking and linking: the general path)."""
+        if self.broken_never_in_place or not w.defer or w.registered or w.count != 1:
+            return None
+        if len(seq) != len(old) or any(n.marked for n in old):
+            return None
+        pos = [j for j, e in enumerate(seq) if e != ("old", j)]
+        if len(pos) != 1 or seq[pos[0]] != ("new", 0):
+            return None
+        held = w.held()
+        if len(held) != 1 or len(held[0][1]) != old[pos[0]].size:
+            return None
+        return pos[0]
+
+    async def _rewrite_in_place(
+        self,
+        name: str,
+        group: str,
+        snap: _Snapshot,
+        old: builtins.list[_Node],
+        i: int,
+        w: _Writer,
+        index_base: Tag,
+        read: dict[str, tuple[Tag, Data]],
+    ) -> bool:
+        """Write the new content of block ``i`` over the block itself: a coverable write on the
+        version the snapshot names, keeping its id and ``next`` (the list does not change, so no
+        journal entry, mark, relink or reclaim: docs/design.md). Then the index, with the
+        block's new version and hash (or invalid if another writer wrote it meanwhile)."""
+        n = old[i]
+        data = w.held()[0][1]
+        key = _key(BLOCK_PREFIX, name, n.id)
+        known = read.get(n.id)
+        v: Value | None
+        if known is not None and known[0] == n.tag:
+            tag, v = known
+        else:
+            tag, v = await self._get(key, group)
+        if tag != n.tag or not isinstance(v, Data) or v.marked:
+            return False
+        with tracing.span("file.link", {"ares.object": name, "ares.links": 0}):
+            ok, t = await self._cas(key, Data(v.next, data), tag, group)
+            self.new_blocks_written += ok  # new content, in an old block
+            if not ok:
+                return False
+            ents = tuple(
+                Entry(m.id, t, digest(data), m.size)
+                if j == i
+                else Entry(m.id, m.tag, m.hash, m.size)
+                for j, m in enumerate(old)
+            )
+            if not await self._put_index(
+                name, group, index_base, Index(True, snap.genesis_tag, snap.genesis, ents)
+            ):
+                await self._invalidate_index(name, group)
+        return True
 
     async def _mark(
         self, name: str, group: str, n: _Node, known: tuple[Tag, Data] | None = None
@@ -1562,6 +1614,10 @@ class _Writer:
         await asyncio.gather(*self._tasks)
         if self._error is not None:
             raise self._error
+
+    def held(self) -> builtins.list[tuple[int, bytes, str | None]]:
+        """The deferred blocks (k, data, next), not written yet."""
+        return list(self._deferred)
 
     async def flush(self) -> None:
         """Write the deferred blocks (the attempt is in the journal by now), and wait for every
