@@ -33,7 +33,13 @@ the attempt the list does not reach.
 **Reading** walks the list from the genesis block. A reader that meets a tombstone (or a
 block that is absent) restarts from the genesis block (``max_read_restarts``), so it never
 returns a torn file; a streaming read into a sink that cannot seek back raises
-:class:`FileChanged` instead.
+:class:`FileChanged` instead. A *range read* (:meth:`Files.read_range`) reads only the blocks
+that cover the range, located by the index once it is proved current (see :meth:`Files._layout`),
+and checks each against its index entry; otherwise it walks up to the range's end.
+
+**write_at** of bytes that leave every cut point in place rewrites the one block they fall in,
+in place (same id and ``next``: the list does not change); any other change takes the general
+path above.
 
 **Consistency**: every block is coverable-linearizable (*fragmented linearizability*): a
 whole-file read returns, for every block, a version that was current at some point during
