@@ -54,7 +54,7 @@ from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
 from .identity import initial_digest
 from .limits import MAX_NAME_BYTES
 from .metrics import ClientMetrics
-from .net.client import ClusterIdentity, TcpChannel, context_without_deadline
+from .net.client import ClusterIdentity, TcpChannel, context_without_deadline, within
 from .net.client import deadline as net_deadline
 from .protocol import ares, coverable, ops
 from .protocol.channel import ConfigurationObsolete, StoreChannel
@@ -167,6 +167,65 @@ def _check_group(group: str) -> None:
         raise ConfigurationError("object keys and groups must not contain NUL characters")
     if len(group.encode()) > MAX_KEY_BYTES:
         raise ConfigurationError(f"object key and group are limited to {MAX_KEY_BYTES} bytes")
+
+
+class _Hedge:
+    """The hedge of one :meth:`Store._with_recovery` attempt: at its timer, a relocation next
+    to the attempt (§8.5); if that moved the chain while the attempt still runs, the attempt's
+    task is cancelled (``moved``) and the operation retries on the moved chain."""
+
+    __slots__ = (
+        "active",
+        "cancelling",
+        "chain",
+        "moved",
+        "relocation",
+        "seen",
+        "store",
+        "task",
+        "timer",
+    )
+
+    def __init__(self, store: Store, chain: str, seen: tuple[int, bool], task: asyncio.Task[Any]):
+        self.store = store
+        self.chain = chain
+        self.seen = seen
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.active = True
+        """The attempt still runs."""
+        self.moved = False
+        """The relocation moved the chain and cancelled the attempt's task."""
+        self.relocation: asyncio.Task[bool] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.timer = None
+        if self.active:
+            self.relocation = asyncio.get_running_loop().create_task(
+                self.store._relocate_from(self.chain, self.seen)
+            )
+            self.relocation.add_done_callback(self._relocated)
+
+    def _relocated(self, t: asyncio.Task[bool]) -> None:
+        if t.cancelled():
+            return
+        if t.exception() is None and t.result() and self.active:
+            self.active = False
+            self.moved = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.active = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.relocation is not None and not self.relocation.done():
+            self.relocation.cancel()  # the shared relocation goes on (_relocate_from shields it)
+
+
+def _timed_out(total_s: float) -> OperationTimeout:
+    return OperationTimeout(f"the operation did not complete within timeout_s={total_s:g}")
 
 
 def _check_timeout(timeout_s: float | None) -> None:
@@ -368,9 +427,7 @@ class Store:
                 async with asyncio.timeout_at(at):
                     yield
             except TimeoutError:
-                raise OperationTimeout(
-                    f"the operation did not complete within timeout_s={total:g}"
-                ) from None
+                raise _timed_out(total) from None
 
     def _ask_servers(self, chain: str) -> builtins.list[ServerInfo]:
         """Every server this client knows of: the cluster file's, and those of every
@@ -502,34 +559,36 @@ class Store:
         quorum -- or is still running after a short while (``hedge``: retired servers that are
         paused answer nothing, and waiting for them would cost the whole deadline) -- relocate
         (§8.5; shared with concurrent operations) and, if the chain moved, run ``retry`` on it:
-        the same call, or for a write that chose its tag, the write finished with that tag."""
+        the same call, or for a write that chose its tag, the write finished with that tag.
+
+        The attempt runs in the caller's task; the hedge is a loop timer that starts the
+        relocation next to it and, if the chain moved, cancels the attempt (no task and no
+        ``asyncio.wait`` per operation: issue 18)."""
         await self._confirm_cache(chain)
         seen = self._position(chain)
-        first = asyncio.ensure_future(attempt())
+        task = asyncio.current_task()
+        assert task is not None
+        hedge = _Hedge(self, chain, seen, task)
+        hedge.timer = asyncio.get_running_loop().call_later(self._hedge_s(), hedge.start)
         try:
-            done, _ = await asyncio.wait({first}, timeout=self._hedge_s())
-            if not done:
-                hedge = asyncio.ensure_future(self._relocate_from(chain, seen))
-                try:
-                    both: set[asyncio.Task[Any]] = {first, hedge}
-                    done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-                    moved = first not in done and hedge.exception() is None and hedge.result()
-                    if moved:
-                        first.cancel()  # the chain moved on: retry there
-                        await asyncio.gather(first, return_exceptions=True)
-                        return await self._retry_after_move(chain, retry)
-                finally:
-                    hedge.cancel()
-                    await asyncio.gather(hedge, return_exceptions=True)
-            return await first
+            try:
+                result = await attempt()
+            finally:
+                hedge.stop()
         except asyncio.CancelledError:
-            first.cancel()  # the caller gave up (its deadline, a crash): so does the attempt
-            raise
+            # the hedge's cancellation alone (anyone else's -- the caller's, the deadline's --
+            # goes on): the chain moved on, retry there
+            if not hedge.moved or task.uncancel() > hedge.cancelling:
+                raise
         except (QuorumUnavailable, OperationTimeout):
-            if not first.done() or first.cancelled():
+            if hedge.moved:  # it cancelled us as we failed: take its cancellation back
+                task.uncancel()
+            elif not await self._relocate_from(chain, seen):
                 raise
-            if not await self._relocate_from(chain, seen):
-                raise
+        else:
+            if hedge.moved:  # it cancelled us as we finished: take its cancellation back
+                task.uncancel()
+            return result
         return await self._retry_after_move(chain, retry)
 
     async def _retry_after_move(self, chain: str, retry: Callable[[], Awaitable[T]]) -> T:
@@ -1237,9 +1296,11 @@ class Store:
         return (await self.read_tagged(key, group=group, timeout_s=timeout_s))[1]
 
     async def _deadlined(self, coro: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
+        """``coro`` under the call's deadline (as :meth:`_deadline`, with one timer)."""
         try:
-            async with self._deadline(timeout_s):
-                return await coro
+            _check_timeout(timeout_s)
+            total = self.options.timeout_s if timeout_s is None else float(timeout_s)
+            return await within(coro, total, lambda: _timed_out(total))
         finally:
             coro.close()  # never started (bad timeout_s): no "never awaited" warning
 

@@ -266,7 +266,10 @@ async def _query_all(
             return None, e.next, True
 
     while todo:
-        answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
+        if len(todo) == 1:  # the usual case: awaited here, no task and no gather (issue 18)
+            answers = [await ask(cseq[todo[0]].config)]
+        else:
+            answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
         grown = len(cseq)
         again: set[int] = set()
         for i, (res, nxt, obsolete) in zip(todo, answers, strict=True):
