@@ -224,6 +224,10 @@ class _Hedge:
             self.relocation.cancel()  # the shared relocation goes on (_relocate_from shields it)
 
 
+async def _raise(e: BaseException) -> Any:
+    raise e
+
+
 def _timed_out(total_s: float) -> OperationTimeout:
     return OperationTimeout(f"the operation did not complete within timeout_s={total_s:g}")
 
@@ -564,7 +568,8 @@ class Store:
         The attempt runs in the caller's task; the hedge is a loop timer that starts the
         relocation next to it and, if the chain moved, cancels the attempt (no task and no
         ``asyncio.wait`` per operation: issue 18)."""
-        await self._confirm_cache(chain)
+        if chain in self._hints and chain not in self._cseqs:
+            await self._confirm_cache(chain)
         seen = self._position(chain)
         task = asyncio.current_task()
         assert task is not None
@@ -1295,14 +1300,18 @@ class Store:
         was deleted (distinct from ``b""``, the value of a key written empty)."""
         return (await self.read_tagged(key, group=group, timeout_s=timeout_s))[1]
 
-    async def _deadlined(self, coro: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
-        """``coro`` under the call's deadline (as :meth:`_deadline`, with one timer)."""
+    def _deadlined(
+        self, coro: Coroutine[Any, Any, T], timeout_s: float | None
+    ) -> Coroutine[Any, Any, T]:
+        """``coro`` under the call's deadline (as :meth:`_deadline`, with one timer). A bad
+        ``timeout_s`` is raised when the result is awaited, like any failure of the call."""
         try:
             _check_timeout(timeout_s)
-            total = self.options.timeout_s if timeout_s is None else float(timeout_s)
-            return await within(coro, total, lambda: _timed_out(total))
-        finally:
-            coro.close()  # never started (bad timeout_s): no "never awaited" warning
+        except ConfigurationError as e:
+            coro.close()  # never started: no "never awaited" warning
+            return _raise(e)
+        total = self.options.timeout_s if timeout_s is None else float(timeout_s)
+        return within(coro, total, lambda: _timed_out(total))
 
     async def _recorded(
         self,
@@ -1317,6 +1326,8 @@ class Store:
         """Trace, measure and record one operation. ``kind`` is what the history records (a
         delete is a write of the empty value to the register model), ``op`` what metrics and
         spans call it (default: ``kind``)."""
+        if self.recorder is None and self.metrics is None and not tracing.enabled():
+            return await coro  # nothing to trace, measure or record: no more coroutine frames
         op = op or kind
         if tracing.enabled():
             attrs: dict[str, Any] = {

@@ -721,7 +721,7 @@ class TcpChannel:
             return Welcome("", server.id, "", PROTOCOL_VERSION)
         return welcome
 
-    async def round(
+    def round(
         self,
         c: Configuration,
         request: RequestFor,
@@ -731,10 +731,24 @@ class TcpChannel:
         need: int | None = None,
         timeout_s: float | None = None,
         accept: Callable[[Any], bool] | None = None,
-    ) -> list[tuple[ServerInfo, R]]:
+    ) -> Coroutine[Any, Any, list[tuple[ServerInfo, R]]]:
+        """The round's coroutine itself when tracing is off (one coroutine frame less on every
+        resumption of the operation, issue 18)."""
         need = c.quorum_size if need is None else need
         if not tracing.enabled():
-            return await self._round(c, request, expect, phase, need, timeout_s, None, accept)
+            return self._round(c, request, expect, phase, need, timeout_s, None, accept)
+        return self._traced_round(c, request, expect, phase, need, timeout_s, accept)
+
+    async def _traced_round(
+        self,
+        c: Configuration,
+        request: RequestFor,
+        expect: type[R],
+        phase: str,
+        need: int,
+        timeout_s: float | None,
+        accept: Callable[[Any], bool] | None,
+    ) -> list[tuple[ServerInfo, R]]:
         with tracing.span(phase, _round_attributes(c, need)):  # sets ares.outcome
             return await self._round(
                 c, request, expect, phase, need, timeout_s, tracing.inject(), accept

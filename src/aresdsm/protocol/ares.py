@@ -267,7 +267,11 @@ async def _query_all(
 
     while todo:
         if len(todo) == 1:  # the usual case: awaited here, no task and no gather (issue 18)
-            answers = [await ask(cseq[todo[0]].config)]
+            answers: list[tuple[T | None, NextEntry | None, bool]]
+            try:
+                answers = [(*(await query(cseq[todo[0]].config)), False)]
+            except ConfigurationObsolete as e:  # as in ask()
+                answers = [(None, e.next, True)]
         else:
             answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
         grown = len(cseq)
