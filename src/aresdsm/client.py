@@ -1114,8 +1114,9 @@ class Store:
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
         self._check_fits(ares.chain_of(group, key, self.switches), len(value))
-        coro = self._deadlined(self._write_op(group, key, Blob(bytes(value))), timeout_s)
-        return await self._recorded("write", key, group, coro, written=bytes(value))
+        data = bytes(value)  # one copy (none for bytes): the caller may change a bytearray later
+        coro = self._deadlined(self._write_op(group, key, Blob(data)), timeout_s)
+        return await self._recorded("write", key, group, coro, written=data)
 
     async def delete(
         self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None

@@ -91,6 +91,8 @@ CLOSE_TIMEOUT_S = 1.0
 """How long closing a client waits for its connections to be gone before aborting them."""
 DEFAULT_MAX_QUEUED_REQUESTS = 65536
 """Requests that may wait for one connection (to be established, or for max_in_flight)."""
+MAX_CACHED_CONFIGURATIONS = 256
+"""Configurations whose connection lists a channel keeps (all dropped when exceeded)."""
 HELLO_RID = 0
 """Request id of the handshake (requests are numbered from 1)."""
 
@@ -681,6 +683,8 @@ class TcpChannel:
         self._encoder = Encoder(max_frame_bytes=options.max_frame_bytes)
         self._decoder = Decoder()
         self._peers: dict[tuple[str, str, str], PeerConnection] = {}
+        self._by_config: dict[int, tuple[Configuration, tuple[PeerConnection, ...]]] = {}
+        """id(configuration) -> (it, its connections): see _peers_of."""
         self._rids = itertools.count(1)
         self.rounds = 0
         self.messages = 0
@@ -712,6 +716,18 @@ class TcpChannel:
             )
             self._peers[key] = p
         return p
+
+    def _peers_of(self, c: Configuration) -> tuple[PeerConnection, ...]:
+        """The connections to ``c``'s servers, in order: looked up once per configuration
+        object (the chain views keep theirs), not per server per round (issue 18)."""
+        hit = self._by_config.get(id(c))
+        if hit is not None and hit[0] is c:
+            return hit[1]
+        peers = tuple(self.peer(s) for s in c.servers)
+        if len(self._by_config) >= MAX_CACHED_CONFIGURATIONS:
+            self._by_config.clear()
+        self._by_config[id(c)] = (c, peers)  # holds c: its id is not reused meanwhile
+        return peers
 
     async def identify(self, server: ServerInfo, *, timeout_s: float | None = None) -> Welcome:
         """Connect to ``server`` (handshake included) and return its identity."""
@@ -774,10 +790,10 @@ class TcpChannel:
         # one request for every server is sealed (signed) once, not once per server
         make = request if callable(request) else None
         same = self._seal(request) if not callable(request) else None
-        for i, server in enumerate(c.servers):
+        rids = self._rids
+        for i, (server, peer) in enumerate(zip(c.servers, self._peers_of(c), strict=True)):
             req = self._seal(make(i, server)) if make is not None else cast(Request, same)
-            rid = next(self._rids)
-            peer = self.peer(server)
+            rid = next(rids)
             peers.append(peer)
             reqs.append(req)
             sent.append((peer, rid))
@@ -909,6 +925,7 @@ class TcpChannel:
         for p in peers:
             p.close()
         self._peers.clear()
+        self._by_config.clear()
         await asyncio.gather(*(p.wait_closed() for p in peers))
         await asyncio.sleep(0)
 
