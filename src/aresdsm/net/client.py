@@ -801,11 +801,16 @@ class TcpChannel:
             peer.send(rid, req, _ServerReply(rnd, i), trace)
             if fut.done():
                 break
-        timeout = remaining_s(self.options.timeout_s if timeout_s is None else timeout_s)
-        if timeout <= 0 and not fut.done():
+        # the round's own timeout, or the operation's deadline if earlier (remaining_s, inline)
+        now = loop.time()
+        at = now + (self.options.timeout_s if timeout_s is None else timeout_s)
+        deadline = _DEADLINE.get()
+        if deadline is not None and deadline < at:
+            at = deadline
+        if at <= now and not fut.done():
             _expire(rnd, phase, c, 0.0)
         if not fut.done():
-            rnd.timer = loop.call_later(timeout, _expire, rnd, phase, c, timeout)
+            rnd.timer = loop.call_at(at, _expire, rnd, phase, c, at - now)
         m = self.metrics
         started = time.perf_counter() if m is not None else 0.0
         try:
