@@ -410,6 +410,8 @@ class Store:
 
     def _learn(self, chain: str, cseq: ares.Cseq) -> None:
         mine = self._view(chain)
+        if cseq is mine and chain in self._cseqs:  # an operation that changed nothing
+            return
         try:
             self._cseqs[chain] = ares.merge(mine, cseq)
         except ares.DisjointChains:

@@ -287,7 +287,7 @@ async def _query_all(
                 # it gave before that (in parallel with c's) may miss a completed write, so
                 # ask it again, now (tests/sim/test_obsolete_race.py)
                 again.add(i + 1)
-        todo = sorted(again | set(range(grown, len(cseq))))
+        todo = sorted(again | set(range(grown, len(cseq)))) if again or grown < len(cseq) else []
     return results, cseq, revealed
 
 
