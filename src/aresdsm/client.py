@@ -613,7 +613,9 @@ class Store:
 
     # -- reads and writes --------------------------------------------------------------------------
 
-    async def _write_op(self, group: str, key: str, value: Blob, *, delete: bool = False) -> Tag:
+    def _write_op(
+        self, group: str, key: str, value: Blob, *, delete: bool = False
+    ) -> Coroutine[Any, Any, Tag]:
         """A write, retried after the client relocated (§8.5) -- with the tag the first attempt
         chose, if it got that far: its put-data may already have taken effect."""
         chain = ares.chain_of(group, key, self.switches)
@@ -635,14 +637,14 @@ class Store:
             self._learn(chain, cseq)
             return chosen[0]
 
-        return await self._with_recovery(
+        return self._with_recovery(
             chain, lambda: self._write_once(chain, okey, value, chosen.append, delete), again
         )
 
-    async def _read_op(self, group: str, key: str) -> ops.ReadResult:
+    def _read_op(self, group: str, key: str) -> Coroutine[Any, Any, ops.ReadResult]:
         chain = ares.chain_of(group, key, self.switches)
         okey = ares.object_key(group, key, self.switches)
-        return await self._with_recovery(
+        return self._with_recovery(
             chain, lambda: self._read_once(chain, okey), lambda: self._read_once(chain, okey)
         )
 
@@ -1316,7 +1318,25 @@ class Store:
         total = self.options.timeout_s if timeout_s is None else float(timeout_s)
         return within(coro, total, lambda: _timed_out(total))
 
-    async def _recorded(
+    def _recorded(
+        self,
+        kind: OpKind,
+        key: str,
+        group: str,
+        coro: Coroutine[Any, Any, T],
+        *,
+        written: bytes | None = None,
+        op: str | None = None,
+    ) -> Coroutine[Any, Any, T]:
+        """Trace, measure and record one operation. ``kind`` is what the history records (a
+        delete is a write of the empty value to the register model), ``op`` what metrics and
+        spans call it (default: ``kind``). With nothing to trace, measure or record: ``coro``
+        itself (no coroutine frame of its own on every resumption, issue 18)."""
+        if self.recorder is None and self.metrics is None and not tracing.enabled():
+            return coro
+        return self._traced(kind, key, group, coro, written=written, op=op)
+
+    async def _traced(
         self,
         kind: OpKind,
         key: str,
@@ -1326,11 +1346,6 @@ class Store:
         written: bytes | None = None,
         op: str | None = None,
     ) -> T:
-        """Trace, measure and record one operation. ``kind`` is what the history records (a
-        delete is a write of the empty value to the register model), ``op`` what metrics and
-        spans call it (default: ``kind``)."""
-        if self.recorder is None and self.metrics is None and not tracing.enabled():
-            return await coro  # nothing to trace, measure or record: no more coroutine frames
         op = op or kind
         if tracing.enabled():
             attrs: dict[str, Any] = {
