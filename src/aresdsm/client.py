@@ -1291,9 +1291,7 @@ class Store:
     ) -> tuple[Tag, bytes | None]:
         """Read object ``key``: the tag of the version read and its value; the value is None if
         the key was never written (the tag is then ``TAG0``) or was deleted (``tag.deleted``)."""
-        _check_key(key, group)
-        coro = self._deadlined(self._read_op(group, key), timeout_s)
-        res = await self._recorded("read", key, group, coro)
+        res = await self._reading(key, group, timeout_s)
         if res.tag == TAG0 or res.tag.deleted:
             return res.tag, None
         return res.tag, bytes(res.value.data)
@@ -1303,7 +1301,18 @@ class Store:
     ) -> bytes | None:
         """Read object ``key`` atomically: its value, or None if the key was never written or
         was deleted (distinct from ``b""``, the value of a key written empty)."""
-        return (await self.read_tagged(key, group=group, timeout_s=timeout_s))[1]
+        res = await self._reading(key, group, timeout_s)  # (not through read_tagged: a frame less)
+        if res.tag == TAG0 or res.tag.deleted:
+            return None
+        return bytes(res.value.data)
+
+    def _reading(
+        self, key: str, group: str, timeout_s: float | None
+    ) -> Coroutine[Any, Any, ops.ReadResult]:
+        """The coroutine of one read (checked, under its deadline, recorded)."""
+        _check_key(key, group)
+        coro = self._deadlined(self._read_op(group, key), timeout_s)
+        return self._recorded("read", key, group, coro)
 
     def _deadlined(
         self, coro: Coroutine[Any, Any, T], timeout_s: float | None

@@ -347,9 +347,14 @@ async def write(
     if not switches.piggyback:
         cseq = await read_config(net, cseq, group, switches)
 
-    async def query(c: Configuration) -> tuple[Tag, NextEntry | None]:
-        tag, nxt = await dap.get_tag(net, c, group, key)
-        return tag, (nxt if switches.piggyback else None)
+    async def classic_query(c: Configuration) -> tuple[Tag, NextEntry | None]:
+        tag, _ = await dap.get_tag(net, c, group, key)
+        return tag, None  # classic Ares ignores the next the replies carry
+
+    def piggyback_query(c: Configuration) -> Awaitable[tuple[Tag, NextEntry | None]]:
+        return dap.get_tag(net, c, group, key)  # its coroutine: no frame of its own
+
+    query = piggyback_query if switches.piggyback else classic_query
 
     if switches.faults.broken_no_query_before_write:
         tag = Tag(1, writer)
