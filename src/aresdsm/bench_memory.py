@@ -11,6 +11,12 @@ not TLS) one client writes ``objects`` values of ``value_bytes`` each through th
 * a sample of the objects read back and compared (every ``verify_every``-th; they come from
   disk: the server holds no value in memory) and RSS after the reads.
 
+With ``layout="files"`` the same bytes are stored as fragmented files instead (issue 12 item 2:
+each block a coverable register, ~1 MiB blocks by content-defined chunking) -- ``objects`` files
+of ``value_bytes`` each, streamed from an async iterator -- and every ``verify_every``-th file is
+read back block by block. ``ares bench --server-memory-gib 4 --server-memory-layout files --dap
+treas --k 3 --servers 5`` is the issue's figure: 4 GiB of TREAS blocks.
+
 The figure to reach: every server's RSS at or below ``RSS_BOUND_BYTES`` after storing and after
 restarting, and a restart in seconds. The data directory is removed at the end (the disk is
 shared); the run refuses to start when the disk has less free space than the values need twice.
@@ -26,7 +32,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,10 +59,16 @@ class ServerMemory:
     rss_after_reads_bytes: int
 
 
+LAYOUTS = ("objects", "files")
+FILE_CHUNK_BYTES = 1 << 20
+"""A file of the ``files`` layout is produced in pieces of this size (the client holds no more)."""
+
+
 @dataclass
 class MemoryBenchResult:
     servers: int
     dap: str
+    layout: str
     objects: int
     value_bytes: int
     stored_bytes: int
@@ -91,6 +103,18 @@ def _value(i: int, base: bytes) -> bytes:
     return (i.to_bytes(8, "big") + base[r:] + base[:r])[: len(base)]
 
 
+async def _file_pieces(i: int, size: int, base: bytes) -> AsyncIterator[bytes]:
+    """File i's content, ``size`` bytes in pieces of ``len(base)``: each piece distinct (file
+    and piece index, then a rotation of ``base``), so no two blocks are alike."""
+    done = 0
+    piece = 0
+    while done < size:
+        n = min(len(base), size - done)
+        yield _value(i * 1_000_003 + piece, base)[:n]
+        done += n
+        piece += 1
+
+
 def check_free_space(directory: Path, need_bytes: int) -> None:
     free = shutil.disk_usage(directory).free
     if free < 2 * need_bytes:
@@ -111,8 +135,11 @@ async def run_memory_bench(
     concurrency: int = 8,
     verify_every: int = 16,
     base_dir: Path | None = None,
+    layout: str = "objects",
     log: Callable[[str], None] = print,
 ) -> MemoryBenchResult:
+    if layout not in LAYOUTS:
+        raise AresError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     k = k if k is not None else (max(1, n - 2) if dap == "treas" else 1)
     parent = base_dir or Path(tempfile.gettempdir())
     per_server_bytes = objects * value_bytes * (1 if dap == "abd" else n) // k
@@ -131,7 +158,9 @@ async def run_memory_bench(
         )
         await asyncio.to_thread(lc.start)
         try:
-            return await _measure(lc, n, objects, value_bytes, dap, concurrency, verify_every, log)
+            return await _measure(
+                lc, n, objects, value_bytes, dap, concurrency, verify_every, layout, log
+            )
         finally:
             await asyncio.to_thread(lc.stop)
     finally:
@@ -146,12 +175,14 @@ async def _measure(
     dap: str,
     concurrency: int,
     verify_every: int,
+    layout: str,
     log: Callable[[str], None],
 ) -> MemoryBenchResult:
     ids = list(lc.cluster.initial.server_ids)
-    base = os.urandom(value_bytes)
+    files = layout == "files"
+    base = os.urandom(min(value_bytes, FILE_CHUNK_BYTES) if files else value_bytes)
     log(
-        f"writing {objects} objects of {value_bytes} bytes "
+        f"writing {objects} {layout} of {value_bytes} bytes "
         f"({objects * value_bytes / 2**30:.2f} GiB) to {dap} n={n} ..."
     )
     started = time.perf_counter()
@@ -163,12 +194,15 @@ async def _measure(
             while nxt < objects:
                 i = nxt
                 nxt += 1
-                await store.write(f"block-{i:07d}", _value(i, base))
-                if i and i % 512 == 0:
+                if files:
+                    await store.files.write(f"file-{i:07d}", _file_pieces(i, value_bytes, base))
+                else:
+                    await store.write(f"block-{i:07d}", _value(i, base))
+                if i and i % max(1, 512 * (1 << 20) // max(1, value_bytes)) == 0:
                     rate = i * value_bytes / (time.perf_counter() - started) / 1e6
                     log(f"  {i} written, {rate:.0f} MB/s")
 
-        await asyncio.gather(*(writer() for _ in range(concurrency)))
+        await asyncio.gather(*(writer() for _ in range(1 if files else concurrency)))
     write_s = time.perf_counter() - started
     pids = {sid: lc.procs[sid].pid for sid in ids}
     after_store = {sid: _status(pid, "VmRSS") for sid, pid in pids.items()}
@@ -187,14 +221,26 @@ async def _measure(
     t0 = time.perf_counter()
     async with Store(lc.cluster.initial, options=lc.cluster.client) as store:
         for i in range(0, objects, verify_every):
-            got = await store.read(f"block-{i:07d}")
-            want = _value(i, base)
-            if got is None or hashlib.sha256(got).digest() != hashlib.sha256(want).digest():
-                raise AresError(f"object block-{i:07d} read back wrong after the restart")
+            if files:
+                h, want_h = hashlib.sha256(), hashlib.sha256()
+                async for block in store.files.iter_blocks(f"file-{i:07d}"):
+                    h.update(block)
+                async for piece in _file_pieces(i, value_bytes, base):
+                    want_h.update(piece)
+                ok = h.digest() == want_h.digest()
+            else:
+                got = await store.read(f"block-{i:07d}")
+                want = _value(i, base)
+                ok = (
+                    got is not None
+                    and hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+                )
+            if not ok:
+                raise AresError(f"{layout[:-1]} {i} read back wrong after the restart")
             verified += 1
     read_s = time.perf_counter() - t0
     after_reads = {sid: _status(lc.procs[sid].pid, "VmRSS") for sid in ids}
-    log(f"{verified} objects read back and checked; RSS {_mib(after_reads)}")
+    log(f"{verified} {layout} read back and checked; RSS {_mib(after_reads)}")
     per_server = []
     for sid in ids:
         text = (lc.data_dir(sid) / "server.log").read_text(errors="replace")
@@ -215,6 +261,7 @@ async def _measure(
     return MemoryBenchResult(
         servers=n,
         dap=dap,
+        layout=layout,
         objects=objects,
         value_bytes=value_bytes,
         stored_bytes=objects * value_bytes,

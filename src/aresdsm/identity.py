@@ -39,8 +39,9 @@ from .errors import ConfigurationError
 from .storage.sqlite import FILE_MODE, private_dir
 
 IDENTITY_FILE = "identity.json"
-PROTOCOL_VERSION = 1
-"""Version of the wire protocol, checked in the handshake."""
+PROTOCOL_VERSION = 2
+"""Version of the wire protocol, checked in the handshake. 2: value digests are SHA-256
+(:mod:`aresdsm.integrity`); 1: BLAKE2b-256."""
 STATE_ENTRIES = ("state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm", "blobs")
 """What a data directory holds once a server stored anything (``server.log`` and the ready
 file of local clusters do not count)."""

@@ -67,7 +67,7 @@ from .limits import ServerLimits
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
 from .security.macs import load_key, load_keys
-from .security.roles import is_admin_operation, refusal, value_refusal
+from .security.roles import REQUIRED, is_admin_operation, refusal, value_refusal
 from .security.tls import (
     DenyList,
     PeerIdentity,
@@ -76,10 +76,10 @@ from .security.tls import (
     server_context,
 )
 from .serverlog import BadInputLog, state_events
-from .storage.base import DamagedValue, Storage
+from .storage.base import DamagedValue, PinnedValue, Storage, ValueRef
 from .storage.memory import MemoryStorage
 from .storage.sqlite import SqliteStorage
-from .storage.values import VALUE_REPLIES, resolve
+from .storage.values import VALUE_REPLIES, refs_in, resolve
 from .testing import NO_FAULTS, Broken
 from .wire.codec import DEFAULT_MAX_FRAME_BYTES, Decoder, Encoder, FrameBuffer
 from .wire.messages import (
@@ -136,6 +136,12 @@ metrics or a trace span) what finishing it needs: kind, reply, start time, span,
 _DATA_WRITES = (PutData, PutBatch)
 """Requests whose writes are object state only (no reconfiguration step to log)."""
 
+_NEVER_AUDITED = frozenset(
+    kind for kind in _REQUEST_TYPES if kind is not WriteConfig and REQUIRED.get(kind) != "admin"
+)
+"""Request types :func:`~aresdsm.security.roles.is_admin_operation` never names (by their type
+alone): the audit check costs them one set lookup."""
+
 
 class _Conn(asyncio.Protocol):
     """One client connection.
@@ -165,7 +171,7 @@ class _Conn(asyncio.Protocol):
         """Requests are not being handled (the backlog waits)."""
         self.writing_paused = False
         """The transport's write buffer is above its high-water mark."""
-        self.backlog: deque[bytes] = deque()
+        self.backlog: deque[bytes | bytearray] = deque()
         self.backlog_bytes = 0
         self.reply_bytes = 0
         """Bytes of encoded replies waiting for their commit."""
@@ -424,6 +430,24 @@ class _Conn(asyncio.Protocol):
         if self.paused or self.blocked:
             self.update_reading()
 
+    def release(self, bufs: list[bytes | memoryview], size: int) -> None:
+        """A held reply's commit is durable: queue it for this iteration's flush (as
+        :meth:`write`) and count the request done. Its bytes move from the held count to the
+        queued one, so the sum the reply budget limits does not grow: no budget check."""
+        self.pending -= 1
+        self.reply_bytes -= size
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self.out += bufs
+            self.out_bytes += size
+            if self.out_bytes >= FLUSH_NOW_BYTES:
+                self.flush()
+            elif not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        if self.paused or self.blocked:
+            self.update_reading()
+
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.update_reading()
@@ -465,6 +489,10 @@ class Server:
         applied only with a valid writer MAC or when it adds nothing (docs/protocol.md §13)."""
         self.check_value_macs = bool(write_keys) and not faults.broken_skip_value_mac
         """Test-only ``broken_skip_value_mac`` turns the writer-MAC check off."""
+        self.broken_late_value_read = faults.broken_late_value_read
+        """Test-only: values of a reply are read when it is sent, not when the core answers."""
+        self._reading: set[asyncio.Task[None]] = set()
+        """Replies whose values are being read off the event loop (:meth:`_reply_after_read`)."""
         self.broken_skip_authorization = broken_skip_authorization
         """Test-only: every connection may send everything (the attacks of issue 13 succeed)."""
         self.tls = tls
@@ -654,11 +682,12 @@ class Server:
                 env.rid, ErrorReply("bad-request", f"{type(env.body).__name__} is not a request")
             )
             return
-        body = cast(Request, env.body)
-        need = refusal(body, self.core, conn.level, self.admin_key, self.write_keys)
-        if need is not None and not self.broken_skip_authorization:
-            self._unauthorized(conn, env.rid, body, need)
-            return
+        body: Request = env.body  # type: ignore[assignment]  # (checked above)
+        if conn.level < ADMIN_LEVEL:  # (an admin may send every request: refusal() says None)
+            need = refusal(body, self.core, conn.level, self.admin_key, self.write_keys)
+            if need is not None and not self.broken_skip_authorization:
+                self._unauthorized(conn, env.rid, body, need)
+                return
         if self.check_value_macs and isinstance(body, _DATA_WRITES):
             problem = value_refusal(body, self.core, self.write_keys)
             if problem is not None and not self.broken_skip_authorization:
@@ -681,11 +710,10 @@ class Server:
             return
         m = self.metrics
         started = time.perf_counter() if m is not None else 0.0
-        kind = type(body).__name__
         if m is not None and isinstance(body, WriteConfig):
             inst = (body.group, body.config_id)
             collected, before = len(self.core.collected), self.core.nextc.get(inst)
-        span = tracing.start_server_span(body, env.trace, self.server_id)
+        span = tracing.start_server_span(body, env.trace, self.server_id) if env.trace else None
         try:
             reply, writes = self.core.handle(body)
         except Exception as exc:
@@ -698,7 +726,7 @@ class Server:
             return
         if m is not None and isinstance(body, WriteConfig):
             m.state_changed(collected, before, self.core.nextc.get(inst))
-        if self.audit is not None and is_admin_operation(body):
+        if self.audit is not None and type(body) not in _NEVER_AUDITED and is_admin_operation(body):
             self._audit(conn, body, _outcome(reply))
         if writes:
             self.storage.submit(writes)
@@ -707,16 +735,21 @@ class Server:
                     log.log(level, "server %s: %s", self.server_id, event)
         if isinstance(reply, VALUE_REPLIES):
             try:
-                reply = self._read_values(reply)
+                reply, pinned = self._open_values(reply)
             except Exception as exc:  # a value the core refers to is unreadable: fail-stop
                 tracing.fail_server_span(span, exc)
                 self._fail(exc, bug=not isinstance(exc, StorageError))
+                return
+            if pinned is not None:
+                self._reply_after_read(
+                    conn, env.rid, reply, pinned, (type(body).__name__, started, span)
+                )
                 return
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
             if m is not None:
-                m.request_done(kind, reply, started)
+                m.request_done(type(body).__name__, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
             return
@@ -734,6 +767,7 @@ class Server:
             conn.update_reading()  # (a limit may be reached; nothing else changed)
         extra = None
         if m is not None or span is not None:
+            kind = type(body).__name__
             extra = (kind, reply, started, span, tracing.start_child("storage-wait", span))
         # one done-callback per commit releases every reply that waited for it
         if barrier is not self._barrier:
@@ -750,8 +784,9 @@ class Server:
         m = self.metrics
         for conn, bufs, size, extra in held:
             if failed is None:
-                conn.write(bufs, size)  # before request_done: the bytes stay counted as held
-            conn.request_done(size)
+                conn.release(bufs, size)
+            else:
+                conn.request_done(size)
             if extra is None:
                 continue
             kind, reply, started, span, wait = extra
@@ -767,22 +802,135 @@ class Server:
         if failed is not None:
             self._fail(failed)
 
-    def _read_values(self, reply: Reply) -> Reply:
-        """The reply with the values it refers to read from storage (the core keeps references,
-        :mod:`aresdsm.storage.values`). Now, before another request changes the core: each value
-        is read as of the state that made the reply (pending batches first). A damaged value
-        makes the object damaged and the reply ``damaged``."""
+    def _open_values(self, reply: Reply) -> tuple[Reply, dict[ValueRef, Any] | None]:
+        """The values ``reply`` refers to, as of the core's state that made it (now, before
+        another request changes the core; :mod:`aresdsm.storage.values`): the reply resolved
+        if every value was at hand (pending writes, small rows), else the reply and each
+        reference's bytes or :class:`PinnedValue`, for :meth:`_reply_after_read` to read off
+        the event loop. A damaged value makes the object damaged and the reply ``damaged``.
+
+        Test-only ``broken_late_value_read``: nothing is read now; every value is read when the
+        reply is sent -- the newest value of its record, not the one the core answered with."""
+        if self.broken_late_value_read:
+            refs = refs_in(reply)
+            if refs:
+                return reply, dict.fromkeys(refs, _LATE)
+        got: dict[ValueRef, Any] = {}
+        pinned = False
+
+        def open_value(ref: ValueRef) -> bytes | memoryview:
+            nonlocal pinned
+            v = got.get(ref)
+            if v is None:
+                v = got[ref] = self.storage.open_value(ref)
+            if isinstance(v, PinnedValue):
+                pinned = True
+                return b""  # (this resolution is dropped: the reply waits for the read)
+            return v
+
         try:
-            return resolve(reply, self.storage.read_value)
+            resolved = resolve(reply, open_value)  # one pass over the reply when nothing pins
         except DamagedValue as e:
-            log.error(
-                "damaged on disk, not answered for until repaired: %s/%s/%s: %s",
-                e.damaged.group,
-                e.damaged.config_id,
-                e.damaged.key.replace("\x00", "/"),
-                e.damaged.reason,
-            )
-            return self.core.mark_damaged(e.damaged)
+            _release(got)
+            return self._damaged(e), None
+        except BaseException:
+            _release(got)
+            raise
+        return (reply, got) if pinned else (resolved, None)
+
+    def _damaged(self, e: DamagedValue) -> Reply:
+        log.error(
+            "damaged on disk, not answered for until repaired: %s/%s/%s: %s",
+            e.damaged.group,
+            e.damaged.config_id,
+            e.damaged.key.replace("\x00", "/"),
+            e.damaged.reason,
+        )
+        return self.core.mark_damaged(e.damaged)
+
+    def _reply_after_read(
+        self,
+        conn: _Conn,
+        rid: int,
+        reply: Reply,
+        got: dict[ValueRef, Any],
+        info: tuple[str, float, Any],
+    ) -> None:
+        """Send ``reply`` once its pinned values are read (in the storage's value-reading
+        threads: a large value's read and checksum stall no other request) and everything
+        applied before it is durable (the barrier of now, as for every reply). Its values'
+        bytes count against the connection's reply budget from now on. Replies on one
+        connection may leave out of order: the client matches them by request id."""
+        pinned = [v for v in got.values() if isinstance(v, PinnedValue)]
+        barrier = self.storage.barrier()
+        size = sum(len(r) for r in got)
+        conn.pending += 1
+        conn.reply_bytes += size
+        t = conn.transport
+        if t is not None and (
+            conn.pending >= self.max_in_flight
+            or conn.reply_bytes + conn.out_bytes + t.get_write_buffer_size()
+            >= self.limits.max_conn_reply_bytes
+        ):
+            conn.update_reading()
+        read = self.storage.read_pinned(pinned) if pinned else None
+        task = asyncio.get_running_loop().create_task(
+            self._finish_read(conn, rid, reply, got, read, barrier, size, info)
+        )
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+
+    async def _finish_read(
+        self,
+        conn: _Conn,
+        rid: int,
+        reply: Reply,
+        got: dict[ValueRef, Any],
+        read: asyncio.Future[list[bytes | memoryview]] | None,
+        barrier: asyncio.Future[None] | None,
+        size: int,
+        info: tuple[str, float, Any],
+    ) -> None:
+        kind, started, span = info
+        try:
+            if read is not None:
+                try:
+                    values = iter(await read)
+                except DamagedValue as e:
+                    reply = self._damaged(e)
+                else:
+                    for ref, v in got.items():
+                        if isinstance(v, PinnedValue):
+                            got[ref] = next(values)
+                    reply = resolve(reply, got.__getitem__)
+        except asyncio.CancelledError:  # (the server stops)
+            conn.request_done(size)
+            raise
+        except Exception as exc:  # a value unreadable other than damaged: fail-stop
+            conn.request_done(size)
+            tracing.fail_server_span(span, exc)
+            self._fail(exc, bug=not isinstance(exc, StorageError))
+            return
+        try:
+            if barrier is not None:
+                await asyncio.shield(barrier)
+            if read is None:  # broken_late_value_read: the newest values, read now
+                reply = resolve(reply, self.storage.read_value)
+        except asyncio.CancelledError:
+            conn.request_done(size)
+            raise
+        except Exception as exc:  # the commit failed: fail-stop, nothing is answered
+            conn.request_done(size)
+            tracing.fail_server_span(span, exc)
+            self._fail(exc)
+            return
+        bufs = conn.encode(rid, reply)
+        conn.write(bufs)  # before request_done: the bytes stay counted as held
+        conn.request_done(size)
+        if self.metrics is not None:
+            self.metrics.request_done(kind, reply, started)
+        if span is not None:
+            tracing.end_server_span(span, reply)
 
     def _audit(self, conn: _Conn, body: Request, outcome: str) -> None:
         assert self.audit is not None
@@ -1013,6 +1161,10 @@ class Server:
                 c.transport.close()
         with contextlib.suppress(Exception):
             await self.storage.drain()
+        for task in self._reading:  # (their connections are closed: nobody to answer)
+            task.cancel()
+        if self._reading:
+            await asyncio.gather(*self._reading, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -1026,6 +1178,16 @@ class Server:
     async def wait_closed(self) -> None:
         assert self._stopped is not None
         await self._stopped.wait()
+
+
+_LATE = object()
+"""``broken_late_value_read``: a value not read when the core answered."""
+
+
+def _release(got: dict[ValueRef, Any]) -> None:
+    for v in got.values():
+        if isinstance(v, PinnedValue):
+            v.release()
 
 
 def _outcome(reply: Any) -> str:

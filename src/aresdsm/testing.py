@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Broken:
-    """Protocol faults (client side; ``broken_skip_value_mac`` is the server shell's); each one
+    """Protocol faults (client side; ``broken_skip_value_mac`` and ``broken_late_value_read`` are
+    the server shell's); each one
     must make the checker or a test report a violation."""
 
     broken_skip_write_back: bool = False
@@ -84,6 +85,11 @@ class Broken:
     broken_skip_value_mac: bool = False
     """Server side (``Server(faults=...)``): values are applied without checking the writer's MAC,
     so a read-role client can invent one (tests/integration/test_value_mac.py)."""
+
+    broken_late_value_read: bool = False
+    """Server side (``Server(faults=...)``): the values of a reply are read from storage when the
+    reply is sent instead of when the core answered, so a write handled in between makes the
+    reply carry the old tag with the new value (tests/integration/test_value_reads.py)."""
 
     def __repr__(self) -> str:  # only the faults that are on (none: "Broken()")
         on = [f"{f.name}=True" for f in dataclasses.fields(self) if getattr(self, f.name)]

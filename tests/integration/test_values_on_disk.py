@@ -107,3 +107,29 @@ def test_server_memory_bench_smoke(tmp_path: Path) -> None:
     assert result.verified_objects == 1 and s1.records == 9 and s1.restart_s > 0
     assert result.ok and 0 < s1.rss_after_restart_bytes <= result.rss_bound_bytes
     assert list(tmp_path.iterdir()) == []  # the data directory is gone
+
+
+def test_server_memory_bench_files_over_treas(tmp_path: Path) -> None:
+    """The same with the data as fragmented files over TREAS (the issue's "4 GiB of TREAS
+    blocks", tiny): blocks are coverable registers; each server holds no value bytes after the
+    restart and the files read back."""
+    from aresdsm.bench_memory import run_memory_bench
+
+    result = asyncio.run(
+        run_memory_bench(
+            n=3,
+            objects=2,
+            value_bytes=300_000,
+            dap="treas",
+            k=2,
+            delta=1,
+            verify_every=1,
+            layout="files",
+            base_dir=tmp_path,
+            log=lambda _: None,
+        )
+    )
+    assert result.layout == "files" and result.verified_objects == 2 and result.ok
+    for s in result.per_server:
+        assert s.records > 2 and 0 < s.rss_after_restart_bytes <= result.rss_bound_bytes
+    assert list(tmp_path.iterdir()) == []

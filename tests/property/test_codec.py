@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import struct
 
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from aresdsm.errors import FrameError
 from aresdsm.tags import Tag
 from aresdsm.wire import Blob, Decoder, Encoder, Envelope, FrameBuffer
+from aresdsm.wire.codec import LARGE_FRAME_BYTES
 from aresdsm.wire.messages import (
     Ack,
     DataReply,
@@ -59,6 +61,46 @@ def test_stream_splitting_at_any_chunk_size(envs: list[Envelope], chunk: int) ->
     for i in range(0, len(stream), chunk):
         out += [dec.decode_body(b) for b in fb.feed(stream[i : i + chunk])]
     assert out == envs
+
+
+large_values = st.integers(-64, 70_000).map(
+    lambda d: Blob(bytes([d % 251]) * (LARGE_FRAME_BYTES + d))
+)
+mixed = st.one_of(
+    envelopes, st.builds(Envelope, st.integers(0, 99), st.builds(DataReply, tags, large_values))
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(mixed, min_size=1, max_size=4), st.lists(st.floats(0, 1), max_size=12))
+def test_large_frames_split_anywhere(envs: list[Envelope], cuts: list[float]) -> None:
+    """Frames of LARGE_FRAME_BYTES or more go into a buffer of their own: the same bodies at
+    any split of the stream, and ``buffered`` counts their received bytes until complete."""
+    frames = [Encoder().encode_bytes(e) for e in envs]
+    stream = b"".join(frames)
+    points = sorted({0, len(stream), *(int(c * len(stream)) for c in cuts)})
+    fb = FrameBuffer(max_frame_bytes=MAX)
+    dec = Decoder()
+    out: list[Envelope] = []
+    for a, b in itertools.pairwise(points):
+        out += [dec.decode_body(body) for body in fb.feed(stream[a:b])]
+        rest = b - sum(len(f) for f in frames[: len(out)])  # bytes of the incomplete frame
+        assert fb.buffered == (rest - 4 if rest >= 4 else rest)  # (a parsed prefix is not)
+    assert out == envs and fb.buffered == 0
+
+
+def test_a_large_frame_is_received_into_one_buffer_of_its_size() -> None:
+    """The body of a large frame received in pieces is the buffer it was received into (one
+    copy of the bytes), not a slice copied out of a growing buffer."""
+    value = bytes(range(256)) * 4096  # 1 MiB
+    frame = Encoder().encode_bytes(Envelope(7, DataReply(Tag(1, "w"), Blob(value))))
+    fb = FrameBuffer(max_frame_bytes=MAX * 2)
+    assert fb.feed(frame[:1000]) == [] and fb.feed(frame[1000:-10]) == []
+    (body,) = fb.feed(frame[-10:] + frame[:3])  # the next frame starts in the same chunk
+    assert type(body) is bytearray and len(body) == len(frame) - 4
+    assert fb.buffered == 3
+    env = Decoder().decode_body(body)
+    assert isinstance(env.body, DataReply) and bytes(env.body.value.data) == value
 
 
 def test_blobs_are_not_copied_into_the_header() -> None:

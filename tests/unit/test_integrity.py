@@ -3,6 +3,8 @@ objects refused until repaired, readers that never return a corrupt copy."""
 
 from __future__ import annotations
 
+import asyncio
+import struct
 from pathlib import Path
 
 import msgspec
@@ -19,7 +21,7 @@ from aresdsm.storage.base import DamagedRecord, DamagedValue, Record, ValueRef
 from aresdsm.storage.sqlite import SqliteStorage
 from aresdsm.storage.values import LocalServer
 from aresdsm.tags import Tag
-from aresdsm.wire import Blob
+from aresdsm.wire import Blob, Decoder, Encoder, Envelope
 from aresdsm.wire.messages import (
     DataReply,
     ErrorReply,
@@ -194,13 +196,21 @@ async def test_a_value_found_damaged_when_read_makes_its_object_damaged(
     value = bytes(range(256)) * 512  # 128 KiB: a value file
     async with Store(cfg) as store:
         await store.write("k", value)
+        # (a write returns with a quorum of acks: s1's commit may still be running, and a
+        # value is read from its pending batch until that commit returns)
+        await servers[0].storage.drain()
         (blob,) = (tmp_path / "s1" / "blobs").iterdir()
         raw = bytearray(blob.read_bytes())
         raw[1000] ^= 0x01
         blob.write_bytes(bytes(raw))
         (skey,) = list(servers[0].core.registers)
-        reply, _ = servers[0].core.handle(QueryData(skey[0], "c0", skey[2]))
-        assert servers[0]._read_values(reply) == ErrorReply(
+        # asked over TCP: the value file is read and checked off the event loop
+        reader, writer = await asyncio.open_connection("127.0.0.1", servers[0].port)
+        writer.write(Encoder().encode_bytes(Envelope(1, QueryData(skey[0], "c0", skey[2]))))
+        (n,) = struct.unpack(">I", await asyncio.wait_for(reader.readexactly(4), 30))
+        env = Decoder().decode_body(await asyncio.wait_for(reader.readexactly(n), 30))
+        writer.close()
+        assert env.body == ErrorReply(
             "damaged",
             f"server s1: a stored value of {skey[0]}/c0 is damaged on its disk; ask others",
         )
@@ -208,3 +218,33 @@ async def test_a_value_found_damaged_when_read_makes_its_object_damaged(
         assert await store.read("k") == value  # from the healthy servers
         await store.write("k", b"new")
         assert servers[0].core.stats().damaged_count == 0
+
+
+def test_the_digest_is_sha256_and_versioned() -> None:
+    """Protocol version 2 / storage schema 3: value digests are SHA-256 (FIPS 180-2 vector),
+    not the BLAKE2b-256 of version 1."""
+    from aresdsm.identity import PROTOCOL_VERSION
+    from aresdsm.storage.sqlite import SCHEMA_VERSION
+
+    assert integrity.digest(b"abc").hex() == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+    assert integrity.DIGEST_NAME == "sha-256" and integrity.DIGEST_BYTES == 32
+    assert (PROTOCOL_VERSION, SCHEMA_VERSION) == (2, 3)
+
+
+def test_a_database_with_blake2b_digests_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    """A schema-2 database holds BLAKE2b digests that every reader would now reject: opening
+    it is a one-line error that says how to move the data, not a cluster of unreadable
+    objects."""
+    import sqlite3
+
+    from aresdsm.errors import StorageError
+
+    path = tmp_path / "state.sqlite3"
+    SqliteStorage(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=2")
+    db.close()
+    with pytest.raises(StorageError, match=r"schema version 2 .*BLAKE2b.*ares backup.*restore"):
+        SqliteStorage(path)

@@ -78,6 +78,10 @@ class _Conn:
         self.pending -= 1
         self.reply_bytes -= reply_bytes
 
+    def release(self, bufs: list[Any], size: int) -> None:
+        self.write(bufs, size)
+        self.request_done(size)
+
 
 def test_core_state_and_replies_hold_references_not_bytes() -> None:
     core = ServerCore("s1")
@@ -192,6 +196,8 @@ def test_sqlite_restart_serves_values_read_from_disk(tmp_path: Path) -> None:
         conn2 = _Conn()
         for k in values:
             again.handle(conn2, Envelope(0, QueryData("g", "c0", k)))
+            # values in files are read off the event loop: their replies follow
+            await asyncio.gather(*again._reading)
         assert [bytes(r.value.data) for _, r in conn2.sent] == list(values.values())
         assert again_storage.values_read == 5
         again_storage.close()

@@ -102,13 +102,22 @@ def check(history: str, max_steps: int) -> None:
 
 
 def _bench_server_memory(
-    n: int, gib: float, value_size: int, dap: str, k: int | None, delta: int, json_out: str
+    n: int,
+    gib: float,
+    value_size: int,
+    dap: str,
+    k: int | None,
+    delta: int,
+    json_out: str,
+    layout: str = "objects",
 ) -> None:
     from ..bench_memory import run_memory_bench
 
     source = click.get_current_context().get_parameter_source("value_size")
     value_bytes = 1024 * 1024 if source == click.core.ParameterSource.DEFAULT else value_size
-    objects = max(1, int(gib * 2**30) // value_bytes)
+    if layout == "files":  # the data as files of 256 MiB (or fewer bytes), in ~1 MiB blocks
+        value_bytes = min(int(gib * 2**30), 256 << 20)
+    objects = max(1, int(gib * 2**30) // max(1, value_bytes))
     try:
         result = runtime.run(
             run_memory_bench(
@@ -118,6 +127,7 @@ def _bench_server_memory(
                 dap=dap,
                 k=k,
                 delta=delta if dap == "treas" else 0,
+                layout=layout,
                 log=console.print,
             )
         )
@@ -149,7 +159,7 @@ def _bench_server_memory(
         )
     console.print(table)
     console.print(
-        f"{result.stored_bytes / 2**30:.2f} GiB in {result.objects} objects, written at "
+        f"{result.stored_bytes / 2**30:.2f} GiB in {result.objects} {result.layout}, written at "
         f"{result.write_mb_s:.0f} MB/s; {result.verified_objects} read back at "
         f"{result.read_mb_s:.0f} MB/s; bound {result.rss_bound_bytes / 2**20:.0f} MiB: "
         + ("[green]ok[/]" if result.ok else "[red]over[/]")
@@ -264,6 +274,14 @@ def _bench_server_memory(
     "1 MiB) through a client, then report each server's RSS after storing and after a "
     "restart, and the restart time (issue 12); the data is removed afterwards.",
 )
+@click.option(
+    "--server-memory-layout",
+    type=click.Choice(["objects", "files"]),
+    default="objects",
+    show_default=True,
+    help="With --server-memory-gib: store the data as objects of --value-size, or as files "
+    "of 256 MiB in ~1 MiB blocks (coverable registers).",
+)
 @click.option("--idle-conns", type=click.IntRange(0), default=5000, show_default=True)
 @click.option("--slowloris", type=click.IntRange(0), default=32, show_default=True)
 @trace_options
@@ -295,6 +313,7 @@ def bench(
     client_procs: int,
     peer: str | None,
     server_memory_gib: float | None,
+    server_memory_layout: str,
     idle_conns: int,
     slowloris: int,
     trace_file: str | None,
@@ -332,7 +351,16 @@ def bench(
         )
         return
     if server_memory_gib is not None:
-        _bench_server_memory(servers[0], server_memory_gib, value_size, dap, k, delta, json_out)
+        _bench_server_memory(
+            servers[0],
+            server_memory_gib,
+            value_size,
+            dap,
+            k,
+            delta,
+            json_out,
+            server_memory_layout,
+        )
         return
     if mount_mb is not None:
         from ..mount.bench import run_mount_bench

@@ -13,6 +13,13 @@ is being committed or waits for the next commit if the record is there (values s
 group-commit window), else from the engine, checking the value's checksum then (a bad value is a
 :class:`DamagedValue`, which the server turns into a damaged object).
 
+Large values are read off the event loop (issue 12, server side): :meth:`Storage.open_value`
+runs on the event loop when the core answers and *pins* the value as of that moment -- bytes of a
+pending write or of a small row at once, or a :class:`PinnedValue` naming the value file, which
+no later commit may delete while it is pinned (value files are written once, never in place) --
+and :meth:`PinnedValue.read` reads and checks the file in a worker thread
+(:meth:`Storage.read_pinned`), so a 4 MiB read and its checksum stall no other client.
+
 Persist before reply (docs/architecture.md principle 4): a server applies a change to its in-memory
 state, :meth:`Storage.submit` queues the record writes and returns a future that completes when
 they are on stable storage; every reply waits for :meth:`Storage.barrier` -- the durability of
@@ -24,13 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
 from ..wire.blob import Blob
+from .committer import CommitThread
 
 RecordKey = tuple[str, str, str, str]
 """(ns, group, config_id, key)"""
@@ -124,6 +134,33 @@ class Delete(msgspec.Struct, frozen=True):
 
 Write = Record | Delete
 
+VALUE_READ_THREADS = 2
+"""Worker threads that read pinned values (:meth:`Storage.read_pinned`): at most this many
+values are being read at once, whatever the number of clients (memory of reads in progress is
+bounded by this times the largest value; a read waiting for a thread holds only its pin)."""
+
+
+class PinnedValue(ABC):
+    """A stored value pinned as of the moment the core answered, to be read off the event loop.
+
+    The engine keeps what it refers to (a value file) until :meth:`release`, even if a later
+    commit replaces or deletes its record. :meth:`read` blocks (call it in a worker thread,
+    :meth:`Storage.read_pinned`); :meth:`release` may be called from any thread, once."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        """Bytes :meth:`read` returns (for memory accounting before the read)."""
+
+    @abstractmethod
+    def read(self) -> bytes | memoryview:
+        """The value, its checksum checked (raises DamagedValue)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Unpin: the engine may delete what the value was read from."""
+
 
 class Storage(ABC):
     """A durable record store with group commit. One instance per server process."""
@@ -148,6 +185,10 @@ class Storage(ABC):
         """The same for the batch being committed (until its commit returns)."""
         self.values_read = 0
         """Values read from the engine (not from a pending batch): metrics and tests."""
+        self._value_reader: ThreadPoolExecutor | None = None
+        """The value-reading threads (:meth:`read_pinned`), made on first use."""
+        self._committer = CommitThread()
+        """The engine's commit thread (:mod:`.committer`): one thread hop per group commit."""
 
     # -- engine-specific ---------------------------------------------------------------------
 
@@ -170,25 +211,67 @@ class Storage(ABC):
         KeyError if there is no such record or it has no value). Called on the event loop
         while no commit changes this record (see :meth:`read_value`)."""
 
-    def read_value(self, ref: ValueRef) -> bytes | memoryview:
-        """The bytes ``ref`` stands for, as of everything submitted so far: from the newest
-        pending write of its record (open batch, then the batch being committed), else from the
-        engine. Raises DamagedValue (the stored value is bad) or KeyError (no such value: a bug).
+    def _open_value(self, record: RecordKey) -> bytes | memoryview | PinnedValue:
+        """Like :meth:`_read_value`, but a value that is costly to read may come back pinned
+        (an engine with value files pins the file). The default reads at once."""
+        return self._read_value(record)
+
+    def open_value(self, ref: ValueRef) -> bytes | memoryview | PinnedValue:
+        """The bytes ``ref`` stands for as of everything submitted so far, or a
+        :class:`PinnedValue` that reads them later, unchanged by anything submitted after this
+        call: from the newest pending write of its record (open batch, then the batch being
+        committed), else from the engine. Raises DamagedValue (the stored value is bad) or
+        KeyError (no such value: a bug).
 
         Consistent without locks: it runs on the event loop, between core steps, and a record
         absent from both pending batches is changed by no commit that is running (a commit
-        starts only from the event loop, with its batch in ``_inflight_index``)."""
+        starts only from the event loop, with its batch in ``_inflight_index``); a later commit
+        does not delete a pinned value file."""
         for index in (self._open_index, self._inflight_index):
             if ref.record in index:
                 w = index[ref.record]
                 if w is None or w.data is None or isinstance(w.data, ValueRef):
                     raise KeyError(ref.record)
                 return w.data
-        data = self._read_value(ref.record)
+        got = self._open_value(ref.record)
         self.values_read += 1
-        if len(data) != ref.length:
+        length = got.length if isinstance(got, PinnedValue) else len(got)
+        if length != ref.length:
+            if isinstance(got, PinnedValue):
+                got.release()
             raise KeyError(ref.record)  # another version than the core refers to: a bug
-        return data
+        return got
+
+    def read_value(self, ref: ValueRef) -> bytes | memoryview:
+        """:meth:`open_value` and, if pinned, the read at once (blocking: simulator, tests,
+        tools; the server reads pinned values with :meth:`read_pinned`)."""
+        got = self.open_value(ref)
+        if not isinstance(got, PinnedValue):
+            return got
+        try:
+            return got.read()
+        finally:
+            got.release()
+
+    def read_pinned(
+        self, pinned: Sequence[PinnedValue]
+    ) -> asyncio.Future[list[bytes | memoryview]]:
+        """Read pinned values in one of the :data:`VALUE_READ_THREADS` value-reading threads
+        (off the event loop), each released after its read; the future fails with the first
+        DamagedValue (every value is released either way)."""
+        if self._value_reader is None:
+            self._value_reader = ThreadPoolExecutor(
+                max_workers=VALUE_READ_THREADS, thread_name_prefix="ares-value-read"
+            )
+        return asyncio.get_running_loop().run_in_executor(
+            self._value_reader, _read_all, list(pinned)
+        )
+
+    def _stop_value_reader(self) -> None:
+        """Engines call this from :meth:`close`: waits for reads in progress."""
+        if self._value_reader is not None:
+            self._value_reader.shutdown(wait=True, cancel_futures=False)
+            self._value_reader = None
 
     def stored_bytes(self) -> int:
         """Approximate bytes of state held (metrics)."""
@@ -260,7 +343,7 @@ class Storage(ABC):
                 fut.set_result(None)
 
     async def _run_commit(self, batch: list[Write]) -> None:
-        await asyncio.to_thread(self._commit, batch)
+        await self._committer.run(functools.partial(self._commit, batch))
 
     async def drain(self) -> None:
         """Wait until everything submitted is durable."""
@@ -269,3 +352,12 @@ class Storage(ABC):
                 await fut
             if fut.done() and fut.exception() is not None:
                 raise fut.exception()  # type: ignore[misc]
+
+
+def _read_all(pinned: list[PinnedValue]) -> list[bytes | memoryview]:
+    """Read every pinned value (in a worker thread); release each one whatever happens."""
+    try:
+        return [p.read() for p in pinned]
+    finally:
+        for p in pinned:
+            p.release()

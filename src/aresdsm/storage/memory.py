@@ -34,7 +34,7 @@ class MemoryStorage(Storage):
         return data
 
     def close(self) -> None:
-        pass
+        self._stop_value_reader()
 
     def stored_bytes(self) -> int:
         return sum(

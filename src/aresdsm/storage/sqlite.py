@@ -20,6 +20,13 @@ Values stay on disk (issue 12): :meth:`SqliteStorage.load` reads every row's met
 reads one value when a reply needs it, through a second, read-only connection (WAL: it sees the
 last commit and does not wait for the commit thread).
 
+Large values off the event loop: :meth:`SqliteStorage._open_value` (on the event loop, when the
+core answers) reads the row and *pins* its value file instead of reading it; the file is read and
+its checksum checked in a value-reading thread (:class:`_PinnedFile`). A commit that replaces or
+deletes a pinned file's row does not remove the file but leaves it to the last unpin (value files
+are written once under a fresh name and never changed, so a pinned file is the value as of the
+answer). A crash leaves such a file unreferenced: removed at start-up like any orphan.
+
 Checksums (issue 10): every row carries a CRC-32 of its identity, its meta and the name and length
 of its value file (``meta_sum``) and a CRC-32 of its value (``data_sum``), inline or in a value
 file. :meth:`SqliteStorage.load` checks the meta sum and returns a row that fails as a
@@ -47,6 +54,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import struct
 import threading
 import uuid
 import zlib
@@ -54,11 +62,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import StorageError
-from .base import DamagedRecord, DamagedValue, Record, RecordKey, Storage, ValueRef, Write
+from .base import (
+    DamagedRecord,
+    DamagedValue,
+    PinnedValue,
+    Record,
+    RecordKey,
+    Storage,
+    ValueRef,
+    Write,
+)
 
 DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
-SCHEMA_VERSION = 2
-"""1 (implicit, user_version 0): no checksums; 2: meta_sum and data_sum on every row."""
+SCHEMA_VERSION = 3
+"""1 (implicit, user_version 0): no checksums; 2: meta_sum and data_sum on every row; 3: the
+same rows, with value digests (in the metadata) made by SHA-256 instead of BLAKE2b-256
+(:mod:`aresdsm.integrity`): version 2 data would fail every reader's digest check."""
 _SIZE = "LENGTH(meta) + COALESCE(LENGTH(data), 0) + COALESCE(blob_len, 0)"
 """A record's bytes: metadata, inline value, or the length of its value file."""
 DIR_MODE = 0o700
@@ -89,12 +108,19 @@ CREATE TABLE IF NOT EXISTS state (
 def meta_checksum(
     ns: str, grp: str, cfg: str, key: str, meta: bytes, blob_file: str | None, blob_len: int | None
 ) -> int:
-    """CRC-32 over a row's identity, meta and value-file reference (length-prefixed fields)."""
-    crc = 0
-    for part in (ns, grp, cfg, key, blob_file or "", str(blob_len if blob_len is not None else "")):
-        b = part.encode()
-        crc = zlib.crc32(len(b).to_bytes(4, "big") + b, crc)
-    return zlib.crc32(meta, crc)
+    """CRC-32 over a row's identity, meta and value-file reference (length-prefixed fields),
+    in one pass over them joined (the same value as field by field: issue 18, per-row work)."""
+    n, g, c, k = ns.encode(), grp.encode(), cfg.encode(), key.encode()
+    f = blob_file.encode() if blob_file else b""
+    b = str(blob_len).encode() if blob_len is not None else b""
+    fields = [_U32(len(n)), n, _U32(len(g)), g, _U32(len(c)), c, _U32(len(k)), k]
+    fields += (_U32(len(f)), f, _U32(len(b)), b, meta)
+    return zlib.crc32(b"".join(fields))
+
+
+_U32 = struct.Struct(">I").pack
+_OLD_ROW = f"SELECT blob_file, {_SIZE} FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?"
+_PUT_ROW = "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def data_checksum(data: bytes | memoryview) -> int:
@@ -133,6 +159,11 @@ class SqliteStorage(Storage):
                 ) from None
             self._lock = threading.Lock()
             self._read_db: sqlite3.Connection | None = None
+            self._pin_lock = threading.Lock()
+            self._pins: dict[str, int] = {}
+            """Value files pinned for a reply being read (name -> count): not removed."""
+            self._unlinked_pinned: set[str] = set()
+            """Pinned files whose row a commit replaced or deleted: removed at the last unpin."""
             self._remove_orphans()
             self._bytes: dict[tuple[str, str], int] = {
                 (g, c): int(n)
@@ -157,6 +188,12 @@ class SqliteStorage(Storage):
             self._db.execute(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
+        if version == 2:
+            raise StorageError(
+                f"database {self.path} has schema version 2 (BLAKE2b value digests), this "
+                f"aresdsm writes {SCHEMA_VERSION} (SHA-256): copy the data with `ares backup` "
+                "of the older aresdsm and `ares restore` into a new cluster"
+            )
         if version != SCHEMA_VERSION:
             raise StorageError(
                 f"database {self.path} has schema version {version}, this aresdsm writes "
@@ -248,6 +285,18 @@ class SqliteStorage(Storage):
     def _read_value(self, record: RecordKey) -> bytes | memoryview:
         """A committed value, checked against its checksum: from the row, or from its value
         file (read whole: the checksum covers it all)."""
+        got = self._open_value(record)
+        if not isinstance(got, PinnedValue):
+            return got
+        try:
+            return got.read()
+        finally:
+            got.release()
+
+    def _open_value(self, record: RecordKey) -> bytes | memoryview | PinnedValue:
+        """A committed value: an inline one read and checked now (below
+        ``blob_threshold_bytes``), one in a value file pinned, to be read and checked by
+        :meth:`_PinnedFile.read` (off the event loop)."""
         ns, g, c, k = record
         try:
             row = (
@@ -264,29 +313,44 @@ class SqliteStorage(Storage):
         if row is None:
             raise KeyError(record)
         meta, inline, blob_file, blob_len, data_sum = row
-
-        def damaged(reason: str) -> DamagedValue:
-            return DamagedValue(
-                DamagedRecord(ns, g, c, k, meta if isinstance(meta, bytes) else None, reason)
-            )
-
-        data: bytes
+        damaged = DamagedRecord(
+            ns, g, c, k, meta if isinstance(meta, bytes) else None, "value checksum mismatch"
+        )
         if isinstance(blob_file, str):
-            try:
-                data = (self.blob_dir / blob_file).read_bytes()
-            except OSError as e:
-                raise damaged(f"value file {blob_file}: {e.strerror}") from None
-            if len(data) != blob_len:
-                raise damaged(f"value file {blob_file} has {len(data)} of {blob_len} bytes")
-        elif isinstance(inline, bytes):
-            data = inline
-        elif inline is None:
+            if not isinstance(blob_len, int):
+                raise DamagedValue(_with_reason(damaged, "value file length missing"))
+            with self._pin_lock:
+                self._pins[blob_file] = self._pins.get(blob_file, 0) + 1
+            return _PinnedFile(self, blob_file, blob_len, data_sum, damaged)
+        if isinstance(inline, bytes):
+            if data_sum != data_checksum(inline):
+                raise DamagedValue(damaged)
+            return inline
+        if inline is None:
             raise KeyError(record)
-        else:
-            raise damaged("value is not a blob")
-        if data_sum != data_checksum(data):
-            raise damaged("value checksum mismatch")
-        return data
+        raise DamagedValue(_with_reason(damaged, "value is not a blob"))
+
+    def _unpin(self, name: str) -> None:
+        with self._pin_lock:
+            left = self._pins[name] - 1
+            if left:
+                self._pins[name] = left
+                return
+            del self._pins[name]
+            if name not in self._unlinked_pinned:
+                return
+            self._unlinked_pinned.discard(name)
+        (self.blob_dir / name).unlink(missing_ok=True)
+
+    def _remove_value_files(self, names: list[str]) -> None:
+        """Remove value files no row refers to any more, leaving pinned ones to their last
+        unpin (called after the commit that dropped them)."""
+        for name in names:
+            with self._pin_lock:
+                if name in self._pins:
+                    self._unlinked_pinned.add(name)
+                    continue
+            (self.blob_dir / name).unlink(missing_ok=True)
 
     def _reader(self) -> sqlite3.Connection:
         """The connection values are read with (its own: the commit thread uses ``_db``; in
@@ -337,8 +401,7 @@ class SqliteStorage(Storage):
                     self._bytes[inst] = left
                 else:
                     self._bytes.pop(inst, None)
-        for name in garbage:
-            (self.blob_dir / name).unlink(missing_ok=True)
+        self._remove_value_files(garbage)
 
     def _write_blob_files(self, batch: list[Write]) -> dict[int, str]:
         """Write and fsync every large value of the batch (and the directory) before the commit."""
@@ -372,10 +435,7 @@ class SqliteStorage(Storage):
         adds the change of bytes per (group, configuration) to ``deltas``."""
         inst = (w.group, w.config_id)
         if isinstance(w, Record):
-            old = cur.execute(
-                f"SELECT blob_file, {_SIZE} FROM state WHERE ns=? AND grp=? AND cfg=? AND key=?",
-                (w.ns, w.group, w.config_id, w.key),
-            ).fetchone()
+            old = cur.execute(_OLD_ROW, (w.ns, w.group, w.config_id, w.key)).fetchone()
             new_size = len(w.meta) + (len(w.data) if w.data is not None else 0)
             deltas[inst] = deltas.get(inst, 0) + new_size - (old[1] if old is not None else 0)
             assert not isinstance(w.data, ValueRef)  # (refused by _write_blob_files)
@@ -385,7 +445,7 @@ class SqliteStorage(Storage):
             msum = meta_checksum(w.ns, w.group, w.config_id, w.key, meta, blob_file, blob_len)
             dsum = data_checksum(w.data) if w.data is not None else None
             cur.execute(
-                "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _PUT_ROW,
                 (w.ns, w.group, w.config_id, w.key, meta, data, blob_file, blob_len, msum, dsum),
             )
             return [old[0]] if old is not None and old[0] is not None else []
@@ -418,6 +478,11 @@ class SqliteStorage(Storage):
             return dict(self._bytes)
 
     def close(self) -> None:
+        self._stop_value_reader()
+        with self._pin_lock:
+            leftover, self._unlinked_pinned = self._unlinked_pinned, set()
+        for name in leftover:  # (a read abandoned by a stopping server)
+            (self.blob_dir / name).unlink(missing_ok=True)
         with self._lock:
             if self._read_db is not None:
                 self._read_db.close()
@@ -431,6 +496,67 @@ class SqliteStorage(Storage):
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _with_reason(d: DamagedRecord, reason: str) -> DamagedRecord:
+    return DamagedRecord(d.ns, d.group, d.config_id, d.key, d.meta, reason)
+
+
+class _PinnedFile(PinnedValue):
+    """A value file pinned by :meth:`SqliteStorage._open_value`: read whole and checked against
+    the row's checksum in a value-reading thread."""
+
+    __slots__ = ("_damaged", "_name", "_storage", "_sum")
+
+    def __init__(
+        self, storage: SqliteStorage, name: str, length: int, data_sum: object, d: DamagedRecord
+    ) -> None:
+        super().__init__(length)
+        self._storage: SqliteStorage | None = storage
+        self._name = name
+        self._sum = data_sum
+        self._damaged = d
+
+    def read(self) -> bytes | memoryview:
+        st = self._storage
+        assert st is not None, "read after release"
+        name = self._name
+
+        def damaged(reason: str) -> DamagedValue:
+            return DamagedValue(_with_reason(self._damaged, reason))
+
+        try:
+            data = _read_file(st.blob_dir / name, self.length)
+        except OSError as e:
+            raise damaged(f"value file {name}: {e.strerror}") from None
+        if len(data) != self.length:
+            raise damaged(f"value file {name} has {len(data)} of {self.length} bytes")
+        if self._sum != data_checksum(data):
+            raise damaged("value checksum mismatch")
+        return data
+
+    def release(self) -> None:
+        st, self._storage = self._storage, None
+        if st is not None:
+            st._unpin(self._name)
+
+
+def _read_file(path: Path, length: int) -> bytes | memoryview:
+    """The file's bytes (at most ``length`` + 1 of them: a longer file is damaged too), read
+    into one buffer of the expected size."""
+    buf = bytearray(length + 1)
+    view = memoryview(buf)
+    got = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while got < len(buf):
+            n = os.readv(fd, [view[got:]])
+            if n == 0:
+                break
+            got += n
+    finally:
+        os.close(fd)
+    return view[:got]
 
 
 def _lock_exclusively(lock_path: Path) -> int:

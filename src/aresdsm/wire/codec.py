@@ -39,6 +39,8 @@ _LEN = struct.Struct(">I")
 _PREFIX = struct.Struct(">IBI")  # length, version, header_len
 PREFIX_BYTES = _PREFIX.size  # 9
 LENGTH_BYTES = _LEN.size
+_NO_REGION = memoryview(b"").toreadonly()
+"""The blob region of a frame without blobs (and between frames)."""
 
 
 class Encoder:
@@ -93,15 +95,17 @@ class Decoder:
     """Decodes one frame body (everything after the u32 length) into an Envelope."""
 
     def __init__(self) -> None:
-        self._region: memoryview = memoryview(b"")
+        self._region: memoryview = _NO_REGION
         self._next_offset = 0
         self._dec = msgspec.msgpack.Decoder(Envelope, dec_hook=self._dec_hook)
 
     def _dec_hook(self, kind: type, obj: Any) -> Any:
         if kind is Blob:
-            if not isinstance(obj, list) or len(obj) != 2 or not all(type(x) is int for x in obj):
+            if type(obj) is not list or len(obj) != 2:
                 raise ValueError("blob reference must be [offset, length]")
             off, length = obj
+            if type(off) is not int or type(length) is not int:  # (not bool either)
+                raise ValueError("blob reference must be [offset, length]")
             # msgspec decodes the header in wire order, the order in which the encoder appended
             # the blobs, so each reference must start exactly where the previous one ended: no
             # two fields can share bytes (storage amplification from one small frame).
@@ -116,22 +120,25 @@ class Decoder:
             return Blob(self._region[off : off + length])
         raise NotImplementedError(f"cannot decode {kind!r}")
 
-    def decode_body(self, body: bytes | memoryview) -> Envelope:
-        view = memoryview(body)
-        if len(view) < 5:
-            raise FrameError(f"frame body of {len(view)} bytes is too short")
-        version = view[0]
+    def decode_body(self, body: bytes | bytearray | memoryview) -> Envelope:
+        size = len(body)
+        if size < 5:
+            raise FrameError(f"frame body of {size} bytes is too short")
+        version = body[0]
         if version != FORMAT_VERSION:
             raise FrameError(
                 f"unsupported frame format version {version} (expected {FORMAT_VERSION})"
             )
-        (header_len,) = _LEN.unpack_from(view, 1)
-        if 5 + header_len > len(view):
-            raise FrameError(f"header length {header_len} exceeds frame body {len(view) - 5}")
-        self._region = view[5 + header_len :].toreadonly()
+        (header_len,) = _LEN.unpack_from(body, 1)
+        end = 5 + header_len
+        if end > size:
+            raise FrameError(f"header length {header_len} exceeds frame body {size - 5}")
+        view = memoryview(body)
+        if end < size:  # (most requests carry no blob: no region to make)
+            self._region = view[end:].toreadonly()
         self._next_offset = 0
         try:
-            env = self._dec.decode(view[5 : 5 + header_len])
+            env = self._dec.decode(view[5:end])
             if self._next_offset != len(self._region):
                 raise FrameError(
                     f"{len(self._region) - self._next_offset} bytes of the blob region "
@@ -146,7 +153,7 @@ class Decoder:
             # future msgspec may raise something else; the caller treats all of them as garbage.
             raise FrameError(f"malformed message: {type(e).__name__}: {e}") from None
         finally:
-            self._region = memoryview(b"")
+            self._region = _NO_REGION
             self._next_offset = 0
 
     def decode_frame(self, frame: bytes | memoryview, *, max_frame_bytes: int) -> Envelope:
@@ -164,23 +171,40 @@ class Decoder:
         return self.decode_body(view[LENGTH_BYTES:])
 
 
+LARGE_FRAME_BYTES = 256 * 1024
+"""A frame at least this long is received into a buffer of its own size (:class:`FrameBuffer`)."""
+
+
 class FrameBuffer:
-    """Incremental splitter of a byte stream into frame bodies, with a size limit."""
+    """Incremental splitter of a byte stream into frame bodies, with a size limit.
+
+    A large frame (:data:`LARGE_FRAME_BYTES` or more: a value of a file block) is copied once,
+    into a ``bytearray`` of exactly its size allocated when its length prefix arrives, and that
+    buffer is the body returned: no growing buffer to reallocate, no slice and ``bytes`` copies
+    of megabytes (the blob region a decoder hands out is a read-only view of it). Smaller frames
+    are cut from a shared buffer as before."""
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
         self._need: int | None = None
+        self._large: bytearray | None = None
+        """The large frame being received (its length is ``_need``), filled to ``_filled``."""
+        self._filled = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as a complete frame (an incomplete frame)."""
-        return len(self._buf)
+        return len(self._buf) + self._filled
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[bytes | bytearray]:
         """Add received bytes; return every complete frame body. Raises FrameError if too big."""
+        out: list[bytes | bytearray] = []
+        if self._large is not None:
+            data = self._fill(data, out)
+            if not data:
+                return out
         self._buf += data
-        out: list[bytes] = []
         buf = self._buf
         pos = 0
         while True:
@@ -196,6 +220,11 @@ class FrameBuffer:
                 self._need = length
                 pos += LENGTH_BYTES
             if len(buf) - pos < self._need:
+                if self._need >= LARGE_FRAME_BYTES:  # the rest of it lands in its own buffer
+                    self._large = bytearray(self._need)
+                    self._filled = len(buf) - pos
+                    self._large[: self._filled] = memoryview(buf)[pos:]
+                    pos = len(buf)
                 break
             out.append(bytes(buf[pos : pos + self._need]))
             pos += self._need
@@ -203,3 +232,17 @@ class FrameBuffer:
         if pos:
             del buf[:pos]
         return out
+
+    def _fill(self, data: bytes, out: list[bytes | bytearray]) -> bytes:
+        """Copy the next bytes of the large frame into its buffer; return what follows it."""
+        large, need = self._large, self._need
+        assert large is not None and need is not None
+        n = min(len(data), need - self._filled)
+        with memoryview(data) as view:
+            large[self._filled : self._filled + n] = view[:n]
+        self._filled += n
+        if self._filled < need:
+            return b""
+        out.append(large)
+        self._large, self._need, self._filled = None, None, 0
+        return data[n:] if n < len(data) else b""
