@@ -1271,19 +1271,21 @@ class Store:
             with tracing.span("op", attrs):
                 result = await self._measured("cvr-write", coro)
         except BaseException as e:
-            record(
-                value=value_digest(value),
-                outcome="fail",
-                tag=(own.z, own.writer),
-                error=f"{type(e).__name__}: {e}",
-            )
+            if rec is not None:  # hashing the value costs ~1 ms per MiB: only for a history
+                record(
+                    value=value_digest(value),
+                    outcome="fail",
+                    tag=(own.z, own.writer),
+                    error=f"{type(e).__name__}: {e}",
+                )
             raise
-        record(
-            value=value_digest(result.value or b""),
-            outcome="ok",
-            tag=(result.tag.z, result.tag.writer),
-            stale=not result.ok,
-        )
+        if rec is not None:
+            record(
+                value=value_digest(result.value or b""),
+                outcome="ok",
+                tag=(result.tag.z, result.tag.writer),
+                stale=not result.ok,
+            )
         return result
 
     async def read_tagged(
