@@ -24,6 +24,7 @@ bytes unreferenced, nesting deep enough to exhaust the stack -- raises
 
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import Any
 
@@ -179,8 +180,8 @@ class FrameBuffer:
     """Incremental splitter of a byte stream into frame bodies, with a size limit.
 
     A large frame (:data:`LARGE_FRAME_BYTES` or more: a value of a file block) is copied once,
-    into a ``bytearray`` of exactly its size allocated when its length prefix arrives, and that
-    buffer is the body returned: no growing buffer to reallocate, no slice and ``bytes`` copies
+    into an anonymous memory map of exactly its size made when its length prefix arrives, and
+    that buffer is the body returned: no growing buffer to reallocate, no slice and ``bytes`` copies
     of megabytes (the blob region a decoder hands out is a read-only view of it). Smaller frames
     are cut from a shared buffer as before."""
 
@@ -188,7 +189,7 @@ class FrameBuffer:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
         self._need: int | None = None
-        self._large: bytearray | None = None
+        self._large: mmap.mmap | None = None
         """The large frame being received (its length is ``_need``), filled to ``_filled``."""
         self._filled = 0
 
@@ -197,9 +198,9 @@ class FrameBuffer:
         """Bytes received and not yet returned as a complete frame (an incomplete frame)."""
         return len(self._buf) + self._filled
 
-    def feed(self, data: bytes) -> list[bytes | bytearray]:
+    def feed(self, data: bytes) -> list[bytes | memoryview]:
         """Add received bytes; return every complete frame body. Raises FrameError if too big."""
-        out: list[bytes | bytearray] = []
+        out: list[bytes | memoryview] = []
         if self._large is not None:
             data = self._fill(data, out)
             if not data:
@@ -221,7 +222,11 @@ class FrameBuffer:
                 pos += LENGTH_BYTES
             if len(buf) - pos < self._need:
                 if self._need >= LARGE_FRAME_BYTES:  # the rest of it lands in its own buffer
-                    self._large = bytearray(self._need)
+                    # An anonymous map, not bytearray(n): bytearray zero-fills (touches) every
+                    # page at once, so a peer that only *declares* a 64 MiB frame would make
+                    # the server resident for all of it; the map's pages become resident as
+                    # bytes arrive, which the partial-frame budget counts (``buffered``).
+                    self._large = mmap.mmap(-1, self._need)
                     self._filled = len(buf) - pos
                     self._large[: self._filled] = memoryview(buf)[pos:]
                     pos = len(buf)
@@ -233,7 +238,7 @@ class FrameBuffer:
             del buf[:pos]
         return out
 
-    def _fill(self, data: bytes, out: list[bytes | bytearray]) -> bytes:
+    def _fill(self, data: bytes, out: list[bytes | memoryview]) -> bytes:
         """Copy the next bytes of the large frame into its buffer; return what follows it."""
         large, need = self._large, self._need
         assert large is not None and need is not None
@@ -243,6 +248,6 @@ class FrameBuffer:
         self._filled += n
         if self._filled < need:
             return b""
-        out.append(large)
+        out.append(memoryview(large))  # (the map is unmapped when the last view goes)
         self._large, self._need, self._filled = None, None, 0
         return data[n:] if n < len(data) else b""
