@@ -117,35 +117,37 @@ def test_failing_runs_print_a_replay_command() -> None:
 # finds each (docs/testing.md has the table; re-measure with that command when the simulator
 # changes, and update both).
 CAUGHT: list[tuple[str, dict[str, Any], list[int]]] = [
-    ("cvr-transfer-ignores-open", {}, [0]),
     ("cvr-unconditional", {}, [0]),
-    ("fast-read-short", {}, [0]),
     ("gc-on-pending", {}, [0]),
     ("no-query-before-write", {}, [0]),
-    ("quorum-minus-one", {}, [0]),
     ("skip-update-config", {}, [0]),
+    ("skip-write-back", {}, [0]),
+    ("fast-read-short", {}, [1]),
     ("forgets-accepts", {}, [1]),
+    ("quorum-minus-one", {}, [1]),
     ("skip-value-mac", {}, [1]),
-    ("skip-write-back", {}, [1]),
-    ("forgetful-acceptor", {}, [4]),
-    ("paxos-own-value", {}, [5]),
-    ("split-handoff", {}, [9]),
-    ("cvr-put-undecided", {}, [10]),
+    ("paxos-own-value", {}, [6]),
+    ("split-handoff", {}, [6]),
+    ("no-requery-after-obsolete", {}, [8]),
+    ("finish-on-obsolete", {}, [10]),
     ("ack-before-durable", {}, [11]),
-    ("finish-on-obsolete", {}, [12]),
-    ("writer-ids-without-incarnation", {}, [24]),
-    ("decode-below-k", {}, [25]),
-    ("plain-get-older-sources", {}, [25]),
+    ("cvr-put-undecided", {}, [14]),
+    ("plain-get-older-sources", {}, [16]),
+    ("decode-below-k", {}, [22]),
+    ("writer-ids-without-incarnation", {}, [26]),
+    ("forgetful-acceptor", {}, [28]),
     ("cvr-no-freeze", {}, [37]),
-    ("no-config-write-back", {}, [73]),
-    ("retry-write-with-new-tag", {}, [122]),
-    ("classic-ignores-ack-next", {}, [133]),
-    ("no-requery-after-obsolete", {}, [230]),
+    ("classic-ignores-ack-next", {}, [71]),
+    ("no-config-write-back", {}, [107]),
+    ("cvr-transfer-ignores-open", {}, [143]),
 ]
 NOT_FOUND_BY_THE_SWARM: set[str] = {
     # needs --deletes, which the swarm does not draw yet: with it the correct protocol fails
     # (docs/testing.md); tests/sim/test_tombstone_floor.py scripts the variant
     "drop-tombstones-without-floor",
+    # not found in 300 seeds since the client's scheduling changed (issue 18, merged last);
+    # tests/sim/test_store_retry.py scripts it
+    "retry-write-with-new-tag",
 }
 """Variants the plain swarm does not find within 300 seeds (docs/testing.md says why): each
 is caught by its scripted scenario."""

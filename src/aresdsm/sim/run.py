@@ -36,6 +36,7 @@ from ..config import Configuration, ServerInfo
 from ..errors import AresError, InvariantViolation
 from ..history import OpRecord, StrictClock, value_digest
 from ..protocol import ares, coverable, dap
+from ..protocol.channel import ConfigurationObsolete
 from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
 from ..security.macs import ValueSigner
@@ -732,7 +733,7 @@ async def _rogue(world: _World, keys: list[str]) -> None:
                 value=Blob(f"forged-{n}".encode()),
             )
             world.cluster.log(f"rogue: forged {forged} of {key} accepted")
-        except AresError as e:
+        except (AresError, ConfigurationObsolete) as e:  # (refused, or c collected meanwhile)
             if isinstance(e, InvariantViolation):  # never swallowed: the run fails
                 world.failures.append(f"rogue: InvariantViolation: {e}")
             world.cluster.log(f"rogue: forged {forged} of {key} refused ({type(e).__name__})")
