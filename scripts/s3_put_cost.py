@@ -76,10 +76,13 @@ def _boto(endpoint: str, n: int, clients: int, when_required: bool) -> tuple[int
         extra["request_checksum_calculation"] = "when_required"
     s3s = [
         boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id=_KEY[0],
-            aws_secret_access_key=_KEY[1], region_name="us-east-1",
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=_KEY[0],
+            aws_secret_access_key=_KEY[1],
+            region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}, **extra),
-        )  # fmt: skip
+        )
         for _ in range(clients)
     ]
     for s in s3s:
@@ -142,9 +145,14 @@ def main() -> None:
                 s1, g1 = _cpu_s(servers), _cpu_s([gw.pid])
                 c1 = asyncio.run(_counters(lc))
                 per = {k: (c1[k] - c0[k]) / done for k in c1 if c1[k] != c0[k]}
+                ms = {
+                    "client": client_cpu,
+                    "gateway": g1 - g0,
+                    "servers": s1 - s0,
+                }
                 print(
-                    f"{name:22s} {done / wall:7.0f}/s  CPU ms/op: client {client_cpu / done * 1e3:.2f}"
-                    f" gateway {(g1 - g0) / done * 1e3:.2f} servers {(s1 - s0) / done * 1e3:.2f}"
+                    f"{name:22s} {done / wall:7.0f}/s  CPU ms/op: "
+                    + " ".join(f"{k} {v / done * 1e3:.2f}" for k, v in ms.items())
                 )
                 print("    server requests per op (3 servers):",
                       ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items())))  # fmt: skip
