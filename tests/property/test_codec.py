@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
+import tracemalloc
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -89,15 +90,24 @@ def test_large_frames_split_anywhere(envs: list[Envelope], cuts: list[float]) ->
     assert out == envs and fb.buffered == 0
 
 
-def test_a_large_frame_is_received_into_one_buffer_of_its_size() -> None:
-    """The body of a large frame received in pieces is the buffer it was received into (one
-    copy of the bytes), not a slice copied out of a growing buffer."""
+def test_a_large_frame_holds_only_the_bytes_received() -> None:
+    """A large frame is gathered from the chunks received (joined once when complete); an
+    announced length allocates nothing: 16 peers announcing 64 MiB frames cost what they send
+    (tests/integration/test_limits_processes.py measures the server's RSS)."""
     value = bytes(range(256)) * 4096  # 1 MiB
     frame = Encoder().encode_bytes(Envelope(7, DataReply(Tag(1, "w"), Blob(value))))
     fb = FrameBuffer(max_frame_bytes=MAX * 2)
-    assert fb.feed(frame[:1000]) == [] and fb.feed(frame[1000:-10]) == []
+    tracemalloc.start()
+    try:
+        assert fb.feed(frame[:1000]) == [] and fb.buffered == 996  # (the prefix is parsed)
+        assert fb.feed(frame[1000:2000]) == []
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, f"{held} bytes allocated for 2,000 received"
+    assert fb.feed(frame[2000:-10]) == []
     (body,) = fb.feed(frame[-10:] + frame[:3])  # the next frame starts in the same chunk
-    assert type(body) is bytearray and len(body) == len(frame) - 4
+    assert type(body) is bytes and len(body) == len(frame) - 4
     assert fb.buffered == 3
     env = Decoder().decode_body(body)
     assert isinstance(env.body, DataReply) and bytes(env.body.value.data) == value

@@ -165,24 +165,27 @@ class Decoder:
 
 
 LARGE_FRAME_BYTES = 256 * 1024
-"""A frame at least this long is received into a buffer of its own size (:class:`FrameBuffer`)."""
+"""A frame at least this long is gathered from the received chunks (:class:`FrameBuffer`)."""
 
 
 class FrameBuffer:
     """Incremental splitter of a byte stream into frame bodies, with a size limit.
 
-    A large frame (:data:`LARGE_FRAME_BYTES` or more: a value of a file block) is copied once,
-    into a ``bytearray`` of exactly its size allocated when its length prefix arrives, and that
-    buffer is the body returned: no growing buffer to reallocate, no slice and ``bytes`` copies
-    of megabytes (the blob region a decoder hands out is a read-only view of it). Smaller frames
-    are cut from a shared buffer as before."""
+    A large frame (:data:`LARGE_FRAME_BYTES` or more: a value of a file block) is gathered as
+    the list of received chunks themselves (kept as they are, not copied) and joined once when
+    complete: one copy of its bytes instead of three (appending to a growing buffer, slicing it,
+    and ``bytes()`` of the slice). Memory held stays the bytes received -- nothing is allocated
+    for what the length prefix merely announces (a peer announcing 64 MiB frames and sending
+    little must not make the server allocate them). Smaller frames are cut from a shared
+    buffer."""
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
         self._need: int | None = None
-        self._large: bytearray | None = None
-        """The large frame being received (its length is ``_need``), filled to ``_filled``."""
+        self._parts: list[bytes | memoryview] | None = None
+        """The large frame being received (its length is ``_need``): its chunks so far,
+        ``_filled`` bytes together."""
         self._filled = 0
 
     @property
@@ -190,11 +193,11 @@ class FrameBuffer:
         """Bytes received and not yet returned as a complete frame (an incomplete frame)."""
         return len(self._buf) + self._filled
 
-    def feed(self, data: bytes) -> list[bytes | bytearray]:
+    def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete frame body. Raises FrameError if too big."""
-        out: list[bytes | bytearray] = []
-        if self._large is not None:
-            data = self._fill(data, out)
+        out: list[bytes] = []
+        if self._parts is not None:
+            data = self._gather(data, out)
             if not data:
                 return out
         self._buf += data
@@ -213,10 +216,9 @@ class FrameBuffer:
                 self._need = length
                 pos += LENGTH_BYTES
             if len(buf) - pos < self._need:
-                if self._need >= LARGE_FRAME_BYTES:  # the rest of it lands in its own buffer
-                    self._large = bytearray(self._need)
+                if self._need >= LARGE_FRAME_BYTES:  # the rest of it is gathered chunk by chunk
+                    self._parts = [bytes(buf[pos:])]
                     self._filled = len(buf) - pos
-                    self._large[: self._filled] = memoryview(buf)[pos:]
                     pos = len(buf)
                 break
             out.append(bytes(buf[pos : pos + self._need]))
@@ -226,16 +228,15 @@ class FrameBuffer:
             del buf[:pos]
         return out
 
-    def _fill(self, data: bytes, out: list[bytes | bytearray]) -> bytes:
-        """Copy the next bytes of the large frame into its buffer; return what follows it."""
-        large, need = self._large, self._need
-        assert large is not None and need is not None
+    def _gather(self, data: bytes, out: list[bytes]) -> bytes:
+        """Add the next bytes of the large frame; return what follows it."""
+        parts, need = self._parts, self._need
+        assert parts is not None and need is not None
         n = min(len(data), need - self._filled)
-        with memoryview(data) as view:
-            large[self._filled : self._filled + n] = view[:n]
+        parts.append(data if n == len(data) else memoryview(data)[:n])
         self._filled += n
         if self._filled < need:
             return b""
-        out.append(large)
-        self._large, self._need, self._filled = None, None, 0
+        out.append(b"".join(parts))
+        self._parts, self._need, self._filled = None, None, 0
         return data[n:] if n < len(data) else b""
