@@ -67,7 +67,7 @@ from .limits import ServerLimits
 from .protocol.server_core import ServerCore
 from .security.audit import AuditLog
 from .security.macs import load_key, load_keys
-from .security.roles import is_admin_operation, refusal, value_refusal
+from .security.roles import REQUIRED, is_admin_operation, refusal, value_refusal
 from .security.tls import (
     DenyList,
     PeerIdentity,
@@ -135,6 +135,12 @@ metrics or a trace span) what finishing it needs: kind, reply, start time, span,
 
 _DATA_WRITES = (PutData, PutBatch)
 """Requests whose writes are object state only (no reconfiguration step to log)."""
+
+_NEVER_AUDITED = frozenset(
+    kind for kind in _REQUEST_TYPES if kind is not WriteConfig and REQUIRED.get(kind) != "admin"
+)
+"""Request types :func:`~aresdsm.security.roles.is_admin_operation` never names (by their type
+alone): the audit check costs them one set lookup."""
 
 
 class _Conn(asyncio.Protocol):
@@ -424,6 +430,24 @@ class _Conn(asyncio.Protocol):
         if self.paused or self.blocked:
             self.update_reading()
 
+    def release(self, bufs: list[bytes | memoryview], size: int) -> None:
+        """A held reply's commit is durable: queue it for this iteration's flush (as
+        :meth:`write`) and count the request done. Its bytes move from the held count to the
+        queued one, so the sum the reply budget limits does not grow: no budget check."""
+        self.pending -= 1
+        self.reply_bytes -= size
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self.out += bufs
+            self.out_bytes += size
+            if self.out_bytes >= FLUSH_NOW_BYTES:
+                self.flush()
+            elif not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        if self.paused or self.blocked:
+            self.update_reading()
+
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.update_reading()
@@ -658,11 +682,12 @@ class Server:
                 env.rid, ErrorReply("bad-request", f"{type(env.body).__name__} is not a request")
             )
             return
-        body = cast(Request, env.body)
-        need = refusal(body, self.core, conn.level, self.admin_key, self.write_keys)
-        if need is not None and not self.broken_skip_authorization:
-            self._unauthorized(conn, env.rid, body, need)
-            return
+        body: Request = env.body  # type: ignore[assignment]  # (checked above)
+        if conn.level < ADMIN_LEVEL:  # (an admin may send every request: refusal() says None)
+            need = refusal(body, self.core, conn.level, self.admin_key, self.write_keys)
+            if need is not None and not self.broken_skip_authorization:
+                self._unauthorized(conn, env.rid, body, need)
+                return
         if self.check_value_macs and isinstance(body, _DATA_WRITES):
             problem = value_refusal(body, self.core, self.write_keys)
             if problem is not None and not self.broken_skip_authorization:
@@ -685,11 +710,10 @@ class Server:
             return
         m = self.metrics
         started = time.perf_counter() if m is not None else 0.0
-        kind = type(body).__name__
         if m is not None and isinstance(body, WriteConfig):
             inst = (body.group, body.config_id)
             collected, before = len(self.core.collected), self.core.nextc.get(inst)
-        span = tracing.start_server_span(body, env.trace, self.server_id)
+        span = tracing.start_server_span(body, env.trace, self.server_id) if env.trace else None
         try:
             reply, writes = self.core.handle(body)
         except Exception as exc:
@@ -702,7 +726,7 @@ class Server:
             return
         if m is not None and isinstance(body, WriteConfig):
             m.state_changed(collected, before, self.core.nextc.get(inst))
-        if self.audit is not None and is_admin_operation(body):
+        if self.audit is not None and type(body) not in _NEVER_AUDITED and is_admin_operation(body):
             self._audit(conn, body, _outcome(reply))
         if writes:
             self.storage.submit(writes)
@@ -717,13 +741,15 @@ class Server:
                 self._fail(exc, bug=not isinstance(exc, StorageError))
                 return
             if pinned is not None:
-                self._reply_after_read(conn, env.rid, reply, pinned, (kind, started, span))
+                self._reply_after_read(
+                    conn, env.rid, reply, pinned, (type(body).__name__, started, span)
+                )
                 return
         barrier = self.storage.barrier()
         if barrier is None:
             conn.send(env.rid, reply)
             if m is not None:
-                m.request_done(kind, reply, started)
+                m.request_done(type(body).__name__, reply, started)
             if span is not None:
                 tracing.end_server_span(span, reply)
             return
@@ -741,6 +767,7 @@ class Server:
             conn.update_reading()  # (a limit may be reached; nothing else changed)
         extra = None
         if m is not None or span is not None:
+            kind = type(body).__name__
             extra = (kind, reply, started, span, tracing.start_child("storage-wait", span))
         # one done-callback per commit releases every reply that waited for it
         if barrier is not self._barrier:
@@ -757,8 +784,9 @@ class Server:
         m = self.metrics
         for conn, bufs, size, extra in held:
             if failed is None:
-                conn.write(bufs, size)  # before request_done: the bytes stay counted as held
-            conn.request_done(size)
+                conn.release(bufs, size)
+            else:
+                conn.request_done(size)
             if extra is None:
                 continue
             kind, reply, started, span, wait = extra

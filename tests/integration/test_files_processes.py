@@ -66,6 +66,11 @@ async def test_round_trip_edit_list_stat_delete(cluster: LocalCluster) -> None:
         await s.files.write("dir/a.bin", bytes(data))
         assert await s.files.read("dir/a.bin") == bytes(data)
         assert files.blocks_written - before <= 12  # journal, new, marks, link, tombstones
+        got = [p async for p in s.files.read_range("dir/a.bin", 299_000, 4000)]
+        assert b"".join(got) == bytes(data[299_000:303_000])
+        async with s.files.open("dir/a.bin") as h:
+            h.seek(len(data) - 10)
+            assert await h.read(100) == bytes(data[-10:])
         await s.files.write("empty", b"")
         assert await s.files.read("empty") == b""
         assert await s.files.list() == ["dir/a.bin", "empty"]
@@ -183,7 +188,7 @@ async def test_classic_mode_one_chain_per_block(cluster: LocalCluster) -> None:
 
 
 def ares(
-    *args: str, cwd: Path, limit_bytes: int | None = None
+    *args: str, cwd: Path, limit_bytes: int | None = None, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     def limit() -> None:
         if limit_bytes is not None:
@@ -193,6 +198,7 @@ def ares(
     return subprocess.run(
         [sys.executable, "-m", "aresdsm", *args],
         cwd=cwd,
+        input=stdin,
         capture_output=True,
         timeout=120,
         check=False,
@@ -238,6 +244,42 @@ def test_cli_put_get_ls_stat_rm_and_a_full_local_disk(
     assert r.returncode == 1 and b"error:" in r.stderr
     r = ares("file", "get", "missing", "-", *c, cwd=tmp_path)
     assert r.returncode == 1 and b"no file" in r.stderr
+    # change part of the file in place, from a file and from stdin; read ranges back
+    want = bytearray(src.read_bytes())
+    (tmp_path / "patch.bin").write_bytes(b"P" * 1024)
+    r = ares("file", "write-at", "docs/in.bin", "1500000", "patch.bin", *c, cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
+    want[1_500_000:1_501_024] = b"P" * 1024
+    r = ares("file", "write-at", "docs/in.bin", "3000000", "-", *c, cwd=tmp_path, stdin=b"tail")
+    assert r.returncode == 0, r.stderr.decode()
+    want += b"tail"
+    r = ares(
+        "file",
+        "get",
+        "docs/in.bin",
+        "-",
+        "--offset",
+        "1499990",
+        "--length",
+        "1044",
+        *c,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0 and r.stdout == bytes(want[1_499_990:1_501_034])
+    r = ares(
+        "file",
+        "get",
+        "docs/in.bin",
+        str(tmp_path / "t.bin"),
+        "--offset",
+        "2999999",
+        *c,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0 and (tmp_path / "t.bin").read_bytes() == bytes(want[2_999_999:])
+    assert ares("file", "get", "docs/in.bin", "-", *c, cwd=tmp_path).stdout == bytes(want)
+    r = ares("file", "write-at", "docs/in.bin", "9000000", "patch.bin", *c, cwd=tmp_path)
+    assert r.returncode == 1 and b"past the end" in r.stderr and b"Traceback" not in r.stderr
     assert ares("file", "rm", "docs/in.bin", *c, cwd=tmp_path).returncode == 0
     assert ares("file", "ls", *c, cwd=tmp_path).stdout == b""
 
@@ -258,6 +300,9 @@ def test_fsspec_and_pandas(cluster: LocalCluster) -> None:
     fs = fsspec.filesystem("ares", **opts)
     assert sorted(fs.ls("data", detail=False)) == ["data/raw.bin", "data/x.csv"]
     assert fs.info("data/raw.bin")["size"] == 100_000
+    assert fs.cat_file("data/raw.bin", 3, 7) == b"\x01\x00\x01\x00"
+    assert fs.cat_file("data/raw.bin", -3) == b"\x01\x00\x01"
+    assert fs.cat_file("data/raw.bin", 99_998, 200_000) == b"\x00\x01"
     assert fs.info("data")["type"] == "directory"
     fs.rm("data/raw.bin")
     assert fs.ls("data", detail=False) == ["data/x.csv"]

@@ -196,6 +196,9 @@ async def test_a_value_found_damaged_when_read_makes_its_object_damaged(
     value = bytes(range(256)) * 512  # 128 KiB: a value file
     async with Store(cfg) as store:
         await store.write("k", value)
+        # (a write returns with a quorum of acks: s1's commit may still be running, and a
+        # value is read from its pending batch until that commit returns)
+        await servers[0].storage.drain()
         (blob,) = (tmp_path / "s1" / "blobs").iterdir()
         raw = bytearray(blob.read_bytes())
         raw[1000] ^= 0x01

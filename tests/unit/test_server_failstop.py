@@ -62,6 +62,10 @@ class _Conn:
         self.pending -= 1
         self.reply_bytes -= reply_bytes
 
+    def release(self, bufs: list[Any], size: int) -> None:
+        self.write(bufs)
+        self.request_done(size)
+
 
 def test_requests_after_a_failed_commit_get_no_answer_from_undurable_state() -> None:
     c0 = Configuration("c0", (ServerInfo("s1", "127.0.0.1:1"),))

@@ -78,6 +78,10 @@ class _Conn:
         self.pending -= 1
         self.reply_bytes -= reply_bytes
 
+    def release(self, bufs: list[Any], size: int) -> None:
+        self.write(bufs, size)
+        self.request_done(size)
+
 
 def test_core_state_and_replies_hold_references_not_bytes() -> None:
     core = ServerCore("s1")

@@ -1,10 +1,11 @@
-"""``ares file put|get|ls|stat|rm|gc``: fragmented files (docs/protocol.md §9.2).
+"""``ares file put|get|write-at|ls|stat|rm|gc``: fragmented files (docs/protocol.md §9.2).
 
 Files stream: ``put`` chunks and writes the local file as it reads it, ``get`` writes the blocks
 as they arrive (into a temporary file next to the target, renamed at the end, so a failed or
 interrupted read never leaves a torn file). A progress bar with bytes/s and ETA (``put``; ``get``
 shows bytes and bytes/s: a file's size is known only by walking its list) is drawn when stderr is
-a terminal; otherwise the commands are quiet.
+a terminal; otherwise the commands are quiet. ``get --offset/--length`` reads only the blocks
+that cover the range; ``write-at`` changes bytes in place, rewriting only the blocks around them.
 """
 
 from __future__ import annotations
@@ -123,23 +124,82 @@ def put_file(
         err_console.print(f"wrote {size} bytes to file {escape(name)!r}")
 
 
+MAX_PATCH_BYTES = 64 * 1024 * 1024
+"""``write-at`` holds the new bytes in memory (the blocks around them are re-chunked with
+them); a bigger change is a ``put`` (which writes only the blocks that changed anyway)."""
+
+
+@file_group.command("write-at")
+@click.argument("name")
+@click.argument("offset", type=click.IntRange(min=0))
+@click.argument("local")
+@click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@cluster_option
+def write_at_file(name: str, offset: int, local: str, group: str, cluster_path: str) -> None:
+    """Overwrite the bytes of file NAME at OFFSET with LOCAL (a path, or - for stdin), without
+    re-putting the file: only the blocks around them are rewritten. OFFSET may be the file's
+    size (append); at most 64 MiB at a time."""
+    try:
+        if local == "-":
+            data = sys.stdin.buffer.read(MAX_PATCH_BYTES + 1)
+        else:
+            with open(local, "rb") as f:
+                data = f.read(MAX_PATCH_BYTES + 1)
+    except OSError as e:
+        raise LocalFileError(f"cannot read {local}: {e.strerror}") from None
+    if len(data) > MAX_PATCH_BYTES:
+        raise click.UsageError(
+            f"{local}: more than {MAX_PATCH_BYTES} bytes; write the whole file with 'ares file put'"
+        )
+
+    async def go() -> int:
+        async with _connect(cluster_path) as store:
+            size: int = await store.files.write_at(name, offset, data, group=group)
+            return size
+
+    size = runtime.run(go())
+    if err_console.is_terminal:
+        err_console.print(
+            f"wrote {len(data)} bytes at {offset}; file {escape(name)!r} is {size} bytes"
+        )
+
+
 @file_group.command("get")
 @click.argument("name")
 @click.argument("local")
 @click.option("--group", default=DEFAULT_GROUP, show_default=True)
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Start at this byte (only the blocks that cover the range are read).",
+)
+@click.option(
+    "--length", type=click.IntRange(min=0), help="At most this many bytes (default: to the end)."
+)
 @cluster_option
-def get_file(name: str, local: str, group: str, cluster_path: str) -> None:
-    """Read file NAME into LOCAL (a path, or - for stdout)."""
+def get_file(
+    name: str, local: str, group: str, offset: int, length: int | None, cluster_path: str
+) -> None:
+    """Read file NAME (or the range --offset/--length of it) into LOCAL (a path, or - for
+    stdout)."""
     from ..files.memory import bound_malloc_cache
 
     bound_malloc_cache()
+    ranged = offset != 0 or length is not None
+
+    async def read(store: Any, sink: Any) -> int:
+        if ranged:
+            r: int = await store.files.read_range_into(name, offset, length, sink, group=group)
+            return r
+        n: int = await store.files.read_into(name, sink, group=group)
+        return n
 
     if local == "-":
 
         async def to_stdout() -> int:
             async with _connect(cluster_path) as store:
-                n: int = await store.files.read_into(name, sys.stdout.buffer, group=group)
-                return n
+                return await read(store, sys.stdout.buffer)
 
         runtime.run(to_stdout())
         sys.stdout.buffer.flush()
@@ -153,8 +213,7 @@ def get_file(name: str, local: str, group: str, cluster_path: str) -> None:
 
     async def go(sink: Any) -> int:
         async with _connect(cluster_path) as store:
-            n: int = await store.files.read_into(name, sink, group=group)
-            return n
+            return await read(store, sink)
 
     try:
         with open(fd, "wb") as out, _progress(total, f"get {name}") as progress:

@@ -100,6 +100,21 @@ class AresFileSystem(AbstractFileSystem):  # type: ignore[misc]
             "version": st.version,
         }
 
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        """Bytes ``[start, end)`` of a file (negative: from its end), by a range read
+        (:meth:`aresdsm.files.Files.read_range`): only the covering blocks are read."""
+        path = self._strip_protocol(path)
+        if (start is not None and start < 0) or (end is not None and end < 0):
+            size = int(self.info(path)["size"])
+            start = None if start is None else max(0, size + start) if start < 0 else start
+            end = None if end is None else max(0, size + end) if end < 0 else end
+        lo = start or 0
+        length = None if end is None else max(0, end - lo)
+        with self._lock:
+            return self.files.read_range(path, lo, length, group=self.group)
+
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
         path = self._strip_protocol(path)
         if "r" in mode:

@@ -52,7 +52,7 @@ import io
 import secrets
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -231,6 +231,9 @@ class Files:
         self.broken_walk_always = False
         """Test-only: never diff against the index (walk the list, reading every block): the
         cost the index saves."""
+        self.broken_range_trust_index = False
+        """Test-only: a range read trusts the index without proving it current and without
+        checking the blocks against it (it can return bytes of a list that never existed)."""
         self.broken_stale_index = False
         """Test-only: a writer whose index write fails leaves the index as it is instead of
         invalidating it (a later writer diffs against a list that misses a change)."""
@@ -286,7 +289,7 @@ class Files:
 
     async def _walk(
         self, name: str, group: str, hint: builtins.list[str] | None = None
-    ) -> AsyncIterator[tuple[Tag, Genesis] | tuple[str, Tag, Data]]:
+    ) -> AsyncGenerator[tuple[Tag, Genesis] | tuple[str, Tag, Data], None]:
         """The genesis block, then every block in order. With ``hint`` (the ids the index
         lists), up to ``max_inflight_blocks`` blocks are read ahead; each block is still taken
         only where the pointer read before it leads (a wrong guess costs a read, never a wrong
@@ -452,11 +455,229 @@ class Files:
         except _Restart:
             raise FileChanged(f"file {name!r} changed during a streaming read") from None
 
+    # -- range reads -------------------------------------------------------------------------------
+
+    async def _layout(self, name: str, group: str) -> tuple[Tag, Index] | None:
+        """The index, if it is provably the file's list at the instant it was read (t_I); None
+        if it is invalid or cannot be proved current (the caller walks).
+
+        Proof obligation (docs/protocol.md §9.2): every change of the list (a mark, a relink, a
+        collector's fence) is made by an attempt whose links are in the journal from before the
+        change until after it changed the index (wrote its new list or invalidated it). So after
+        reading the index at t_I, a journal read (later) that shows no attempt with links and
+        then an index read (later still) that finds the same version prove that no change made
+        before t_J is unrecorded at t_I: its index change was either before t_I (the index read
+        reflects it), between t_I and the last read (the version moved: retry), or after it (its
+        attempt was still in the journal at t_J: walk). The blocks are then read at the tags the
+        index names (a tag names one write), so the bytes are those of the file at t_I."""
+        ikey = _key(INDEX_PREFIX, name)
+        for _ in range(self.max_read_restarts + 1):
+            itag, iv = await self._get(ikey, group)
+            if not isinstance(iv, Index) or not iv.valid or iv.genesis_tag is None:
+                return None
+            if self.broken_range_trust_index:
+                return itag, iv
+            _, jv = await self._get(_key(JOURNAL_PREFIX, name), group)
+            if isinstance(jv, Journal) and any(a.links for a in jv.attempts):
+                return None
+            again, _ = await self.store.read_tagged(ikey, group=group)
+            if again == itag:
+                return itag, iv
+        return None
+
+    async def read_range(
+        self,
+        name: str,
+        offset: int,
+        length: int | None,
+        *,
+        group: str = DEFAULT_GROUP,
+    ) -> AsyncIterator[bytes]:
+        """The bytes ``[offset, offset + length)`` of file ``name`` (``length=None``: to the
+        end), as pieces of at most one block. Only the blocks that cover the range are read:
+        their ids, versions, sizes and hashes come from the file's index, proved current when it
+        was read (see :meth:`_layout`), and every block read is checked against its entry
+        (version, size, hash). A block that no longer matches (a concurrent update) starts the
+        read again from a fresh index; an index that cannot be proved current (invalid, or a
+        writer between linking and recording) makes the read walk the list from the genesis
+        block up to the range's end instead. The result is always one version of the file: the
+        one current when the index was read (or, walking, the guarantee of :meth:`read`).
+
+        Past the end there are no bytes: a range that starts at or after the file's size yields
+        nothing, one that ends past it is cut short. Up to ``max_inflight_blocks`` blocks are
+        read at once, and the first ones are all checked before anything is yielded, so a range
+        of up to that many blocks is atomic and restarts freely; a longer one that changes after
+        its first pieces were yielded raises :class:`FileChanged` (use :meth:`read_range_into`
+        with a seekable sink to restart instead). Raises :class:`NoSuchFile`."""
+        check_name(name)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ConfigurationError(f"offset must be a non-negative integer, not {offset!r}")
+        if length is not None and (
+            not isinstance(length, int) or isinstance(length, bool) or length < 0
+        ):
+            raise ConfigurationError(f"length must be a non-negative integer, not {length!r}")
+        end = None if length is None else offset + length
+        yielded = False
+        for _ in range(self.max_read_restarts + 1):
+            lay = await self._layout(name, group)
+            if lay is None:
+                async for piece in self._range_by_walk(name, group, offset, end):
+                    yield piece
+                return
+            _, ix = lay
+            if ix.genesis is None or not ix.genesis.exists:
+                raise NoSuchFile(f"no file {name!r} in group {group!r}")
+            cover: builtins.list[tuple[Entry, int]] = []  # (entry, file offset of its start)
+            at = 0
+            for e in ix.entries:
+                if end is not None and at >= end:
+                    break
+                if at + e.size > offset:
+                    cover.append((e, at))
+                at += e.size
+            out = self._range_blocks(name, group, cover, offset, end)
+            try:
+                async for piece in out:
+                    yield piece
+                    yielded = True
+            except _Restart:
+                if yielded:
+                    raise FileChanged(
+                        f"file {name!r} changed during a streaming range read; read it again"
+                    ) from None
+                continue
+            finally:
+                await out.aclose()
+            return
+        raise FileChanged(f"file {name!r} kept changing while it was read; retry")
+
+    async def _range_blocks(
+        self,
+        name: str,
+        group: str,
+        cover: builtins.list[tuple[Entry, int]],
+        offset: int,
+        end: int | None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The covering blocks' slices, read ``max_inflight_blocks`` ahead; the first window is
+        read and checked whole before its first slice is yielded. _Restart: a block no longer
+        matches its entry."""
+        ahead: builtins.list[asyncio.Future[tuple[Tag, Value | None]]] = []
+        held: builtins.list[bytes] = []
+        first_window = min(len(cover), self.max_inflight_blocks)
+        try:
+            for i, (e, start) in enumerate(cover):
+                while len(ahead) < min(len(cover) - i, self.max_inflight_blocks):
+                    nxt = cover[i + len(ahead)][0]
+                    ahead.append(
+                        asyncio.ensure_future(self._get(_key(BLOCK_PREFIX, name, nxt.id), group))
+                    )
+                tag, v = await ahead.pop(0)
+                if not isinstance(v, Data) or v.marked or len(v.data) != e.size:
+                    raise _Restart
+                if self.broken_range_trust_index:
+                    pass
+                elif tag != e.tag or digest(v.data) != e.hash:
+                    raise _Restart
+                lo = max(0, offset - start)
+                hi = e.size if end is None else min(e.size, end - start)
+                piece = v.data if lo == 0 and hi == e.size else v.data[lo:hi]
+                memory.moved(len(piece))
+                if i + 1 < first_window:
+                    held.append(piece)
+                    continue
+                for h in held:
+                    yield h
+                held = []
+                yield piece
+        finally:
+            for f in ahead:
+                f.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
+
+    async def _range_by_walk(
+        self, name: str, group: str, offset: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        """The range by walking from the genesis block, stopping at its end (the guarantee of
+        :meth:`read`); restarts while nothing was yielded, else FileChanged."""
+        yielded = False
+        for _ in range(self.max_read_restarts + 1):
+            at = 0
+            walk = self._walk(name, group)
+            try:
+                async for item in walk:
+                    if len(item) != 3:  # the genesis block: the file exists
+                        if end is not None and end <= offset:
+                            break
+                        continue
+                    data = item[2].data
+                    lo = max(offset, at)
+                    hi = at + len(data) if end is None else min(end, at + len(data))
+                    if lo < hi:
+                        yield data[lo - at : hi - at]
+                        yielded = True
+                    at += len(data)
+                    if end is not None and at >= end:
+                        break
+            except _Restart:
+                if yielded:
+                    raise FileChanged(
+                        f"file {name!r} changed during a streaming range read; read it again"
+                    ) from None
+                continue
+            finally:
+                await walk.aclose()
+            return
+        raise FileChanged(f"file {name!r} kept changing while it was read; retry")
+
+    async def read_range_into(
+        self,
+        name: str,
+        offset: int,
+        length: int | None,
+        sink: Any,
+        *,
+        group: str = DEFAULT_GROUP,
+    ) -> int:
+        """:meth:`read_range` into ``sink`` (``write(bytes)``, maybe async); returns the bytes
+        written. A seekable sink is rewound and the read restarted if the file changes under a
+        long range; else FileChanged."""
+        attrs = {"ares.op": "file-read-range", "ares.group": group, "ares.object": name}
+        with tracing.span("op", attrs) as span:
+            start = _tell(sink)
+            for _ in range(self.max_read_restarts + 1):
+                total = 0
+                try:
+                    async for piece in self.read_range(name, offset, length, group=group):
+                        r = sink.write(piece)
+                        if isinstance(r, Awaitable):
+                            await r
+                        total += len(piece)
+                except FileChanged:
+                    if start is None or total == 0:
+                        raise
+                    sink.seek(start)
+                    sink.truncate()
+                    continue
+                span.set_attribute("ares.bytes", total)
+                return total
+        raise FileChanged(f"file {name!r} kept changing while it was read; retry")
+
     # -- stat, list, delete ------------------------------------------------------------------------
 
     async def stat(self, name: str, *, group: str = DEFAULT_GROUP) -> FileStat:
         check_name(name)
-        snap = await self._snapshot(name, group)
+        lay = await self._layout(name, group)  # the index proved current: no block is read
+        if lay is not None:
+            ix = lay[1]
+            assert ix.genesis_tag is not None
+            snap = _Snapshot(
+                ix.genesis_tag,
+                ix.genesis,
+                [_Node(e.id, e.tag, None, False, e.hash, e.size) for e in ix.entries],
+            )
+        else:
+            snap = await self._snapshot(name, group)
         if snap.genesis is None or not snap.genesis.exists:
             raise NoSuchFile(f"no file {name!r} in group {group!r}")
         h = hashlib.blake2b(digest_size=8)
@@ -1050,12 +1271,14 @@ class Files:
     async def open(
         self, name: str, mode: str = "rb", *, group: str = DEFAULT_GROUP
     ) -> AsyncIterator[Any]:
-        """``async with files.open(name) as f: async for piece in f`` (``rb``), or
+        """``async with files.open(name) as f``: ``async for piece in f`` (from the current
+        position to the end), ``f.seek(offset)``, ``await f.read(n)`` (``rb``: range reads, see
+        :meth:`read_range`, never from the first block); or
         ``async with files.open(name, "wb") as f: await f.write(data)`` (the file is
         written, streaming, as the bytes arrive; committed when the block ends)."""
         check_name(name)
         if mode == "rb":
-            yield self.iter_blocks(name, group=group)
+            yield FileReader(self, name, group)
             return
         if mode != "wb":
             raise ConfigurationError(f"mode must be 'rb' or 'wb', not {mode!r}")
@@ -1075,6 +1298,53 @@ class Files:
             raise
         await q.put(None)
         await task
+
+
+class FileReader:
+    """A file opened for reading (:meth:`Files.open`): a position, ``seek``/``tell``, and
+    ``read(n)`` as one range read each (each read is one version of the file; two reads may
+    see two versions, as two calls of :meth:`Files.read_range` would)."""
+
+    def __init__(self, files: Files, name: str, group: str) -> None:
+        self._files = files
+        self.name = name
+        self.group = group
+        self._pos = 0
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """SEEK_SET or SEEK_CUR (the size is not known without a read: ``stat`` it)."""
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence != io.SEEK_SET:
+            raise ConfigurationError(
+                "seek: only SEEK_SET and SEEK_CUR (stat the file for its size)"
+            )
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigurationError(
+                f"seek: position must be a non-negative integer, not {offset!r}"
+            )
+        self._pos = offset
+        return offset
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes from the position (``n < 0``: to the end); b"" at the end."""
+        parts = [
+            p
+            async for p in self._files.read_range(
+                self.name, self._pos, None if n < 0 else n, group=self.group
+            )
+        ]
+        out = b"".join(parts)
+        self._pos += len(out)
+        return out
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self._files.read_range(self.name, self._pos, None, group=self.group):
+            self._pos += len(piece)
+            yield piece
 
 
 class _StreamWriter:

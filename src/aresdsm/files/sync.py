@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -51,6 +52,26 @@ class SyncFiles:
 
     def read_into(self, name: str, sink: Any, *, group: str = DEFAULT_GROUP) -> int:
         return self._run(self.aio.read_into(name, sink, group=group))
+
+    def read_range(
+        self, name: str, offset: int, length: int | None, *, group: str = DEFAULT_GROUP
+    ) -> bytes:
+        """:meth:`aresdsm.files.Files.read_range`, collected: the bytes of
+        ``[offset, offset + length)`` (``None``: to the end; cut short at the end of the file)."""
+        buf = io.BytesIO()
+        self._run(self.aio.read_range_into(name, offset, length, buf, group=group))
+        return buf.getvalue()
+
+    def read_range_into(
+        self,
+        name: str,
+        offset: int,
+        length: int | None,
+        sink: Any,
+        *,
+        group: str = DEFAULT_GROUP,
+    ) -> int:
+        return self._run(self.aio.read_range_into(name, offset, length, sink, group=group))
 
     def open(self, name: str, mode: str = "rb", *, group: str = DEFAULT_GROUP) -> Any:
         """A local spooled copy for reading (``rb``), or a buffer written on close (``wb``)."""

@@ -58,6 +58,7 @@ import bisect
 import functools
 import heapq
 import itertools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,6 +202,10 @@ class ServerCore:
     """(group, configuration) whose nextC, Paxos or GC record was corrupt: nothing answered."""
     damaged_configs: set[str] = field(default_factory=set)
     """Configurations whose descriptor record was corrupt: nothing answered for them."""
+    _served: dict[str, Configuration] = field(default_factory=dict)
+    """Configurations :meth:`_config` found this server serves (a member, with this
+    incarnation): a descriptor never changes under its id, so those checks are made once per
+    configuration, not once per request (the damaged check still is)."""
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -360,10 +365,11 @@ class ServerCore:
 
     def handle(self, req: Request) -> Result:
         kind = type(req).__name__
-        self.counters[kind] = self.counters.get(kind, 0) + 1
+        counters = self.counters
+        counters[kind] = counters.get(kind, 0) + 1
         bad = _bad_names(req)
         if bad is not None:
-            self.counters["bad-requests"] = self.counters.get("bad-requests", 0) + 1
+            counters["bad-requests"] = counters.get("bad-requests", 0) + 1
             return bad, []
         handler = _HANDLERS.get(type(req))
         if handler is None:  # pragma: no cover - every Request type has a handler
@@ -372,6 +378,18 @@ class ServerCore:
         return result
 
     def _config(self, config_id: str) -> Configuration | ErrorReply:
+        c = self._served.get(config_id)
+        if (
+            c is not None
+            and c is self.configs.get(config_id)
+            and config_id not in self.damaged_configs
+        ):
+            return c  # (checked before: a member, this incarnation)
+        return self._check_config(config_id)
+
+    def _check_config(self, config_id: str) -> Configuration | ErrorReply:
+        """:meth:`_config` the first time (and for every refused request): the checks in full;
+        a configuration that passes is remembered in ``_served``."""
         if config_id in self.damaged_configs:
             return self._damaged_reply(f"configuration {config_id!r}")
         c = self.configs.get(config_id)
@@ -389,6 +407,7 @@ class ServerCore:
         wrong = self._wrong_incarnation(c)
         if wrong is not None:
             return wrong
+        self._served[config_id] = c
         return c
 
     def _wrong_incarnation(self, c: Configuration) -> ErrorReply | None:
@@ -427,11 +446,12 @@ class ServerCore:
         c = self._config(config_id)
         if isinstance(c, ErrorReply):
             return c
-        if (group, config_id) in self.damaged_instances:
+        inst = (group, config_id)
+        if inst in self.damaged_instances:
             return self._damaged_reply(f"the state of {group}/{config_id}")
-        if (group, config_id) in self.collected:
+        if inst in self.collected:
             self.counters["obsolete"] = self.counters.get("obsolete", 0) + 1
-            return Obsolete(self.nextc[(group, config_id)])
+            return Obsolete(self.nextc[inst])
         return c
 
     def _next(self, group: str, config_id: str) -> NextEntry | None:
@@ -458,12 +478,13 @@ class ServerCore:
         skey = (req.group, req.config_id, req.key)
         if skey in self.damaged:
             return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
-        nxt = self._next(req.group, req.config_id)
+        inst = (req.group, req.config_id)
+        nxt = self.nextc.get(inst)
         if c.dap == "treas":
             tag = treas.on_query_tag(self._treas_state(c, skey)).tag
         else:
             tag = abd.on_query_tag(self.registers.get(skey, abd.INITIAL)).tag
-        floor = self.floors.get((req.group, req.config_id), 0)
+        floor = self.floors.get(inst, 0)
         if tag.z < floor:  # §8.4 "Deleted objects": a writer's tag goes above the floor
             tag = Tag(floor, "")
         return TagReply(tag, nxt), []
@@ -478,7 +499,7 @@ class ServerCore:
         if skey in self.damaged:
             return self._damaged_reply(f"object {req.key!r} of {req.group}/{req.config_id}"), []
         reg = self.registers.get(skey, abd.INITIAL)
-        nxt = self._next(req.group, req.config_id)
+        nxt = self.nextc.get((req.group, req.config_id))
         return DataReply(reg.tag, reg.value, nxt, reg.digest, reg.mac), []
 
     def _on_query_list(self, req: QueryList) -> Result:
@@ -503,7 +524,7 @@ class ServerCore:
         if bad is not None:
             return bad, []
         writes = self._apply_put(c, req)
-        return Ack(self._next(req.group, req.config_id)), writes
+        return Ack(self.nextc.get((req.group, req.config_id))), writes
 
     def _on_put_batch(self, req: PutBatch) -> Result:
         """Many objects' put-data in one request (§8.4 batched state transfer); one ACK."""
@@ -589,6 +610,8 @@ class ServerCore:
         record = Record(abd.NS, req.group, req.config_id, req.key, meta, new.value.data)
         self._set_register(skey, msgspec.structs.replace(new, value=_value_ref(record)))
         self._add_object((req.group, req.config_id), req.key)
+        if skey not in self.cvr:  # (not a coverable object: no open levels to prune)
+            return [record]
         return [record, *self._prune_cvr(c, skey)]
 
     def _prune_cvr(self, c: Configuration, skey: StateKey) -> list[Write]:
@@ -1030,12 +1053,44 @@ _NAME_FIELDS = (
 )
 
 
+_SHORT_NAMES_CHARS = min(limit for _, _, limit in _NAME_FIELDS) // 4
+"""Names of this many characters in all are within every limit (UTF-8 takes at most 4 bytes a
+character): the common case costs one sum, not a check per field."""
+
+
+def _names_of(kind: type) -> tuple[tuple[str, str, int], ...]:
+    fields = getattr(kind, "__struct_fields__", ())
+    return tuple(f for f in _NAME_FIELDS if f[0] in fields)
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda req: (one(req),)
+    return operator.attrgetter(*names) if names else lambda req: ()
+
+
+_NAME_CHECKS: dict[type, tuple[Callable[[Any], tuple[str, ...]], tuple[tuple[str, str, int], ...]]]
+_NAME_CHECKS = {
+    kind: (_getter(tuple(n for n, _, _ in _names_of(kind))), _names_of(kind))
+    for kind in Request.__args__
+}
+"""Per request type: a getter of its name fields (one call for all) and their limits."""
+
+
 def _bad_names(req: Request) -> ErrorReply | None:
     """Names from the network within their limits (aresdsm.limits), whatever the client checked:
     a 33 MiB key would make every state-transfer page that holds it larger than a frame."""
-    for name, what, max_bytes in _NAME_FIELDS:
-        value = getattr(req, name, None)
-        if isinstance(value, str):
+    check = _NAME_CHECKS.get(type(req))
+    if check is None:  # (not a Request type: nothing of it reaches the state)
+        check = _NAME_CHECKS[type(req)] = (
+            _getter(tuple(n for n, _, _ in _names_of(type(req)))),
+            _names_of(type(req)),
+        )
+    get, fields = check
+    values = get(req)
+    if sum(map(len, values)) > _SHORT_NAMES_CHARS:
+        for value, (_, what, max_bytes) in zip(values, fields, strict=True):
             reason = name_too_long(what, value, max_bytes)
             if reason is not None:
                 return ErrorReply("bad-request", reason)

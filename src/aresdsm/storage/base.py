@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 
 from ..wire.blob import Blob
+from .committer import CommitThread
 
 RecordKey = tuple[str, str, str, str]
 """(ns, group, config_id, key)"""
@@ -185,6 +187,8 @@ class Storage(ABC):
         """Values read from the engine (not from a pending batch): metrics and tests."""
         self._value_reader: ThreadPoolExecutor | None = None
         """The value-reading threads (:meth:`read_pinned`), made on first use."""
+        self._committer = CommitThread()
+        """The engine's commit thread (:mod:`.committer`): one thread hop per group commit."""
 
     # -- engine-specific ---------------------------------------------------------------------
 
@@ -339,7 +343,7 @@ class Storage(ABC):
                 fut.set_result(None)
 
     async def _run_commit(self, batch: list[Write]) -> None:
-        await asyncio.to_thread(self._commit, batch)
+        await self._committer.run(functools.partial(self._commit, batch))
 
     async def drain(self) -> None:
         """Wait until everything submitted is durable."""

@@ -39,6 +39,8 @@ _LEN = struct.Struct(">I")
 _PREFIX = struct.Struct(">IBI")  # length, version, header_len
 PREFIX_BYTES = _PREFIX.size  # 9
 LENGTH_BYTES = _LEN.size
+_NO_REGION = memoryview(b"").toreadonly()
+"""The blob region of a frame without blobs (and between frames)."""
 
 
 class Encoder:
@@ -93,15 +95,17 @@ class Decoder:
     """Decodes one frame body (everything after the u32 length) into an Envelope."""
 
     def __init__(self) -> None:
-        self._region: memoryview = memoryview(b"")
+        self._region: memoryview = _NO_REGION
         self._next_offset = 0
         self._dec = msgspec.msgpack.Decoder(Envelope, dec_hook=self._dec_hook)
 
     def _dec_hook(self, kind: type, obj: Any) -> Any:
         if kind is Blob:
-            if not isinstance(obj, list) or len(obj) != 2 or not all(type(x) is int for x in obj):
+            if type(obj) is not list or len(obj) != 2:
                 raise ValueError("blob reference must be [offset, length]")
             off, length = obj
+            if type(off) is not int or type(length) is not int:  # (not bool either)
+                raise ValueError("blob reference must be [offset, length]")
             # msgspec decodes the header in wire order, the order in which the encoder appended
             # the blobs, so each reference must start exactly where the previous one ended: no
             # two fields can share bytes (storage amplification from one small frame).
@@ -117,21 +121,24 @@ class Decoder:
         raise NotImplementedError(f"cannot decode {kind!r}")
 
     def decode_body(self, body: bytes | bytearray | memoryview) -> Envelope:
-        view = memoryview(body)
-        if len(view) < 5:
-            raise FrameError(f"frame body of {len(view)} bytes is too short")
-        version = view[0]
+        size = len(body)
+        if size < 5:
+            raise FrameError(f"frame body of {size} bytes is too short")
+        version = body[0]
         if version != FORMAT_VERSION:
             raise FrameError(
                 f"unsupported frame format version {version} (expected {FORMAT_VERSION})"
             )
-        (header_len,) = _LEN.unpack_from(view, 1)
-        if 5 + header_len > len(view):
-            raise FrameError(f"header length {header_len} exceeds frame body {len(view) - 5}")
-        self._region = view[5 + header_len :].toreadonly()
+        (header_len,) = _LEN.unpack_from(body, 1)
+        end = 5 + header_len
+        if end > size:
+            raise FrameError(f"header length {header_len} exceeds frame body {size - 5}")
+        view = memoryview(body)
+        if end < size:  # (most requests carry no blob: no region to make)
+            self._region = view[end:].toreadonly()
         self._next_offset = 0
         try:
-            env = self._dec.decode(view[5 : 5 + header_len])
+            env = self._dec.decode(view[5:end])
             if self._next_offset != len(self._region):
                 raise FrameError(
                     f"{len(self._region) - self._next_offset} bytes of the blob region "
@@ -146,7 +153,7 @@ class Decoder:
             # future msgspec may raise something else; the caller treats all of them as garbage.
             raise FrameError(f"malformed message: {type(e).__name__}: {e}") from None
         finally:
-            self._region = memoryview(b"")
+            self._region = _NO_REGION
             self._next_offset = 0
 
     def decode_frame(self, frame: bytes | memoryview, *, max_frame_bytes: int) -> Envelope:
