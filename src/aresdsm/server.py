@@ -171,7 +171,7 @@ class _Conn(asyncio.Protocol):
         """Requests are not being handled (the backlog waits)."""
         self.writing_paused = False
         """The transport's write buffer is above its high-water mark."""
-        self.backlog: deque[bytes] = deque()
+        self.backlog: deque[bytes | memoryview] = deque()
         self.backlog_bytes = 0
         self.reply_bytes = 0
         """Bytes of encoded replies waiting for their commit."""

@@ -193,3 +193,49 @@ async def test_write_at_concurrent_with_a_writer_retries_and_both_take_effect() 
 
 async def _chunks(f: Files, name: str) -> list[bytes]:
     return [b async for b in f.iter_blocks(name)]
+
+
+async def test_write_at_inside_a_block_rewrites_it_in_place() -> None:
+    """An overwrite that leaves the cut points where they were (the common case) rewrites the
+    one block it falls in, on the version the index names: one write with data, no new block id,
+    no journal entry, mark, relink or tombstone; readers and the index see the new version."""
+    s = FakeStore()
+    f = Files(s)
+    data = bytearray(blob(3_200_000))
+    await f.write("p", bytes(data), params=MEDIUM)
+    ids = [e.id for e in decode(s.regs[("default", "file-index:p")][1]).entries]
+    s.reads.clear()
+    s.writes.clear()
+    fresh, with_data = s.fresh_writes, f.data_blocks_written
+    await f.write_at("p", 1_600_000, b"E" * 1024)
+    data[1_600_000:1_601_024] = b"E" * 1024
+    assert s.fresh_writes == fresh and f.data_blocks_written - with_data == 1
+    assert [k.split(":")[0] for k in s.writes] == ["file-block", "file-index"]
+    assert len(block_reads(s)) <= 2  # the block, and the next one (where the cut falls)
+    assert [e.id for e in decode(s.regs[("default", "file-index:p")][1]).entries] == ids
+    assert await f.read("p") == bytes(data)
+    assert b"".join([p async for p in f.read_range("p", 1_599_000, 3000)]) == bytes(
+        data[1_599_000:1_602_000]
+    )
+    # the general path (broken_never_in_place) leaves the same content, with more writes
+    f.broken_never_in_place = True
+    s.writes.clear()
+    await f.write_at("p", 1_000_000, b"G" * 1024)
+    data[1_000_000:1_001_024] = b"G" * 1024
+    assert len(s.writes) > 5
+    assert await f.read("p") == bytes(data)
+
+
+async def test_two_write_at_on_one_block_both_take_effect() -> None:
+    """Two in-place rewrites of one block: one wins the block's version, the other is stale,
+    re-reads and patches the new content; both changes are in the file."""
+    s = FakeStore()
+    data = bytearray(blob(400_000, seed=3))
+    await Files(s).write("b", bytes(data), params=MEDIUM)
+    f1, f2 = Files(s), Files(s)
+    await asyncio.gather(
+        f1.write_at("b", 200_000, b"1" * 100), f2.write_at("b", 200_200, b"2" * 100)
+    )
+    data[200_000:200_100] = b"1" * 100
+    data[200_200:200_300] = b"2" * 100
+    assert await Files(s).read("b") == bytes(data)

@@ -110,3 +110,35 @@ async def test_concurrent_cvr_writers_with_a_reconfiguration(
     model: Any = CoverableModel(TAG0, b"")
     result = check_operations("k", ops, model=model)
     assert result.verdict == "ok", result
+
+
+async def test_a_store_without_a_history_does_not_hash_coverable_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every block a file write puts is a coverable write: hashing it for a history nobody
+    keeps cost the client ~1 ms per MiB (the file bench's profile)."""
+    import aresdsm.client
+
+    hashed: list[int] = []
+    real = aresdsm.client.value_digest
+
+    def counting(v: bytes | bytearray | memoryview) -> str:
+        hashed.append(len(v))
+        return real(v)
+
+    monkeypatch.setattr(aresdsm.client, "value_digest", counting)
+    servers = await _servers(tmp_path, 3)
+    info = tuple(ServerInfo(s.server_id, f"127.0.0.1:{s.port}") for s in servers)
+    c0 = Configuration("c0", info)
+    for s in servers:
+        await s.bootstrap(c0)
+    try:
+        async with Store(c0) as store:
+            big = b"x" * (1 << 20)
+            r = await store.cvr_write("blk", big, TAG0, fresh=True)
+            assert r.ok
+            assert (await store.cvr_write("blk", big + b"y", r.tag)).ok
+        assert hashed == []
+    finally:
+        for s in servers:
+            await s.stop()

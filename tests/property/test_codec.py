@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import mmap
 import struct
 import tracemalloc
 
@@ -90,10 +91,25 @@ def test_large_frames_split_anywhere(envs: list[Envelope], cuts: list[float]) ->
     assert out == envs and fb.buffered == 0
 
 
+def test_a_large_frame_is_received_into_one_buffer_of_its_size() -> None:
+    """The body of a large frame received in pieces is the buffer it was received into (one
+    copy of the bytes), not a slice copied out of a growing buffer."""
+    value = bytes(range(256)) * 4096  # 1 MiB
+    frame = Encoder().encode_bytes(Envelope(7, DataReply(Tag(1, "w"), Blob(value))))
+    fb = FrameBuffer(max_frame_bytes=MAX * 2)
+    assert fb.feed(frame[:1000]) == [] and fb.feed(frame[1000:-10]) == []
+    (body,) = fb.feed(frame[-10:] + frame[:3])  # the next frame starts in the same chunk
+    assert type(body) is memoryview and type(body.obj) is mmap.mmap
+    assert len(body) == len(frame) - 4
+    assert fb.buffered == 3
+    env = Decoder().decode_body(body)
+    assert isinstance(env.body, DataReply) and bytes(env.body.value.data) == value
+
+
 def test_a_large_frame_holds_only_the_bytes_received() -> None:
-    """A large frame is gathered from the chunks received (joined once when complete); an
-    announced length allocates nothing: 16 peers announcing 64 MiB frames cost what they send
-    (tests/integration/test_limits_processes.py measures the server's RSS)."""
+    """An announced length allocates nothing on the Python heap (a ``bytearray(n)`` of the
+    announced size touched every page: 16 peers announcing 64 MiB frames grew the server by
+    523 MiB; tests/integration/test_limits_processes.py measures the server's RSS)."""
     value = bytes(range(256)) * 4096  # 1 MiB
     frame = Encoder().encode_bytes(Envelope(7, DataReply(Tag(1, "w"), Blob(value))))
     fb = FrameBuffer(max_frame_bytes=MAX * 2)
@@ -107,7 +123,7 @@ def test_a_large_frame_holds_only_the_bytes_received() -> None:
     assert held < 64 * 1024, f"{held} bytes allocated for 2,000 received"
     assert fb.feed(frame[2000:-10]) == []
     (body,) = fb.feed(frame[-10:] + frame[:3])  # the next frame starts in the same chunk
-    assert type(body) is bytes and len(body) == len(frame) - 4
+    assert len(body) == len(frame) - 4
     assert fb.buffered == 3
     env = Decoder().decode_body(body)
     assert isinstance(env.body, DataReply) and bytes(env.body.value.data) == value

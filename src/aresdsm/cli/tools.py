@@ -228,6 +228,12 @@ def _bench_server_memory(
     "reconfiguration in --modes: one decision in ares2, one per block in classic).",
 )
 @click.option(
+    "--file-put-get-only",
+    is_flag=True,
+    help="With --file-mb: only the put and the get (throughput, client peak RSS), for a big "
+    "file (e.g. --file-mb 2147.483648: 2 GiB) without the edits and reconfigurations.",
+)
+@click.option(
     "--mount-mb",
     type=click.FloatRange(min=0, min_open=True),
     help="Instead of the object cells: `ares mount` against the native file layer with a file "
@@ -305,6 +311,7 @@ def bench(
     link_delay_ms: float,
     file_mb: float | None,
     mount_mb: float | None,
+    file_put_get_only: bool,
     file_avg_kib: int,
     insecure: bool,
     tls_cost: bool,
@@ -389,6 +396,7 @@ def bench(
                         storage=storage,
                         modes=mode_list,
                         log=console.print,
+                        skip_edit=file_put_get_only,
                     )
                 )
                 Path(json_out).parent.mkdir(parents=True, exist_ok=True)

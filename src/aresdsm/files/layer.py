@@ -33,7 +33,13 @@ the attempt the list does not reach.
 **Reading** walks the list from the genesis block. A reader that meets a tombstone (or a
 block that is absent) restarts from the genesis block (``max_read_restarts``), so it never
 returns a torn file; a streaming read into a sink that cannot seek back raises
-:class:`FileChanged` instead.
+:class:`FileChanged` instead. A *range read* (:meth:`Files.read_range`) reads only the blocks
+that cover the range, located by the index once it is proved current (see :meth:`Files._layout`),
+and checks each against its index entry; otherwise it walks up to the range's end.
+
+**write_at** of bytes that leave every cut point in place rewrites the one block they fall in,
+in place (same id and ``next``: the list does not change); any other change takes the general
+path above.
 
 **Consistency**: every block is coverable-linearizable (*fragmented linearizability*): a
 whole-file read returns, for every block, a version that was current at some point during
@@ -231,6 +237,9 @@ class Files:
         self.broken_walk_always = False
         """Test-only: never diff against the index (walk the list, reading every block): the
         cost the index saves."""
+        self.broken_never_in_place = False
+        """Test-only (a cost switch, not a safety one): write_at never rewrites a block in
+        place; it writes a new block, marks the old one and relinks (the general path)."""
         self.broken_range_trust_index = False
         """Test-only: a range read trusts the index without proving it current and without
         checking the blocks against it (it can return bytes of a list that never existed)."""
@@ -352,13 +361,19 @@ class Files:
             return snap
         raise FileChanged(f"file {name!r} kept changing while it was read; retry")
 
-    async def _current(self, name: str, group: str) -> tuple[_Snapshot, Tag, bool]:
+    async def _current(
+        self, name: str, group: str, journal: tuple[Tag, Value | None] | None = None
+    ) -> tuple[_Snapshot, Tag, bool]:
         """The list an update diffs against, the index's version (the base of this attempt's
         index write) and whether the list came from the index. The index is used when it is
         valid and no attempt in the journal may have linked without recording it (read the
         journal first: an attempt that links after that read is concurrent with this one, and
-        one of the two index writes on one base fails and invalidates it); else walk."""
-        _, jv = await self._get(_key(JOURNAL_PREFIX, name), group)
+        one of the two index writes on one base fails and invalidates it); else walk.
+        ``journal``: the journal as just read by the caller (saves a round trip)."""
+        if journal is None:
+            _, jv = await self._get(_key(JOURNAL_PREFIX, name), group)
+        else:
+            jv = journal[1]
         itag, iv = await self._get(_key(INDEX_PREFIX, name), group)
         linking = isinstance(jv, Journal) and any(a.links for a in jv.attempts)
         if (
@@ -782,7 +797,7 @@ class Files:
     ) -> int:
         rewind = _tell(source) if source is not None and hasattr(source, "read") else None
         replayable = source is None or isinstance(source, bytes | bytearray | memoryview)
-        await self._collect_stale(name, group)
+        journal = await self._collect_stale(name, group)
         for attempt in range(self.max_retries + 1):
             if attempt:
                 if not replayable and rewind is None:
@@ -790,7 +805,9 @@ class Files:
                 if rewind is not None:
                     source.seek(rewind)
                 await asyncio.sleep(0.005 * 2**attempt * secrets.randbelow(100) / 100)
-            done, size = await self._attempt(name, source, group, params, progress, patch)
+            done, size = await self._attempt(
+                name, source, group, params, progress, patch, journal if not attempt else None
+            )
             if done:
                 return size
         raise FileConflict(
@@ -806,9 +823,10 @@ class Files:
         params: ChunkParams | None,
         progress: Callable[[int], None] | None,
         patch: tuple[int, bytes] | None = None,
+        journal: tuple[Tag, Value | None] | None = None,
     ) -> tuple[bool, int]:
         with tracing.span("file.read-list", {"ares.object": name}):
-            snap, itag, from_index = await self._current(name, group)
+            snap, itag, from_index = await self._current(name, group, journal)
         g = snap.genesis if snap.genesis is not None and snap.genesis.exists else None
         if source is None and g is None:
             raise NoSuchFile(f"no file {name!r} in group {group!r}")
@@ -829,7 +847,9 @@ class Files:
                 if not n.marked:
                     index.setdefault(n.hash, []).append(i)
         att = Attempt(secrets.token_hex(8), time.time())
-        w = _Writer(self, name, group, att)
+        # write_at knows its few new blocks before its links: they enter the journal together
+        w = _Writer(self, name, group, att, defer=patch is not None, journal=journal)
+        read: dict[str, tuple[Tag, Data]] = {}  # blocks write_at read (marks reuse them)
         seq: builtins.list[tuple[str, int]] = []  # ("old", index) | ("new", k)
         new_meta: builtins.list[tuple[bytes, int]] = []  # hash and size of new block k
         pending: tuple[int, bytes] | None = None
@@ -871,7 +891,7 @@ class Files:
         try:
             if patch is not None:
                 try:
-                    size = await self._patch(name, group, p, old, patch, place, keep)
+                    size = await self._patch(name, group, p, old, patch, place, keep, read)
                 except _Stale:  # a block it re-chunks was reclaimed: take the list again
                     await w.settle()
                     await w.orphans_unlinked(set(range(w.count)))
@@ -926,6 +946,7 @@ class Files:
                 index_base=itag,
                 from_index=from_index,
                 listing=listing,
+                read=read,
             )
             return linked, size
         except BaseException:
@@ -941,17 +962,16 @@ class Files:
         patch: tuple[int, bytes],
         place: Callable[[bytes, bytes], Awaitable[None]],
         keep: Callable[[int], Awaitable[None]],
+        read: dict[str, tuple[Tag, Data]],
     ) -> int:
         """The chunks of ``old`` with ``patch`` applied, re-chunking only around it (see
         :meth:`write_at`); returns the new size. A list with a marked block (a writer between
         marking and linking, or one that died there) is re-chunked whole, so that the marked
         block is dropped rather than kept."""
-        offset, data = patch
-        end = offset + len(data)
+        offset = patch[0]
         starts = [0]
         for n in old:
             starts.append(starts[-1] + n.size)
-        old_size = starts[-1]
         first = max(0, bisect.bisect_right(starts, offset) - 1) if old else 0
         first = min(first, max(0, len(old) - 1))
         whole = any(n.marked for n in old)
@@ -959,30 +979,70 @@ class Files:
             first = 0
         for x in range(first):
             await keep(x)
-        ends = {starts[x + 1]: x for x in range(len(old))}
         chunker = StreamChunker(p)
         emitted = starts[first] if old else 0
+        return await self._rechunk(
+            name, group, old, patch, place, keep, read, first, starts, whole, chunker, emitted
+        )
+
+    async def _rechunk(
+        self,
+        name: str,
+        group: str,
+        old: builtins.list[_Node],
+        patch: tuple[int, bytes],
+        place: Callable[[bytes, bytes], Awaitable[None]],
+        keep: Callable[[int], Awaitable[None]],
+        read: dict[str, tuple[Tag, Data]],
+        first: int,
+        starts: builtins.list[int],
+        whole: bool,
+        chunker: StreamChunker,
+        emitted: int,
+    ) -> int:
+        """:meth:`_patch` from block ``first`` on."""
+        offset, data = patch
+        end = offset + len(data)
+        old_size = starts[-1]
+        ends = {starts[x + 1]: x for x in range(len(old))}
         with tracing.span("file.chunk-and-write-blocks", {"ares.object": name}):
-            for x in range(first, len(old)):
-                _, v = await self._get(_key(BLOCK_PREFIX, name, old[x].id), group)
-                if not isinstance(v, Data):
-                    raise _Stale  # reclaimed since the snapshot: the list moved on
-                lo, hi = starts[x], starts[x + 1]
-                piece = v.data
-                if offset < hi and end > lo:
-                    buf = bytearray(piece)
-                    a, b = max(offset, lo), min(end, hi)
-                    buf[a - lo : b - lo] = data[a - offset : b - offset]
-                    piece = bytes(buf)
-                with tracing.span("file.chunking"):
-                    cut = await asyncio.to_thread(chunker.feed_hashed, piece, eager=True)
-                for c, h in cut:
-                    await place(c, h)
-                    emitted += len(c)
-                if not whole and emitted >= end and emitted in ends and cut:
-                    for y in range(ends[emitted] + 1, len(old)):  # the cuts are the old ones
-                        await keep(y)
-                    return max(old_size, end)
+            # the block after the first is read with it: the cut that ends the first block is
+            # only known with the bytes after it (one block of memory more)
+            ahead: asyncio.Future[tuple[Tag, Value | None]] | None = None
+            try:
+                for x in range(first, len(old)):
+                    if ahead is not None:
+                        tag, v = await ahead
+                    else:
+                        tag, v = await self._get(_key(BLOCK_PREFIX, name, old[x].id), group)
+                    ahead = None
+                    if x == first and x + 1 < len(old):
+                        ahead = asyncio.ensure_future(
+                            self._get(_key(BLOCK_PREFIX, name, old[x + 1].id), group)
+                        )
+                    if not isinstance(v, Data):
+                        raise _Stale  # reclaimed since the snapshot: the list moved on
+                    read[old[x].id] = (tag, v)
+                    lo, hi = starts[x], starts[x + 1]
+                    piece = v.data
+                    if offset < hi and end > lo:
+                        buf = bytearray(piece)
+                        a, b = max(offset, lo), min(end, hi)
+                        buf[a - lo : b - lo] = data[a - offset : b - offset]
+                        piece = bytes(buf)
+                    with tracing.span("file.chunking"):
+                        cut = await asyncio.to_thread(chunker.feed_hashed, piece, eager=True)
+                    for c, h in cut:
+                        await place(c, h)
+                        emitted += len(c)
+                    if not whole and emitted >= end and emitted in ends and cut:
+                        for y in range(ends[emitted] + 1, len(old)):  # the cuts are the old ones
+                            await keep(y)
+                        return max(old_size, end)
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
             if end > old_size:
                 with tracing.span("file.chunking"):
                     cut = await asyncio.to_thread(
@@ -1012,6 +1072,7 @@ class Files:
         index_base: Tag,
         from_index: bool,
         listing: Callable[[dict[int, Tag], tuple[Tag, Genesis] | None], Index],
+        read: dict[str, tuple[Tag, Data]] | None = None,
     ) -> bool:
         """Mark, link, record the new list in the index (or invalidate it), reclaim; True if
         every link committed. The index is written before the journal entry is dropped: while
@@ -1053,6 +1114,11 @@ class Files:
                 await self._put_index(name, group, index_base, listing({}, None))
             await w.finish()
             return True
+        in_place = self._in_place(old, seq, w)
+        if in_place is not None:
+            return await self._rewrite_in_place(
+                name, group, snap, old, in_place, w, index_base, read or {}
+            )
         link_pts = tuple(
             (old[i].id if i >= 0 else "", old[i].tag if i >= 0 else snap.genesis_tag)
             for i, *_ in links
@@ -1060,23 +1126,39 @@ class Files:
         if not await w.record_links(link_pts):
             return False
         with tracing.span("file.link", {"ares.object": name, "ares.links": len(links)}):
-            try:
-                if not self.broken_skip_mark:
-                    await _gather_limited(
-                        [
-                            functools.partial(self._mark, name, group, old[i])
-                            for i in dropped
-                            if not old[i].marked
-                        ],
-                        self.max_inflight_blocks,
-                    )
-            except _Stale:
+            marks = [] if self.broken_skip_mark else [i for i in dropped if not old[i].marked]
+            known = read or {}
+            done = await asyncio.gather(  # deferred new blocks and marks: independent registers
+                w.flush(),
+                _gather_limited(
+                    [
+                        functools.partial(self._mark, name, group, old[i], known.get(old[i].id))
+                        for i in marks
+                    ],
+                    self.max_inflight_blocks,
+                ),
+                return_exceptions=True,
+            )
+            for failed in done:
+                if isinstance(failed, BaseException) and not isinstance(failed, _Stale):
+                    raise failed
+            if any(isinstance(failed, _Stale) for failed in done):
                 await self._invalidate_index(name, group)  # some marks may have committed
                 await w.orphans_unlinked(set(range(w.count)))
                 return False
             results = await asyncio.gather(
                 *(
-                    self._relink(name, group, snap, old, i, first, p, exists)
+                    self._relink(
+                        name,
+                        group,
+                        snap,
+                        old,
+                        i,
+                        first,
+                        p,
+                        exists,
+                        known.get(old[i].id) if i >= 0 else None,
+                    )
                     for i, first, _, _ in links
                 ),
                 return_exceptions=True,
@@ -1127,9 +1209,80 @@ class Files:
             await w.orphans_unlinked(unlinked_new)
         return ok_all
 
-    async def _mark(self, name: str, group: str, n: _Node) -> None:
+    def _in_place(
+        self, old: builtins.list[_Node], seq: builtins.list[tuple[str, int]], w: _Writer
+    ) -> int | None:
+        """The position of the one block a write_at may rewrite in place, or None: the new
+        list is the old one with exactly one block's content replaced by one new chunk of the
+        same size (its cut points stayed: the common case of an overwrite inside a block), and
+        no block is marked (a writer between marking and linking: the general path)."""
+        if self.broken_never_in_place or not w.defer or w.registered or w.count != 1:
+            return None
+        if len(seq) != len(old) or any(n.marked for n in old):
+            return None
+        pos = [j for j, e in enumerate(seq) if e != ("old", j)]
+        if len(pos) != 1 or seq[pos[0]] != ("new", 0):
+            return None
+        held = w.held()
+        if len(held) != 1 or len(held[0][1]) != old[pos[0]].size:
+            return None
+        return pos[0]
+
+    async def _rewrite_in_place(
+        self,
+        name: str,
+        group: str,
+        snap: _Snapshot,
+        old: builtins.list[_Node],
+        i: int,
+        w: _Writer,
+        index_base: Tag,
+        read: dict[str, tuple[Tag, Data]],
+    ) -> bool:
+        """Write the new content of block ``i`` over the block itself: a coverable write on the
+        version the snapshot names, keeping its id and ``next`` (the list does not change, so no
+        journal entry, mark, relink or reclaim: docs/design.md). Then the index, with the
+        block's new version and hash (or invalid if another writer wrote it meanwhile)."""
+        n = old[i]
+        data = w.held()[0][1]
         key = _key(BLOCK_PREFIX, name, n.id)
-        tag, v = await self._get(key, group)
+        known = read.get(n.id)
+        v: Value | None
+        if known is not None and known[0] == n.tag:
+            tag, v = known
+        else:
+            tag, v = await self._get(key, group)
+        if tag != n.tag or not isinstance(v, Data) or v.marked:
+            return False
+        with tracing.span("file.link", {"ares.object": name, "ares.links": 0}):
+            ok, t = await self._cas(key, Data(v.next, data), tag, group)
+            self.new_blocks_written += ok  # new content, in an old block
+            if not ok:
+                return False
+            ents = tuple(
+                Entry(m.id, t, digest(data), m.size)
+                if j == i
+                else Entry(m.id, m.tag, m.hash, m.size)
+                for j, m in enumerate(old)
+            )
+            if not await self._put_index(
+                name, group, index_base, Index(True, snap.genesis_tag, snap.genesis, ents)
+            ):
+                await self._invalidate_index(name, group)
+        return True
+
+    async def _mark(
+        self, name: str, group: str, n: _Node, known: tuple[Tag, Data] | None = None
+    ) -> None:
+        """Mark block ``n`` on its snapshot version. ``known``: the block as read earlier by
+        this attempt; at the snapshot's version it is the value there (a tag names one write),
+        so no read is needed -- the coverable write fails if the block moved since."""
+        key = _key(BLOCK_PREFIX, name, n.id)
+        v: Value | None
+        if known is not None and known[0] == n.tag:
+            tag, v = known
+        else:
+            tag, v = await self._get(key, group)
         if tag != n.tag or not isinstance(v, Data):
             raise _Stale
         ok, t = await self._cas(key, Data(v.next, v.data, marked=True), tag, group)
@@ -1147,15 +1300,22 @@ class Files:
         first: str | None,
         p: ChunkParams,
         exists: bool,
+        known: tuple[Tag, Data] | None = None,
     ) -> tuple[bool, Tag]:
-        """Point block ``i`` (-1: the genesis block) at ``first``: (committed, new version)."""
+        """Point block ``i`` (-1: the genesis block) at ``first``: (committed, new version).
+        ``known``: the block as this attempt read it (used without a read if at the snapshot's
+        version, as in :meth:`_mark`)."""
         if i < 0:
             key = _key(GENESIS_PREFIX, name)
             new: Value = Genesis(first, p, exists)
             return await self._cas(key, new, snap.genesis_tag, group)
         n = old[i]
         key = _key(BLOCK_PREFIX, name, n.id)
-        tag, v = await self._get(key, group)
+        v: Value | None
+        if known is not None and known[0] == n.tag:
+            tag, v = known
+        else:
+            tag, v = await self._get(key, group)
         if tag != n.tag or not isinstance(v, Data) or v.marked:
             return False, tag
         return await self._cas(key, Data(first, v.data), tag, group)
@@ -1179,31 +1339,50 @@ class Files:
     # -- the journal and orphan collection ---------------------------------------------------------
 
     async def _journal_update(
-        self, name: str, group: str, change: Callable[[Journal], Journal | None]
+        self,
+        name: str,
+        group: str,
+        change: Callable[[Journal], Journal | None],
+        hint: tuple[Tag, Value | None] | None = None,
+        learn: Callable[[Tag, Journal], None] | None = None,
     ) -> Journal | None:
         """Apply ``change`` to the journal atomically (coverable write, retried on stale).
-        ``change`` returns None to stop without writing."""
+        ``change`` returns None to stop without writing. ``hint``: the journal as last seen
+        (tried first, without a read: the coverable write fails if it moved since);
+        ``learn(tag, journal)`` is told what was written."""
         key = _key(JOURNAL_PREFIX, name)
         for attempt in range(MAX_JOURNAL_RETRIES):
-            tag, v = await self._get(key, group)
+            hinted = hint is not None
+            if hint is not None:
+                (tag, v), hint = hint, None
+            else:
+                tag, v = await self._get(key, group)
             j = v if isinstance(v, Journal) else Journal()
             new = change(j)
             if new is None:
                 return j
-            ok, _ = await self._cas(key, new, tag, group)
+            ok, t = await self._cas(key, new, tag, group)
             if ok:
+                if learn is not None:
+                    learn(t, new)
                 return new
+            if hinted:
+                continue
             await asyncio.sleep(
                 min(0.05, 0.001 * 2 ** min(attempt, 6)) * secrets.randbelow(100) / 100
             )
         raise FileConflict(f"file {name!r}: its journal kept changing; retry")
 
-    async def _collect_stale(self, name: str, group: str) -> None:
-        _, v = await self._get(_key(JOURNAL_PREFIX, name), group)
+    async def _collect_stale(self, name: str, group: str) -> tuple[Tag, Value | None] | None:
+        """Collect if an attempt in the journal is older than the grace; returns the journal
+        as read when nothing was collected (the caller's first snapshot reuses it)."""
+        tag, v = await self._get(_key(JOURNAL_PREFIX, name), group)
         if isinstance(v, Journal) and any(
             time.time() - a.started_s > self.orphan_grace_s for a in v.attempts
         ):
             await self.collect(name, group=group)
+            return None
+        return tag, v
 
     async def collect(
         self, name: str, *, group: str = DEFAULT_GROUP, grace_s: float | None = None
@@ -1364,8 +1543,23 @@ class _Writer:
     """The new blocks of one attempt: written with bounded concurrency, registered in the
     journal before the first, reclaimed if the attempt never links them."""
 
-    def __init__(self, files: Files, name: str, group: str, att: Attempt) -> None:
+    def __init__(
+        self,
+        files: Files,
+        name: str,
+        group: str,
+        att: Attempt,
+        *,
+        defer: bool = False,
+        journal: tuple[Tag, Value | None] | None = None,
+    ) -> None:
         self.f = files
+        self._jhint = journal
+        """The journal as last read or written by this attempt (its updates try it first)."""
+        self.defer = defer
+        """Hold new blocks until the links are known (:meth:`flush`): the attempt then enters
+        the journal once, with its links (write_at: a few blocks, known before linking)."""
+        self._deferred: builtins.list[tuple[int, bytes, str | None]] = []
         self.name = name
         self.group = group
         self.att = att
@@ -1380,14 +1574,24 @@ class _Writer:
     def _key(self, k: int) -> str:
         return _key(BLOCK_PREFIX, self.name, f"{self.att.id}.{k}")
 
+    async def _journal(self, change: Callable[[Journal], Journal | None]) -> None:
+        def learn(tag: Tag, j: Journal) -> None:
+            self._jhint = (tag, j)
+
+        hint, self._jhint = self._jhint, None
+        await self.f._journal_update(self.name, self.group, change, hint, learn)
+
     async def put(self, k: int, data: bytes, nxt: str | None) -> None:
+        if self.defer and not self.registered:
+            self._deferred.append((k, data, nxt))
+            return
         if not self.registered:
             a = self.att
 
             def add(j: Journal) -> Journal:
                 return Journal((*j.attempts, a))
 
-            await self.f._journal_update(self.name, self.group, add)
+            await self._journal(add)
             self.registered = True
         if self._error is not None:
             raise self._error
@@ -1417,11 +1621,34 @@ class _Writer:
         if self._error is not None:
             raise self._error
 
+    def held(self) -> builtins.list[tuple[int, bytes, str | None]]:
+        """The deferred blocks (k, data, next), not written yet."""
+        return list(self._deferred)
+
+    async def flush(self) -> None:
+        """Write the deferred blocks (the attempt is in the journal by now), and wait for every
+        block write."""
+        held, self._deferred = self._deferred, []
+        for k, data, nxt in held:
+            await self.put(k, data, nxt)
+        await self.drain()
+
     async def record_links(self, links: tuple[tuple[str, Tag], ...]) -> bool:
-        """Record the link points in the journal (False: a collector aborted the attempt)."""
-        if not self.registered:
-            return True
+        """Record the link points in the journal (False: a collector aborted the attempt).
+        An attempt not in the journal yet (no block written: none, or deferred) enters it
+        with its links -- every attempt that changes the list is in the journal with its links
+        from before its first mark until after its index change (the rule range reads and
+        writers rely on to trust the index, docs/design.md)."""
         aid = self.att.id
+        if not self.registered:
+            a = Attempt(aid, self.att.started_s, links, self.count)
+
+            def add(j: Journal) -> Journal:
+                return Journal((*j.attempts, a))
+
+            await self._journal(add)
+            self.registered = True
+            return True
         refused = False
 
         def setl(j: Journal) -> Journal | None:
@@ -1433,12 +1660,14 @@ class _Writer:
             rest = tuple(x for x in j.attempts if x.id != aid)
             return Journal((*rest, Attempt(aid, cur.started_s, links, self.count)))
 
-        await self.f._journal_update(self.name, self.group, setl)
+        await self._journal(setl)
         if refused:  # fenced: these blocks can never be linked
             await self.orphans_unlinked(set(range(self.count)))
         return not refused
 
     async def orphans_unlinked(self, ks: set[int]) -> None:
+        if not self.registered:  # nothing was written (put registers before its first block)
+            return
         await _gather_limited(
             [
                 functools.partial(self.f._reclaim, self.name, self.group, f"{self.att.id}.{k}")
@@ -1456,7 +1685,7 @@ class _Writer:
         def drop(j: Journal) -> Journal:
             return Journal(tuple(x for x in j.attempts if x.id != aid))
 
-        await self.f._journal_update(self.name, self.group, drop)
+        await self._journal(drop)
         self.registered = False
 
     async def leave_for_collector(self) -> None:

@@ -24,6 +24,7 @@ bytes unreferenced, nesting deep enough to exhaust the stack -- raises
 
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import Any
 
@@ -172,27 +173,24 @@ class Decoder:
 
 
 LARGE_FRAME_BYTES = 256 * 1024
-"""A frame at least this long is gathered from the received chunks (:class:`FrameBuffer`)."""
+"""A frame at least this long is received into a buffer of its own size (:class:`FrameBuffer`)."""
 
 
 class FrameBuffer:
     """Incremental splitter of a byte stream into frame bodies, with a size limit.
 
-    A large frame (:data:`LARGE_FRAME_BYTES` or more: a value of a file block) is gathered as
-    the list of received chunks themselves (kept as they are, not copied) and joined once when
-    complete: one copy of its bytes instead of three (appending to a growing buffer, slicing it,
-    and ``bytes()`` of the slice). Memory held stays the bytes received -- nothing is allocated
-    for what the length prefix merely announces (a peer announcing 64 MiB frames and sending
-    little must not make the server allocate them). Smaller frames are cut from a shared
-    buffer."""
+    A large frame (:data:`LARGE_FRAME_BYTES` or more: a value of a file block) is copied once,
+    into an anonymous memory map of exactly its size made when its length prefix arrives, and
+    that buffer is the body returned: no growing buffer to reallocate, no slice and ``bytes`` copies
+    of megabytes (the blob region a decoder hands out is a read-only view of it). Smaller frames
+    are cut from a shared buffer as before."""
 
     def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
         self._need: int | None = None
-        self._parts: list[bytes | memoryview] | None = None
-        """The large frame being received (its length is ``_need``): its chunks so far,
-        ``_filled`` bytes together."""
+        self._large: mmap.mmap | None = None
+        """The large frame being received (its length is ``_need``), filled to ``_filled``."""
         self._filled = 0
 
     @property
@@ -200,11 +198,11 @@ class FrameBuffer:
         """Bytes received and not yet returned as a complete frame (an incomplete frame)."""
         return len(self._buf) + self._filled
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[bytes | memoryview]:
         """Add received bytes; return every complete frame body. Raises FrameError if too big."""
-        out: list[bytes] = []
-        if self._parts is not None:
-            data = self._gather(data, out)
+        out: list[bytes | memoryview] = []
+        if self._large is not None:
+            data = self._fill(data, out)
             if not data:
                 return out
         self._buf += data
@@ -223,9 +221,14 @@ class FrameBuffer:
                 self._need = length
                 pos += LENGTH_BYTES
             if len(buf) - pos < self._need:
-                if self._need >= LARGE_FRAME_BYTES:  # the rest of it is gathered chunk by chunk
-                    self._parts = [bytes(buf[pos:])]
+                if self._need >= LARGE_FRAME_BYTES:  # the rest of it lands in its own buffer
+                    # An anonymous map, not bytearray(n): bytearray zero-fills (touches) every
+                    # page at once, so a peer that only *declares* a 64 MiB frame would make
+                    # the server resident for all of it; the map's pages become resident as
+                    # bytes arrive, which the partial-frame budget counts (``buffered``).
+                    self._large = mmap.mmap(-1, self._need)
                     self._filled = len(buf) - pos
+                    self._large[: self._filled] = memoryview(buf)[pos:]
                     pos = len(buf)
                 break
             out.append(bytes(buf[pos : pos + self._need]))
@@ -235,15 +238,16 @@ class FrameBuffer:
             del buf[:pos]
         return out
 
-    def _gather(self, data: bytes, out: list[bytes]) -> bytes:
-        """Add the next bytes of the large frame; return what follows it."""
-        parts, need = self._parts, self._need
-        assert parts is not None and need is not None
+    def _fill(self, data: bytes, out: list[bytes | memoryview]) -> bytes:
+        """Copy the next bytes of the large frame into its buffer; return what follows it."""
+        large, need = self._large, self._need
+        assert large is not None and need is not None
         n = min(len(data), need - self._filled)
-        parts.append(data if n == len(data) else memoryview(data)[:n])
+        with memoryview(data) as view:
+            large[self._filled : self._filled + n] = view[:n]
         self._filled += n
         if self._filled < need:
             return b""
-        out.append(b"".join(parts))
-        self._parts, self._need, self._filled = None, None, 0
+        out.append(memoryview(large))  # (the map is unmapped when the last view goes)
+        self._large, self._need, self._filled = None, None, 0
         return data[n:] if n < len(data) else b""
