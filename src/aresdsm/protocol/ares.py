@@ -625,7 +625,7 @@ async def _install(
                         transfer_concurrency,
                         plain_older=switches.faults.broken_plain_get_older_sources,
                         ignore_open=switches.faults.broken_cvr_transfer_ignores_open,
-                        no_floor=switches.faults.broken_drop_tombstones_without_floor,
+                        drop_tombstones=switches.faults.broken_drop_tombstones_without_floor,
                     )
                 break
             except _SourceObsolete as e:
@@ -846,7 +846,7 @@ async def _update_config(
     concurrency: int,
     plain_older: bool = False,
     ignore_open: bool = False,
-    no_floor: bool = False,
+    drop_tombstones: bool = False,
 ) -> None:
     """update-config (§6, §8.2, §8.4): per object the newest pair over all sources, written
     into ``target`` in batches of at most GROUP_PAGE objects and TRANSFER_PAGE_BYTES,
@@ -861,11 +861,12 @@ async def _update_config(
     the value is lost (tests/sim/test_older_sources.py). Setting next in the same step as the read
     gives every older source the §8.2 argument too, at no extra round.
 
-    Tombstones are not transferred (§8.4 "Deleted objects"): their largest tag number, and the
-    sources' own floors, become the target's floor, set on a quorum of the target by one more
-    round after every batch completed and before the caller finalizes it. Writers in the target
-    then pick tags above every dropped tombstone. ``no_floor`` (test-only,
-    ``broken_drop_tombstones_without_floor``) skips that round."""
+    Tombstones are transferred like any value (§8.4 "Deleted objects"): a dropped one would let
+    an older value, still held by a configuration not yet collected everywhere, win a later
+    read over the delete. The sources' floors (set by an earlier rule that dropped tombstones)
+    are carried on to the target by one more round after every batch completed and before the
+    caller finalizes it. ``drop_tombstones`` (test-only,
+    ``broken_drop_tombstones_without_floor``) is that earlier rule without its floor."""
     last = len(sources) - 1
     cursors = [
         _GroupCursor(
@@ -897,7 +898,6 @@ async def _update_config(
 
     batch: list[tuple[str, Tag, Blob, bytes]] = []
     size = 0
-    floor = 0
     try:
         async with contextlib.aclosing(_merged_pages(cursors)) as pages:
             async for ready in pages:
@@ -908,8 +908,7 @@ async def _update_config(
                         await _inject(net, target, group, key, opened, len(sources))
                     if best[0] == TAG0:
                         continue
-                    if best[0].deleted:  # dropped: the floor keeps later writes above it
-                        floor = max(floor, best[0].z)
+                    if best[0].deleted and drop_tombstones:  # (test-only: dropped, no floor)
                         continue
                     if batch and (
                         size + len(best[1]) > TRANSFER_PAGE_BYTES or len(batch) >= GROUP_PAGE
@@ -926,8 +925,8 @@ async def _update_config(
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
-    floor = max([floor, *(cur.floor for cur in cursors)])
-    if floor > 0 and not no_floor:
+    floor = max(cur.floor for cur in cursors)
+    if floor > 0 and not drop_tombstones:
         try:
             await dap.put_batch(net, target, group, [], floor=floor)
         except ConfigurationObsolete as e:

@@ -25,15 +25,16 @@ lost); in every case by a reconfiguration (the garbage collection of the old con
 the damaged copy). A damaged object still acknowledges put-data: that is safe because a query
 quorum never contains a server that refuses to answer queries.
 
-Tag floor (docs/protocol.md §8.4 "Deleted objects"): reconfiguration drops tombstones instead of
-transferring them and sets, per (group, configuration), a floor F -- the largest tag number of the
-tombstones it dropped -- with a ``PutBatch`` of no items before it finalizes the configuration.
-The server stores F durably before it acknowledges, keeps the larger of the old and the new one,
-and answers get-tag with at least ``(F, "")`` for every object. Every write's tag comes from a
-get-tag quorum, which meets the quorum holding F, so it is above every dropped tombstone, and a
-reader that still sees a tombstone in an older configuration compares it with a larger tag. Data
-replies are unchanged (an object not held is the initial pair, absent to readers): a floor tag
-there would outrank an object transferred with a smaller tag on a server that does not hold it.
+Tag floor (docs/protocol.md §8.4 "Deleted objects"): an earlier rule dropped tombstones at
+reconfiguration and set, per (group, configuration), a floor F -- the largest tag number of the
+tombstones it dropped -- with a ``PutBatch`` of no items before it finalized the configuration.
+Tombstones are transferred now (the floor did not stop an older value left in an older
+configuration from winning a read after the delete); the server still stores F durably before
+it acknowledges, keeps the larger of the old and the new one, and answers get-tag with at least
+``(F, "")`` for every object, so configurations made under the earlier rule keep its guarantee.
+Data replies are unchanged (an object not held is the initial pair, absent to readers): a floor
+tag there would outrank an object transferred with a smaller tag on a server that does not hold
+it.
 
 Values by reference (issue 12 item 3): the core's state holds tags, digests and
 :class:`~aresdsm.storage.base.ValueRef` -- which stored record holds a value and its length --

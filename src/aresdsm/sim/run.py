@@ -230,7 +230,7 @@ class SimOptions:
             if self.eager is not None
             else random.Random(f"eager-{self.seed}").random() < 0.6,
             cache=self.cache if self.cache is not None else _draw(self.seed, "cache", 0.5),
-            deletes=bool(self.deletes),  # not drawn yet: it finds a protocol bug (DELETE_KEY)
+            deletes=bool(self.deletes),  # not drawn yet: the checker (DELETE_KEY)
             macs=self.macs if self.macs is not None else _draw(self.seed, "macs", 0.4),
             rogue=self.rogue if self.rogue is not None else _draw(self.seed, "rogue", 0.5),
             twins=self.twins  # a stream of its own, as coverable
@@ -337,13 +337,10 @@ DELETE_KEY = "d0"
 """The key of ``deletes``: a delete is a write of the absent value -- the initial one, b""
 (its digest is what a read of a tombstone, or of an object not held, records).
 
-``deletes`` is not drawn by the swarm yet: with it, the correct protocol fails (seed 6 of
-``ares sim --deletes``, 1 seed in 30): a reader whose chain still starts at c0 reads an
-older value of the key from c0 (never collected there), while every newer configuration
-dropped the key's tombstone and reads it as absent (TAG0) -- so the old value is the newest
-the reader sees and it returns it after newer writes and deletes completed. The tag floor
-(§8.4 "Deleted objects") only covers writes and tombstones, not older values left in older
-configurations (docs/testing.md)."""
+``deletes`` is not drawn by the swarm yet: a delete writes the initial value, and the zones
+checker requires unique written values, so some linearizable histories with deletes are refused
+(docs/testing.md). With it the swarm found a real bug, fixed: dropped tombstones let an older
+value left in an older configuration win a read after the delete (docs/protocol.md §8.4)."""
 CVR_KEYS = ("v0", "v1")
 """Coverable objects of a run: keys of their own (a plain write's tag would sit between two
 agreed versions, docs/protocol.md §9.1), so plain clients never touch them."""
