@@ -5,7 +5,9 @@ operations (issue 18). Works against older commits too (for bisecting a regressi
     PYTHONPATH=/tmp/old/src python scripts/cpu_per_op.py write 4000 64 insecure sqlite
 
 Arguments: KIND (write|read) OPS CONCURRENCY [tls|insecure] [sqlite|memory]. Prints client and
-server CPU microseconds per operation (process CPU from time.process_time and /proc/<pid>/stat),
+server CPU microseconds per operation (process CPU from time.process_time and /proc/<pid>/stat;
+the client's also split into user and system time: on loopback a send does the receiving
+side's TCP work too, in the sender's system time),
 read/write system calls per operation (/proc/<pid>/io: syscr/syscw; with uvloop every send is a
 write/writev), rounds and messages per operation (counted by the channel) and wall-clock ops/s
 (which, unlike CPU per operation, depends on what else the machine runs). Linux only."""
@@ -57,6 +59,7 @@ async def main(tmp: str, kind: str, ops: int, conc: int, sec: str, storage: str)
         io0 = [_io(p) for p in [*pids, me]]
         s0 = [_cpu(p) for p in pids]
         r0, m0 = st.channel.rounds, st.channel.messages
+        u0 = os.times()
         c0, t0 = time.process_time(), time.perf_counter()
         left = ops
 
@@ -71,11 +74,14 @@ async def main(tmp: str, kind: str, ops: int, conc: int, sec: str, storage: str)
 
         await asyncio.gather(*(worker() for _ in range(conc)))
         el, c1 = time.perf_counter() - t0, time.process_time()
+        u1 = os.times()
         s1 = [_cpu(p) for p in pids]
         io1 = [_io(p) for p in [*pids, me]]
         srv = [(b - a) / ops * 1e6 for a, b in zip(s0, s1, strict=True)]
         print(
-            f"{kind} {sec} {storage} C={conc} ops={ops}: client {(c1 - c0) / ops * 1e6:.0f} us/op,"
+            f"{kind} {sec} {storage} C={conc} ops={ops}: client {(c1 - c0) / ops * 1e6:.0f} us/op"
+            f" (user {(u1.user - u0.user) / ops * 1e6:.0f}, system"
+            f" {(u1.system - u0.system) / ops * 1e6:.0f}),"
             f" servers {' '.join(f'{x:.0f}' for x in srv)} us/op (mean {sum(srv) / 3:.0f});"
             f" syscalls r/w per op: server s1 {(io1[0][0] - io0[0][0]) / ops:.2f}/"
             f"{(io1[0][1] - io0[0][1]) / ops:.2f}, client {(io1[-1][0] - io0[-1][0]) / ops:.2f}/"

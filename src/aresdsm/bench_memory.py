@@ -43,6 +43,7 @@ from .local import LocalCluster
 RSS_BOUND_BYTES = 300 * 1024 * 1024
 """Documented bound of a server's resident memory whatever the data it stores (issue 12)."""
 _RECOVERED = re.compile(r"recovered (\d+) records in ([0-9.]+) s")
+_HELD = re.compile(r"value bytes on disk, (\d+) held in memory\)")
 
 
 @dataclass
@@ -57,6 +58,9 @@ class ServerMemory:
     records: int
     rss_after_restart_bytes: int
     rss_after_reads_bytes: int
+    value_bytes_held: int = 0
+    """Value bytes the server's state held itself after the restart, as it logs them (0: every
+    value is a reference to the disk; -1: not logged)."""
 
 
 LAYOUTS = ("objects", "files")
@@ -84,6 +88,7 @@ class MemoryBenchResult:
         return all(
             s.rss_after_store_bytes <= self.rss_bound_bytes
             and s.rss_after_restart_bytes <= self.rss_bound_bytes
+            and s.value_bytes_held == 0
             for s in self.per_server
         )
 
@@ -246,6 +251,7 @@ async def _measure(
         text = (lc.data_dir(sid) / "server.log").read_text(errors="replace")
         rec = _RECOVERED.findall(text)
         records, recovery_s = (int(rec[-1][0]), float(rec[-1][1])) if rec else (0, 0.0)
+        held = _HELD.findall(text)
         per_server.append(
             ServerMemory(
                 sid,
@@ -256,6 +262,7 @@ async def _measure(
                 records,
                 after_restart[sid],
                 after_reads[sid],
+                int(held[-1]) if held else -1,
             )
         )
     return MemoryBenchResult(

@@ -72,10 +72,14 @@ processes. ``reconfig`` changes the operator's cluster (membership among the fil
 ABD ⇄ TREAS) and is only done when asked for."""
 REMOTE_DEFAULT_FAULTS = CLIENT_FAULTS
 
+SERVER_SIDE_FAULTS = frozenset({"broken_skip_value_mac", "broken_late_value_read"})
+"""Faults of the server shell (``Server(faults=...)``): a chaos run's clients cannot turn them
+on, so they are not offered (a run with one of them could never fail)."""
+
 BROKEN = {
     f.name.removeprefix("broken_").replace("_", "-"): f.name
     for f in dataclasses.fields(Broken)
-    if f.name.startswith("broken_")
+    if f.name.startswith("broken_") and f.name not in SERVER_SIDE_FAULTS
 }
 """Test-only protocol variants (``--broken skip-write-back`` turns on
 ``aresdsm.testing.Broken.broken_skip_write_back``) a chaos run should catch; kept out of the

@@ -54,7 +54,7 @@ from .history import OpKind, OpRecord, StrictClock, value_digest, write_records
 from .identity import initial_digest
 from .limits import MAX_NAME_BYTES
 from .metrics import ClientMetrics
-from .net.client import ClusterIdentity, TcpChannel, context_without_deadline
+from .net.client import ClusterIdentity, TcpChannel, context_without_deadline, within
 from .net.client import deadline as net_deadline
 from .protocol import ares, coverable, ops
 from .protocol.channel import ConfigurationObsolete, StoreChannel
@@ -167,6 +167,69 @@ def _check_group(group: str) -> None:
         raise ConfigurationError("object keys and groups must not contain NUL characters")
     if len(group.encode()) > MAX_KEY_BYTES:
         raise ConfigurationError(f"object key and group are limited to {MAX_KEY_BYTES} bytes")
+
+
+class _Hedge:
+    """The hedge of one :meth:`Store._with_recovery` attempt: at its timer, a relocation next
+    to the attempt (§8.5); if that moved the chain while the attempt still runs, the attempt's
+    task is cancelled (``moved``) and the operation retries on the moved chain."""
+
+    __slots__ = (
+        "active",
+        "cancelling",
+        "chain",
+        "moved",
+        "relocation",
+        "seen",
+        "store",
+        "task",
+        "timer",
+    )
+
+    def __init__(self, store: Store, chain: str, seen: tuple[int, bool], task: asyncio.Task[Any]):
+        self.store = store
+        self.chain = chain
+        self.seen = seen
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.active = True
+        """The attempt still runs."""
+        self.moved = False
+        """The relocation moved the chain and cancelled the attempt's task."""
+        self.relocation: asyncio.Task[bool] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.timer = None
+        if self.active:
+            self.relocation = asyncio.get_running_loop().create_task(
+                self.store._relocate_from(self.chain, self.seen)
+            )
+            self.relocation.add_done_callback(self._relocated)
+
+    def _relocated(self, t: asyncio.Task[bool]) -> None:
+        if t.cancelled():
+            return
+        if t.exception() is None and t.result() and self.active:
+            self.active = False
+            self.moved = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.active = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.relocation is not None and not self.relocation.done():
+            self.relocation.cancel()  # the shared relocation goes on (_relocate_from shields it)
+
+
+async def _raise(e: BaseException) -> Any:
+    raise e
+
+
+def _timed_out(total_s: float) -> OperationTimeout:
+    return OperationTimeout(f"the operation did not complete within timeout_s={total_s:g}")
 
 
 def _check_timeout(timeout_s: float | None) -> None:
@@ -347,6 +410,8 @@ class Store:
 
     def _learn(self, chain: str, cseq: ares.Cseq) -> None:
         mine = self._view(chain)
+        if cseq is mine and chain in self._cseqs:  # an operation that changed nothing
+            return
         try:
             self._cseqs[chain] = ares.merge(mine, cseq)
         except ares.DisjointChains:
@@ -368,9 +433,7 @@ class Store:
                 async with asyncio.timeout_at(at):
                     yield
             except TimeoutError:
-                raise OperationTimeout(
-                    f"the operation did not complete within timeout_s={total:g}"
-                ) from None
+                raise _timed_out(total) from None
 
     def _ask_servers(self, chain: str) -> builtins.list[ServerInfo]:
         """Every server this client knows of: the cluster file's, and those of every
@@ -502,34 +565,37 @@ class Store:
         quorum -- or is still running after a short while (``hedge``: retired servers that are
         paused answer nothing, and waiting for them would cost the whole deadline) -- relocate
         (§8.5; shared with concurrent operations) and, if the chain moved, run ``retry`` on it:
-        the same call, or for a write that chose its tag, the write finished with that tag."""
-        await self._confirm_cache(chain)
+        the same call, or for a write that chose its tag, the write finished with that tag.
+
+        The attempt runs in the caller's task; the hedge is a loop timer that starts the
+        relocation next to it and, if the chain moved, cancels the attempt (no task and no
+        ``asyncio.wait`` per operation: issue 18)."""
+        if chain in self._hints and chain not in self._cseqs:
+            await self._confirm_cache(chain)
         seen = self._position(chain)
-        first = asyncio.ensure_future(attempt())
+        task = asyncio.current_task()
+        assert task is not None
+        hedge = _Hedge(self, chain, seen, task)
+        hedge.timer = asyncio.get_running_loop().call_later(self._hedge_s(), hedge.start)
         try:
-            done, _ = await asyncio.wait({first}, timeout=self._hedge_s())
-            if not done:
-                hedge = asyncio.ensure_future(self._relocate_from(chain, seen))
-                try:
-                    both: set[asyncio.Task[Any]] = {first, hedge}
-                    done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-                    moved = first not in done and hedge.exception() is None and hedge.result()
-                    if moved:
-                        first.cancel()  # the chain moved on: retry there
-                        await asyncio.gather(first, return_exceptions=True)
-                        return await self._retry_after_move(chain, retry)
-                finally:
-                    hedge.cancel()
-                    await asyncio.gather(hedge, return_exceptions=True)
-            return await first
+            try:
+                result = await attempt()
+            finally:
+                hedge.stop()
         except asyncio.CancelledError:
-            first.cancel()  # the caller gave up (its deadline, a crash): so does the attempt
-            raise
+            # the hedge's cancellation alone (anyone else's -- the caller's, the deadline's --
+            # goes on): the chain moved on, retry there
+            if not hedge.moved or task.uncancel() > hedge.cancelling:
+                raise
         except (QuorumUnavailable, OperationTimeout):
-            if not first.done() or first.cancelled():
+            if hedge.moved:  # it cancelled us as we failed: take its cancellation back
+                task.uncancel()
+            elif not await self._relocate_from(chain, seen):
                 raise
-            if not await self._relocate_from(chain, seen):
-                raise
+        else:
+            if hedge.moved:  # it cancelled us as we finished: take its cancellation back
+                task.uncancel()
+            return result
         return await self._retry_after_move(chain, retry)
 
     async def _retry_after_move(self, chain: str, retry: Callable[[], Awaitable[T]]) -> T:
@@ -547,7 +613,9 @@ class Store:
 
     # -- reads and writes --------------------------------------------------------------------------
 
-    async def _write_op(self, group: str, key: str, value: Blob, *, delete: bool = False) -> Tag:
+    def _write_op(
+        self, group: str, key: str, value: Blob, *, delete: bool = False
+    ) -> Coroutine[Any, Any, Tag]:
         """A write, retried after the client relocated (§8.5) -- with the tag the first attempt
         chose, if it got that far: its put-data may already have taken effect."""
         chain = ares.chain_of(group, key, self.switches)
@@ -569,14 +637,14 @@ class Store:
             self._learn(chain, cseq)
             return chosen[0]
 
-        return await self._with_recovery(
+        return self._with_recovery(
             chain, lambda: self._write_once(chain, okey, value, chosen.append, delete), again
         )
 
-    async def _read_op(self, group: str, key: str) -> ops.ReadResult:
+    def _read_op(self, group: str, key: str) -> Coroutine[Any, Any, ops.ReadResult]:
         chain = ares.chain_of(group, key, self.switches)
         okey = ares.object_key(group, key, self.switches)
-        return await self._with_recovery(
+        return self._with_recovery(
             chain, lambda: self._read_once(chain, okey), lambda: self._read_once(chain, okey)
         )
 
@@ -1050,8 +1118,9 @@ class Store:
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ConfigurationError(f"value must be bytes, not {type(value).__name__}")
         self._check_fits(ares.chain_of(group, key, self.switches), len(value))
-        coro = self._deadlined(self._write_op(group, key, Blob(bytes(value))), timeout_s)
-        return await self._recorded("write", key, group, coro, written=bytes(value))
+        data = bytes(value)  # one copy (none for bytes): the caller may change a bytearray later
+        coro = self._deadlined(self._write_op(group, key, Blob(data)), timeout_s)
+        return await self._recorded("write", key, group, coro, written=data)
 
     async def delete(
         self, key: str, *, group: str = DEFAULT_GROUP, timeout_s: float | None = None
@@ -1224,9 +1293,7 @@ class Store:
     ) -> tuple[Tag, bytes | None]:
         """Read object ``key``: the tag of the version read and its value; the value is None if
         the key was never written (the tag is then ``TAG0``) or was deleted (``tag.deleted``)."""
-        _check_key(key, group)
-        coro = self._deadlined(self._read_op(group, key), timeout_s)
-        res = await self._recorded("read", key, group, coro)
+        res = await self._reading(key, group, timeout_s)
         if res.tag == TAG0 or res.tag.deleted:
             return res.tag, None
         return res.tag, bytes(res.value.data)
@@ -1236,16 +1303,51 @@ class Store:
     ) -> bytes | None:
         """Read object ``key`` atomically: its value, or None if the key was never written or
         was deleted (distinct from ``b""``, the value of a key written empty)."""
-        return (await self.read_tagged(key, group=group, timeout_s=timeout_s))[1]
+        res = await self._reading(key, group, timeout_s)  # (not through read_tagged: a frame less)
+        if res.tag == TAG0 or res.tag.deleted:
+            return None
+        return bytes(res.value.data)
 
-    async def _deadlined(self, coro: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
+    def _reading(
+        self, key: str, group: str, timeout_s: float | None
+    ) -> Coroutine[Any, Any, ops.ReadResult]:
+        """The coroutine of one read (checked, under its deadline, recorded)."""
+        _check_key(key, group)
+        coro = self._deadlined(self._read_op(group, key), timeout_s)
+        return self._recorded("read", key, group, coro)
+
+    def _deadlined(
+        self, coro: Coroutine[Any, Any, T], timeout_s: float | None
+    ) -> Coroutine[Any, Any, T]:
+        """``coro`` under the call's deadline (as :meth:`_deadline`, with one timer). A bad
+        ``timeout_s`` is raised when the result is awaited, like any failure of the call."""
         try:
-            async with self._deadline(timeout_s):
-                return await coro
-        finally:
-            coro.close()  # never started (bad timeout_s): no "never awaited" warning
+            _check_timeout(timeout_s)
+        except ConfigurationError as e:
+            coro.close()  # never started: no "never awaited" warning
+            return _raise(e)
+        total = self.options.timeout_s if timeout_s is None else float(timeout_s)
+        return within(coro, total, lambda: _timed_out(total))
 
-    async def _recorded(
+    def _recorded(
+        self,
+        kind: OpKind,
+        key: str,
+        group: str,
+        coro: Coroutine[Any, Any, T],
+        *,
+        written: bytes | None = None,
+        op: str | None = None,
+    ) -> Coroutine[Any, Any, T]:
+        """Trace, measure and record one operation. ``kind`` is what the history records (a
+        delete is a write of the empty value to the register model), ``op`` what metrics and
+        spans call it (default: ``kind``). With nothing to trace, measure or record: ``coro``
+        itself (no coroutine frame of its own on every resumption, issue 18)."""
+        if self.recorder is None and self.metrics is None and not tracing.enabled():
+            return coro
+        return self._traced(kind, key, group, coro, written=written, op=op)
+
+    async def _traced(
         self,
         kind: OpKind,
         key: str,
@@ -1255,9 +1357,6 @@ class Store:
         written: bytes | None = None,
         op: str | None = None,
     ) -> T:
-        """Trace, measure and record one operation. ``kind`` is what the history records (a
-        delete is a write of the empty value to the register model), ``op`` what metrics and
-        spans call it (default: ``kind``)."""
         op = op or kind
         if tracing.enabled():
             attrs: dict[str, Any] = {

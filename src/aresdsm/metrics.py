@@ -466,17 +466,19 @@ class ClientMetrics:
             "Times the client adopted a newer configuration via LATEST_CONFIG (§8.5).",
             registry=r,
         )
+        self._children: dict[tuple[Any, ...], Any] = {}
+        """Labelled children already resolved, by (id of the metric, *label values)."""
 
     def operation(self, op: str, started: float, error: BaseException | None) -> None:
-        self.latency.labels(op).observe(time.perf_counter() - started)
+        self._child(self.latency, (op,)).observe(time.perf_counter() - started)
         if error is None:
-            self.operations.labels(op, "ok").inc()
+            self._child(self.operations, (op, "ok")).inc()
         else:
-            self.operations.labels(op, "error").inc()
-            self.errors.labels(op, type(error).__name__).inc()
+            self._child(self.operations, (op, "error")).inc()
+            self._child(self.errors, (op, type(error).__name__)).inc()
 
     def round(self, phase: str, started: float, error: BaseException | None) -> None:
-        self.round_latency.labels(phase).observe(time.perf_counter() - started)
+        self._child(self.round_latency, (phase,)).observe(time.perf_counter() - started)
         if error is None:
             outcome = "ok"
         else:
@@ -488,7 +490,17 @@ class ClientMetrics:
                 outcome = "unavailable"
             else:
                 outcome = "error"
-        self.rounds.labels(phase, outcome).inc()
+        self._child(self.rounds, (phase, outcome)).inc()
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """The labelled child of ``metric``, resolved once (``labels()`` builds and locks a key
+        on every call; an operation records up to five of them, issue 18). Children are created
+        on first use, so the exposition shows only series that happened."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's value (0.0 if absent), e.g. ``value("aresdsm_client_operations_total",

@@ -81,8 +81,10 @@ def _run(lc: LocalCluster, history: Path) -> None:
             assert sum(ok for ok, _ in results) > 100
             for key in keys:  # every value is readable from the new servers alone
                 await stores[0].read(key)
-            chain = await stores[0].configurations()
-            assert [e.config.id for e in chain] == ["c0", "c1", "c2"]
+            chain = [e.config.id for e in await stores[0].configurations()]
+            # the chain ends at c2; c0 and c1 may already be garbage-collected (Ares II GC,
+            # docs/protocol.md §8.5) and then this client's view starts later: a suffix
+            assert chain == ["c0", "c1", "c2"][-len(chain) :], chain
             for s in [*stores, admin]:
                 await s.close()
 

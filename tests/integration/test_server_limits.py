@@ -65,8 +65,10 @@ async def test_a_batch_beyond_the_page_limit_is_refused(
     cfg, servers = inproc_cluster
     s1 = servers[0]
     items = tuple(BatchItem(f"k{i:07d}", Tag(1, "w"), Blob(b"")) for i in range(MAX_KEYS_PAGE + 1))
-    reply = await ask(
-        s1.port, Encoder().encode_bytes(Envelope(1, PutBatch("default", cfg.id, items)))
+    reply = await ask(  # (a 6 MB frame: a generous deadline for a loaded machine)
+        s1.port,
+        Encoder().encode_bytes(Envelope(1, PutBatch("default", cfg.id, items))),
+        timeout_s=30.0,
     )
     assert reply is not None and isinstance(reply.body, ErrorReply)
     assert reply.body.code == "bad-request"

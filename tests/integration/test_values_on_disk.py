@@ -132,4 +132,5 @@ def test_server_memory_bench_files_over_treas(tmp_path: Path) -> None:
     assert result.layout == "files" and result.verified_objects == 2 and result.ok
     for s in result.per_server:
         assert s.records > 2 and 0 < s.rss_after_restart_bytes <= result.rss_bound_bytes
+        assert s.value_bytes_held == 0  # every block a reference to the disk after the restart
     assert list(tmp_path.iterdir()) == []

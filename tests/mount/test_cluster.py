@@ -1,15 +1,18 @@
 """`ares mount` on a changing cluster: two mounts see each other's closed files; two closes of
-the same version from two mounts (one wins, the other gets ESTALE, nothing torn); a
-reconfiguration ABD -> TREAS while a large ``cp`` runs; a server SIGKILLed during a write."""
+the same version from two mounts (one wins, the other gets ESTALE, nothing torn); locks hold
+within one mount and mean nothing to another; a reconfiguration ABD -> TREAS while a large
+``cp`` runs; a server SIGKILLed during a write."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 
 from aresdsm.client import Store
 from aresdsm.config import Configuration
+from aresdsm.files.layer import BLOCK_PREFIX
 from aresdsm.local import LocalCluster
 
 from .conftest import ATTR_TIMEOUT_S, mounted, wait_for
@@ -80,6 +84,39 @@ def test_concurrent_close_one_wins_the_other_gets_estale(two: tuple[Path, Path])
     wait_for(lambda: (a / "race.bin").read_bytes() == b"after", what="b's later version on a")
 
 
+def _lockf_in_another_process(path: Path) -> int:
+    """Try an exclusive POSIX record lock (fcntl F_SETLK) on ``path`` from a process of its
+    own: 0 if granted, 1 if another process holds a conflicting lock."""
+    code = (
+        "import fcntl, sys\n"
+        f"f = open({str(path)!r}, 'r+b')\n"
+        "try:\n    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n    sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode
+
+
+def test_locks_hold_within_one_mount_and_mean_nothing_to_another(two: tuple[Path, Path]) -> None:
+    """docs/mount.md "Operations": pyfuse3 has no lock handlers, so the kernel keeps flock and
+    fcntl locks of the mount itself -- they never answer ENOTSUP, they exclude the processes of
+    one mount, and a second mount of the same cluster does not see them."""
+    a, b = two
+    (a / "locked").write_bytes(b"x" * 100)
+    wait_for((b / "locked").exists, what="the file on b")
+    with open(a / "locked", "r+b") as f1, open(a / "locked", "r+b") as f2:
+        fcntl.flock(f1, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted (not ENOTSUP)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f2, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the same mount: excluded
+        with open(b / "locked", "r+b") as g:
+            fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another mount: not seen
+            fcntl.flock(g, fcntl.LOCK_UN)
+        fcntl.lockf(f1, fcntl.LOCK_EX | fcntl.LOCK_NB)  # POSIX record lock: granted
+        assert _lockf_in_another_process(a / "locked") == 1  # the same mount: excluded
+        assert _lockf_in_another_process(b / "locked") == 0  # another mount: not seen
+        fcntl.lockf(f1, fcntl.LOCK_UN)
+        assert _lockf_in_another_process(a / "locked") == 0  # released: granted
+
+
 def _tree(root: Path, files: int, size: int) -> None:
     rnd = random.Random(9)
     for i in range(files):
@@ -125,11 +162,21 @@ def test_server_sigkilled_during_a_write(
     a, b = two
     data = random.Random(11).randbytes(4_000_000)
     (tmp_path / "w.bin").write_bytes(data)
+
+    async def kill_when_blocks_flow() -> None:
+        """SIGKILL one server of the configuration (ABD or TREAS) once the first block of the
+        file's publication (the close) reached the servers: the write is under way."""
+        async with store(cluster) as s:
+            deadline = time.monotonic() + 120
+            while not await s.keys(f"{BLOCK_PREFIX}w.bin:"):
+                assert cp.poll() in (None, 0), "cp failed before any block was written"
+                assert time.monotonic() < deadline, "no block of w.bin reached the servers"
+                await asyncio.sleep(0.02)
+        cluster.kill("s2")
+
     cp = subprocess.Popen(["cp", str(tmp_path / "w.bin"), str(a / "w.bin")])
     try:
-        wait_for(lambda: (a / "w.bin").exists() or cp.poll() is not None, what="cp to start")
-        time.sleep(0.2)  # the data is being published (a 4 MB close)
-        cluster.kill("s2")  # SIGKILL: one server of the configuration (ABD or TREAS) is gone
+        asyncio.run(kill_when_blocks_flow())
         assert cp.wait(timeout=120) == 0
     finally:
         if cp.poll() is None:

@@ -40,6 +40,7 @@ async def _race(cfg: Configuration, *, broken: bool) -> tuple[bool, bytes]:
         eb = await b.lookup(ROOT, b"f", CTX)  # type: ignore[arg-type]
         ha = (await a.open(ea.st_ino, os.O_RDWR, CTX)).fh  # type: ignore[arg-type]
         hb = (await b.open(eb.st_ino, os.O_RDWR, CTX)).fh  # type: ignore[arg-type]
+        assert await b.read(hb, 0, 10) == b"v1" * 5  # b has the whole version (one fetch)
         await a.write(ha, 0, b"A" * 10)
         await b.write(hb, 9000, b"B" * 10)
         await a.flush(ha)

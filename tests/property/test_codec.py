@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import mmap
 import struct
+import tracemalloc
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,6 +100,29 @@ def test_a_large_frame_is_received_into_one_buffer_of_its_size() -> None:
     assert fb.feed(frame[:1000]) == [] and fb.feed(frame[1000:-10]) == []
     (body,) = fb.feed(frame[-10:] + frame[:3])  # the next frame starts in the same chunk
     assert type(body) is memoryview and type(body.obj) is mmap.mmap
+    assert len(body) == len(frame) - 4
+    assert fb.buffered == 3
+    env = Decoder().decode_body(body)
+    assert isinstance(env.body, DataReply) and bytes(env.body.value.data) == value
+
+
+def test_a_large_frame_holds_only_the_bytes_received() -> None:
+    """An announced length allocates nothing on the Python heap (a ``bytearray(n)`` of the
+    announced size touched every page: 16 peers announcing 64 MiB frames grew the server by
+    523 MiB; tests/integration/test_limits_processes.py measures the server's RSS)."""
+    value = bytes(range(256)) * 4096  # 1 MiB
+    frame = Encoder().encode_bytes(Envelope(7, DataReply(Tag(1, "w"), Blob(value))))
+    fb = FrameBuffer(max_frame_bytes=MAX * 2)
+    tracemalloc.start()
+    try:
+        assert fb.feed(frame[:1000]) == [] and fb.buffered == 996  # (the prefix is parsed)
+        assert fb.feed(frame[1000:2000]) == []
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024, f"{held} bytes allocated for 2,000 received"
+    assert fb.feed(frame[2000:-10]) == []
+    (body,) = fb.feed(frame[-10:] + frame[:3])  # the next frame starts in the same chunk
     assert len(body) == len(frame) - 4
     assert fb.buffered == 3
     env = Decoder().decode_body(body)

@@ -63,7 +63,7 @@ class Gateway:
         assert p.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         line = b""
-        while b"http://" not in line:
+        while b"://" not in line:
             line = p.stdout.readline()
             if not line and (p.poll() is not None or time.monotonic() > deadline):
                 tail = (self.base / f"gateway{n}.log").read_text(errors="replace")[-2000:]

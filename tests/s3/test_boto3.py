@@ -264,6 +264,43 @@ def test_multipart_many_parts_list_complete_abort(gateway: Gateway) -> None:
     assert status(e) == 404
 
 
+def test_list_multipart_uploads(gateway: Gateway) -> None:
+    """ListMultipartUploads: the uploads in progress by key, then initiation; prefix, delimiter
+    (common prefixes), and pages through boto3's paginator (key and upload id markers); aborted
+    and completed uploads are gone from the list."""
+    s3 = gateway.client()
+    s3.create_bucket(Bucket="uploads")
+    ups = []
+    for k in ("a/1", "a/2", "b", "b", "c/d/e"):
+        ups.append((k, s3.create_multipart_upload(Bucket="uploads", Key=k)["UploadId"]))
+    gone = s3.create_multipart_upload(Bucket="uploads", Key="b")["UploadId"]
+    s3.abort_multipart_upload(Bucket="uploads", Key="b", UploadId=gone)
+    done = s3.create_multipart_upload(Bucket="uploads", Key="z")["UploadId"]
+    etag = s3.upload_part(Bucket="uploads", Key="z", UploadId=done, PartNumber=1, Body=b"z")
+    s3.complete_multipart_upload(
+        Bucket="uploads", Key="z", UploadId=done,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag["ETag"]}]},
+    )  # fmt: skip
+    got = s3.list_multipart_uploads(Bucket="uploads")
+    assert [(u["Key"], u["UploadId"]) for u in got["Uploads"]] == ups  # b's two by initiation
+    assert got["IsTruncated"] is False
+    pages = list(
+        s3.get_paginator("list_multipart_uploads").paginate(
+            Bucket="uploads", PaginationConfig={"PageSize": 2}
+        )
+    )
+    assert len(pages) == 3
+    assert [(u["Key"], u["UploadId"]) for p in pages for u in p.get("Uploads", [])] == ups
+    got = s3.list_multipart_uploads(Bucket="uploads", Delimiter="/")
+    assert [u["Key"] for u in got["Uploads"]] == ["b", "b"]
+    assert [p["Prefix"] for p in got["CommonPrefixes"]] == ["a/", "c/"]
+    got = s3.list_multipart_uploads(Bucket="uploads", Prefix="a/")
+    assert [u["Key"] for u in got["Uploads"]] == ["a/1", "a/2"]
+    for k, uid in ups:
+        s3.abort_multipart_upload(Bucket="uploads", Key=k, UploadId=uid)
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="uploads")
+
+
 def test_copy_and_delete_objects(gateway: Gateway) -> None:
     s3 = gateway.client()
     s3.create_bucket(Bucket="copies")

@@ -21,7 +21,7 @@ def test_a_cancelled_write_stops_sending() -> None:
         store = Store(sc.c0, client_id="w", options=ClientOptions(timeout_s=5.0), channel=channel)
         sc.hold("w-put", lambda m: m.sender == "w" and isinstance(m.request, PutData))
         task = sc.start(store.write("k", b"v"))
-        await sc.run_for(0.5)  # past the hedge: the attempt is a task of its own by now
+        await sc.run_for(0.5)  # past the hedge: its relocation runs next to the attempt
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         before = len(sc.cluster.held)

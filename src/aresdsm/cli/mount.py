@@ -25,6 +25,9 @@ from ..errors import AresError
 from .common import _connect, cluster_option, err_console, main
 
 READY_TIMEOUT_S = 30.0
+MAX_CACHE_TIMEOUT_S = 3600.0
+"""(aresdsm.mount.fs.MAX_CACHE_TIMEOUT_S: the mount module imports pyfuse3, an optional
+dependency, so the CLI does not import it for its options.)"""
 
 
 class MountError(AresError):
@@ -42,10 +45,16 @@ def _default_log(cluster_path: str, mountpoint: Path) -> Path:
 @click.option("--foreground", "-f", is_flag=True, help="Serve in this process (no background).")
 @click.option(
     "--attr-timeout-s",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=MAX_CACHE_TIMEOUT_S),
     default=1.0,
     show_default=True,
-    help="Attribute and directory cache timeout (kernel and mount).",
+    help="Attribute cache timeout (kernel and mount).",
+)
+@click.option(
+    "--dir-timeout-s",
+    type=click.FloatRange(min=0, max=MAX_CACHE_TIMEOUT_S),
+    default=None,
+    help="Name and directory listing cache timeout (kernel and mount)  [default: --attr-timeout-s]",
 )
 @click.option(
     "--publish-wait-s",
@@ -63,6 +72,7 @@ def mount_cmd(
     group: str,
     foreground: bool,
     attr_timeout_s: float,
+    dir_timeout_s: float | None,
     publish_wait_s: float,
     cache_dir: str | None,
     allow_other: bool,
@@ -93,6 +103,8 @@ def mount_cmd(
         args = [sys.executable, "-m", "aresdsm", "mount", str(mp.resolve()), "--foreground"]
         args += ["--group", group, "--cluster", str(Path(cluster_path).resolve())]
         args += ["--attr-timeout-s", str(attr_timeout_s), "--publish-wait-s", str(publish_wait_s)]
+        if dir_timeout_s is not None:
+            args += ["--dir-timeout-s", str(dir_timeout_s)]
         if cache_dir:
             args += ["--cache-dir", cache_dir]
         if allow_other:
@@ -121,6 +133,7 @@ def mount_cmd(
     opts = MountOptions(
         group=group,
         attr_timeout_s=attr_timeout_s,
+        dir_timeout_s=dir_timeout_s,
         publish_wait_s=publish_wait_s,
         cache_dir=cache_dir,
     )

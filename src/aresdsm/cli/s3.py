@@ -64,9 +64,21 @@ def _ring(keys_file: str | None, key: tuple[str, ...]) -> object:
     help="Smallest multipart part but the last (S3: 5).",
 )
 @click.option(
-    "--max-streams", type=click.IntRange(min=1), default=16, show_default=True,
+    "--max-streams", type=click.IntRange(min=1), default=8, show_default=True,
     help="Requests moving object data served at once (the memory bound); more wait.",
 )  # fmt: skip
+@click.option(
+    "--blocks-in-flight", type=click.IntRange(min=1, max=64), default=2, show_default=True,
+    help="Blocks of at most 4 MiB one such request writes or reads ahead at once.",
+)  # fmt: skip
+@click.option(
+    "--domain", "domains", multiple=True,
+    help="Also accept virtual-hosted-style requests: Host BUCKET.DOMAIN (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), help="Serve HTTPS: certificate chain (PEM)."
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Serve HTTPS: private key (PEM).")
 @click.option("--broken-unconditional-cas", is_flag=True, hidden=True)
 @cluster_option
 @trace_options
@@ -79,6 +91,10 @@ def serve(
     gc_delay_s: float,
     min_part_mib: int,
     max_streams: int,
+    blocks_in_flight: int,
+    domains: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
     broken_unconditional_cas: bool,
     cluster_path: str,
     trace_file: str | None,
@@ -96,7 +112,9 @@ def serve(
     if not len(ring):  # type: ignore[arg-type]
         raise ConfigurationError("no access keys: give --keys FILE or --key ACCESS:SECRET:ROLE")
     from .. import tracing
+    from ..files.memory import bound_malloc_cache
 
+    bound_malloc_cache()  # RSS follows the blocks in flight, not the bytes moved (docs/s3.md)
     with tracing.traced_process(
         "ares-s3", otlp_endpoint=otlp_endpoint, trace_file=trace_file, sample_ratio=trace_sample
     ):
@@ -109,9 +127,13 @@ def serve(
                 region=region,
                 gc_delay_s=gc_delay_s,
                 min_part_bytes=min_part_mib * 1024 * 1024,
-                ready=lambda a: console.print(f"S3 gateway on http://{a}"),
+                ready=lambda url: console.print(f"S3 gateway on {url}"),
                 broken_unconditional_cas=broken_unconditional_cas,
                 max_streams=max_streams,
+                blocks_in_flight=blocks_in_flight,
+                domains=domains,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
             )
         )
 
@@ -173,7 +195,10 @@ def gc(bucket: str, grace_s: float, cluster_path: str) -> None:
 
 
 @s3_group.command("bench")
-@click.option("--object-mib", type=click.IntRange(1), default=256, show_default=True)
+@click.option(
+    "--object-mib", type=click.IntRange(0), default=256, show_default=True,
+    help="Size of the large object (0: only the small writes).",
+)  # fmt: skip
 @click.option("--clients", type=click.IntRange(1), default=16, show_default=True)
 @click.option(
     "--duration-s",
@@ -193,6 +218,7 @@ def bench(object_mib: int, clients: int, duration_s: float, json_out: str) -> No
     """boto3 through the gateway vs ares file put/get and native 1 KiB writes (one cluster)."""
     import dataclasses
     import json
+    import math
 
     from ..s3.bench import run_s3_bench
 
@@ -200,10 +226,14 @@ def bench(object_mib: int, clients: int, duration_s: float, json_out: str) -> No
         object_bytes=object_mib * 1024 * 1024, clients=clients, duration_s=duration_s,
         log=console.print,
     )  # fmt: skip
-    out = {**dataclasses.asdict(r), "ratios": r.ratios()}
+    ratios = {k: v for k, v in r.ratios().items() if not math.isnan(v)}
+    out = {
+        k: None if isinstance(v, float) and math.isnan(v) else v  # not measured: null, not NaN
+        for k, v in {**dataclasses.asdict(r), "ratios": ratios}.items()
+    }
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps(out, indent=1))
     console.print(
-        " ".join(f"{k} {v:.2f}x" for k, v in r.ratios().items())
+        " ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
         + f"; gateway peak RSS {r.gateway_peak_rss_mb:.0f} MB"
     )

@@ -9,19 +9,26 @@ imports it.
   coverable register ``fsmeta:a/b/c`` (:mod:`.meta`) with its kind, mode, owner, size and mtime.
   Directories are implicit (every prefix of a name ending at ``/``) and explicit (a record of
   kind DIR written by ``mkdir``, so an empty directory exists).
-* An open file is a local temporary file (the data cache of that open file only): its content
-  streams in from the layer in the background when it is opened (a read waits only until its
-  range has arrived), writes go to it, and ``close``/``fsync`` publish it as one new version with
-  the layer's incremental write (only changed blocks are written): first a coverable write of the
-  record on the version opened (the claim: a mount that lost the race answers ESTALE and writes
-  nothing), then the data, then the record again without its ``writing`` mark.
-* Attributes and directory listings are cached for ``attr_timeout_s`` (also the kernel's entry
-  and attribute timeouts).
+* An open file is a sparse local temporary file (the data cache of that open file only): a read
+  fetches the ranges it needs with the layer's range read (only the covering blocks; a
+  sequential reader gets a growing window, then the rest of the file streamed), and fetched
+  bytes join the copy only once the record shows the version opened is still the newest (else
+  the unfetched parts are ESTALE: one version per open). Writes go to the copy, and
+  ``close``/``fsync`` publish it as one new version with the layer's incremental write (only
+  changed blocks are written): first a coverable write of the record on the version opened (the
+  claim: a mount that lost the race answers ESTALE and writes nothing), then the data, then the
+  record again without its ``writing`` mark.
+* ``unlink`` writes GONE on the version it read (ESTALE if another mount changed the name
+  since) with a ``writing`` mark that makes re-creators wait until the data is deleted.
+* Attributes are cached for ``attr_timeout_s`` (also the kernel's attribute timeout), names and
+  directory listings for ``dir_timeout_s`` (also the kernel's entry timeout; by default the
+  same).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import errno
 import functools
@@ -31,7 +38,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -39,7 +46,7 @@ import pyfuse3
 
 from ..config import DEFAULT_GROUP
 from ..errors import AresError, ConfigurationError, OperationError
-from ..files import FileConflict, NoSuchFile
+from ..files import FileChanged, FileConflict, NoSuchFile
 from ..files.layer import GENESIS_PREFIX
 from ..tags import TAG0, Tag
 from .meta import DIR, FILE, GONE, LINK, META_PREFIX, Meta, decode, encode, meta_key
@@ -52,10 +59,23 @@ MAX_PATH_BYTES = 448
 MAX_SEGMENT_BYTES = 255
 LIST_READS_IN_FLIGHT = 64
 MAX_META_RETRIES = 8
+MAX_CACHE_TIMEOUT_S = 3600.0
+"""The longest attribute or directory cache timeout accepted (changes of other mounts would
+stay unseen for that long)."""
 MAX_CACHED_NAMES = 65536
 """Records and listings cached at most (expired ones are dropped first, then all)."""
 BLOCK_SIZE = 128 * 1024
 """``st_blksize``: programs like cp size their buffers by it (FUSE writes up to 128 KiB)."""
+READ_MIN_BYTES = 256 * 1024
+"""The least an open file fetches at once (the layer's smallest block: a random read costs
+the one or two blocks that cover it, and its neighbourhood is then local)."""
+READ_MAX_BYTES = 1024 * 1024
+"""Sequential reads double the window up to this and keep one window ahead; a reader that
+goes on sequentially after that gets the rest of the file streamed (one range read to the end,
+as ``cat`` or ``cp`` want it)."""
+CHECK_EVERY_BYTES = 4 * 1024 * 1024
+"""A fetch checks the record (and hands its bytes to readers) at least this often, and after
+every piece while a reader waits for it."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,7 +85,10 @@ T = TypeVar("T")
 class MountOptions:
     group: str = DEFAULT_GROUP
     attr_timeout_s: float = 1.0
-    """Kernel entry/attribute cache and this mount's record/listing cache."""
+    """Attributes: the kernel's attribute cache and this mount's cache of records."""
+    dir_timeout_s: float | None = None
+    """Names and listings: the kernel's entry cache (name -> inode) and this mount's cache of
+    directory listings (None: ``attr_timeout_s``)."""
     publish_wait_s: float = 10.0
     """How long an opener waits for another mount's publication of the file to end."""
     cache_dir: str | None = None
@@ -126,26 +149,124 @@ def _decode_name(name: bytes) -> str:
     return s
 
 
+class _Ranges:
+    """Disjoint, sorted byte ranges ``[start, end)``: the parts of an open file's local copy
+    that hold the file's bytes (fetched from the layer or written here)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add(self, a: int, b: int) -> None:
+        if a >= b:
+            return
+        i = bisect.bisect_left(self.ends, a)  # the first range that ends at or after a
+        j = bisect.bisect_right(self.starts, b)  # ranges from i to j touch [a, b)
+        if i < j:
+            a = min(a, self.starts[i])
+            b = max(b, self.ends[j - 1])
+        self.starts[i:j] = [a]
+        self.ends[i:j] = [b]
+
+    def clip(self, limit: int) -> None:
+        """Forget everything at or after ``limit``."""
+        i = bisect.bisect_left(self.ends, limit)
+        del self.starts[i + 1 :], self.ends[i + 1 :]
+        if i < len(self.starts):
+            if self.starts[i] >= limit:
+                del self.starts[i], self.ends[i]
+            else:
+                self.ends[i] = limit
+
+    def missing(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The parts of ``[a, b)`` not covered."""
+        out: list[tuple[int, int]] = []
+        i = bisect.bisect_right(self.ends, a)
+        while a < b:
+            if i >= len(self.starts) or self.starts[i] >= b:
+                out.append((a, b))
+                break
+            if self.starts[i] > a:
+                out.append((a, self.starts[i]))
+            a = max(a, self.ends[i])
+            i += 1
+        return out
+
+
+def _unclaimed(of: _Open, a: int, b: int) -> int | None:
+    """The first offset in ``[a, b)`` that is neither in the local copy nor being fetched."""
+    for ga, gb in of.gaps(a, b):
+        p = ga
+        moved = True
+        while moved and p < gb:
+            moved = False
+            for f in of.fetches:
+                if f.start <= p < f.end:
+                    p, moved = f.end, True
+        if p < gb:
+            return p
+    return None
+
+
+def _claim_end(of: _Open, a: int, b: int) -> int:
+    """Where a fetch from ``a`` (which no fetch holds) should end, at most ``b``: before the
+    end of the opened version and before the next fetch in flight (never twice the same
+    bytes)."""
+    end = min(b, of.remote_size)
+    for f in of.fetches:
+        if a < f.start < end:
+            end = f.start
+    return end
+
+
+class StaleVersion(Exception):
+    """The version an open file shows is no longer the file's newest (another mount
+    published, renamed or removed it) and a part of it this mount has not fetched was asked
+    for: ESTALE (docs/mount.md)."""
+
+
+@dataclass
+class _Fetch:
+    start: int
+    end: int
+    task: asyncio.Future[None]
+
+
 @dataclass
 class _Open:
-    """One file open in this mount (all of its handles share it): the local copy."""
+    """One file open in this mount (all of its handles share it): the local copy, filled on
+    demand with the ranges that reads ask for (docs/mount.md "Consistency")."""
 
     ino: int
+    path: str
+    """The name whose data it fetches (follows renames; kept after an unlink)."""
     tmp: Any
     meta: Meta
     base: Tag
     size: int
+    remote_size: int = 0
+    """Bytes below this offset are the opened version's and may still have to be fetched from
+    the layer; bytes at or after it are this mount's own (written, or zeros)."""
+    present: _Ranges = field(default_factory=_Ranges)
+    fetches: list[_Fetch] = field(default_factory=list)
+    lost: bool = False
+    """A fetch found the record moved on since the open: the version's missing parts are gone."""
+    window: int = 0
+    read_end: int = 0
     dirty: bool = False
     published: bool = True
     stale: bool = False
     unlinked: bool = False
     refs: int = 0
-    fetched: int = 0
-    fetch_done: asyncio.Event = field(default_factory=asyncio.Event)
-    fetch_error: BaseException | None = None
-    fetch_task: asyncio.Task[None] | None = None
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set (and replaced) whenever fetched bytes joined the local copy or a fetch failed."""
+    waiting: int = 0
+    """Reads waiting for a fetch."""
+    own_writes: int = 0
+    """This mount's record writes under way that leave the data as it is (chmod, utimes,
+    unlink): a fetch that sees the record move waits for them before it concludes."""
+    own_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def fd(self) -> int:
@@ -155,49 +276,36 @@ class _Open:
         self.progress.set()
         self.progress = asyncio.Event()
 
-    async def wait_fetched(self, upto: int | None = None) -> None:
-        while not self.fetch_done.is_set() and (upto is None or self.fetched < upto):
-            ev = self.progress
-            waiter = asyncio.ensure_future(ev.wait())
-            done = asyncio.ensure_future(self.fetch_done.wait())
-            try:
-                await asyncio.wait({waiter, done}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                done.cancel()
-        if self.fetch_error is not None and (upto is None or self.fetched < upto):
-            raise self.fetch_error
+    @contextlib.contextmanager
+    def own_write(self) -> Iterator[None]:
+        self.own_writes += 1
+        self.own_idle.clear()
+        try:
+            yield
+        finally:
+            self.own_writes -= 1
+            if not self.own_writes:
+                self.own_idle.set()
 
+    def gaps(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The parts of ``[a, b)`` that still have to be fetched."""
+        return self.present.missing(a, min(b, self.remote_size))
 
-class _Sink:
-    """Where the layer streams an opened file: the open file's local copy (seekable, so a read
-    the layer restarts begins again at 0)."""
+    def place(self, pos: int, data: bytes) -> None:
+        """Fetched bytes at ``pos``: written where the local copy has nothing of its own (a
+        write or a truncation here since the fetch began wins). Not yet marked present: the
+        fetch is checked against the record first."""
+        for a, b in self.gaps(pos, pos + len(data)):
+            os.pwrite(self.fd, memoryview(data)[a - pos : b - pos], a)
 
-    def __init__(self, of: _Open) -> None:
-        self.of = of
-        self.pos = 0
+    def wrote(self, a: int, b: int) -> None:
+        self.present.add(a, b)
 
-    def write(self, b: bytes) -> int:
-        os.pwrite(self.of.fd, b, self.pos)
-        self.pos += len(b)
-        self.of.fetched = self.pos
-        self.of.wake()
-        return len(b)
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int) -> int:
-        self.pos = pos
-        self.of.fetched = pos
-        return pos
-
-    def truncate(self) -> int:
-        os.ftruncate(self.of.fd, self.pos)
-        return self.pos
+    def truncate(self, length: int) -> None:
+        os.ftruncate(self.fd, length)
+        self.remote_size = min(self.remote_size, length)
+        self.present.clip(length)
+        self.size = length
 
 
 class AresFS(pyfuse3.Operations):
@@ -211,6 +319,14 @@ class AresFS(pyfuse3.Operations):
         self.files = store.files
         self.opts = options or MountOptions()
         self.group = self.opts.group
+        for what, t in (("attr", self.opts.attr_timeout_s), ("dir", self.opts.dir_timeout_s)):
+            if t is not None and not 0 <= t <= MAX_CACHE_TIMEOUT_S:
+                raise ConfigurationError(
+                    f"{what}_timeout_s must be within 0..{MAX_CACHE_TIMEOUT_S:g} s, not {t!r}"
+                )
+        self._dir_timeout_s = (
+            self.opts.attr_timeout_s if self.opts.dir_timeout_s is None else self.opts.dir_timeout_s
+        )
         self.writer_id = secrets.token_hex(6)
         self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
         self._inos: dict[str, int] = {"": pyfuse3.ROOT_INODE}
@@ -224,6 +340,17 @@ class AresFS(pyfuse3.Operations):
         self._dir_paths: dict[int, str] = {}
         self._bg: dict[str, asyncio.Task[None]] = {}
         self._lookups: dict[int, int] = {}
+        self.ranges_fetched = 0
+        """Ranges of open files fetched from the layer (for tests)."""
+        self.broken_fetch_unchecked = False
+        """Test-only: fetched bytes join an open file's local copy without checking that the
+        record still names the version opened (then one open file can show two versions)."""
+        self.broken_unlink_unconditional = False
+        """Test-only: unlink removes whatever version the name has when its record write
+        lands (then it removes a file another mount re-created after the unlink looked)."""
+        self.broken_delete_without_mark = False
+        """Test-only: the GONE record of a removed file carries no mark while its data is
+        deleted (then a re-creation by another mount does not wait and loses its data)."""
         self.broken_publish_without_claim = False
         """Test-only: publish without the coverable claim on the version opened (then two
         mounts that closed the same version both succeed and one silently loses)."""
@@ -440,7 +567,7 @@ class AresFS(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
-        e.entry_timeout = self.opts.attr_timeout_s
+        e.entry_timeout = self._dir_timeout_s
         e.attr_timeout = self.opts.attr_timeout_s
         kind = {DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}.get(m.kind, stat.S_IFREG)
         e.st_mode = kind | (m.mode & 0o7777)
@@ -522,7 +649,7 @@ class AresFS(pyfuse3.Operations):
             op = self._paths.get(of.ino)
             if op is not None and not of.unlinked and _parent(op) == dpath:
                 out[op.rpartition("/")[2]] = self._local_meta(of)
-        self._dirs[dpath] = (time.monotonic() + self.opts.attr_timeout_s, out)
+        self._dirs[dpath] = (time.monotonic() + self._dir_timeout_s, out)
         return out
 
     async def _require_dir(self, path: str) -> None:
@@ -605,9 +732,7 @@ class AresFS(pyfuse3.Operations):
                 of = await self._acquire(inode, truncate=attr.st_size == 0)
             try:
                 async with of.lock:
-                    await of.wait_fetched()
-                    os.ftruncate(of.fd, attr.st_size)
-                    of.size = attr.st_size
+                    of.truncate(attr.st_size)
                     of.meta = apply(of.meta)
                     if not fields.update_mtime:
                         of.meta = _with_mtime(of.meta, time.time_ns())
@@ -623,7 +748,8 @@ class AresFS(pyfuse3.Operations):
             if of.dirty or not of.published:
                 return self._entry(inode, self._local_meta(of))
             async with of.lock:
-                ok, t = await self._cas_meta(path, self._local_meta(of), of.base)
+                with of.own_write():
+                    ok, t = await self._cas_meta(path, self._local_meta(of), of.base)
                 if not ok:
                     of.stale = True
                     raise pyfuse3.FUSEError(errno.ESTALE)
@@ -675,7 +801,7 @@ class AresFS(pyfuse3.Operations):
             return m
 
         await self._update_meta(path, make)
-        self._dirs[path] = (time.monotonic() + self.opts.attr_timeout_s, {})
+        self._dirs[path] = (time.monotonic() + self._dir_timeout_s, {})
         return self._counted(self._entry(self._ino(path), m))
 
     @_errors
@@ -743,31 +869,67 @@ class AresFS(pyfuse3.Operations):
         await self._remove(path)
 
     async def _remove(self, path: str) -> None:
-        """Remove the file (or link) at ``path``: its record says GONE, then its data is
-        deleted. A handle open in this mount keeps its local copy and is never published."""
+        """Remove the file (or link) at ``path``: its record says GONE -- a coverable write on
+        the version this mount read, so a name another mount re-created (or published) since
+        is left alone: ESTALE -- then its data is deleted in the background. A handle open in
+        this mount keeps reading its local copy and is never published."""
         await self._settle(path)
         ino = self._inos.get(path)
         of = self._open.get(ino) if ino is not None else None
-        if of is not None:
-            of.unlinked = True
         tag, cur = await self._read_meta(path, fresh=True)
-        if (cur is not None and cur.kind != GONE) or tag == TAG0:
-            tag = await self._update_meta(path, _to_gone)
+        if cur is not None and cur.kind == GONE:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # (another mount removed it)
+        if cur is not None and cur.kind == DIR:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        t = await self._mark_gone(path, tag, has_data=cur is None or cur.kind == FILE, of=of)
+        if t is None:
+            log.warning("%s: changed by another mount since it was read: not removed", path)
+            raise pyfuse3.FUSEError(errno.ESTALE)
         self._note(path, None)
         self._forget_path(path)
-        if cur is None or cur.kind == FILE:
-            self._later(path, functools.partial(self._delete_data, path, tag))
 
-    async def _delete_data(self, path: str, gone: Tag) -> None:
-        """Delete the layer's file of a removed name, unless the name's record moved on since
-        it said GONE (another mount created the name again: its data is not ours to delete).
-        The layer has no delete conditional on a version: a re-creation that starts between
-        this check and the delete can still lose its data (docs/mount.md)."""
+    async def _mark_gone(
+        self, path: str, seen: Tag, *, has_data: bool, of: _Open | None
+    ) -> Tag | None:
+        """Turn the record version ``seen`` of ``path`` into GONE (None: it is not the newest
+        any more, nothing changed). With data to delete, the GONE record carries this mount's
+        ``writing`` mark until the deletion ended, so a mount that creates the name again waits
+        for it (:meth:`_wait_publication`) and the deletion never takes the new data."""
+        if of is not None:
+            of.unlinked = True  # (a concurrent close here does not publish it meanwhile)
+        gone = Meta(GONE, 0, writing=self.writer_id, since_s=time.time()) if has_data else None
+        if self.broken_delete_without_mark:
+            gone = None
+        with of.own_write() if of is not None else contextlib.nullcontext():
+            if self.broken_unlink_unconditional:  # whatever the name holds by now
+                seen = await self._update_meta(path, _to_gone)
+                ok, t = True, seen
+            else:
+                ok, t = await self._cas_meta(path, gone or Meta(GONE, 0), seen)
+        if not ok:
+            if of is not None:
+                of.unlinked = False
+            return None
+        if of is not None and of.base == seen:
+            of.base = t  # (the data is still the version it opened: its fetches go on)
+        if has_data:
+            self._later(path, functools.partial(self._delete_data, path, t, of))
+        return t
+
+    async def _delete_data(self, path: str, gone: Tag, of: _Open | None = None) -> None:
+        """Delete the layer's file of a removed name (after a handle open here fetched what it
+        had not yet), then clear the GONE record's mark. If the record moved on meanwhile
+        (another mount presumed this one dead after ``publish_wait_s`` and created the name
+        again), the data is not ours to delete."""
+        if of is not None and of.refs > 0:
+            with contextlib.suppress(Exception):
+                await self._fetch_all(of)
         tag, _ = await self.store.read_tagged(meta_key(path), group=self.group)
         if tag != gone:
             return
         with contextlib.suppress(NoSuchFile):
             await self.files.delete(path, group=self.group)
+        await self._cas_meta(path, Meta(GONE, 0), gone)
 
     @_errors
     async def symlink(
@@ -835,12 +997,23 @@ class AresFS(pyfuse3.Operations):
         pair)."""
         ino = self._inos.get(old)
         of = self._open.get(ino) if ino is not None else None
-        if of is not None and not of.unlinked and (of.dirty or not of.published):
-            await self._publish(of)
+        if of is not None and not of.unlinked:
+            if of.dirty or not of.published:
+                await self._publish(of)
+            try:
+                await self._fetch_all(of)  # (it goes on reading its local copy under new)
+            except StaleVersion:
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
+        otag, cur = await self._wait_publication(old)  # (the version renamed, whole)
+        if cur is not None:
+            if cur.kind == GONE:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            src = cur
         dst_ino = self._inos.get(new)
         if dst_ino is not None and dst_ino in self._open:
             self._open[dst_ino].unlinked = True
         if src.kind == FILE:
+            await self._wait_publication(new, deletions=True)
             with tempfile.TemporaryFile(dir=self.opts.cache_dir) as tmp:
                 with contextlib.suppress(NoSuchFile):
                     await self.files.read_into(old, tmp, group=self.group)
@@ -858,10 +1031,13 @@ class AresFS(pyfuse3.Operations):
         t = await self._update_meta(new, functools.partial(_const, moved))
         if of is not None:
             of.base = t
-        gone = await self._update_meta(old, _to_gone)
+        if await self._mark_gone(old, otag, has_data=src.kind == FILE, of=None) is None:
+            # another mount published or replaced old since it was copied: old keeps that
+            # version, new has the one copied (the kernel retries the rename once: ESTALE)
+            log.warning("rename %s: changed by another mount meanwhile: not removed", old)
+            self._invalidate(old, new)
+            raise pyfuse3.FUSEError(errno.ESTALE)
         self._note(old, None)
-        if src.kind == FILE:
-            self._later(old, functools.partial(self._delete_data, old, gone))
         self._move_inodes(old, new)
 
     async def _rename_dir(self, old: str, new: str, src: Meta) -> None:
@@ -913,6 +1089,8 @@ class AresFS(pyfuse3.Operations):
                 self._paths.pop(prev, None)
             self._inos[moved] = ino
             self._paths[ino] = moved
+            if ino in self._open:
+                self._open[ino].path = moved
 
     @_errors
     async def link(
@@ -942,15 +1120,20 @@ class AresFS(pyfuse3.Operations):
 
     # -- open files ------------------------------------------------------------------------------
 
-    async def _wait_publication(self, path: str) -> tuple[Tag, Meta | None]:
+    async def _wait_publication(
+        self, path: str, *, deletions: bool = False
+    ) -> tuple[Tag, Meta | None]:
         """The newest record, after another mount's publication of the file ended (or after
-        ``publish_wait_s``: its writer is presumed dead)."""
+        ``publish_wait_s``: its writer is presumed dead). ``deletions``: also after another
+        mount's deletion of the name's data (a GONE record with a mark: for a writer of the
+        name, not for a reader)."""
         deadline = time.monotonic() + self.opts.publish_wait_s
         while True:
             tag, m = await self._read_meta(path, fresh=True)
             if (
                 m is None
                 or not m.writing
+                or (m.kind == GONE and not deletions)
                 or m.writing == self.writer_id
                 or time.monotonic() > deadline
                 or time.time() - m.since_s > self.opts.publish_wait_s
@@ -974,51 +1157,159 @@ class AresFS(pyfuse3.Operations):
             of = self._open.get(inode)  # another open of the file may have got here first
             if of is None:
                 tmp = tempfile.TemporaryFile(dir=self.opts.cache_dir)  # noqa: SIM115 (released)
-                of = _Open(inode, tmp, m, tag, 0 if truncate else m.size)
+                size = 0 if truncate else m.size
+                of = _Open(inode, path, tmp, m, tag, size, remote_size=size, window=READ_MIN_BYTES)
+                os.ftruncate(of.fd, size)  # (sparse: nothing is fetched before a read asks)
                 self._open[inode] = of
                 of.refs += 1
-                if truncate:
-                    of.fetch_done.set()
-                    of.dirty = m.size != 0
-                else:
-                    of.fetch_task = asyncio.ensure_future(self._fetch(of, path))
+                of.dirty = truncate and m.size != 0
                 return of
         of.refs += 1  # (before any wait: a concurrent release must not close it)
         if truncate:
             try:
                 async with of.lock:
-                    await of.wait_fetched()
-                    os.ftruncate(of.fd, 0)
-                    of.size = 0
+                    of.truncate(0)
                     of.dirty = True
             except BaseException:
                 await self._release(of)
                 raise
         return of
 
-    async def _fetch(self, of: _Open, path: str) -> None:
-        try:
-            n = await self.files.read_into(path, _Sink(of), group=self.group)
-            of.size = n
-        except NoSuchFile:
-            of.size = 0
-        except BaseException as e:
-            of.fetch_error = e
-            if not isinstance(e, Exception):
-                raise
-            log.warning("reading %s: %s", path, e)
-        finally:
-            of.fetch_done.set()
+    # -- fetching an open file's ranges ----------------------------------------------------------
+
+    async def _read_range(self, path: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """The bytes ``[offset, offset + length)`` of ``path`` (fewer at its end), reading only
+        the blocks that cover them (``Files.read_range``)."""
+        rr = self.files.read_range(path, offset, length, group=self.group)
+        async with contextlib.aclosing(rr) as pieces:
+            async for b in pieces:
+                yield b
+
+    def _start_fetch(self, of: _Open, a: int, b: int) -> _Fetch:
+        """Fetch ``[a, b)`` of the opened version into the local copy (shared by every read
+        that needs a part of it; a read that is interrupted does not cancel it)."""
+        f = _Fetch(a, b, asyncio.ensure_future(self._fetch(of, a, b)))
+        of.fetches.append(f)
+
+        def done(t: asyncio.Future[None]) -> None:
+            with contextlib.suppress(ValueError):
+                of.fetches.remove(f)
+            if not t.cancelled():
+                t.exception()  # (retrieved: a read-ahead nobody waits for may fail alone)
+
+        f.task.add_done_callback(done)
+        return f
+
+    async def _fetch(self, of: _Open, a: int, b: int) -> None:
+        path = of.path
+        self.ranges_fetched += 1
+        pos = checked = a
+
+        async def check() -> bool:
+            """The bytes placed since the last check are the opened version's if the record has
+            not moved since the open: no publication's data write (it follows its claim on the
+            record) overlapped their read. Then they join the local copy (readers waiting for
+            them go on while the rest of the range arrives)."""
+            nonlocal checked
+            tag, _ = await self._read_meta(path, fresh=True)
+            if self.broken_fetch_unchecked:
+                tag = of.base
+            if tag != of.base and of.own_writes:  # (maybe this mount's own record write)
+                await of.own_idle.wait()
+                tag, _ = await self._read_meta(path, fresh=True)
+            if tag != of.base:
+                if of.gaps(checked, b):
+                    of.lost = True
+                    log.warning("%s changed since it was opened: its unread parts are gone", path)
+                of.wake()
+                return False
+            of.present.add(checked, min(pos, of.remote_size))
+            checked = pos
             of.wake()
+            return True
+
+        changed: FileChanged | None = None
+        try:
+            async with contextlib.aclosing(self._read_range(path, a, b - a)) as pieces:
+                async for chunk in pieces:
+                    of.place(pos, chunk)
+                    pos += len(chunk)
+                    due = of.waiting or pos - checked >= CHECK_EVERY_BYTES
+                    if due and not await check():  # (the layer reads on meanwhile)
+                        return
+        except NoSuchFile:
+            pass
+        except FileChanged as e:  # (the layer saw a newer version: the record tells whose)
+            changed = e
+        if not await check():
+            return
+        if changed is not None:
+            raise changed  # (a writer outside the mount: EIO, the next read tries again)
+        if pos < b and pos < of.remote_size:  # the version ends here (shorter than recorded)
+            of.remote_size = pos
+            if not of.dirty:
+                of.truncate(pos)
+
+    async def _ensure(self, of: _Open, a: int, b: int, window: int) -> None:
+        """Wait until ``[a, b)`` of the local copy holds the opened version's bytes, fetching
+        what is missing in pieces of at least ``window`` bytes (StaleVersion: the version is
+        gone and a part of it was never fetched)."""
+        while True:
+            gaps = of.gaps(a, b)
+            if not gaps:
+                return
+            if of.lost:
+                raise StaleVersion(of.path)
+            ga, gb = gaps[0]
+            f = next((f for f in of.fetches if f.start <= ga < f.end), None)
+            if f is None:
+                f = self._start_fetch(of, ga, _claim_end(of, ga, max(gb, ga + window)))
+            if not f.task.done():  # wait for its next piece (or its end), never cancelling it
+                progress: asyncio.Future[Any] = asyncio.ensure_future(of.progress.wait())
+                of.waiting += 1
+                try:
+                    await asyncio.wait({progress, f.task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    of.waiting -= 1
+                    progress.cancel()
+            if f.task.done():
+                if f.task.cancelled():
+                    raise StaleVersion(of.path)  # (the file was released meanwhile)
+                exc = f.task.exception()
+                if exc is not None:
+                    raise exc
+
+    def _read_ahead(self, of: _Open, off: int, end: int) -> None:
+        """Sequential reads (each where the last ended) double the fetch window up to
+        ``READ_MAX_BYTES`` and keep one window fetched ahead, then stream the rest of the file;
+        any other read resets the window (a stream already running goes on)."""
+        # (the kernel's own read-ahead sends reads a little out of order)
+        sequential = of.read_end - 2 * READ_MIN_BYTES <= off <= of.read_end + BLOCK_SIZE
+        of.read_end = max(of.read_end, end) if sequential else end
+        if not sequential:
+            of.window = READ_MIN_BYTES
+            return
+        streaming = of.window >= READ_MAX_BYTES
+        of.window = min(of.window * 2, READ_MAX_BYTES)
+        if of.lost:
+            return
+        ga = _unclaimed(of, end, end + of.window)
+        if ga is not None:  # (a reader this far along streams the rest of the file)
+            self._start_fetch(
+                of, ga, _claim_end(of, ga, of.remote_size if streaming else ga + of.window)
+            )
+
+    async def _fetch_all(self, of: _Open) -> None:
+        await self._ensure(of, 0, of.remote_size, READ_MAX_BYTES)
 
     async def _release(self, of: _Open) -> None:
         of.refs -= 1
         if of.refs > 0:
             return
         self._open.pop(of.ino, None)
-        if of.fetch_task is not None and not of.fetch_task.done():
-            of.fetch_task.cancel()
-            await asyncio.gather(of.fetch_task, return_exceptions=True)
+        for f in list(of.fetches):
+            f.task.cancel()
+        await asyncio.gather(*(f.task for f in of.fetches), return_exceptions=True)
         of.tmp.close()
 
     def _new_fh(self, inode: int) -> int:
@@ -1049,15 +1340,16 @@ class AresFS(pyfuse3.Operations):
         ino = self._ino(path)
         tag = None
         if ino not in self._open or self._open[ino].unlinked:
-            tag, _ = await self._read_meta(path, fresh=True)
+            tag, _ = await self._wait_publication(path, deletions=True)
         if ino in self._open and not self._open[ino].unlinked:  # (also one created meanwhile)
             of = await self._acquire(ino, truncate=True)
         else:
             assert tag is not None
             m = Meta(FILE, mode & 0o7777, 0, time.time_ns(), ctx.uid, ctx.gid)
             tmp = tempfile.TemporaryFile(dir=self.opts.cache_dir)  # noqa: SIM115 (released)
-            of = _Open(ino, tmp, m, tag, 0, dirty=True, published=False)
-            of.fetch_done.set()
+            of = _Open(
+                ino, path, tmp, m, tag, 0, dirty=True, published=False, window=READ_MIN_BYTES
+            )
             of.refs = 1
             self._open[ino] = of
         self._note(path, self._local_meta(of))
@@ -1067,8 +1359,16 @@ class AresFS(pyfuse3.Operations):
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         of = self._of(fh)
-        await of.wait_fetched(off + size)
-        return os.pread(of.fd, size, off) if off < of.size or not of.fetch_done.is_set() else b""
+        end = min(off + size, of.size)
+        if off >= end:
+            return b""
+        try:
+            await self._ensure(of, off, end, of.window)
+        except StaleVersion:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        self._read_ahead(of, off, end)
+        end = min(end, of.size)  # (a truncation while it waited)
+        return os.pread(of.fd, end - off, off) if off < end else b""
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -1076,8 +1376,8 @@ class AresFS(pyfuse3.Operations):
         if of.stale:
             raise pyfuse3.FUSEError(errno.ESTALE)
         async with of.lock:
-            await of.wait_fetched()
             n = os.pwrite(of.fd, buf, off)
+            of.wrote(off, off + n)
             of.size = max(of.size, off + n)
             of.dirty = True
             of.meta = _with_mtime(of.meta, time.time_ns())
@@ -1112,7 +1412,11 @@ class AresFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ESTALE)
             if not of.dirty or of.unlinked:
                 return
-            await of.wait_fetched()
+            try:
+                await self._fetch_all(of)  # (the layer's write needs the whole content)
+            except StaleVersion:
+                of.stale = True
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
             path = self._path(of.ino)
             await self._settle(path)
             m = self._local_meta(of)

@@ -45,7 +45,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
@@ -81,6 +81,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aresdsm.net")
 R = TypeVar("R", bound=Reply)
+T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 Callback = Callable[[Reply | BaseException], None]
 
 MAX_REMEMBERED_MACS = 4096
@@ -89,6 +91,8 @@ CLOSE_TIMEOUT_S = 1.0
 """How long closing a client waits for its connections to be gone before aborting them."""
 DEFAULT_MAX_QUEUED_REQUESTS = 65536
 """Requests that may wait for one connection (to be established, or for max_in_flight)."""
+MAX_CACHED_CONFIGURATIONS = 256
+"""Configurations whose connection lists a channel keeps (all dropped when exceeded)."""
 HELLO_RID = 0
 """Request id of the handshake (requests are numbered from 1)."""
 
@@ -129,6 +133,53 @@ def deadline(timeout_s: float) -> Iterator[float]:
         yield at
     finally:
         _DEADLINE.reset(token)
+
+
+class _Cut:
+    """The timer of :func:`within`: cancels the operation's task at its deadline."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+async def within(coro: Coroutine[Any, Any, T], timeout_s: float, timed_out: Callable[[], E]) -> T:
+    """Await ``coro`` under one deadline ``timeout_s`` from now (or the enclosing one, if
+    earlier): its rounds and requests end by it (:func:`remaining_s`), and the call is cut off
+    at it with the exception ``timed_out()`` returns. What ``deadline()`` and
+    ``asyncio.timeout_at`` do together, with one loop timer and no context-manager objects --
+    those cost about 8 % of a read's client CPU (issue 18, docs/benchmarks.md)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    outer = _DEADLINE.get()
+    at = loop.time() + timeout_s
+    if outer is not None and outer < at:
+        at = outer
+    cut = _Cut(task)
+    cancelling = task.cancelling()
+    timer = loop.call_at(at, cut)
+    token = _DEADLINE.set(at)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        # ours, and nobody else's (the caller's own cancellation wins), as asyncio.timeout does
+        if cut.fired:
+            cut.fired = False
+            if task.uncancel() <= cancelling:
+                raise timed_out() from None
+        raise
+    finally:
+        timer.cancel()
+        _DEADLINE.reset(token)
+        if cut.fired:  # fired as the coroutine finished anyway: take our cancellation back
+            task.uncancel()
 
 
 def context_without_deadline() -> contextvars.Context:
@@ -632,6 +683,8 @@ class TcpChannel:
         self._encoder = Encoder(max_frame_bytes=options.max_frame_bytes)
         self._decoder = Decoder()
         self._peers: dict[tuple[str, str, str], PeerConnection] = {}
+        self._by_config: dict[int, tuple[Configuration, tuple[PeerConnection, ...]]] = {}
+        """id(configuration) -> (it, its connections): see _peers_of."""
         self._rids = itertools.count(1)
         self.rounds = 0
         self.messages = 0
@@ -664,6 +717,18 @@ class TcpChannel:
             self._peers[key] = p
         return p
 
+    def _peers_of(self, c: Configuration) -> tuple[PeerConnection, ...]:
+        """The connections to ``c``'s servers, in order: looked up once per configuration
+        object (the chain views keep theirs), not per server per round (issue 18)."""
+        hit = self._by_config.get(id(c))
+        if hit is not None and hit[0] is c:
+            return hit[1]
+        peers = tuple(self.peer(s) for s in c.servers)
+        if len(self._by_config) >= MAX_CACHED_CONFIGURATIONS:
+            self._by_config.clear()
+        self._by_config[id(c)] = (c, peers)  # holds c: its id is not reused meanwhile
+        return peers
+
     async def identify(self, server: ServerInfo, *, timeout_s: float | None = None) -> Welcome:
         """Connect to ``server`` (handshake included) and return its identity."""
         await self.request(server, Ping(), timeout_s=timeout_s)
@@ -672,7 +737,7 @@ class TcpChannel:
             return Welcome("", server.id, "", PROTOCOL_VERSION)
         return welcome
 
-    async def round(
+    def round(
         self,
         c: Configuration,
         request: RequestFor,
@@ -682,10 +747,24 @@ class TcpChannel:
         need: int | None = None,
         timeout_s: float | None = None,
         accept: Callable[[Any], bool] | None = None,
-    ) -> list[tuple[ServerInfo, R]]:
+    ) -> Coroutine[Any, Any, list[tuple[ServerInfo, R]]]:
+        """The round's coroutine itself when tracing is off (one coroutine frame less on every
+        resumption of the operation, issue 18)."""
         need = c.quorum_size if need is None else need
         if not tracing.enabled():
-            return await self._round(c, request, expect, phase, need, timeout_s, None, accept)
+            return self._round(c, request, expect, phase, need, timeout_s, None, accept)
+        return self._traced_round(c, request, expect, phase, need, timeout_s, accept)
+
+    async def _traced_round(
+        self,
+        c: Configuration,
+        request: RequestFor,
+        expect: type[R],
+        phase: str,
+        need: int,
+        timeout_s: float | None,
+        accept: Callable[[Any], bool] | None,
+    ) -> list[tuple[ServerInfo, R]]:
         with tracing.span(phase, _round_attributes(c, need)):  # sets ares.outcome
             return await self._round(
                 c, request, expect, phase, need, timeout_s, tracing.inject(), accept
@@ -708,10 +787,13 @@ class TcpChannel:
         self.rounds += 1
         self.rounds_by_phase[phase] = self.rounds_by_phase.get(phase, 0) + 1
         peers, reqs, sent = rnd.peers, rnd.reqs, rnd.sent
-        for i, server in enumerate(c.servers):
-            req = self._seal(request(i, server) if callable(request) else request)
-            rid = next(self._rids)
-            peer = self.peer(server)
+        # one request for every server is sealed (signed) once, not once per server
+        make = request if callable(request) else None
+        same = self._seal(request) if not callable(request) else None
+        rids = self._rids
+        for i, (server, peer) in enumerate(zip(c.servers, self._peers_of(c), strict=True)):
+            req = self._seal(make(i, server)) if make is not None else cast(Request, same)
+            rid = next(rids)
             peers.append(peer)
             reqs.append(req)
             sent.append((peer, rid))
@@ -719,11 +801,16 @@ class TcpChannel:
             peer.send(rid, req, _ServerReply(rnd, i), trace)
             if fut.done():
                 break
-        timeout = remaining_s(self.options.timeout_s if timeout_s is None else timeout_s)
-        if timeout <= 0 and not fut.done():
+        # the round's own timeout, or the operation's deadline if earlier (remaining_s, inline)
+        now = loop.time()
+        at = now + (self.options.timeout_s if timeout_s is None else timeout_s)
+        deadline = _DEADLINE.get()
+        if deadline is not None and deadline < at:
+            at = deadline
+        if at <= now and not fut.done():
             _expire(rnd, phase, c, 0.0)
         if not fut.done():
-            rnd.timer = loop.call_later(timeout, _expire, rnd, phase, c, timeout)
+            rnd.timer = loop.call_at(at, _expire, rnd, phase, c, at - now)
         m = self.metrics
         started = time.perf_counter() if m is not None else 0.0
         try:
@@ -843,6 +930,7 @@ class TcpChannel:
         for p in peers:
             p.close()
         self._peers.clear()
+        self._by_config.clear()
         await asyncio.gather(*(p.wait_closed() for p in peers))
         await asyncio.sleep(0)
 

@@ -266,7 +266,14 @@ async def _query_all(
             return None, e.next, True
 
     while todo:
-        answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
+        if len(todo) == 1:  # the usual case: awaited here, no task and no gather (issue 18)
+            answers: list[tuple[T | None, NextEntry | None, bool]]
+            try:
+                answers = [(*(await query(cseq[todo[0]].config)), False)]
+            except ConfigurationObsolete as e:  # as in ask()
+                answers = [(None, e.next, True)]
+        else:
+            answers = await asyncio.gather(*(ask(cseq[i].config) for i in todo))
         grown = len(cseq)
         again: set[int] = set()
         for i, (res, nxt, obsolete) in zip(todo, answers, strict=True):
@@ -280,7 +287,7 @@ async def _query_all(
                 # it gave before that (in parallel with c's) may miss a completed write, so
                 # ask it again, now (tests/sim/test_obsolete_race.py)
                 again.add(i + 1)
-        todo = sorted(again | set(range(grown, len(cseq))))
+        todo = sorted(again | set(range(grown, len(cseq)))) if again or grown < len(cseq) else []
     return results, cseq, revealed
 
 
@@ -340,9 +347,14 @@ async def write(
     if not switches.piggyback:
         cseq = await read_config(net, cseq, group, switches)
 
-    async def query(c: Configuration) -> tuple[Tag, NextEntry | None]:
-        tag, nxt = await dap.get_tag(net, c, group, key)
-        return tag, (nxt if switches.piggyback else None)
+    async def classic_query(c: Configuration) -> tuple[Tag, NextEntry | None]:
+        tag, _ = await dap.get_tag(net, c, group, key)
+        return tag, None  # classic Ares ignores the next the replies carry
+
+    def piggyback_query(c: Configuration) -> Awaitable[tuple[Tag, NextEntry | None]]:
+        return dap.get_tag(net, c, group, key)  # its coroutine: no frame of its own
+
+    query = piggyback_query if switches.piggyback else classic_query
 
     if switches.faults.broken_no_query_before_write:
         tag = Tag(1, writer)

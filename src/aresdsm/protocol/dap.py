@@ -1,13 +1,15 @@
 """The DAP interface (docs/protocol.md §4): get-tag, get-data, put-data on one configuration.
 
-Dispatches to ABD (§4.1) or TREAS (§4.2) by the configuration's ``dap``. Both satisfy C1 and C2,
+Dispatches to ABD (§4.1) or TREAS (§4.2) by the configuration's ``dap`` (returning the chosen
+DAP's coroutine: no coroutine frame of its own on the hot path, issue 18). Both satisfy C1 and C2,
 which is all the reconfiguration layer (§6, §8) relies on. Every action also returns the
 strongest nextC entry its quorum of replies carried (§8.1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from .. import integrity
 from ..config import Configuration, ServerInfo
@@ -19,15 +21,15 @@ from . import abd, treas
 from .channel import Channel
 
 
-async def get_tag(
+def get_tag(
     net: Channel, c: Configuration, group: str, key: str
-) -> tuple[Tag, NextEntry | None]:
+) -> Coroutine[Any, Any, tuple[Tag, NextEntry | None]]:
     if c.dap == "treas":
-        return await treas.get_tag(net, c, group, key)
-    return await abd.get_tag(net, c, group, key)
+        return treas.get_tag(net, c, group, key)
+    return abd.get_tag(net, c, group, key)
 
 
-async def get_data(
+def get_data(
     net: Channel,
     c: Configuration,
     group: str,
@@ -35,18 +37,18 @@ async def get_data(
     *,
     broken_decode_below_k: bool = False,
     need: int | None = None,
-) -> tuple[Tag, Blob, bool, NextEntry | None, bytes]:
+) -> Coroutine[Any, Any, tuple[Tag, Blob, bool, NextEntry | None, bytes]]:
     """The newest (tag, value) of a quorum, whether the whole quorum held it (§8.6), next, and
     the writer's MAC it came with (opaque: forwarded on write-back, §13). ``need`` other than
     the quorum size exists for a test-only broken variant."""
     if c.dap == "treas":
-        return await treas.get_data(
+        return treas.get_data(
             net, c, group, key, broken_decode_below_k=broken_decode_below_k, need=need
         )
-    return await abd.get_data(net, c, group, key, need=need)
+    return abd.get_data(net, c, group, key, need=need)
 
 
-async def put_data(
+def put_data(
     net: Channel,
     c: Configuration,
     group: str,
@@ -55,12 +57,12 @@ async def put_data(
     tag: Tag,
     value: Blob,
     mac: bytes = b"",
-) -> NextEntry | None:
+) -> Coroutine[Any, Any, NextEntry | None]:
     """put-data of (tag, value) with the writer's MAC it came with (empty: a new value, which
     the client shell signs -- the protocol never holds a key, §13)."""
     if c.dap == "treas":
-        return await treas.put_data(net, c, group, key, tag=tag, value=value, mac=mac)
-    return await abd.put_data(net, c, group, key, tag=tag, value=value, mac=mac)
+        return treas.put_data(net, c, group, key, tag=tag, value=value, mac=mac)
+    return abd.put_data(net, c, group, key, tag=tag, value=value, mac=mac)
 
 
 async def put_batch(

@@ -1,5 +1,6 @@
-"""The HTTP face of the S3 gateway (aiohttp): routing S3's REST API onto :class:`Gateway`,
-authentication (:mod:`.sigv4`), streamed bodies both ways, XML, traces and metrics.
+"""The HTTP face of the S3 gateway (aiohttp): routing S3's REST API onto :class:`Gateway`
+(path-style, and virtual-hosted-style for the ``--domain`` names), authentication
+(:mod:`.sigv4`), streamed bodies both ways, XML, traces and metrics.
 
 aiohttp streams request bodies (``request.content``, read a piece at a time with flow control)
 and responses (``StreamResponse.write`` waits for the socket), so an object of any size passes
@@ -48,10 +49,10 @@ MAX_XML_BYTES = 2 * 1024 * 1024
 MAX_OBJECT_BYTES = 5 * 1024**3
 """A single PutObject (S3's limit); larger objects are multipart uploads."""
 MAX_LIST_KEYS = 1000
-MAX_STREAMS = 16
+MAX_STREAMS = 8
 """Requests that move object data (PUT, UploadPart, GET, copy) served at once; more wait. With
-the file layer's per-request bound (4 blocks of at most 4 MiB in flight) this bounds the
-gateway's memory whatever the number of clients."""
+the file layer's per-request bound (BLOCKS_IN_FLIGHT blocks of at most 4 MiB) this bounds the
+gateway's memory whatever the number of clients (docs/s3.md, "Memory")."""
 _STREAMING_OPS = {"PutObject", "UploadPart", "GetObject", "CopyObject"}
 _STANDARD_HEADERS = (
     "content-type",
@@ -66,7 +67,7 @@ _UNSUPPORTED = {
     "replication", "encryption", "logging", "object-lock", "retention", "legal-hold", "torrent",
     "restore", "select", "accelerate", "requestPayment", "analytics", "inventory", "metrics",
     "intelligent-tiering", "ownershipControls", "publicAccessBlock", "versions", "attributes",
-    "uploads", "policyStatus",
+    "policyStatus",
 }  # fmt: skip
 _READ, _WRITE, _ADMIN = "read", "write", "admin"
 
@@ -89,6 +90,17 @@ class S3Metrics:
             "aresdsm_s3_received_bytes", "Object bytes received (PUT, UploadPart).", registry=r
         )
         self.bytes_out = Counter("aresdsm_s3_sent_bytes", "Object bytes sent (GET).", registry=r)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def request(self, op: str, status: int, seconds: float) -> None:
+        """Count and time one request (the labelled children are looked up once per operation
+        and status: ``labels()`` costs more than the increment)."""
+        c = self._children.get((op, status))
+        if c is None:
+            c = self.requests.labels(op, str(status)), self.latency.labels(op)
+            self._children[(op, status)] = c  # bounded: S3's operations x HTTP statuses
+        c[0].inc()
+        c[1].observe(seconds)
 
 
 def _http_date(t: float) -> str:
@@ -192,8 +204,13 @@ class S3App:
         metrics: S3Metrics | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
         max_streams: int = MAX_STREAMS,
+        domains: tuple[str, ...] = (),
+        scheme: str = "http",
     ) -> None:
         self.gw = gateway
+        self.domains = tuple("." + d.lower().strip(".") for d in domains)
+        """Virtual-hosted-style addressing: a Host ``BUCKET.DOMAIN`` names the bucket."""
+        self.scheme = scheme
         self._streams = asyncio.Semaphore(max_streams)
         self.keys = keys
         self.region = region
@@ -211,7 +228,12 @@ class S3App:
         path = unquote(raw_path)
         query = parse_qs(raw_query, keep_blank_values=True)
         q = {k: v[0] for k, v in query.items()}
-        bucket, _, key = path.lstrip("/").partition("/")
+        bucket = self._virtual_bucket(request.host) if self.domains else ""
+        if bucket:
+            key = path[1:] if path.startswith("/") else path
+            path = f"/{bucket}/{key}"
+        else:
+            bucket, _, key = path.lstrip("/").partition("/")
         op = _op_name(request.method, bucket, key, q, request.headers)
         attrs = {"s3.op": op, "s3.bucket": bucket, "s3.key": key, "http.method": request.method}
         status = 500
@@ -242,9 +264,18 @@ class S3App:
             status = resp.status
             span.set_attribute("http.status_code", status)
         resp.headers["x-amz-request-id"] = rid
-        self.metrics.requests.labels(op, str(status)).inc()
-        self.metrics.latency.labels(op).observe(time.perf_counter() - started)
+        self.metrics.request(op, status, time.perf_counter() - started)
         return resp
+
+    def _virtual_bucket(self, host: str) -> str:
+        """The bucket a Host ``BUCKET.DOMAIN[:PORT]`` names ("" for any other Host: then the
+        path names it)."""
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        name = name.lower().rstrip(".")
+        for d in self.domains:
+            if name.endswith(d) and len(name) > len(d):
+                return name[: -len(d)]
+        return ""
 
     def _error(self, request: web.Request, e: S3Error, rid: str) -> web.Response:
         if e.status >= 500:
@@ -653,6 +684,69 @@ class S3App:
         out.append("</ListPartsResult>")
         return _xml("".join(out))
 
+    async def _op_ListMultipartUploads(
+        self, request: web.Request, v: Any, bucket: str, key: str, q: dict[str, str]
+    ) -> web.StreamResponse:
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+        try:
+            max_uploads = max(0, min(int(q.get("max-uploads", "1000")), MAX_LIST_KEYS))
+        except ValueError:
+            raise S3Error("InvalidArgument", "max-uploads must be an integer") from None
+        url = q.get("encoding-type") == "url"
+
+        def enc(s: str) -> str:
+            return escape(quote(s, safe="/") if url else s)
+
+        entries: list[tuple[str, str, float]] = []
+        prefixes: list[str] = []
+        truncated = False
+        next_key = next_id = ""
+        uploads = await self.gw.list_uploads(bucket, prefix)
+        for k, uid, created in uploads[_after_marker(uploads, key_marker, id_marker) :]:
+            cp = ""
+            if delimiter:
+                i = k.find(delimiter, len(prefix))
+                if i >= 0:
+                    cp = k[: i + len(delimiter)]
+            if cp and cp == key_marker:
+                continue
+            if cp and prefixes and prefixes[-1] == cp:
+                continue
+            if len(entries) + len(prefixes) >= max_uploads:
+                truncated = True
+                break
+            if cp:
+                prefixes.append(cp)
+                next_key, next_id = cp, ""
+            else:
+                entries.append((k, uid, created))
+                next_key, next_id = k, uid
+        owner = "<ID>aresdsm</ID><DisplayName>aresdsm</DisplayName>"
+        out = [
+            f'<ListMultipartUploadsResult xmlns="{NS}"><Bucket>{escape(bucket)}</Bucket>'
+            f"<KeyMarker>{enc(key_marker)}</KeyMarker>"
+            f"<UploadIdMarker>{escape(id_marker)}</UploadIdMarker>"
+            f"<NextKeyMarker>{enc(next_key)}</NextKeyMarker>"
+            f"<NextUploadIdMarker>{escape(next_id)}</NextUploadIdMarker>"
+            f"<Prefix>{enc(prefix)}</Prefix>"
+            + (f"<Delimiter>{enc(delimiter)}</Delimiter>" if delimiter else "")
+            + ("<EncodingType>url</EncodingType>" if url else "")
+            + f"<MaxUploads>{max_uploads}</MaxUploads>"
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+        ]
+        for k, uid, created in entries:
+            out.append(
+                f"<Upload><Key>{enc(k)}</Key><UploadId>{uid}</UploadId>"
+                f"<Initiator>{owner}</Initiator><Owner>{owner}</Owner>"
+                f"<StorageClass>STANDARD</StorageClass><Initiated>{_iso(created)}</Initiated>"
+                "</Upload>"
+            )
+        for p in prefixes:
+            out.append(f"<CommonPrefixes><Prefix>{enc(p)}</Prefix></CommonPrefixes>")
+        out.append("</ListMultipartUploadsResult>")
+        return _xml("".join(out))
+
     async def _op_CompleteMultipartUpload(
         self, request: web.Request, v: Any, bucket: str, key: str, q: dict[str, str]
     ) -> web.StreamResponse:
@@ -668,7 +762,7 @@ class S3App:
             _etags(request.headers.get("If-Match")), _etags(request.headers.get("If-None-Match"))
         )
         h = await self.gw.complete(bucket, key, q["uploadId"], parts, cond)
-        loc = f"http://{escape(request.host)}/{escape(bucket)}/{escape(quote(key))}"
+        loc = f"{self.scheme}://{escape(request.host)}/{escape(bucket)}/{escape(quote(key))}"
         return _xml(
             f'<CompleteMultipartUploadResult xmlns="{NS}"><Location>{loc}</Location>'
             f"<Bucket>{escape(bucket)}</Bucket><Key>{escape(key)}</Key>"
@@ -698,6 +792,8 @@ def _op_name(method: str, bucket: str, key: str, q: dict[str, str], headers: Any
             return "GetBucketAcl"
         if method == "GET" and "location" in q:
             return "GetBucketLocation"
+        if method == "GET" and "uploads" in q:
+            return "NotImplemented" if sub else "ListMultipartUploads"
         if sub:
             return "NotImplemented"
         return {
@@ -727,6 +823,21 @@ def _op_name(method: str, bucket: str, key: str, q: dict[str, str], headers: Any
     if method == "DELETE":
         return "AbortMultipartUpload" if "uploadId" in q else "DeleteObject"
     return "MethodNotAllowed"
+
+
+def _after_marker(uploads: list[tuple[str, str, float]], key: str, upload_id: str) -> int:
+    """Where a ListMultipartUploads page starts: after the key ``key`` (S3: without an upload
+    id marker, only greater keys), or after the upload ``upload_id`` of that key (uploads of
+    one key are listed by initiation; an id no longer listed: the ids greater than it)."""
+    if not key:
+        return 0
+    for i, (k, u, _) in enumerate(uploads):
+        if upload_id and k == key and u == upload_id:
+            return i + 1
+    for i, (k, u, _) in enumerate(uploads):
+        if k > key or (upload_id and k == key and u > upload_id):
+            return i
+    return len(uploads)
 
 
 def _public_acl(acl: str) -> bool:

@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 
 from .. import tracing
-from ..errors import CoverableConflict, OperationError
+from ..errors import ConfigurationError, CoverableConflict, OperationError
 from ..files import FileChanged, NoSuchFile
 from ..tags import TAG0, Tag
 from .errors import S3Error
@@ -66,6 +66,11 @@ CACHED_INLINE_MAX_BYTES = 4096
 CACHED_BUCKETS = 4096
 BUCKET_TTL_S = 1.0
 READS_IN_FLIGHT = 16
+BLOCKS_IN_FLIGHT = 2
+"""Blocks one request writes or reads ahead at once (the file layer's ``max_inflight_blocks``;
+its own default, 4, is for one big transfer): a data-moving request then holds about 40 MiB at
+worst (4 MiB blocks), 23 MiB with the usual 1 MiB blocks (measured; docs/s3.md, "Memory"), and
+S3 clients move large objects as several parts at once anyway."""
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
@@ -188,9 +193,13 @@ class Gateway:
         min_part_bytes: int = MIN_PART_BYTES,
         inline_max_bytes: int = INLINE_MAX_BYTES,
         bucket_ttl_s: float = BUCKET_TTL_S,
+        blocks_in_flight: int = BLOCKS_IN_FLIGHT,
     ) -> None:
+        if blocks_in_flight < 1:
+            raise ConfigurationError("blocks_in_flight must be at least 1")
         self.store = store
         self.files = store.files
+        self.files.max_inflight_blocks = blocks_in_flight  # the gateway's own Store
         self.gc_delay_s = gc_delay_s
         self.min_part_bytes = min_part_bytes
         self.inline_max_bytes = inline_max_bytes
@@ -242,7 +251,13 @@ class Gateway:
         replaces (compare-and-swap, retried on concurrent writers). The files of the replaced
         version are deleted later. Raises PreconditionFailed (nothing installed)."""
         hk = HEAD_PREFIX + key
-        known = self._heads.get((bucket, key))
+        # The base: the version this gateway saw last, or -- for a key it never saw -- the
+        # absent version (a new key: S3 users mostly write new keys). Either is only a guess
+        # the coverable write itself checks: if it is not the newest, the write is refused as
+        # stale and the answer names the newest version, the base of the next try. A new key
+        # costs one coverable write; a key written elsewhere, a refused write more -- the
+        # same two operations as reading it first.
+        known: tuple[Tag, Head | None] | None = self._heads.get((bucket, key), (TAG0, None))
         now: bytes | None
         with tracing.span("s3.commit", {"ares.group": bucket, "ares.object": hk}):
             for attempt in range(MAX_CAS_TRIES):
@@ -476,15 +491,13 @@ class Gateway:
             if offset + size <= start or offset > end:
                 offset += size
                 continue
-            pos = offset
-            async for block in self.files.iter_blocks(name, group=bucket):
-                b0, b1 = pos, pos + len(block)
-                pos = b1
-                if b1 <= start:
-                    continue
-                if b0 > end:
-                    break
-                yield block[max(0, start - b0) : min(len(block), end + 1 - b0)]
+            a, b = max(0, start - offset), min(size, end + 1 - offset)  # this file's [a, b)
+            if (a, b) == (0, size):
+                async for block in self.files.iter_blocks(name, group=bucket):
+                    yield block
+            else:  # only the blocks covering [a, b), found by the file's index
+                async for piece in self.files.read_range(name, a, b - a, group=bucket):
+                    yield piece
             offset += size
 
     async def copy(
@@ -619,6 +632,28 @@ class Gateway:
         if raw is None:
             raise S3Error("NoSuchUpload", "The specified upload does not exist.")
         return tag, _upload_dec.decode(raw)
+
+    async def list_uploads(self, bucket: str, prefix: str) -> builtins.list[tuple[str, str, float]]:
+        """The uploads in progress (open or completing) of keys starting with ``prefix``:
+        (key, upload id, initiated) sorted by key, then initiation, as S3 lists them. Every
+        upload record of the bucket is read (records of finished uploads stay: docs/s3.md)."""
+        await self.bucket(bucket)
+        sem = asyncio.Semaphore(READS_IN_FLIGHT)
+
+        async def one(k: str) -> tuple[str, str, float] | None:
+            async with sem:
+                raw = await self.store.read(k, group=bucket)
+            if raw is None:
+                return None
+            up = _upload_dec.decode(raw)
+            if up.state not in ("open", "completing") or not up.key.startswith(prefix):
+                return None
+            return up.key, k[len(UPLOAD_PREFIX) :], up.created_s
+
+        got = await asyncio.gather(
+            *(one(k) for k in await self.store.list(UPLOAD_PREFIX, group=bucket))
+        )
+        return sorted((u for u in got if u is not None), key=lambda u: (u[0], u[2], u[1]))
 
     async def create_upload(
         self, bucket: str, key: str, *, headers: dict[str, str], meta: dict[str, str]

@@ -1,6 +1,8 @@
 """``ares s3 serve``: one gateway process -- a Store connected to the cluster, the aiohttp
-application on ``--listen``, Prometheus metrics on ``--metrics-address``; stopped by SIGINT or
-SIGTERM, after which the data files waiting for their deletion delay are deleted."""
+application on ``--listen`` (HTTP, or HTTPS with ``--tls-cert``/``--tls-key``: TLS belongs to
+the transport, the S3 rules do not see it), Prometheus metrics on ``--metrics-address``;
+stopped by SIGINT or SIGTERM, after which the data files waiting for their deletion delay are
+deleted."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +19,8 @@ from aiohttp import web
 from ..config import parse_address
 from ..errors import ConfigurationError
 from ..metrics import ClientMetrics
-from .app import S3App, S3Metrics
-from .objects import Gateway
+from .app import MAX_STREAMS, S3App, S3Metrics
+from .objects import BLOCKS_IN_FLIGHT, Gateway
 from .sigv4 import KeyRing
 
 log = logging.getLogger("aresdsm.s3")
@@ -35,22 +38,32 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     broken_unconditional_cas: bool = False,
-    max_streams: int = 16,
+    max_streams: int = MAX_STREAMS,
+    blocks_in_flight: int = BLOCKS_IN_FLIGHT,
+    domains: tuple[str, ...] = (),
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> None:
-    """Serve until ``stop`` is set (or a signal arrives). ``ready(address)`` is called once the
-    port listens (with the real port when ``listen`` asked for port 0)."""
+    """Serve until ``stop`` is set (or a signal arrives). ``ready(url)`` is called once the
+    port listens (with the real port when ``listen`` asked for port 0). ``tls_cert`` and
+    ``tls_key``: serve HTTPS; ``domains``: also accept virtual-hosted-style requests
+    (``BUCKET.DOMAIN``)."""
     host, port = _listen_address(listen)
+    ssl_ctx = _tls_context(tls_cert, tls_key)
     metrics = S3Metrics()
     store = store_factory(ClientMetrics(metrics.registry))
-    kw: dict[str, Any] = {"gc_delay_s": gc_delay_s}
+    kw: dict[str, Any] = {"gc_delay_s": gc_delay_s, "blocks_in_flight": blocks_in_flight}
     if min_part_bytes is not None:
         kw["min_part_bytes"] = min_part_bytes
     gateway = Gateway(store, **kw)
     gateway.broken_unconditional_cas = broken_unconditional_cas
-    app = S3App(gateway, keys, region=region, metrics=metrics, max_streams=max_streams)
+    app = S3App(
+        gateway, keys, region=region, metrics=metrics, max_streams=max_streams, domains=domains,
+        scheme="https" if ssl_ctx is not None else "http",
+    )  # fmt: skip
     runner = web.AppRunner(app.app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=256)
+    site = web.TCPSite(runner, host, port, backlog=256, ssl_context=ssl_ctx)
     await site.start()
     mrunner: web.AppRunner | None = None
     if metrics_address:
@@ -71,10 +84,10 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     bound = runner.addresses[0] if runner.addresses else (host, port)
-    address = f"{bound[0]}:{bound[1]}"
-    log.warning("S3 gateway listening on http://%s", address)
+    url = f"{'https' if ssl_ctx is not None else 'http'}://{bound[0]}:{bound[1]}"
+    log.warning("S3 gateway listening on %s", url)
     if ready is not None:
-        ready(address)
+        ready(url)
     try:
         await stop.wait()
     finally:
@@ -83,6 +96,21 @@ async def serve(
             await mrunner.cleanup()
         await gateway.close()
         await store.close()
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """HTTPS on the gateway itself (TLS 1.2 at least), or None for plain HTTP."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigurationError(f"--tls-cert {cert} / --tls-key {key}: {e}") from None
+    return ctx
 
 
 def _listen_address(text: str) -> tuple[str, int]:

@@ -8,7 +8,7 @@ the role encodes) and an optional ``data`` blob (the value or coded element).
 Values stay on disk (issue 12 item 3): :meth:`Storage.load` returns every record's meta with its
 value as a :class:`ValueRef` -- which record holds it and how long it is, never its bytes -- so a
 restart reads metadata only and server memory does not grow with the data stored. The server
-shell reads a value with :meth:`Storage.read_value` when a reply needs it: from the batch that
+shell reads a value (:meth:`Storage.open_value`, below) when a reply needs it: from the batch that
 is being committed or waits for the next commit if the record is there (values still in the
 group-commit window), else from the engine, checking the value's checksum then (a bad value is a
 :class:`DamagedValue`, which the server turns into a damaged object).

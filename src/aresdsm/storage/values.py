@@ -4,14 +4,16 @@
 (:class:`~aresdsm.storage.base.ValueRef`) in memory, never value bytes, and returns replies whose
 values are such references: the core stays pure and its memory does not grow with the data
 stored. :func:`resolve` replaces every reference in a reply by the bytes it stands for, read
-through a ``read`` function -- :meth:`Storage.read_value` in the process shell, the simulator's
+through a ``read`` function -- the opened and read values in the process shell, the simulator's
 disk model in the simulator, :class:`MemoryValues` in unit tests.
 
 When: right after ``core.handle`` and ``storage.submit(writes)``, before any other request is
-handled, so every reference is read as of the core's state that made the reply (the newest
-pending write of its record, else the engine). The reply is then held until everything applied
-before it is durable, exactly as before: persist before reply is unchanged, and a value still
-in the group-commit window is served from the pending batch.
+handled, every reference is *opened* as of the core's state that made the reply
+(:meth:`Storage.open_value`: the newest pending write of its record, a small row, or a value
+file pinned so that no later commit removes it); the server shell reads pinned files in the
+storage's value-reading threads, off the event loop, then resolves the reply. The reply is then
+held until everything applied before it is durable, exactly as before: persist before reply is
+unchanged, and a value still in the group-commit window is served from the pending batch.
 
 Only the reply kinds that carry values are walked (:data:`VALUE_REPLIES`): ABD ``DataReply``,
 TREAS ``ListReply`` (δ+1 coded elements), ``GroupReply`` pages of the state transfer (at most
