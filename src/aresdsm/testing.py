@@ -75,16 +75,21 @@ class Broken:
     broken_drop_tombstones_without_floor: bool = False
     """Update-config drops tombstones but sets no tag floor on the new configuration: a later
     write there can get a tag below the dropped tombstone, which a reader that still sees the
-    old configuration then prefers (§8.4 "Deleted objects"; tests/sim/test_tombstone_floor.py)."""
+    old configuration then prefers (§8.4 "Deleted objects"; tests/sim/test_tombstone_floor.py;
+    ``ares sim --broken drop-tombstones-without-floor --deletes``, not drawn by the swarm yet:
+    docs/testing.md)."""
     broken_writer_ids_without_incarnation: bool = False
     """A Store's writer ids are ``name.op`` without the random incarnation, so two processes
-    using one client name write under one tag (tests/sim/test_reused_client_name.py)."""
+    using one client name write under one tag (tests/sim/test_reused_client_name.py; the swarm's
+    twins, ``ares sim --broken writer-ids-without-incarnation``)."""
     broken_skip_server_id_check: bool = False
     """TLS connections do not check the server id in the server's certificate against the one
-    the configuration names (tests/integration/test_security.py)."""
+    the configuration names (tests/integration/test_security.py; not in the simulator, which
+    routes by server id and has no TLS: docs/testing.md)."""
     broken_skip_value_mac: bool = False
     """Server side (``Server(faults=...)``): values are applied without checking the writer's MAC,
-    so a read-role client can invent one (tests/integration/test_value_mac.py)."""
+    so a read-role client can invent one (tests/integration/test_value_mac.py; the simulated
+    servers run the same check: ``ares sim --broken skip-value-mac``, the swarm's rogue reader)."""
 
     broken_late_value_read: bool = False
     """Server side (``Server(faults=...)``): the values of a reply are read from storage when the

@@ -30,3 +30,4 @@ def test_small_writes_only_with_cpu_per_party(tmp_path: Path) -> None:
     assert all(v > 0 for v in got["s3_small_cpu_ms"].values())
     assert all(v > 0 for v in got["native_small_cpu_ms"].values())
     assert set(got["ratios"]) == {"small_put"}
+    assert got["small_boto3_config"].startswith("default: request_checksum_calculation")

@@ -122,3 +122,30 @@ async def test_a_range_inside_a_data_file_reads_only_the_blocks_covering_it() ->
     store.reset_counts()  # the whole object: every block, once
     assert await _collect(gw, h, 0, len(data) - 1) == data
     assert len({k for c, k in store.log if k.startswith("file-block:")}) == len(blocks)
+
+
+@pytest.mark.parametrize("known", [False, True])
+async def test_a_small_conditional_put_is_one_coverable_write(known: bool) -> None:
+    """If-None-Match / If-Match on a small (inline) body are judged on the version the
+    coverable write replaces: one register operation, no read first (issue 16: before, every
+    conditional PUT read the head first, 2 operations). A large body is still checked before
+    its data file is stored (below)."""
+    store, gw = await _gateway()
+    if known:
+        h = await put(gw, "k", b"one")
+        store.reset_counts()
+        await put(gw, "k", b"two", Conditions(if_match=(h.etag,)))
+    else:
+        await put(gw, "k", b"one", Conditions(if_none_match=("*",)))
+    assert store.log == [("cvr_write", "s3o:k")]
+
+
+async def test_a_large_conditional_put_that_fails_stores_no_data_file() -> None:
+    store, gw = await _gateway()
+    await put(gw, "k", b"one")
+    store.reset_counts()
+    with pytest.raises(S3Error) as e:
+        await put(gw, "k", bytes(100 * 1024), Conditions(if_none_match=("*",)))
+    assert e.value.code == "PreconditionFailed"
+    assert store.log == [("read_tagged", "s3o:k")]
+    assert await store.files.list("s3d/", group=B) == []

@@ -36,6 +36,12 @@ from ..local import LocalCluster
 MIB = 1024 * 1024
 _KEY = ("AKBENCH0000000000001", "bench-secret-0001")
 CLIENT_PROCESSES = 4
+BOTO3_CONFIG = (
+    "default: request_checksum_calculation=when_supported (a CRC32 header; over http the body"
+    " is sent plain, not aws-chunked), Expect: 100-continue"
+)
+"""The boto3 configuration the bench measures: what a user gets without configuring anything
+(docs/benchmarks.md, "S3 gateway vs native", compares ``when_required``)."""
 
 
 @dataclass
@@ -53,6 +59,8 @@ class S3BenchResult:
     """CPU milliseconds per native 1 KiB write: ``client``, ``servers``."""
     s3_small_cpu_ms: dict[str, float]
     """CPU milliseconds per 1 KiB PutObject: ``gateway``, ``clients`` (boto3), ``servers``."""
+    small_boto3_config: str = BOTO3_CONFIG
+    """Which boto3 configuration the small PutObjects used (its defaults)."""
 
     def ratios(self) -> dict[str, float]:
         return {

@@ -34,6 +34,8 @@ from ..errors import OperationTimeout, QuorumUnavailable, ServerError
 from ..protocol import abd, reconfig_server
 from ..protocol.channel import ConfigurationObsolete, RequestFor
 from ..protocol.server_core import CVR_VALUE_NS, ServerCore, ServerSwitches
+from ..security.macs import ValueSigner
+from ..security.roles import value_refusal
 from ..storage.base import Delete, Record, RecordKey, ValueRef, Write
 from ..storage.memory import apply_batch
 from ..storage.sqlite import SqliteStorage
@@ -51,6 +53,8 @@ from ..wire.messages import (
     Obsolete,
     Prepare,
     Promise,
+    PutBatch,
+    PutData,
     Reply,
     Request,
 )
@@ -304,9 +308,22 @@ class SimServer:
         if self.engine is not None:
             self.engine._commit(writes)  # synchronous: the sim's own durable point
 
+    def _value_refusal(self, req: Request, core: ServerCore) -> str | None:
+        """The server shell's writer-MAC check of the values ``req`` carries (§13)."""
+        sim = self.sim
+        if not sim.write_keys or sim.broken_skip_value_mac:
+            return None
+        if not isinstance(req, (PutData, PutBatch)):
+            return None
+        return value_refusal(req, core, sim.write_keys)
+
     def deliver(self, req: Request, respond: Callable[[Reply], None]) -> None:
         core = self.core
         if core is None:
+            return
+        problem = self._value_refusal(req, core)
+        if problem is not None:
+            respond(ErrorReply("unauthorized", problem))
             return
         reply, writes = core.handle(req)
         monitor = self.sim.monitor
@@ -423,6 +440,11 @@ class SimCluster:
         self._decoder = Decoder()
         self.events: list[str] = []
         self.messages = 0
+        self.write_keys: tuple[bytes, ...] = ()
+        """The cluster's write keys: with any, servers apply a value only with a valid writer
+        MAC or when it adds nothing (the server shell's check, docs/protocol.md §13)."""
+        self.broken_skip_value_mac = False
+        """Test-only: servers skip that check (``Broken.broken_skip_value_mac``)."""
 
     def log(self, text: str) -> None:
         self.events.append(f"{self.loop.time():.9f} {text}")
@@ -507,6 +529,20 @@ class ChannelSwitches:
     """Test-only: rounds complete on one reply fewer than a quorum."""
 
 
+def sign_values(req: Request, sign: ValueSigner) -> Request:
+    """The values of a PutData or PutBatch signed with a writer's key, as the TCP channel
+    signs them (net/client.py)."""
+    if isinstance(req, PutData):
+        return msgspec.structs.replace(req, mac=sign(req.group, req.key, req.tag, req.digest))
+    if isinstance(req, PutBatch) and req.items:
+        items = tuple(
+            msgspec.structs.replace(it, mac=sign(req.group, it.key, it.tag, it.digest))
+            for it in req.items
+        )
+        return msgspec.structs.replace(req, items=items)
+    return req
+
+
 class SimChannel:
     """The client side of the simulated network: the Channel contract of protocol/channel.py."""
 
@@ -529,6 +565,9 @@ class SimChannel:
         self.rounds_by_phase: dict[str, int] = {}
         self.may_install = True
         """The simulator has no roles (sim options ``clients_finalize`` picks the switch)."""
+        self.signer: ValueSigner | None = None
+        """A writer's write key (as net/client.py's channel): it signs every value it sends; a
+        channel without one sends the MAC the protocol forwards (a reader)."""
         self._rid = 0
 
     def _next_rid(self) -> int:
@@ -568,6 +607,8 @@ class SimChannel:
 
         def start(i: int, server: ServerInfo) -> None:
             req = request(i, server) if callable(request) else request
+            if self.signer is not None:
+                req = sign_values(req, self.signer)
 
             def on_reply(reply: Reply) -> None:
                 if fut.done() or server.id in answers or server.id in failed:

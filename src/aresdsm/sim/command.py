@@ -87,6 +87,11 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
     "--retire/--no-retire", default=None, help="Shut down old servers after reconfiguring."
 )
 @click.option("--restarts/--no-restarts", default=None, help="Store clients restart, same name.")
+@click.option("--cache/--no-cache", default=None, help="A Store restarts from its chain cache.")
+@click.option("--deletes/--no-deletes", default=None, help="A key written and deleted.")
+@click.option("--macs/--no-macs", default=None, help="Writers sign values; servers check (§13).")
+@click.option("--rogue/--no-rogue", default=None, help="A reader forges a value (with --macs).")
+@click.option("--twins/--no-twins", default=None, help="Two Store processes under one name.")
 @click.option("--bulk-keys", type=int, help="Write this many more keys first (Ares II).")
 @click.option("--sqlite/--no-sqlite", default=None, help="Servers also use the SQLite engine.")
 @click.option(
@@ -94,6 +99,17 @@ def _one(args: tuple[int, dict[str, Any]]) -> _Outcome:
     default=None,
     help="Reconfigurers propose on top of a pending configuration (the original Ares rule).",
 )
+@click.option("--focus/--no-focus", default=None, help="The adversary focuses on one hand-off.")
+@click.option("--focus-chance", type=float, help="Chance of each of the adversary's focus holds.")
+@click.option(
+    "--others-put-now/--no-others-put-now",
+    default=None,
+    help="Adversary focus rule: servers neither fast nor victims answer writes at once.",
+)
+@click.option("--reconfig-cuts/--no-reconfig-cuts", default=None, help="Adversary: cut links.")
+@click.option("--stall-writes/--no-stall-writes", default=None, help="Adversary focus rule.")
+@click.option("--cut-queries/--no-cut-queries", default=None, help="Adversary focus rule.")
+@click.option("--stagger-s", type=float, help="Reconfigurer i starts i times this late.")
 @click.option("--real-codec", is_flag=True, help="Send every message through the wire codec.")
 @click.option(
     "--clients-finalize/--no-clients-finalize",

@@ -26,7 +26,7 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -35,10 +35,12 @@ from ..check.search import Verdict
 from ..config import Configuration, ServerInfo
 from ..errors import AresError, InvariantViolation
 from ..history import OpRecord, StrictClock, value_digest
-from ..protocol import ares, coverable
+from ..protocol import ares, coverable, dap
+from ..protocol.channel import ConfigurationObsolete
 from ..protocol.ops import OpSwitches
 from ..protocol.server_core import ServerSwitches
-from ..tags import TAG0, Tag, writer_id
+from ..security.macs import ValueSigner
+from ..tags import TAG0, Tag, tombstone_writer, writer_id
 from ..testing import broken_switches
 from ..wire.blob import Blob
 from . import stores
@@ -47,6 +49,7 @@ from .cluster import ChannelSwitches, NetworkFaults, SimChannel, SimCluster
 from .loop import run
 
 GROUP = "default"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,22 @@ class SimOptions:
     configuration are shut down for good (clients must relocate, §8.5)."""
     restarts: bool | None = None
     """Store runs: a client crashes once and restarts under the same name."""
+    cache: bool | None = None
+    """Store runs with ``retire``: a client keeps its chain cache on disk across the
+    redeployment and restarts from it (:func:`.stores.cached_client`)."""
+    deletes: bool | None = None
+    """A key of its own (:data:`DELETE_KEY`) written and deleted by one client while the
+    chain is reconfigured (tombstones are dropped by the transfer, §8.4 "Deleted objects"), and
+    read by a client that learned the chain at the start and comes back at the end."""
+    macs: bool | None = None
+    """The cluster has a write key: writers sign every value, servers check the MAC (§13)."""
+    rogue: bool | None = None
+    """With ``macs``: a read-role client (no write key) reads a key and then puts a value of
+    its own under a newer tag -- servers must refuse it (propagate, never invent, §13)."""
+    twins: bool | None = None
+    """Store runs: a second process runs under client ``c0``'s name at the same time (one that
+    was restarted while the first was only paused, or a copied deployment): its writer ids must
+    not collide with the first one's (the incarnation in every writer id)."""
     bulk_keys: int | None = None
     """Ares II runs: this many more keys are written before the workload (0: none)."""
     sqlite: bool | None = None
@@ -100,6 +119,20 @@ class SimOptions:
     is still pending (P) instead of finishing it first -- the original Ares rule
     (``ares.reconfig(finish_first=False)``); update-config then reads several sources
     (c_μ..c_ν, §8.4)."""
+    focus: bool | None = None
+    """Whether the hand-off adversary focuses on one hand-off at a time (drawn per seed)."""
+    focus_chance: float | None = None
+    """The hand-off adversary's focus: the chance of each of its holds (drawn per seed)."""
+    others_put_now: bool | None = None
+    """The focus rule *others answer at once* (:class:`.adversary.AdversaryOptions`)."""
+    reconfig_cuts: bool | None = None
+    """Outside the focus rules, the adversary cuts a reconfigurer's link for hand-off requests."""
+    stall_writes: bool | None = None
+    """The focus rule *stalled writes*."""
+    cut_queries: bool | None = None
+    """The focus rule *cut queries*."""
+    stagger_s: float | None = None
+    """Reconfigurer ``r{i}`` starts ``i`` times this late."""
     loss: float | None = None
     duplicate: float | None = None
     fsync_max_s: float | None = None
@@ -123,11 +156,23 @@ class SimOptions:
         reconfigurer, mixed client modes (in Ares II runs), the hand-off adversary, no crashes or
         partitions to disturb its schedules -- the shape in which the hand-off races occur most
         often; the other options (mode, Store, coverable objects, ...) are drawn as in any
-        seed."""
+        seed. Of the other seeds, a share runs one of the *race profiles*
+        (:data:`RACE_PROFILES`): the whole shape of one hand-off race that needs several draws
+        to agree at once (two eager reconfigurers meeting a pending configuration; classic
+        writers next to an Ares II reconfigurer), so that such a race gets a fair share of the
+        seeds instead of the product of its draws' chances."""
+        profile: dict[str, Any] = {}
         if random.Random(f"profile-{self.seed}").random() < HANDOFF_SHARE:
-            given = {k: v for k, v in HANDOFF_PROFILE.items() if getattr(self, k) is None}
-            return dataclasses.replace(self, **given)._resolved()
-        return self._resolved()
+            profile = HANDOFF_PROFILE
+        else:
+            draw = random.Random(f"race-{self.seed}").random()
+            for share, race in RACE_PROFILES:
+                if draw < share:
+                    profile = race
+                    break
+                draw -= share
+        given = {k: v for k, v in profile.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **given)._resolved()
 
     def _resolved(self) -> SimOptions:
         rng = random.Random(f"options-{self.seed}")
@@ -184,6 +229,13 @@ class SimOptions:
             eager=self.eager
             if self.eager is not None
             else random.Random(f"eager-{self.seed}").random() < 0.6,
+            cache=self.cache if self.cache is not None else _draw(self.seed, "cache", 0.5),
+            deletes=bool(self.deletes),  # not drawn yet: it finds a protocol bug (DELETE_KEY)
+            macs=self.macs if self.macs is not None else _draw(self.seed, "macs", 0.4),
+            rogue=self.rogue if self.rogue is not None else _draw(self.seed, "rogue", 0.5),
+            twins=self.twins  # a stream of its own, as coverable
+            if self.twins is not None
+            else random.Random(f"twins-{self.seed}").random() < 0.3,
         )
 
     def command(self) -> str:
@@ -206,6 +258,11 @@ class SimOptions:
         return " ".join(parts)
 
 
+def _draw(seed: int, what: str, chance: float) -> bool:
+    """A draw from a stream of its own: adding one does not change the seed's other options."""
+    return random.Random(f"{what}-{seed}").random() < chance
+
+
 HANDOFF_SHARE = 0.35
 """Share of the seeds that run the hand-off profile (:meth:`SimOptions.resolved`)."""
 HANDOFF_PROFILE: dict[str, Any] = {
@@ -217,6 +274,37 @@ HANDOFF_PROFILE: dict[str, Any] = {
     "partitions": False,
     "client_crashes": False,
 }
+
+_FOCUSED: dict[str, Any] = {
+    "keys": 1,
+    "reconfigs": 3,
+    "mode": "ares2",
+    "initial_servers": 3,  # n = 2q - 1: fast + victims and fast + the others both make a quorum
+    "adversary": True,
+    "focus": True,
+    "focus_chance": 1.0,
+    "reconfig_cuts": False,  # (a random cut on the reconfigurer's link breaks the shape,
+    "heavy_tail": False,  # and so do heavy-tailed delays and long holds)
+    "long_holds": False,
+    "stall_writes": False,
+    "cut_queries": False,
+    "crashes": False,
+    "partitions": False,
+    "client_crashes": False,
+    "store": False,
+    "bulk_keys": 0,
+}
+RACE_PROFILES: tuple[tuple[float, dict[str, Any]], ...] = (
+    # older sources: a reconfigurer stuck half-way through its hand-off (its SET_NEXT_AND_GET
+    # reached one server), a second, eager one that hears of the pending successor and
+    # proposes on top of it -- update-config then reads c_mu..c_nu (§8.4) while a write's
+    # put-data reaches the fast server at once and the others only after the finalization
+    (0.2, {**_FOCUSED, "reconfigurers": 2, "eager": True, "others_put_now": False}),
+    # mixed modes: classic writers (piggyback off) next to an Ares II reconfigurer, the servers
+    # that are neither fast nor victims answering writes at once (tests/sim/test_mixed_modes.py)
+    (0.2, {**_FOCUSED, "reconfigurers": 1, "mixed": True, "others_put_now": True}),
+)
+"""(share of the seeds outside the hand-off profile, options): the race profiles."""
 
 BROKEN_VARIANTS = (
     "skip-write-back",
@@ -241,7 +329,21 @@ BROKEN_VARIANTS = (
     "cvr-put-undecided",
     "cvr-transfer-ignores-open",
     "cvr-no-freeze",
+    "writer-ids-without-incarnation",
+    "skip-value-mac",
+    "drop-tombstones-without-floor",
 )
+DELETE_KEY = "d0"
+"""The key of ``deletes``: a delete is a write of the absent value -- the initial one, b""
+(its digest is what a read of a tombstone, or of an object not held, records).
+
+``deletes`` is not drawn by the swarm yet: with it, the correct protocol fails (seed 6 of
+``ares sim --deletes``, 1 seed in 30): a reader whose chain still starts at c0 reads an
+older value of the key from c0 (never collected there), while every newer configuration
+dropped the key's tombstone and reads it as absent (TAG0) -- so the old value is the newest
+the reader sees and it returns it after newer writes and deletes completed. The tag floor
+(§8.4 "Deleted objects") only covers writes and tombstones, not older values left in older
+configurations (docs/testing.md)."""
 CVR_KEYS = ("v0", "v1")
 """Coverable objects of a run: keys of their own (a plain write's tag would sit between two
 agreed versions, docs/protocol.md §9.1), so plain clients never touch them."""
@@ -312,6 +414,12 @@ class _World:
                 broken_cvr_no_freeze="cvr-no-freeze" in opts.broken,
             ),
         )
+        key_rng = random.Random(f"write-key-{opts.seed}")
+        self.write_key = key_rng.randbytes(32) if opts.macs else None
+        """The cluster's write key (``macs``): every channel but the rogue's signs with it."""
+        if self.write_key is not None:
+            self.cluster.write_keys = (self.write_key,)
+            self.cluster.broken_skip_value_mac = "skip-value-mac" in opts.broken
         for sid, srv in self.cluster.servers.items():
             srv.broken_ack_before_durable = "ack-before-durable" in opts.broken
             if sqlite_dir is not None:
@@ -349,6 +457,8 @@ class _World:
             broken_cvr_unconditional="cvr-unconditional" in opts.broken,
             broken_cvr_put_undecided="cvr-put-undecided" in opts.broken,
             broken_cvr_transfer_ignores_open="cvr-transfer-ignores-open" in opts.broken,
+            broken_writer_ids_without_incarnation="writer-ids-without-incarnation" in opts.broken,
+            broken_drop_tombstones_without_floor="drop-tombstones-without-floor" in opts.broken,
             gc=opts.mode == "ares2",
             batch=opts.mode == "ares2",
         )
@@ -360,6 +470,8 @@ class _World:
             broken_quorum_minus_one="quorum-minus-one" in opts.broken
         )
         self.group = GROUP
+        self.client_seeds: dict[str, float] = {}
+        """Store client name -> the seed of its workload (a twin replays it)."""
         self.incarnations: dict[str, int] = {}
         """Store client name -> how many times it was started (restarts reuse the name)."""
         self.retired: set[str] = set()
@@ -384,7 +496,7 @@ class _World:
         self.partitioned: set[str] = set()
         arng = random.Random(f"adversary-{opts.seed}")
         frng = random.Random(f"focus-rules-{opts.seed}")
-        self.stagger_s = frng.choice([0.0, 0.02, 0.04, 0.06, 0.1])
+        self.stagger_s = _given(opts.stagger_s, frng.choice([0.0, 0.02, 0.04, 0.06, 0.1]))
         """Reconfigurer ``r{i}`` starts ``i`` times this late: staggered reconfigurers meet
         each other's pending configurations (a chain that grows while one is still P)."""
         handoffs = bool(opts.adversary and opts.reconfigs)  # no hand-off, no hand-off adversary
@@ -393,18 +505,19 @@ class _World:
             arng,
             AdversaryOptions(
                 handoff_client=arng.choice([0.05, 0.2, 0.5]) if handoffs else 0.0,
-                handoff_reconfig=arng.choice([0.1, 0.3, 0.6]) * frng.choice([0, 1])
+                handoff_reconfig=arng.choice([0.1, 0.3, 0.6])
+                * _given(opts.reconfig_cuts, frng.choice([0, 1]) == 1)
                 if handoffs
                 else 0.0,
                 after_finals=arng.choice([(1,), (1, 2), (1, 2, 3)]),
                 extra_max_s=arng.choice([0.002, 0.02, 0.1]),
                 long_hold=arng.choice([0.005, 0.02]) if opts.long_holds else 0.0,
-                focus=handoffs and arng.random() < 0.8,
-                focus_chance=arng.choice([0.5, 0.8, 1.0]),
+                focus=handoffs and _given(opts.focus, arng.random() < 0.8),
+                focus_chance=_given(opts.focus_chance, arng.choice([0.5, 0.8, 1.0])),
                 # which further focus rules are on: drawn per seed from a stream of their own
-                others_put_now=frng.random() < 0.4,
-                stall_writes=frng.random() < 0.4,
-                cut_queries=frng.random() < 0.4,
+                others_put_now=_given(opts.others_put_now, frng.random() < 0.4),
+                stall_writes=_given(opts.stall_writes, frng.random() < 0.4),
+                cut_queries=_given(opts.cut_queries, frng.random() < 0.4),
                 hold_transfer=frng.random() < 0.5,
             ),
             is_reconfigurer=lambda name: name.startswith("r"),
@@ -414,8 +527,10 @@ class _World:
     def proposal(self) -> Configuration:
         return _proposal(self)
 
-    def channel(self, client: str, *, timeout_s: float = 1.0) -> SimChannel:
+    def channel(self, client: str, *, timeout_s: float = 1.0, writer: bool = True) -> SimChannel:
         ch = SimChannel(self.cluster, client, timeout_s=timeout_s, switches=self.channel_switches)
+        if writer and self.write_key is not None:
+            ch.signer = ValueSigner(self.write_key)
         self.channels.append(ch)
         return ch
 
@@ -463,6 +578,12 @@ class _World:
         return True
 
 
+def _given(option: _T | None, drawn: _T) -> _T:
+    """``option`` if given, else what was drawn (drawn either way, so that giving one option
+    does not shift the draws after it)."""
+    return drawn if option is None else option
+
+
 async def _client(world: _World, name: str, index: int, ops: int, keys: list[str]) -> None:
     opts = world.opts
     rng = random.Random(world.rng.random())
@@ -486,8 +607,11 @@ async def _operation(
     value: bytes | None,
     writer: str,
     switches: OpSwitches,
+    *,
+    delete: bool = False,
 ) -> bool:
-    """One recorded read (``value`` None) or write; returns whether it returned ok."""
+    """One recorded read (``value`` None) or write (a delete: ``value`` b"" under a tombstone
+    writer id); returns whether it returned ok."""
     chain = ares.chain_of(GROUP, key, switches)
     okey = ares.object_key(GROUP, key, switches)
     cseq = world.cseq(name, chain)
@@ -512,7 +636,7 @@ async def _operation(
                 group=chain,
                 key=okey,
                 value=Blob(value),
-                writer=writer,
+                writer=tombstone_writer(writer) if delete else writer,
                 switches=switches,
             )
             digest = value_digest(value)
@@ -538,6 +662,81 @@ async def _operation(
             error=type(e).__name__,
         )
         return False
+
+
+async def _deleter(world: _World) -> None:
+    """Writes and deletes :data:`DELETE_KEY` while the reconfigurers run (``deletes``): each
+    reconfiguration drops the tombstone it finds (§8.4), and a write after it must still get
+    a tag above the dropped one (the new configuration's floor)."""
+    rng = random.Random(f"deleter-{world.opts.seed}")
+    name = "d"
+    ch = world.channel(name)
+    for n in range(1, rng.randint(10, 20) + 1):
+        await asyncio.sleep(rng.uniform(0.003, 0.03))
+        what = rng.random()
+        value = None if what < 0.2 else b"" if what < 0.6 else f"{name}-{n}".encode()
+        ok = await _operation(
+            world,
+            ch,
+            name,
+            DELETE_KEY,
+            value,
+            writer_id(name, n),
+            world.client_switches,
+            delete=value == b"",
+        )
+        if not ok:
+            await asyncio.sleep(rng.uniform(0.001, 0.01))
+
+
+async def _stale_reader(world: _World, reconfigured: asyncio.Event) -> None:
+    """Reads :data:`DELETE_KEY` once at the start, then again only after the reconfigurers are
+    done: its chain still starts where it was, where a tombstone may not be collected yet."""
+    rng = random.Random(f"stale-{world.opts.seed}")
+    name = "old"
+    ch = world.channel(name)
+    await asyncio.sleep(rng.uniform(0.001, 0.02))
+    await _operation(world, ch, name, DELETE_KEY, None, "", world.client_switches)
+    await reconfigured.wait()
+    for _ in range(2):
+        await asyncio.sleep(rng.uniform(0, 0.01))
+        await _operation(world, ch, name, DELETE_KEY, None, "", world.client_switches)
+
+
+async def _rogue(world: _World, keys: list[str]) -> None:
+    """A client with the read role (no write key; the simulator has no roles, so it is the
+    missing key that makes it a reader): it reads a key -- recorded, a read is its right -- and
+    then puts a value of its own under a newer tag into the configuration it read, as a
+    write-back would, but without a writer MAC. Servers must refuse it (docs/protocol.md §13:
+    propagate, never invent); if one took it, a read could return a value nobody wrote. The
+    forgery is not an operation of the history: it must leave no trace."""
+    rng = random.Random(f"rogue-{world.opts.seed}")
+    ch = world.channel("rogue", writer=False)
+    for n in range(1, 4):
+        await asyncio.sleep(rng.uniform(0.005, 0.08))
+        key = rng.choice(keys)
+        switches = world.client_switches
+        if not await _operation(world, ch, "rogue", key, None, "", switches):
+            continue
+        chain = ares.chain_of(GROUP, key, switches)
+        cseq = world.cseq("rogue", chain)
+        newest = max((r for r in world.history if r.client == "rogue"), key=lambda r: r.op_id)
+        assert newest.tag is not None
+        forged = Tag(newest.tag[0] + 1, f"rogue.{n}")
+        try:
+            await dap.put_data(
+                ch,
+                cseq[-1].config,
+                chain,
+                ares.object_key(GROUP, key, switches),
+                tag=forged,
+                value=Blob(f"forged-{n}".encode()),
+            )
+            world.cluster.log(f"rogue: forged {forged} of {key} accepted")
+        except (AresError, ConfigurationObsolete) as e:  # (refused, or c collected meanwhile)
+            if isinstance(e, InvariantViolation):  # never swallowed: the run fails
+                world.failures.append(f"rogue: InvariantViolation: {e}")
+            world.cluster.log(f"rogue: forged {forged} of {key} refused ({type(e).__name__})")
 
 
 def _cvr_record(world: _World, key: str, op: Op) -> int:
@@ -759,6 +958,8 @@ async def _play(world: _World) -> SimResult:
     keys = [f"k{i}" for i in range(opts.keys)]
     per_client = max(1, opts.ops // opts.clients)
     all_keys = keys + list(CVR_KEYS) if opts.coverable else keys  # (classic: chains per key)
+    if opts.deletes:
+        all_keys = [*all_keys, DELETE_KEY]
     bulk = [f"bulk{i:04d}" for i in range(opts.bulk_keys or 0)] if world.switches.batch else []
     if bulk:
         await stores.load(world, bulk)
@@ -782,6 +983,14 @@ async def _play(world: _World) -> SimResult:
             asyncio.ensure_future(_reconfigurer(world, f"r{i}", opts.reconfigs or 0, all_keys))
             for i in range(opts.reconfigurers or 1)
         ]
+    reconfigured = asyncio.Event()
+    if opts.deletes:
+        clients.append(asyncio.ensure_future(_deleter(world)))
+        clients.append(asyncio.ensure_future(_stale_reader(world, reconfigured)))
+    if opts.macs and opts.rogue:
+        clients.append(asyncio.ensure_future(_rogue(world, keys)))
+    if opts.store and opts.twins and opts.clients:
+        clients.append(asyncio.ensure_future(stores.twin_client(world, per_client, keys)))
     if opts.coverable:
         clients += [
             asyncio.ensure_future(_cvr_client(world, f"v{i}", max(4, per_client // 2)))
@@ -790,6 +999,8 @@ async def _play(world: _World) -> SimResult:
     retired = asyncio.Event()
     if opts.store and opts.retire and world.switches.batch and opts.reconfigs:
         clients.append(asyncio.ensure_future(stores.late_client(world, keys, retired)))
+        if opts.cache:
+            clients.append(asyncio.ensure_future(stores.cached_client(world, keys, retired)))
     stop = asyncio.Event()
     faults = asyncio.ensure_future(_faults(world, stop))
     if opts.client_crashes and opts.clients > 1 and rng.random() < 0.5:
@@ -799,6 +1010,7 @@ async def _play(world: _World) -> SimResult:
         victim = reconfs[rng.randrange(len(reconfs))]  # a reconfigurer dies mid-way
         loop.call_later(rng.uniform(0.001, 0.05), victim.cancel)
     outcomes = await asyncio.gather(*reconfs, return_exceptions=True)
+    reconfigured.set()
     clean = not any(isinstance(o, BaseException) for o in outcomes) and not world.reconfig_failed
     if opts.store and opts.retire and world.switches.batch and clean:
         _retire(world)  # (a half-done reconfiguration may have left a successor in use)
@@ -809,7 +1021,8 @@ async def _play(world: _World) -> SimResult:
             raise o
     stop.set()
     await faults
-    await _heal_and_verify(world, keys + bulk)
+    await _heal_and_verify(world, keys + bulk + ([DELETE_KEY] if opts.deletes else []))
+    world.failures += _shared_tags(world.history)
     events = world.cluster.events
     return SimResult(
         options=opts,
@@ -825,6 +1038,25 @@ async def _play(world: _World) -> SimResult:
         virtual_s=loop.time(),
         events=events,
     )
+
+
+def _shared_tags(history: list[OpRecord]) -> list[str]:
+    """§10.9: a tag names one write. Two writes that returned ok under one tag with different
+    values (two processes under one client name without the incarnation in their writer ids)
+    leave servers that disagree under one version; the checker sees it only when reads happen to
+    come from both sides, this sees it at once."""
+    first: dict[tuple[str, tuple[int, str]], OpRecord] = {}
+    out = []
+    for r in history:
+        if r.kind != "write" or r.outcome != "ok" or r.tag is None:
+            continue
+        other = first.setdefault((r.key, r.tag), r)
+        if other is not r and other.value != r.value:
+            out.append(
+                f"§10.9: writes #{other.op_id} ({other.client}) and #{r.op_id} ({r.client})"
+                f" of {r.key} both returned tag {r.tag}"
+            )
+    return out
 
 
 def _retire(world: _World) -> None:
@@ -885,7 +1117,8 @@ async def _heal_and_verify(world: _World, keys: list[str]) -> None:
                 tag=(res.tag.z, res.tag.writer),
             )
         )
-        if key in acked and res.tag < acked[key]:
+        if key in acked and res.tag < acked[key] and key != DELETE_KEY:  # (tombstones are
+            # dropped: a deleted key's last tag is gone; the checker sees its history)
             world.failures.append(
                 f"§10.8: acknowledged write {acked[key]} of {key} lost (final read {res.tag})"
             )

@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -50,15 +52,23 @@ def client_switches(world: _World, index: int) -> OpSwitches:
     return sw
 
 
-def new_store(world: _World, name: str, switches: OpSwitches) -> Store:
+def new_store(
+    world: _World,
+    name: str,
+    switches: OpSwitches,
+    *,
+    channel_name: str | None = None,
+    cseq_cache: Path | None = None,
+) -> Store:
     return Store(
         world.c0,
         options=OPTIONS,
         client_id=name,
         switches=switches,
         known_servers=world.pool,
-        channel=world.channel(name, timeout_s=OPTIONS.timeout_s),
+        channel=world.channel(channel_name or name, timeout_s=OPTIONS.timeout_s),
         incarnation=str(store_incarnations(world, name)),  # seeded: the run stays replayable
+        cseq_cache=cseq_cache,
     )
 
 
@@ -87,12 +97,53 @@ async def late_client(world: _World, keys: list[str], start: asyncio.Event) -> N
         await store_operation(world, store, "late", rng.choice(keys), value)
 
 
+async def cached_client(world: _World, keys: list[str], retired: asyncio.Event) -> None:
+    """A client that keeps its chain cache on disk (``cache``; issue 11, docs/protocol.md §8.5)
+    across a redeployment: it runs until a reconfiguration happened, closes (the Store saves
+    the chains it learned), and its process comes back -- a new Store on the same cache file --
+    after the cluster moved on and the servers outside the newest configuration were shut down
+    for good. The cache is only a hint: the chain it names leads to servers that are gone, and
+    the new Store must confirm it with live servers and relocate before its first operation."""
+    rng = random.Random(f"cache-{world.opts.seed}")
+    name = "cached"
+    with tempfile.TemporaryDirectory(prefix="ares-sim-cache-") as d:
+        path = Path(d) / "chains.json"
+        store = new_store(world, name, world.switches, cseq_cache=path)
+        n = 0
+        while not world.reconfigs_done and not retired.is_set():
+            n += 1
+            await _cached_op(world, store, name, rng, keys, n)
+            await asyncio.sleep(rng.uniform(0.001, 0.01))
+        n += 1
+        await _cached_op(world, store, name, rng, keys, n)
+        await store.close()
+        world.cluster.log(f"client {name} closed; chain cache saved ({path.stat().st_size} bytes)")
+        await retired.wait()
+        world.incarnations[name] = store_incarnations(world, name) + 1
+        store = new_store(world, name, world.switches, cseq_cache=path)
+        world.cluster.log(f"client {name} restarts from its chain cache")
+        for _ in range(4):
+            n += 1
+            await _cached_op(world, store, name, rng, keys, n)
+        await store.close()
+
+
+async def _cached_op(
+    world: _World, store: Store, name: str, rng: random.Random, keys: list[str], n: int
+) -> None:
+    inc = store_incarnations(world, name)
+    value = f"{name}@{inc}-{n}|".encode() if rng.random() < 0.5 else None
+    await store_operation(world, store, name, rng.choice(keys), value)
+
+
 async def store_client(world: _World, name: str, index: int, ops: int, keys: list[str]) -> None:
     """A Store client; with ``restarts`` it crashes once, mid-operation, and a new Store with
     the same name runs the rest of its operations."""
-    rng = random.Random(world.rng.random())
+    seed = world.client_seeds[name] = world.rng.random()
+    rng = random.Random(seed)
     switches = client_switches(world, index)
     store = new_store(world, name, switches)
+    inc = store_incarnations(world, name)  # (a twin or a restart takes the next one)
     crash_at = (
         world.loop.time() + rng.choice([0.0005, 0.005, 0.05]) * rng.random()
         if world.opts.restarts
@@ -103,7 +154,7 @@ async def store_client(world: _World, name: str, index: int, ops: int, keys: lis
         n += 1
         key = rng.choice(keys)
         is_write = rng.random() < (world.opts.write_ratio or 0.5)
-        value = f"{name}@{store_incarnations(world, name)}-{n}|".encode() + b"x" * rng.randint(
+        value = f"{name}@{inc}-{n}|".encode() + b"x" * rng.randint(
             0, world.opts.value_max_bytes or 16
         )
         op = asyncio.ensure_future(
@@ -118,9 +169,36 @@ async def store_client(world: _World, name: str, index: int, ops: int, keys: lis
                 world.cluster.log(f"client {name} crashed; restarting under the same name")
                 world.incarnations[name] = world.incarnations.get(name, 1) + 1
                 store = new_store(world, name, switches)
+                inc = store_incarnations(world, name)
                 continue
         ok = await op
         if not ok:
+            await asyncio.sleep(rng.uniform(0.001, 0.01))
+        await asyncio.sleep(rng.uniform(0, 0.002))
+
+
+async def twin_client(world: _World, ops: int, keys: list[str]) -> None:
+    """A second process under client ``c0``'s name, running at the same time as the first
+    (``twins``: a copied deployment, or a restart while the first process was only paused). It
+    runs the same program -- the same keys, reads and writes, in the same order, its values
+    its own -- and counts its operations from 1 as well, so only the incarnation in its writer
+    ids keeps its tags apart from the first one's (tests/sim/test_reused_client_name.py). In the
+    history it is ``c0+``, so the event log tells the two apart."""
+    name, seen_as = "c0", "c0+"
+    rng = random.Random(world.client_seeds[name])  # the same draws as c0's
+    world.incarnations[name] = store_incarnations(world, name) + 1
+    inc = store_incarnations(world, name)
+    store = new_store(world, name, client_switches(world, 0), channel_name=seen_as)
+    world.cluster.log(f"client {name} runs twice (incarnation {inc})")
+    if world.opts.restarts:
+        rng.choice([0.0005, 0.005, 0.05]) * rng.random()  # c0's crash time (the twin's: never)
+    for n in range(1, ops + 1):
+        key = rng.choice(keys)
+        is_write = rng.random() < (world.opts.write_ratio or 0.5)
+        value = f"{name}@{inc}-{n}|".encode() + b"x" * rng.randint(
+            0, world.opts.value_max_bytes or 16
+        )
+        if not await store_operation(world, store, seen_as, key, value if is_write else None):
             await asyncio.sleep(rng.uniform(0.001, 0.01))
         await asyncio.sleep(rng.uniform(0, 0.002))
 
@@ -197,10 +275,12 @@ async def store_reconfigurer(
 
 
 __all__ = [
+    "cached_client",
     "client_switches",
     "late_client",
     "load",
     "store_client",
     "store_operation",
     "store_reconfigurer",
+    "twin_client",
 ]
