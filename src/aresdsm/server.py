@@ -137,7 +137,9 @@ _DATA_WRITES = (PutData, PutBatch)
 """Requests whose writes are object state only (no reconfiguration step to log)."""
 
 _NEVER_AUDITED = frozenset(
-    kind for kind in _REQUEST_TYPES if kind is not WriteConfig and REQUIRED.get(kind) != "admin"
+    kind
+    for kind in _REQUEST_TYPES
+    if kind is not WriteConfig and REQUIRED.get(kind, "admin") != "admin"
 )
 """Request types :func:`~aresdsm.security.roles.is_admin_operation` never names (by their type
 alone): the audit check costs them one set lookup."""

@@ -116,3 +116,17 @@ def test_refused_configurations_are_refused_every_time() -> None:
     for _ in range(2):
         assert _code(recreated.handle(QueryTag("g", "c1", "k"))[0]) == "wrong-incarnation"
     assert not recreated._served and "c9" not in core._served
+
+
+def test_request_types_skipped_by_the_audit_check_are_never_admin_operations() -> None:
+    """The shell skips ``is_admin_operation`` for the types in ``_NEVER_AUDITED``: each must need
+    less than admin by its type alone (a type missing from REQUIRED counts as admin)."""
+    from aresdsm.security.roles import REQUIRED
+    from aresdsm.server import _NEVER_AUDITED, _REQUEST_TYPES
+    from aresdsm.wire.messages import WriteConfig
+
+    assert WriteConfig not in _NEVER_AUDITED
+    for kind in _NEVER_AUDITED:
+        assert REQUIRED.get(kind, "admin") != "admin", kind
+    admin_types = {k for k in _REQUEST_TYPES if REQUIRED.get(k, "admin") == "admin"}
+    assert admin_types and not admin_types & _NEVER_AUDITED
